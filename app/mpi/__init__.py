@@ -1,0 +1,25 @@
+"""Master Patient Index: one enterprise identity for every patient record."""
+
+from __future__ import annotations
+
+SERVICE_NAME = "mpi"
+
+
+def version() -> str:
+    """The installed package version (``0+unknown`` when run from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("mpi")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_commit() -> str | None:
+    """The git commit this build was made from, when the build recorded one."""
+    try:
+        from mpi._build_info import COMMIT  # type: ignore[import-not-found]  # written by nox -s build
+    except ImportError:
+        return None
+    return str(COMMIT)

@@ -1,0 +1,1 @@
+"""HTTP API (Falcon): ``create_app(settings)`` wires everything; ``get_app()`` is for gunicorn."""

@@ -1,0 +1,47 @@
+"""The WSGI application: ``create_app(settings)`` wires it; ``get_app()`` is gunicorn's entry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+import falcon
+import peewee
+
+from mpi import config
+from mpi.api import errors
+from mpi.api.middleware import DatabaseConnection, RequestContext
+from mpi.api.routes import DOCS_STATIC, build_routes
+from mpi.services.patients import PatientService, utc_now
+from mpi.storage.db import database_proxy, make_database
+
+
+def create_app(settings: config.Settings, *, db: peewee.Database | None = None,
+               clock: Callable[[], datetime] = utc_now,
+               new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> falcon.App:
+    """A ready-to-serve Falcon app for ``settings``. Opens no connection by itself."""
+    db = db if db is not None else make_database(settings)
+    database_proxy.initialize(db)
+    service = PatientService(db, clock=clock, new_id=new_id)
+
+    app = falcon.App(middleware=[RequestContext(), DatabaseConnection(db)])
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.register(app)
+    for template, resource in build_routes(db, service):
+        app.add_route(template, resource)
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.add_static_route(DOCS_STATIC, str(swagger_ui_path))
+    return app
+
+
+def get_app() -> falcon.App:
+    """For ``gunicorn 'mpi.api.app:get_app()'``: settings from the environment."""
+    from mpi import logs
+    from mpi.storage.bootstrap import prepare_database
+
+    settings = config.load()
+    logs.configure(settings)
+    prepare_database(settings)
+    return create_app(settings)

@@ -1,0 +1,1 @@
+"""Falcon resources: one class per collection or item, collaborators passed to ``__init__``."""

@@ -1,0 +1,80 @@
+"""The audit log, read back: per patient, most recent, per user."""
+
+from __future__ import annotations
+
+import falcon
+
+from mpi.api.middleware import actor_for
+from mpi.api.openapi import Param, operation
+from mpi.api.resources.common import Query, send
+from mpi.api.schemas import AuditEntryOut, AuditPage
+from mpi.audit.log import AuditEntry, AuditLog
+from mpi.storage.patients import PatientRepository
+
+PAGE_PARAMS = (
+    Param("before", "query", "Cursor: entries older than this (next_cursor of the last page)"),
+    Param("limit", "query", "Page size (1-500, default 100)",
+          {"type": "integer", "minimum": 1, "maximum": 500}),
+)
+
+
+def _page(entries: list[AuditEntry], limit: int) -> AuditPage:
+    items = [AuditEntryOut(**vars(e)) for e in entries]
+    more = len(items) == limit and items
+    return AuditPage(items=items, next_cursor=str(items[-1].id) if more else None)
+
+
+def _paging(q: Query) -> tuple[int | None, int]:
+    before = q.integer("before", minimum=1)
+    limit = q.integer("limit", default=100, minimum=1, maximum=500) or 100
+    return before, limit
+
+
+class PatientAudit:
+    def __init__(self, audit: AuditLog, patients: PatientRepository):
+        self._audit = audit
+        self._patients = patients
+
+    @operation("A patient record's audit trail", tags=["audit"], params=PAGE_PARAMS,
+               responses={200: ("Entries, newest first", AuditPage),
+                          404: ("No such record", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response, patient_id: object) -> None:
+        """Deleted records keep their trail."""
+        q = Query(req)
+        before, limit = _paging(q)
+        q.check()
+        actor_for(req)  # validates X-User-ID
+        self._patients.require_exists(str(patient_id))
+        send(resp, _page(self._audit.for_entity("patient", str(patient_id), before=before,
+                                                limit=limit), limit))
+
+
+class RecentAudit:
+    def __init__(self, audit: AuditLog):
+        self._audit = audit
+
+    @operation("The most recent audit entries", tags=["audit"], params=PAGE_PARAMS,
+               responses={200: ("Entries, newest first", AuditPage)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        q = Query(req)
+        before, limit = _paging(q)
+        q.check()
+        send(resp, _page(self._audit.recent(before=before, limit=limit), limit))
+
+
+class UserAudit:
+    def __init__(self, audit: AuditLog):
+        self._audit = audit
+
+    @operation("What one user did", tags=["audit"],
+               params=(Param("user_id", "query", "The acting user (X-User-ID)", required=True),
+                       *PAGE_PARAMS),
+               responses={200: ("Entries, newest first", AuditPage),
+                          400: ("user_id is missing", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        q = Query(req)
+        user_id = q.text("user_id", required=True, max_length=128)
+        before, limit = _paging(q)
+        q.check()
+        assert user_id is not None
+        send(resp, _page(self._audit.by_actor(user_id, before=before, limit=limit), limit))

@@ -1,0 +1,96 @@
+"""Helpers shared by resources: the JSON body hook and query-string parsing."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import falcon
+from pydantic import BaseModel
+
+from mpi.api.errors import Problem
+from mpi.domain.errors import FieldProblem
+
+MAX_BODY_BYTES = 1024 * 1024
+JSON_TYPES = ("application/json",)
+
+
+def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,
+              params: dict[str, Any]) -> None:
+    """Falcon ``before`` hook: a JSON body of at most 1 MiB, left as bytes in ``req.context.body``.
+
+    415 for another content type, 413 past the limit (declared or actual).
+    """
+    content_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if content_type not in JSON_TYPES and not content_type.endswith("+json"):
+        raise Problem(falcon.HTTP_415, "Unsupported media type",
+                      "send the body as application/json")
+    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        raise Problem(falcon.HTTP_413, "Content too large",
+                      f"the body may be at most {MAX_BODY_BYTES} bytes")
+    body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise Problem(falcon.HTTP_413, "Content too large",
+                      f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if not body:
+        raise Problem(falcon.HTTP_400, "Malformed request body", "the body is empty")
+    req.context.body = body
+
+
+def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = model.model_dump_json(exclude_none=True).encode()
+
+
+class Query:
+    """Reads query parameters, collecting every problem before failing once (400)."""
+
+    def __init__(self, req: falcon.Request):
+        self._req = req
+        self.problems: list[FieldProblem] = []
+
+    def text(self, name: str, *, required: bool = False, max_length: int = 200) -> str | None:
+        value = self._req.get_param(name)
+        if value is None or not value.strip():
+            if required:
+                self.problems.append(FieldProblem(name, "is required"))
+            return None
+        if len(value) > max_length:
+            self.problems.append(FieldProblem(name, f"must be at most {max_length} characters"))
+            return None
+        return value.strip()
+
+    def date(self, name: str) -> date | None:
+        value = self.text(name, max_length=10)
+        if value is None:
+            return None
+        try:
+            if len(value) != 10:
+                raise ValueError
+            return date.fromisoformat(value)
+        except ValueError:
+            self.problems.append(FieldProblem(name, "must be a date as YYYY-MM-DD"))
+            return None
+
+    def integer(self, name: str, *, default: int | None = None, minimum: int = 0,
+                maximum: int | None = None) -> int | None:
+        value = self.text(name, max_length=20)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.problems.append(FieldProblem(name, "must be a whole number"))
+            return default
+        if number < minimum or (maximum is not None and number > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None \
+                else f"at least {minimum}"
+            self.problems.append(FieldProblem(name, f"must be {bound}"))
+            return default
+        return number
+
+    def check(self) -> None:
+        if self.problems:
+            raise Problem(falcon.HTTP_400, "Bad request", "invalid query parameters",
+                          errors=self.problems)

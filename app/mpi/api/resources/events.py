@@ -1,0 +1,33 @@
+"""The change feed: every committed change, in commit order."""
+
+from __future__ import annotations
+
+import falcon
+
+from mpi.api.openapi import Param, operation
+from mpi.api.resources.common import Query, send
+from mpi.api.schemas import ChangeEventOut, EventPage
+from mpi.events.log import ChangeLog
+
+
+class EventFeed:
+    def __init__(self, changes: ChangeLog):
+        self._changes = changes
+
+    @operation("The change feed", tags=["events"],
+               params=(Param("after", "query", "Cursor: events after this one (0 = from the "
+                                               "start); pass back next_cursor"),
+                       Param("limit", "query", "Page size (1-1000, default 100)",
+                             {"type": "integer", "minimum": 1, "maximum": 1000})),
+               responses={200: ("Events in commit order", EventPage),
+                          400: ("A query parameter is invalid", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Poll with the returned next_cursor; an empty page keeps the same cursor."""
+        q = Query(req)
+        after = q.integer("after", default=0, minimum=0) or 0
+        limit = q.integer("limit", default=100, minimum=1, maximum=1000) or 100
+        q.check()
+        events = self._changes.read(after=after, limit=limit)
+        send(resp, EventPage(
+            events=[ChangeEventOut(**e.to_dict()) for e in events],
+            next_cursor=str(events[-1].id if events else after)))

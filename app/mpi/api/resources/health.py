@@ -1,0 +1,60 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import falcon
+import peewee
+
+from mpi import SERVICE_NAME, build_commit, version
+from mpi.api.openapi import operation
+from mpi.api.resources.common import send
+from mpi.api.schemas import Health
+from mpi.storage import migrate
+
+
+class HealthResource:
+    """Liveness: the process answers. Touches no database."""
+
+    uses_database = False
+
+    def __init__(self) -> None:
+        self._body = Health(status="ok", service=SERVICE_NAME, version=version(),
+                            commit=build_commit())
+
+    @operation("Liveness", tags=["health"], responses={200: ("The process is alive", Health)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        send(resp, self._body)
+
+
+class ReadyResource:
+    """Readiness: the database answers and its schema is current."""
+
+    uses_database = False  # connects by itself, so that failure is a 503 and not an error
+
+    def __init__(self, db: peewee.Database):
+        self._db = db
+        self._version = version()
+
+    @operation("Readiness", tags=["health"], responses={
+        200: ("Ready to serve", Health),
+        503: ("The database is unreachable or its schema is not current", Health)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checks: dict[str, str] = {}
+        try:
+            self._db.connect(reuse_if_open=True)
+            try:
+                self._db.execute_sql("SELECT 1")
+                checks["database"] = "ok"
+                waiting = migrate.pending(self._db)
+                checks["migrations"] = (
+                    "ok" if not waiting else f"{len(waiting)} pending: run mpi migrate")
+            finally:
+                self._db.close()
+        except (peewee.PeeweeException, migrate.MigrationError, ValueError) as exc:
+            checks.setdefault("database", f"unavailable ({type(exc).__name__})")
+            if isinstance(exc, migrate.MigrationError):
+                checks["migrations"] = str(exc)
+        ready = all(v == "ok" for v in checks.values()) and "migrations" in checks
+        send(resp, Health(status="ok" if ready else "unavailable", service=SERVICE_NAME,
+                          version=self._version, commit=build_commit(), checks=checks),
+             falcon.HTTP_200 if ready else falcon.HTTP_503)

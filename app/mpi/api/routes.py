@@ -1,0 +1,36 @@
+"""Every route of the API, in one place. The OpenAPI document is generated from this list."""
+
+from __future__ import annotations
+
+import peewee
+
+from mpi import version
+from mpi.api import openapi
+from mpi.api.resources.audit import PatientAudit, RecentAudit, UserAudit
+from mpi.api.resources.docs import OpenApiDocument, SwaggerPage
+from mpi.api.resources.events import EventFeed
+from mpi.api.resources.health import HealthResource, ReadyResource
+from mpi.api.resources.patients import PatientCollection, PatientItem
+from mpi.services.patients import PatientService
+
+PREFIX = "/api/v1"
+DOCS_STATIC = f"{PREFIX}/docs/static"
+
+
+def build_routes(db: peewee.Database, service: PatientService) -> list[tuple[str, object]]:
+    routes: list[tuple[str, object]] = [
+        (f"{PREFIX}/health", HealthResource()),
+        (f"{PREFIX}/health/ready", ReadyResource(db)),
+        (f"{PREFIX}/patients", PatientCollection(service)),
+        (f"{PREFIX}/patients/{{patient_id:uuid}}", PatientItem(service)),
+        (f"{PREFIX}/patients/{{patient_id:uuid}}/audit",
+         PatientAudit(service.audit, service.repository)),
+        (f"{PREFIX}/audit/recent", RecentAudit(service.audit)),
+        (f"{PREFIX}/audit/user", UserAudit(service.audit)),
+        (f"{PREFIX}/events", EventFeed(service.changes)),
+        (f"{PREFIX}/docs", SwaggerPage(spec_url="/openapi.json", static_url=DOCS_STATIC)),
+    ]
+    spec = OpenApiDocument(lambda: openapi.build(routes, version=version()))
+    routes.append(("/openapi.json", spec))
+    routes.append((f"{PREFIX}/openapi.json", spec))
+    return routes

@@ -1,0 +1,63 @@
+"""Response bodies that are not domain objects themselves (pages, audit, events, health)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel
+
+from mpi.domain.patient import Patient
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(
+    lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
+
+
+class Health(BaseModel):
+    status: str
+    service: str
+    version: str
+    commit: str | None = None
+    checks: dict[str, str] | None = None
+
+
+class PatientPage(BaseModel):
+    items: list[Patient]
+    next_cursor: str | None = None
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    occurred_at: UtcDatetime
+    action: str
+    actor: str
+    entity_type: str
+    entity_id: str | None = None
+    request_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    old_value: Any = None
+    new_value: Any = None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None = None
+
+
+class ChangeEventOut(BaseModel):
+    id: str
+    occurred_at: UtcDatetime
+    type: str
+    entity_type: str
+    entity_id: str
+    entity_version: int | None = None
+    actor: str
+    request_id: str | None = None
+    data: Any = None
+
+
+class EventPage(BaseModel):
+    events: list[ChangeEventOut]
+    next_cursor: str

@@ -1,0 +1,320 @@
+"""Settings from the environment: one frozen object, validated at start-up.
+
+Every variable the service reads is declared once in ``SETTINGS`` below, with
+its default and meaning; the environment templates in ``envs/`` and the
+reference in DEPLOY.md list the same names. Any variable can instead be read
+from a file named by ``NAME_FILE`` (container secrets). All problems are
+collected and reported together, so a bad deployment shows every mistake in
+one start attempt.
+
+This module imports only the standard library: ``mpi healthcheck`` uses it
+and must start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
+
+
+class ConfigError(Exception):
+    """The environment does not describe a valid configuration."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# --- parsers: take the raw string, return the value or raise ValueError ------------------
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value < 1:
+        raise ValueError("must be a whole number >= 1")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw.strip())
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port between 1 and 65535")
+    return value
+
+
+def _workers(raw: str) -> int:
+    if raw.strip().lower() == "auto":
+        return min(2 * (os.cpu_count() or 1) + 1, 8)
+    return _positive_int(raw)
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not value > 0:
+        raise ValueError("must be a number > 0")
+    return value
+
+
+def _probability(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0.0 < value <= 1.0:
+        raise ValueError("must be a probability in (0, 1]")
+    return value
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("must be a host name or IP address")
+    return value
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return Path(raw.strip())
+
+
+def _database_url(raw: str) -> str:
+    parse_database_url(raw)
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """What ``DATABASE_URL`` points at, split into the parts a driver needs."""
+
+    kind: str  # "sqlite" | "postgresql"
+    path: str = ""  # sqlite: file path or ":memory:"
+    host: str = ""
+    port: int | None = None
+    user: str = ""
+    password: str = ""
+    dbname: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+
+def parse_database_url(raw: str) -> DatabaseTarget:
+    """Split a database URL; raise ValueError naming what is wrong.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+    ``sqlite:///:memory:``, ``postgresql://user:pass@host:5432/dbname?sslmode=require``.
+    """
+    url = raw.strip()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        if parts.netloc:
+            raise ValueError("sqlite URLs take no host: use sqlite:///relative.db or sqlite:////abs.db")
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if not path:
+            raise ValueError("sqlite URL names no file")
+        return DatabaseTarget(kind="sqlite", path=unquote(path))
+    if scheme in ("postgresql", "postgres"):
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname:
+            raise ValueError("postgresql URL names no database (…/dbname)")
+        options = tuple(parse_qsl(parts.query, keep_blank_values=True))
+        if not parts.hostname and not dict(options).get("host"):
+            raise ValueError("postgresql URL names no host")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError("postgresql URL has an invalid port") from exc
+        return DatabaseTarget(
+            kind="postgresql",
+            host=parts.hostname or "",
+            port=port,
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            dbname=dbname,
+            options=options,
+        )
+    raise ValueError("must start with sqlite:// or postgresql://")
+
+
+def mask_url(raw: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(raw)
+    if parts.password is None:
+        return raw
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    masked = SplitResult(parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, "")
+    return urlunsplit(masked)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its parser, default and meaning."""
+
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "database_url", _database_url, "sqlite:///data/mpi.db",
+            "Database to use: sqlite:///path (embedded, the default) or "
+            "postgresql://user:password@host:5432/dbname", secret=True),
+    Setting("DATABASE_MAX_CONNECTIONS", "database_max_connections", _positive_int, "10",
+            "PostgreSQL connections each worker process may hold open (pool size)"),
+    Setting("DATABASE_TIMEOUT", "database_timeout", _positive_float, "10",
+            "Seconds a request waits for a pooled connection (and for SQLite's write lock)"),
+    Setting("SERVER_HOST", "server_host", _host, "127.0.0.1",
+            "Address the HTTP server binds to (0.0.0.0 in containers)"),
+    Setting("SERVER_PORT", "server_port", _port, "8080", "TCP port the HTTP server listens on"),
+    Setting("WORKERS", "workers", _workers, "auto",
+            "gunicorn worker processes; auto = 2 x CPU cores + 1, at most 8"),
+    Setting("THREADS", "threads", _positive_int, "1",
+            "Threads per worker; more than 1 switches gunicorn to the gthread worker"),
+    Setting("REQUEST_TIMEOUT", "request_timeout", _positive_int, "30",
+            "Seconds a worker may spend on one request before it is restarted"),
+    Setting("GRACEFUL_TIMEOUT", "graceful_timeout", _positive_int, "30",
+            "Seconds in-flight requests get to finish after SIGTERM"),
+    Setting("SEARCH_INDEX_PATH", "search_index_path", _path, "data/search-index",
+            "Directory of this instance's full-text search index"),
+    Setting("MATCHING_THRESHOLD", "matching_threshold", _probability, "0.95",
+            "Match probability at or above which a record is linked automatically"),
+    Setting("LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True), "INFO",
+            "Least severe log level written: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Setting("LOG_FORMAT", "log_format", _choice(LOG_FORMATS), "json",
+            "json (one JSON object a line, for log shippers) or text (for people)"),
+)
+
+ENV_NAMES: tuple[str, ...] = tuple(s.env for s in SETTINGS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration. Build it with :func:`load` (or ``Settings.defaults()``)."""
+
+    database_url: str
+    database_max_connections: int
+    database_timeout: float
+    server_host: str
+    server_port: int
+    workers: int
+    threads: int
+    request_timeout: int
+    graceful_timeout: int
+    search_index_path: Path
+    matching_threshold: float
+    log_level: str
+    log_format: str
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def database(self) -> DatabaseTarget:
+        return parse_database_url(self.database_url)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the database is the embedded SQLite file."""
+        return self.database.kind == "sqlite"
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> Settings:
+        """Defaults for every setting, with keyword overrides (for tests and tools)."""
+        values = {s.attr: s.parse(s.default) for s in SETTINGS}
+        values.update(overrides)
+        return cls(**values)
+
+    def effective(self) -> dict[str, str]:
+        """Each variable's effective value as text, secrets masked."""
+        out: dict[str, str] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.attr)
+            text = str(value)
+            if s.env == "DATABASE_URL":
+                text = mask_url(text)
+            elif s.secret:
+                text = "***"
+            out[s.env] = text
+        return out
+
+
+def _read_raw(setting: Setting, env: Mapping[str, str], problems: list[str]) -> tuple[str, str]:
+    """The raw text for one setting and where it came from (env, file or default)."""
+    name, file_var = setting.env, setting.env + "_FILE"
+    if name in env and file_var in env:
+        problems.append(f"{name}: set both {name} and {file_var}; set only one")
+        return setting.default, "default"
+    if file_var in env:
+        try:
+            text = Path(env[file_var]).read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{name}: cannot read {file_var}={env[file_var]}: {exc.strerror}")
+            return setting.default, "default"
+        return text.rstrip("\r\n"), f"file {env[file_var]}"
+    if name in env:
+        return env[name], "environment"
+    return setting.default, "default"
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``env`` (default: the process environment).
+
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        raw, source = _read_raw(setting, env, problems)
+        try:
+            values[setting.attr] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "***" if setting.secret else repr(raw)
+            problems.append(f"{setting.env}={shown}: {exc}")
+            continue
+        sources[setting.env] = source
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(**values, sources=sources)
+    if settings.database.kind == "sqlite" and settings.database.path == ":memory:" \
+            and settings.workers > 1:
+        raise ConfigError(["DATABASE_URL: an in-memory SQLite database needs WORKERS=1"])
+    return settings
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Variables from a dotenv-style file (``KEY=value`` lines, ``#`` comments)."""
+    from dotenv import dotenv_values  # imported here: only ``config check`` needs it
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+__all__ = [
+    "ENV_NAMES",
+    "SETTINGS",
+    "ConfigError",
+    "DatabaseTarget",
+    "Setting",
+    "Settings",
+    "load",
+    "mask_url",
+    "parse_database_url",
+    "read_env_file",
+]

@@ -1,0 +1,1 @@
+"""Domain types shared by storage, services and the API: no HTTP, no SQL."""

@@ -1,0 +1,289 @@
+"""The patient record: its JSON shape, validation rules and the stored form.
+
+The shape is snake_case and close to FHIR ``Patient`` so that mapping stays
+simple. ``PatientInput`` is what a source system sends; ``Patient`` is what
+the service returns (the input plus id, version, active and timestamps).
+Validation runs in pydantic's strict mode straight from the JSON bytes, so a
+number where a name belongs, an impossible date or an unknown gender is a
+field-level error, never a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+NameUse = Literal["usual", "official", "temp", "nickname", "anonymous", "old", "maiden"]
+Gender = Literal["male", "female", "other", "unknown"]
+IdentifierUse = Literal["usual", "official", "temp", "secondary", "old"]
+AddressUse = Literal["home", "work", "temp", "old", "billing"]
+AddressType = Literal["postal", "physical", "both"]
+TelecomSystem = Literal["phone", "fax", "email", "pager", "url", "sms", "other"]
+TelecomUse = Literal["home", "work", "temp", "old", "mobile"]
+
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]{0,9}$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PHONE_RE = re.compile(r"^\+?[0-9 ().\-/]+(?:\s*(?:x|ext\.?)\s*[0-9]+)?$", re.IGNORECASE)
+EARLIEST_BIRTH_DATE = date(1850, 1, 1)
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class HumanName(BaseModel):
+    """One of a patient's names (FHIR HumanName)."""
+
+    model_config = _STRICT
+
+    use: NameUse | None = None
+    family: Text | None = None
+    given: list[Text] = Field(default_factory=list, max_length=10)
+    prefix: list[ShortText] = Field(default_factory=list, max_length=5)
+    suffix: list[ShortText] = Field(default_factory=list, max_length=5)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> HumanName:
+        if self.family is None and not self.given:
+            raise ValueError("a name needs a family name or at least one given name")
+        return self
+
+
+class Identifier(BaseModel):
+    """A business identifier: medical record number, SSN, driver's licence, ..."""
+
+    model_config = _STRICT
+
+    system: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=256)]
+    value: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    type: str | None = Field(
+        default=None,
+        description="HL7 v2 table 0203 code such as MR, SS, DL, PPN",
+        examples=["MR", "SS"],
+    )
+    use: IdentifierUse | None = None
+
+    @field_validator("system")
+    @classmethod
+    def _system_is_uri(cls, value: str) -> str:
+        if ":" not in value or any(c.isspace() for c in value):
+            raise ValueError("must be a URI such as urn:oid:2.16.840.1.113883.4.1 or https://…")
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _type_code(cls, value: str | None) -> str | None:
+        if value is not None and not _TYPE_RE.match(value):
+            raise ValueError("must be an upper-case code such as MR, SS or DL")
+        return value
+
+
+class Address(BaseModel):
+    """A postal or physical address."""
+
+    model_config = _STRICT
+
+    use: AddressUse | None = None
+    type: AddressType | None = None
+    line: list[Text] = Field(default_factory=list, max_length=5)
+    city: Text | None = None
+    district: Text | None = None
+    state: Text | None = None
+    postal_code: ShortText | None = None
+    country: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Address:
+        if not (self.line or self.city or self.district or self.state or self.postal_code
+                or self.country):
+            raise ValueError("an address needs at least a line, city, state, postal code or country")
+        return self
+
+
+class ContactPoint(BaseModel):
+    """A phone number, e-mail address or other way to reach the patient."""
+
+    model_config = _STRICT
+
+    system: TelecomSystem
+    value: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+    use: TelecomUse | None = None
+    rank: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _value_fits_system(self) -> ContactPoint:
+        if self.system == "email" and not _EMAIL_RE.match(self.value):
+            raise ValueError("value is not an e-mail address")
+        if self.system in ("phone", "fax", "sms", "pager"):
+            digits = sum(c.isdigit() for c in self.value)
+            if not _PHONE_RE.match(self.value) or digits < 3:
+                raise ValueError("value is not a phone number")
+        return self
+
+
+class PatientInput(BaseModel):
+    """A patient record as a source system sends it."""
+
+    model_config = _STRICT
+
+    source: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] \
+        = Field(description="The sending system, e.g. st-marys-ehr", examples=["st-marys-ehr"])
+    source_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                max_length=200)] \
+        = Field(description="The record's id in the sending system", examples=["A-1001"])
+    active: bool = True
+    names: list[HumanName] = Field(min_length=1, max_length=20)
+    gender: Gender | None = None
+    birth_date: date | None = None
+    deceased: bool = False
+    deceased_date: date | None = None
+    identifiers: list[Identifier] = Field(default_factory=list, max_length=50)
+    addresses: list[Address] = Field(default_factory=list, max_length=20)
+    telecom: list[ContactPoint] = Field(default_factory=list, max_length=20)
+
+    # Read-only fields a client may echo back from a GET; ignored (``id`` must match on PUT).
+    id: str | None = Field(default=None, description="read-only; ignored on input",
+                           json_schema_extra={"readOnly": True})
+    version: int | None = Field(default=None, description="read-only; use If-Match instead",
+                                json_schema_extra={"readOnly": True})
+    created_at: str | None = Field(default=None, json_schema_extra={"readOnly": True})
+    updated_at: str | None = Field(default=None, json_schema_extra={"readOnly": True})
+
+    @field_validator("source")
+    @classmethod
+    def _source_code(cls, value: str) -> str:
+        if not _SOURCE_RE.match(value):
+            raise ValueError("must be letters, digits, '.', '_', ':' or '-', e.g. st-marys-ehr")
+        return value
+
+    @field_validator("birth_date", "deceased_date")
+    @classmethod
+    def _plausible_date(cls, value: date | None, info: ValidationInfo) -> date | None:
+        if value is None:
+            return value
+        today = (info.context or {}).get("today") or date.today()
+        if value > today:
+            raise ValueError("must not be in the future")
+        if value < EARLIEST_BIRTH_DATE:
+            raise ValueError(f"must not be before {EARLIEST_BIRTH_DATE.isoformat()}")
+        return value
+
+    @field_validator("deceased_date")
+    @classmethod
+    def _after_birth(cls, value: date | None, info: ValidationInfo) -> date | None:
+        if value is None:
+            return value
+        if info.data.get("deceased") is False:
+            # A death date implies death; saying otherwise is a contradiction.
+            raise ValueError("is set but deceased is false")
+        born = info.data.get("birth_date")
+        if born is not None and value < born:
+            raise ValueError("is before birth_date")
+        return value
+
+    @field_validator("identifiers")
+    @classmethod
+    def _distinct_identifiers(cls, value: list[Identifier]) -> list[Identifier]:
+        seen: set[tuple[str, str]] = set()
+        for ident in value:
+            key = (ident.system, ident.value)
+            if key in seen:
+                raise ValueError(f"identifier {ident.system} appears twice with the same value")
+            seen.add(key)
+        return value
+
+    def content(self) -> dict[str, Any]:
+        """The record's content without the read-only echo fields."""
+        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at"})
+
+
+class Patient(BaseModel):
+    """A stored patient record as the service returns it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    version: int
+    source: str
+    source_id: str
+    active: bool
+    names: list[HumanName]
+    gender: Gender | None = None
+    birth_date: date | None = None
+    deceased: bool = False
+    deceased_date: date | None = None
+    identifiers: list[Identifier] = Field(default_factory=list)
+    addresses: list[Address] = Field(default_factory=list)
+    telecom: list[ContactPoint] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """Timestamps are stored as naive UTC; say so on the way out."""
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def problems_from(exc: ValidationError) -> list[FieldProblem]:
+    """Turn pydantic's errors into field problems with readable reasons."""
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        reason = err["msg"]
+        if reason.startswith("Value error, "):
+            reason = reason[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        problems.append(FieldProblem(_field_path(loc), reason))
+    return problems
+
+
+def parse_patient(body: bytes, *, today: date) -> PatientInput:
+    """Validate a JSON body into a :class:`PatientInput`.
+
+    Raises :class:`MalformedInput` when the body is not JSON at all and
+    :class:`InvalidInput` naming every bad field otherwise.
+    """
+    try:
+        return PatientInput.model_validate_json(body, context={"today": today})
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            detail = errors[0]["msg"].removeprefix("Invalid JSON: ")
+            raise MalformedInput(f"the body is not valid JSON: {detail}") from None
+        if len(errors) == 1 and errors[0]["type"] == "model_type":
+            raise InvalidInput([FieldProblem("body", "must be a JSON object")]) from None
+        raise InvalidInput(problems_from(exc)) from None

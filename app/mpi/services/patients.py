@@ -1,0 +1,152 @@
+"""Patient service: each write is ONE transaction of record rows + audit row + change event."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+
+import peewee
+
+from mpi.audit.log import Actor, AuditLog
+from mpi.domain.errors import Conflict, FieldProblem, InvalidInput, StorageUnavailable
+from mpi.domain.patient import Patient, PatientInput, parse_patient
+from mpi.events.log import ChangeLog
+from mpi.storage.db import write_transaction
+from mpi.storage.patients import Page, PatientFilter, PatientRepository
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """Naive UTC, as stored."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class PatientService:
+    """Create, read, update and retire patient records, auditing each step."""
+
+    def __init__(self, db: peewee.Database, *, clock: Clock = utc_now,
+                 new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+                 repository: PatientRepository | None = None,
+                 audit: AuditLog | None = None, changes: ChangeLog | None = None):
+        self._db = db
+        self._clock = clock
+        self._new_id = new_id
+        self.repository = repository or PatientRepository()
+        self.audit = audit or AuditLog()
+        self.changes = changes or ChangeLog(db)
+
+    def today(self) -> date:
+        return self._clock().date()
+
+    def parse(self, body: bytes) -> PatientInput:
+        return parse_patient(body, today=self.today())
+
+    # --- writes ------------------------------------------------------------------------
+
+    def create(self, data: PatientInput, actor: Actor) -> Patient:
+        if data.id is not None:
+            raise InvalidInput([FieldProblem("id", "is assigned by the server; leave it out")])
+        now = self._clock()
+        with _storage_errors(), write_transaction(self._db):
+            existing = self.repository.find_live_id_by_source(data.source, data.source_id)
+            if existing is not None:
+                raise Conflict(
+                    f"source {data.source} already has a live record {data.source_id}: "
+                    f"patient {existing}", field="source_id", existing_id=existing)
+            self._check_identifiers(data, exclude_pk=None)
+            patient = self.repository.insert(data, patient_id=self._new_id(), now=now)
+            record = patient.to_dict()
+            self.audit.record("patient:record:create", actor, entity_type="patient",
+                              entity_id=patient.id, now=now, new=record)
+            self.changes.append("PatientCreated", actor, entity_type="patient",
+                                entity_id=patient.id, entity_version=patient.version, now=now,
+                                payload=record)
+        return patient
+
+    def update(self, patient_id: str, data: PatientInput, actor: Actor, *,
+               expected_version: int | None) -> Patient:
+        """Replace the content; ``expected_version`` None means whatever version is current."""
+        if data.id is not None and data.id != patient_id:
+            raise InvalidInput([FieldProblem("id", f"does not match the URL ({patient_id})")])
+        now = self._clock()
+        with _storage_errors(), write_transaction(self._db):
+            row = self.repository.get_row(patient_id)
+            old = self.repository.get(patient_id)
+            if (data.source, data.source_id) != (old.source, old.source_id):
+                holder = self.repository.find_live_id_by_source(data.source, data.source_id)
+                if holder is not None and holder != patient_id:
+                    raise Conflict(
+                        f"source {data.source} already has a live record {data.source_id}: "
+                        f"patient {holder}", field="source_id", existing_id=holder)
+            self._check_identifiers(data, exclude_pk=row.pk)
+            version = row.version if expected_version is None else expected_version
+            patient = self.repository.update(row, data, expected_version=version, now=now)
+            record = patient.to_dict()
+            self.audit.record("patient:record:update", actor, entity_type="patient",
+                              entity_id=patient_id, now=now, old=old.to_dict(), new=record)
+            self.changes.append("PatientUpdated", actor, entity_type="patient",
+                                entity_id=patient_id, entity_version=patient.version, now=now,
+                                payload=record)
+        return patient
+
+    def delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
+        now = self._clock()
+        with _storage_errors(), write_transaction(self._db):
+            row = self.repository.get_row(patient_id)
+            old = self.repository.get(patient_id)
+            version = self.repository.soft_delete(row, expected_version=expected_version,
+                                                  now=now)
+            self.audit.record("patient:record:delete", actor, entity_type="patient",
+                              entity_id=patient_id, now=now, old=old.to_dict())
+            self.changes.append("PatientDeleted", actor, entity_type="patient",
+                                entity_id=patient_id, entity_version=version, now=now,
+                                payload={"id": patient_id, "source": old.source,
+                                         "source_id": old.source_id})
+
+    # --- reads (audited: reading a record is access to health information) -------------
+
+    def get(self, patient_id: str, actor: Actor) -> Patient:
+        now = self._clock()
+        with _storage_errors(), write_transaction(self._db):
+            patient = self.repository.get(patient_id)
+            self.audit.record("patient:record:read", actor, entity_type="patient",
+                              entity_id=patient_id, now=now)
+        return patient
+
+    def list(self, filters: PatientFilter, actor: Actor, *, after: int | None,
+             limit: int) -> Page:
+        now = self._clock()
+        with _storage_errors(), write_transaction(self._db):
+            page = self.repository.list(filters, after=after, limit=limit)
+            self.audit.record(
+                "patient:record:list", actor, entity_type="patient", entity_id=None, now=now,
+                new={"filters": {k: (v.isoformat() if isinstance(v, date) else v)
+                                 for k, v in vars(filters).items() if v is not None},
+                     "returned": [p.id for p in page.items]})
+        return page
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _check_identifiers(self, data: PatientInput, *, exclude_pk: int | None) -> None:
+        conflicts = self.repository.identifier_conflicts(data, exclude_pk=exclude_pk)
+        if conflicts:
+            position, holder = conflicts[0]
+            ident = data.identifiers[position]
+            raise Conflict(
+                f"identifier {ident.system} is already held by live patient {holder}",
+                field=f"identifiers[{position}]", existing_id=holder)
+
+
+class _storage_errors:  # noqa: N801 - used as a context manager, reads like one
+    """Turn a lost connection or pool exhaustion into StorageUnavailable."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        if exc is not None and isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
+            raise StorageUnavailable("the database is unavailable") from exc
+        return False

@@ -1,0 +1,103 @@
+"""The one database proxy and the factory that binds it at start-up.
+
+``DATABASE_URL`` chooses the backend: an embedded SQLite file (WAL mode) or
+PostgreSQL through psycopg 3. Both are pooled per process (peewee's pool:
+``connect()`` borrows a connection, ``close()`` returns it) and neither
+connects on its own (``autoconnect=False``), so a bad database shows at the
+first ``connect()`` rather than deep inside a query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from mpi.config import DatabaseTarget, Settings
+
+database_proxy = peewee.DatabaseProxy()
+
+# Fixed key for PostgreSQL advisory locks taken by this service ("MPI" in ASCII + purpose).
+LOCK_MIGRATIONS = 0x4D5049_01
+LOCK_CHANGE_LOG = 0x4D5049_02
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "foreign_keys": 1,
+    "synchronous": "normal",
+}
+
+
+def make_database(settings: Settings) -> peewee.Database:
+    """A pooled, not yet connected database for ``settings.database_url``."""
+    return database_for(settings.database, max_connections=settings.database_max_connections,
+                        timeout=settings.database_timeout)
+
+
+def database_for(target: DatabaseTarget, *, max_connections: int = 10,
+                 timeout: float = 10.0) -> peewee.Database:
+    if target.kind == "sqlite":
+        path = Path(target.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pragmas = dict(SQLITE_PRAGMAS, busy_timeout=int(timeout * 1000))
+        return PooledSqliteDatabase(
+            str(path),
+            pragmas=pragmas,
+            max_connections=max_connections,
+            stale_timeout=600,
+            timeout=timeout,
+            autoconnect=False,
+            check_same_thread=False,
+        )
+    options = dict(target.options)
+    options.setdefault("connect_timeout", str(int(max(timeout, 1))))
+    options.setdefault("application_name", "mpi")
+    return PooledPostgresqlDatabase(
+        target.dbname,
+        host=target.host or options.pop("host", None),
+        port=target.port,
+        user=target.user or None,
+        password=target.password or None,
+        max_connections=max_connections,
+        stale_timeout=600,
+        timeout=timeout,
+        autoconnect=False,
+        prefer_psycopg3=True,
+        **options,
+    )
+
+
+def is_postgres(db: peewee.Database) -> bool:
+    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    return isinstance(target, peewee.PostgresqlDatabase)
+
+
+@contextlib.contextmanager
+def write_transaction(db: peewee.Database) -> Iterator[None]:
+    """One transaction for a write that touches several tables.
+
+    SQLite takes the write lock up front (``BEGIN IMMEDIATE``) so two writers
+    queue on ``busy_timeout`` instead of one failing when it upgrades a read
+    lock. Nested calls become savepoints.
+    """
+    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    if isinstance(target, peewee.SqliteDatabase) and not target.in_transaction():
+        with target.atomic(lock_type="IMMEDIATE"):
+            yield
+    else:
+        with target.atomic():
+            yield
+
+
+@contextlib.contextmanager
+def connection(db: peewee.Database) -> Iterator[peewee.Database]:
+    """Borrow a connection for the duration of a block (CLI tools, tests)."""
+    opened = db.connect(reuse_if_open=True)
+    try:
+        yield db
+    finally:
+        if opened and not db.is_closed():
+            db.close()

@@ -1,0 +1,120 @@
+"""Apply the ordered migrations in ``mpi.migrations`` (the top-level ``migrations/``).
+
+Each migration runs in its own transaction together with the row that
+records it in ``schema_migration``, under a lock (a PostgreSQL advisory lock,
+SQLite's write lock), so several processes starting at once apply each
+migration exactly once. An applied migration whose file has changed since is
+an error: released migrations are frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+
+import peewee
+
+from mpi.storage.db import LOCK_MIGRATIONS, is_postgres, write_transaction
+from mpi.storage.models import SchemaMigrationRow
+
+PACKAGE = "mpi.migrations"
+_FILE_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.py$")
+
+
+class MigrationError(Exception):
+    """The database's schema history does not fit the migrations shipped."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    checksum: str
+    module: str
+
+    def load(self) -> Callable[[peewee.Database], None]:
+        module = importlib.import_module(self.module)
+        return module.upgrade  # type: ignore[no-any-return]
+
+
+def discover(package: str = PACKAGE) -> list[Migration]:
+    """The migrations shipped in ``package``, in order."""
+    found = []
+    for entry in resources.files(package).iterdir():
+        match = _FILE_RE.match(entry.name)
+        if not match:
+            continue
+        checksum = hashlib.sha256(entry.read_bytes()).hexdigest()
+        found.append(Migration(match["version"], match["name"], checksum,
+                               f"{package}.{entry.name[:-3]}"))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version number: {versions}")
+    return found
+
+
+def _lock(db: peewee.Database) -> None:
+    """Inside a transaction: wait until no other process is migrating."""
+    if is_postgres(db):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATIONS,))
+
+
+def _applied(db: peewee.Database) -> dict[str, str]:
+    with SchemaMigrationRow.bind_ctx(db):
+        if not db.table_exists(SchemaMigrationRow._meta.table_name):
+            return {}
+        return {row.version: row.checksum for row in SchemaMigrationRow.select()}
+
+
+def _check_history(shipped: list[Migration], applied: dict[str, str]) -> None:
+    by_version = {m.version: m for m in shipped}
+    for version, checksum in sorted(applied.items()):
+        known = by_version.get(version)
+        if known is None:
+            raise MigrationError(
+                f"the database has migration {version}, which this release does not ship "
+                "(is it newer than this release?)")
+        if known.checksum != checksum:
+            raise MigrationError(f"migration {version}_{known.name} changed after it was applied")
+
+
+def pending(db: peewee.Database, shipped: list[Migration] | None = None) -> list[Migration]:
+    """Migrations not yet applied (raises MigrationError if the history does not fit)."""
+    shipped = discover() if shipped is None else shipped
+    applied = _applied(db)
+    _check_history(shipped, applied)
+    return [m for m in shipped if m.version not in applied]
+
+
+def apply(db: peewee.Database, shipped: list[Migration] | None = None,
+          *, now: Callable[[], datetime] | None = None,
+          on_apply: Callable[[Migration], None] | None = None) -> list[Migration]:
+    """Apply every pending migration; return the ones this call applied."""
+    shipped = discover() if shipped is None else shipped
+    clock = now or (lambda: datetime.now(UTC).replace(tzinfo=None))
+    with write_transaction(db):
+        _lock(db)
+        with SchemaMigrationRow.bind_ctx(db):
+            db.create_tables([SchemaMigrationRow], safe=True)
+    done: list[Migration] = []
+    for migration in shipped:
+        with write_transaction(db):
+            _lock(db)
+            applied = _applied(db)
+            _check_history(shipped, applied)
+            if migration.version in applied:
+                continue
+            migration.load()(db)
+            with SchemaMigrationRow.bind_ctx(db):
+                SchemaMigrationRow.create(version=migration.version, name=migration.name,
+                                          checksum=migration.checksum, applied_at=clock())
+        done.append(migration)
+        if on_apply:
+            on_apply(migration)
+    return done

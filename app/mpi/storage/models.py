@@ -1,0 +1,183 @@
+"""peewee models: the tables as the application sees them.
+
+The schema itself is created and changed only by the files in
+``migrations/``; ``tests/storage/test_migrations.py`` checks that a migrated
+database matches these models. Model rows never leave the storage layer:
+repositories turn them into domain objects.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+from mpi.storage.db import database_proxy
+from mpi.storage.fields import JSONTextField
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class PatientRow(BaseModel):
+    """One record as a source system knows it."""
+
+    pk = peewee.BigAutoField()
+    id = peewee.UUIDField(unique=True)
+    source = peewee.CharField(max_length=100)
+    source_id = peewee.CharField(max_length=200)
+    active = peewee.BooleanField(default=True)
+    gender = peewee.CharField(max_length=16, null=True)
+    birth_date = peewee.DateField(null=True, index=True)
+    deceased = peewee.BooleanField(default=False)
+    deceased_date = peewee.DateField(null=True)
+    version = peewee.IntegerField(default=1)
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+    deleted_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "patient"
+
+
+# (source, source_id) is unique among live records only: a deleted record frees its pair.
+PatientRow.add_index(
+    PatientRow.index(PatientRow.source, PatientRow.source_id, unique=True,
+                     name="patient_source_live_uniq")
+    .where(PatientRow.deleted_at.is_null())
+)
+
+
+class PatientNameRow(BaseModel):
+    pk = peewee.BigAutoField()
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     backref="name_rows", on_delete="CASCADE", index=True)
+    position = peewee.SmallIntegerField()
+    use = peewee.CharField(max_length=16, null=True)
+    family = peewee.CharField(max_length=200, null=True)
+    family_norm = peewee.CharField(max_length=200, null=True, index=True)
+    given = JSONTextField()
+    prefix = JSONTextField()
+    suffix = JSONTextField()
+
+    class Meta:
+        table_name = "patient_name"
+
+
+class PatientIdentifierRow(BaseModel):
+    pk = peewee.BigAutoField()
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     backref="identifier_rows", on_delete="CASCADE", index=True)
+    position = peewee.SmallIntegerField()
+    system = peewee.CharField(max_length=256)
+    value = peewee.CharField(max_length=128, index=True)
+    type = peewee.CharField(max_length=10, null=True)
+    use = peewee.CharField(max_length=16, null=True)
+    deleted_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "patient_identifier"
+
+
+# An identifier (system + value) belongs to at most one live record.
+PatientIdentifierRow.add_index(
+    PatientIdentifierRow.index(PatientIdentifierRow.system, PatientIdentifierRow.value,
+                               unique=True, name="patient_identifier_live_uniq")
+    .where(PatientIdentifierRow.deleted_at.is_null())
+)
+
+
+class PatientAddressRow(BaseModel):
+    pk = peewee.BigAutoField()
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     backref="address_rows", on_delete="CASCADE", index=True)
+    position = peewee.SmallIntegerField()
+    use = peewee.CharField(max_length=16, null=True)
+    type = peewee.CharField(max_length=16, null=True)
+    line = JSONTextField()
+    city = peewee.CharField(max_length=200, null=True)
+    district = peewee.CharField(max_length=200, null=True)
+    state = peewee.CharField(max_length=200, null=True)
+    postal_code = peewee.CharField(max_length=64, null=True)
+    country = peewee.CharField(max_length=64, null=True)
+
+    class Meta:
+        table_name = "patient_address"
+
+
+class PatientTelecomRow(BaseModel):
+    pk = peewee.BigAutoField()
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     backref="telecom_rows", on_delete="CASCADE", index=True)
+    position = peewee.SmallIntegerField()
+    system = peewee.CharField(max_length=16)
+    value = peewee.CharField(max_length=256)
+    use = peewee.CharField(max_length=16, null=True)
+    rank = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "patient_telecom"
+
+
+class AuditEventRow(BaseModel):
+    """Who did what to which record: one row per action, reads included."""
+
+    pk = peewee.BigAutoField()
+    occurred_at = peewee.DateTimeField(index=True)
+    action = peewee.CharField(max_length=64)
+    actor = peewee.CharField(max_length=128)
+    entity_type = peewee.CharField(max_length=32)
+    entity_id = peewee.CharField(max_length=64, null=True)
+    request_id = peewee.CharField(max_length=128, null=True)
+    ip = peewee.CharField(max_length=64, null=True)
+    user_agent = peewee.CharField(max_length=512, null=True)
+    old_value = JSONTextField(null=True)
+    new_value = JSONTextField(null=True)
+
+    class Meta:
+        table_name = "audit_event"
+        indexes = (
+            (("entity_type", "entity_id", "pk"), False),
+            (("actor", "pk"), False),
+        )
+
+
+class ChangeEventRow(BaseModel):
+    """The durable change log: ``pk`` is the feed cursor, assigned in commit order."""
+
+    pk = peewee.BigAutoField()
+    occurred_at = peewee.DateTimeField()
+    event_type = peewee.CharField(max_length=64)
+    entity_type = peewee.CharField(max_length=32)
+    entity_id = peewee.CharField(max_length=64)
+    entity_version = peewee.IntegerField(null=True)
+    actor = peewee.CharField(max_length=128)
+    request_id = peewee.CharField(max_length=128, null=True)
+    payload = JSONTextField(null=True)
+
+    class Meta:
+        table_name = "change_event"
+        indexes = ((("entity_type", "entity_id", "pk"), False),)
+
+
+class SchemaMigrationRow(BaseModel):
+    """Applied migrations (written by ``mpi.storage.migrate``)."""
+
+    version = peewee.CharField(max_length=16, primary_key=True)
+    name = peewee.CharField(max_length=200)
+    checksum = peewee.CharField(max_length=64)
+    applied_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "schema_migration"
+
+
+PATIENT_CHILD_MODELS = (PatientNameRow, PatientIdentifierRow, PatientAddressRow, PatientTelecomRow)
+ALL_MODELS = (
+    PatientRow,
+    *PATIENT_CHILD_MODELS,
+    AuditEventRow,
+    ChangeEventRow,
+    SchemaMigrationRow,
+)

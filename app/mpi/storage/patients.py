@@ -1,0 +1,289 @@
+"""Patient repository: the only code that reads or writes the patient tables.
+
+It returns :class:`mpi.domain.patient.Patient` objects, never rows. It does not
+open transactions: the service wraps each write, with its audit row and
+change-log event, in one.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import peewee
+
+from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
+from mpi.domain.patient import Patient, PatientInput
+from mpi.storage.models import (
+    PATIENT_CHILD_MODELS,
+    PatientAddressRow,
+    PatientIdentifierRow,
+    PatientNameRow,
+    PatientRow,
+    PatientTelecomRow,
+)
+
+
+class _source_clash:  # noqa: N801 - a context manager that reads like one
+    """A unique-index violation on (source, source_id): another writer won the race."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        if isinstance(exc, peewee.IntegrityError):
+            raise Conflict("another live record has this source and source_id",
+                           field="source_id") from exc
+        return False
+
+
+def normalize_name(value: str | None) -> str | None:
+    """Case- and accent-insensitive form used for exact name look-ups."""
+    if value is None:
+        return None
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).strip()
+
+
+@dataclass(frozen=True)
+class PatientFilter:
+    """Filters for listing patients; every given filter must match."""
+
+    source: str | None = None
+    source_id: str | None = None
+    family: str | None = None
+    birth_date: date | None = None
+    identifier_system: str | None = None
+    identifier_value: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Patient]
+    next_cursor: int | None
+
+
+class PatientRepository:
+    def find_live_id_by_source(self, source: str, source_id: str) -> str | None:
+        row = (PatientRow.select(PatientRow.id)
+               .where(PatientRow.source == source, PatientRow.source_id == source_id,
+                      PatientRow.deleted_at.is_null())
+               .first())
+        return str(row.id) if row else None
+
+    def identifier_conflicts(self, data: PatientInput,
+                             exclude_pk: int | None = None) -> list[tuple[int, str]]:
+        """(position, id of the live record holding it) for each identifier already taken."""
+        if not data.identifiers:
+            return []
+        wanted = {(i.system, i.value): n for n, i in enumerate(data.identifiers)}
+        query = (PatientIdentifierRow
+                 .select(PatientIdentifierRow.system, PatientIdentifierRow.value, PatientRow.id)
+                 .join(PatientRow)
+                 .where(PatientIdentifierRow.value.in_([v for _, v in wanted]),
+                        PatientIdentifierRow.deleted_at.is_null()))
+        if exclude_pk is not None:
+            query = query.where(PatientRow.pk != exclude_pk)
+        conflicts = []
+        for row in query.objects():
+            position = wanted.get((row.system, row.value))
+            if position is not None:
+                conflicts.append((position, str(row.id)))
+        return sorted(conflicts)
+
+    def insert(self, data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> Patient:
+        with _source_clash():
+            row = self._create_row(data, patient_id=patient_id, now=now)
+        self._insert_children(row.pk, data)
+        return self._to_domain(row, data)
+
+    @staticmethod
+    def _create_row(data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> PatientRow:
+        return PatientRow.create(
+            id=patient_id,
+            source=data.source,
+            source_id=data.source_id,
+            active=data.active,
+            gender=data.gender,
+            birth_date=data.birth_date,
+            deceased=data.deceased,
+            deceased_date=data.deceased_date,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+
+    def get_row(self, patient_id: uuid.UUID | str) -> PatientRow:
+        """The row for ``patient_id``; NotFound or Deleted otherwise."""
+        row = PatientRow.get_or_none(PatientRow.id == patient_id)
+        if row is None:
+            raise NotFound(f"no patient {patient_id}")
+        if row.deleted_at is not None:
+            raise Deleted(f"patient {patient_id} was deleted")
+        return row
+
+    def require_exists(self, patient_id: uuid.UUID | str) -> None:
+        """NotFound unless the record exists (deleted or not)."""
+        if not PatientRow.select().where(PatientRow.id == patient_id).exists():
+            raise NotFound(f"no patient {patient_id}")
+
+    def get(self, patient_id: uuid.UUID | str) -> Patient:
+        row = self.get_row(patient_id)
+        return self._load([row])[0]
+
+    def update(self, row: PatientRow, data: PatientInput, *, expected_version: int,
+               now: datetime) -> Patient:
+        """Replace the record's content if it is still at ``expected_version``."""
+        with _source_clash():
+            changed = self._update_row(row, data, expected_version=expected_version, now=now)
+        if changed != 1:
+            self._raise_stale(row.pk, expected_version)
+        for model in PATIENT_CHILD_MODELS:
+            model.delete().where(model.patient == row.pk).execute()
+        self._insert_children(row.pk, data)
+        fresh = PatientRow.get_by_id(row.pk)
+        return self._to_domain(fresh, data)
+
+    @staticmethod
+    def _update_row(row: PatientRow, data: PatientInput, *, expected_version: int,
+                    now: datetime) -> int:
+        return int(PatientRow
+                   .update(source=data.source, source_id=data.source_id, active=data.active,
+                           gender=data.gender, birth_date=data.birth_date,
+                           deceased=data.deceased, deceased_date=data.deceased_date,
+                           version=PatientRow.version + 1, updated_at=now)
+                   .where(PatientRow.pk == row.pk, PatientRow.version == expected_version,
+                          PatientRow.deleted_at.is_null())
+                   .execute())
+
+    def soft_delete(self, row: PatientRow, *, expected_version: int | None,
+                    now: datetime) -> int:
+        """Mark the record deleted; returns its new version."""
+        query = (PatientRow
+                 .update(deleted_at=now, updated_at=now, version=PatientRow.version + 1)
+                 .where(PatientRow.pk == row.pk, PatientRow.deleted_at.is_null()))
+        if expected_version is not None:
+            query = query.where(PatientRow.version == expected_version)
+        if query.execute() != 1:
+            self._raise_stale(row.pk, expected_version if expected_version is not None
+                              else row.version)
+        (PatientIdentifierRow.update(deleted_at=now)
+         .where(PatientIdentifierRow.patient == row.pk).execute())
+        return int(row.version) + 1
+
+    def list(self, filters: PatientFilter, *, after: int | None, limit: int) -> Page:
+        query = PatientRow.select().where(PatientRow.deleted_at.is_null())
+        if filters.source is not None:
+            query = query.where(PatientRow.source == filters.source)
+        if filters.source_id is not None:
+            query = query.where(PatientRow.source_id == filters.source_id)
+        if filters.birth_date is not None:
+            query = query.where(PatientRow.birth_date == filters.birth_date)
+        if filters.family is not None:
+            names = (PatientNameRow.select(PatientNameRow.patient)
+                     .where(PatientNameRow.family_norm == normalize_name(filters.family)))
+            query = query.where(PatientRow.pk.in_(names))
+        if filters.identifier_value is not None:
+            idents = (PatientIdentifierRow.select(PatientIdentifierRow.patient)
+                      .where(PatientIdentifierRow.value == filters.identifier_value,
+                             PatientIdentifierRow.deleted_at.is_null()))
+            if filters.identifier_system is not None:
+                idents = idents.where(PatientIdentifierRow.system == filters.identifier_system)
+            query = query.where(PatientRow.pk.in_(idents))
+        if after is not None:
+            query = query.where(PatientRow.pk > after)
+        rows = list(query.order_by(PatientRow.pk).limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(self._load(rows), rows[-1].pk if more and rows else None)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _raise_stale(self, pk: int, expected_version: int | None) -> None:
+        current = PatientRow.get_by_id(pk)
+        if current.deleted_at is not None:
+            raise Deleted(f"patient {current.id} was deleted")
+        raise VersionMismatch(
+            f"patient {current.id} is at version {current.version}, not {expected_version}",
+            current_version=current.version)
+
+    def _insert_children(self, pk: int, data: PatientInput) -> None:
+        names = [dict(patient=pk, position=n, use=x.use, family=x.family,
+                      family_norm=normalize_name(x.family), given=list(x.given),
+                      prefix=list(x.prefix), suffix=list(x.suffix))
+                 for n, x in enumerate(data.names)]
+        idents = [dict(patient=pk, position=n, system=x.system, value=x.value, type=x.type,
+                       use=x.use)
+                  for n, x in enumerate(data.identifiers)]
+        addresses = [dict(patient=pk, position=n, use=x.use, type=x.type, line=list(x.line),
+                          city=x.city, district=x.district, state=x.state,
+                          postal_code=x.postal_code, country=x.country)
+                     for n, x in enumerate(data.addresses)]
+        telecom = [dict(patient=pk, position=n, system=x.system, value=x.value, use=x.use,
+                        rank=x.rank)
+                   for n, x in enumerate(data.telecom)]
+        try:
+            for model, rows in ((PatientNameRow, names), (PatientIdentifierRow, idents),
+                                (PatientAddressRow, addresses), (PatientTelecomRow, telecom)):
+                if rows:
+                    model.insert_many(rows).execute()
+        except peewee.IntegrityError as exc:
+            # Lost a race with another writer between the conflict check and the insert.
+            raise Conflict("an identifier is already held by another live record",
+                           field="identifiers") from exc
+
+    def _to_domain(self, row: PatientRow, data: PatientInput) -> Patient:
+        return Patient(
+            id=str(row.id), version=row.version, active=row.active,
+            created_at=row.created_at, updated_at=row.updated_at,
+            **{k: getattr(data, k) for k in (
+                "source", "source_id", "names", "gender", "birth_date", "deceased",
+                "deceased_date", "identifiers", "addresses", "telecom")},
+        )
+
+    def _load(self, rows: Sequence[PatientRow]) -> list[Patient]:
+        """Domain objects for ``rows``, with one query per child table (no N+1)."""
+        if not rows:
+            return []
+        pks = [r.pk for r in rows]
+        children: dict[type, dict[int, list[Any]]] = {}
+        for model in PATIENT_CHILD_MODELS:
+            grouped: dict[int, list[Any]] = defaultdict(list)
+            for child in (model.select().where(model.patient.in_(pks))
+                          .order_by(model.patient, model.position)):
+                grouped[getattr(child, model.patient.object_id_name)].append(child)
+            children[model] = grouped
+        return [self._assemble(row, {m: children[m].get(row.pk, []) for m in children})
+                for row in rows]
+
+    @staticmethod
+    def _assemble(row: PatientRow, kids: dict[type, Iterable[Any]]) -> Patient:
+        return Patient.model_validate({
+            "id": str(row.id),
+            "version": row.version,
+            "source": row.source,
+            "source_id": row.source_id,
+            "active": row.active,
+            "gender": row.gender,
+            "birth_date": row.birth_date,
+            "deceased": row.deceased,
+            "deceased_date": row.deceased_date,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "names": [{"use": n.use, "family": n.family, "given": n.given, "prefix": n.prefix,
+                       "suffix": n.suffix} for n in kids[PatientNameRow]],
+            "identifiers": [{"system": i.system, "value": i.value, "type": i.type, "use": i.use}
+                            for i in kids[PatientIdentifierRow]],
+            "addresses": [{"use": a.use, "type": a.type, "line": a.line, "city": a.city,
+                           "district": a.district, "state": a.state,
+                           "postal_code": a.postal_code, "country": a.country}
+                          for a in kids[PatientAddressRow]],
+            "telecom": [{"system": t.system, "value": t.value, "use": t.use, "rank": t.rank}
+                        for t in kids[PatientTelecomRow]],
+        })
