@@ -46,7 +46,7 @@ class PatientAudit:
         actor_for(req)  # validates X-User-ID
         self._patients.require_exists(str(patient_id))
         send(resp, _page(self._audit.for_entity("patient", str(patient_id), before=before,
-                                                limit=limit), limit))
+                                                limit=limit), limit), omit_nulls=False)
 
 
 class RecentAudit:
@@ -59,7 +59,7 @@ class RecentAudit:
         q = Query(req)
         before, limit = _paging(q)
         q.check()
-        send(resp, _page(self._audit.recent(before=before, limit=limit), limit))
+        send(resp, _page(self._audit.recent(before=before, limit=limit), limit), omit_nulls=False)
 
 
 class UserAudit:
@@ -77,4 +77,4 @@ class UserAudit:
         before, limit = _paging(q)
         q.check()
         assert user_id is not None
-        send(resp, _page(self._audit.by_actor(user_id, before=before, limit=limit), limit))
+        send(resp, _page(self._audit.by_actor(user_id, before=before, limit=limit), limit), omit_nulls=False)

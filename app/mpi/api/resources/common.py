@@ -28,7 +28,9 @@ def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise Problem(falcon.HTTP_413, "Content too large",
                       f"the body may be at most {MAX_BODY_BYTES} bytes")
-    body = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    # Without Content-Length (chunked transfer) the server's input ends at the body's end.
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    body = stream.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
         raise Problem(falcon.HTTP_413, "Content too large",
                       f"the body may be at most {MAX_BODY_BYTES} bytes")
@@ -37,10 +39,12 @@ def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,
     req.context.body = body
 
 
-def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200) -> None:
+def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200, *,
+         omit_nulls: bool = True) -> None:
+    """Serialize ``model`` as the JSON body (absent values left out unless ``omit_nulls``)."""
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = model.model_dump_json(exclude_none=True).encode()
+    resp.data = model.model_dump_json(exclude_none=omit_nulls).encode()
 
 
 class Query:

@@ -30,4 +30,4 @@ class EventFeed:
         events = self._changes.read(after=after, limit=limit)
         send(resp, EventPage(
             events=[ChangeEventOut(**e.to_dict()) for e in events],
-            next_cursor=str(events[-1].id if events else after)))
+            next_cursor=str(events[-1].id if events else after)), omit_nulls=False)

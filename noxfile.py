@@ -1,0 +1,60 @@
+"""Task graph. Sessions are thin verbs; the logic lives in ``toolkit/`` (unit-tested)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import nox
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from toolkit import locks  # noqa: E402
+from toolkit.venv import install_locked  # noqa: E402
+
+nox.options.sessions = ["lint", "test"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_external_run = True
+
+PYTHON = "3.11"
+DEV_LOCKS = ("requirements-dev.lock",)
+
+
+@nox.session(python=PYTHON)
+def test(session: nox.Session) -> None:
+    """Run the test suite against a throwaway PostgreSQL and SQLite (posargs go to pytest)."""
+    install_locked(session, *DEV_LOCKS)
+    args = session.posargs or ["-q"]
+    session.run("pytest", *args)
+
+
+@nox.session(python=PYTHON)
+def serve(session: nox.Session) -> None:
+    """Run the service from source on the embedded SQLite default."""
+    install_locked(session, "requirements.lock")
+    session.run("mpi", *(session.posargs or ["serve"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint) and mypy (types) over the service and the toolkit."""
+    install_locked(session, *DEV_LOCKS)
+    session.run("ruff", "check", *(session.posargs or ["app", "migrations", "toolkit", "tests",
+                                                         "noxfile.py"]))
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def lock(session: nox.Session) -> None:
+    """Resolve and rewrite every lock with hashes (the only session that resolves versions)."""
+    session.install("--require-hashes", "--no-deps", "-r", "requirements-tools.lock")
+    upgrade = "--upgrade" in session.posargs
+    for spec in locks.ALL:
+        session.run(*locks.compile_command(spec, upgrade=upgrade))
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Throughput and latency of the API on PostgreSQL next to a bare Falcon route."""
+    install_locked(session, *DEV_LOCKS)
+    session.run("python", "-m", "toolkit.bench", *session.posargs)

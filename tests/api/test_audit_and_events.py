@@ -1,0 +1,102 @@
+"""Audit log and change feed through the API (both backends)."""
+
+from __future__ import annotations
+
+from tests.helpers import patient
+
+URL = "/api/v1/patients"
+CLERK = {"X-User-ID": "clerk-7", "User-Agent": "reg-desk/2.1", "X-Request-ID": "req-42"}
+
+
+def _lifecycle(client) -> str:
+    created = client.simulate_post(URL, json=patient(), headers=CLERK).json
+    pid = created["id"]
+    client.simulate_get(f"{URL}/{pid}", headers={"X-User-ID": "nurse-1"})
+    client.simulate_put(f"{URL}/{pid}", json=patient(gender="unknown"),
+                        headers={**CLERK, "If-Match": '"1"'})
+    client.simulate_delete(f"{URL}/{pid}", headers={"X-User-ID": "admin"})
+    return pid
+
+
+def test_every_change_and_read_is_audited_with_who_and_what(client):
+    pid = _lifecycle(client)
+    trail = client.simulate_get(f"{URL}/{pid}/audit").json["items"]
+    assert [e["action"] for e in trail] == [
+        "patient:record:delete", "patient:record:update", "patient:record:read",
+        "patient:record:create"]
+    delete, update, read, create = trail
+    assert create["actor"] == "clerk-7"
+    assert create["request_id"] == "req-42"
+    assert create["user_agent"] == "reg-desk/2.1"
+    assert create["ip"]
+    assert create["old_value"] is None and create["new_value"]["gender"] == "male"
+    assert read["actor"] == "nurse-1" and read["new_value"] is None
+    assert update["old_value"]["gender"] == "male"
+    assert update["new_value"]["gender"] == "unknown"
+    assert delete["actor"] == "admin" and delete["old_value"]["version"] == 2
+    assert create["occurred_at"].endswith("Z") or create["occurred_at"].endswith("+00:00")
+
+
+def test_anonymous_when_no_user_header(client):
+    created = client.simulate_post(URL, json=patient()).json
+    trail = client.simulate_get(f"{URL}/{created['id']}/audit").json["items"]
+    assert trail[0]["actor"] == "anonymous"
+
+
+def test_audit_of_unknown_patient_is_404(client):
+    resp = client.simulate_get(f"{URL}/00000000-0000-4000-8000-000000000777/audit")
+    assert resp.status_code == 404
+
+
+def test_audit_by_user_and_recent(client):
+    _lifecycle(client)
+    mine = client.simulate_get("/api/v1/audit/user", params={"user_id": "clerk-7"}).json["items"]
+    assert [e["action"] for e in mine] == ["patient:record:update", "patient:record:create"]
+    recent = client.simulate_get("/api/v1/audit/recent", params={"limit": 2}).json
+    assert [e["action"] for e in recent["items"]] == ["patient:record:delete",
+                                                      "patient:record:update"]
+    older = client.simulate_get("/api/v1/audit/recent",
+                                params={"limit": 2, "before": recent["next_cursor"]}).json
+    assert [e["action"] for e in older["items"]] == ["patient:record:read",
+                                                     "patient:record:create"]
+    assert client.simulate_get("/api/v1/audit/user").status_code == 400
+
+
+def test_listing_is_audited_with_the_returned_ids(client):
+    created = client.simulate_post(URL, json=patient()).json
+    client.simulate_get(URL, params={"family": "smith"}, headers={"X-User-ID": "clerk-9"})
+    entry = client.simulate_get("/api/v1/audit/user",
+                                params={"user_id": "clerk-9"}).json["items"][0]
+    assert entry["action"] == "patient:record:list"
+    assert entry["new_value"] == {"filters": {"family": "smith"}, "returned": [created["id"]]}
+
+
+def test_change_feed_in_commit_order_with_cursor(client):
+    pid = _lifecycle(client)
+    feed = client.simulate_get("/api/v1/events").json
+    assert [e["type"] for e in feed["events"]] == ["PatientCreated", "PatientUpdated",
+                                                   "PatientDeleted"]
+    assert [e["entity_version"] for e in feed["events"]] == [1, 2, 3]
+    assert all(e["entity_id"] == pid for e in feed["events"])
+    assert feed["events"][0]["data"]["names"][0]["family"] == "Smith"
+    assert feed["events"][2]["data"] == {"id": pid, "source": "st-marys-ehr",
+                                         "source_id": "A-1001"}
+    ids = [int(e["id"]) for e in feed["events"]]
+    assert ids == sorted(ids)
+    first = client.simulate_get("/api/v1/events", params={"limit": 1}).json
+    rest = client.simulate_get("/api/v1/events", params={"after": first["next_cursor"]}).json
+    assert [e["id"] for e in first["events"] + rest["events"]] == [str(i) for i in ids]
+    empty = client.simulate_get("/api/v1/events", params={"after": rest["next_cursor"]}).json
+    assert empty == {"events": [], "next_cursor": rest["next_cursor"]}
+
+
+def test_reads_and_failed_writes_add_no_events(client):
+    created = client.simulate_post(URL, json=patient()).json
+    client.simulate_get(f"{URL}/{created['id']}")
+    client.simulate_post(URL, json=patient())  # 409
+    client.simulate_put(f"{URL}/{created['id']}", json=patient(), headers={"If-Match": '"9"'})
+    assert len(client.simulate_get("/api/v1/events").json["events"]) == 1
+
+
+def test_events_rejects_bad_cursor(client):
+    assert client.simulate_get("/api/v1/events", params={"after": "abc"}).status_code == 400

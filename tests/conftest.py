@@ -1,0 +1,148 @@
+"""Shared fixtures: a throwaway PostgreSQL for the session, and one app per backend.
+
+Database tests run on PostgreSQL (testcontainers where a container engine
+answers, else a local server from this machine's binaries, or
+``MPI_TEST_DATABASE_URL``) and on the embedded SQLite. The run says which
+PostgreSQL it used, in the header of the summary. PostgreSQL tests are never
+skipped: if no server can be had, they error.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import falcon.testing
+import peewee
+import pytest
+
+from mpi.api.app import create_app
+from mpi.config import Settings
+from mpi.storage import migrate
+from mpi.storage.db import connection, database_for, database_proxy
+from mpi.config import parse_database_url
+from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
+from toolkit.postgres import PostgresServer, start_postgres
+
+BACKENDS = ("sqlite", "postgresql")
+_used: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = start_postgres(workdir=tmp_path_factory.mktemp("pg"))
+    _used.append(f"{server.kind}: {server.description}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _used:
+        terminalreporter.write_sep("-", "PostgreSQL used by this run")
+        for line in _used:
+            terminalreporter.write_line(line)
+    else:
+        terminalreporter.write_line("PostgreSQL: not used by the selected tests")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The session's PostgreSQL, migrated once."""
+    db = database_for(parse_database_url(postgres_server.url), max_connections=2)
+    with connection(db):
+        migrate.apply(db)
+    db.close_all()
+    return postgres_server.url
+
+
+class Clock:
+    """A settable clock: tests move time explicitly."""
+
+    def __init__(self, start: datetime | None = None):
+        self.now = start or datetime(2026, 1, 15, 9, 30, tzinfo=UTC).replace(tzinfo=None)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def _clean(db: peewee.Database) -> None:
+    tables = [m._meta.table_name for m in ALL_MODELS if m is not SchemaMigrationRow]
+    if isinstance(db, peewee.PostgresqlDatabase):
+        db.execute_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    else:  # pragma: no cover - SQLite databases are fresh per test
+        for table in reversed(tables):
+            db.execute_sql(f"DELETE FROM {table}")  # noqa: S608
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        db = database_for(parse_database_url(url), max_connections=1)
+        with connection(db):
+            _clean(db)
+        db.close_all()
+        return url
+    url = f"sqlite:///{tmp_path / 'mpi.db'}"
+    db = database_for(parse_database_url(url), max_connections=1)
+    with connection(db):
+        migrate.apply(db)
+    db.close_all()
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings.defaults(database_url=database_url, database_max_connections=4,
+                             search_index_path=tmp_path / "index", workers=1)
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[peewee.Database]:
+    """The test's database, bound to the models' proxy and connected."""
+    database = database_for(settings.database, max_connections=4)
+    database_proxy.initialize(database)
+    database.connect()
+    try:
+        yield database
+    finally:
+        if not database.is_closed():
+            database.close()
+        database.close_all()
+
+
+class Ids:
+    """Predictable ids: 00000000-0000-4000-8000-000000000001, ..."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> uuid.UUID:
+        self.n += 1
+        return uuid.UUID(f"00000000-0000-4000-8000-{self.n:012d}")
+
+
+@pytest.fixture
+def client(settings: Settings, clock: Clock) -> Iterator[falcon.testing.TestClient]:
+    database = database_for(settings.database, max_connections=4)
+    app = create_app(settings, db=database, clock=clock, new_id=Ids())
+    yield falcon.testing.TestClient(app)
+    database.close_all()
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return parse_database_url(database_url).kind
