@@ -25,8 +25,9 @@ EXIT_CONFIG = 2
 
 
 def _settings(env_file: str | None = None) -> config.Settings:
-    env = config.read_env_file(env_file) if env_file else None
-    return config.load(env)
+    if env_file:
+        return config.load(config.read_env_file(env_file), origin=f"file {env_file}")
+    return config.load()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -148,16 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:
+        if getattr(args, "env_file", None):
+            print(f"cannot read {args.env_file}: {exc.strerror}", file=sys.stderr)
+            return EXIT_CONFIG
+        raise
     except Exception as exc:
         # Lazily imported modules' errors, caught by name to keep start-up light.
         if type(exc).__name__ == "MigrationError":
             print(f"migration error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        raise
-    except OSError as exc:
-        if getattr(args, "env_file", None):
-            print(f"cannot read {args.env_file}: {exc.strerror}", file=sys.stderr)
-            return EXIT_CONFIG
         raise
 
 

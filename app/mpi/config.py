@@ -115,7 +115,7 @@ def parse_database_url(raw: str) -> DatabaseTarget:
     """Split a database URL; raise ValueError naming what is wrong.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
-    ``sqlite:///:memory:``, ``postgresql://user:pass@host:5432/dbname?sslmode=require``.
+    ``postgresql://user:pass@host:5432/dbname?sslmode=require``.
     """
     url = raw.strip()
     parts = urlsplit(url)
@@ -126,6 +126,9 @@ def parse_database_url(raw: str) -> DatabaseTarget:
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path:
             raise ValueError("sqlite URL names no file")
+        if path == ":memory:" or path.startswith("file::memory:"):
+            raise ValueError("the embedded database must be a file: the service runs "
+                             "several processes, which cannot share an in-memory database")
         return DatabaseTarget(kind="sqlite", path=unquote(path))
     if scheme in ("postgresql", "postgres"):
         dbname = unquote(parts.path.lstrip("/"))
@@ -254,7 +257,8 @@ class Settings:
         return out
 
 
-def _read_raw(setting: Setting, env: Mapping[str, str], problems: list[str]) -> tuple[str, str]:
+def _read_raw(setting: Setting, env: Mapping[str, str], problems: list[str],
+              origin: str) -> tuple[str, str]:
     """The raw text for one setting and where it came from (env, file or default)."""
     name, file_var = setting.env, setting.env + "_FILE"
     if name in env and file_var in env:
@@ -268,12 +272,14 @@ def _read_raw(setting: Setting, env: Mapping[str, str], problems: list[str]) -> 
             return setting.default, "default"
         return text.rstrip("\r\n"), f"file {env[file_var]}"
     if name in env:
-        return env[name], "environment"
+        return env[name], origin
     return setting.default, "default"
 
 
-def load(env: Mapping[str, str] | None = None) -> Settings:
+def load(env: Mapping[str, str] | None = None, *, origin: str = "environment") -> Settings:
     """Build the settings from ``env`` (default: the process environment).
+
+    ``origin`` names where ``env`` came from, as shown by ``mpi config check``.
 
     Raises :class:`ConfigError` listing every problem found.
     """
@@ -282,7 +288,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for setting in SETTINGS:
-        raw, source = _read_raw(setting, env, problems)
+        raw, source = _read_raw(setting, env, problems, origin)
         try:
             values[setting.attr] = setting.parse(raw)
         except ValueError as exc:
@@ -292,18 +298,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sources[setting.env] = source
     if problems:
         raise ConfigError(problems)
-    settings = Settings(**values, sources=sources)
-    if settings.database.kind == "sqlite" and settings.database.path == ":memory:" \
-            and settings.workers > 1:
-        raise ConfigError(["DATABASE_URL: an in-memory SQLite database needs WORKERS=1"])
-    return settings
+    return Settings(**values, sources=sources)
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """Variables from a dotenv-style file (``KEY=value`` lines, ``#`` comments)."""
+    import io
+
     from dotenv import dotenv_values  # imported here: only ``config check`` needs it
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    text = Path(path).read_text(encoding="utf-8")  # a missing file is an error, not "empty"
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 __all__ = [

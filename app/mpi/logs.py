@@ -55,12 +55,18 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         },
         "root": {"level": settings.log_level, "handlers": ["stderr"]},
         "loggers": {
-            "gunicorn.error": {"level": settings.log_level, "handlers": ["stderr"],
-                               "propagate": False},
+            # gunicorn logs every request's path and query at DEBUG: never below INFO.
+            "gunicorn.error": {"level": _at_least_info(settings.log_level),
+                               "handlers": ["stderr"], "propagate": False},
             "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+            # peewee logs every SQL statement with its parameters at DEBUG: patient data.
             "peewee": {"level": "WARNING"},
         },
     }
+
+
+def _at_least_info(level: str) -> str:
+    return "INFO" if level == "DEBUG" else level
 
 
 def configure(settings: Settings) -> None:

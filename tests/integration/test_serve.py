@@ -1,0 +1,152 @@
+"""``mpi serve`` as a real process: the whole lifecycle over HTTP, then a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import patient
+
+pytestmark = pytest.mark.integration
+
+SECRET_FAMILY = "Quagmirewicz"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self.port = _free_port()
+        self.stderr_path = cwd / "server.log"
+        full = {**os.environ, **env, "SERVER_PORT": str(self.port), "WORKERS": "2",
+                "LOG_LEVEL": "DEBUG", "GRACEFUL_TIMEOUT": "10"}
+        self._log = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mpi", "serve"], env=full, cwd=cwd,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log()}")
+            try:
+                if self.request("GET", "/api/v1/health/ready")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"server not ready: {self.log()}")
+
+    def request(self, method: str, path: str, body: object = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict, object]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = {"Content-Type": "application/json", **(headers or {})} if data else headers or {}
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        raw = resp.read()
+        conn.close()
+        parsed = json.loads(raw) if raw else None
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def server(request, tmp_path) -> Iterator[Server]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        from tests.conftest import _clean
+        from mpi.config import parse_database_url
+        from mpi.storage.db import connection, database_for
+
+        db = database_for(parse_database_url(url))
+        with connection(db):
+            _clean(db)
+        db.close_all()
+    else:
+        url = "sqlite:///data/mpi.db"  # the default, relative to the working directory
+    srv = Server({"DATABASE_URL": url}, tmp_path)
+    yield srv
+    srv.stop()
+
+
+def test_lifecycle_over_http(server):
+    status, headers, created = server.request(
+        "POST", "/api/v1/patients",
+        patient(names=[{"family": SECRET_FAMILY, "given": ["Ada"]}]),
+        {"X-User-ID": "clerk-1", "X-Request-ID": "it-1"})
+    assert status == 201, created
+    assert headers["x-request-id"] == "it-1"
+    pid = created["id"]
+    location = headers["location"]
+
+    status, headers, read = server.request("GET", location)
+    assert status == 200 and read == created and headers["etag"] == '"1"'
+
+    changed = patient(names=[{"family": SECRET_FAMILY, "given": ["Ada", "May"]}])
+    status, headers, updated = server.request("PUT", location, changed, {"If-Match": '"1"'})
+    assert status == 200 and updated["version"] == 2 and headers["etag"] == '"2"'
+
+    status, _, problem = server.request("PUT", location, changed, {"If-Match": '"1"'})
+    assert status == 412 and problem["current_version"] == 2
+
+    status, _, _ = server.request("DELETE", location, headers={"If-Match": '"2"'})
+    assert status == 204
+    assert server.request("GET", location)[0] == 410
+
+    status, _, audit = server.request("GET", f"/api/v1/patients/{pid}/audit")
+    assert [e["action"] for e in audit["items"]] == [
+        "patient:record:delete", "patient:record:update", "patient:record:read",
+        "patient:record:create"]
+
+    status, _, feed = server.request("GET", "/api/v1/events?after=0")
+    assert [(e["type"], e["entity_version"]) for e in feed["events"]] == [
+        ("PatientCreated", 1), ("PatientUpdated", 2), ("PatientDeleted", 3)]
+
+    log = server.log()
+    assert "POST /api/v1/patients 201" in log
+    assert SECRET_FAMILY not in log and "123-45-6789" not in log
+    assert pid not in log
+
+
+def test_sigterm_lets_in_flight_requests_finish(server):
+    body = json.dumps(patient(source_id="slow-1")).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    sock.sendall(b"POST /api/v1/patients HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Type: application/json\r\nConnection: close\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:20])
+    time.sleep(0.5)  # the request is now in a worker, waiting for the rest of its body
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    sock.sendall(body[20:])
+    response = b""
+    while chunk := sock.recv(65536):
+        response += chunk
+    sock.close()
+    assert response.startswith(b"HTTP/1.1 201"), response[:200]
+    assert server.proc.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10

@@ -1,0 +1,101 @@
+"""Settings from the environment: defaults, validation (all problems at once), *_FILE secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mpi import config
+from mpi.config import ConfigError, Settings, load, mask_url, parse_database_url
+
+
+def test_defaults_are_the_embedded_mode():
+    s = load({})
+    assert s.database_url == "sqlite:///data/mpi.db"
+    assert s.embedded and s.database.path == "data/mpi.db"
+    assert (s.server_host, s.server_port) == ("127.0.0.1", 8080)
+    assert s.search_index_path == Path("data/search-index")
+    assert s.log_format == "json" and s.log_level == "INFO"
+    assert 1 <= s.workers <= 8
+    assert s == Settings.defaults(workers=s.workers)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        load({"SERVER_PORT": "99999", "WORKERS": "0", "MATCHING_THRESHOLD": "1.5",
+              "LOG_LEVEL": "chatty", "LOG_FORMAT": "xml", "DATABASE_URL": "mysql://x/y"})
+    names = [p.split("=", 1)[0] for p in err.value.problems]
+    assert names == ["DATABASE_URL", "SERVER_PORT", "WORKERS", "MATCHING_THRESHOLD",
+                     "LOG_LEVEL", "LOG_FORMAT"]
+    assert "between 1 and 65535" in str(err.value)
+
+
+def test_secrets_are_not_echoed_in_errors():
+    with pytest.raises(ConfigError) as err:
+        load({"DATABASE_URL": "postgresql://u:hunter2@/"})
+    assert "hunter2" not in str(err.value)
+
+
+def test_values_are_read_from_files(tmp_path):
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql://mpi:s3cret@db:5432/mpi\n")
+    s = load({"DATABASE_URL_FILE": str(secret)})
+    assert s.database.password == "s3cret"
+    assert s.database.host == "db" and s.database.port == 5432
+    assert s.sources["DATABASE_URL"] == f"file {secret}"
+    assert s.effective()["DATABASE_URL"] == "postgresql://mpi:***@db:5432/mpi"
+
+
+def test_file_and_value_together_is_an_error(tmp_path):
+    (tmp_path / "p").write_text("9000")
+    with pytest.raises(ConfigError, match="set only one"):
+        load({"SERVER_PORT": "9000", "SERVER_PORT_FILE": str(tmp_path / "p")})
+
+
+def test_unreadable_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read SERVER_PORT_FILE"):
+        load({"SERVER_PORT_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(("url", "kind", "detail"), [
+    ("sqlite:///data/mpi.db", "sqlite", "data/mpi.db"),
+    ("sqlite:////var/lib/mpi/mpi.db", "sqlite", "/var/lib/mpi/mpi.db"),
+    ("postgresql://u:p%40ss@h:6543/db?sslmode=require", "postgresql", "p@ss"),
+    ("postgres://u@h/db", "postgresql", ""),
+])
+def test_database_urls(url, kind, detail):
+    target = parse_database_url(url)
+    assert target.kind == kind
+    assert detail in (target.path if kind == "sqlite" else target.password)
+
+
+@pytest.mark.parametrize("url", ["sqlite://host/x.db", "sqlite:///", "sqlite:///:memory:",
+                                 "postgresql://h/", "postgresql:///db", "postgresql://h:x/db",
+                                 "oracle://h/db", ""])
+def test_bad_database_urls(url):
+    with pytest.raises(ValueError):
+        parse_database_url(url)
+
+
+def test_mask_url():
+    assert mask_url("postgresql://a:b@h/db") == "postgresql://a:***@h/db"
+    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_workers_auto():
+    assert load({"WORKERS": "auto"}).workers >= 1
+    assert load({"WORKERS": "3"}).workers == 3
+
+
+def test_env_file(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("# comment\nSERVER_PORT=9001\nLOG_FORMAT='text'\n")
+    s = load(config.read_env_file(env))
+    assert s.server_port == 9001 and s.log_format == "text"
+
+
+def test_every_setting_is_documented_once():
+    names = [s.env for s in config.SETTINGS]
+    assert len(names) == len(set(names))
+    assert all(s.help for s in config.SETTINGS)
