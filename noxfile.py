@@ -9,8 +9,8 @@ import nox
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from toolkit import locks  # noqa: E402
-from toolkit.venv import install_locked  # noqa: E402
+from toolkit import locks
+from toolkit.venv import install_locked
 
 nox.options.sessions = ["lint", "test"]
 nox.options.reuse_venv = "yes"

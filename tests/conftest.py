@@ -19,10 +19,9 @@ import peewee
 import pytest
 
 from mpi.api.app import create_app
-from mpi.config import Settings
+from mpi.config import Settings, parse_database_url
 from mpi.storage import migrate
 from mpi.storage.db import connection, database_for, database_proxy
-from mpi.config import parse_database_url
 from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
 from toolkit.postgres import PostgresServer, start_postgres
 
@@ -83,7 +82,7 @@ def _clean(db: peewee.Database) -> None:
         db.execute_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
     else:  # pragma: no cover - SQLite databases are fresh per test
         for table in reversed(tables):
-            db.execute_sql(f"DELETE FROM {table}")  # noqa: S608
+            db.execute_sql(f"DELETE FROM {table}")
 
 
 @pytest.fixture(params=BACKENDS)

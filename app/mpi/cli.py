@@ -80,7 +80,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     path = "/api/v1/health/ready" if args.ready else "/api/v1/health"
     url = f"http://{host}:{settings.server_port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
             body = json.loads(response.read() or b"{}")
             healthy = response.status == 200 and body.get("status") == "ok"
     except (OSError, ValueError, urllib.error.URLError) as exc:

@@ -29,10 +29,14 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "loglevel": settings.log_level.lower(),
         "logconfig_dict": logging_config(settings),
         "proc_name": "mpi",
-        "worker_tmp_dir": "/dev/shm" if _writable("/dev/shm") else None,
+        # Heartbeat files in memory, so a read-only root filesystem works.
+        "worker_tmp_dir": SHM if _writable(SHM) else None,
         "forwarded_allow_ips": "127.0.0.1,::1",
         "control_socket_disable": True,
     }
+
+
+SHM = "/dev/shm"  # noqa: S108 - gunicorn's documented heartbeat location, not a temp file
 
 
 def _bind_host(host: str) -> str:

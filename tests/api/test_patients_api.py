@@ -51,7 +51,8 @@ def test_second_post_of_same_source_record_is_409_naming_existing(client):
     assert resp.status_code == 409
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.json["existing_id"] == first["id"]
-    assert resp.json["errors"] == [{"field": "source_id", "reason": "already taken by a live record"}]
+    assert resp.json["errors"] == [
+        {"field": "source_id", "reason": "already taken by a live record"}]
 
 
 def test_identifier_held_by_another_live_record_is_409(client):

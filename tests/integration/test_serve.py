@@ -78,9 +78,9 @@ class Server:
 def server(request, tmp_path) -> Iterator[Server]:
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
-        from tests.conftest import _clean
         from mpi.config import parse_database_url
         from mpi.storage.db import connection, database_for
+        from tests.conftest import _clean
 
         db = database_for(parse_database_url(url))
         with connection(db):

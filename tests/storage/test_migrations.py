@@ -8,9 +8,9 @@ import peewee
 import pytest
 from playhouse.schema_diff import diff_models
 
+from mpi.config import parse_database_url
 from mpi.storage import migrate
 from mpi.storage.db import connection, database_for
-from mpi.config import parse_database_url
 from mpi.storage.models import ALL_MODELS
 
 
@@ -102,7 +102,7 @@ def test_concurrent_first_start_applies_each_migration_once(tmp_path, postgres_s
         applied: list[list[str]] = []
         errors: list[BaseException] = []
 
-        def run(url: str = url) -> None:
+        def run(url: str = url, applied: list = applied, errors: list = errors) -> None:
             db = database_for(parse_database_url(url), max_connections=1, timeout=30)
             try:
                 with connection(db):

@@ -28,9 +28,9 @@ def test_listing_a_page_costs_the_same_queries_whatever_its_size(db):
                            identifiers=[{"system": MRN, "value": f"M{i}"}]),
                     patient_id=uuid.uuid4(), now=NOW)
     with count_queries() as small:
-        repo.list(PatientFilter(), after=None, limit=2)
+        repo.list_page(PatientFilter(), after=None, limit=2)
     with count_queries() as large:
-        page = repo.list(PatientFilter(), after=None, limit=25)
+        page = repo.list_page(PatientFilter(), after=None, limit=25)
     assert len(page.items) == 25
     assert small.count == large.count == 5  # the page + one query per child table
 
@@ -40,8 +40,9 @@ def test_live_identifier_unique_index_is_enforced_by_the_database(db):
     repo.insert(_input(), patient_id=uuid.uuid4(), now=NOW)
     row = PatientRow.get()
     with pytest.raises(peewee.IntegrityError), db.atomic():
-        PatientIdentifierRow.create(patient=row.pk, position=9, system=row.identifier_rows[0].system,
-                                    value=row.identifier_rows[0].value)
+        taken = row.identifier_rows[0]
+        PatientIdentifierRow.create(patient=row.pk, position=9, system=taken.system,
+                                    value=taken.value)
 
 
 def test_deleted_record_frees_its_identifiers(db):

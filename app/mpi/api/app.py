@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import falcon
 import peewee
@@ -25,7 +26,8 @@ def create_app(settings: config.Settings, *, db: peewee.Database | None = None,
     database_proxy.initialize(db)
     service = PatientService(db, clock=clock, new_id=new_id)
 
-    app = falcon.App(middleware=[RequestContext(), DatabaseConnection(db)])
+    middleware: list[Any] = [RequestContext(), DatabaseConnection(db)]
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
     for template, resource in build_routes(db, service):

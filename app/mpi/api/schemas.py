@@ -9,7 +9,6 @@ from pydantic import AfterValidator, BaseModel
 
 from mpi.domain.patient import Patient
 
-
 UtcDatetime = Annotated[datetime, AfterValidator(
     lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
 

@@ -112,7 +112,8 @@ class Address(BaseModel):
     def _not_empty(self) -> Address:
         if not (self.line or self.city or self.district or self.state or self.postal_code
                 or self.country):
-            raise ValueError("an address needs at least a line, city, state, postal code or country")
+            raise ValueError(
+                "an address needs at least a line, city, state, postal code or country")
         return self
 
 

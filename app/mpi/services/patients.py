@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 
 import peewee
@@ -115,11 +116,11 @@ class PatientService:
                               entity_id=patient_id, now=now)
         return patient
 
-    def list(self, filters: PatientFilter, actor: Actor, *, after: int | None,
+    def list_page(self, filters: PatientFilter, actor: Actor, *, after: int | None,
              limit: int) -> Page:
         now = self._clock()
         with _storage_errors(), write_transaction(self._db):
-            page = self.repository.list(filters, after=after, limit=limit)
+            page = self.repository.list_page(filters, after=after, limit=limit)
             self.audit.record(
                 "patient:record:list", actor, entity_type="patient", entity_id=None, now=now,
                 new={"filters": {k: (v.isoformat() if isinstance(v, date) else v)
@@ -139,14 +140,10 @@ class PatientService:
                 field=f"identifiers[{position}]", existing_id=holder)
 
 
-class _storage_errors:  # noqa: N801 - used as a context manager, reads like one
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
     """Turn a lost connection or pool exhaustion into StorageUnavailable."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> bool:
-        if exc is not None and isinstance(exc, peewee.OperationalError | peewee.InterfaceError):
-            raise StorageUnavailable("the database is unavailable") from exc
-        return False
+    try:
+        yield
+    except (peewee.OperationalError, peewee.InterfaceError) as exc:
+        raise StorageUnavailable("the database is unavailable") from exc

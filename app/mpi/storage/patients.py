@@ -7,13 +7,14 @@ change-log event, in one.
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import peewee
 
@@ -29,18 +30,14 @@ from mpi.storage.models import (
 )
 
 
-class _source_clash:  # noqa: N801 - a context manager that reads like one
+@contextlib.contextmanager
+def _source_clash() -> Iterator[None]:
     """A unique-index violation on (source, source_id): another writer won the race."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> bool:
-        if isinstance(exc, peewee.IntegrityError):
-            raise Conflict("another live record has this source and source_id",
-                           field="source_id") from exc
-        return False
+    try:
+        yield
+    except peewee.IntegrityError as exc:
+        raise Conflict("another live record has this source and source_id",
+                       field="source_id") from exc
 
 
 def normalize_name(value: str | None) -> str | None:
@@ -91,10 +88,11 @@ class PatientRepository:
         if exclude_pk is not None:
             query = query.where(PatientRow.pk != exclude_pk)
         conflicts = []
-        for row in query.objects():
-            position = wanted.get((row.system, row.value))
+        rows = cast(Iterable[tuple[str, str, Any]], query.tuples())
+        for system, value, holder in rows:
+            position = wanted.get((system, value))
             if position is not None:
-                conflicts.append((position, str(row.id)))
+                conflicts.append((position, str(holder)))
         return sorted(conflicts)
 
     def insert(self, data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> Patient:
@@ -177,7 +175,7 @@ class PatientRepository:
          .where(PatientIdentifierRow.patient == row.pk).execute())
         return int(row.version) + 1
 
-    def list(self, filters: PatientFilter, *, after: int | None, limit: int) -> Page:
+    def list_page(self, filters: PatientFilter, *, after: int | None, limit: int) -> Page:
         query = PatientRow.select().where(PatientRow.deleted_at.is_null())
         if filters.source is not None:
             query = query.where(PatientRow.source == filters.source)

@@ -59,7 +59,8 @@ class RecentAudit:
         q = Query(req)
         before, limit = _paging(q)
         q.check()
-        send(resp, _page(self._audit.recent(before=before, limit=limit), limit), omit_nulls=False)
+        entries = self._audit.recent(before=before, limit=limit)
+        send(resp, _page(entries, limit), omit_nulls=False)
 
 
 class UserAudit:
@@ -77,4 +78,5 @@ class UserAudit:
         before, limit = _paging(q)
         q.check()
         assert user_id is not None
-        send(resp, _page(self._audit.by_actor(user_id, before=before, limit=limit), limit), omit_nulls=False)
+        entries = self._audit.by_actor(user_id, before=before, limit=limit)
+        send(resp, _page(entries, limit), omit_nulls=False)

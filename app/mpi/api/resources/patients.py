@@ -92,7 +92,7 @@ class PatientCollection:
         after = q.integer("cursor", minimum=0)
         limit = q.integer("limit", default=50, minimum=1, maximum=200)
         q.check()
-        page = self._service.list(filters, actor_for(req), after=after, limit=limit or 50)
+        page = self._service.list_page(filters, actor_for(req), after=after, limit=limit or 50)
         send(resp, PatientPage(items=page.items,
                                next_cursor=str(page.next_cursor) if page.next_cursor else None))
 

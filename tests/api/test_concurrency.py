@@ -1,0 +1,55 @@
+"""Racing writers: optimistic locking and uniqueness hold under concurrency (both backends)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from tests.helpers import MRN, patient
+
+URL = "/api/v1/patients"
+
+
+def _race(n: int, action) -> Counter:
+    barrier = threading.Barrier(n)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        barrier.wait()
+        status = action(i)
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return Counter(statuses)
+
+
+def test_concurrent_updates_of_one_version_let_exactly_one_win(client):
+    created = client.simulate_post(URL, json=patient()).json
+    item = f"{URL}/{created['id']}"
+    outcome = _race(4, lambda i: client.simulate_put(
+        item, json=patient(gender=["male", "female", "other", "unknown"][i]),
+        headers={"If-Match": '"1"'}).status_code)
+    assert outcome == Counter({200: 1, 412: 3})
+    final = client.simulate_get(item).json
+    assert final["version"] == 2
+    events = client.simulate_get("/api/v1/events").json["events"]
+    assert [e["type"] for e in events] == ["PatientCreated", "PatientUpdated"]
+
+
+def test_concurrent_registrations_of_one_source_record_make_one_record(client):
+    outcome = _race(4, lambda i: client.simulate_post(
+        URL, json=patient(identifiers=[{"system": MRN, "value": f"M-{i}"}])).status_code)
+    assert outcome == Counter({201: 1, 409: 3})
+    assert len(client.simulate_get(URL).json["items"]) == 1
+
+
+def test_concurrent_claims_of_one_identifier_make_one_holder(client):
+    outcome = _race(4, lambda i: client.simulate_post(
+        URL, json=patient(source_id=f"S-{i}")).status_code)
+    assert outcome == Counter({201: 1, 409: 3})
