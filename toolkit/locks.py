@@ -7,7 +7,9 @@ of that version, so any later install is hash-checked and resolves nothing.
   (markers instead of per-platform files), for CPython 3.11+.
 - ``requirements-dev.lock``: runtime + the development/test tools, held to
   the runtime lock's versions.
-- ``requirements-tools.lock``: the tools that drive the build (nox, uv).
+- ``requirements-tools.lock``: the tools that drive the build (nox, uv, pex).
+- ``requirements-build.lock``: what the PEX build installs and feeds pex's own
+  resolver (pip, setuptools, wheel).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PYTHON_VERSION = "3.11"
-TOOLS = ("nox", "uv")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ RUNTIME = Lock("requirements.lock", ("pyproject.toml",))
 DEV = Lock("requirements-dev.lock", ("pyproject.toml",), extras=("dev",),
            constraints=("requirements.lock",))
 TOOLS_LOCK = Lock("requirements-tools.lock", ("requirements-tools.in",))
-ALL = (RUNTIME, DEV, TOOLS_LOCK)
+BUILD_LOCK = Lock("requirements-build.lock", ("requirements-build.in",))
+ALL = (RUNTIME, DEV, TOOLS_LOCK, BUILD_LOCK)
 
 
 def compile_command(lock: Lock, *, upgrade: bool = False) -> list[str]:

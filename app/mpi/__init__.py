@@ -6,7 +6,13 @@ SERVICE_NAME = "mpi"
 
 
 def version() -> str:
-    """The installed package version (``0+unknown`` when run from a bare source tree)."""
+    """The package version: stamped by the build, else installed metadata, else ``0+unknown``."""
+    try:
+        from mpi._build_info import VERSION  # type: ignore[import-not-found]  # nox -s build
+    except ImportError:
+        pass
+    else:
+        return str(VERSION)
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
