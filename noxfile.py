@@ -45,6 +45,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build dist/mpi.pex reproducibly from the locks (a no-op when inputs are unchanged)."""
+    install_locked(session, "requirements-tools.lock", "requirements-build.lock", project=False)
+    session.run("python", "-m", "toolkit.pexbuild", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lock(session: nox.Session) -> None:
     """Resolve and rewrite every lock with hashes (the only session that resolves versions)."""
     session.install("--require-hashes", "--no-deps", "-r", "requirements-tools.lock")

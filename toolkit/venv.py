@@ -19,13 +19,14 @@ def needs_install(venv_location: str | Path, key: str) -> bool:
     return not path.exists() or path.read_text() != key
 
 
-def install_locked(session: Any, *locks: str, editable: bool = True) -> None:
-    """``pip install --require-hashes -r LOCK`` then the project itself (no deps).
+def install_locked(session: Any, *locks: str, editable: bool = True,
+                   project: bool = True) -> None:
+    """``pip install --require-hashes -r LOCK`` then (unless ``project`` is False) the project.
 
     Skipped when the venv already holds exactly these locks (a stamp file
     records their digest), so repeated runs do not re-check every package.
     """
-    key = digest(*locks, "pyproject.toml") + (":e" if editable else "")
+    key = digest(*locks, "pyproject.toml") + (":e" if editable else "") + (":p" if project else "")
     location = getattr(session.virtualenv, "location", None)
     if location and not needs_install(location, key):
         session.log("dependencies unchanged since the last install; skipping pip")
@@ -34,6 +35,8 @@ def install_locked(session: Any, *locks: str, editable: bool = True) -> None:
     for lock in locks:
         args += ["-r", lock]
     session.install(*args)
-    session.install("--no-deps", "--no-build-isolation", *(["-e", "."] if editable else ["."]))
+    if project:
+        session.install("--no-deps", "--no-build-isolation",
+                        *(["-e", "."] if editable else ["."]))
     if location:
         stamp_path(location).write_text(key)
