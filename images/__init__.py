@@ -1,0 +1,1 @@
+"""Image definitions and the daemonless image toolkit (Debian package locks, OCI writer)."""
