@@ -58,6 +58,10 @@ def lock(session: nox.Session) -> None:
     upgrade = "--upgrade" in session.posargs
     for spec in locks.ALL:
         session.run(*locks.compile_command(spec, upgrade=upgrade))
+    # Debian packages of the images: pinned as apt resolves them here (apt-get update first).
+    session.run("apt-get", "update", "-q", external=True)
+    for definition in ("images/runtime",):
+        session.run("python", "-m", "images.debian", "lock", definition)
 
 
 @nox.session(python=PYTHON)

@@ -296,7 +296,7 @@ def extract(debs: Sequence[Path], root: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m images.debian lock|fetch DIR`` for a definition directory (e.g. images/runtime)."""
+    """``python -m images.debian lock|fetch DIR`` for a definition such as images/runtime."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m images.debian")
