@@ -72,6 +72,13 @@ LOCAL_SETTINGS = {
     "timezone": "'UTC'",
     "log_timezone": "'UTC'",
 }
+#: Settings with PostgreSQL's crash-safety defaults kept (``start_postgres(durable=True)``).
+DURABLE_SETTINGS = {
+    **LOCAL_SETTINGS,
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+}
 _UNIX_SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
 
@@ -126,12 +133,15 @@ class PostgresServer:
 
 
 def start_postgres(
-    *, workdir: Path | None = None, env: Mapping[str, str] = os.environ
+    *, workdir: Path | None = None, env: Mapping[str, str] = os.environ, durable: bool = False
 ) -> PostgresServer:
     """Provide a PostgreSQL server (see the module docstring for the selection order).
 
     ``workdir`` is the parent of the temporary directory of a ``local`` server
-    (default: the system temporary directory). Raises ``PostgresUnavailable``.
+    (default: the system temporary directory). A ``local`` server runs with fsync,
+    synchronous_commit and full_page_writes off for speed, unless ``durable`` keeps
+    them on (for benchmarks); container and external servers are used as configured.
+    Raises ``PostgresUnavailable``.
     """
     mode = (env.get("MPI_TEST_POSTGRES") or "auto").strip().lower()
     external_url = env.get("MPI_TEST_DATABASE_URL", "").strip()
@@ -150,7 +160,7 @@ def start_postgres(
                 f"{_docker_host(env)} (set DOCKER_HOST to a Docker-compatible API socket)"
             )
         return _start_container(env)
-    return _start_local(env, workdir)
+    return _start_local(env, workdir, durable)
 
 
 # --------------------------------------------------------------------------- engine probe
@@ -462,7 +472,9 @@ def _log_tail(log: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(server log is empty)"
 
 
-def _start_local(env: Mapping[str, str], workdir: Path | None) -> PostgresServer:
+def _start_local(
+    env: Mapping[str, str], workdir: Path | None, durable: bool = False
+) -> PostgresServer:
     bindir = find_postgres_bindir(env)
     version_out = _run([str(bindir / "postgres"), "--version"]).stdout
     match = re.search(r"\(PostgreSQL\)\s+(\S+)", version_out)
@@ -497,7 +509,8 @@ def _start_local(env: Mapping[str, str], workdir: Path | None) -> PostgresServer
             str(tempdir) if len(f"{tempdir}/.s.PGSQL.65535") <= _UNIX_SOCKET_PATH_MAX else ""
         )
         quoted_dir = "'" + socket_dir.replace("'", "''") + "'"
-        settings = {**LOCAL_SETTINGS, "unix_socket_directories": quoted_dir}
+        base = DURABLE_SETTINGS if durable else LOCAL_SETTINGS
+        settings = {**base, "unix_socket_directories": quoted_dir}
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("\n# added by toolkit.postgres (throwaway test cluster)\n")
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())

@@ -1,0 +1,313 @@
+"""Tests for toolkit.bench: statistics, report, requests and commands; one short real load run."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import random
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import falcon.testing
+import pytest
+from gunicorn.config import Config
+
+import toolkit.bench as bench
+from mpi.config import Settings, load
+from mpi.domain.patient import parse_patient
+from mpi.server import gunicorn_options
+from toolkit.bench import (
+    BASELINE,
+    LoadSpec,
+    ScenarioResult,
+    WorkerResult,
+    aggregate,
+    build_request,
+    format_summary,
+    format_table,
+    gunicorn_command,
+    mpi_command,
+    patient_body,
+    percentile,
+    report_json,
+    server_env,
+)
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [float(x) for x in range(100, 0, -1)]  # 100..1, unsorted on purpose
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 100.0
+
+
+def test_percentile_of_one_and_of_none() -> None:
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def _part(latencies: list[float], errors: dict[str, int] | None = None, *, started: float = 10.0,
+          finished: float = 12.0, connects: int = 1, cpu: float = 0.5) -> WorkerResult:
+    return WorkerResult(latencies=latencies, errors=errors or {}, started=started,
+                        finished=finished, connects=connects, cpu_s=cpu)
+
+
+def test_aggregate_merges_processes_over_their_common_span() -> None:
+    parts = [
+        _part([0.001, 0.003], {"HTTP 503": 1}, started=10.0, finished=11.5),
+        _part([0.002, 0.004], {"HTTP 503": 2, "ConnectionResetError": 1}, started=10.1,
+              finished=12.0, connects=4),
+    ]
+    result = aggregate("x", parts, {"server": 1.25})
+    assert result.requests == 8 and result.errors == 4
+    assert result.error_kinds == {"ConnectionResetError": 1, "HTTP 503": 3}
+    assert result.seconds == 2.0 and result.rps == 2.0  # 2xx only
+    assert result.p50_ms == pytest.approx(2.5)
+    assert result.max_ms == 4.0 and result.mean_ms == pytest.approx(2.5)
+    assert result.connects == 5 and result.connections == 2
+    assert result.cpu_s == {"loadgen": 1.0, "server": 1.25}
+
+
+def test_aggregate_names_the_cpu_nobody_of_ours_used() -> None:
+    cpu = {"server": 1.0, "postgres": 0.5, "machine": 4.0, "steal": 0.25}
+    result = aggregate("x", [_part([0.001], cpu=1.0)], cpu)
+    assert result.cpu_s == {"loadgen": 1.0, "server": 1.0, "postgres": 0.5, "machine": 4.0,
+                            "steal": 0.25, "other": 1.5}
+
+
+def test_aggregate_of_nothing_is_zero_not_a_crash() -> None:
+    result = aggregate("x", [])
+    assert (result.requests, result.rps, result.p50_ms, result.p99_ms) == (0, 0.0, None, None)
+    only_errors = aggregate("x", [_part([], {"HTTP 500": 3})])
+    assert only_errors.errors == 3 and only_errors.p99_ms is None
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _result(name: str, rps: float, errors: int = 0, connects: int = 10,
+            other: float = 1.0) -> ScenarioResult:
+    return ScenarioResult(
+        name=name, requests=int(rps * 10), errors=errors,
+        error_kinds={"HTTP 500": errors} if errors else {}, seconds=10.0, rps=rps,
+        p50_ms=1.234, p99_ms=None if rps == 0 else 9.876, mean_ms=2.0, max_ms=20.0,
+        connects=connects, connections=8, cpu_s={"loadgen": 3.0, "server": 4.0, "other": other})
+
+
+RESULTS = [_result(BASELINE, 1000.0), _result("POST /api/v1/patients", 250.0, errors=2,
+                                              connects=2500, other=5.0)]
+
+
+def test_table_has_a_row_per_scenario_with_its_ratio_to_hello() -> None:
+    table = format_table(RESULTS)
+    header, rule, hello, post = table.splitlines()
+    assert header.split() == ["scenario", "requests", "errors", "req/s", "p50", "ms", "p99",
+                              "ms", "ratio"]
+    assert set(rule) == {"-", " "}
+    assert hello.startswith(BASELINE) and hello.endswith("1.000")
+    assert post.split()[-6:] == ["2500", "2", "250.0", "1.23", "9.88", "0.250"]
+    assert len(header) == len(rule)  # right-aligned numbers end in the same column
+
+
+def test_table_without_baseline_or_latencies_shows_dashes() -> None:
+    row = format_table([_result("GET /x", 0.0)]).splitlines()[2]
+    assert row.split()[-3:] == ["1.23", "-", "-"]
+
+
+def test_json_report_is_sorted_and_carries_ratios() -> None:
+    text = report_json(RESULTS, {"machine": {"cpu_count": 2}, "postgres": {"fsync": "on"}})
+    data = json.loads(text)
+    assert text == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    assert data["baseline"] == BASELINE
+    assert [s["ratio_vs_hello"] for s in data["scenarios"]] == [1.0, 0.25]
+    assert data["scenarios"][1]["error_kinds"] == {"HTTP 500": 2}
+
+
+def test_summary_names_setup_errors_cpu_and_missing_keep_alive() -> None:
+    context = {
+        "postgres": {"description": "local PostgreSQL 15", "fsync": "on",
+                     "synchronous_commit": "on"},
+        "server": {"workers": 5, "threads": 1, "worker_class": "sync"},
+        "load": {"connections": 8, "warmup_s": 2.0, "duration_s": 10.0},
+        "machine": {"cpu_count": 2},
+        "server_logs": [{"path": "mpi-server.log", "lines": 3}, {"path": "h.log", "lines": 0}],
+    }
+    text = format_summary(RESULTS, context)
+    assert "fsync=on" in text and "5 workers x 1 threads (sync)" in text
+    assert "errors in POST /api/v1/patients: HTTP 500 x2" in text
+    assert ("CPU s of 20.0 available, POST /api/v1/patients: loadgen 3.0, server 4.0, "
+            "other 5.0") in text
+    assert "warning: something else kept the CPUs busy (CPU 'other') during: POST" in text
+    assert "no keep-alive (a new connection per request) in: POST /api/v1/patients" in text
+    assert "mpi-server.log: 3 line(s)" in text and "h.log" not in text
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def test_patient_bodies_are_valid_and_unique() -> None:
+    bodies = [patient_body("t1", worker, n) for worker in range(3) for n in range(50)]
+    for body in bodies[:10]:
+        parse_patient(json.dumps(body).encode(), today=date.today())  # raises if invalid
+    keys = {b["source_id"] for b in bodies}
+    identifiers = {(i["system"], i["value"]) for b in bodies for i in b["identifiers"]}
+    assert len(keys) == len(bodies) and len(identifiers) == 2 * len(bodies)
+    assert patient_body("t1", 0, 0) == patient_body("t1", 0, 0)
+    assert patient_body("t2", 0, 0)["source_id"] != patient_body("t1", 0, 0)["source_id"]
+
+
+def test_build_request_per_kind() -> None:
+    rng = random.Random(0)
+    assert build_request(LoadSpec("hello", 1, 1.0, 0.0), 0, 0, rng) == ("GET", "/hello", None, {})
+
+    method, path, body, headers = build_request(LoadSpec("create", 1, 1.0, 0.0, tag="t"), 2, 5,
+                                                rng)
+    assert (method, path) == ("POST", "/api/v1/patients")
+    assert headers["Content-Type"] == "application/json" and headers["X-User-ID"]
+    assert body is not None and json.loads(body) == patient_body("t", 2, 5)
+
+    ids = ("a", "b", "c")
+    picks = {build_request(LoadSpec("read", 1, 1.0, 0.0, ids=ids), 0, n, rng)[1]
+             for n in range(50)}
+    assert picks == {f"/api/v1/patients/{i}" for i in ids}
+
+    with pytest.raises(ValueError, match="needs patient ids"):
+        build_request(LoadSpec("read", 1, 1.0, 0.0), 0, 0, rng)
+    with pytest.raises(ValueError, match="unknown"):
+        build_request(LoadSpec("delete", 1, 1.0, 0.0), 0, 0, rng)
+
+
+def test_hello_app_answers() -> None:
+    result = falcon.testing.TestClient(bench.hello_app()).simulate_get("/hello")
+    assert result.status_code == 200 and result.json == {"hello": "world"}
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_mpi_command_uses_this_interpreter() -> None:
+    assert mpi_command("serve") == [sys.executable, "-m", "mpi", "serve"]
+
+
+def test_gunicorn_command_carries_the_service_options() -> None:
+    options = gunicorn_options(Settings.defaults(server_port=8123, workers=3, threads=2,
+                                                 log_level="WARNING"))
+    cmd = gunicorn_command(options)
+    assert cmd[:3] == [sys.executable, "-m", "gunicorn"] and cmd[-1] == "toolkit.bench:hello_app()"
+    assert "--access-logfile" not in cmd and "--log-config-dict" not in cmd
+
+    cfg = Config()  # gunicorn's own parser reads back what the service would set
+    parsed = cfg.parser().parse_args(cmd[3:])
+    for key, value in vars(parsed).items():
+        if value is not None and key in cfg.settings:
+            cfg.set(key, value)
+    assert cfg.bind == ["127.0.0.1:8123"]
+    assert (cfg.workers, cfg.threads, cfg.timeout, cfg.keepalive) == (3, 2, 30, 5)
+    assert cfg.loglevel == "warning" and cfg.errorlog == "-" and cfg.accesslog is None
+    assert cfg.forwarded_allow_ips == ["127.0.0.1", "::1"]
+    if "control_socket_disable" in cfg.settings:
+        assert cfg.control_socket_disable is True
+
+
+def test_server_env_leaves_only_defaults_and_the_benchmark_settings() -> None:
+    base = {"PATH": "/bin", "WORKERS": "1", "THREADS_FILE": "/run/threads", "LOG_LEVEL": "DEBUG"}
+    env = server_env(base, "postgresql://u:p@127.0.0.1:5/db", 4321)
+    assert env == {"PATH": "/bin", "DATABASE_URL": "postgresql://u:p@127.0.0.1:5/db",
+                   "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "4321", "LOG_LEVEL": "WARNING"}
+    settings = load(env)
+    assert settings.workers == Settings.defaults().workers and settings.threads == 1
+
+
+def test_arguments_are_checked() -> None:
+    args = bench.parse_args([])
+    assert (args.duration, args.connections, args.json) == (10.0, 8, Path(".bench/api.json"))
+    assert not args.fast_postgres
+    for bad in (["--duration", "0"], ["--connections", "0"], ["--warmup", "-1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+# --------------------------------------------------------------------------- real load
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with 503, keeping the connection open (HTTP/1.1)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def unavailable_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_counts_non_2xx_as_errors_and_keeps_the_connection(unavailable_port: int) -> None:
+    spec = LoadSpec("hello", unavailable_port, duration=0.3, warmup=0.1, timeout=5)
+    result = bench.run_worker(spec, 0)
+    assert result.latencies == [] and result.errors["HTTP 503"] > 10
+    assert result.connects == 0  # connected during the warm-up, reused in the window
+    assert 0.3 <= result.finished - result.started < 1.0
+
+
+def test_worker_counts_refused_connections() -> None:
+    spec = LoadSpec("hello", bench.free_port(), duration=0.2, warmup=0.0, timeout=1)
+    result = bench.run_worker(spec, 0)
+    assert result.errors.get("ConnectionRefusedError", 0) > 0 and result.latencies == []
+
+
+def test_load_against_the_hello_app(tmp_path: Path) -> None:
+    """Smoke: gunicorn serves the hello app; two spawned load processes for about a second."""
+    port = bench.free_port()
+    options = gunicorn_options(Settings.defaults(server_port=port, workers=2,
+                                                 log_level="WARNING"))
+    log = tmp_path / "hello.log"
+    env = server_env(os.environ, "sqlite:///unused.db", port)
+    with bench.running_server(gunicorn_command(options), env=env, cwd=bench.ROOT, log=log,
+                              port=port, ready_path=bench.HELLO) as proc:
+        parts, cpu = bench.generate_load(LoadSpec("hello", port, duration=1.0, warmup=0.2), 2,
+                                         {"server": lambda: bench._group_cpu(proc.pid)})
+        assert bench._child_count(proc.pid) == 2
+    assert proc.poll() is not None  # stopped on leaving the block
+    result = aggregate(BASELINE, parts, cpu)
+    assert result.errors == 0 and result.requests > 20, log.read_text()
+    assert result.p50_ms is not None and result.p99_ms is not None
+    assert 1.0 <= result.seconds < 2.0 and result.cpu_s["server"] > 0
+
+
+def test_durable_local_postgres_keeps_fsync_on(tmp_path: Path) -> None:
+    """The benchmark's PostgreSQL: start_postgres(durable=True), chosen as the tests' is."""
+    from toolkit.postgres import start_postgres
+
+    with start_postgres(workdir=tmp_path, durable=True) as server:
+        info = bench._postgres_info(server.url)
+        local = server.kind == "local"
+        assert (bench._postmaster_pid(server) is not None) == local
+    assert info["version"].startswith("PostgreSQL ")
+    if local:  # container and external servers are used as they are configured
+        assert (info["fsync"], info["synchronous_commit"], info["full_page_writes"]) == (
+            "on", "on", "on")

@@ -1,0 +1,814 @@
+"""API benchmark behind ``nox -s bench``: the patient API on PostgreSQL next to a bare route.
+
+    python -m toolkit.bench [--duration S] [--warmup S] [--connections N] [--json PATH]
+
+Measures throughput and p50/p99 latency of ``POST /api/v1/patients`` and
+``GET /api/v1/patients/{id}`` served by ``mpi serve`` on a throwaway PostgreSQL
+with the default gunicorn settings, and of a bare Falcon ``hello`` route served
+by gunicorn with the same options. The load generator and the servers share the
+machine's CPUs, so the figure to compare across machines and commits is the ratio
+of each scenario's req/s to ``hello`` measured in the same run.
+
+- The PostgreSQL server is durable (fsync and synchronous_commit on) unless
+  ``--fast-postgres``; the one actually used is described in the report.
+- One server runs at a time: hello first, then the service.
+- The load generator runs in separate processes (spawned, one HTTP/1.1 connection
+  each, keep-alive when the server allows it), with a warm-up, then a fixed window.
+  Only successful (2xx) responses count in req/s and latencies; anything else is an error.
+- Every loop is bounded by time; only 127.0.0.1 is contacted; servers, load
+  processes and PostgreSQL are stopped in ``finally`` blocks, also on Ctrl-C/SIGTERM.
+
+Output: a table on stdout and a JSON report (keys sorted, default ``.bench/api.json``);
+the servers' logs are kept next to the JSON report. Each scenario also records where
+the CPU time went (load generator, server, PostgreSQL, the whole machine); CPU that
+none of ours used ("other") means something else ran, and the summary warns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import math
+import multiprocessing
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from queue import Empty
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PATIENTS = "/api/v1/patients"
+READY = "/api/v1/health/ready"
+HELLO = "/hello"
+HELLO_APP = "toolkit.bench:hello_app()"
+BASELINE = "GET /hello (bare Falcon)"
+POST_PATIENT = "POST /api/v1/patients"
+GET_PATIENT = "GET /api/v1/patients/{id}"
+DEFAULT_JSON = Path(".bench/api.json")
+USER_ID = "bench-clerk"
+MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
+SSN_SYSTEM = "urn:oid:2.16.840.1.113883.4.1"
+FAMILIES = ("Smith", "García", "Nguyen", "Müller", "O'Brien", "Kowalski", "Okafor", "Tanaka")
+GIVEN = ("John", "Maria", "Wei", "Fatima", "Lars", "Aisha", "Pedro", "Yuki", "Anna")
+START_TIMEOUT = 60.0
+#: Share of the CPU time available that, used by none of ours, makes a measurement suspect.
+OTHER_CPU_WARNING = 0.2
+STOP_TIMEOUT = 15.0
+
+
+def hello_app() -> Any:
+    """The baseline: a bare Falcon app with one route answering ``{"hello": "world"}``."""
+    import falcon
+
+    class Hello:
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            resp.media = {"hello": "world"}
+
+    app = falcon.App()
+    app.add_route(HELLO, Hello())
+    return app
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) with linear interpolation; None when empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is not within 0-100")
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class WorkerResult:
+    """What one load process saw in the measured window (times from ``time.monotonic``)."""
+
+    latencies: list[float]  # seconds, successful requests only
+    errors: dict[str, int]  # "HTTP 503", "ConnectionResetError", ... -> count
+    started: float
+    finished: float
+    connects: int = 0  # TCP connections opened in the window
+    cpu_s: float = 0.0  # this load process's CPU time in the window
+    created: list[str] = field(default_factory=list)  # patient ids, warm-up included
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """One scenario's figures, all load processes together."""
+
+    name: str
+    requests: int
+    errors: int
+    error_kinds: dict[str, int]
+    seconds: float
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    max_ms: float | None
+    connects: int
+    connections: int
+    cpu_s: dict[str, float]  # CPU s in the window: loadgen, server, postgres, machine, other...
+
+    def to_dict(self, baseline_rps: float | None = None) -> dict[str, Any]:
+        share = ratio(self.rps, baseline_rps)
+        return {**asdict(self), "ratio_vs_hello": None if share is None else round(share, 4)}
+
+
+def ratio(rps: float, baseline_rps: float | None) -> float | None:
+    """``rps`` as a fraction of the baseline's; None when there is no usable baseline."""
+    return rps / baseline_rps if baseline_rps else None
+
+
+def aggregate(
+    name: str, parts: Sequence[WorkerResult], cpu_s: Mapping[str, float] | None = None
+) -> ScenarioResult:
+    """Merge the load processes' results into one scenario's figures.
+
+    req/s counts 2xx responses over the span from the first window start to the last
+    response. ``cpu_s`` adds other processes' CPU seconds in the window to the load generator's;
+    given the whole machine's (``machine``), what none of them used is ``other``.
+    """
+    latencies = [x for part in parts for x in part.latencies]
+    errors: Counter[str] = Counter()
+    for part in parts:
+        errors.update(part.errors)
+    requests = len(latencies) + sum(errors.values())
+    seconds = max(p.finished for p in parts) - min(p.started for p in parts) if parts else 0.0
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 3)
+
+    cpu = {"loadgen": round(sum(p.cpu_s for p in parts), 3), **(cpu_s or {})}
+    if "machine" in cpu:
+        ours = sum(v for k, v in cpu.items() if k in ("loadgen", "server", "postgres"))
+        cpu["other"] = round(cpu["machine"] - ours, 3)
+
+    return ScenarioResult(
+        name=name,
+        requests=requests,
+        errors=sum(errors.values()),
+        error_kinds=dict(sorted(errors.items())),
+        seconds=round(seconds, 3),
+        rps=round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
+        p50_ms=ms(percentile(latencies, 50)),
+        p99_ms=ms(percentile(latencies, 99)),
+        mean_ms=ms(sum(latencies) / len(latencies)) if latencies else None,
+        max_ms=ms(max(latencies)) if latencies else None,
+        connects=sum(p.connects for p in parts),
+        connections=len(parts),
+        cpu_s=cpu,
+    )
+
+
+def format_table(results: Sequence[ScenarioResult], baseline: str = BASELINE) -> str:
+    """The results as a fixed-width text table; ratio is req/s over ``baseline``'s req/s."""
+    base = next((r.rps for r in results if r.name == baseline), None)
+    header = ("scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms", "ratio")
+    rows = [header]
+    for r in results:
+        share = ratio(r.rps, base)
+        rows.append((
+            r.name,
+            str(r.requests),
+            str(r.errors),
+            f"{r.rps:.1f}",
+            _num(r.p50_ms),
+            _num(r.p99_ms),
+            "-" if share is None else f"{share:.3f}",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_summary(results: Sequence[ScenarioResult], context: Mapping[str, Any]) -> str:
+    """What a person reads: the set-up, the table, errors, CPU split and server log notes."""
+    pg, server, load = context["postgres"], context["server"], context["load"]
+    cpus = context["machine"]["cpu_count"]
+    lines = [
+        f"PostgreSQL: {pg['description']} (fsync={pg['fsync']}, "
+        f"synchronous_commit={pg['synchronous_commit']})",
+        f"gunicorn: {server['workers']} workers x {server['threads']} threads "
+        f"({server['worker_class']}); load: {load['connections']} connections, "
+        f"{load['warmup_s']:g} s warm-up + {load['duration_s']:g} s each; {cpus} CPUs",
+        "",
+        format_table(results),
+        "",
+    ]
+    for r in results:
+        if r.errors:
+            kinds = ", ".join(f"{k} x{v}" for k, v in r.error_kinds.items())
+            lines.append(f"errors in {r.name}: {kinds}")
+    busy = []
+    for r in results:
+        split = ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_s.items())
+        lines.append(f"CPU s of {cpus * r.seconds:.1f} available, {r.name}: {split}")
+        if r.cpu_s.get("other", 0.0) > OTHER_CPU_WARNING * cpus * r.seconds:
+            busy.append(r.name)
+    if busy:
+        lines.append("warning: something else kept the CPUs busy (CPU 'other') during: "
+                     + "; ".join(busy) + "; rerun on a quiet machine")
+    closing = [r.name for r in results if r.requests and r.connects >= r.requests * 0.9]
+    if closing:
+        lines.append("no keep-alive (a new connection per request) in: " + "; ".join(closing))
+    lines += [f"server log {log['path']}: {log['lines']} line(s)"
+              for log in context.get("server_logs", []) if log["lines"]]
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report_json(
+    results: Sequence[ScenarioResult], context: Mapping[str, Any], baseline: str = BASELINE
+) -> str:
+    """The JSON report: ``context`` (machine, servers, options) plus every scenario."""
+    base = next((r.rps for r in results if r.name == baseline), None)
+    document = {**context, "baseline": baseline,
+                "scenarios": [r.to_dict(base) for r in results]}
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def patient_body(tag: str, worker: int, n: int) -> dict[str, Any]:
+    """A realistic new patient record, unique in source_id and identifiers per (tag, worker, n)."""
+    key = f"{tag}-{worker}-{n}"
+    born = date(1940, 1, 1) + timedelta(days=(n * 7919 + worker * 104729) % 27000)
+    return {
+        "source": "bench-ehr",
+        "source_id": f"B-{key}",
+        "names": [{"use": "official", "family": FAMILIES[n % len(FAMILIES)],
+                   "given": [GIVEN[(n + worker) % len(GIVEN)], "Bench"]}],
+        "gender": ("male", "female", "other", "unknown")[n % 4],
+        "birth_date": born.isoformat(),
+        "identifiers": [
+            {"system": MRN_SYSTEM, "value": f"MRN-{key}", "type": "MR", "use": "usual"},
+            {"system": SSN_SYSTEM, "value": f"SSN-{key}", "type": "SS"},
+        ],
+        "addresses": [{"use": "home", "line": [f"{n % 900 + 1} High St", "Apt 2"],
+                       "city": "Springfield", "state": "IL", "postal_code": "62701",
+                       "country": "US"}],
+        "telecom": [
+            {"system": "phone", "value": f"+1-217-555-{n % 10000:04d}", "use": "home"},
+            {"system": "email", "value": f"patient.{worker}.{n}@example.org"},
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What every load process does; picklable (it crosses into spawned processes)."""
+
+    kind: str  # "hello", "create" or "read"
+    port: int
+    duration: float
+    warmup: float
+    tag: str = "bench"  # makes created source ids and identifiers unique per run
+    ids: tuple[str, ...] = ()  # "read": the patient ids to pick from
+    seed: int = 0
+    timeout: float = 30.0
+
+
+def build_request(
+    spec: LoadSpec, worker: int, n: int, rng: random.Random
+) -> tuple[str, str, bytes | None, dict[str, str]]:
+    """Method, path, body and headers of load process ``worker``'s ``n``-th request."""
+    if spec.kind == "hello":
+        return "GET", HELLO, None, {}
+    headers = {"X-User-ID": USER_ID}
+    if spec.kind == "create":
+        body = json.dumps(patient_body(spec.tag, worker, n)).encode()
+        return "POST", PATIENTS, body, {**headers, "Content-Type": "application/json"}
+    if spec.kind == "read":
+        if not spec.ids:
+            raise ValueError("the read scenario needs patient ids")
+        return "GET", f"{PATIENTS}/{rng.choice(spec.ids)}", None, headers
+    raise ValueError(f"unknown scenario kind {spec.kind!r}")
+
+
+class _CountingConnection(http.client.HTTPConnection):
+    """An HTTPConnection that counts how often it (re)connects."""
+
+    connects = 0
+
+    def connect(self) -> None:
+        self.connects += 1
+        super().connect()
+
+
+def run_worker(spec: LoadSpec, worker: int) -> WorkerResult:
+    """One connection's closed loop: warm-up, then requests started within the window count."""
+    rng = random.Random(spec.seed * 1_000_003 + worker)
+    conn = _CountingConnection(HOST, spec.port, timeout=spec.timeout)
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    created: list[str] = []
+    window_start = time.monotonic() + spec.warmup
+    window_end = window_start + spec.duration
+    n = 0
+    connects_before: int | None = None
+    cpu_before = 0.0
+    try:
+        while (now := time.monotonic()) < window_end:
+            measured = now >= window_start
+            if measured and connects_before is None:
+                connects_before, cpu_before = conn.connects, time.process_time()
+            method, path, body, headers = build_request(spec, worker, n, rng)
+            n += 1
+            started = time.perf_counter()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if measured:
+                    errors[type(exc).__name__] += 1
+                time.sleep(0.01)  # do not spin on a refusing server
+                continue
+            elapsed = time.perf_counter() - started
+            if 200 <= response.status < 300:
+                if measured:
+                    latencies.append(elapsed)
+                location = response.getheader("Location")
+                if spec.kind == "create" and location:
+                    created.append(location.rstrip("/").rsplit("/", 1)[-1])
+            elif measured:
+                errors[f"HTTP {response.status}"] += 1
+    finally:
+        conn.close()
+    finished = time.monotonic()
+    if connects_before is None:  # the window never opened
+        connects_before, cpu_before = conn.connects, time.process_time()
+    return WorkerResult(
+        latencies=latencies, errors=dict(errors), started=window_start, finished=finished,
+        connects=conn.connects - connects_before, cpu_s=time.process_time() - cpu_before,
+        created=created)
+
+
+def _worker_main(spec: LoadSpec, worker: int, barrier: Any, results: Any) -> None:
+    """Entry point of a spawned load process: wait for the others, run, send the result."""
+    try:
+        barrier.wait(timeout=START_TIMEOUT)
+        results.put((worker, run_worker(spec, worker)))
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:
+        results.put((worker, f"{type(exc).__name__}: {exc}"))
+
+
+def generate_load(
+    spec: LoadSpec, connections: int, probes: Mapping[str, Callable[[], float]] | None = None
+) -> tuple[list[WorkerResult], dict[str, float]]:
+    """Run ``connections`` load processes (one connection each) together.
+
+    Returns their results and, for each of ``probes`` (CPU-seconds counters of other
+    processes), how much it grew during the measured window.
+    """
+    probes = probes or {}
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(connections + 1)
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(spec, i, barrier, queue), daemon=True,
+                         name=f"bench-load-{i}") for i in range(connections)]
+    results: dict[int, WorkerResult] = {}
+    try:
+        for proc in procs:
+            proc.start()
+        barrier.wait(timeout=START_TIMEOUT)
+        deadline = time.monotonic() + spec.warmup + spec.duration + spec.timeout + 30
+        time.sleep(spec.warmup)
+        before = {key: probe() for key, probe in probes.items()}
+        while len(results) < connections:
+            try:
+                worker, result = queue.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Empty:
+                raise RuntimeError("load processes did not report in time") from None
+            if isinstance(result, str):
+                raise RuntimeError(f"load process {worker} failed: {result}")
+            results[worker] = result
+        cpu = {key: round(probe() - before[key], 3) for key, probe in probes.items()}
+        return [results[i] for i in range(connections)], cpu
+    finally:
+        done = len(results) == connections
+        for proc in (p for p in procs if p.pid is not None):  # started ones
+            if done:
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=5)
+        queue.close()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def mpi_command(*args: str) -> list[str]:
+    """``python -m mpi ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "mpi", *args]
+
+
+def gunicorn_command(options: Mapping[str, Any], app: str = HELLO_APP) -> list[str]:
+    """``python -m gunicorn`` with ``options`` (``mpi.server.gunicorn_options`` keys) as flags.
+
+    Like ``MPIServer.load_config``, unknown keys and None values are skipped; so are
+    settings that have no command-line flag (``logconfig_dict``).
+    """
+    from gunicorn.config import make_settings
+
+    known = make_settings()
+    cmd = [sys.executable, "-m", "gunicorn"]
+    for key, value in options.items():
+        setting = known.get(key)
+        if value is None or setting is None or not setting.cli:
+            continue
+        flag = next((f for f in setting.cli if f.startswith("--")), setting.cli[0])
+        if setting.action in ("store_true", "store_false"):
+            if bool(value) == (setting.action == "store_true"):
+                cmd.append(flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                cmd += [flag, str(item)]
+        else:
+            cmd += [flag, str(value)]
+    return [*cmd, app]
+
+
+def server_env(base: Mapping[str, str], database_url: str, port: int) -> dict[str, str]:
+    """``base`` without any service setting (so defaults apply), plus the benchmark's own."""
+    from mpi.config import ENV_NAMES
+
+    dropped = {*ENV_NAMES, *(f"{name}_FILE" for name in ENV_NAMES)}
+    env = {k: v for k, v in base.items() if k not in dropped}
+    env.update(DATABASE_URL=database_url, SERVER_HOST=HOST, SERVER_PORT=str(port),
+               LOG_LEVEL="WARNING")
+    return env
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path, port: int,
+    ready_path: str,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server in its own session until ``ready_path`` answers 200; stop it after."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_ready(proc, port, ready_path, log)
+            yield proc
+        finally:
+            _stop(proc)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{_tail(log)}")
+        conn = http.client.HTTPConnection(HOST, port, timeout=2)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready on {path} after {START_TIMEOUT:g} s:\n{_tail(log)}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (graceful), SIGKILL the group if it lingers."""
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _proc_stats() -> Iterator[tuple[int, int, int, float]]:
+    """(pid, parent pid, process group, CPU seconds incl. reaped children) from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            # utime + stime, and cutime + cstime of children that already exited
+            cpu = sum(int(x) for x in fields[11:15]) / tick
+            yield int(stat.parent.name), int(fields[1]), int(fields[2]), cpu
+
+
+def _child_count(pid: int) -> int:
+    """How many processes have ``pid`` as parent (gunicorn's workers)."""
+    return sum(1 for _, ppid, _, _ in _proc_stats() if ppid == pid)
+
+
+def _group_cpu(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of process group ``pgid``."""
+    return sum(cpu for _, _, group, cpu in _proc_stats() if group == pgid)
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its live children (a postmaster and backends)."""
+    return sum(cpu for p, ppid, _, cpu in _proc_stats() if pid in (p, ppid))
+
+
+def machine_cpu(kind: str = "busy") -> float:
+    """CPU seconds so far, from /proc/stat: all busy time, or ``steal`` (the hypervisor's)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    ticks = steal if kind == "steal" else user + nice + system + irq + softirq
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _postmaster_pid(pg: Any) -> int | None:
+    """The local server's postmaster pid (None for container and external servers)."""
+    if pg.tempdir is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((pg.tempdir / "data" / "postmaster.pid").read_text().split()[0])
+    return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the benchmark runs, so cleanup runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, OS and interpreter of this machine, and the versions that matter."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str] = {}
+    for dist in ("mpi", "falcon", "gunicorn", "peewee", "psycopg"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[dist] = version(dist)
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+    }
+
+
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=5, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    return None
+
+
+def _postgres_info(url: str) -> dict[str, str]:
+    """The server's version and the settings that decide write latency."""
+    import psycopg
+
+    info: dict[str, str] = {}
+    with psycopg.connect(url) as conn:
+        for key, sql in (("version", "SELECT version()"), ("fsync", "SHOW fsync"),
+                         ("synchronous_commit", "SHOW synchronous_commit"),
+                         ("full_page_writes", "SHOW full_page_writes"),
+                         ("max_connections", "SHOW max_connections"),
+                         ("shared_buffers", "SHOW shared_buffers")):
+            row = conn.execute(sql).fetchone()
+            info[key] = str(row[0]) if row else ""
+    return info
+
+
+def _measure(
+    name: str, spec: LoadSpec, connections: int, probes: Mapping[str, Callable[[], float]]
+) -> tuple[ScenarioResult, list[str]]:
+    print(f"  {name}: {spec.warmup:g} s warm-up + {spec.duration:g} s x {connections} "
+          "connections", file=sys.stderr, flush=True)
+    parts, cpu = generate_load(spec, connections, probes)
+    return aggregate(name, parts, cpu), [i for part in parts for i in part.created]
+
+
+def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]:
+    """Start everything, measure every scenario, stop everything; results and context."""
+    from mpi.config import load
+    from mpi.server import gunicorn_options
+    from toolkit.postgres import start_postgres
+
+    log_dir = args.json.parent
+    _make_output_dir(log_dir)
+    context: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "machine": machine_info(),
+        "load": {"connections": args.connections, "duration_s": args.duration,
+                 "warmup_s": args.warmup, "seed": args.seed,
+                 "generator": "http.client, one spawned process per connection, closed loop"},
+    }
+    results: list[ScenarioResult] = []
+    template = LoadSpec(kind="hello", port=0, duration=args.duration, warmup=args.warmup,
+                        tag=uuid.uuid4().hex[:8], seed=args.seed)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mpi-bench-")))
+        print("starting PostgreSQL ...", file=sys.stderr, flush=True)
+        pg = start_postgres(durable=not args.fast_postgres)
+        stack.callback(_stop_postgres, pg)
+        context["postgres"] = {"kind": pg.kind, "description": pg.description,
+                               **_postgres_info(pg.url)}
+        postmaster = _postmaster_pid(pg)
+        pg_probe: dict[str, Callable[[], float]] = (
+            {} if postmaster is None else {"postgres": partial(_tree_cpu, postmaster)})
+        machine: dict[str, Callable[[], float]] = {
+            "machine": machine_cpu, "steal": partial(machine_cpu, "steal")}
+
+        port = free_port()
+        env = server_env(os.environ, pg.url, port)
+        settings = load(env)
+        hello_cmd = gunicorn_command({**gunicorn_options(settings), "proc_name": "bench-hello"})
+        server: dict[str, Any] = {
+            "workers": settings.workers, "threads": settings.threads,
+            "worker_class": "sync" if settings.threads == 1 else "gthread",
+            "database_max_connections": settings.database_max_connections,
+            "hello_command": hello_cmd[1:], "mpi_command": mpi_command("serve")[1:],
+        }
+        context["server"] = server
+        print(f"hello: {' '.join(hello_cmd[1:])}", file=sys.stderr, flush=True)
+        with running_server(hello_cmd, env=env, cwd=ROOT, log=log_dir / "hello-server.log",
+                            port=port, ready_path=HELLO) as proc:
+            probes: dict[str, Callable[[], float]] = {
+                "server": partial(_group_cpu, proc.pid), **machine}
+            spec = replace(template, port=port)
+            results.append(_measure(BASELINE, spec, args.connections, probes)[0])
+            server["hello_workers_seen"] = _child_count(proc.pid)
+
+        port = free_port()
+        env = server_env(os.environ, pg.url, port)
+        migrate = subprocess.run(mpi_command("migrate"), env=env, cwd=workdir,
+                                 capture_output=True, text=True, timeout=120, check=False)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"mpi migrate failed:\n{migrate.stdout}{migrate.stderr}")
+        print("mpi serve", file=sys.stderr, flush=True)
+        with running_server(mpi_command("serve"), env=env, cwd=workdir,
+                            log=log_dir / "mpi-server.log", port=port, ready_path=READY) as proc:
+            probes = {"server": partial(_group_cpu, proc.pid), **pg_probe, **machine}
+            spec = replace(template, kind="create", port=port)
+            post, ids = _measure(POST_PATIENT, spec, args.connections, probes)
+            results.append(post)
+            if not ids:
+                raise RuntimeError("no patient was created: nothing to read")
+            spec = replace(template, kind="read", port=port, ids=tuple(ids))
+            results.append(_measure(GET_PATIENT, spec, args.connections, probes)[0])
+            server["mpi_workers_seen"] = _child_count(proc.pid)
+        context["patients_created"] = len(ids)
+    context["server_logs"] = [_log_summary(log_dir / name)
+                              for name in ("hello-server.log", "mpi-server.log")]
+    return results, context
+
+
+def _stop_postgres(pg: Any) -> None:
+    try:
+        pg.stop()
+    except Exception as exc:  # report, but let the original error (if any) through
+        print(f"warning: stopping PostgreSQL failed: {exc}", file=sys.stderr)
+
+
+def _make_output_dir(path: Path) -> None:
+    """Create the report directory; a new one gets a ``.gitignore`` of ``*`` (like pytest)."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        (path / ".gitignore").write_text("# created by toolkit.bench\n*\n")
+
+
+def _log_summary(log: Path) -> dict[str, Any]:
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return {"path": str(log), "lines": len(lines), "tail": lines[-10:]}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m toolkit.bench",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=_positive, default=10.0,
+                        help="measured seconds per scenario (default 10)")
+    parser.add_argument("--warmup", type=_non_negative, default=2.0,
+                        help="warm-up seconds before each measurement (default 2)")
+    parser.add_argument("--connections", type=_connections, default=8, metavar="N",
+                        help="concurrent connections, one process each, 1-64 (default 8)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help=f"where to write the JSON report (default {DEFAULT_JSON})")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the read scenario's picks")
+    parser.add_argument("--fast-postgres", action="store_true",
+                        help="a local PostgreSQL with fsync and synchronous_commit off")
+    return parser.parse_args(argv)
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _connections(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with _sigterm_as_interrupt():
+            results, context = run(args)
+    except KeyboardInterrupt:
+        print("interrupted; servers and PostgreSQL stopped", file=sys.stderr)
+        return 130
+    context["command"] = ["python", "-m", "toolkit.bench",
+                          *(sys.argv[1:] if argv is None else argv)]
+    args.json.write_text(report_json(results, context))
+    print(format_summary(results, context))
+    print(f"report: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
