@@ -50,20 +50,18 @@ class PatientService:
         if data.id is not None:
             raise InvalidInput([FieldProblem("id", "is assigned by the server; leave it out")])
         now = self._clock()
-        with _storage_errors(), write_transaction(self._db):
-            existing = self.repository.find_live_id_by_source(data.source, data.source_id)
-            if existing is not None:
-                raise Conflict(
-                    f"source {data.source} already has a live record {data.source_id}: "
-                    f"patient {existing}", field="source_id", existing_id=existing)
-            self._check_identifiers(data, exclude_pk=None)
-            patient = self.repository.insert(data, patient_id=self._new_id(), now=now)
-            record = patient.to_dict()
-            self.audit.record("patient:record:create", actor, entity_type="patient",
-                              entity_id=patient.id, now=now, new=record)
-            self.changes.append("PatientCreated", actor, entity_type="patient",
-                                entity_id=patient.id, entity_version=patient.version, now=now,
-                                payload=record)
+        try:
+            with _storage_errors(), write_transaction(self._db):
+                # Uniqueness is the database's job (partial unique indexes): no racy pre-check.
+                patient = self.repository.insert(data, patient_id=self._new_id(), now=now)
+                record = patient.to_dict()
+                self.audit.record("patient:record:create", actor, entity_type="patient",
+                                  entity_id=patient.id, now=now, new=record)
+                self.changes.append("PatientCreated", actor, entity_type="patient",
+                                    entity_id=patient.id, entity_version=patient.version,
+                                    now=now, payload=record)
+        except Conflict as clash:
+            raise self._explain(clash, data, exclude_id=None) from None
         return patient
 
     def update(self, patient_id: str, data: PatientInput, actor: Actor, *,
@@ -72,31 +70,27 @@ class PatientService:
         if data.id is not None and data.id != patient_id:
             raise InvalidInput([FieldProblem("id", f"does not match the URL ({patient_id})")])
         now = self._clock()
-        with _storage_errors(), write_transaction(self._db):
-            row = self.repository.get_row(patient_id)
-            old = self.repository.get(patient_id)
-            if (data.source, data.source_id) != (old.source, old.source_id):
-                holder = self.repository.find_live_id_by_source(data.source, data.source_id)
-                if holder is not None and holder != patient_id:
-                    raise Conflict(
-                        f"source {data.source} already has a live record {data.source_id}: "
-                        f"patient {holder}", field="source_id", existing_id=holder)
-            self._check_identifiers(data, exclude_pk=row.pk)
-            version = row.version if expected_version is None else expected_version
-            patient = self.repository.update(row, data, expected_version=version, now=now)
-            record = patient.to_dict()
-            self.audit.record("patient:record:update", actor, entity_type="patient",
-                              entity_id=patient_id, now=now, old=old.to_dict(), new=record)
-            self.changes.append("PatientUpdated", actor, entity_type="patient",
-                                entity_id=patient_id, entity_version=patient.version, now=now,
-                                payload=record)
+        try:
+            with _storage_errors(), write_transaction(self._db):
+                row = self.repository.get_row(patient_id)
+                old = self.repository.load(row)
+                version = row.version if expected_version is None else expected_version
+                patient = self.repository.update(row, data, expected_version=version, now=now)
+                record = patient.to_dict()
+                self.audit.record("patient:record:update", actor, entity_type="patient",
+                                  entity_id=patient_id, now=now, old=old.to_dict(), new=record)
+                self.changes.append("PatientUpdated", actor, entity_type="patient",
+                                    entity_id=patient_id, entity_version=patient.version,
+                                    now=now, payload=record)
+        except Conflict as clash:
+            raise self._explain(clash, data, exclude_id=patient_id) from None
         return patient
 
     def delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
         now = self._clock()
         with _storage_errors(), write_transaction(self._db):
             row = self.repository.get_row(patient_id)
-            old = self.repository.get(patient_id)
+            old = self.repository.load(row)
             version = self.repository.soft_delete(row, expected_version=expected_version,
                                                   now=now)
             self.audit.record("patient:record:delete", actor, entity_type="patient",
@@ -130,14 +124,22 @@ class PatientService:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _check_identifiers(self, data: PatientInput, *, exclude_pk: int | None) -> None:
-        conflicts = self.repository.identifier_conflicts(data, exclude_pk=exclude_pk)
-        if conflicts:
-            position, holder = conflicts[0]
-            ident = data.identifiers[position]
-            raise Conflict(
-                f"identifier {ident.system} is already held by live patient {holder}",
-                field=f"identifiers[{position}]", existing_id=holder)
+    def _explain(self, clash: Conflict, data: PatientInput, *,
+                 exclude_id: str | None) -> Conflict:
+        """After a unique index refused a write (and it rolled back): name what clashed."""
+        with _storage_errors():
+            holder = self.repository.find_live_id_by_source(data.source, data.source_id)
+            if holder is not None and holder != exclude_id:
+                return Conflict(
+                    f"source {data.source} already has a live record {data.source_id}: "
+                    f"patient {holder}", field="source_id", existing_id=holder)
+            for position, holder in self.repository.identifier_conflicts(data):
+                if holder != exclude_id:
+                    ident = data.identifiers[position]
+                    return Conflict(
+                        f"identifier {ident.system} is already held by live patient {holder}",
+                        field=f"identifiers[{position}]", existing_id=holder)
+        return clash
 
 
 @contextlib.contextmanager

@@ -74,8 +74,7 @@ class PatientRepository:
                .first())
         return str(row.id) if row else None
 
-    def identifier_conflicts(self, data: PatientInput,
-                             exclude_pk: int | None = None) -> list[tuple[int, str]]:
+    def identifier_conflicts(self, data: PatientInput) -> list[tuple[int, str]]:
         """(position, id of the live record holding it) for each identifier already taken."""
         if not data.identifiers:
             return []
@@ -85,8 +84,6 @@ class PatientRepository:
                  .join(PatientRow)
                  .where(PatientIdentifierRow.value.in_([v for _, v in wanted]),
                         PatientIdentifierRow.deleted_at.is_null()))
-        if exclude_pk is not None:
-            query = query.where(PatientRow.pk != exclude_pk)
         conflicts = []
         rows = cast(Iterable[tuple[str, str, Any]], query.tuples())
         for system, value, holder in rows:
@@ -132,7 +129,10 @@ class PatientRepository:
             raise NotFound(f"no patient {patient_id}")
 
     def get(self, patient_id: uuid.UUID | str) -> Patient:
-        row = self.get_row(patient_id)
+        return self.load(self.get_row(patient_id))
+
+    def load(self, row: PatientRow) -> Patient:
+        """The domain object for a row already read."""
         return self._load([row])[0]
 
     def update(self, row: PatientRow, data: PatientInput, *, expected_version: int,
