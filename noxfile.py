@@ -52,6 +52,13 @@ def build(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def image(session: nox.Session) -> None:
+    """Write dist/mpi-image.tar (OCI layout + docker manifest), its digest and SBOM; --load."""
+    install_locked(session, "requirements-tools.lock", "requirements-build.lock", project=False)
+    session.run("python", "-m", "images.runtime_image", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lock(session: nox.Session) -> None:
     """Resolve and rewrite every lock with hashes (the only session that resolves versions)."""
     session.install("--require-hashes", "--no-deps", "-r", "requirements-tools.lock")

@@ -8,7 +8,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from tests.build.conftest import OFFLINE, Build, build_in
+from tests.pexbuilds import OFFLINE, Build, build_in
 from toolkit import pexbuild
 
 
