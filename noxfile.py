@@ -31,7 +31,8 @@ def test(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
     """Run the service from source on the embedded SQLite default."""
-    install_locked(session, "requirements.lock")
+    # The build lock brings the pinned setuptools the editable install needs.
+    install_locked(session, "requirements.lock", "requirements-build.lock")
     session.run("mpi", *(session.posargs or ["serve"]))
 
 
