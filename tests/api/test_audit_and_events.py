@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import patient
 
 URL = "/api/v1/patients"
@@ -98,5 +100,13 @@ def test_reads_and_failed_writes_add_no_events(client):
     assert len(client.simulate_get("/api/v1/events").json["events"]) == 1
 
 
-def test_events_rejects_bad_cursor(client):
-    assert client.simulate_get("/api/v1/events", params={"after": "abc"}).status_code == 400
+@pytest.mark.parametrize("after", ["abc", "-1", "99999999999999999999999"])
+def test_events_rejects_bad_cursor(client, after):
+    assert client.simulate_get("/api/v1/events", params={"after": after}).status_code == 400
+
+
+@pytest.mark.parametrize("params", [{"before": "99999999999999999999"}, {"limit": "0"},
+                                    {"user_id": "a\u0000b"}])
+def test_audit_rejects_bad_parameters(client, params):
+    resp = client.simulate_get("/api/v1/audit/user", params={"user_id": "u", **params})
+    assert resp.status_code == 400

@@ -178,6 +178,9 @@ def test_delete_with_stale_if_match_is_412(client):
     ({"deceased_date": "2000-01-01"}, "deceased_date"),
     ({"colour": "blue"}, "colour"),
     ({"id": "00000000-0000-4000-8000-000000000001"}, "id"),
+    ({"names": [{"family": "Nul\u0000Byte"}]}, "names[0].family"),
+    ({"source_id": "A\u0000"}, "source_id"),
+    ({"identifiers": [{"system": SSN, "value": "1\u00002"}]}, "identifiers[0].value"),
 ])
 def test_invalid_fields_are_422_naming_the_field(client, change, field):
     body = patient(**{k: v for k, v in change.items() if v is not None})
@@ -303,7 +306,9 @@ def test_list_filters(client):
 
 
 @pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "x"}, {"cursor": "-1"},
-                                    {"birth_date": "1980-5-1"}])
+                                    {"birth_date": "1980-5-1"},
+                                    {"cursor": "99999999999999999999999"},
+                                    {"family": "Smi\u0000th"}, {"identifier": "\u0000"}])
 def test_list_rejects_bad_parameters(client, params):
     resp = client.simulate_get(URL, params=params)
     assert resp.status_code == 400

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,8 +28,27 @@ from pydantic import (
 
 from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+def _printable(value: str) -> str:
+    """No control characters: PostgreSQL refuses NUL, and none belongs in a record."""
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _length(max_length: int, min_length: int = 1) -> StringConstraints:
+    return StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length)
+
+
+_PRINTABLE = AfterValidator(_printable)
+# Trimmed, printable strings of bounded length.
+Text = Annotated[str, _length(200), _PRINTABLE]
+ShortText = Annotated[str, _length(64), _PRINTABLE]
+SourceCode = Annotated[str, _length(100), _PRINTABLE]
+SourceId = Annotated[str, _length(200), _PRINTABLE]
+SystemUri = Annotated[str, _length(256, 3), _PRINTABLE]
+IdentifierValue = Annotated[str, _length(128), _PRINTABLE]
+ContactValue = Annotated[str, _length(256), _PRINTABLE]
 
 NameUse = Literal["usual", "official", "temp", "nickname", "anonymous", "old", "maiden"]
 Gender = Literal["male", "female", "other", "unknown"]
@@ -70,8 +90,8 @@ class Identifier(BaseModel):
 
     model_config = _STRICT
 
-    system: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=256)]
-    value: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    system: SystemUri
+    value: IdentifierValue
     type: str | None = Field(
         default=None,
         description="HL7 v2 table 0203 code such as MR, SS, DL, PPN",
@@ -123,7 +143,7 @@ class ContactPoint(BaseModel):
     model_config = _STRICT
 
     system: TelecomSystem
-    value: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+    value: ContactValue
     use: TelecomUse | None = None
     rank: Annotated[int, Field(ge=1)] | None = None
 
@@ -143,11 +163,10 @@ class PatientInput(BaseModel):
 
     model_config = _STRICT
 
-    source: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] \
-        = Field(description="The sending system, e.g. st-marys-ehr", examples=["st-marys-ehr"])
-    source_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                max_length=200)] \
-        = Field(description="The record's id in the sending system", examples=["A-1001"])
+    source: SourceCode = Field(
+        description="The sending system, e.g. st-marys-ehr", examples=["st-marys-ehr"])
+    source_id: SourceId = Field(
+        description="The record's id in the sending system", examples=["A-1001"])
     active: bool = True
     names: list[HumanName] = Field(min_length=1, max_length=20)
     gender: Gender | None = None

@@ -63,6 +63,9 @@ class Query:
         if len(value) > max_length:
             self.problems.append(FieldProblem(name, f"must be at most {max_length} characters"))
             return None
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            self.problems.append(FieldProblem(name, "must not contain control characters"))
+            return None
         return value.strip()
 
     def date(self, name: str) -> date | None:
@@ -78,7 +81,7 @@ class Query:
             return None
 
     def integer(self, name: str, *, default: int | None = None, minimum: int = 0,
-                maximum: int | None = None) -> int | None:
+                maximum: int = 2**63 - 1) -> int | None:
         value = self.text(name, max_length=20)
         if value is None:
             return default
@@ -87,8 +90,8 @@ class Query:
         except ValueError:
             self.problems.append(FieldProblem(name, "must be a whole number"))
             return default
-        if number < minimum or (maximum is not None and number > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None \
+        if number < minimum or number > maximum:
+            bound = f"between {minimum} and {maximum}" if maximum < 2**63 - 1 \
                 else f"at least {minimum}"
             self.problems.append(FieldProblem(name, f"must be {bound}"))
             return default
