@@ -156,7 +156,7 @@ def build(routes: Iterable[tuple[str, object]], *, version: str) -> dict[str, An
             if op.request is not None:
                 entry["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _ref(op.request)}}}
-            for status, (description, model) in sorted(op.responses.items()):
+            for status, (description, model) in sorted(_with_common(op, resource).items()):
                 response: dict[str, Any] = {"description": description}
                 if model is not None:
                     response["content"] = {op.content_type: {"schema": _ref(model)}}
@@ -182,6 +182,16 @@ def build(routes: Iterable[tuple[str, object]], *, version: str) -> dict[str, An
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": schemas},
     }
+
+
+def _with_common(op: Operation, resource: object) -> dict[int, tuple[str, Body]]:
+    """The operation's responses plus those every such operation can give."""
+    responses = dict(op.responses)
+    if op.params or op.request is not None:
+        responses.setdefault(400, ("A parameter or header is invalid; each one is named", None))
+    if getattr(resource, "uses_database", True):
+        responses.setdefault(503, ("The database is unavailable; retry after Retry-After", None))
+    return responses
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:

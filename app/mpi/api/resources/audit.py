@@ -12,7 +12,8 @@ from mpi.audit.log import AuditEntry, AuditLog
 from mpi.storage.patients import PatientRepository
 
 PAGE_PARAMS = (
-    Param("before", "query", "Cursor: entries older than this (next_cursor of the last page)"),
+    Param("before", "query", "Cursor: entries older than this (next_cursor of the last page)",
+          {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
     Param("limit", "query", "Page size (1-500, default 100)",
           {"type": "integer", "minimum": 1, "maximum": 500}),
 )
@@ -68,7 +69,9 @@ class UserAudit:
         self._audit = audit
 
     @operation("What one user did", tags=["audit"],
-               params=(Param("user_id", "query", "The acting user (X-User-ID)", required=True),
+               params=(Param("user_id", "query", "The acting user (X-User-ID)",
+                             {"type": "string", "minLength": 1, "maxLength": 128,
+                              "pattern": "^[!-~]+$"}, required=True),
                        *PAGE_PARAMS),
                responses={200: ("Entries, newest first", AuditPage),
                           400: ("user_id is missing", None)})

@@ -16,7 +16,8 @@ class EventFeed:
 
     @operation("The change feed", tags=["events"],
                params=(Param("after", "query", "Cursor: events after this one (0 = from the "
-                                               "start); pass back next_cursor"),
+                                               "start); pass back next_cursor",
+                             {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
                        Param("limit", "query", "Page size (1-1000, default 100)",
                              {"type": "integer", "minimum": 1, "maximum": 1000})),
                responses={200: ("Events in commit order", EventPage),

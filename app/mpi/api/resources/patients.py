@@ -16,7 +16,8 @@ from mpi.storage.patients import PatientFilter
 BASE = "/api/v1/patients"
 
 PAGE_PARAMS = (
-    Param("cursor", "query", "Opaque cursor from the previous page's next_cursor"),
+    Param("cursor", "query", "Cursor: the previous page's next_cursor",
+          {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
     Param("limit", "query", "Page size (1-200, default 50)",
           {"type": "integer", "minimum": 1, "maximum": 200}),
 )
