@@ -68,7 +68,7 @@ def lock(session: nox.Session) -> None:
         session.run(*locks.compile_command(spec, upgrade=upgrade))
     # Debian packages of the images: pinned as apt resolves them here (apt-get update first).
     session.run("apt-get", "update", "-q", external=True)
-    for definition in ("images/runtime",):
+    for definition in ("images/runtime", "images/postgres"):
         session.run("python", "-m", "images.debian", "lock", definition)
 
 
