@@ -142,11 +142,8 @@ def lock(definition: Path, lock_path: Path, omitted: Path | None = None) -> list
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def mirror_url(package: Package, env: Mapping[str, str] = os.environ) -> str:

@@ -206,11 +206,8 @@ def build_key(repo: Path, files: Sequence[str], *, commit: str, epoch: int) -> s
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --- steps ----------------------------------------------------------------------------

@@ -49,10 +49,15 @@ PatientRow.add_index(
 )
 
 
+def _belongs_to_patient(backref: str) -> peewee.ForeignKeyField:
+    """The child tables' link to their patient (deleted with it, indexed)."""
+    return peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                  backref=backref, on_delete="CASCADE", index=True)
+
+
 class PatientNameRow(BaseModel):
     pk = peewee.BigAutoField()
-    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
-                                     backref="name_rows", on_delete="CASCADE", index=True)
+    patient = _belongs_to_patient("name_rows")
     position = peewee.SmallIntegerField()
     use = peewee.CharField(max_length=16, null=True)
     family = peewee.CharField(max_length=200, null=True)
@@ -67,8 +72,7 @@ class PatientNameRow(BaseModel):
 
 class PatientIdentifierRow(BaseModel):
     pk = peewee.BigAutoField()
-    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
-                                     backref="identifier_rows", on_delete="CASCADE", index=True)
+    patient = _belongs_to_patient("identifier_rows")
     position = peewee.SmallIntegerField()
     system = peewee.CharField(max_length=256)
     value = peewee.CharField(max_length=128, index=True)
@@ -90,8 +94,7 @@ PatientIdentifierRow.add_index(
 
 class PatientAddressRow(BaseModel):
     pk = peewee.BigAutoField()
-    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
-                                     backref="address_rows", on_delete="CASCADE", index=True)
+    patient = _belongs_to_patient("address_rows")
     position = peewee.SmallIntegerField()
     use = peewee.CharField(max_length=16, null=True)
     type = peewee.CharField(max_length=16, null=True)
@@ -108,8 +111,7 @@ class PatientAddressRow(BaseModel):
 
 class PatientTelecomRow(BaseModel):
     pk = peewee.BigAutoField()
-    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
-                                     backref="telecom_rows", on_delete="CASCADE", index=True)
+    patient = _belongs_to_patient("telecom_rows")
     position = peewee.SmallIntegerField()
     system = peewee.CharField(max_length=16)
     value = peewee.CharField(max_length=256)
