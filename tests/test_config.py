@@ -72,7 +72,9 @@ def test_database_urls(url, kind, detail):
 
 @pytest.mark.parametrize("url", ["sqlite://host/x.db", "sqlite:///", "sqlite:///:memory:",
                                  "postgresql://h/", "postgresql:///db", "postgresql://h:x/db",
-                                 "oracle://h/db", ""])
+                                 "oracle://h/db", "", "postgresql://h/db?foo=bar",
+                                 "postgresql://h/db?sslmode=bogus",
+                                 "postgresql://h/db?port=x"])
 def test_bad_database_urls(url):
     with pytest.raises(ValueError):
         parse_database_url(url)
@@ -81,6 +83,25 @@ def test_bad_database_urls(url):
 def test_mask_url():
     assert mask_url("postgresql://a:b@h/db") == "postgresql://a:***@h/db"
     assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert mask_url("postgresql://a@h/db?password=s3cret&sslmode=require") == \
+        "postgresql://a@h/db?password=***&sslmode=require"
+
+
+def test_connection_options_in_the_query_string_fold_into_the_target():
+    target = parse_database_url("postgresql://h/db?user=u&password=p&port=6543&sslmode=require")
+    assert (target.user, target.password, target.port) == ("u", "p", 6543)
+    assert target.options == (("sslmode", "require"),)
+    url_wins = parse_database_url("postgresql://a:b@h:5432/db?user=u&port=1")
+    assert (url_wins.user, url_wins.password, url_wins.port) == ("a", "b", 5432)
+    from mpi.storage.db import database_for
+
+    database_for(target)  # builds without "multiple values for keyword argument"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "1e-9", "99999"])
+def test_database_timeout_must_be_sensible(value):
+    with pytest.raises(ConfigError, match="DATABASE_TIMEOUT"):
+        load({"DATABASE_TIMEOUT": value})
 
 
 def test_workers_auto():

@@ -13,6 +13,7 @@ and must start fast.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,10 +56,10 @@ def _workers(raw: str) -> int:
     return _positive_int(raw)
 
 
-def _positive_float(raw: str) -> float:
+def _timeout(raw: str) -> float:
     value = float(raw.strip())
-    if not value > 0:
-        raise ValueError("must be a number > 0")
+    if not (math.isfinite(value) and 0.1 <= value <= 3600):
+        raise ValueError("must be a number of seconds between 0.1 and 3600")
     return value
 
 
@@ -97,6 +98,21 @@ def _database_url(raw: str) -> str:
     return raw.strip()
 
 
+# libpq connection parameters accepted in a postgresql:// URL's query string.
+LIBPQ_OPTIONS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "channel_binding",
+    "connect_timeout", "client_encoding", "options", "application_name",
+    "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout", "sslmode", "sslcompression", "sslcert", "sslkey",
+    "sslpassword", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni",
+    "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "gssencmode",
+    "krbsrvname", "gsslib", "gssdelegation", "service", "target_session_attrs",
+    "load_balance_hosts",
+})
+SECRET_OPTIONS = frozenset({"password", "sslpassword"})
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 @dataclass(frozen=True)
 class DatabaseTarget:
     """What ``DATABASE_URL`` points at, split into the parts a driver needs."""
@@ -131,37 +147,47 @@ def parse_database_url(raw: str) -> DatabaseTarget:
                              "several processes, which cannot share an in-memory database")
         return DatabaseTarget(kind="sqlite", path=unquote(path))
     if scheme in ("postgresql", "postgres"):
-        dbname = unquote(parts.path.lstrip("/"))
-        if not dbname:
-            raise ValueError("postgresql URL names no database (…/dbname)")
-        options = tuple(parse_qsl(parts.query, keep_blank_values=True))
-        if not parts.hostname and not dict(options).get("host"):
-            raise ValueError("postgresql URL names no host")
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(query) - LIBPQ_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown connection option(s) {', '.join(unknown)}")
+        if "sslmode" in query and query["sslmode"] not in SSL_MODES:
+            raise ValueError(f"sslmode must be one of {', '.join(SSL_MODES)}")
         try:
-            port = parts.port
+            port = parts.port or (int(query["port"]) if query.get("port") else None)
         except ValueError as exc:
             raise ValueError("postgresql URL has an invalid port") from exc
-        return DatabaseTarget(
+        # The URL's own parts win over the same option given in the query string.
+        target = DatabaseTarget(
             kind="postgresql",
-            host=parts.hostname or "",
+            host=parts.hostname or query.get("host", ""),
             port=port,
-            user=unquote(parts.username or ""),
-            password=unquote(parts.password or ""),
-            dbname=dbname,
-            options=options,
+            user=unquote(parts.username or "") or query.get("user", ""),
+            password=unquote(parts.password or "") or query.get("password", ""),
+            dbname=unquote(parts.path.lstrip("/")) or query.get("dbname", ""),
+            options=tuple(sorted((k, v) for k, v in query.items()
+                                 if k not in ("host", "port", "user", "password", "dbname"))),
         )
+        if not target.dbname:
+            raise ValueError("postgresql URL names no database (…/dbname)")
+        if not target.host:
+            raise ValueError("postgresql URL names no host")
+        return target
     raise ValueError("must start with sqlite:// or postgresql://")
 
 
 def mask_url(raw: str) -> str:
-    """The URL with its password replaced by ``***``."""
+    """The URL with its password (in the user part or the query string) replaced by ``***``."""
     parts = urlsplit(raw)
-    if parts.password is None:
+    query_secrets = {k for k, _ in parse_qsl(parts.query)} & SECRET_OPTIONS
+    if parts.password is None and not query_secrets:
         return raw
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    masked = SplitResult(parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, "")
-    return urlunsplit(masked)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(f"{k}=***" if k in SECRET_OPTIONS else f"{k}={v}"
+                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, ""))
 
 
 @dataclass(frozen=True)
@@ -182,7 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
             "postgresql://user:password@host:5432/dbname", secret=True),
     Setting("DATABASE_MAX_CONNECTIONS", "database_max_connections", _positive_int, "10",
             "PostgreSQL connections each worker process may hold open (pool size)"),
-    Setting("DATABASE_TIMEOUT", "database_timeout", _positive_float, "10",
+    Setting("DATABASE_TIMEOUT", "database_timeout", _timeout, "10",
             "Seconds a request waits for a pooled connection (and for SQLite's write lock)"),
     Setting("SERVER_HOST", "server_host", _host, "127.0.0.1",
             "Address the HTTP server binds to (0.0.0.0 in containers)"),

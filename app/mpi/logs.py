@@ -27,6 +27,23 @@ class TextContextFilter(logging.Filter):
         return True
 
 
+class WithholdRequestLines(logging.Filter):
+    """gunicorn quotes a malformed request line (query string included) in its warnings.
+
+    The line can carry search terms such as a family name, so the quoted part is
+    replaced; the kind of error and the client address stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        quoting = message.startswith(("Invalid request from", "Invalid HTTP"))
+        if quoting or "request line" in message:
+            head = message.split(":", 1)[0] if message.startswith("Invalid request from") \
+                else "Invalid HTTP request"
+            record.msg, record.args = f"{head}: details withheld (they quote the request)", ()
+        return True
+
+
 def logging_config(settings: Settings) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` dict; gunicorn gets the same one."""
     if settings.log_format == "json":
@@ -43,7 +60,8 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": TextContextFilter}},
+        "filters": {"context": {"()": TextContextFilter},
+                    "withhold": {"()": WithholdRequestLines}},
         "formatters": {"main": formatter},
         "handlers": {
             "stderr": {
@@ -57,7 +75,8 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         "loggers": {
             # gunicorn logs every request's path and query at DEBUG: never below INFO.
             "gunicorn.error": {"level": _at_least_info(settings.log_level),
-                               "handlers": ["stderr"], "propagate": False},
+                               "handlers": ["stderr"], "propagate": False,
+                               "filters": ["withhold"]},
             "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
             # peewee logs every SQL statement with its parameters at DEBUG: patient data.
             "peewee": {"level": "WARNING"},

@@ -55,13 +55,26 @@ def test_audit_by_user_and_recent(client):
     mine = client.simulate_get("/api/v1/audit/user", params={"user_id": "clerk-7"}).json["items"]
     assert [e["action"] for e in mine] == ["patient:record:update", "patient:record:create"]
     recent = client.simulate_get("/api/v1/audit/recent", params={"limit": 2}).json
-    assert [e["action"] for e in recent["items"]] == ["patient:record:delete",
-                                                      "patient:record:update"]
+    assert [e["action"] for e in recent["items"]] == ["audit:user:read",
+                                                      "patient:record:delete"]
     older = client.simulate_get("/api/v1/audit/recent",
                                 params={"limit": 2, "before": recent["next_cursor"]}).json
-    assert [e["action"] for e in older["items"]] == ["patient:record:read",
-                                                     "patient:record:create"]
+    assert [e["action"] for e in older["items"]] == ["patient:record:update",
+                                                     "patient:record:read"]
     assert client.simulate_get("/api/v1/audit/user").status_code == 400
+
+
+def test_reading_the_feed_or_an_audit_trail_is_itself_audited(client):
+    pid = _lifecycle(client)
+    snoop = {"X-User-ID": "snoop"}
+    client.simulate_get("/api/v1/events", headers=snoop)
+    client.simulate_get(f"{URL}/{pid}/audit", headers=snoop)
+    client.simulate_get("/api/v1/audit/recent", headers=snoop)
+    client.simulate_get("/api/v1/audit/user", params={"user_id": "clerk-7"}, headers=snoop)
+    seen = client.simulate_get("/api/v1/audit/user", params={"user_id": "snoop"}).json["items"]
+    assert [e["action"] for e in seen] == ["audit:user:read", "audit:recent:read",
+                                           "audit:trail:read", "events:feed:read"]
+    assert seen[2]["entity_id"] == pid
 
 
 def test_listing_is_audited_with_the_returned_ids(client):

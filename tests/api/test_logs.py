@@ -81,3 +81,15 @@ def test_text_format_is_readable(capsys):
     err = capsys.readouterr().err
     assert "hidden" not in err
     assert "WARNING" in err and "shown request_id=r2" in err
+
+
+def test_gunicorn_warnings_never_quote_a_request_line():
+    config = logs.logging_config(Settings.defaults())
+    withhold = config["filters"]["withhold"]["()"]()
+    line = f"Invalid HTTP request line: 'GET /?family={SECRET_NAME}'"
+    record = logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 1,
+                               "Invalid request from ip=%s: %s", ("127.0.0.1", line), None)
+    assert withhold.filter(record)
+    assert SECRET_NAME not in record.getMessage()
+    assert record.getMessage().startswith("Invalid request from ip=127.0.0.1")
+    assert "withhold" in config["loggers"]["gunicorn.error"]["filters"]

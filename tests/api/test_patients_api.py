@@ -63,6 +63,13 @@ def test_identifier_held_by_another_live_record_is_409(client):
     assert resp.json["errors"][0]["field"] == "identifiers[0]"
 
 
+@pytest.mark.parametrize("family", ["ß" * 200, "ﬃ" * 200, "ﷺ" * 20])
+def test_names_that_grow_when_folded_are_stored(client, family):
+    resp = post(client, patient(names=[{"family": family}]))
+    assert resp.status_code == 201, resp.text
+    assert resp.json["names"][0]["family"] == family
+
+
 def test_same_identifier_value_in_another_system_is_fine(client):
     post(client, patient())
     other = patient(source_id="A-2000",
@@ -96,13 +103,23 @@ def test_update_with_current_version_then_stale_version(client, clock):
     assert client.simulate_get(f"{URL}/{created['id']}").json["names"][0]["family"] == "Smith-Jones"
 
 
-def test_update_accepts_echoed_read_only_fields_and_weak_etags(client):
+def test_update_accepts_echoed_read_only_fields(client):
     created = post(client, patient()).json
     echoed = dict(created, gender="unknown")
     resp = client.simulate_put(f"{URL}/{created['id']}", json=echoed,
-                               headers={"If-Match": 'W/"1"'})
+                               headers={"If-Match": '"1"'})
     assert resp.status_code == 200, resp.text
     assert resp.json["gender"] == "unknown"
+
+
+@pytest.mark.parametrize("tag", ['W/"1"', '"1_0"', '"99999999999999999999"', '"0"', '"x"'])
+def test_if_match_must_be_a_strong_version_tag(client, tag):
+    created = post(client, patient()).json
+    assert client.simulate_put(f"{URL}/{created['id']}", json=patient(),
+                               headers={"If-Match": tag}).status_code == 412
+    assert client.simulate_delete(f"{URL}/{created['id']}",
+                                  headers={"If-Match": tag}).status_code == 412
+    assert client.simulate_get(f"{URL}/{created['id']}").json["version"] == 1
 
 
 def test_update_with_another_records_id_in_body_is_422(client):
@@ -181,6 +198,7 @@ def test_delete_with_stale_if_match_is_412(client):
     ({"names": [{"family": "Nul\u0000Byte"}]}, "names[0].family"),
     ({"source_id": "A\u0000"}, "source_id"),
     ({"identifiers": [{"system": SSN, "value": "1\u00002"}]}, "identifiers[0].value"),
+    ({"telecom": [{"system": "phone", "value": "555-0100", "rank": 2**31}]}, "telecom[0].rank"),
 ])
 def test_invalid_fields_are_422_naming_the_field(client, change, field):
     body = patient(**{k: v for k, v in change.items() if v is not None})
@@ -308,7 +326,8 @@ def test_list_filters(client):
 @pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "x"}, {"cursor": "-1"},
                                     {"birth_date": "1980-5-1"},
                                     {"cursor": "99999999999999999999999"},
-                                    {"family": "Smi\u0000th"}, {"identifier": "\u0000"}])
+                                    {"family": "Smi\u0000th"}, {"identifier": "\u0000"},
+                                    {"identifier": "urn:x|"}])
 def test_list_rejects_bad_parameters(client, params):
     resp = client.simulate_get(URL, params=params)
     assert resp.status_code == 400

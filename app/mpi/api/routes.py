@@ -23,11 +23,10 @@ def build_routes(db: peewee.Database, service: PatientService) -> list[tuple[str
         (f"{PREFIX}/health/ready", ReadyResource(db)),
         (f"{PREFIX}/patients", PatientCollection(service)),
         (f"{PREFIX}/patients/{{patient_id:uuid}}", PatientItem(service)),
-        (f"{PREFIX}/patients/{{patient_id:uuid}}/audit",
-         PatientAudit(service.audit, service.repository)),
-        (f"{PREFIX}/audit/recent", RecentAudit(service.audit)),
-        (f"{PREFIX}/audit/user", UserAudit(service.audit)),
-        (f"{PREFIX}/events", EventFeed(service.changes)),
+        (f"{PREFIX}/patients/{{patient_id:uuid}}/audit", PatientAudit(service)),
+        (f"{PREFIX}/audit/recent", RecentAudit(service)),
+        (f"{PREFIX}/audit/user", UserAudit(service)),
+        (f"{PREFIX}/events", EventFeed(service)),
         (f"{PREFIX}/docs", SwaggerPage(spec_url="/openapi.json", static_url=DOCS_STATIC)),
     ]
     spec = OpenApiDocument(lambda: openapi.build(routes, version=version()))

@@ -145,7 +145,7 @@ class ContactPoint(BaseModel):
     system: TelecomSystem
     value: ContactValue
     use: TelecomUse | None = None
-    rank: Annotated[int, Field(ge=1)] | None = None
+    rank: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
     @model_validator(mode="after")
     def _value_fits_system(self) -> ContactPoint:

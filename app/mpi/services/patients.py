@@ -6,6 +6,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from typing import Any
 
 import peewee
 
@@ -72,7 +73,7 @@ class PatientService:
         now = self._clock()
         try:
             with _storage_errors(), write_transaction(self._db):
-                row = self.repository.get_row(patient_id)
+                row = self.repository.get_row(patient_id, lock="FOR UPDATE")
                 old = self.repository.load(row)
                 version = row.version if expected_version is None else expected_version
                 patient = self.repository.update(row, data, expected_version=version, now=now)
@@ -89,7 +90,7 @@ class PatientService:
     def delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
         now = self._clock()
         with _storage_errors(), write_transaction(self._db):
-            row = self.repository.get_row(patient_id)
+            row = self.repository.get_row(patient_id, lock="FOR UPDATE")
             old = self.repository.load(row)
             version = self.repository.soft_delete(row, expected_version=expected_version,
                                                   now=now)
@@ -121,6 +122,13 @@ class PatientService:
                                  for k, v in vars(filters).items() if v is not None},
                      "returned": [p.id for p in page.items]})
         return page
+
+    def record_access(self, action: str, actor: Actor, *, entity_type: str,
+                      entity_id: str | None = None, detail: Any = None) -> None:
+        """Audit a read of something that shows record content (audit trails, the feed)."""
+        with _storage_errors():
+            self.audit.record(action, actor, entity_type=entity_type, entity_id=entity_id,
+                              now=self._clock(), new=detail)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def database_for(target: DatabaseTarget, *, max_connections: int = 10,
     options.setdefault("application_name", "mpi")
     return PooledPostgresqlDatabase(
         target.dbname,
-        host=target.host or options.pop("host", "") or None,
+        host=target.host,
         port=target.port,
         user=target.user or None,
         password=target.password or None,

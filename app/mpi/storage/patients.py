@@ -20,6 +20,7 @@ import peewee
 
 from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
 from mpi.domain.patient import Patient, PatientInput
+from mpi.storage.db import is_postgres
 from mpi.storage.models import (
     PATIENT_CHILD_MODELS,
     PatientAddressRow,
@@ -40,12 +41,17 @@ def _source_clash() -> Iterator[None]:
                        field="source_id") from exc
 
 
+NAME_LENGTH = 200
+
+
 def normalize_name(value: str | None) -> str | None:
     """Case- and accent-insensitive form used for exact name look-ups."""
     if value is None:
         return None
     decomposed = unicodedata.normalize("NFKD", value.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).strip()
+    folded = "".join(c for c in decomposed if not unicodedata.combining(c)).strip()
+    # Folding can lengthen a name (ß -> ss, ligatures); the column holds NAME_LENGTH.
+    return folded[:NAME_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -114,9 +120,17 @@ class PatientRepository:
             updated_at=now,
         )
 
-    def get_row(self, patient_id: uuid.UUID | str) -> PatientRow:
-        """The row for ``patient_id``; NotFound or Deleted otherwise."""
-        row = PatientRow.get_or_none(PatientRow.id == patient_id)
+    def get_row(self, patient_id: uuid.UUID | str, *, lock: str | None = None) -> PatientRow:
+        """The row for ``patient_id``; NotFound or Deleted otherwise.
+
+        ``lock`` ("FOR UPDATE" before a write, "FOR SHARE" before reading the child
+        rows) holds the row until the transaction ends on PostgreSQL, so the record
+        read is one version, never a mix; SQLite's write lock already serialises.
+        """
+        query = PatientRow.select().where(PatientRow.id == patient_id)
+        if lock and is_postgres(PatientRow._meta.database):
+            query = query.for_update(lock)  # type: ignore[arg-type]  # peewee takes the clause text
+        row = query.first()
         if row is None:
             raise NotFound(f"no patient {patient_id}")
         if row.deleted_at is not None:
@@ -129,7 +143,8 @@ class PatientRepository:
             raise NotFound(f"no patient {patient_id}")
 
     def get(self, patient_id: uuid.UUID | str) -> Patient:
-        return self.load(self.get_row(patient_id))
+        """One consistent version of the record (call inside a transaction)."""
+        return self.load(self.get_row(patient_id, lock="FOR SHARE"))
 
     def load(self, row: PatientRow) -> Patient:
         """The domain object for a row already read."""

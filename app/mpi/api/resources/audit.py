@@ -8,8 +8,8 @@ from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, send
 from mpi.api.schemas import AuditEntryOut, AuditPage
-from mpi.audit.log import AuditEntry, AuditLog
-from mpi.storage.patients import PatientRepository
+from mpi.audit.log import AuditEntry
+from mpi.services.patients import PatientService
 
 PAGE_PARAMS = (
     Param("before", "query", "Cursor: entries older than this (next_cursor of the last page)",
@@ -32,9 +32,8 @@ def _paging(q: Query) -> tuple[int | None, int]:
 
 
 class PatientAudit:
-    def __init__(self, audit: AuditLog, patients: PatientRepository):
-        self._audit = audit
-        self._patients = patients
+    def __init__(self, service: PatientService):
+        self._service = service
 
     @operation("A patient record's audit trail", tags=["audit"], params=PAGE_PARAMS,
                responses={200: ("Entries, newest first", AuditPage),
@@ -44,15 +43,18 @@ class PatientAudit:
         q = Query(req)
         before, limit = _paging(q)
         q.check()
-        actor_for(req)  # validates X-User-ID
-        self._patients.require_exists(str(patient_id))
-        send(resp, _page(self._audit.for_entity("patient", str(patient_id), before=before,
-                                                limit=limit), limit), omit_nulls=False)
+        actor = actor_for(req)
+        self._service.repository.require_exists(str(patient_id))
+        entries = self._service.audit.for_entity("patient", str(patient_id), before=before,
+                                                 limit=limit)
+        self._service.record_access("audit:trail:read", actor, entity_type="patient",
+                                    entity_id=str(patient_id))
+        send(resp, _page(entries, limit), omit_nulls=False)
 
 
 class RecentAudit:
-    def __init__(self, audit: AuditLog):
-        self._audit = audit
+    def __init__(self, service: PatientService):
+        self._service = service
 
     @operation("The most recent audit entries", tags=["audit"], params=PAGE_PARAMS,
                responses={200: ("Entries, newest first", AuditPage)})
@@ -60,13 +62,16 @@ class RecentAudit:
         q = Query(req)
         before, limit = _paging(q)
         q.check()
-        entries = self._audit.recent(before=before, limit=limit)
+        actor = actor_for(req)
+        entries = self._service.audit.recent(before=before, limit=limit)
+        self._service.record_access("audit:recent:read", actor, entity_type="audit",
+                                    detail={"returned": len(entries)})
         send(resp, _page(entries, limit), omit_nulls=False)
 
 
 class UserAudit:
-    def __init__(self, audit: AuditLog):
-        self._audit = audit
+    def __init__(self, service: PatientService):
+        self._service = service
 
     @operation("What one user did", tags=["audit"],
                params=(Param("user_id", "query", "The acting user (X-User-ID)",
@@ -81,5 +86,8 @@ class UserAudit:
         before, limit = _paging(q)
         q.check()
         assert user_id is not None
-        entries = self._audit.by_actor(user_id, before=before, limit=limit)
+        actor = actor_for(req)
+        entries = self._service.audit.by_actor(user_id, before=before, limit=limit)
+        self._service.record_access("audit:user:read", actor, entity_type="user",
+                                    entity_id=user_id, detail={"returned": len(entries)})
         send(resp, _page(entries, limit), omit_nulls=False)

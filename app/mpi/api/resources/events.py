@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import falcon
 
+from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, send
 from mpi.api.schemas import ChangeEventOut, EventPage
-from mpi.events.log import ChangeLog
+from mpi.services.patients import PatientService
 
 
 class EventFeed:
-    def __init__(self, changes: ChangeLog):
-        self._changes = changes
+    def __init__(self, service: PatientService):
+        self._service = service
 
     @operation("The change feed", tags=["events"],
                params=(Param("after", "query", "Cursor: events after this one (0 = from the "
@@ -28,7 +29,11 @@ class EventFeed:
         after = q.integer("after", default=0, minimum=0) or 0
         limit = q.integer("limit", default=100, minimum=1, maximum=1000) or 100
         q.check()
-        events = self._changes.read(after=after, limit=limit)
+        actor = actor_for(req)
+        events = self._service.changes.read(after=after, limit=limit)
+        # The feed carries record content: reading it is audited like reading a record.
+        self._service.record_access("events:feed:read", actor, entity_type="events",
+                                    detail={"after": after, "returned": len(events)})
         send(resp, EventPage(
             events=[ChangeEventOut(**e.to_dict()) for e in events],
             next_cursor=str(events[-1].id if events else after)), omit_nulls=False)

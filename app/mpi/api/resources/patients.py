@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import falcon
 
 from mpi.api.errors import Problem
@@ -9,11 +11,13 @@ from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, json_body, send
 from mpi.api.schemas import PatientPage
+from mpi.domain.errors import FieldProblem
 from mpi.domain.patient import Patient, PatientInput
 from mpi.services.patients import PatientService
 from mpi.storage.patients import PatientFilter
 
 BASE = "/api/v1/patients"
+_VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
 PAGE_PARAMS = (
     Param("cursor", "query", "Cursor: the previous page's next_cursor",
@@ -42,11 +46,13 @@ def _expected_version(req: falcon.Request, *, required: bool) -> int | None:
         return None
     if len(tags) != 1:
         raise Problem(falcon.HTTP_400, "Bad request", "If-Match must carry exactly one ETag")
-    try:
-        return int(str(tags[0]))
-    except ValueError:
+    tag = tags[0]
+    # If-Match uses strong comparison (RFC 9110 13.1.1): a weak tag never matches.
+    if getattr(tag, "is_weak", False) or not _VERSION_RE.match(str(tag)):
         raise Problem(falcon.HTTP_412, "Precondition failed",
-                      "If-Match does not name a version of this record") from None
+                      "If-Match does not name a version of this record (send the ETag as "
+                      'given, e.g. "3")')
+    return int(str(tag))
 
 
 class PatientCollection:
@@ -87,6 +93,8 @@ class PatientCollection:
         system = None
         if identifier and "|" in identifier:
             system, identifier = (part.strip() or None for part in identifier.split("|", 1))
+            if identifier is None:
+                q.problems.append(FieldProblem("identifier", "needs a value after the '|'"))
         filters = PatientFilter(source=q.text("source"), source_id=q.text("source_id"),
                                 family=q.text("family"), birth_date=q.date("birth_date"),
                                 identifier_system=system, identifier_value=identifier)
