@@ -233,11 +233,13 @@ def image_config(*, version: str, revision: str, epoch: int,
             "PYTHONDONTWRITEBYTECODE": "1",
             "SERVER_HOST": "0.0.0.0",  # noqa: S104 - a container listens on its own interface
             "SERVER_PORT": "8080",
-            "DATABASE_URL": "sqlite:////data/mpi.db",
-            "SEARCH_INDEX_PATH": "/data/search-index",
+            # DATABASE_URL and SEARCH_INDEX_PATH are deliberately not set: their relative
+            # defaults (data/mpi.db, data/search-index) resolve under the working directory
+            # "/" to the /data volume, and a deployment can still pass DATABASE_URL_FILE
+            # (setting both NAME and NAME_FILE is refused at start-up).
         },
         user=f"{UID}:{GID}",
-        working_dir="/data",
+        working_dir="/",
         exposed_ports=["8080/tcp"],
         volumes=["/data"],
         stop_signal="SIGTERM",

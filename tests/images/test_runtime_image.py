@@ -119,7 +119,10 @@ def test_config(images):
     assert c["Entrypoint"] == ["/opt/mpi/bin/mpi"] and c["Cmd"] == ["serve"]
     assert "8080/tcp" in c["ExposedPorts"]
     env = dict(e.split("=", 1) for e in c["Env"])
-    assert env["SERVER_HOST"] == "0.0.0.0" and env["DATABASE_URL"] == "sqlite:////data/mpi.db"
+    assert env["SERVER_HOST"] == "0.0.0.0"
+    # Defaults resolve to the /data volume; nothing blocks DATABASE_URL_FILE secrets.
+    assert c["WorkingDir"] == "/" and "DATABASE_URL" not in env and "SEARCH_INDEX_PATH" not in env
+    assert "/data" in c["Volumes"]
     assert c["Healthcheck"]["Test"][:3] == ["CMD", "/opt/mpi/bin/mpi", "healthcheck"]
     labels = c["Labels"]
     assert labels["org.opencontainers.image.created"] == "2026-01-01T00:00:00Z"
