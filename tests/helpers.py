@@ -30,3 +30,47 @@ def patient(**changes: Any) -> dict[str, Any]:
         else:
             body[key] = value
     return body
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(port: int, method: str, path: str, body: object = None,
+              headers: dict[str, str] | None = None,
+              timeout: float = 10) -> tuple[int, dict[str, str], Any]:
+    """One request to 127.0.0.1:port: (status, lower-cased headers, parsed JSON body or None)."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        sent = {**({"Content-Type": "application/json"} if data else {}), **(headers or {})}
+        conn.request(method, path, body=data, headers=sent)
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    return (response.status, {k.lower(): v for k, v in response.getheaders()},
+            json.loads(raw) if raw else None)
+
+
+def stop_process(proc: Any, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from images import debian
-from tests.helpers import patient
+from tests.helpers import patient, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "images" / "runtime"
@@ -111,9 +110,4 @@ def test_pex_serves_the_api_on_sqlite(rootfs):
         assert status == 200 and read == created
         assert (rootfs / "data" / "mpi.db").exists()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

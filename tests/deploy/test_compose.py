@@ -31,7 +31,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,8 @@ import pytest
 import yaml
 
 from mpi.config import ENV_NAMES
+from tests.helpers import free_port as _free_port
+from tests.helpers import http_json
 from toolkit import engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +60,11 @@ WAIT_LIMIT = 120.0  # seconds for any one stage of the bring-up
 PATIENT = {"source": "compose", "source_id": "1",
            "names": [{"family": "Test", "given": ["Compose"]}], "birth_date": "1980-01-01"}
 
+
+
+def _request(port: int, method: str, path: str, body: object = None
+             ) -> tuple[int, dict[str, str], Any]:
+    return http_json(port, method, path, body, headers={"X-User-ID": "compose-test"})
 
 def _load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -222,28 +228,6 @@ def podman_env() -> dict[str, str]:
             _unavailable(f"{image} is not loaded in podman (nox -s image; "
                          "python -m images.postgres_image; podman load -i ...)")
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _request(port: int, method: str, path: str, body: object = None
-             ) -> tuple[int, dict[str, str], Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"X-User-ID": "compose-test",
-                   **({"Content-Type": "application/json"} if data else {})}
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    return (response.status, {k.lower(): v for k, v in response.getheaders()},
-            json.loads(raw) if raw else None)
 
 
 class Stack:

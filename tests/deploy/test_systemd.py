@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mpi import config
+from tests.helpers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "deploy" / "systemd"
@@ -282,11 +282,5 @@ def test_service_runs_without_writable_executable_memory(tmp_path):
             pytest.skip("the kernel does not support PR_SET_MDWE (Linux 6.3+)")
         assert status == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
     assert proc.returncode == 0, proc.stdout.read()

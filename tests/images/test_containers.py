@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,9 +29,12 @@ from typing import Any, NoReturn
 import psycopg
 import pytest
 
-from tests.helpers import patient
+from tests.helpers import free_port as _free_port
+from tests.helpers import http_json, patient
 from toolkit import engine, pexbuild
 from toolkit.postgres import container_engine_available
+
+_request = http_json
 
 ROOT = Path(__file__).resolve().parents[2]
 UID = 65532
@@ -254,27 +256,6 @@ def mpi(podman_env: dict[str, str], mpi_image: str) -> Iterator[Podman]:
         yield runner
     finally:
         runner.cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _request(port: int, method: str, path: str, body: object = None,
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        sent = {**({"Content-Type": "application/json"} if data else {}), **(headers or {})}
-        conn.request(method, path, body=data, headers=sent)
-        response = conn.getresponse()
-        raw = response.read()
-    finally:
-        conn.close()
-    return (response.status, {k.lower(): v for k, v in response.getheaders()},
-            json.loads(raw) if raw else None)
 
 
 @dataclass
