@@ -20,9 +20,11 @@ import subprocess
 import tarfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
+
+from images import oci
 
 DEFAULT_ARCHIVES = {
     "debian-security": "http://deb.debian.org/debian-security",
@@ -263,6 +265,26 @@ def data_members(deb: Path) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
                 assert handle is not None
                 blob = handle.read()
             yield member, blob
+
+
+def package_entries(debs: Iterable[Path], skip: Callable[[str], bool]
+                    ) -> Iterator[oci.Entry]:
+    """Image layer entries for every member of ``debs`` (merged-/usr) but those ``skip``s."""
+    for deb in debs:
+        for member, blob in data_members(deb):
+            if skip(member.name):
+                continue
+            mode = member.mode & 0o7777
+            if member.isdir():
+                yield oci.directory(member.name, mode)
+            elif member.issym():
+                yield oci.symlink(member.name, member.linkname)
+            elif member.islnk():
+                yield oci.Entry(member.name, "hardlink", mode, target=member.linkname)
+            elif member.isfile():
+                yield oci.file(member.name, blob or b"", mode)
+            else:
+                raise DebianError(f"{deb.name}: unsupported member {member.name}")
 
 
 def extract(debs: Sequence[Path], root: Path) -> None:

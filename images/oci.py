@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -24,6 +25,11 @@ MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 GZIP_LEVEL = 9
+
+
+def rfc3339(epoch: int) -> str:
+    """An image timestamp (``created``) from ``SOURCE_DATE_EPOCH``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def canonical_json(value: Any) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -72,25 +71,6 @@ def trimmed(path: str) -> bool:
                for pattern in TRIMMED)
 
 
-def package_entries(debs: Iterable[Path]) -> Iterator[oci.Entry]:
-    """The files, links and directories of ``debs`` (merged-/usr paths), without TRIMMED."""
-    for deb in debs:
-        for member, blob in debian.data_members(deb):
-            if trimmed(member.name):
-                continue
-            mode = member.mode & 0o7777
-            if member.isdir():
-                yield oci.directory(member.name, mode)
-            elif member.issym():
-                yield oci.symlink(member.name, member.linkname)
-            elif member.islnk():
-                yield oci.Entry(member.name, "hardlink", mode, target=member.linkname)
-            elif member.isfile():
-                yield oci.file(member.name, blob or b"", mode)
-            else:
-                raise debian.DebianError(f"{deb.name}: unsupported member {member.name}")
-
-
 def status_entries(debs: Iterable[Path]) -> Iterator[oci.Entry]:
     """dpkg status entries (``/var/lib/dpkg/status.d/<name>``), as distroless images have."""
     for deb in debs:
@@ -139,16 +119,13 @@ def system_entries(entrypoint: bytes) -> list[oci.Entry]:
 
 def image_entries(debs: Sequence[Path], entrypoint: bytes) -> list[oci.Entry]:
     """Every entry of the image's one layer."""
-    entries = [*package_entries(debs), *status_entries(debs), *system_entries(entrypoint)]
+    entries = [*debian.package_entries(debs, trimmed), *status_entries(debs),
+               *system_entries(entrypoint)]
     sample = f"usr/share/postgresql/{PG_MAJOR}/postgresql.conf.sample"
     for index, entry in enumerate(entries):
         if entry.path == sample:
             entries[index] = oci.file(sample, listen_everywhere(entry.data), entry.mode)
     return entries
-
-
-def rfc3339(epoch: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def build_postgres_image(*, cache: Path, epoch: int,
@@ -162,7 +139,7 @@ def build_postgres_image(*, cache: Path, epoch: int,
     entrypoint = (definition / "docker-entrypoint.sh").read_bytes()
     layer = oci.make_layer(image_entries(debs, entrypoint), mtime=epoch,
                            comment=f"Debian 12 packages: {', '.join(p.name for p in packages)}")
-    created = rfc3339(epoch)
+    created = oci.rfc3339(epoch)
     config = oci.ImageConfig(
         entrypoint=[ENTRYPOINT],
         cmd=["postgres"],

@@ -22,9 +22,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from images import debian, oci
@@ -66,22 +65,9 @@ class BuiltImage:
 # --- layer 1: Debian packages -----------------------------------------------------------
 
 
-def package_entries(debs: Sequence[Path], *, trim: Sequence[str] = TRIM_PREFIXES
-                    ) -> Iterator[oci.Entry]:
-    """Every file, directory and link of ``debs`` (merged-/usr), docs trimmed."""
-    for deb in debs:
-        for member, blob in debian.data_members(deb):
-            path = member.name
-            if any((path + "/").startswith(p) for p in trim):
-                continue
-            if member.isdir():
-                yield oci.directory(path, member.mode)
-            elif member.issym():
-                yield oci.symlink(path, member.linkname)
-            elif member.islnk():
-                yield oci.Entry(path, "hardlink", member.mode, target=member.linkname)
-            elif member.isfile():
-                yield oci.file(path, blob or b"", member.mode)
+def trimmed(path: str) -> bool:
+    """Whether a package path is left out of the base layer (docs, iconv modules, ...)."""
+    return any((path + "/").startswith(prefix) for prefix in TRIM_PREFIXES)
 
 
 def ca_bundle(entries: Iterable[oci.Entry]) -> bytes:
@@ -100,7 +86,7 @@ def status_entry(deb: Path) -> str:
 
 
 def base_entries(packages: Sequence[debian.Package], debs: Sequence[Path]) -> list[oci.Entry]:
-    entries = list(package_entries(debs))
+    entries = list(debian.package_entries(debs, trimmed))
     extra = [
         *(oci.symlink(top, f"usr/{top}") for top in debian.MERGED_USR),
         oci.file("etc/passwd", PASSWD),
@@ -217,10 +203,6 @@ def pex_distributions(pex: Path) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def image_config(*, version: str, revision: str, epoch: int,
                  source: str = SOURCE_URL) -> oci.ImageConfig:
     return oci.ImageConfig(
@@ -251,7 +233,7 @@ def image_config(*, version: str, revision: str, epoch: int,
             "org.opencontainers.image.description": "Master Patient Index service",
             "org.opencontainers.image.version": version,
             "org.opencontainers.image.revision": revision,
-            "org.opencontainers.image.created": rfc3339(epoch),
+            "org.opencontainers.image.created": oci.rfc3339(epoch),
             "org.opencontainers.image.source": source,
             "org.opencontainers.image.licenses": "Apache-2.0",
             "org.opencontainers.image.base.name": "debian:12 packages (distroless-style)",
@@ -270,7 +252,7 @@ def build_image(pex: Path, *, packages: Sequence[debian.Package], debs: Sequence
         oci.make_layer(app, mtime=epoch, comment="app: the mpi package"),
     ]
     image = oci.Image(layers, image_config(version=version, revision=revision, epoch=epoch,
-                                           source=source), created=rfc3339(epoch))
+                                           source=source), created=oci.rfc3339(epoch))
     return BuiltImage(image, f"{REFERENCE}:{version}", list(packages), pex_distributions(pex))
 
 
@@ -293,7 +275,7 @@ def sbom(built: BuiltImage, *, version: str, epoch: int) -> bytes:
                         f"{serial[16:20]}-{serial[20:32]}",
         "version": 1,
         "metadata": {
-            "timestamp": rfc3339(epoch),
+            "timestamp": oci.rfc3339(epoch),
             "component": {"type": "container", "name": REFERENCE, "version": version,
                           "purl": f"pkg:oci/{REFERENCE}@{built.image.digest()}"},
         },

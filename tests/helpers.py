@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from toolkit.procs import free_port as free_port  # re-exported for the tests
+
 SSN = "urn:oid:2.16.840.1.113883.4.1"
 MRN = "urn:oid:1.2.36.146.595.217.0.1"
 
@@ -30,15 +32,6 @@ def patient(**changes: Any) -> dict[str, Any]:
         else:
             body[key] = value
     return body
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(port: int, method: str, path: str, body: object = None,

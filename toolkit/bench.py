@@ -36,7 +36,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,8 @@ from pathlib import Path
 from queue import Empty
 from types import FrameType
 from typing import Any
+
+from toolkit.procs import free_port, log_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -482,13 +483,6 @@ def server_env(base: Mapping[str, str], database_url: str, port: int) -> dict[st
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_server(
     cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path, port: int,
@@ -534,13 +528,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=wait)
 
 
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _proc_stats() -> Iterator[tuple[int, int, int, float]]:
     """(pid, parent pid, process group, CPU seconds incl. reaped children) from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -582,6 +569,10 @@ def _postmaster_pid(pg: Any) -> int | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         return int((pg.tempdir / "data" / "postmaster.pid").read_text().split()[0])
     return None
+
+
+def _tail(log: Path) -> str:
+    return log_tail(log, 30, empty="")
 
 
 @contextlib.contextmanager

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from toolkit.procs import docker_ping, log_tail
 
 __all__ = [
     "PACKAGES",
@@ -181,19 +181,7 @@ def image_exists(reference: str, *, env: Mapping[str, str] | None = None) -> boo
 
 def ping(socket_path: Path | str, timeout: float = PING_TIMEOUT) -> bool:
     """Whether a Docker-compatible API answers ``GET /_ping`` with ``OK`` on ``socket_path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(socket_path))
-        conn = http.client.HTTPConnection("localhost", timeout=timeout)
-        conn.sock = sock
-        conn.request("GET", "/_ping", headers={"Host": "podman"})
-        response = conn.getresponse()
-        return response.status == 200 and response.read(64).strip() == b"OK"
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        sock.close()
+    return docker_ping(f"unix://{socket_path}", timeout)
 
 
 def start_podman_service(socket_path: Path, env: Mapping[str, str], *,
@@ -225,7 +213,7 @@ def start_podman_service(socket_path: Path, env: Mapping[str, str], *,
             what = (f"exited with code {code}" if code is not None
                     else f"did not answer /_ping within {timeout:g} s")
             raise EngineError(f"podman API service on {socket_path} {what}; "
-                              f"log {log}:\n{_tail(log)}", cmd=cmd, returncode=code)
+                              f"log {log}:\n{log_tail(log)}", cmd=cmd, returncode=code)
         time.sleep(0.05)
     return proc
 
@@ -270,14 +258,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
 # --------------------------------------------------------------------------- command line

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client
 import os
 import pwd
 import re
 import shlex
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +38,8 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+
+from toolkit.procs import docker_ping, free_port, log_tail
 
 __all__ = [
     "CommandFailed",
@@ -173,53 +172,11 @@ def container_engine_available(env: Mapping[str, str] = os.environ) -> bool:
     Supports ``unix://`` and plain-HTTP ``tcp://``/``http://`` hosts; anything else
     (ssh, TLS, npipe) counts as unavailable. Never raises; gives up after ~1.5 s.
     """
-    try:
-        conn = _engine_connection(_docker_host(env))
-        if conn is None:
-            return False
-        try:
-            conn.request("GET", "/_ping", headers={"Host": "docker"})
-            response = conn.getresponse()
-            body = response.read(64)
-        finally:
-            conn.close()
-    except Exception:
-        return False
-    return response.status == 200 and body.strip() == b"OK"
+    return docker_ping(_docker_host(env), ENGINE_TIMEOUT)
 
 
 def _docker_host(env: Mapping[str, str]) -> str:
     return env.get("DOCKER_HOST", "").strip() or f"unix://{DEFAULT_DOCKER_SOCKET}"
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def _engine_connection(docker_host: str) -> http.client.HTTPConnection | None:
-    parsed = urllib.parse.urlsplit(docker_host)
-    if parsed.scheme == "unix":
-        path = parsed.path or parsed.netloc
-        return _UnixHTTPConnection(path, ENGINE_TIMEOUT) if path else None
-    if parsed.scheme in {"tcp", "http"} and parsed.hostname:
-        return http.client.HTTPConnection(
-            parsed.hostname, parsed.port or 2375, timeout=ENGINE_TIMEOUT
-        )
-    return None
 
 
 # --------------------------------------------------------------------------- external
@@ -458,18 +415,8 @@ def _make_traversable(directory: Path, run_as: _RunAs) -> None:
             path.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _log_tail(log: Path, lines: int = 25) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return "(no server log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(server log is empty)"
+def _log_tail(log: Path) -> str:
+    return log_tail(log, 25, missing="(no server log)", empty="(server log is empty)")
 
 
 def _start_local(
@@ -583,7 +530,7 @@ def _pg_ctl_start(
 ) -> int:
     """Start the server on a free port (retrying if another process grabs it); return the port."""
     for attempt in range(1, attempts + 1):
-        port = _free_port()
+        port = free_port()
         wait = max(1, int(deadline - time.monotonic()))
         cmd = [
             pg_ctl,

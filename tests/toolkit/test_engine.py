@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
-import socketserver
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -177,46 +173,6 @@ def test_load_returns_the_loaded_references(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- API service
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    status = 200
-    body = b"OK"
-
-    def do_GET(self) -> None:
-        self.send_response(self.status)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def address_string(self) -> str:
-        return "client"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
-@pytest.fixture
-def serve_unix(tmp_path: Path) -> Iterator[object]:
-    servers = []
-
-    def start(status: int = 200, body: bytes = b"OK") -> Path:
-        path = tmp_path / f"api-{len(servers)}.sock"
-        handler = type("H", (_Handler,), {"status": status, "body": body})
-        server = _UnixServer(str(path), handler)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        servers.append(server)
-        return path
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def test_ping(serve_unix, tmp_path):

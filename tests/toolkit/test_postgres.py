@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
-import socketserver
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -27,49 +24,10 @@ NO_ENGINE = "unix:///nonexistent/docker.sock"
 # --------------------------------------------------------------------------- helpers
 
 
-class _PingOnlyHandler(http.server.BaseHTTPRequestHandler):
-    """A fake Docker API: answers /_ping, fails everything else."""
-
-    def do_GET(self) -> None:
-        if self.path.endswith("/_ping"):
-            self._reply(200, b"OK")
-        else:
-            self._reply(500, b'{"message": "fake engine: not implemented"}')
-
-    do_POST = do_GET
-    do_HEAD = do_GET
-
-    def _reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def address_string(self) -> str:  # unix sockets have no client address
-        return "fake-client"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
 @pytest.fixture
-def fake_engine(tmp_path: Path) -> Iterator[str]:
+def fake_engine(serve_unix) -> str:
     """DOCKER_HOST value of a fake engine that answers pings and fails every other call."""
-    sock = tmp_path / "engine.sock"
-    server = _UnixHTTPServer(str(sock), _PingOnlyHandler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"unix://{sock}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return f"unix://{serve_unix()}"
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from typing import Any
 
 import falcon
+import peewee
 from playhouse.pool import MaxConnectionsExceeded
 
 from mpi.domain import errors as domain
@@ -48,8 +50,6 @@ def _problem_body(req: falcon.Request, exc: falcon.HTTPError) -> dict[str, Any]:
 
 def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
     """Falcon error serializer: every HTTPError becomes problem+json."""
-    import json
-
     resp.content_type = PROBLEM_JSON
     resp.data = json.dumps(_problem_body(req, exc)).encode()
     resp.append_header("Vary", "Accept")
@@ -111,8 +111,6 @@ def register(app: falcon.App) -> None:
     app.set_error_serializer(serialize_problem)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(domain.DomainError, handle_domain_error)
-    import peewee
-
     app.add_error_handler(peewee.OperationalError, handle_unavailable)
     app.add_error_handler(peewee.InterfaceError, handle_unavailable)
     app.add_error_handler(MaxConnectionsExceeded, handle_unavailable)
