@@ -74,6 +74,6 @@ def lock(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Throughput and latency of the API on PostgreSQL next to a bare Falcon route."""
-    install_locked(session, *DEV_LOCKS)
+    """Benchmarks: API throughput/latency next to bare Falcon; matching next to Splink."""
+    install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
     session.run("python", "-m", "toolkit.bench", *session.posargs)

