@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = commands.add_parser("version", help="show version and build commit")
     ver.set_defaults(run=cmd_version)
+
+    from mpi.identity import cli as identity_cli
+
+    identity_cli.register(commands)
     return parser
 
 

@@ -84,9 +84,12 @@ def test_a_migration_unknown_to_this_release_is_refused(db):
 
 def test_partial_unique_indexes_only_bind_live_records(db):
     db.execute_sql("SELECT 1")
-    names = {i.name: i for i in db.get_indexes("patient_identifier")}
-    assert names["patient_identifier_live_uniq"].unique
-    assert "deleted_at" in names["patient_identifier_live_uniq"].sql.lower()
+    names = {i.name: i for i in db.get_indexes("patient")}
+    assert names["patient_source_live_uniq"].unique
+    assert "deleted_at" in names["patient_source_live_uniq"].sql.lower()
+    # Identifiers are evidence for matching, not unique (migration 0002).
+    idents = {i.name: i for i in db.get_indexes("patient_identifier")}
+    assert not idents["patient_identifier_system_value"].unique
 
 
 def test_concurrent_first_start_applies_each_migration_once(tmp_path, postgres_server):

@@ -184,6 +184,8 @@ class PatientInput(BaseModel):
                                 json_schema_extra={"readOnly": True})
     created_at: str | None = Field(default=None, json_schema_extra={"readOnly": True})
     updated_at: str | None = Field(default=None, json_schema_extra={"readOnly": True})
+    person_id: str | None = Field(default=None, description="read-only; set by matching",
+                                  json_schema_extra={"readOnly": True})
 
     @field_validator("source")
     @classmethod
@@ -230,7 +232,7 @@ class PatientInput(BaseModel):
 
     def content(self) -> dict[str, Any]:
         """The record's content without the read-only echo fields."""
-        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at"})
+        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at", "person_id"})
 
 
 class Patient(BaseModel):
@@ -253,6 +255,8 @@ class Patient(BaseModel):
     telecom: list[ContactPoint] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
+    person_id: str | None = Field(
+        default=None, description="The enterprise identity (person) this record belongs to")
 
     @field_validator("created_at", "updated_at")
     @classmethod

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, cast
+from typing import Any
 
 import peewee
 
@@ -25,9 +25,11 @@ from mpi.storage.models import (
     PATIENT_CHILD_MODELS,
     PatientAddressRow,
     PatientIdentifierRow,
+    PatientLinkRow,
     PatientNameRow,
     PatientRow,
     PatientTelecomRow,
+    PersonRow,
 )
 
 
@@ -80,29 +82,16 @@ class PatientRepository:
                .first())
         return str(row.id) if row else None
 
-    def identifier_conflicts(self, data: PatientInput) -> list[tuple[int, str]]:
-        """(position, id of the live record holding it) for each identifier already taken."""
-        if not data.identifiers:
-            return []
-        wanted = {(i.system, i.value): n for n, i in enumerate(data.identifiers)}
-        query = (PatientIdentifierRow
-                 .select(PatientIdentifierRow.system, PatientIdentifierRow.value, PatientRow.id)
-                 .join(PatientRow)
-                 .where(PatientIdentifierRow.value.in_([v for _, v in wanted]),
-                        PatientIdentifierRow.deleted_at.is_null()))
-        conflicts = []
-        rows = cast(Iterable[tuple[str, str, Any]], query.tuples())
-        for system, value, holder in rows:
-            position = wanted.get((system, value))
-            if position is not None:
-                conflicts.append((position, str(holder)))
-        return sorted(conflicts)
-
     def insert(self, data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> Patient:
+        return self.insert_row(data, patient_id=patient_id, now=now)[1]
+
+    def insert_row(self, data: PatientInput, *, patient_id: uuid.UUID,
+                   now: datetime) -> tuple[int, Patient]:
+        """Insert the record; its primary key (for the identity tables) and domain object."""
         with _source_clash():
             row = self._create_row(data, patient_id=patient_id, now=now)
         self._insert_children(row.pk, data)
-        return self._to_domain(row, data)
+        return row.pk, self._to_domain(row, data)
 
     @staticmethod
     def _create_row(data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> PatientRow:
@@ -149,6 +138,10 @@ class PatientRepository:
     def load(self, row: PatientRow) -> Patient:
         """The domain object for a row already read."""
         return self._load([row])[0]
+
+    def load_many(self, rows: Sequence[PatientRow]) -> list[Patient]:
+        """Domain objects for rows already read, in their order."""
+        return self._load(rows)
 
     def update(self, row: PatientRow, data: PatientInput, *, expected_version: int,
                now: datetime) -> Patient:
@@ -246,9 +239,8 @@ class PatientRepository:
                                 (PatientAddressRow, addresses), (PatientTelecomRow, telecom)):
                 if rows:
                     model.insert_many(rows).execute()
-        except peewee.IntegrityError as exc:
-            # Lost a race with another writer between the conflict check and the insert.
-            raise Conflict("an identifier is already held by another live record",
+        except peewee.IntegrityError as exc:  # pragma: no cover - no unique child index
+            raise Conflict("a child row clashes with another record",
                            field="identifiers") from exc
 
     def _to_domain(self, row: PatientRow, data: PatientInput) -> Patient:
@@ -272,13 +264,19 @@ class PatientRepository:
                           .order_by(model.patient, model.position)):
                 grouped[getattr(child, model.patient.object_id_name)].append(child)
             children[model] = grouped
-        return [self._assemble(row, {m: children[m].get(row.pk, []) for m in children})
+        persons = {ppk: str(pid) for ppk, pid in
+                   PatientLinkRow.select(PatientLinkRow.patient, PersonRow.id)
+                   .join(PersonRow).where(PatientLinkRow.patient.in_(pks)).tuples()}
+        return [self._assemble(row, {m: children[m].get(row.pk, []) for m in children},
+                               persons.get(row.pk))
                 for row in rows]
 
     @staticmethod
-    def _assemble(row: PatientRow, kids: dict[type, Iterable[Any]]) -> Patient:
+    def _assemble(row: PatientRow, kids: dict[type, Iterable[Any]],
+                  person_id: str | None) -> Patient:
         return Patient.model_validate({
             "id": str(row.id),
+            "person_id": person_id,
             "version": row.version,
             "source": row.source,
             "source_id": row.source_id,
