@@ -232,7 +232,8 @@ class PatientInput(BaseModel):
 
     def content(self) -> dict[str, Any]:
         """The record's content without the read-only echo fields."""
-        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at", "person_id"})
+        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at",
+                                                     "person_id"})
 
 
 class Patient(BaseModel):

@@ -141,7 +141,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_INPUT
     finally:
-        db.close_all()
+        close_all = getattr(db, "close_all", None)  # the pooled databases
+        if close_all is not None:
+            close_all()
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
     print(f"imported {done} record(s), skipped {skipped} already present, rejected "
@@ -152,18 +154,18 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mpi import config
     from mpi.matching.csvio import write_rows
-    from mpi.storage.db import connection, database_proxy, make_database
+    from mpi.storage.db import connection, database_proxy, make_database, tuples
     from mpi.storage.models import PatientLinkRow, PatientRow, PersonRow
 
     settings = config.load()
     db = make_database(settings)
     database_proxy.initialize(db)
     with connection(db):
-        rows = (PatientRow.select(PatientRow.source, PatientRow.source_id, PersonRow.id)
+        rows = (tuples(PatientRow.select(PatientRow.source, PatientRow.source_id, PersonRow.id)
                 .join(PatientLinkRow, on=(PatientLinkRow.patient == PatientRow.pk))
                 .join(PersonRow, on=(PersonRow.pk == PatientLinkRow.person))
                 .where(PatientRow.deleted_at.is_null())
-                .order_by(PatientRow.source, PatientRow.source_id).tuples())
+                .order_by(PatientRow.source, PatientRow.source_id)))
         out = [(source, source_id, str(person)) for source, source_id, person in rows]
     write_rows(args.clusters, ("source", "record_id", "person_id"), out)
     print(f"wrote {len(out)} record(s) in {len({p for _, _, p in out})} person(s) to "

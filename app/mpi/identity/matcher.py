@@ -40,6 +40,23 @@ class MatchingEngine:
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
         self.scorer = Scorer(model)
+        # Prepared forms of stored records, by record id: a person's records are scored
+        # again each time a new record meets them. Checked against the data (an update
+        # changes it); bounded, oldest dropped first.
+        self._prepared: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self.cache_size = 200_000
+
+    def _prepare(self, record_id: str, data: Mapping[str, Any]) -> Any:
+        from mpi.matching.record import prepare
+
+        hit = self._prepared.get(record_id)
+        if hit is not None and hit[0] == data:
+            return hit[1]
+        prepared = prepare(to_match_record(data))
+        if len(self._prepared) >= self.cache_size:
+            self._prepared.pop(next(iter(self._prepared)))
+        self._prepared[record_id] = (data, prepared)
+        return prepared
 
     def keys(self, data: Mapping[str, Any]) -> list[str]:
         from mpi.matching.blocking import blocking_keys
@@ -52,10 +69,10 @@ class MatchingEngine:
         from mpi.matching.record import prepare
 
         incoming = prepare(to_match_record(data))
-        grouped: dict[str, list[Any]] = {}
+        grouped: dict[Any, list[Any]] = {}
         for c in candidates:
             grouped.setdefault(c.person_id, []).append(
-                self.scorer.score(incoming, prepare(to_match_record(c.match_data))))
+                self.scorer.score(incoming, self._prepare(c.record_id, c.match_data)))
         decision = decide(grouped, self.link_threshold, self.review_threshold, excluded)
         ranked = tuple(RankedPerson(str(c.person_id), c.probability, c.best.right_id,
                                     pair_score(c.best), len(grouped[str(c.person_id)]))

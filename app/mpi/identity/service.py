@@ -40,7 +40,14 @@ from mpi.identity.engine import Candidate, Engine, PairScore, PersonDecision, gr
 from mpi.identity.records import match_data
 from mpi.storage.db import write_transaction
 from mpi.storage.identity import IdentityRepository
-from mpi.storage.models import PatientLinkRow, PatientRow, PersonRow, ReviewItemRow
+from mpi.storage.models import (
+    BlockingKeyRow,
+    LinkEventRow,
+    PatientLinkRow,
+    PatientRow,
+    PersonRow,
+    ReviewItemRow,
+)
 from mpi.storage.patients import PatientRepository
 
 Event = tuple[str, str, str, dict[str, Any]]  # (type, entity type, entity id, payload)
@@ -124,6 +131,90 @@ class IdentityService:
                               entity_id=patient.id, now=now, new=payload)
             out.append(("PatientLinked", "patient", patient.id, payload))
 
+        out += self._reviews_for(decision, patient.id, patient_pk, target_pk, actor, now)
+        return Outcome(person_id, decision.kind, out)
+
+    def assign_new(self, records: list[tuple[Patient, int]], actor: Actor,
+                   now: datetime) -> list[Outcome]:
+        """Link records just created, one at a time in order, with the rule ``assign`` uses
+        for one record: each is decided against the persons known before it, including
+        those earlier records of the same call joined or founded. Reads and writes are
+        batched (a handful of statements for the whole list), so ``mpi import`` is fast.
+        New records carry no steward decision yet, so none is excluded."""
+        if not records:
+            return []
+        version = self.engine.model_version
+        datas = [match_data(p) for p, _ in records]
+        keys = [self.engine.keys(d) for d in datas]
+        all_keys = sorted({k for ks in keys for k in ks})
+        self.repo.lock_keys(all_keys)
+        index: dict[str, set[str]] = {}
+        person_pk_ids: dict[int, str] = {}
+        hits = self.repo.key_persons(all_keys)
+        members: dict[str, list[Candidate]] = {}
+        for c in self.repo.members({p for _, p in hits}):
+            person_pk_ids[c.person_pk] = c.person_id
+            members.setdefault(c.person_id, []).append(
+                Candidate(c.patient_id, c.person_id, c.match_data))
+        for key, person_pk in hits:
+            if person_pk in person_pk_ids:
+                index.setdefault(key, set()).add(person_pk_ids[person_pk])
+
+        founded: list[str] = []
+        decided: list[tuple[str, str, float | None, PersonDecision]] = []
+        for (patient, _), data, ks in zip(records, datas, keys, strict=True):
+            persons = {person for k in ks for person in index.get(k, ())}
+            candidates = [c for person in sorted(persons) for c in members[person]]
+            decision = self.engine.decide(data, candidates)
+            if decision.kind == "link" and decision.person_id is not None:
+                person_id, how, probability = decision.person_id, "auto", decision.probability
+            else:
+                person_id, how, probability = str(self._new_id()), "new", None
+                founded.append(person_id)
+            decided.append((person_id, how, probability, decision))
+            members.setdefault(person_id, []).append(Candidate(patient.id, person_id, data))
+            for k in ks:
+                index.setdefault(k, set()).add(person_id)
+
+        pk_of = {v: k for k, v in person_pk_ids.items()}
+        pk_of.update(self.repo.insert_persons(founded, now))
+        self.repo.touch([pk_of[p] for p, how, _, _ in decided if how == "auto"], now)
+        links, key_rows, history, audits = [], [], [], []
+        outcomes: list[Outcome] = []
+        for (patient, patient_pk), data, ks, (person_id, how, probability, decision) in zip(
+                records, datas, keys, decided, strict=True):
+            person_pk = pk_of[person_id]
+            links.append(dict(patient=patient_pk, person=person_pk, match_data=data,
+                              manual=False, how=how, probability=probability,
+                              model_version=version, linked_at=now))
+            key_rows += [{"patient": patient_pk, "key": k} for k in sorted(set(ks))]
+            history.append(dict(person=person_pk, patient=patient_pk,
+                                action="linked" if how == "auto" else "created",
+                                actor=actor.user_id, occurred_at=now, probability=probability,
+                                model_version=version,
+                                detail={"reason": decision.ranked[0].best.reason}
+                                if how == "auto" else None))
+            payload = {"patient_id": patient.id, "person_id": person_id,
+                       "previous_person_id": None, "how": how, "probability": probability,
+                       "model_version": version}
+            audits.append((f"identity:link:{how}", patient.id, None, payload))
+            outcomes.append(Outcome(person_id, decision.kind,
+                                    [("PatientLinked", "patient", patient.id, payload)]))
+        self.repo.insert_rows(PatientLinkRow, links)
+        self.repo.insert_rows(BlockingKeyRow, key_rows)
+        self.repo.insert_rows(LinkEventRow, history)
+        self.audit.record_many(audits, actor, entity_type="patient", now=now)
+        for (patient, patient_pk), (person_id, _, _, decision), outcome in zip(
+                records, decided, outcomes, strict=True):
+            outcome.events += self._reviews_for(decision, patient.id, patient_pk,
+                                                pk_of[person_id], actor, now)
+        return outcomes
+
+    def _reviews_for(self, decision: PersonDecision, patient_id: str, patient_pk: int,
+                     target_pk: int, actor: Actor, now: datetime) -> list[Event]:
+        """The reviews a decision calls for: a probable match, or possible duplicates."""
+        out: list[Event] = []
+        version = self.engine.model_version
         if decision.kind == "review" and decision.person_id is not None:
             review_pk = self.repo.person(decision.person_id).pk
             if review_pk != target_pk and not self.repo.open_review_exists(
@@ -131,7 +222,7 @@ class IdentityService:
                     other_person_pk=None):
                 best = decision.ranked[0]
                 out.append(self._open_review("possible_match", actor, now,
-                                             patient_pk=patient_pk, patient_id=patient.id,
+                                             patient_pk=patient_pk, patient_id=patient_id,
                                              person_pk=review_pk, other_person_pk=None,
                                              probability=best.probability,
                                              explanation=best.best.explanation(version)))
@@ -143,11 +234,11 @@ class IdentityService:
                                             person_pk=target_pk, other_person_pk=dup_pk):
                 continue
             out.append(self._open_review("possible_duplicate", actor, now,
-                                         patient_pk=patient_pk, patient_id=patient.id,
+                                         patient_pk=patient_pk, patient_id=patient_id,
                                          person_pk=target_pk, other_person_pk=dup_pk,
                                          probability=dup.probability,
                                          explanation=dup.best.explanation(version)))
-        return Outcome(person_id, decision.kind, out)
+        return out
 
     def retire(self, patient_pk: int, patient_id: str, actor: Actor, now: datetime) -> None:
         """A record was deleted: it stops being a candidate; its open reviews close."""
@@ -281,7 +372,7 @@ class IdentityService:
         persons = self.repo.person_ids([r.person_id for r in rows]
                                        + [r.other_person_id for r in rows if r.other_person_id])
         patients = self.repo.patient_ids(r.patient_id for r in rows if r.patient_id)
-        return [ReviewItem(id=str(r.id), kind=r.kind, status=r.status,
+        return [ReviewItem(id=str(r.id), kind=r.kind, status=r.status,  # type: ignore[arg-type]
                            patient_id=patients.get(r.patient_id) if r.patient_id else None,
                            person_id=persons[r.person_id],
                            other_person_id=(persons[r.other_person_id]

@@ -57,10 +57,12 @@ class PatientService:
     # --- writes ------------------------------------------------------------------------
 
     def create(self, data: PatientInput, actor: Actor) -> Patient:
+        if data.id is not None:
+            raise InvalidInput([FieldProblem("id", "is assigned by the server; leave it out")])
         now = self._clock()
         try:
             with _storage_errors(), write_transaction(self._db):
-                patient = self._create(data, actor, now)
+                (patient,) = self._create_many([data], actor, now)
         except Conflict as clash:
             raise self._explain(clash, data, exclude_id=None) from None
         return patient
@@ -68,32 +70,37 @@ class PatientService:
     def import_batch(self, items: Sequence[PatientInput], actor: Actor) -> list[Patient | None]:
         """Register several records in ONE transaction, each linked exactly as ``create``
         links it (one at a time, in order). A record whose (source, source_id) is already
-        live is skipped (None), so an interrupted import can be run again."""
+        live, or repeats an earlier one in ``items``, is skipped (None), so an interrupted
+        import can simply be run again."""
         now = self._clock()
-        out: list[Patient | None] = []
         with _storage_errors(), write_transaction(self._db):
+            live = self.repository.live_source_ids({(d.source, d.source_id) for d in items})
+            keep: list[bool] = []
             for data in items:
-                if self.repository.find_live_id_by_source(data.source, data.source_id):
-                    out.append(None)
-                    continue
-                out.append(self._create(data, actor, now))
-        return out
+                key = (data.source, data.source_id)
+                keep.append(key not in live and data.id is None)
+                live.add(key)
+            created = iter(self._create_many([d for d, k in zip(items, keep, strict=True) if k],
+                                             actor, now))
+            return [next(created) if k else None for k in keep]
 
-    def _create(self, data: PatientInput, actor: Actor, now: datetime) -> Patient:
-        if data.id is not None:
-            raise InvalidInput([FieldProblem("id", "is assigned by the server; leave it out")])
-        # Uniqueness is the database's job (partial unique indexes): no racy pre-check.
-        pk, patient = self.repository.insert_row(data, patient_id=self._new_id(), now=now)
-        outcome = self.identity.assign(patient, pk, actor, now)
-        patient = patient.model_copy(update={"person_id": outcome.person_id})
-        record = patient.to_dict()
-        self.audit.record("patient:record:create", actor, entity_type="patient",
-                          entity_id=patient.id, now=now, new=record)
-        self.changes.append("PatientCreated", actor, entity_type="patient",
-                            entity_id=patient.id, entity_version=patient.version,
-                            now=now, payload=record)
-        self._append(outcome, actor, now)
-        return patient
+    def _create_many(self, items: Sequence[PatientInput], actor: Actor,
+                     now: datetime) -> list[Patient]:
+        """Insert, link, audit and log records, in the caller's transaction."""
+        inserted = self.repository.insert_many([(d, self._new_id()) for d in items], now=now)
+        outcomes = self.identity.assign_new([(p, pk) for pk, p in inserted], actor, now)
+        patients = [p.model_copy(update={"person_id": o.person_id})
+                    for (_, p), o in zip(inserted, outcomes, strict=True)]
+        records = [p.to_dict() for p in patients]
+        self.audit.record_many([("patient:record:create", p.id, None, r)
+                                for p, r in zip(patients, records, strict=True)], actor,
+                               entity_type="patient", now=now)
+        events: list[tuple[str, str, str, int | None, Any]] = []
+        for p, r, o in zip(patients, records, outcomes, strict=True):
+            events.append(("PatientCreated", "patient", p.id, p.version, r))
+            events += [(kind, etype, eid, None, payload) for kind, etype, eid, payload in o.events]
+        self.changes.append_many(events, actor, now=now)
+        return patients
 
     def update(self, patient_id: str, data: PatientInput, actor: Actor, *,
                expected_version: int | None) -> Patient:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
@@ -101,3 +102,8 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     finally:
         if opened and not db.is_closed():
             db.close()
+
+
+def tuples(query: Any) -> list[tuple[Any, ...]]:
+    """A query's rows as plain tuples (typed for callers; peewee is untyped)."""
+    return list(query.tuples())

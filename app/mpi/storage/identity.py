@@ -7,6 +7,7 @@ each decision, with its audit rows and change-log events, in one.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any
 import peewee
 
 from mpi.domain.errors import NotFound
-from mpi.storage.db import is_postgres
+from mpi.storage.bulk import any_of, bulk_insert
+from mpi.storage.db import is_postgres, tuples
 from mpi.storage.models import (
     BlockingKeyRow,
     LinkEventRow,
@@ -83,8 +85,8 @@ class IdentityRepository:
         pks = list(set(pks))
         if not pks:
             return {}
-        return {pk: str(pid) for pk, pid in
-                PersonRow.select(PersonRow.pk, PersonRow.id).where(PersonRow.pk.in_(pks)).tuples()}
+        return {pk: str(pid) for pk, pid in tuples(
+                PersonRow.select(PersonRow.pk, PersonRow.id).where(PersonRow.pk.in_(pks)))}
 
     # --- links ---------------------------------------------------------------------------
 
@@ -113,7 +115,7 @@ class IdentityRepository:
             return {}
         query = (PatientLinkRow.select(PatientLinkRow.patient, PersonRow.id)
                  .join(PersonRow).where(PatientLinkRow.patient.in_(list(patient_pks))))
-        return {ppk: str(pid) for ppk, pid in query.tuples()}
+        return {ppk: str(pid) for ppk, pid in tuples(query)}
 
     def live_links(self, person_pk: int) -> list[PatientLinkRow]:
         """The person's live records' links, oldest record first."""
@@ -123,10 +125,10 @@ class IdentityRepository:
                     .order_by(PatientRow.pk))
 
     def live_record_pks(self, person_pk: int) -> list[int]:
-        return [pk for (pk,) in PatientLinkRow.select(PatientLinkRow.patient)
+        return [pk for (pk,) in tuples(PatientLinkRow.select(PatientLinkRow.patient)
                 .join(PatientRow)
                 .where(PatientLinkRow.person == person_pk, PatientRow.deleted_at.is_null())
-                .order_by(PatientRow.pk).tuples()]
+                .order_by(PatientRow.pk))]
 
     def move_links(self, patient_pks: Sequence[int], person_pk: int, *, how: str,
                    manual: bool, now: datetime) -> None:
@@ -145,8 +147,12 @@ class IdentityRepository:
         """
         if not self.postgres:
             return
-        for lock in sorted({_lock_id(k) for k in keys}):
-            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        locks = sorted({_lock_id(k) for k in keys})
+        if locks:
+            # One round trip; the sorted subquery fixes the order, so no two writers deadlock.
+            self._db.execute_sql(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM "
+                "(SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS ordered", (locks,))
 
     def replace_keys(self, patient_pk: int, keys: Iterable[str]) -> None:
         BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
@@ -180,20 +186,60 @@ class IdentityRepository:
         if exclude_patient_pk is not None:
             query = query.where(PatientLinkRow.patient != exclude_patient_pk)
         return [CandidateRecord(ppk, str(pid), perpk, str(perid), data)
-                for ppk, pid, perpk, perid, data in query.tuples()]
+                for ppk, pid, perpk, perid, data in tuples(query)]
+
+    def key_persons(self, keys: Sequence[str]) -> list[tuple[str, int]]:
+        """(key, person) for every live record holding one of ``keys``."""
+        if not keys:
+            return []
+        clause, params = any_of(self._db, sorted(set(keys)))
+        # ``clause`` is fixed SQL text from any_of; the keys are bound as one parameter.
+        sql = ("SELECT DISTINCT bk.key, pl.person_pk FROM blocking_key bk "
+               "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk WHERE bk.key ")
+        cursor = self._db.execute_sql(sql + clause, params)
+        return [(k, p) for k, p in cursor.fetchall()]
+
+    def members(self, person_pks: Iterable[int]) -> list[CandidateRecord]:
+        """Every live record of these persons, with its matching form."""
+        pks = sorted(set(person_pks))
+        if not pks:
+            return []
+        clause, params = any_of(self._db, pks)
+        sql = ("SELECT pl.patient_pk, p.id, pl.person_pk, pe.id, pl.match_data "
+               "FROM patient_link pl JOIN patient p ON p.pk = pl.patient_pk "
+               "JOIN person pe ON pe.pk = pl.person_pk "
+               "WHERE p.deleted_at IS NULL AND pl.person_pk ")
+        cursor = self._db.execute_sql(sql + clause + " ORDER BY pl.person_pk, pl.patient_pk",
+                                      params)
+        return [CandidateRecord(ppk, str(uuid.UUID(str(pid))), perpk, str(uuid.UUID(str(perid))),
+                                json.loads(data))
+                for ppk, pid, perpk, perid, data in cursor.fetchall()]
+
+    def insert_persons(self, person_ids: Sequence[str], now: datetime) -> dict[str, int]:
+        """New persons; their primary keys by id."""
+        if not person_ids:
+            return {}
+        rows = [{"id": uuid.UUID(p), "created_at": now, "updated_at": now} for p in person_ids]
+        bulk_insert(PersonRow, rows)
+        return {str(pid): pk for pk, pid in tuples(PersonRow.select(PersonRow.pk, PersonRow.id)
+                .where(PersonRow.id.in_([r["id"] for r in rows])))}
+
+    @staticmethod
+    def insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
+        bulk_insert(model, rows)
 
     # --- steward constraints -------------------------------------------------------------
 
     def excluded_person_pks(self, patient_pk: int) -> set[int]:
         """Persons holding a record a steward said is not ``patient_pk``'s person."""
-        others = ([a for (a,) in NonMatchRow.select(NonMatchRow.patient_a)
-                   .where(NonMatchRow.patient_b == patient_pk).tuples()]
-                  + [b for (b,) in NonMatchRow.select(NonMatchRow.patient_b)
-                     .where(NonMatchRow.patient_a == patient_pk).tuples()])
+        others = ([a for (a,) in tuples(NonMatchRow.select(NonMatchRow.patient_a)
+                   .where(NonMatchRow.patient_b == patient_pk))]
+                  + [b for (b,) in tuples(NonMatchRow.select(NonMatchRow.patient_b)
+                     .where(NonMatchRow.patient_a == patient_pk))])
         if not others:
             return set()
-        return {p for (p,) in PatientLinkRow.select(PatientLinkRow.person)
-                .where(PatientLinkRow.patient.in_(others)).tuples()}
+        return {p for (p,) in tuples(PatientLinkRow.select(PatientLinkRow.person)
+                .where(PatientLinkRow.patient.in_(others)))}
 
     def add_non_matches(self, left: Iterable[int], right: Iterable[int], *, actor: str,
                         now: datetime) -> None:
@@ -201,12 +247,11 @@ class IdentityRepository:
         existing = set()
         if pairs:
             lows = sorted({a for a, _ in pairs})
-            existing = set(NonMatchRow.select(NonMatchRow.patient_a, NonMatchRow.patient_b)
-                           .where(NonMatchRow.patient_a.in_(lows)).tuples())
+            existing = set(tuples(NonMatchRow.select(NonMatchRow.patient_a, NonMatchRow.patient_b)
+                           .where(NonMatchRow.patient_a.in_(lows))))
         rows = [{"patient_a": a, "patient_b": b, "actor": actor, "created_at": now}
                 for a, b in sorted(pairs - existing)]
-        for start in range(0, len(rows), 500):
-            NonMatchRow.insert_many(rows[start:start + 500]).execute()
+        bulk_insert(NonMatchRow, rows)
 
     def persons_kept_apart(self, person_a: int, person_b: int) -> bool:
         """True when any record of one was declared not the same person as one of the other."""
@@ -285,9 +330,9 @@ class IdentityRepository:
         pks = list(set(pks))
         if not pks:
             return {}
-        return {pk: str(pid) for pk, pid in
+        return {pk: str(pid) for pk, pid in tuples(
                 PatientRow.select(PatientRow.pk, PatientRow.id)
-                .where(PatientRow.pk.in_(pks)).tuples()}
+                .where(PatientRow.pk.in_(pks)))}
 
     # --- history and merges --------------------------------------------------------------
 

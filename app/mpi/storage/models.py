@@ -8,6 +8,8 @@ repositories turn them into domain objects.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from mpi.storage.db import database_proxy
@@ -167,6 +169,7 @@ class PersonRow(BaseModel):
     """An enterprise identity: the person one or more records belong to."""
 
     pk = peewee.BigAutoField()
+    merged_into_id: Any
     id = peewee.UUIDField(unique=True)
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
@@ -182,6 +185,8 @@ class PatientLinkRow(BaseModel):
     matching form (``match_data``) so candidates are scored without loading whole records."""
 
     pk = peewee.BigAutoField()
+    patient_id: Any
+    person_id: Any
     patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
                                      unique=True, on_delete="CASCADE", object_id_name="patient_id")
     person = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="person_pk",
@@ -201,6 +206,7 @@ class BlockingKeyRow(BaseModel):
     """Candidate look-up keys of live records (deleted with the record's retirement)."""
 
     pk = peewee.BigAutoField()
+    patient_id: Any
     patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
                                      index=True, on_delete="CASCADE", object_id_name="patient_id")
     key = peewee.CharField(max_length=64, index=True)
@@ -213,6 +219,8 @@ class NonMatchRow(BaseModel):
     """A steward said these two records are not the same person (stored with a < b)."""
 
     pk = peewee.BigAutoField()
+    patient_a_id: Any
+    patient_b_id: Any
     patient_a = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk,
                                        column_name="patient_a_pk", on_delete="CASCADE",
                                        object_id_name="patient_a_id")
@@ -231,6 +239,9 @@ class ReviewItemRow(BaseModel):
     """A possible match (record vs person) or possible duplicate (person vs person)."""
 
     pk = peewee.BigAutoField()
+    patient_id: Any
+    person_id: Any
+    other_person_id: Any
     id = peewee.UUIDField(unique=True)
     kind = peewee.CharField(max_length=24)
     status = peewee.CharField(max_length=16)
@@ -259,6 +270,8 @@ class LinkEventRow(BaseModel):
     """A person's link history: every link, unlink, merge and undo, with who and why."""
 
     pk = peewee.BigAutoField()
+    person_id: Any
+    patient_id: Any
     person = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="person_pk",
                                     index=True, object_id_name="person_id")
     patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
@@ -279,6 +292,8 @@ class PersonMergeRow(BaseModel):
     """A merge of ``merged`` into ``survivor``; ``moved`` lists the records it moved."""
 
     pk = peewee.BigAutoField()
+    survivor_id: Any
+    merged_id: Any
     id = peewee.UUIDField(unique=True)
     survivor = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="survivor_pk",
                                       index=True, object_id_name="survivor_id")
