@@ -141,6 +141,9 @@ MAPPED: dict[str, tuple[str, str]] = {
     "python3 dist/mpi.pex serve": (
         "tests/build/test_bare_host.py::test_pex_serves_the_api_on_sqlite",
         "the built PEX serves the API in a chroot holding only Debian's CPython"),
+    "pip install --require-hashes -r requirements-tools.lock": (
+        "ci: python3 -m pip install -q --require-hashes --no-deps -r requirements-tools.lock",
+        "CI installs the tools lock the same way (quietly, and --no-deps: the lock is complete)"),
     "python3 dist/mpi.pex version": (
         "tests/build/test_pex.py::test_version_names_the_commit", ""),
     "git clone <repo> a && git clone <repo> b": (
@@ -211,6 +214,10 @@ NOT_RUNNABLE: dict[str, tuple[str, str | None]] = {
     "pip install nox": (
         "installs an unpinned nox from PyPI; CI installs the hash-pinned one instead",
         "ci: python3 -m pip install -q --require-hashes --no-deps -r requirements-tools.lock"),
+    "./dist/mpi.pex serve": (
+        "needs dist/mpi.pex (minutes to build); the tests run the PEX with an explicit "
+        "interpreter only, so its --sh-boot launcher is not exercised; the same PEX's "
+        "`serve` runs in", "tests/build/test_bare_host.py::test_pex_serves_the_api_on_sqlite"),
     "docker load -i dist/mpi-image.tar": (
         "no Docker engine here; the archive's Docker manifest.json is checked in",
         "tests/images/test_oci.py::test_archive_is_an_oci_layout_and_a_docker_archive"),
@@ -238,10 +245,12 @@ class Command:
 _FENCE = re.compile(r"^ {0,3}(```+|~~~+)\s*([\w+-]*)")
 _LIST_ITEM = re.compile(r"^ {0,3}([-*+]|\d+[.)])\s")
 _COMMENT = re.compile(r"(^|\s)#(\s.*)?$")
+_ALTERNATIVE = re.compile(r"\s*#\s*or:?\s+(\S.*)$")
 
 
 def _logical_lines(lines: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    """Join ``\\`` continuations; drop blank lines and comments."""
+    """Join ``\\`` continuations; drop blank lines and comments, except that an
+    alternative offered in a comment (``cmd   # or: other cmd``) is a command too."""
     pending: tuple[int, str] | None = None
     for number, raw in lines:
         text = raw.rstrip()
@@ -251,9 +260,13 @@ def _logical_lines(lines: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
         if text.endswith("\\"):
             pending = (number, text[:-1].rstrip())
             continue
+        comment = _COMMENT.search(text)
+        alternative = _ALTERNATIVE.match(comment.group(0)) if comment else None
         text = _COMMENT.sub("", text).strip()
         if text:
             yield number, " ".join(text.split())
+        if alternative:
+            yield number, " ".join(alternative[1].split())
     if pending is not None:
         yield pending
 
@@ -310,7 +323,7 @@ DOC_COMMANDS = {c.text for c in doc_commands()}
 
 def test_extractor_follows_markdown():
     sample = "\n".join([
-        "Intro:", "", "    pip install nox          # or: something else", "    nox -l",
+        "Intro:", "", "    pip install nox          # or: pip install other", "    nox -l",
         "", "- a list item", "", "    a list paragraph, not code", "",
         "1. step", "   continued", "", "Paragraph.", "",
         "```sh", "# a comment", "mpi migrate \\", "    --status", "", "mpi version", "```",
@@ -318,7 +331,7 @@ def test_extractor_follows_markdown():
         "Inline `mpi serve` is prose.", "",
     ])
     assert [c.text for c in extract(sample)] == [
-        "pip install nox", "nox -l", "mpi migrate --status", "mpi version"]
+        "pip install nox", "pip install other", "nox -l", "mpi migrate --status", "mpi version"]
     unknown = extract("```bogus\nrm -rf /\n```\n")
     assert [c.language for c in unknown] == ["bogus"]
 
