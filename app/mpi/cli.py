@@ -54,9 +54,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         db = make_database(settings)
         with connection(db):
             shipped = migrate.discover()
-            waiting = {m.version for m in migrate.pending(db, shipped)}
+            waiting = {m.version for m in migrate.pending(db, shipped, allow_newer=True)}
+            ahead = migrate.newer(db, shipped)
         for m in shipped:
             print(f"{m.version}_{m.name}: {'pending' if m.version in waiting else 'applied'}")
+        for version in ahead:
+            print(f"{version}: applied by a newer release (this release does not ship it)")
         return EXIT_FAILED if waiting and args.check else EXIT_OK
     applied = run_migrations(settings)
     print(f"applied {len(applied)} migration(s)" + (
