@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = commands.add_parser("version", help="show version and build commit")
     ver.set_defaults(run=cmd_version)
+
+    from mpi.matching.cli import register as register_matching  # dedupe, link, train, blocking
+    register_matching(commands)
     return parser
 
 
