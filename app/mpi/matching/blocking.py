@@ -4,12 +4,13 @@ Two records become candidates when they share at least one key. The keys are cho
 that the usual errors still meet (each line names the error it survives):
 
 - ``d:``  date of birth (day/month sorted, so swapped day and month meet) + NYSIIS of the
-          family name: typos in names that keep the sound, swapped day/month, moved house;
+          family name, and the same with the given name (one key each, without saying
+          which name: swapped given/family names meet): typos that keep the sound, a
+          changed family name, swapped day/month, moved house;
 - ``g:``  date of birth (sorted as above) + each canonical form of the given name
-          (nicknames: Bill and William meet) — survives a changed or garbled family name;
-- ``h:``  date of birth (sorted) + NYSIIS of the given name: given-name typos;
-- ``n:``  NYSIIS of family and given name + birth year: typos in day or month;
-- ``p:``/``q:`` postal code + NYSIIS of the family / given name: missing or corrupt date;
+          (nicknames: Bill and William meet);
+- ``n:``  NYSIIS of both names (sorted) + birth year: typos in day or month;
+- ``p:``  postal code + NYSIIS of either name: missing or corrupt date;
 - ``a:``  date of birth + postal code: both names garbled;
 - ``s:``  SSN, and ``s<i>:`` the SSN with digit i deleted (one mistyped digit still meets);
 - ``t:``  phone (last 10 digits); ``i:`` every (system, value) identifier.
@@ -54,22 +55,20 @@ def blocking_keys(record: MatchRecord | PreparedRecord) -> list[str]:
     keys: set[str] = set()
     dob = _dob_sorted(r.dob)
     fam, giv = r.family_nysiis, r.given_nysiis
+    # Name keys do not say which name they came from, so swapped given/family names meet.
+    names = {n for n in (fam, giv) if n}
     if dob:
-        if fam:
-            keys.add(f"d:{dob}:{fam}")
+        for n in names:
+            keys.add(f"d:{dob}:{n}")
         for form in sorted(r.given_forms)[:MAX_NAME_FORMS]:
             keys.add(f"g:{dob}:{form}")
-        if giv:
-            keys.add(f"h:{dob}:{giv}")
         if r.postcode:
             keys.add(f"a:{r.dob}:{r.postcode}")
     if fam and giv and r.dob:
-        keys.add(f"n:{fam}:{giv}:{r.dob[:4]}")
+        keys.add(f"n:{min(fam, giv)}:{max(fam, giv)}:{r.dob[:4]}")
     if r.postcode:
-        if fam:
-            keys.add(f"p:{r.postcode}:{fam}")
-        if giv:
-            keys.add(f"q:{r.postcode}:{giv}")
+        for n in names:
+            keys.add(f"p:{r.postcode}:{n}")
     ssn = r.ssn
     if len(ssn) >= 6 and len(set(ssn)) > 1:  # 000000000 and friends are placeholders
         keys.add(f"s:{ssn}")

@@ -52,9 +52,16 @@ def one_typo(x: str, y: str) -> bool:
             and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]])
 
 
+def _swapped(given_a: str, family_a: str, given_b: str, family_b: str) -> bool:
+    """Given and family names swapped between the records (each pair similar, JW >= 0.92)."""
+    if not (given_a and family_a and given_b and family_b):
+        return False
+    return _jw(given_a, family_b) >= 0.92 and _jw(family_a, given_b) >= 0.92
+
+
 # --- names -------------------------------------------------------------------------------
 
-GIVEN_LABELS = ("missing", "exact", "swapped with family name", "nickname",
+GIVEN_LABELS = ("missing", "exact", "swapped with family name (Jaro-Winkler >= 0.92)", "nickname",
                 "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)",
                 "fuzzy (Jaro-Winkler >= 0.80)", "initial only", "different")
 
@@ -65,7 +72,7 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
         return 0
     if x == y:
         return 1
-    if x == b.family and y == a.family:
+    if _swapped(x, a.family, y, b.family):
         return 2
     if a.given_forms & b.given_forms:
         return 3
@@ -82,7 +89,7 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
     return 8
 
 
-FAMILY_LABELS = ("missing", "exact", "swapped with given name", "similar (Jaro-Winkler >= 0.92)",
+FAMILY_LABELS = ("missing", "exact", "swapped with given name (Jaro-Winkler >= 0.92)", "similar (Jaro-Winkler >= 0.92)",
                  "sounds alike (NYSIIS/metaphone)", "shares a name part",
                  "fuzzy (Jaro-Winkler >= 0.80)", "different")
 
@@ -93,11 +100,11 @@ def compare_family(a: PreparedRecord, b: PreparedRecord) -> int:
         return 0
     if x == y:
         return 1
-    if x == b.given and y == a.given:
-        return 2
     jw = _jw(x, y)
     if jw >= 0.92:
         return 3
+    if _swapped(a.given, x, b.given, y):
+        return 2
     if (a.family_nysiis and a.family_nysiis == b.family_nysiis) or (
             a.family_meta and a.family_meta == b.family_meta):
         return 4
