@@ -10,9 +10,11 @@ that the usual errors still meet (each line names the error it survives):
 - ``g:``  date of birth (sorted as above) + each canonical form of the given name
           (nicknames: Bill and William meet);
 - ``n:``  NYSIIS of both names (sorted) + birth year: typos in day or month;
-- ``p:``  postal code + NYSIIS of either name: missing or corrupt date;
+- ``p:``  postal code (digits sorted: transposed digits meet) + NYSIIS of either name:
+          missing or corrupt date;
 - ``a:``  date of birth + postal code: both names garbled;
-- ``s:``  SSN, and ``s<i>:`` the SSN with digit i deleted (one mistyped digit still meets);
+- ``s:``  SSN; ``s<i>:`` the SSN with digit i deleted (one mistyped digit still meets);
+          ``x<i>:`` the SSN with digits i and i+1 sorted (two transposed digits meet);
 - ``t:``  phone (last 10 digits); ``i:`` every (system, value) identifier.
 
 No key uses the address line, so a move never hides a person. Keys are at most 64
@@ -67,13 +69,17 @@ def blocking_keys(record: MatchRecord | PreparedRecord) -> list[str]:
     if fam and giv and r.dob:
         keys.add(f"n:{min(fam, giv)}:{max(fam, giv)}:{r.dob[:4]}")
     if r.postcode:
+        postcode = "".join(sorted(r.postcode))  # transposed digits meet
         for n in names:
-            keys.add(f"p:{r.postcode}:{n}")
+            keys.add(f"p:{postcode}:{n}")
     ssn = r.ssn
     if len(ssn) >= 6 and len(set(ssn)) > 1:  # 000000000 and friends are placeholders
         keys.add(f"s:{ssn}")
         for i in range(len(ssn)):
             keys.add(f"s{i}:{ssn[:i]}{ssn[i + 1:]}")
+        for i in range(len(ssn) - 1):
+            pair = "".join(sorted(ssn[i:i + 2]))
+            keys.add(f"x{i}:{ssn[:i]}{pair}{ssn[i + 2:]}")
     if r.phone:
         keys.add(f"t:{r.phone}")
     for system, values in r.identifiers.items():
