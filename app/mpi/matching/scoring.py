@@ -116,7 +116,7 @@ class Scorer:
             m_exact, u_exact = model.m[c.name][0], model.u[c.name][0]
             base = model.weights(c.name)[1]
             adjusted = {v: math.log2(max(m_exact, 1e-9) / max(f, model.tf_min_u, 1e-12)) - base
-                        for v, f in table.items() if f > u_exact or f < u_exact}
+                        for v, f in table.items()}
             self._tf.append((i, c.tf_attribute or "", adjusted))
 
     def score(self, a: PreparedRecord, b: PreparedRecord) -> Score:
@@ -130,16 +130,6 @@ class Scorer:
             if levels[i] == 1:
                 total += adjusted.get(getattr(a, attr), 0.0)
         return Score(self, a, b, tuple(levels), total)
-
-    def weight(self, a: PreparedRecord, b: PreparedRecord) -> float:
-        """The total match weight only (no Score object): the hot path of batch scoring."""
-        total = 0.0
-        for compare, weights in self._plan:
-            total += weights[compare(a, b)]
-        for i, attr, adjusted in self._tf:
-            if COMPARISONS[i].compare(a, b) == 1:
-                total += adjusted.get(getattr(a, attr), 0.0)
-        return total
 
     def comparison_weights(self, a: PreparedRecord, levels: tuple[int, ...]) -> tuple[float, ...]:
         out = [weights[level] for (_, weights), level in zip(self._plan, levels, strict=True)]
