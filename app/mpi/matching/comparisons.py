@@ -61,7 +61,8 @@ def _swapped(given_a: str, family_a: str, given_b: str, family_b: str) -> bool:
 
 # --- names -------------------------------------------------------------------------------
 
-GIVEN_LABELS = ("missing", "exact", "swapped with family name (Jaro-Winkler >= 0.92)", "nickname",
+GIVEN_LABELS = ("missing", "exact", "swapped with family name (Jaro-Winkler >= 0.92)",
+                "nickname",
                 "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)",
                 "fuzzy (Jaro-Winkler >= 0.80)", "initial only", "different")
 
@@ -89,8 +90,8 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
     return 8
 
 
-FAMILY_LABELS = ("missing", "exact", "swapped with given name (Jaro-Winkler >= 0.92)", "similar (Jaro-Winkler >= 0.92)",
-                 "sounds alike (NYSIIS/metaphone)", "shares a name part",
+FAMILY_LABELS = ("missing", "exact", "swapped with given name (Jaro-Winkler >= 0.92)",
+                 "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)", "shares a name part",
                  "fuzzy (Jaro-Winkler >= 0.80)", "different")
 
 

@@ -113,7 +113,7 @@ class Scorer:
             table = tables.get(c.name) if c.tf_attribute else None
             if not table:
                 continue
-            m_exact, u_exact = model.m[c.name][0], model.u[c.name][0]
+            m_exact = model.m[c.name][0]
             base = model.weights(c.name)[1]
             adjusted = {v: math.log2(max(m_exact, 1e-9) / max(f, model.tf_min_u, 1e-12)) - base
                         for v, f in table.items()}
