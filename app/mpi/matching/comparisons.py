@@ -91,7 +91,8 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
 
 
 FAMILY_LABELS = ("missing", "exact", "swapped with given name (Jaro-Winkler >= 0.92)",
-                 "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)", "shares a name part",
+                 "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)",
+                 "shares a name part",
                  "fuzzy (Jaro-Winkler >= 0.80)", "different")
 
 
