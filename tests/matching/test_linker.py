@@ -113,3 +113,45 @@ def test_linker_excluded_person_starts_a_new_one():
     assert d.kind == "link" and [c.person_id for c in d.duplicates] == ["2"]
     with pytest.raises(KeyError):
         linker.person_of("3")
+
+
+def test_persons_bridged_by_a_later_record_are_flagged_and_merged_only_as_wholes():
+    r1 = rec("1", ssn=None, phone=None)
+    r2 = rec("2", given_name="Bill", birth_date=None, address_line=None, postal_code=None,
+             city=None)
+    r3 = rec("3")
+    online = Linker(Model.default())
+    assert [online.add(r).kind for r in (r1, r2, r3)] == ["new", "new", "link"]
+    assert online.clusters == {"1": "1", "2": "2", "3": "1"}  # online: flagged, not merged
+    merged = online.merge_duplicates()
+    assert [(keep, drop) for keep, drop, _ in merged] == [("1", "2")]
+    assert set(online.clusters.values()) == {"1"}
+    assert online.decide(rec("4", given_name="Bill")).person_id == "1"  # index follows
+    batch = dedupe([r1, r2, r3], Model.default(), merge_duplicates=True)
+    assert batch.merged_persons == 1 and set(batch.clusters.values()) == {"1"}
+    assert set(dedupe([r1, r2, r3], Model.default()).clusters.values()) == {"1", "2"}
+
+
+def test_flagged_persons_that_do_not_match_as_wholes_stay_apart():
+    a = rec("a", ssn="111-22-3333", phone=None)
+    b = rec("b", ssn="999-88-7777", phone=None, address_line="9 Elm Road", postal_code="02118",
+            city="Boston")
+    linker = Linker(Model.default())
+    linker.add(a)
+    linker.add(b, excluded={"a"})  # a steward said: not the same person
+    d = linker.add(rec("c", ssn=None, phone=None, address_line=None, postal_code=None,
+                       city=None))
+    assert d.kind == "link" and d.duplicates
+    assert linker.merge_duplicates() == []
+    assert len(set(linker.clusters.values())) == 2
+
+
+def test_merge_never_overrides_a_steward_exclusion():
+    r1 = rec("1", ssn=None, phone=None)
+    r2 = rec("2", given_name="Bill", birth_date=None, address_line=None, postal_code=None,
+             city=None)
+    linker = Linker(Model.default())
+    linker.add(r1)
+    linker.add(r2, excluded={"1"})
+    assert linker.add(rec("3")).duplicates
+    assert linker.merge_duplicates() == []

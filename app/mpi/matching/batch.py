@@ -34,13 +34,20 @@ class DedupeResult:
     clusters: dict[str, Hashable]  # record id -> cluster (person) id
     decisions: Counter[str] = field(default_factory=Counter)  # link / review / new
     possible_duplicates: int = 0  # links where another person also passed the threshold
+    merged_persons: int = 0  # with merge_duplicates: flagged persons merged as wholes
     pairs_scored: int = 0
     model_version: str = ""
 
 
 def dedupe(records: Iterable[MatchRecord | PreparedRecord], model: Model | None = None, *,
            link_threshold: float = 0.95, review_threshold: float = 0.80,
-           progress: Progress = _no_progress) -> DedupeResult:
+           merge_duplicates: bool = False, progress: Progress = _no_progress) -> DedupeResult:
+    """Cluster records with the online rule, record by record in the given order.
+
+    With ``merge_duplicates``, persons flagged as possible duplicates (a later record matched
+    both) are merged at the end when they match as wholes (:meth:`Linker.merge_duplicates`);
+    without it the result is exactly what the online path would hold.
+    """
     model = model or Model.default()
     prepared = [prepare(r) for r in progress(records, "preparing", 0)]
     tf = model.term_frequencies or term_frequencies(prepared)
@@ -51,6 +58,8 @@ def dedupe(records: Iterable[MatchRecord | PreparedRecord], model: Model | None 
         decision = linker.add(r)
         result.decisions[decision.kind] += 1
         result.possible_duplicates += bool(decision.duplicates)
+    if merge_duplicates:
+        result.merged_persons = len(linker.merge_duplicates())
     result.clusters = linker.clusters
     result.pairs_scored = linker.pairs_scored
     return result

@@ -50,13 +50,15 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
 
     model = _model(args)
     result = dedupe(_records(args.file, args), model, link_threshold=args.threshold,
-                    review_threshold=args.review_threshold, progress=_progress(args))
+                    review_threshold=args.review_threshold,
+                    merge_duplicates=args.merge_duplicates, progress=_progress(args))
     write_rows(args.output, ("record_id", "cluster_id"), sorted(result.clusters.items()))
     clusters = len(set(result.clusters.values()))
     d = result.decisions
     print(f"{len(result.clusters)} records -> {clusters} clusters (model {model.version}); "
           f"link {d['link']}, review {d['review']} (kept apart), new {d['new']}; "
-          f"{result.possible_duplicates} possible duplicate(s); "
+          f"{result.possible_duplicates} possible duplicate(s), "
+          f"{result.merged_persons} merged as wholes; "
           f"{result.pairs_scored} pairs scored", file=sys.stderr)
     return EXIT_OK
 
@@ -141,6 +143,9 @@ def register(commands: Any) -> None:
     dd.add_argument("--threshold", type=float, default=0.95, help="link probability (0.95)")
     dd.add_argument("--review-threshold", type=float, default=0.80,
                     help="review probability (0.80); reviews are counted, not merged")
+    dd.add_argument("--merge-duplicates", action="store_true",
+                    help="at the end, merge persons flagged as possible duplicates when they "
+                         "match as wholes (default: keep them apart, as the online path does)")
     _common(dd)
     dd.set_defaults(run=_guard(cmd_dedupe))
 

@@ -128,6 +128,8 @@ class Linker:
         self._person_of: dict[str, Hashable] = {}
         self.pairs_scored = 0
         self.oversized_keys = 0
+        self._flagged: list[tuple[Hashable, Hashable]] = []  # (linked person, also-strong one)
+        self._apart: list[tuple[Hashable, Hashable]] = []  # steward: "not the same person"
 
     def candidates(self, record: PreparedRecord) -> set[Hashable]:
         persons: set[Hashable] = set()
@@ -160,13 +162,48 @@ class Linker:
         assert person is not None
         self._members.setdefault(person, []).append(p)
         self._person_of[p.record_id] = person
-        if person == p.record_id:  # a new person: index its keys once
-            pass
+        self._flagged.extend((person, c.person_id) for c in decision.duplicates)
+        self._apart.extend((person, other) for other in excluded)
         for key in blocking_keys(p):
             bucket = self._index.setdefault(key, [])
             if person not in bucket:
                 bucket.append(person)
         return decision
+
+    def merge_duplicates(self) -> list[tuple[Hashable, Hashable, float]]:
+        """Resolve the possible duplicates flagged so far, as a steward's batch job would:
+        two persons are merged when the evidence between them *as wholes* (every record of
+        one against every record of the other, aggregated as in :func:`person_weight`)
+        reaches ``link_threshold``. Returns (kept person, merged person, probability).
+        Online, the identity layer queues these pairs for review instead."""
+        merged: list[tuple[Hashable, Hashable, float]] = []
+        alias: dict[Hashable, Hashable] = {}
+
+        def current(person: Hashable) -> Hashable:
+            while person in alias:
+                person = alias[person]
+            return person
+
+        for first, second in self._flagged:
+            a, b = current(first), current(second)
+            if a == b or any({current(x), current(y)} == {a, b} for x, y in self._apart):
+                continue
+            scores = [self.scorer.score(x, y) for x in self._members[a] for y in self._members[b]]
+            self.pairs_scored += len(scores)
+            probability = self.model.probability(person_weight(scores))
+            if probability < self.link_threshold:
+                continue
+            keep, drop = (a, b) if len(self._members[a]) >= len(self._members[b]) else (b, a)
+            for r in self._members.pop(drop):
+                self._members[keep].append(r)
+                self._person_of[r.record_id] = keep
+                for key in blocking_keys(r):
+                    self._index[key] = list(dict.fromkeys(
+                        keep if x == drop else x for x in self._index[key]))
+            alias[drop] = keep
+            merged.append((keep, drop, probability))
+        self._flagged.clear()
+        return merged
 
     def add_all(self, records: Iterable[MatchRecord | PreparedRecord]) -> list[Decision]:
         return [self.add(r) for r in records]
