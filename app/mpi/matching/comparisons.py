@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rapidfuzz.distance import JaroWinkler, Levenshtein
+from rapidfuzz.distance import Hamming, JaroWinkler, Levenshtein
 
 from mpi.matching.record import PreparedRecord
 
 _jw = JaroWinkler.normalized_similarity
 _lev = Levenshtein.distance
+_ham = Hamming.distance
 
 NULL = 0
 
@@ -45,9 +46,10 @@ def one_typo(x: str, y: str) -> bool:
     """Same length and one substituted character, or two adjacent characters transposed."""
     if len(x) != len(y) or x == y:
         return False
+    distance = _ham(x, y, score_cutoff=2)
+    if distance != 2:
+        return distance == 1
     diff = [i for i in range(len(x)) if x[i] != y[i]]
-    if len(diff) == 1:
-        return True
     return (len(diff) == 2 and diff[1] == diff[0] + 1
             and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]])
 
@@ -267,6 +269,9 @@ COMPARISONS: tuple[Comparison, ...] = (
 BY_NAME = {c.name: c for c in COMPARISONS}
 
 
+_COMPARE = tuple(c.compare for c in COMPARISONS)
+
+
 def levels(a: PreparedRecord, b: PreparedRecord) -> tuple[int, ...]:
     """The level of every comparison for one pair (the EM and u-sampling input)."""
-    return tuple(c.compare(a, b) for c in COMPARISONS)
+    return tuple([compare(a, b) for compare in _COMPARE])
