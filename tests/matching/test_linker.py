@@ -155,3 +155,20 @@ def test_merge_never_overrides_a_steward_exclusion():
     linker.add(r2, excluded={"1"})
     assert linker.add(rec("3")).duplicates
     assert linker.merge_duplicates() == []
+
+
+def test_twin_guard_sends_twin_like_pairs_to_review():
+    twin_a = prep("a", given_name="Chidi", ssn="111-22-3333")
+    twin_b = prep("b", given_name="Amara", ssn="444-55-6666")
+    sc = s(twin_b, twin_a)
+    assert sc.probability >= LINK  # family, birth date, address, phone: FS alone would link
+    d = decide({"A": [sc]}, LINK, REVIEW)
+    assert d.kind == "review" and d.person_id == "A" and "twin" in d.note
+    assert decide({"A": [sc]}, LINK, REVIEW, twin_guard=False).kind == "link"
+    # A shared SSN (or a nickname, or a typo in the given name) is not the twin pattern.
+    same_ssn = s(prep("c", given_name="Amara", ssn="111-22-3333"), twin_a)
+    assert decide({"A": [same_ssn]}, LINK, REVIEW).kind == "link"
+    nickname = s(prep("d", given_name="Bill", ssn=None), prep("e", ssn=None))
+    assert decide({"A": [nickname]}, LINK, REVIEW).kind == "link"
+    assert dedupe([rec("a", given_name="Chidi", ssn="111-22-3333"),
+                   rec("b", given_name="Amara", ssn="444-55-6666")]).possible_twins == 1

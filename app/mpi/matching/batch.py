@@ -33,6 +33,7 @@ def _no_progress(items: Iterable[T], _label: str, _total: int) -> Iterable[T]:
 class DedupeResult:
     clusters: dict[str, Hashable]  # record id -> cluster (person) id
     decisions: Counter[str] = field(default_factory=Counter)  # link / review / new
+    possible_twins: int = 0  # links the twin guard turned into reviews
     possible_duplicates: int = 0  # links where another person also passed the threshold
     merged_persons: int = 0  # with merge_duplicates: flagged persons merged as wholes
     pairs_scored: int = 0
@@ -41,7 +42,8 @@ class DedupeResult:
 
 def dedupe(records: Iterable[MatchRecord | PreparedRecord], model: Model | None = None, *,
            link_threshold: float = 0.95, review_threshold: float = 0.80,
-           merge_duplicates: bool = False, progress: Progress = _no_progress) -> DedupeResult:
+           merge_duplicates: bool = False, twin_guard: bool = True,
+           progress: Progress = _no_progress) -> DedupeResult:
     """Cluster records with the online rule, record by record in the given order.
 
     With ``merge_duplicates``, persons flagged as possible duplicates (a later record matched
@@ -52,12 +54,13 @@ def dedupe(records: Iterable[MatchRecord | PreparedRecord], model: Model | None 
     prepared = [prepare(r) for r in progress(records, "preparing", 0)]
     tf = model.term_frequencies or term_frequencies(prepared)
     linker = Linker(model, link_threshold=link_threshold, review_threshold=review_threshold,
-                    term_frequencies=tf)
+                    term_frequencies=tf, twin_guard=twin_guard)
     result = DedupeResult({}, model_version=model.version)
     for r in progress(prepared, "deduplicating", len(prepared)):
         decision = linker.add(r)
         result.decisions[decision.kind] += 1
         result.possible_duplicates += bool(decision.duplicates)
+        result.possible_twins += bool(decision.note)
     if merge_duplicates:
         result.merged_persons = len(linker.merge_duplicates())
     result.clusters = linker.clusters

@@ -51,12 +51,14 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
     model = _model(args)
     result = dedupe(_records(args.file, args), model, link_threshold=args.threshold,
                     review_threshold=args.review_threshold,
-                    merge_duplicates=args.merge_duplicates, progress=_progress(args))
+                    merge_duplicates=args.merge_duplicates, twin_guard=not args.no_twin_guard,
+                    progress=_progress(args))
     write_rows(args.output, ("record_id", "cluster_id"), sorted(result.clusters.items()))
     clusters = len(set(result.clusters.values()))
     d = result.decisions
     print(f"{len(result.clusters)} records -> {clusters} clusters (model {model.version}); "
-          f"link {d['link']}, review {d['review']} (kept apart), new {d['new']}; "
+          f"link {d['link']}, review {d['review']} (kept apart; {result.possible_twins} "
+          f"possible twins), new {d['new']}; "
           f"{result.possible_duplicates} possible duplicate(s), "
           f"{result.merged_persons} merged as wholes; "
           f"{result.pairs_scored} pairs scored", file=sys.stderr)
@@ -146,6 +148,9 @@ def register(commands: Any) -> None:
     dd.add_argument("--merge-duplicates", action="store_true",
                     help="at the end, merge persons flagged as possible duplicates when they "
                          "match as wholes (default: keep them apart, as the online path does)")
+    dd.add_argument("--no-twin-guard", action="store_true",
+                    help="link twin-like pairs (same birth date, different given name, no "
+                         "shared SSN) instead of sending them to review; for synthetic data")
     _common(dd)
     dd.set_defaults(run=_guard(cmd_dedupe))
 

@@ -267,6 +267,7 @@ COMPARISONS: tuple[Comparison, ...] = (
 )
 
 BY_NAME = {c.name: c for c in COMPARISONS}
+NAMES_INDEX = {c.name: i for i, c in enumerate(COMPARISONS)}
 
 
 _COMPARE = tuple(c.compare for c in COMPARISONS)

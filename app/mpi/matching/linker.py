@@ -24,6 +24,12 @@ Decisions:
   above it is reported in ``duplicates`` (a possible duplicate for review, never merged);
 - best person at or above ``review_threshold``: **review** (the best is suggested);
 - otherwise **new**.
+- Twin guard: a link whose evidence has the twin pattern — date of birth equal, the
+  given name *different* (not a nickname, typo, initial or swap) against every record
+  of the person that has one, and no SSN or identifier in common — becomes a **review**
+  (``note`` says why). Twins share a
+  family name, a birth date, an address and often a phone; Fellegi-Sunter assumes the
+  fields independent and would add those up into a confident link.
 
 :class:`Linker` applies exactly this rule record by record over an in-memory index of
 blocking keys: the batch ``dedupe`` uses it, so batch and online give the same answers.
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mpi.matching.blocking import blocking_keys
-from mpi.matching.comparisons import COMPARISONS, NULL
+from mpi.matching.comparisons import COMPARISONS, NAMES_INDEX, NULL
 from mpi.matching.model import Model
 from mpi.matching.record import MatchRecord, PreparedRecord, prepare
 from mpi.matching.scoring import Score, Scorer
@@ -60,6 +66,25 @@ class Decision:
     candidates: tuple[Candidate, ...]  # ranked, best first; excluded persons left out
     duplicates: tuple[Candidate, ...] = ()  # other persons also at or above link_threshold
     excluded: tuple[Hashable, ...] = field(default=())  # excluded persons that were offered
+    note: str = ""  # why a link was turned into a review (twin guard)
+
+
+_GIVEN = NAMES_INDEX["given_name"]
+_DOB = NAMES_INDEX["birth_date"]
+_SSN = NAMES_INDEX["ssn"]
+_IDS = NAMES_INDEX["identifiers"]
+_GIVEN_DIFFERENT = len(COMPARISONS[_GIVEN].labels) - 1
+TWIN_NOTE = ("possible twin: same date of birth, different given name, "
+             "no shared SSN or identifier")
+
+
+def twin_pattern(scores: Sequence[Score]) -> bool:
+    """Same date of birth with some record, a different given name against every record
+    that has one, and no SSN (exact or one typo) or identifier shared with any record."""
+    given = [sc.levels[_GIVEN] for sc in scores if sc.levels[_GIVEN] != NULL]
+    return (bool(given) and all(level == _GIVEN_DIFFERENT for level in given)
+            and any(sc.levels[_DOB] == 1 for sc in scores)
+            and not any(sc.levels[_SSN] in (1, 2) or sc.levels[_IDS] == 1 for sc in scores))
 
 
 def person_weight(scores: Sequence[Score]) -> float:
@@ -80,7 +105,8 @@ def person_weight(scores: Sequence[Score]) -> float:
 
 
 def decide(candidates: Mapping[Hashable, Sequence[Score]], link_threshold: float,
-           review_threshold: float, excluded: Collection[Hashable] = frozenset()) -> Decision:
+           review_threshold: float, excluded: Collection[Hashable] = frozenset(),
+           twin_guard: bool = True) -> Decision:
     """Link, review or new for one incoming record (see the module docstring)."""
     if not 0.0 <= review_threshold <= link_threshold <= 1.0:
         raise ValueError("need 0 <= review_threshold <= link_threshold <= 1")
@@ -98,6 +124,9 @@ def decide(candidates: Mapping[Hashable, Sequence[Score]], link_threshold: float
     ranked.sort(key=lambda c: (-c.weight, str(c.person_id)))
     top = tuple(ranked)
     excl = tuple(sorted(offered_excluded, key=str))
+    if top and top[0].probability >= link_threshold and twin_guard and twin_pattern(
+            candidates[top[0].person_id]):
+        return Decision("review", top[0].person_id, top[0].probability, top, (), excl, TWIN_NOTE)
     if top and top[0].probability >= link_threshold:
         dups = tuple(c for c in top[1:] if c.probability >= link_threshold)
         return Decision("link", top[0].person_id, top[0].probability, top, dups, excl)
@@ -117,12 +146,13 @@ class Linker:
     def __init__(self, model: Model | None = None, *, link_threshold: float = 0.95,
                  review_threshold: float = 0.80,
                  term_frequencies: Mapping[str, Mapping[str, float]] | None = None,
-                 max_block: int = 500) -> None:
+                 max_block: int = 500, twin_guard: bool = True) -> None:
         self.model = model or Model.default()
         self.scorer = Scorer(self.model, term_frequencies)
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
         self.max_block = max_block  # keys shared by more records than this are ignored
+        self.twin_guard = twin_guard
         self._index: dict[str, list[Hashable]] = {}
         self._members: dict[Hashable, list[PreparedRecord]] = {}
         self._person_of: dict[str, Hashable] = {}
@@ -150,7 +180,8 @@ class Linker:
         for person in self.candidates(p):
             grouped[person] = [self.scorer.score(p, r) for r in self._members[person]]
             self.pairs_scored += len(grouped[person])
-        return decide(grouped, self.link_threshold, self.review_threshold, excluded)
+        return decide(grouped, self.link_threshold, self.review_threshold, excluded,
+                      self.twin_guard)
 
     def add(self, record: MatchRecord | PreparedRecord,
             excluded: Collection[Hashable] = frozenset()) -> Decision:
@@ -174,7 +205,8 @@ class Linker:
         """Resolve the possible duplicates flagged so far, as a steward's batch job would:
         two persons are merged when the evidence between them *as wholes* (every record of
         one against every record of the other, aggregated as in :func:`person_weight`)
-        reaches ``link_threshold``. Returns (kept person, merged person, probability).
+        reaches ``link_threshold`` and does not show the twin pattern.
+        Returns (kept person, merged person, probability).
         Online, the identity layer queues these pairs for review instead."""
         merged: list[tuple[Hashable, Hashable, float]] = []
         alias: dict[Hashable, Hashable] = {}
@@ -191,7 +223,7 @@ class Linker:
             scores = [self.scorer.score(x, y) for x in self._members[a] for y in self._members[b]]
             self.pairs_scored += len(scores)
             probability = self.model.probability(person_weight(scores))
-            if probability < self.link_threshold:
+            if probability < self.link_threshold or (self.twin_guard and twin_pattern(scores)):
                 continue
             keep, drop = (a, b) if len(self._members[a]) >= len(self._members[b]) else (b, a)
             for r in self._members.pop(drop):
