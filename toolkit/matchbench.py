@@ -340,12 +340,12 @@ def synthetic_registry(n: int, names_from: list[Any], seed: int = 7) -> list[Any
 # --- report ------------------------------------------------------------------------------
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'task':<16}{'system':<32}{'precision':>10}{'recall':>10}{'F1':>10}"
+    lines = [f"{'task':<16}{'system':<40}{'precision':>10}{'recall':>10}{'F1':>10}"
              f"{'seconds':>10}"]
     for task in ("febrl3_dedupe", "febrl4_link"):
         for system, r in results[task].items():
             if "f1" in r:
-                lines.append(f"{task:<16}{system:<32}{r['precision']:>10.4f}{r['recall']:>10.4f}"
+                lines.append(f"{task:<16}{system:<40}{r['precision']:>10.4f}{r['recall']:>10.4f}"
                              f"{r['f1']:>10.4f}{r['seconds']:>10.2f}")
     return "\n".join(lines)
 
