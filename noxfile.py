@@ -76,4 +76,7 @@ def lock(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: API throughput/latency next to bare Falcon; matching next to Splink."""
     install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
-    session.run("python", "-m", "toolkit.bench", *session.posargs)
+    if session.posargs[:1] == ["matching"]:  # nox -s bench -- matching [matchbench options]
+        session.run("python", "-m", "toolkit.matchbench", *session.posargs[1:])
+    else:
+        session.run("python", "-m", "toolkit.bench", *session.posargs)

@@ -143,9 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver = commands.add_parser("version", help="show version and build commit")
     ver.set_defaults(run=cmd_version)
 
+    # Command groups live with their packages; each imports only the standard library
+    # until its command runs (healthcheck must start fast).
     from mpi.identity import cli as identity_cli
+    from mpi.matching import cli as matching_cli
 
-    identity_cli.register(commands)
+    matching_cli.register(commands)  # dedupe, link, train, blocking report
+    identity_cli.register(commands)  # import, export
     return parser
 
 

@@ -47,6 +47,29 @@ def register(commands: Any) -> None:
     exp.add_argument("--clusters", required=True, metavar="FILE.csv", help="output file")
     exp.set_defaults(run=cmd_export)
 
+    train = commands.choices.get("train")  # ``mpi train`` without --from-csv: the registry
+    if train is not None:
+        train.set_defaults(database_records=database_records)
+
+
+def database_records() -> Iterator[MatchRecord]:
+    """Every live record of the registry (DATABASE_URL) in the matcher's form."""
+    from mpi import config
+    from mpi.identity.matcher import to_match_record
+    from mpi.storage.db import connection, database_proxy, make_database, tuples
+    from mpi.storage.models import PatientLinkRow, PatientRow
+
+    settings = config.load()
+    db = make_database(settings)
+    database_proxy.initialize(db)
+    with connection(db):
+        rows = tuples(PatientLinkRow.select(PatientRow.id, PatientLinkRow.match_data)
+                      .join(PatientRow).where(PatientRow.deleted_at.is_null())
+                      .order_by(PatientRow.pk))
+    for patient_id, data in rows:
+        if data:  # records linked before matching existed have no matching form yet
+            yield to_match_record({**data, "record_id": str(patient_id)})
+
 
 def to_patient_input(record: MatchRecord, *, default_source: str | None,
                      today: Any) -> PatientInput:

@@ -50,7 +50,9 @@ from mpi.storage.models import (
 )
 from mpi.storage.patients import PatientRepository
 
-Event = tuple[str, str, str, dict[str, Any]]  # (type, entity type, entity id, payload)
+Event = tuple[str, str, str, dict[str, Any]]
+# Keys shared by more persons than this are ignored when looking for candidates.
+MAX_BLOCK = 500  # (type, entity type, entity id, payload)
 
 
 @dataclass
@@ -159,6 +161,10 @@ class IdentityService:
         for key, person_pk in hits:
             if person_pk in person_pk_ids:
                 index.setdefault(key, set()).add(person_pk_ids[person_pk])
+        # A key shared by very many persons (a placeholder birth date, say) selects nothing
+        # useful and would make every record score thousands: ignore it, as batch does.
+        for key in [k for k, persons in index.items() if len(persons) > MAX_BLOCK]:
+            del index[key]
 
         founded: list[str] = []
         decided: list[tuple[str, str, float | None, PersonDecision]] = []
