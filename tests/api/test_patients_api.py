@@ -181,7 +181,7 @@ def test_delete_with_stale_if_match_is_412(client):
     ({"birth_date": "2999-01-01"}, "birth_date"),
     ({"birth_date": 19800517}, "birth_date"),
     ({"gender": "M"}, "gender"),
-    ({"names": []}, "names"),
+    ({"names": [], "identifiers": [], "birth_date": None}, "body"),
     ({"names": [{}]}, "names[0]"),
     ({"names": [{"family": "   "}]}, "names[0].family"),
     ({"names": [{"family": 42}]}, "names[0].family"),

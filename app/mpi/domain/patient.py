@@ -168,7 +168,8 @@ class PatientInput(BaseModel):
     source_id: SourceId = Field(
         description="The record's id in the sending system", examples=["A-1001"])
     active: bool = True
-    names: list[HumanName] = Field(min_length=1, max_length=20)
+    names: list[HumanName] = Field(default_factory=list, max_length=20, description=(
+        "May be empty (an unidentified patient) if an identifier or birth date is given"))
     gender: Gender | None = None
     birth_date: date | None = None
     deceased: bool = False
@@ -218,6 +219,14 @@ class PatientInput(BaseModel):
         if born is not None and value < born:
             raise ValueError("is before birth_date")
         return value
+
+    @model_validator(mode="after")
+    def _identifiable(self) -> PatientInput:
+        # FHIR allows a nameless Patient (an unidentified arrival, a lab sample); a record
+        # with nothing to tell who it is could never be matched, so refuse that.
+        if not (self.names or self.identifiers or self.birth_date):
+            raise ValueError("a record needs at least one name, identifier or birth date")
+        return self
 
     @field_validator("identifiers")
     @classmethod
