@@ -74,9 +74,11 @@ def lock(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks: API throughput/latency next to bare Falcon; matching next to Splink."""
+    """Benchmarks: API next to bare Falcon (default); -- matching (next to Splink);
+    -- identity (import and online matching at 100,000 persons)."""
     install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
-    if session.posargs[:1] == ["matching"]:  # nox -s bench -- matching [matchbench options]
-        session.run("python", "-m", "toolkit.matchbench", *session.posargs[1:])
+    suites = {"matching": "toolkit.matchbench", "identity": "toolkit.identitybench"}
+    if session.posargs[:1] and session.posargs[0] in suites:
+        session.run("python", "-m", suites[session.posargs[0]], *session.posargs[1:])
     else:
         session.run("python", "-m", "toolkit.bench", *session.posargs)

@@ -35,6 +35,10 @@ from mpi.storage.models import (
 MAX_CANDIDATES = 400
 # Advisory-lock namespace for blocking keys ("MPI" + 0x10 in the high bytes).
 _KEY_LOCK_SPACE = 0x4D504910 << 32
+# Linking takes this lock shared (single records, plus a lock per key) or exclusive (large
+# batches, which would need more key locks than PostgreSQL's lock table holds).
+LOCK_LINKING = 0x4D5049_03
+MAX_KEY_LOCKS = 256
 
 
 @dataclass(frozen=True)
@@ -148,11 +152,16 @@ class IdentityRepository:
         if not self.postgres:
             return
         locks = sorted({_lock_id(k) for k in keys})
-        if locks:
-            # One round trip; the sorted subquery fixes the order, so no two writers deadlock.
-            self._db.execute_sql(
-                "SELECT count(pg_advisory_xact_lock(k)) FROM "
-                "(SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS ordered", (locks,))
+        if len(locks) > MAX_KEY_LOCKS:
+            # A large batch (mpi import) would exhaust the lock table
+            # (max_locks_per_transaction): it takes the whole linking lock instead.
+            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_LINKING,))
+            return
+        # Single records share the linking lock and take one lock per key, in one round
+        # trip; the sorted subquery fixes the order, so no two writers deadlock.
+        self._db.execute_sql(
+            "SELECT pg_advisory_xact_lock_shared(%s), count(pg_advisory_xact_lock(k)) FROM "
+            "(SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS ordered", (LOCK_LINKING, locks))
 
     def replace_keys(self, patient_pk: int, keys: Iterable[str]) -> None:
         BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
