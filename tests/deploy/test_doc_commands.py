@@ -104,6 +104,23 @@ CONTAINER_TEST = "tests/images/test_containers.py"
 IMAGE_LOAD_STEP = "ci: python3 -m nox -s image -- --load"
 
 MAPPED: dict[str, tuple[str, str]] = {
+    # DEPLOY.md, enterprise identity: run verbatim on a small registry
+    "mpi import patients.csv --source lab-system": (
+        "tests/identity/test_identity_cli.py::test_import_and_export", "imported, then re-run to show it is idempotent"),
+    "mpi import legacy.csv --source legacy --map given_name=first,family_name=surname": (
+        "tests/identity/test_identity_cli.py::test_import_and_export", "a mapped layout with a malformed row: exit 2"),
+    "mpi export --clusters clusters.csv": (
+        "tests/identity/test_identity_cli.py::test_import_and_export", "clusters checked against the registry"),
+    "mpi train --output model.json": (
+        "tests/identity/test_identity_cli.py::test_train_from_the_database_and_from_a_file", "from the database"),
+    "mpi train --from-csv patients.csv --output model.json": (
+        "tests/identity/test_identity_cli.py::test_train_from_the_database_and_from_a_file", "from a CSV"),
+    "mpi dedupe patients.csv --output clusters.csv": (
+        "tests/identity/test_identity_cli.py::test_offline_dedupe_link_and_blocking_report", "clusters checked"),
+    "mpi link patients.csv lab.csv --output pairs.csv": (
+        "tests/identity/test_identity_cli.py::test_offline_dedupe_link_and_blocking_report", "pairs checked"),
+    "mpi blocking report patients.csv --labels person": (
+        "tests/identity/test_identity_cli.py::test_offline_dedupe_link_and_blocking_report", "pair completeness printed"),
     # DEPLOY.md
     "pip install nox && nox -s serve": (
         "tests/integration/test_serve.py::test_lifecycle_over_http",
