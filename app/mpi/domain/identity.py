@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mpi.domain.patient import Patient
 
+# Timestamps are stored as naive UTC; they leave with their zone.
 UtcDatetime = Annotated[datetime, AfterValidator(
     lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
 
