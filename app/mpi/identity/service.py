@@ -487,6 +487,7 @@ class IdentityService:
         """Give the merged person back the records the merge moved (those still there)."""
         now = self._clock()
         with write_transaction(self._db):
+            self.repo.lock_linking()
             row = self.repo.merge(merge_id, lock=True)
             if row.undone_at is not None:
                 raise StateConflict(f"merge {merge_id} was already undone")
@@ -520,6 +521,7 @@ class IdentityService:
         now = self._clock()
         review = None
         with write_transaction(self._db):
+            self.repo.lock_linking()
             review = self.repo.review(review_id, lock=True)
             if review.status != "open":
                 raise StateConflict(f"review {review_id} is already {review.status} "
@@ -579,6 +581,7 @@ class IdentityService:
         events.append(("ReviewResolved", "review", str(review.id), payload))
 
     def _active_person(self, person_id: str, *, field_name: str = "person_id") -> PersonRow:
+        self.repo.lock_linking()
         person = self.repo.person(person_id, lock=True)
         if person.merged_into_id is not None:
             target = self.repo.person_by_pk(person.merged_into_id)

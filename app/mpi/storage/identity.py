@@ -163,6 +163,13 @@ class IdentityRepository:
             "SELECT pg_advisory_xact_lock_shared(%s), count(pg_advisory_xact_lock(k)) FROM "
             "(SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS ordered", (LOCK_LINKING, locks))
 
+    def lock_linking(self) -> None:
+        """Stewards' changes (link, unlink, merge, undo) exclude linking for their
+        transaction, so a record arriving meanwhile never joins a person being merged
+        away (PostgreSQL; SQLite has one writer)."""
+        if self.postgres:
+            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_LINKING,))
+
     def replace_keys(self, patient_pk: int, keys: Iterable[str]) -> None:
         BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
         rows = [{"patient": patient_pk, "key": k} for k in sorted(set(keys))]
