@@ -3,19 +3,41 @@ blocking keys, pair scores and a person-level decision out."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 
-@dataclass(frozen=True)
 class PairScore:
-    """One record compared with another."""
+    """One record compared with another. ``explain``, when given, works out the reason and
+    the per-comparison weights on first use: most candidates are never explained."""
 
-    probability: float
-    match_weight: float
-    reason: str
-    comparisons: tuple[tuple[str, str, float], ...]  # (comparison, level label, weight)
+    __slots__ = ("_comparisons", "_explain", "_reason", "match_weight", "probability")
+
+    def __init__(self, probability: float, match_weight: float, reason: str = "",
+                 comparisons: tuple[tuple[str, str, float], ...] = (), *,
+                 explain: Callable[[], tuple[str, tuple[tuple[str, str, float], ...]]]
+                 | None = None):
+        self.probability = probability
+        self.match_weight = match_weight
+        self._reason = reason
+        self._comparisons = comparisons  # (comparison, level label, weight)
+        self._explain = explain
+
+    def _load(self) -> None:
+        if self._explain is not None:
+            self._reason, self._comparisons = self._explain()
+            self._explain = None
+
+    @property
+    def reason(self) -> str:
+        self._load()
+        return self._reason
+
+    @property
+    def comparisons(self) -> tuple[tuple[str, str, float], ...]:
+        self._load()
+        return self._comparisons
 
     def explanation(self, model_version: str) -> dict[str, Any]:
         return {"probability": self.probability, "match_weight": self.match_weight,

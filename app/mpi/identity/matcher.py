@@ -61,14 +61,13 @@ class MatchingEngine:
     def keys(self, data: Mapping[str, Any]) -> list[str]:
         from mpi.matching.blocking import blocking_keys
 
-        return blocking_keys(to_match_record(data))
+        return blocking_keys(self._prepare(str(data.get("record_id") or ""), data))
 
     def decide(self, data: Mapping[str, Any], candidates: Sequence[Candidate], *,
                excluded: frozenset[str] = frozenset()) -> PersonDecision:
         from mpi.matching.linker import decide
-        from mpi.matching.record import prepare
 
-        incoming = prepare(to_match_record(data))
+        incoming = self._prepare(str(data.get("record_id") or ""), data)
         grouped: dict[Any, list[Any]] = {}
         for c in candidates:
             grouped.setdefault(c.person_id, []).append(
@@ -85,9 +84,12 @@ class MatchingEngine:
 
 
 def pair_score(score: Any) -> PairScore:
-    return PairScore(score.probability, score.weight, score.reason,
-                     tuple((c.comparison, c.label, round(c.weight, 4))
-                           for c in score.comparisons))
+    """The matcher's score behind the seam; its explanation is worked out when read."""
+    def explain() -> tuple[str, tuple[tuple[str, str, float], ...]]:
+        return score.reason, tuple((c.comparison, c.label, round(c.weight, 4))
+                                   for c in score.comparisons)
+
+    return PairScore(score.probability, score.weight, explain=explain)
 
 
 def to_match_record(data: Mapping[str, Any]) -> Any:

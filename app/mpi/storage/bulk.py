@@ -14,6 +14,12 @@ from typing import Any
 
 import peewee
 
+from mpi.storage.fields import JSONTextField
+
+
+def _same(value: Any) -> Any:
+    return value
+
 
 def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
     """Insert ``rows`` (dicts keyed by field name, all with the same keys) into ``model``."""
@@ -29,14 +35,18 @@ def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> No
     marks = ", ".join([db.param] * len(fields))
     # Table and column names come from the models, never from input.
     sql = f'INSERT INTO "{meta.table_name}" ({columns}) VALUES ({marks})'  # noqa: S608
-    converters = [f.db_value for f in fields]
+    copy = isinstance(db, peewee.PostgresqlDatabase)
+    # COPY adapts ints, strings, dates, datetimes, booleans and UUIDs itself; only values
+    # with a storage form of their own (JSON text) need the field's conversion there.
+    converters = [f.db_value if not copy or isinstance(f, JSONTextField) else _same
+                  for f in fields]
     params = [tuple(convert(row[name]) for convert, name in zip(converters, names, strict=True))
               for row in rows]
     # peewee's wrapper turns driver errors into peewee's (IntegrityError, OperationalError).
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
         cursor = db.cursor()
         try:
-            if isinstance(db, peewee.PostgresqlDatabase):
+            if copy:
                 with cursor.copy(f'COPY "{meta.table_name}" ({columns}) FROM STDIN') as copy:
                     for row in params:
                         copy.write_row(row)

@@ -151,8 +151,9 @@ class IdentityRepository:
         """
         if not self.postgres:
             return
-        locks = sorted({_lock_id(k) for k in keys})
-        if len(locks) > MAX_KEY_LOCKS:
+        distinct = set(keys)
+        locks = sorted({_lock_id(k) for k in distinct}) if len(distinct) <= MAX_KEY_LOCKS else []
+        if not locks and distinct:
             # A large batch (mpi import) would exhaust the lock table
             # (max_locks_per_transaction): it takes the whole linking lock instead.
             self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_LINKING,))
