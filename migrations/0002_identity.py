@@ -56,13 +56,13 @@ def upgrade(db: peewee.Database) -> None:
             table_name = "patient_link"
 
     class BlockingKey(Base):
-        pk = peewee.BigAutoField()
+        key = peewee.CharField(max_length=64)
         patient = peewee.ForeignKeyField(Patient, field=Patient.pk, column_name="patient_pk",
                                          index=True, on_delete="CASCADE")
-        key = peewee.CharField(max_length=64, index=True)
 
         class Meta:
             table_name = "blocking_key"
+            primary_key = peewee.CompositeKey("key", "patient")
 
     class NonMatch(Base):
         pk = peewee.BigAutoField()

@@ -203,16 +203,19 @@ class PatientLinkRow(BaseModel):
 
 
 class BlockingKeyRow(BaseModel):
-    """Candidate look-up keys of live records (deleted with the record's retirement)."""
+    """Candidate look-up keys of live records (deleted with the record's retirement).
 
-    pk = peewee.BigAutoField()
+    The primary key (key, patient) is the look-up index itself: no surrogate id, one
+    index fewer to maintain for the ~20 rows each record writes."""
+
     patient_id: Any
+    key = peewee.CharField(max_length=64)
     patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
                                      index=True, on_delete="CASCADE", object_id_name="patient_id")
-    key = peewee.CharField(max_length=64, index=True)
 
     class Meta:
         table_name = "blocking_key"
+        primary_key = peewee.CompositeKey("key", "patient")
 
 
 class NonMatchRow(BaseModel):
