@@ -236,10 +236,13 @@ class IdentityRepository:
         """New persons; their primary keys by id."""
         if not person_ids:
             return {}
-        rows = [{"id": uuid.UUID(p), "created_at": now, "updated_at": now} for p in person_ids]
-        bulk_insert(PersonRow, rows)
-        return {str(pid): pk for pk, pid in tuples(PersonRow.select(PersonRow.pk, PersonRow.id)
-                .where(PersonRow.id.in_([r["id"] for r in rows])))}
+        ids = [uuid.UUID(p) for p in person_ids]
+        bulk_insert(PersonRow, [{"id": i, "created_at": now, "updated_at": now} for i in ids])
+        field = PersonRow._meta.fields["id"]  # type: ignore[attr-defined]
+        clause, params = any_of(self._db, [field.db_value(i) for i in ids])
+        sql = "SELECT pk, id FROM person WHERE id "  # + fixed SQL from any_of; ids bound
+        cursor = self._db.execute_sql(sql + clause, params)
+        return {str(uuid.UUID(str(pid))): pk for pk, pid in cursor.fetchall()}
 
     @staticmethod
     def insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
