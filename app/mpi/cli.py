@@ -5,6 +5,7 @@
     mpi healthcheck           probe the local service; exit 0 when healthy, 1 otherwise
     mpi config check          validate the environment (or --env-file) and show the settings
     mpi version               package version and build commit
+    mpi reindex               rebuild the search index beside the live one, then swap
 
 argparse rather than a CLI framework: ``healthcheck`` runs every few seconds
 in containers and must start fast, so this module imports only the standard
@@ -139,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = commands.add_parser("version", help="show version and build commit")
     ver.set_defaults(run=cmd_version)
+
+    from mpi.search.cli import register as register_search  # standard library only
+
+    register_search(commands)
     return parser
 
 
