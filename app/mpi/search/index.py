@@ -95,11 +95,16 @@ class WhooshSearchIndex:
             self._cursor = checked.opened.cursor
             return self._searcher
         try:
-            fresh = self._searcher.refresh()
+            changed = self._index.latest_generation() != self._searcher.reader().generation()
+            # A new reader, not searcher.refresh(): whoosh 2.7's refresh re-uses segment
+            # readers whose deletions have since changed, and would find deleted records.
+            fresh = self._index.searcher() if changed else self._searcher
         except Exception as exc:
             self._reset()
             raise SearchUnavailable("the search index is being rebuilt") from exc
         if fresh is not self._searcher:
+            with contextlib.suppress(Exception):
+                self._searcher.close()
             self._searcher = fresh
             meta = fresh.document(id=META_ID)
             self._cursor = int(meta["cursor"]) if meta else None

@@ -204,7 +204,11 @@ class Indexer:
             events = ChangeLog(self._db).read(after=opened.cursor, limit=self.batch_size)
             if not events:
                 return 0
-            self._apply(opened, events)
+            try:
+                self._apply(opened, events)
+            except Exception:
+                self._close()  # the next step checks the index again (and rebuilds it if bad)
+                raise
         return len(events)
 
     def catch_up(self, max_steps: int = 10_000) -> None:
