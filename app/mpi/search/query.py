@@ -185,7 +185,12 @@ class _Parser:
         if tok is not None and tok.kind == "NOT":
             self.take()
             self._needs_operand(tok)
-            return wq.Not(self.parse_unary(fieldname))
+            # What is excluded is excluded exactly: no fuzzy, sound-alike or partial matches.
+            outer, self.options = self.options, Options(fuzzy=0, phonetic=False, ngrams=False)
+            try:
+                return wq.Not(self.parse_unary(fieldname))
+            finally:
+                self.options = outer
         return self.parse_primary(fieldname)
 
     def parse_primary(self, fieldname: str | None) -> wq.Query:

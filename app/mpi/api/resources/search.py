@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import falcon
 
 from mpi.api.errors import Problem
 from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
-from mpi.api.resources.common import Query, send
+from mpi.api.resources.common import Query
 from mpi.api.schemas import SearchHit, SearchPage
 from mpi.domain.errors import FieldProblem
 from mpi.search.index import SearchUnavailable
@@ -82,10 +84,16 @@ class PatientSearch:
             raise Problem(falcon.HTTP_503, "Service unavailable", str(exc),
                           headers={"Retry-After": "2"}) from None
         end = offset + len(outcome.items) + outcome.dropped
-        send(resp, SearchPage(
+        page = SearchPage(
             items=[SearchHit(score=f.hit.score, person_id=f.hit.person_id, patient=f.patient)
                    for f in outcome.items],
             total=outcome.total, offset=offset, limit=limit,
             next_offset=end if end < outcome.total + outcome.dropped else None,
-            index_cursor=None if outcome.cursor is None else str(outcome.cursor)),
-            omit_nulls=False)
+            index_cursor=None if outcome.cursor is None else str(outcome.cursor))
+        body = page.model_dump(mode="json")
+        # The page's own members are always present (null included); each record is
+        # shown exactly as GET /patients/{id} shows it (absent values left out).
+        for item, found in zip(body["items"], outcome.items, strict=True):
+            item["patient"] = found.patient.to_dict()
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = json.dumps(body).encode()
