@@ -9,7 +9,7 @@ import pytest
 from whoosh import index as whoosh_index
 
 from mpi.events.log import ChangeLog
-from mpi.search.index import SearchUnavailable, WhooshSearchIndex
+from mpi.search.index import SearchUnavailable
 from mpi.search.indexer import Indexer, build_generation, changes_for
 from mpi.search.schema import INDEX_NAME, META_ID
 from mpi.search.store import IndexDirectory, IndexState
