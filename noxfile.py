@@ -76,4 +76,7 @@ def lock(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: API throughput/latency next to bare Falcon; matching next to Splink."""
     install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
+    if session.posargs[:1] == ["search"]:  # nox -s bench -- search [toolkit.searchbench args]
+        session.run("python", "-m", "toolkit.searchbench", *session.posargs[1:])
+        return
     session.run("python", "-m", "toolkit.bench", *session.posargs)
