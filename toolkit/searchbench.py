@@ -96,7 +96,8 @@ def synthetic_patients(n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
             "source": "bench-ehr", "source_id": f"S-{i:07d}",
             "family": family, "given": given, "birth_date": born,
             "gender": rng.choice(("male", "female")),
-            "ssn": f"{rng.randrange(100, 900):03d}-{rng.randrange(10, 99):02d}-{i:04d}"[:11],
+            # Unique by construction: area and serial come from i, the group is random.
+            "ssn": f"{100 + i // 10000:03d}-{rng.randrange(10, 99):02d}-{i % 10000:04d}",
             "line": f"{rng.randrange(1, 999)} {rng.choice(('High', 'Elm', 'Oak'))} St",
             "city": rng.choice(CITIES), "postal_code": f"{rng.randrange(10000, 99999)}",
             "phone": f"+1-217-{rng.randrange(200, 999)}-{rng.randrange(0, 9999):04d}",

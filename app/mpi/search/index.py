@@ -67,8 +67,10 @@ class WhooshSearchIndex:
         with self._lock:
             searcher = self._fresh_searcher()
             try:
+                # optimize=False: score every match (no block skipping) so the total comes
+                # from the same pass; with skipping, whoosh re-runs the query to count.
                 results = searcher.search(query, limit=offset + limit, mask=_MASK,
-                                          terms=False)
+                                          terms=False, optimize=False)
                 hits = [Hit(hit["id"], round(float(hit.score or 0.0), 4), hit.get("person_id"))
                         for hit in results[offset:offset + limit]]
                 return Results(hits, len(results), self._cursor)
