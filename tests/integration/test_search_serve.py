@@ -49,7 +49,7 @@ def _found(server: Server, **params: str) -> tuple[int, list[str]]:
 def _wait_found(server: Server, patient_id: str, timeout: float, **params: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        status, found = _found(server, **params)
+        _, found = _found(server, **params)
         if patient_id in found:
             return time.monotonic() - started
         time.sleep(0.02)
