@@ -70,7 +70,9 @@ def test_fuzziness_follows_the_option_and_word_length():
 
 
 def test_prefix_and_phrase():
-    assert str(parse("family:smi*")) == "family:smi*"
+    assert str(parse("family:smi*")) == "family_prefix:smi"  # one term: leading n-grams
+    assert str(parse("given:smi*")) == "given:smi*"
+    assert str(parse("family:schwarzen*")) == "family:schwarzen*"  # past 8 letters
     assert str(parse('given:"Anna Maria"')) == 'given:"anna maria"'
     assert repr(parse('"anna maria"~2')).count("slop=3") == 2  # names and addresses
 
@@ -92,3 +94,22 @@ def test_nothing_to_search_for_is_an_error():
     with pytest.raises(QuerySyntaxError) as caught:
         build(None, Shortcuts(identifier="--"), Options())
     assert caught.value.field == "identifier"
+
+
+def test_infix_trigrams_are_dropped_for_known_names():
+    from whoosh import query as wq
+
+    from mpi.search.query import Infix, prune_infixes
+
+    q = parse("ernan smith")
+    infixes = [n for n in _walk(q) if isinstance(n, Infix)]
+    assert {i.token for i in infixes} == {"ernan", "smith"}
+    pruned = prune_infixes(q, lambda word: word == "smith")
+    assert {i.token for i in _walk(pruned) if isinstance(i, Infix)} == {"ernan"}
+    assert isinstance(pruned, wq.And)
+
+
+def _walk(q):
+    yield q
+    for child in q.children():
+        yield from _walk(child)

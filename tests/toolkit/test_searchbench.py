@@ -32,8 +32,12 @@ def test_table_lists_every_kind():
         "patients": 10, "index_build": {"seconds": 1.0, "patients_per_s": 10.0, "bytes": 1e6},
         "search_index": {"identifier": stats}, "search_service": {"identifier": stats},
         "search_sql": {"identifier": {"method": "equality (btree)", **stats}},
-        "write_to_searchable": {"writers": 2, "concurrent_writes_per_s": 5.0, "p50_ms": 200,
-                                "p99_ms": 300, "max_ms": 310, "n": 3, "missed": 0},
+        "write_to_searchable": [{"writers": 2, "concurrent_writes_per_s": 5.0, "p50_ms": 200,
+                                 "p99_ms": 300, "max_ms": 310, "n": 3, "missed": 0}],
     }
     table = searchbench.format_table(report)
     assert "identifier" in table and "equality (btree)" in table and "p99 300 ms" in table
+
+
+def test_writer_counts_parse():
+    assert searchbench.parse_args(["--writers", "1,4"]).writers == [1, 4]

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from whoosh import query as wq
 
+from mpi.search.query import prune_infixes
 from mpi.search.schema import KIND_META, META_ID
 from mpi.search.store import IndexDirectory, IndexState
 
@@ -69,6 +70,8 @@ class WhooshSearchIndex:
             try:
                 # optimize=False: score every match (no block skipping) so the total comes
                 # from the same pass; with skipping, whoosh re-runs the query to count.
+                query = prune_infixes(query, lambda word: searcher.doc_frequency(
+                    "name", word) > 0)
                 results = searcher.search(query, limit=offset + limit, mask=_MASK,
                                           terms=False, optimize=False)
                 hits = [Hit(hit["id"], round(float(hit.score or 0.0), 4), hit.get("person_id"))

@@ -19,13 +19,13 @@ the problem and its position, never a silent guess.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
 from whoosh import query as wq
 
-from mpi.search.schema import SCHEMA, fold_identifier, phone_forms
+from mpi.search.schema import PREFIX_MAX, SCHEMA, fold_identifier, phone_forms
 
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 32
@@ -41,6 +41,7 @@ FIELDS: dict[str, str] = {
     "gender": "gender", "person_id": "person_id",
 }
 NAME_FIELDS = ("name", "family", "given")
+PREFIX_FIELDS = {"name": "name_prefix", "family": "family_prefix"}
 TEXT_FIELDS = ("name", "family", "given", "address")
 GENDERS = ("male", "female", "other", "unknown")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -281,9 +282,32 @@ def _split_word(word: str, pos: int) -> tuple[str, int | None, bool]:
     return word, fuzzy, prefix
 
 
+class Infix(wq.And):
+    """Part of a name (all its trigrams). Only worth running when the word is not a name
+    itself: :func:`prune_infixes` drops it for known words before searching."""
+
+    def __init__(self, subqueries: Sequence[wq.Query], boost: float = 1.0, token: str = ""):
+        super().__init__(list(subqueries), boost=boost)
+        self.token = token
+
+
+def prune_infixes(q: wq.Query, is_known_name: Callable[[str], bool]) -> wq.Query:
+    """``q`` without the :class:`Infix` parts whose word is a name in the index."""
+    if isinstance(q, Infix):
+        return wq.NullQuery if q.token and is_known_name(q.token) else q
+    if isinstance(q, wq.Not):
+        return wq.Not(prune_infixes(q.query, is_known_name), boost=q.boost)
+    if isinstance(q, wq.And | wq.Or):
+        return q.__class__([prune_infixes(sub, is_known_name) for sub in q.subqueries],
+                           boost=q.boost)
+    return q
+
+
 def _name_token(fieldname: str, token: str, options: Options, fuzzy: int | None,
                 prefix: bool) -> wq.Query:
     if prefix:
+        if fieldname in PREFIX_FIELDS and len(token) <= PREFIX_MAX:
+            return wq.Term(PREFIX_FIELDS[fieldname], token)
         return wq.Prefix(fieldname, token)
     alternatives: list[wq.Query] = [wq.Term(fieldname, token, boost=3.0)]
     distance = options.fuzzy if fuzzy is None else fuzzy
@@ -301,8 +325,8 @@ def _name_token(fieldname: str, token: str, options: Options, fuzzy: int | None,
                              dict.fromkeys(codes)]
         if options.ngrams and len(token) >= 4:
             grams = analyzed("name_ngram", token)
-            alternatives.append(wq.And([wq.Term("name_ngram", g) for g in dict.fromkeys(grams)],
-                                       boost=0.5))
+            alternatives.append(Infix([wq.Term("name_ngram", g) for g in dict.fromkeys(grams)],
+                                      boost=0.5, token=token))
     return _any(alternatives)
 
 

@@ -1,9 +1,10 @@
 """What the index holds: the whoosh schema, its analyzers, and the document for a record.
 
 Every name of a record goes into ``name`` (and ``family`` / ``given`` for
-field searches), plus two derived forms: double-metaphone codes
-(``name_phonetic``: Smyth finds Smith) and character trigrams
-(``name_ngram``: "ernan" finds Hernández). Names, addresses and the other text
+field searches), plus derived forms: double-metaphone codes
+(``name_phonetic``: Smyth finds Smith), character trigrams (``name_ngram``:
+"ernan" finds Hernández) and leading n-grams (``name_prefix``,
+``family_prefix``: "smi*" is one term, not an expansion). Names, addresses and the other text
 fields are folded the same way at index and at query time: lower case, accents
 removed, apostrophes dropped (O'Brien = obrien), hyphens split.
 
@@ -29,7 +30,7 @@ from whoosh.analysis import (
 from whoosh.analysis.morph import DoubleMetaphoneFilter
 from whoosh.support.charset import accent_map
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INDEX_NAME = "patients"
 META_ID = "__meta__"  # the one document holding the cursor (kind "meta", never a hit)
 KIND_PATIENT = "patient"
@@ -53,6 +54,10 @@ class _DropEmpty(Filter):
 NAME_ANALYZER = _folded() | _DropEmpty()
 PHONETIC_ANALYZER = _folded() | _DropEmpty() | DoubleMetaphoneFilter(combine=False)
 NGRAM_ANALYZER = _folded() | _DropEmpty() | NgramFilter(minsize=3, maxsize=3)
+PREFIX_MAX = 8
+# Edge n-grams: "smi*" is one term look-up instead of an expansion over every smi... name.
+PREFIX_ANALYZER = _folded() | _DropEmpty() | NgramFilter(minsize=1, maxsize=PREFIX_MAX,
+                                                         at="start")
 TOKEN_ANALYZER = RegexTokenizer(r"\S+") | LowercaseFilter()
 
 
@@ -83,6 +88,8 @@ SCHEMA = fields.Schema(
     given=fields.TEXT(analyzer=NAME_ANALYZER),
     name_phonetic=fields.TEXT(analyzer=PHONETIC_ANALYZER, phrase=False),
     name_ngram=fields.TEXT(analyzer=NGRAM_ANALYZER, phrase=False),
+    name_prefix=fields.TEXT(analyzer=PREFIX_ANALYZER, phrase=False),
+    family_prefix=fields.TEXT(analyzer=PREFIX_ANALYZER, phrase=False),
     birth_date=fields.ID(),
     birth_year=fields.ID(),
     gender=fields.ID(),
@@ -137,6 +144,8 @@ def document(record: Mapping[str, Any]) -> dict[str, Any]:
         "given": _join(given),
         "name_phonetic": all_names,
         "name_ngram": all_names,
+        "name_prefix": all_names,
+        "family_prefix": _join(family),
         "identifier": _join(i.get("value") for i in record.get("identifiers") or []),
         "address": _join(addresses),
         "telecom": " ".join(telecom),
