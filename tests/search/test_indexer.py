@@ -94,8 +94,14 @@ def test_net_change_per_patient_keeps_the_last():
                            payload)
 
     net = changes_for([event(1, "PatientCreated", payload={"id": "p1", "names": []}),
-                       event(2, "PatientDeleted"), event(3, "PatientMerged", entity="p2")])
+                       event(2, "PatientDeleted"), event(3, "PatientLinked", entity="p2")])
     assert {k: v.action for k, v in net.items()} == {"p1": "delete", "p2": "refetch"}
+    merged = ChangeEvent(4, datetime(2026, 1, 1), "PersonsMerged", "person", "P1", None, "x",
+                         None, {"moved_patient_ids": ["p3", "p4"]})
+    review = ChangeEvent(5, datetime(2026, 1, 1), "ReviewOpened", "review", "R1", None, "x",
+                         None, {"patient_id": "p5"})
+    assert {k: v.action for k, v in changes_for([merged, review]).items()} == {
+        "p3": "refetch", "p4": "refetch"}  # events about other entities change nothing
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "old-schema", "all-deleted"])

@@ -75,10 +75,26 @@ def refetch_patient(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
         yield event.entity_id, Change("refetch")
 
 
+def patients_listed_in(*keys: str) -> Handler:
+    """For events about another entity (a person) that name the patients they changed."""
+
+    def handler(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+        payload = event.payload if isinstance(event.payload, dict) else {}
+        for key in keys:
+            for patient_id in payload.get(key) or []:
+                yield str(patient_id), Change("refetch")
+
+    return handler
+
+
 HANDLERS: dict[str, Handler] = {
     "PatientCreated": _from_payload,
     "PatientUpdated": _from_payload,
     "PatientDeleted": _deleted,
+    # Identity: PatientLinked / PatientUnlinked are patient events (re-read by default);
+    # a merge and its undo move records between persons and name them.
+    "PersonsMerged": patients_listed_in("moved_patient_ids"),
+    "MergeUndone": patients_listed_in("returned_patient_ids", "moved_patient_ids"),
 }
 
 
