@@ -74,9 +74,12 @@ def lock(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks: API throughput/latency next to bare Falcon; matching next to Splink."""
+    """Benchmarks: API next to bare Falcon (default); -- matching (next to Splink);
+    -- identity (import and online matching at 100,000 persons)."""
     install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
-    if session.posargs[:1] == ["search"]:  # nox -s bench -- search [toolkit.searchbench args]
-        session.run("python", "-m", "toolkit.searchbench", *session.posargs[1:])
-        return
-    session.run("python", "-m", "toolkit.bench", *session.posargs)
+    suites = {"matching": "toolkit.matchbench", "identity": "toolkit.identitybench",
+              "search": "toolkit.searchbench"}
+    if session.posargs[:1] and session.posargs[0] in suites:
+        session.run("python", "-m", suites[session.posargs[0]], *session.posargs[1:])
+    else:
+        session.run("python", "-m", "toolkit.bench", *session.posargs)

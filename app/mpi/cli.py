@@ -55,9 +55,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         db = make_database(settings)
         with connection(db):
             shipped = migrate.discover()
-            waiting = {m.version for m in migrate.pending(db, shipped)}
+            waiting = {m.version for m in migrate.pending(db, shipped, allow_newer=True)}
+            ahead = migrate.newer(db, shipped)
         for m in shipped:
             print(f"{m.version}_{m.name}: {'pending' if m.version in waiting else 'applied'}")
+        for version in ahead:
+            print(f"{version}: applied by a newer release (this release does not ship it)")
         return EXIT_FAILED if waiting and args.check else EXIT_OK
     applied = run_migrations(settings)
     print(f"applied {len(applied)} migration(s)" + (
@@ -141,9 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver = commands.add_parser("version", help="show version and build commit")
     ver.set_defaults(run=cmd_version)
 
-    from mpi.search.cli import register as register_search  # standard library only
+    # Command groups live with their packages; each imports only the standard library
+    # until its command runs (healthcheck must start fast).
+    from mpi.identity import cli as identity_cli
+    from mpi.matching import cli as matching_cli
+    from mpi.search import cli as search_cli
 
-    register_search(commands)
+    matching_cli.register(commands)  # dedupe, link, train, blocking report
+    identity_cli.register(commands)  # import, export
+    search_cli.register(commands)  # reindex
     return parser
 
 

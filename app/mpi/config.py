@@ -107,6 +107,22 @@ def _poll_interval(raw: str) -> float:
     return value
 
 
+def _model_path(raw: str) -> Path | None:
+    """Empty: the model shipped in the package. Otherwise a model file that must load."""
+    if not raw.strip():
+        return None
+    path = Path(raw.strip())
+    from mpi.matching.model import Model  # only when a file is named
+
+    try:
+        Model.load(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read the model file: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a valid matching model: {exc}") from None
+    return path
+
+
 def _database_url(raw: str) -> str:
     parse_database_url(raw)
     return raw.strip()
@@ -243,6 +259,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between the search indexer's polls of the change log"),
     Setting("MATCHING_THRESHOLD", "matching_threshold", _probability, "0.95",
             "Match probability at or above which a record is linked automatically"),
+    Setting("MATCHING_REVIEW_THRESHOLD", "matching_review_threshold", _probability, "0.5",
+            "Match probability from which a record goes to the review queue (below "
+            "MATCHING_THRESHOLD; lower scores start a new person)"),
+    Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
+            "Matching model file written by mpi train; empty = the model shipped in the "
+            "package"),
     Setting("LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True), "INFO",
             "Least severe log level written: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Setting("LOG_FORMAT", "log_format", _choice(LOG_FORMATS), "json",
@@ -269,6 +291,8 @@ class Settings:
     search_fuzzy_distance: int
     search_poll_interval: float
     matching_threshold: float
+    matching_review_threshold: float
+    matching_model_path: Path | None
     log_level: str
     log_format: str
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -297,6 +321,8 @@ class Settings:
             text = str(value)
             if s.env == "DATABASE_URL":
                 text = mask_url(text)
+            elif value is None:
+                text = ""
             elif s.secret:
                 text = "***"
             out[s.env] = text
@@ -342,6 +368,10 @@ def load(env: Mapping[str, str] | None = None, *, origin: str = "environment") -
             problems.append(f"{setting.env}={shown}: {exc}")
             continue
         sources[setting.env] = source
+    review, link = values.get("matching_review_threshold"), values.get("matching_threshold")
+    if review is not None and link is not None and review > link:
+        problems.append(f"MATCHING_REVIEW_THRESHOLD={review}: must not exceed "
+                        f"MATCHING_THRESHOLD={link}")
     if problems:
         raise ConfigError(problems)
     return Settings(**values, sources=sources)

@@ -25,8 +25,10 @@ def test_every_change_and_read_is_audited_with_who_and_what(client):
     trail = client.simulate_get(f"{URL}/{pid}/audit").json["items"]
     assert [e["action"] for e in trail] == [
         "patient:record:delete", "patient:record:update", "patient:record:read",
-        "patient:record:create"]
-    delete, update, read, create = trail
+        "patient:record:create", "identity:link:new"]
+    delete, update, read, create, link = trail
+    assert link["actor"] == "clerk-7" and link["new_value"]["how"] == "new"
+    assert link["new_value"]["person_id"] == create["new_value"]["person_id"]
     assert create["actor"] == "clerk-7"
     assert create["request_id"] == "req-42"
     assert create["user_agent"] == "reg-desk/2.1"
@@ -53,7 +55,8 @@ def test_audit_of_unknown_patient_is_404(client):
 def test_audit_by_user_and_recent(client):
     _lifecycle(client)
     mine = client.simulate_get("/api/v1/audit/user", params={"user_id": "clerk-7"}).json["items"]
-    assert [e["action"] for e in mine] == ["patient:record:update", "patient:record:create"]
+    assert [e["action"] for e in mine] == ["patient:record:update", "patient:record:create",
+                                           "identity:link:new"]
     recent = client.simulate_get("/api/v1/audit/recent", params={"limit": 2}).json
     assert [e["action"] for e in recent["items"]] == ["audit:user:read",
                                                       "patient:record:delete"]
@@ -89,14 +92,18 @@ def test_listing_is_audited_with_the_returned_ids(client):
 def test_change_feed_in_commit_order_with_cursor(client):
     pid = _lifecycle(client)
     feed = client.simulate_get("/api/v1/events").json
-    assert [e["type"] for e in feed["events"]] == ["PatientCreated", "PatientUpdated",
-                                                   "PatientDeleted"]
+    # The record's own events; linking adds PatientLinked when the record founds its person.
+    assert [e["type"] for e in feed["events"]] == ["PatientCreated", "PatientLinked",
+                                                   "PatientUpdated", "PatientDeleted"]
+    linked = feed["events"].pop(1)
+    assert linked["data"]["patient_id"] == pid and linked["data"]["how"] == "new"
     assert [e["entity_version"] for e in feed["events"]] == [1, 2, 3]
     assert all(e["entity_id"] == pid for e in feed["events"])
     assert feed["events"][0]["data"]["names"][0]["family"] == "Smith"
     assert feed["events"][2]["data"] == {"id": pid, "source": "st-marys-ehr",
-                                         "source_id": "A-1001"}
-    ids = [int(e["id"]) for e in feed["events"]]
+                                         "source_id": "A-1001",
+                                         "person_id": feed["events"][0]["data"]["person_id"]}
+    ids = [int(e["id"]) for e in client.simulate_get("/api/v1/events").json["events"]]
     assert ids == sorted(ids)
     first = client.simulate_get("/api/v1/events", params={"limit": 1}).json
     rest = client.simulate_get("/api/v1/events", params={"after": first["next_cursor"]}).json
@@ -110,7 +117,8 @@ def test_reads_and_failed_writes_add_no_events(client):
     client.simulate_get(f"{URL}/{created['id']}")
     client.simulate_post(URL, json=patient())  # 409
     client.simulate_put(f"{URL}/{created['id']}", json=patient(), headers={"If-Match": '"9"'})
-    assert len(client.simulate_get("/api/v1/events").json["events"]) == 1
+    assert [e["type"] for e in client.simulate_get("/api/v1/events").json["events"]] == [
+        "PatientCreated", "PatientLinked"]
 
 
 @pytest.mark.parametrize("after", ["abc", "-1", "99999999999999999999999"])

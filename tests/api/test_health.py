@@ -63,3 +63,23 @@ def test_problem_carries_request_id(client):
     assert resp.status_code == 404
     assert resp.json["request_id"] == "r-1"
     assert resp.headers["content-type"] == "application/problem+json"
+
+
+def test_ready_while_the_database_is_ahead_of_this_release(client, db):
+    """A newer release migrated the database (rolling update, or the code rolled back):
+    this release keeps serving and says so."""
+    from datetime import datetime
+
+    from mpi.storage.models import SchemaMigrationRow
+
+    with SchemaMigrationRow.bind_ctx(db):
+        SchemaMigrationRow.create(version="9999", name="newer", checksum="0" * 64,
+                                  applied_at=datetime(2026, 1, 1))
+    try:
+        resp = client.simulate_get("/api/v1/health/ready")
+    finally:  # the session's PostgreSQL outlives this test
+        with SchemaMigrationRow.bind_ctx(db):
+            SchemaMigrationRow.delete().where(SchemaMigrationRow.version == "9999").execute()
+    assert resp.status_code == 200, resp.text
+    assert resp.json["checks"]["migrations"] == "ok"
+    assert resp.json["checks"]["schema"].startswith("ahead of this release (9999)")

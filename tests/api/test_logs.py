@@ -41,7 +41,7 @@ def test_no_patient_data_in_logs(client, caplog, monkeypatch):
     def explode(self, *args, **kwargs):
         raise peewee.IntegrityError(f"duplicate key value ({SECRET_SSN}) {SECRET_NAME}")
 
-    monkeypatch.setattr(PatientRepository, "insert", explode)
+    monkeypatch.setattr(PatientRepository, "insert_many", explode)
     failed = client.simulate_post("/api/v1/patients",
                                   json=dict(_phi_body(), source_id="other"))
     assert failed.status_code == 500

@@ -120,10 +120,13 @@ def test_results_carry_score_person_and_the_current_record(api):
     assert [i["score"] for i in body["items"]] == sorted(
         (i["score"] for i in body["items"]), reverse=True)
     first = body["items"][0]
-    assert first["person_id"] is None  # until identity links records to persons
-    assert first["patient"] == p["john"]
+    assert first["person_id"] is not None  # the enterprise person the record is linked to
+    assert first["person_id"] == p["john"]["person_id"]
+    assert first["patient"]["id"] == p["john"]["id"]
+    assert first["patient"]["names"] == p["john"]["names"]
     assert body["total"] == 2 and body["offset"] == 0 and body["next_offset"] is None
-    assert int(body["index_cursor"]) == 3
+    feed = api.client.simulate_get("/api/v1/events", params={"after": 0, "limit": 1000}).json
+    assert body["index_cursor"] == feed["events"][-1]["id"]  # the index has every event
 
 
 def test_pagination(api):

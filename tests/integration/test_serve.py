@@ -120,11 +120,12 @@ def test_lifecycle_over_http(server):
     status, _, audit = server.request("GET", f"/api/v1/patients/{pid}/audit")
     assert [e["action"] for e in audit["items"]] == [
         "patient:record:delete", "patient:record:update", "patient:record:read",
-        "patient:record:create"]
+        "patient:record:create", "identity:link:new"]
 
     status, _, feed = server.request("GET", "/api/v1/events?after=0")
     assert [(e["type"], e["entity_version"]) for e in feed["events"]] == [
-        ("PatientCreated", 1), ("PatientUpdated", 2), ("PatientDeleted", 3)]
+        ("PatientCreated", 1), ("PatientLinked", None), ("PatientUpdated", 2),
+        ("PatientDeleted", 3)]
 
     log = server.log()
     assert "POST /api/v1/patients 201" in log

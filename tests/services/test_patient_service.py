@@ -22,6 +22,10 @@ class FailingChangeLog(ChangeLog):
         super().append(*args, **kwargs)
         raise Boom
 
+    def append_many(self, *args, **kwargs):
+        super().append_many(*args, **kwargs)
+        raise Boom
+
 
 def _counts() -> tuple[int, ...]:
     return tuple(m.select().count() for m in (PatientRow, PatientNameRow, AuditEventRow,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
 import peewee
 import pytest
@@ -11,7 +12,7 @@ from playhouse.schema_diff import diff_models
 from mpi.config import parse_database_url
 from mpi.storage import migrate
 from mpi.storage.db import connection, database_for
-from mpi.storage.models import ALL_MODELS
+from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
 
 
 def _columns(db: peewee.Database, table: str, schema: str | None = None) -> list[tuple]:
@@ -84,9 +85,12 @@ def test_a_migration_unknown_to_this_release_is_refused(db):
 
 def test_partial_unique_indexes_only_bind_live_records(db):
     db.execute_sql("SELECT 1")
-    names = {i.name: i for i in db.get_indexes("patient_identifier")}
-    assert names["patient_identifier_live_uniq"].unique
-    assert "deleted_at" in names["patient_identifier_live_uniq"].sql.lower()
+    names = {i.name: i for i in db.get_indexes("patient")}
+    assert names["patient_source_live_uniq"].unique
+    assert "deleted_at" in names["patient_source_live_uniq"].sql.lower()
+    # Identifiers are evidence for matching, not unique (migration 0002).
+    idents = {i.name: i for i in db.get_indexes("patient_identifier")}
+    assert not idents["patient_identifier_system_value"].unique
 
 
 def test_concurrent_first_start_applies_each_migration_once(tmp_path, postgres_server):
@@ -120,3 +124,22 @@ def test_concurrent_first_start_applies_each_migration_once(tmp_path, postgres_s
         assert not errors, errors
         assert sorted(v for versions in applied for v in versions) == [
             m.version for m in migrate.discover()], url
+
+
+def test_a_database_ahead_of_the_release_is_accepted_where_it_is_safe(db):
+    """After a newer release migrated the database, this one still serves (rolling update,
+    code rollback): pending() with allow_newer accepts it; migrating does not."""
+    shipped = migrate.discover()
+    with SchemaMigrationRow.bind_ctx(db):
+        SchemaMigrationRow.create(version="9999", name="from_the_future", checksum="0" * 64,
+                                  applied_at=datetime(2026, 1, 1))
+    try:
+        assert migrate.pending(db, shipped, allow_newer=True) == []
+        assert migrate.newer(db, shipped) == ["9999"]
+        with pytest.raises(migrate.MigrationError, match="does not ship"):
+            migrate.pending(db, shipped)
+        with pytest.raises(migrate.MigrationError, match="does not ship"):
+            migrate.apply(db, shipped)
+    finally:  # the session's PostgreSQL outlives this test
+        with SchemaMigrationRow.bind_ctx(db):
+            SchemaMigrationRow.delete().where(SchemaMigrationRow.version == "9999").execute()

@@ -14,11 +14,32 @@ from mpi import config
 from mpi.api import errors
 from mpi.api.middleware import DatabaseConnection, RequestContext
 from mpi.api.routes import DOCS_STATIC, build_routes
+from mpi.audit.log import AuditLog
+from mpi.events.log import ChangeLog
+from mpi.identity.matcher import engine_for
+from mpi.identity.service import IdentityService
 from mpi.search.index import SearchIndex, WhooshSearchIndex
 from mpi.search.indexer import Indexer
 from mpi.search.service import SearchService
 from mpi.services.patients import PatientService, utc_now
 from mpi.storage.db import database_proxy, make_database
+from mpi.storage.patients import PatientRepository
+
+
+def build_services(settings: config.Settings, *, db: peewee.Database | None = None,
+                   clock: Callable[[], datetime] = utc_now,
+                   new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+                   ) -> tuple[peewee.Database, PatientService]:
+    """The database (bound to the models, not connected) and the patient service with its
+    identity service, as the API and the command-line tools use them."""
+    db = db if db is not None else make_database(settings)
+    database_proxy.initialize(db)
+    audit, changes, patients = AuditLog(), ChangeLog(db), PatientRepository()
+    identity = IdentityService(db, engine_for(settings), clock=clock, new_id=new_id,
+                               audit=audit, changes=changes, patients=patients)
+    service = PatientService(db, clock=clock, new_id=new_id, repository=patients, audit=audit,
+                             changes=changes, identity=identity)
+    return db, service
 
 
 def create_app(settings: config.Settings, *, db: peewee.Database | None = None,
@@ -32,9 +53,7 @@ def create_app(settings: config.Settings, *, db: peewee.Database | None = None,
     only); ``run_indexer`` also starts this process's indexer thread, which
     writes the index if it wins the directory's writer lock (``mpi serve``).
     """
-    db = db if db is not None else make_database(settings)
-    database_proxy.initialize(db)
-    service = PatientService(db, clock=clock, new_id=new_id)
+    db, service = build_services(settings, db=db, clock=clock, new_id=new_id)
     if search_index is None:
         search_index = WhooshSearchIndex(settings.search_index_path)
     search = SearchService(db, search_index, clock=clock, fuzzy=settings.search_fuzzy_distance)

@@ -70,6 +70,8 @@ def to_http(exc: domain.DomainError) -> Problem:
         return Problem(falcon.HTTP_409, "Conflict", exc.message,
                        errors=[domain.FieldProblem(exc.field, "already taken by a live record")],
                        extra=extra)
+    if isinstance(exc, domain.StateConflict):
+        return Problem(falcon.HTTP_409, "Conflict", exc.message)
     if isinstance(exc, domain.VersionMismatch):
         return Problem(falcon.HTTP_412, "Precondition failed", exc.message,
                        extra={"current_version": exc.current_version},

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel
+from pydantic import BaseModel
 
+from mpi.domain.identity import UtcDatetime
 from mpi.domain.patient import Patient
-
-UtcDatetime = Annotated[datetime, AfterValidator(
-    lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
 
 
 class Health(BaseModel):

@@ -60,3 +60,7 @@ class VersionMismatch(DomainError):
 
 class StorageUnavailable(DomainError):
     """The database cannot be reached or has no free connection."""
+
+
+class StateConflict(DomainError):
+    """The action does not fit the current state (a review already resolved, a merge undone)."""

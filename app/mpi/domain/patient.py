@@ -168,7 +168,8 @@ class PatientInput(BaseModel):
     source_id: SourceId = Field(
         description="The record's id in the sending system", examples=["A-1001"])
     active: bool = True
-    names: list[HumanName] = Field(min_length=1, max_length=20)
+    names: list[HumanName] = Field(default_factory=list, max_length=20, description=(
+        "May be empty (an unidentified patient) if an identifier or birth date is given"))
     gender: Gender | None = None
     birth_date: date | None = None
     deceased: bool = False
@@ -184,6 +185,8 @@ class PatientInput(BaseModel):
                                 json_schema_extra={"readOnly": True})
     created_at: str | None = Field(default=None, json_schema_extra={"readOnly": True})
     updated_at: str | None = Field(default=None, json_schema_extra={"readOnly": True})
+    person_id: str | None = Field(default=None, description="read-only; set by matching",
+                                  json_schema_extra={"readOnly": True})
 
     @field_validator("source")
     @classmethod
@@ -217,6 +220,14 @@ class PatientInput(BaseModel):
             raise ValueError("is before birth_date")
         return value
 
+    @model_validator(mode="after")
+    def _identifiable(self) -> PatientInput:
+        # FHIR allows a nameless Patient (an unidentified arrival, a lab sample); a record
+        # with nothing to tell who it is could never be matched, so refuse that.
+        if not (self.names or self.identifiers or self.birth_date):
+            raise ValueError("a record needs at least one name, identifier or birth date")
+        return self
+
     @field_validator("identifiers")
     @classmethod
     def _distinct_identifiers(cls, value: list[Identifier]) -> list[Identifier]:
@@ -230,7 +241,8 @@ class PatientInput(BaseModel):
 
     def content(self) -> dict[str, Any]:
         """The record's content without the read-only echo fields."""
-        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at"})
+        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at",
+                                                     "person_id"})
 
 
 class Patient(BaseModel):
@@ -253,6 +265,8 @@ class Patient(BaseModel):
     telecom: list[ContactPoint] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
+    person_id: str | None = Field(
+        default=None, description="The enterprise identity (person) this record belongs to")
 
     @field_validator("created_at", "updated_at")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 import peewee
 
 from mpi.audit.log import Actor
+from mpi.storage.bulk import bulk_insert
 from mpi.storage.db import LOCK_CHANGE_LOG, is_postgres
 from mpi.storage.models import ChangeEventRow
 
@@ -63,6 +64,20 @@ class ChangeLog:
             entity_id=entity_id, entity_version=entity_version, actor=actor.user_id,
             request_id=actor.request_id, payload=payload,
         ).execute()
+
+    def append_many(self, events: list[tuple[str, str, str, int | None, Any]], actor: Actor, *,
+                    now: datetime) -> None:
+        """Several events at once, in order: (type, entity type, entity id, version, payload).
+        Call it as the transaction's last write, like :meth:`append`."""
+        if not events:
+            return
+        if self._postgres:
+            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_CHANGE_LOG,))
+        rows = [dict(occurred_at=now, event_type=kind, entity_type=entity_type,
+                     entity_id=entity_id, entity_version=version, actor=actor.user_id,
+                     request_id=actor.request_id, payload=payload)
+                for kind, entity_type, entity_id, version, payload in events]
+        bulk_insert(ChangeEventRow, rows)
 
     def read(self, *, after: int = 0, limit: int = 100) -> list[ChangeEvent]:
         rows = (ChangeEventRow.select().where(ChangeEventRow.pk > after)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ from mpi.audit.log import Actor, AuditLog
 from mpi.domain.errors import Conflict, FieldProblem, InvalidInput, StorageUnavailable
 from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.events.log import ChangeLog
+from mpi.identity.service import IdentityService, Outcome
 from mpi.storage.db import write_transaction
 from mpi.storage.patients import Page, PatientFilter, PatientRepository
 
@@ -31,13 +32,21 @@ class PatientService:
     def __init__(self, db: peewee.Database, *, clock: Clock = utc_now,
                  new_id: Callable[[], uuid.UUID] = uuid.uuid4,
                  repository: PatientRepository | None = None,
-                 audit: AuditLog | None = None, changes: ChangeLog | None = None):
+                 audit: AuditLog | None = None, changes: ChangeLog | None = None,
+                 identity: IdentityService | None = None):
         self._db = db
         self._clock = clock
         self._new_id = new_id
         self.repository = repository or PatientRepository()
         self.audit = audit or AuditLog()
         self.changes = changes or ChangeLog(db)
+        if identity is None:
+            from mpi.identity.matcher import default_engine
+
+            identity = IdentityService(db, default_engine(), clock=clock, new_id=new_id,
+                                       audit=self.audit, changes=self.changes,
+                                       patients=self.repository)
+        self.identity = identity
 
     def today(self) -> date:
         return self._clock().date()
@@ -53,17 +62,45 @@ class PatientService:
         now = self._clock()
         try:
             with _storage_errors(), write_transaction(self._db):
-                # Uniqueness is the database's job (partial unique indexes): no racy pre-check.
-                patient = self.repository.insert(data, patient_id=self._new_id(), now=now)
-                record = patient.to_dict()
-                self.audit.record("patient:record:create", actor, entity_type="patient",
-                                  entity_id=patient.id, now=now, new=record)
-                self.changes.append("PatientCreated", actor, entity_type="patient",
-                                    entity_id=patient.id, entity_version=patient.version,
-                                    now=now, payload=record)
+                (patient,) = self._create_many([data], actor, now)
         except Conflict as clash:
             raise self._explain(clash, data, exclude_id=None) from None
         return patient
+
+    def import_batch(self, items: Sequence[PatientInput], actor: Actor) -> list[Patient | None]:
+        """Register several records in ONE transaction, each linked exactly as ``create``
+        links it (one at a time, in order). A record whose (source, source_id) is already
+        live, or repeats an earlier one in ``items``, is skipped (None), so an interrupted
+        import can simply be run again."""
+        now = self._clock()
+        with _storage_errors(), write_transaction(self._db):
+            live = self.repository.live_source_ids({(d.source, d.source_id) for d in items})
+            keep: list[bool] = []
+            for data in items:
+                key = (data.source, data.source_id)
+                keep.append(key not in live and data.id is None)
+                live.add(key)
+            created = iter(self._create_many([d for d, k in zip(items, keep, strict=True) if k],
+                                             actor, now))
+            return [next(created) if k else None for k in keep]
+
+    def _create_many(self, items: Sequence[PatientInput], actor: Actor,
+                     now: datetime) -> list[Patient]:
+        """Insert, link, audit and log records, in the caller's transaction."""
+        inserted = self.repository.insert_many([(d, self._new_id()) for d in items], now=now)
+        outcomes = self.identity.assign_new([(p, pk) for pk, p in inserted], actor, now)
+        patients = [p.model_copy(update={"person_id": o.person_id})
+                    for (_, p), o in zip(inserted, outcomes, strict=True)]
+        records = [p.to_dict() for p in patients]
+        self.audit.record_many([("patient:record:create", p.id, None, r)
+                                for p, r in zip(patients, records, strict=True)], actor,
+                               entity_type="patient", now=now)
+        events: list[tuple[str, str, str, int | None, Any]] = []
+        for p, r, o in zip(patients, records, outcomes, strict=True):
+            events.append(("PatientCreated", "patient", p.id, p.version, r))
+            events += [(kind, etype, eid, None, payload) for kind, etype, eid, payload in o.events]
+        self.changes.append_many(events, actor, now=now)
+        return patients
 
     def update(self, patient_id: str, data: PatientInput, actor: Actor, *,
                expected_version: int | None) -> Patient:
@@ -77,12 +114,15 @@ class PatientService:
                 old = self.repository.load(row)
                 version = row.version if expected_version is None else expected_version
                 patient = self.repository.update(row, data, expected_version=version, now=now)
+                outcome = self.identity.assign(patient, row.pk, actor, now)
+                patient = patient.model_copy(update={"person_id": outcome.person_id})
                 record = patient.to_dict()
                 self.audit.record("patient:record:update", actor, entity_type="patient",
                                   entity_id=patient_id, now=now, old=old.to_dict(), new=record)
                 self.changes.append("PatientUpdated", actor, entity_type="patient",
                                     entity_id=patient_id, entity_version=patient.version,
                                     now=now, payload=record)
+                self._append(outcome, actor, now)
         except Conflict as clash:
             raise self._explain(clash, data, exclude_id=patient_id) from None
         return patient
@@ -94,12 +134,14 @@ class PatientService:
             old = self.repository.load(row)
             version = self.repository.soft_delete(row, expected_version=expected_version,
                                                   now=now)
+            self.identity.retire(row.pk, patient_id, actor, now)
             self.audit.record("patient:record:delete", actor, entity_type="patient",
                               entity_id=patient_id, now=now, old=old.to_dict())
             self.changes.append("PatientDeleted", actor, entity_type="patient",
                                 entity_id=patient_id, entity_version=version, now=now,
                                 payload={"id": patient_id, "source": old.source,
-                                         "source_id": old.source_id})
+                                         "source_id": old.source_id,
+                                         "person_id": old.person_id})
 
     # --- reads (audited: reading a record is access to health information) -------------
 
@@ -132,6 +174,12 @@ class PatientService:
 
     # --- helpers -------------------------------------------------------------------------
 
+    def _append(self, outcome: Outcome, actor: Actor, now: datetime) -> None:
+        for event_type, entity_type, entity_id, payload in outcome.events:
+            self.changes.append(event_type, actor, entity_type=entity_type,
+                                entity_id=entity_id, entity_version=None, now=now,
+                                payload=payload)
+
     def _explain(self, clash: Conflict, data: PatientInput, *,
                  exclude_id: str | None) -> Conflict:
         """After a unique index refused a write (and it rolled back): name what clashed."""
@@ -141,12 +189,6 @@ class PatientService:
                 return Conflict(
                     f"source {data.source} already has a live record {data.source_id}: "
                     f"patient {holder}", field="source_id", existing_id=holder)
-            for position, holder in self.repository.identifier_conflicts(data):
-                if holder != exclude_id:
-                    ident = data.identifiers[position]
-                    return Conflict(
-                        f"identifier {ident.system} is already held by live patient {holder}",
-                        field=f"identifiers[{position}]", existing_id=holder)
         return clash
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
@@ -66,6 +67,10 @@ def database_for(target: DatabaseTarget, *, max_connections: int = 10,
         timeout=timeout,
         autoconnect=False,
         prefer_psycopg3=True,
+        # No server-side prepared statements: after five runs psycopg would switch a
+        # query to a generic plan, and for look-ups by a list of keys (candidates) that
+        # plan scans whole tables: 0.7 ms became 16 ms. Planning each time is cheaper.
+        prepare_threshold=None,
         **options,
     )
 
@@ -101,3 +106,8 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     finally:
         if opened and not db.is_closed():
             db.close()
+
+
+def tuples(query: Any) -> list[tuple[Any, ...]]:
+    """A query's rows as plain tuples (typed for callers; peewee is untyped)."""
+    return list(query.tuples())

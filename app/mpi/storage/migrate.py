@@ -72,10 +72,22 @@ def _applied(db: peewee.Database) -> dict[str, str]:
         return {row.version: row.checksum for row in SchemaMigrationRow.select()}
 
 
-def _check_history(shipped: list[Migration], applied: dict[str, str]) -> None:
+def newer(db: peewee.Database, shipped: list[Migration] | None = None) -> list[str]:
+    """Applied migrations newer than everything this release ships (the database is ahead:
+    a rolling update or a rollback of the code). Expand/contract keeps that safe."""
+    shipped = discover() if shipped is None else shipped
+    last = max((m.version for m in shipped), default="")
+    return sorted(v for v in _applied(db) if v > last)
+
+
+def _check_history(shipped: list[Migration], applied: dict[str, str], *,
+                   allow_newer: bool = False) -> None:
     by_version = {m.version: m for m in shipped}
+    last = max(by_version, default="")
     for version, checksum in sorted(applied.items()):
         known = by_version.get(version)
+        if known is None and allow_newer and version > last:
+            continue
         if known is None:
             raise MigrationError(
                 f"the database has migration {version}, which this release does not ship "
@@ -84,11 +96,16 @@ def _check_history(shipped: list[Migration], applied: dict[str, str]) -> None:
             raise MigrationError(f"migration {version}_{known.name} changed after it was applied")
 
 
-def pending(db: peewee.Database, shipped: list[Migration] | None = None) -> list[Migration]:
-    """Migrations not yet applied (raises MigrationError if the history does not fit)."""
+def pending(db: peewee.Database, shipped: list[Migration] | None = None, *,
+            allow_newer: bool = False) -> list[Migration]:
+    """Migrations not yet applied (raises MigrationError if the history does not fit).
+
+    ``allow_newer`` accepts a database that is ahead of this release (migrations after
+    the last one shipped), as readiness does during rolling updates and rollbacks.
+    """
     shipped = discover() if shipped is None else shipped
     applied = _applied(db)
-    _check_history(shipped, applied)
+    _check_history(shipped, applied, allow_newer=allow_newer)
     return [m for m in shipped if m.version not in applied]
 
 

@@ -8,6 +8,8 @@ repositories turn them into domain objects.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from mpi.storage.db import database_proxy
@@ -84,11 +86,11 @@ class PatientIdentifierRow(BaseModel):
         table_name = "patient_identifier"
 
 
-# An identifier (system + value) belongs to at most one live record.
+# Several records may carry one identifier (sources share national ids; duplicates inside
+# a source are what matching finds), so the index is for look-ups only.
 PatientIdentifierRow.add_index(
     PatientIdentifierRow.index(PatientIdentifierRow.system, PatientIdentifierRow.value,
-                               unique=True, name="patient_identifier_live_uniq")
-    .where(PatientIdentifierRow.deleted_at.is_null())
+                               name="patient_identifier_system_value")
 )
 
 
@@ -163,6 +165,156 @@ class ChangeEventRow(BaseModel):
         indexes = ((("entity_type", "entity_id", "pk"), False),)
 
 
+class PersonRow(BaseModel):
+    """An enterprise identity: the person one or more records belong to."""
+
+    pk = peewee.BigAutoField()
+    merged_into_id: Any
+    id = peewee.UUIDField(unique=True)
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+    merged_into = peewee.ForeignKeyField("self", field="pk", column_name="merged_into_pk",
+                                         null=True, index=True, object_id_name="merged_into_id")
+
+    class Meta:
+        table_name = "person"
+
+
+class PatientLinkRow(BaseModel):
+    """Which person a record belongs to (exactly one), how it got there, and the record's
+    matching form (``match_data``) so candidates are scored without loading whole records."""
+
+    pk = peewee.BigAutoField()
+    patient_id: Any
+    person_id: Any
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     unique=True, on_delete="CASCADE", object_id_name="patient_id")
+    person = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="person_pk",
+                                    index=True, object_id_name="person_id")
+    match_data = JSONTextField()
+    manual = peewee.BooleanField(default=False)
+    how = peewee.CharField(max_length=16)
+    probability = peewee.DoubleField(null=True)
+    model_version = peewee.CharField(max_length=80, null=True)
+    linked_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "patient_link"
+
+
+class BlockingKeyRow(BaseModel):
+    """Candidate look-up keys of live records (deleted with the record's retirement).
+
+    The primary key (key, patient) is the look-up index itself: no surrogate id, one
+    index fewer to maintain for the ~20 rows each record writes."""
+
+    patient_id: Any
+    key = peewee.CharField(max_length=64)
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     index=True, on_delete="CASCADE", object_id_name="patient_id")
+
+    class Meta:
+        table_name = "blocking_key"
+        primary_key = peewee.CompositeKey("key", "patient")
+
+
+class NonMatchRow(BaseModel):
+    """A steward said these two records are not the same person (stored with a < b)."""
+
+    pk = peewee.BigAutoField()
+    patient_a_id: Any
+    patient_b_id: Any
+    patient_a = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk,
+                                       column_name="patient_a_pk", on_delete="CASCADE",
+                                       object_id_name="patient_a_id")
+    patient_b = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk,
+                                       column_name="patient_b_pk", index=True,
+                                       on_delete="CASCADE", object_id_name="patient_b_id")
+    actor = peewee.CharField(max_length=128)
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "non_match"
+        indexes = ((("patient_a", "patient_b"), True),)
+
+
+class ReviewItemRow(BaseModel):
+    """A possible match (record vs person) or possible duplicate (person vs person)."""
+
+    pk = peewee.BigAutoField()
+    patient_id: Any
+    person_id: Any
+    other_person_id: Any
+    id = peewee.UUIDField(unique=True)
+    kind = peewee.CharField(max_length=24)
+    status = peewee.CharField(max_length=16)
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     null=True, index=True, on_delete="CASCADE",
+                                     object_id_name="patient_id")
+    person = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="person_pk",
+                                    index=True, object_id_name="person_id")
+    other_person = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk,
+                                          column_name="other_person_pk", null=True, index=True,
+                                          object_id_name="other_person_id")
+    probability = peewee.DoubleField()
+    model_version = peewee.CharField(max_length=80)
+    explanation = JSONTextField(null=True)
+    created_at = peewee.DateTimeField()
+    resolved_at = peewee.DateTimeField(null=True)
+    resolved_by = peewee.CharField(max_length=128, null=True)
+    resolution = peewee.CharField(max_length=24, null=True)
+
+    class Meta:
+        table_name = "review_item"
+        indexes = ((("status", "pk"), False),)
+
+
+class LinkEventRow(BaseModel):
+    """A person's link history: every link, unlink, merge and undo, with who and why."""
+
+    pk = peewee.BigAutoField()
+    person_id: Any
+    patient_id: Any
+    person = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="person_pk",
+                                    index=True, object_id_name="person_id")
+    patient = peewee.ForeignKeyField(PatientRow, field=PatientRow.pk, column_name="patient_pk",
+                                     null=True, index=True, on_delete="CASCADE",
+                                     object_id_name="patient_id")
+    action = peewee.CharField(max_length=32)
+    actor = peewee.CharField(max_length=128)
+    occurred_at = peewee.DateTimeField()
+    probability = peewee.DoubleField(null=True)
+    model_version = peewee.CharField(max_length=80, null=True)
+    detail = JSONTextField(null=True)
+
+    class Meta:
+        table_name = "link_event"
+
+
+class PersonMergeRow(BaseModel):
+    """A merge of ``merged`` into ``survivor``; ``moved`` lists the records it moved."""
+
+    pk = peewee.BigAutoField()
+    survivor_id: Any
+    merged_id: Any
+    id = peewee.UUIDField(unique=True)
+    survivor = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="survivor_pk",
+                                      index=True, object_id_name="survivor_id")
+    merged = peewee.ForeignKeyField(PersonRow, field=PersonRow.pk, column_name="merged_pk",
+                                    index=True, object_id_name="merged_id")
+    moved = JSONTextField()
+    actor = peewee.CharField(max_length=128)
+    created_at = peewee.DateTimeField()
+    undone_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "person_merge"
+
+
+IDENTITY_MODELS = (PersonRow, PatientLinkRow, BlockingKeyRow, NonMatchRow, ReviewItemRow,
+                   LinkEventRow, PersonMergeRow)
+
+
 class SchemaMigrationRow(BaseModel):
     """Applied migrations (written by ``mpi.storage.migrate``)."""
 
@@ -181,5 +333,6 @@ ALL_MODELS = (
     *PATIENT_CHILD_MODELS,
     AuditEventRow,
     ChangeEventRow,
+    *IDENTITY_MODELS,
     SchemaMigrationRow,
 )

@@ -14,20 +14,23 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, cast
+from typing import Any
 
 import peewee
 
 from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
 from mpi.domain.patient import Patient, PatientInput
-from mpi.storage.db import is_postgres
+from mpi.storage.bulk import bulk_insert
+from mpi.storage.db import is_postgres, tuples
 from mpi.storage.models import (
     PATIENT_CHILD_MODELS,
     PatientAddressRow,
     PatientIdentifierRow,
+    PatientLinkRow,
     PatientNameRow,
     PatientRow,
     PatientTelecomRow,
+    PersonRow,
 )
 
 
@@ -80,29 +83,49 @@ class PatientRepository:
                .first())
         return str(row.id) if row else None
 
-    def identifier_conflicts(self, data: PatientInput) -> list[tuple[int, str]]:
-        """(position, id of the live record holding it) for each identifier already taken."""
-        if not data.identifiers:
-            return []
-        wanted = {(i.system, i.value): n for n, i in enumerate(data.identifiers)}
-        query = (PatientIdentifierRow
-                 .select(PatientIdentifierRow.system, PatientIdentifierRow.value, PatientRow.id)
-                 .join(PatientRow)
-                 .where(PatientIdentifierRow.value.in_([v for _, v in wanted]),
-                        PatientIdentifierRow.deleted_at.is_null()))
-        conflicts = []
-        rows = cast(Iterable[tuple[str, str, Any]], query.tuples())
-        for system, value, holder in rows:
-            position = wanted.get((system, value))
-            if position is not None:
-                conflicts.append((position, str(holder)))
-        return sorted(conflicts)
+    def live_source_ids(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (source, source_id) pairs a live record already holds."""
+        found: set[tuple[str, str]] = set()
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), 300):
+            chunk = ordered[start:start + 300]
+            ids = sorted({sid for _, sid in chunk})
+            query = (PatientRow.select(PatientRow.source, PatientRow.source_id)
+                     .where(PatientRow.source_id.in_(ids), PatientRow.deleted_at.is_null()))
+            found |= {pair for pair in tuples(query) if pair in keys}
+        return found
 
     def insert(self, data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> Patient:
         with _source_clash():
             row = self._create_row(data, patient_id=patient_id, now=now)
         self._insert_children(row.pk, data)
         return self._to_domain(row, data)
+
+    def insert_many(self, items: Sequence[tuple[PatientInput, uuid.UUID]], *,
+                    now: datetime) -> list[tuple[int, Patient]]:
+        """Insert several records with a few statements; (primary key, domain object) each,
+        in order. A (source, source_id) clash with a live record is a Conflict for all."""
+        if not items:
+            return []
+        rows = [dict(id=pid, source=d.source, source_id=d.source_id, active=d.active,
+                     gender=d.gender, birth_date=d.birth_date, deceased=d.deceased,
+                     deceased_date=d.deceased_date, version=1, created_at=now, updated_at=now)
+                for d, pid in items]
+        with _source_clash():
+            bulk_insert(PatientRow, rows)
+        ids = [pid for _, pid in items]
+        pks: dict[uuid.UUID, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            pks.update({pid: pk for pk, pid in tuples(
+                PatientRow.select(PatientRow.pk, PatientRow.id).where(PatientRow.id.in_(chunk)))})
+        self._insert_children_many([(pks[pid], d) for d, pid in items])
+        out = []
+        for d, pid in items:
+            row = PatientRow(pk=pks[pid], id=pid, version=1, active=d.active, created_at=now,
+                             updated_at=now)
+            out.append((pks[pid], self._to_domain(row, d)))
+        return out
 
     @staticmethod
     def _create_row(data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> PatientRow:
@@ -149,6 +172,10 @@ class PatientRepository:
     def load(self, row: PatientRow) -> Patient:
         """The domain object for a row already read."""
         return self._load([row])[0]
+
+    def load_many(self, rows: Sequence[PatientRow]) -> list[Patient]:
+        """Domain objects for rows already read, in their order."""
+        return self._load(rows)
 
     def update(self, row: PatientRow, data: PatientInput, *, expected_version: int,
                now: datetime) -> Patient:
@@ -227,28 +254,31 @@ class PatientRepository:
             current_version=current.version)
 
     def _insert_children(self, pk: int, data: PatientInput) -> None:
-        names = [dict(patient=pk, position=n, use=x.use, family=x.family,
-                      family_norm=normalize_name(x.family), given=list(x.given),
-                      prefix=list(x.prefix), suffix=list(x.suffix))
-                 for n, x in enumerate(data.names)]
-        idents = [dict(patient=pk, position=n, system=x.system, value=x.value, type=x.type,
-                       use=x.use)
-                  for n, x in enumerate(data.identifiers)]
-        addresses = [dict(patient=pk, position=n, use=x.use, type=x.type, line=list(x.line),
-                          city=x.city, district=x.district, state=x.state,
-                          postal_code=x.postal_code, country=x.country)
-                     for n, x in enumerate(data.addresses)]
-        telecom = [dict(patient=pk, position=n, system=x.system, value=x.value, use=x.use,
-                        rank=x.rank)
-                   for n, x in enumerate(data.telecom)]
+        self._insert_children_many([(pk, data)])
+
+    def _insert_children_many(self, items: Sequence[tuple[int, PatientInput]]) -> None:
+        names, idents, addresses, telecom = [], [], [], []
+        for pk, data in items:
+            names += [dict(patient=pk, position=n, use=x.use, family=x.family,
+                           family_norm=normalize_name(x.family), given=list(x.given),
+                           prefix=list(x.prefix), suffix=list(x.suffix))
+                      for n, x in enumerate(data.names)]
+            idents += [dict(patient=pk, position=n, system=x.system, value=x.value, type=x.type,
+                            use=x.use)
+                       for n, x in enumerate(data.identifiers)]
+            addresses += [dict(patient=pk, position=n, use=x.use, type=x.type,
+                               line=list(x.line), city=x.city, district=x.district,
+                               state=x.state, postal_code=x.postal_code, country=x.country)
+                          for n, x in enumerate(data.addresses)]
+            telecom += [dict(patient=pk, position=n, system=x.system, value=x.value, use=x.use,
+                             rank=x.rank)
+                        for n, x in enumerate(data.telecom)]
         try:
             for model, rows in ((PatientNameRow, names), (PatientIdentifierRow, idents),
                                 (PatientAddressRow, addresses), (PatientTelecomRow, telecom)):
-                if rows:
-                    model.insert_many(rows).execute()
-        except peewee.IntegrityError as exc:
-            # Lost a race with another writer between the conflict check and the insert.
-            raise Conflict("an identifier is already held by another live record",
+                bulk_insert(model, rows)
+        except peewee.IntegrityError as exc:  # pragma: no cover - no unique child index
+            raise Conflict("a child row clashes with another record",
                            field="identifiers") from exc
 
     def _to_domain(self, row: PatientRow, data: PatientInput) -> Patient:
@@ -272,13 +302,19 @@ class PatientRepository:
                           .order_by(model.patient, model.position)):
                 grouped[getattr(child, model.patient.object_id_name)].append(child)
             children[model] = grouped
-        return [self._assemble(row, {m: children[m].get(row.pk, []) for m in children})
+        persons = {ppk: str(pid) for ppk, pid in tuples(
+                   PatientLinkRow.select(PatientLinkRow.patient, PersonRow.id)
+                   .join(PersonRow).where(PatientLinkRow.patient.in_(pks)))}
+        return [self._assemble(row, {m: children[m].get(row.pk, []) for m in children},
+                               persons.get(row.pk))
                 for row in rows]
 
     @staticmethod
-    def _assemble(row: PatientRow, kids: dict[type, Iterable[Any]]) -> Patient:
+    def _assemble(row: PatientRow, kids: dict[type, Iterable[Any]],
+                  person_id: str | None) -> Patient:
         return Patient.model_validate({
             "id": str(row.id),
+            "person_id": person_id,
             "version": row.version,
             "source": row.source,
             "source_id": row.source_id,

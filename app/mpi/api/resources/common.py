@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 import falcon
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from mpi.api.errors import Problem
-from mpi.domain.errors import FieldProblem
+from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput
+from mpi.domain.patient import problems_from
 
 MAX_BODY_BYTES = 1024 * 1024
 JSON_TYPES = ("application/json",)
@@ -101,3 +102,19 @@ class Query:
         if self.problems:
             raise Problem(falcon.HTTP_400, "Bad request", "invalid query parameters",
                           errors=self.problems)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json(model: type[M], body: bytes) -> M:
+    """Validate a request body into ``model``: 400 when not JSON, 422 naming each bad field."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errs):
+            raise MalformedInput("the body is not valid JSON") from None
+        if len(errs) == 1 and errs[0]["type"] == "model_type":
+            raise InvalidInput([FieldProblem("body", "must be a JSON object")]) from None
+        raise InvalidInput(problems_from(exc)) from None

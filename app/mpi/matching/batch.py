@@ -1,0 +1,183 @@
+"""Batch tools over in-memory records: dedupe, link two files, report on blocking.
+
+``dedupe`` runs the online :class:`~mpi.matching.linker.Linker` record by record, so a
+batch gives the same answer the identity layer would give for the same arrival order.
+Reviews (probability between the thresholds) are not merged: such a record starts its own
+cluster and is counted. TF tables come from the model when it has them, otherwise from
+the records being matched.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mpi.matching.blocking import blocking_keys
+from mpi.matching.linker import Linker
+from mpi.matching.model import Model
+from mpi.matching.record import MatchRecord, PreparedRecord, prepare
+from mpi.matching.scoring import Scorer, term_frequencies
+
+T = TypeVar("T")
+Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
+
+
+def _no_progress(items: Iterable[T], _label: str, _total: int) -> Iterable[T]:
+    return items
+
+
+@dataclass
+class DedupeResult:
+    clusters: dict[str, Hashable]  # record id -> cluster (person) id
+    decisions: Counter[str] = field(default_factory=Counter)  # link / review / new
+    possible_twins: int = 0  # links the twin guard turned into reviews
+    possible_duplicates: int = 0  # links where another person also passed the threshold
+    merged_persons: int = 0  # with merge_duplicates: flagged persons merged as wholes
+    pairs_scored: int = 0
+    model_version: str = ""
+
+
+def dedupe(records: Iterable[MatchRecord | PreparedRecord], model: Model | None = None, *,
+           link_threshold: float = 0.95, review_threshold: float = 0.80,
+           merge_duplicates: bool = False, twin_guard: bool = True,
+           progress: Progress = _no_progress) -> DedupeResult:
+    """Cluster records with the online rule, record by record in the given order.
+
+    With ``merge_duplicates``, persons flagged as possible duplicates (a later record matched
+    both) are merged at the end when they match as wholes (:meth:`Linker.merge_duplicates`);
+    without it the result is exactly what the online path would hold.
+    """
+    model = model or Model.default()
+    prepared = [prepare(r) for r in progress(records, "preparing", 0)]
+    tf = model.term_frequencies or term_frequencies(prepared)
+    linker = Linker(model, link_threshold=link_threshold, review_threshold=review_threshold,
+                    term_frequencies=tf, twin_guard=twin_guard)
+    result = DedupeResult({}, model_version=model.version)
+    for r in progress(prepared, "deduplicating", len(prepared)):
+        decision = linker.add(r)
+        result.decisions[decision.kind] += 1
+        result.possible_duplicates += bool(decision.duplicates)
+        result.possible_twins += bool(decision.note)
+    if merge_duplicates:
+        result.merged_persons = len(linker.merge_duplicates())
+    result.clusters = linker.clusters
+    result.pairs_scored = linker.pairs_scored
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPair:
+    left_id: str
+    right_id: str
+    probability: float
+    weight: float
+    reason: str
+
+
+def link(left: Iterable[MatchRecord | PreparedRecord],
+         right: Iterable[MatchRecord | PreparedRecord], model: Model | None = None, *,
+         threshold: float = 0.95, one_to_one: bool = True,
+         progress: Progress = _no_progress) -> list[LinkPair]:
+    """Pairs (left, right) at or above ``threshold``, best first.
+
+    With ``one_to_one`` (for two files that are each free of duplicates) every record is
+    paired at most once: pairs are taken greedily by weight, best first.
+    """
+    model = model or Model.default()
+    a = [prepare(r) for r in left]
+    b = [prepare(r) for r in right]
+    scorer = Scorer(model, model.term_frequencies or term_frequencies(a + b))
+    index: dict[str, list[int]] = {}
+    for j, r in enumerate(b):
+        for key in blocking_keys(r):
+            index.setdefault(key, []).append(j)
+    min_weight = model.weight_for(threshold)
+    found = []
+    for r in progress(a, "linking", len(a)):
+        seen: set[int] = set()
+        for key in blocking_keys(r):
+            seen.update(index.get(key, ()))
+        for j in seen:
+            s = scorer.score(r, b[j])
+            if s.weight >= min_weight and s.probability >= threshold:
+                found.append(s)
+    found.sort(key=lambda s: (-s.weight, s.left_id, s.right_id))
+    if one_to_one:
+        used_l: set[str] = set()
+        used_r: set[str] = set()
+        kept = []
+        for s in found:
+            if s.left_id not in used_l and s.right_id not in used_r:
+                used_l.add(s.left_id)
+                used_r.add(s.right_id)
+                kept.append(s)
+        found = kept
+    return [LinkPair(s.left_id, s.right_id, s.probability, s.weight, s.reason) for s in found]
+
+
+def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
+                    labels: Mapping[str, str] | None = None,
+                    other: Sequence[MatchRecord | PreparedRecord] | None = None
+                    ) -> dict[str, Any]:
+    """Candidate counts per record from the blocking keys; with ``labels`` (record id ->
+    true entity) also pair completeness: the share of true pairs that share a key.
+    With ``other``, counts candidates in ``other`` for each record (linking two files)."""
+    base = [prepare(r) for r in records]
+    targets = [prepare(r) for r in other] if other is not None else base
+    keys_of = [set(blocking_keys(r)) for r in targets]
+    index: dict[str, list[int]] = {}
+    for j, keys in enumerate(keys_of):
+        for k in keys:
+            index.setdefault(k, []).append(j)
+    counts = []
+    key_counts = []
+    pairs: set[tuple[int, int]] = set()
+    own_keys = keys_of if other is None else [set(blocking_keys(r)) for r in base]
+    for i, keys in enumerate(own_keys):
+        key_counts.append(len(keys))
+        cand: set[int] = set()
+        for k in keys:
+            cand.update(index[k] if other is None else index.get(k, ()))
+        if other is None:
+            cand.discard(i)
+            pairs.update((min(i, j), max(i, j)) for j in cand)
+        else:
+            pairs.update((i, j) for j in cand)
+        counts.append(len(cand))
+    counts.sort()
+    n = len(counts)
+    report: dict[str, Any] = {
+        "records": n,
+        "keys_per_record_mean": round(statistics.fmean(key_counts), 2) if n else 0,
+        "candidates_mean": round(statistics.fmean(counts), 2) if n else 0,
+        "candidates_p50": counts[n // 2] if n else 0,
+        "candidates_p99": counts[min(n - 1, int(n * 0.99))] if n else 0,
+        "candidates_max": counts[-1] if n else 0,
+        "candidate_pairs": len(pairs),
+    }
+    if labels is not None:
+        true_pairs = _true_pairs(base, targets, labels, same=other is None)
+        found = sum(1 for p in true_pairs if p in pairs)
+        report["true_pairs"] = len(true_pairs)
+        report["pair_completeness"] = round(found / len(true_pairs), 6) if true_pairs else None
+    return report
+
+
+def _true_pairs(base: Sequence[PreparedRecord], targets: Sequence[PreparedRecord],
+                labels: Mapping[str, str], same: bool) -> set[tuple[int, int]]:
+    groups: dict[str, list[int]] = {}
+    for j, r in enumerate(targets):
+        if r.record_id in labels:
+            groups.setdefault(labels[r.record_id], []).append(j)
+    out: set[tuple[int, int]] = set()
+    for i, r in enumerate(base):
+        label = labels.get(r.record_id)
+        for j in groups.get(label, ()) if label is not None else ():
+            if same and j != i:
+                out.add((min(i, j), max(i, j)))
+            elif not same:
+                out.add((i, j))
+    return out

@@ -1,0 +1,249 @@
+"""The decision rule shared by the online (identity layer) and batch paths.
+
+:func:`decide` is pure: given the incoming record's scores against candidate persons,
+grouped by person, it says link / review / new.
+
+How a record is scored against a *person* (several records): for each comparison, the
+weights of the incoming record against every one of that person's records are averaged
+over the records where the comparison is not null, and the averages are summed::
+
+    W(person) = sum over comparisons c of  mean_{r in person, level_c(x, r) != null} w_c(x, r)
+
+That is Fellegi-Sunter against the person as a whole, with each of the person's records
+an equal witness of what the person's values are: a record that agrees with one of the
+person's records but contradicts the others gets the contradiction counted, so a person
+is never reached through one weak (or one lucky) pair — no chaining. A record that lacks
+a field (a lab record without an address) does not dilute that field, so sparse records
+do not split a person. The identity layer should pass the scores against *all* records
+of each candidate person (not only those found by blocking).
+
+Decisions:
+
+- persons the steward declared "not the same person" (``excluded``) are never chosen;
+- best person at or above ``link_threshold``: **link**, and every other person also at or
+  above it is reported in ``duplicates`` (a possible duplicate for review, never merged);
+- best person at or above ``review_threshold``: **review** (the best is suggested);
+- otherwise **new**.
+- Twin guard: a link whose evidence has the twin pattern — date of birth equal, the
+  given name *different* (not a nickname, typo, initial or swap) against every record
+  of the person that has one, and no SSN or identifier in common — becomes a **review**
+  (``note`` says why). Twins share a
+  family name, a birth date, an address and often a phone; Fellegi-Sunter assumes the
+  fields independent and would add those up into a confident link.
+
+:class:`Linker` applies exactly this rule record by record over an in-memory index of
+blocking keys: the batch ``dedupe`` uses it, so batch and online give the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mpi.matching.blocking import blocking_keys
+from mpi.matching.comparisons import COMPARISONS, NAMES_INDEX, NULL
+from mpi.matching.model import Model
+from mpi.matching.record import MatchRecord, PreparedRecord, prepare
+from mpi.matching.scoring import Score, Scorer
+
+DecisionKind = Literal["link", "review", "new"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    person_id: Hashable
+    probability: float  # of the person as a whole (see module docstring)
+    weight: float
+    best: Score  # the single best-scoring record of that person
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: DecisionKind
+    person_id: Hashable | None  # linked person (link) or suggested one (review)
+    probability: float | None
+    candidates: tuple[Candidate, ...]  # ranked, best first; excluded persons left out
+    duplicates: tuple[Candidate, ...] = ()  # other persons also at or above link_threshold
+    excluded: tuple[Hashable, ...] = field(default=())  # excluded persons that were offered
+    note: str = ""  # why a link was turned into a review (twin guard)
+
+
+_GIVEN = NAMES_INDEX["given_name"]
+_DOB = NAMES_INDEX["birth_date"]
+_SSN = NAMES_INDEX["ssn"]
+_IDS = NAMES_INDEX["identifiers"]
+_GIVEN_DIFFERENT = len(COMPARISONS[_GIVEN].labels) - 1
+TWIN_NOTE = ("possible twin: same date of birth, different given name, "
+             "no shared SSN or identifier")
+
+
+def twin_pattern(scores: Sequence[Score]) -> bool:
+    """Same date of birth with some record, a different given name against every record
+    that has one, and no SSN (exact or one typo) or identifier shared with any record."""
+    given = [sc.levels[_GIVEN] for sc in scores if sc.levels[_GIVEN] != NULL]
+    return (bool(given) and all(level == _GIVEN_DIFFERENT for level in given)
+            and any(sc.levels[_DOB] == 1 for sc in scores)
+            and not any(sc.levels[_SSN] in (1, 2) or sc.levels[_IDS] == 1 for sc in scores))
+
+
+def person_weight(scores: Sequence[Score]) -> float:
+    """Sum over comparisons of the mean non-null weight against the person's records."""
+    if len(scores) == 1:
+        return scores[0].weight
+    total = 0.0
+    for i in range(len(COMPARISONS)):
+        n = 0
+        s = 0.0
+        for sc in scores:
+            if sc.levels[i] != NULL:
+                n += 1
+                s += sc.weights[i]
+        if n:
+            total += s / n
+    return total
+
+
+def decide(candidates: Mapping[Hashable, Sequence[Score]], link_threshold: float,
+           review_threshold: float, excluded: Collection[Hashable] = frozenset(),
+           twin_guard: bool = True) -> Decision:
+    """Link, review or new for one incoming record (see the module docstring)."""
+    if not 0.0 <= review_threshold <= link_threshold <= 1.0:
+        raise ValueError("need 0 <= review_threshold <= link_threshold <= 1")
+    ranked: list[Candidate] = []
+    offered_excluded = []
+    for person, scores in candidates.items():
+        if not scores:
+            continue
+        if person in excluded:
+            offered_excluded.append(person)
+            continue
+        weight = person_weight(scores)
+        best = max(scores, key=lambda s: s.weight)
+        ranked.append(Candidate(person, best.model.probability(weight), weight, best))
+    ranked.sort(key=lambda c: (-c.weight, str(c.person_id)))
+    top = tuple(ranked)
+    excl = tuple(sorted(offered_excluded, key=str))
+    if top and top[0].probability >= link_threshold and twin_guard and twin_pattern(
+            candidates[top[0].person_id]):
+        return Decision("review", top[0].person_id, top[0].probability, top, (), excl, TWIN_NOTE)
+    if top and top[0].probability >= link_threshold:
+        dups = tuple(c for c in top[1:] if c.probability >= link_threshold)
+        return Decision("link", top[0].person_id, top[0].probability, top, dups, excl)
+    if top and top[0].probability >= review_threshold:
+        return Decision("review", top[0].person_id, top[0].probability, top, (), excl)
+    return Decision("new", None, None, top, (), excl)
+
+
+class Linker:
+    """Online linking in memory: each added record is decided by :func:`decide` against the
+    persons found through a dict index of blocking keys, then joins its person (link) or
+    starts a new one (review and new: the review is reported, nothing is merged).
+
+    Person ids are the record id of the person's first record.
+    """
+
+    def __init__(self, model: Model | None = None, *, link_threshold: float = 0.95,
+                 review_threshold: float = 0.80,
+                 term_frequencies: Mapping[str, Mapping[str, float]] | None = None,
+                 max_block: int = 500, twin_guard: bool = True) -> None:
+        self.model = model or Model.default()
+        self.scorer = Scorer(self.model, term_frequencies)
+        self.link_threshold = link_threshold
+        self.review_threshold = review_threshold
+        self.max_block = max_block  # keys shared by more records than this are ignored
+        self.twin_guard = twin_guard
+        self._index: dict[str, list[Hashable]] = {}
+        self._members: dict[Hashable, list[PreparedRecord]] = {}
+        self._person_of: dict[str, Hashable] = {}
+        self.pairs_scored = 0
+        self.oversized_keys = 0
+        self._flagged: list[tuple[Hashable, Hashable]] = []  # (linked person, also-strong one)
+        self._apart: list[tuple[Hashable, Hashable]] = []  # steward: "not the same person"
+
+    def candidates(self, record: PreparedRecord) -> set[Hashable]:
+        persons: set[Hashable] = set()
+        for key in blocking_keys(record):
+            bucket = self._index.get(key)
+            if bucket:
+                if len(bucket) > self.max_block:
+                    self.oversized_keys += 1
+                    continue
+                persons.update(bucket)
+        return persons
+
+    def decide(self, record: MatchRecord | PreparedRecord,
+               excluded: Collection[Hashable] = frozenset()) -> Decision:
+        """The decision for ``record`` against the persons so far (nothing is changed)."""
+        p = prepare(record)
+        grouped = {}
+        for person in self.candidates(p):
+            grouped[person] = [self.scorer.score(p, r) for r in self._members[person]]
+            self.pairs_scored += len(grouped[person])
+        return decide(grouped, self.link_threshold, self.review_threshold, excluded,
+                      self.twin_guard)
+
+    def add(self, record: MatchRecord | PreparedRecord,
+            excluded: Collection[Hashable] = frozenset()) -> Decision:
+        p = prepare(record)
+        if p.record_id in self._person_of:
+            raise ValueError(f"record {p.record_id!r} was already added")
+        decision = self.decide(p, excluded)
+        person = decision.person_id if decision.kind == "link" else p.record_id
+        assert person is not None
+        self._members.setdefault(person, []).append(p)
+        self._person_of[p.record_id] = person
+        self._flagged.extend((person, c.person_id) for c in decision.duplicates)
+        self._apart.extend((person, other) for other in excluded)
+        for key in blocking_keys(p):
+            bucket = self._index.setdefault(key, [])
+            if person not in bucket:
+                bucket.append(person)
+        return decision
+
+    def merge_duplicates(self) -> list[tuple[Hashable, Hashable, float]]:
+        """Resolve the possible duplicates flagged so far, as a steward's batch job would:
+        two persons are merged when the evidence between them *as wholes* (every record of
+        one against every record of the other, aggregated as in :func:`person_weight`)
+        reaches ``link_threshold`` and does not show the twin pattern.
+        Returns (kept person, merged person, probability).
+        Online, the identity layer queues these pairs for review instead."""
+        merged: list[tuple[Hashable, Hashable, float]] = []
+        alias: dict[Hashable, Hashable] = {}
+
+        def current(person: Hashable) -> Hashable:
+            while person in alias:
+                person = alias[person]
+            return person
+
+        for first, second in self._flagged:
+            a, b = current(first), current(second)
+            if a == b or any({current(x), current(y)} == {a, b} for x, y in self._apart):
+                continue
+            scores = [self.scorer.score(x, y) for x in self._members[a] for y in self._members[b]]
+            self.pairs_scored += len(scores)
+            probability = self.model.probability(person_weight(scores))
+            if probability < self.link_threshold or (self.twin_guard and twin_pattern(scores)):
+                continue
+            keep, drop = (a, b) if len(self._members[a]) >= len(self._members[b]) else (b, a)
+            for r in self._members.pop(drop):
+                self._members[keep].append(r)
+                self._person_of[r.record_id] = keep
+                for key in blocking_keys(r):
+                    self._index[key] = list(dict.fromkeys(
+                        keep if x == drop else x for x in self._index[key]))
+            alias[drop] = keep
+            merged.append((keep, drop, probability))
+        self._flagged.clear()
+        return merged
+
+    def add_all(self, records: Iterable[MatchRecord | PreparedRecord]) -> list[Decision]:
+        return [self.add(r) for r in records]
+
+    def person_of(self, record_id: str) -> Hashable:
+        return self._person_of[record_id]
+
+    @property
+    def clusters(self) -> dict[str, Hashable]:
+        """record id -> person id, for every record added."""
+        return dict(self._person_of)

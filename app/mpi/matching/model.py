@@ -1,0 +1,176 @@
+"""The Fellegi-Sunter model as data: m and u per comparison level, the prior, TF tables.
+
+Saved as canonical JSON (sorted keys) and versioned by content: ``version`` is
+``<name>-<first 12 hex of sha256 of the content>``, so two files with the same
+parameters have the same version and any change to a parameter changes it. A file
+whose stated ``version`` does not match its content is refused (hand edits must drop
+the field so the model is re-versioned).
+
+Weights: ``log2(m / u)`` per level; the null level (missing on either side) has
+weight 0. The prior ``lambda`` is the probability that two records drawn at random
+from the registry belong to the same person; a score's probability is
+``1 / (1 + 2 ** -(W + log2(lambda / (1 - lambda))))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mpi.matching.comparisons import COMPARISONS
+
+FORMAT = 1
+_FLOOR = 1e-9
+
+
+class ModelError(ValueError):
+    """A model file that is malformed or does not fit the comparisons of this code."""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    prior: float
+    m: Mapping[str, tuple[float, ...]]  # per comparison: one value per non-null level
+    u: Mapping[str, tuple[float, ...]]
+    # Term frequencies of names (comparison name -> normalised value -> share of records).
+    # Empty: TF tables are computed from the records being matched (batch) or not used.
+    term_frequencies: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    tf_min_u: float = 1e-4  # the smallest u a TF adjustment may use (caps rare-name weight)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 < self.prior < 1.0:
+            problems.append(f"prior must be between 0 and 1, got {self.prior}")
+        for c in COMPARISONS:
+            for kind, table in (("m", self.m), ("u", self.u)):
+                values = table.get(c.name)
+                if values is None:
+                    problems.append(f"{kind} for comparison {c.name!r} is missing")
+                elif len(values) != len(c.labels) - 1:
+                    problems.append(f"{kind}[{c.name}] has {len(values)} values; the comparison "
+                                    f"has {len(c.labels) - 1} non-null levels")
+                elif any(not 0.0 <= v <= 1.0 for v in values):
+                    problems.append(f"{kind}[{c.name}] values must be probabilities")
+        unknown = sorted((set(self.m) | set(self.u)) - {c.name for c in COMPARISONS})
+        if unknown:
+            problems.append(f"unknown comparisons: {', '.join(unknown)}")
+        if problems:
+            raise ModelError("; ".join(problems))
+
+    # --- weights -----------------------------------------------------------------------
+
+    def weights(self, comparison: str) -> tuple[float, ...]:
+        """Match weight per level, null level (0) first with weight 0."""
+        m, u = self.m[comparison], self.u[comparison]
+        return (0.0, *(math.log2(max(mi, _FLOOR) / max(ui, _FLOOR)) for mi, ui in zip(m, u,
+                                                                                    strict=True)))
+
+    @property
+    def prior_weight(self) -> float:
+        return math.log2(self.prior / (1.0 - self.prior))
+
+    def probability(self, weight: float) -> float:
+        x = weight + self.prior_weight
+        if x > 60:
+            return 1.0
+        if x < -60:
+            return 0.0
+        return 1.0 / (1.0 + 2.0 ** -x)
+
+    def weight_for(self, probability: float) -> float:
+        """The total match weight at which a pair reaches ``probability``."""
+        p = min(max(probability, 1e-15), 1 - 1e-15)
+        return math.log2(p / (1 - p)) - self.prior_weight
+
+    # --- identity and JSON -------------------------------------------------------------
+
+    def _content(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "description": self.description,
+            "prior": self.prior,
+            "tf_min_u": self.tf_min_u,
+            "comparisons": [
+                {"name": c.name, "levels": [
+                    {"label": label, "m": self.m[c.name][i - 1], "u": self.u[c.name][i - 1]}
+                    for i, label in enumerate(c.labels) if i > 0]}
+                for c in COMPARISONS
+            ],
+            "term_frequencies": {k: dict(sorted(v.items()))
+                                 for k, v in sorted(self.term_frequencies.items())},
+        }
+
+    @property
+    def version(self) -> str:
+        digest = hashlib.sha256(_canonical(self._content()).encode()).hexdigest()
+        return f"{self.name}-{digest[:12]}"
+
+    def to_json(self) -> str:
+        return _canonical({**self._content(), "version": self.version}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Model:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ModelError(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ModelError(f"not a matching model of format {FORMAT}")
+        try:
+            m: dict[str, tuple[float, ...]] = {}
+            u: dict[str, tuple[float, ...]] = {}
+            for comp in data["comparisons"]:
+                name = comp["name"]
+                code = {c.name: c for c in COMPARISONS}.get(name)
+                labels = tuple(level["label"] for level in comp["levels"])
+                if code is not None and labels != code.labels[1:]:
+                    raise ModelError(f"comparison {name!r}: level labels {labels} do not match "
+                                     f"this code's {code.labels[1:]}")
+                m[name] = tuple(float(level["m"]) for level in comp["levels"])
+                u[name] = tuple(float(level["u"]) for level in comp["levels"])
+            model = cls(name=str(data["name"]), prior=float(data["prior"]), m=m, u=u,
+                        term_frequencies={k: {str(n): float(f) for n, f in v.items()}
+                                          for k, v in data.get("term_frequencies", {}).items()},
+                        tf_min_u=float(data.get("tf_min_u", 1e-4)),
+                        description=str(data.get("description", "")))
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"malformed model: missing or wrong field {exc}") from exc
+        stated = data.get("version")
+        if stated is not None and stated != model.version:
+            raise ModelError(f"stated version {stated} does not match the content "
+                             f"({model.version}); remove 'version' to re-version an edited model")
+        return model
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def save(self, path: str | Path) -> None:
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        tmp.replace(target)
+
+    @classmethod
+    def default(cls) -> Model:
+        """The model shipped in the package (hand-set, reviewed defaults)."""
+        text = resources.files("mpi.matching").joinpath("default_model.json").read_text("utf-8")
+        return cls.from_json(text)
+
+    def evolve(self, **changes: Any) -> Model:
+        return replace(self, **changes)
+
+
+def _canonical(data: Any, indent: int | None = None) -> str:
+    separators = (",", ": ") if indent else (",", ":")
+    return json.dumps(data, sort_keys=True, indent=indent, separators=separators,
+                      ensure_ascii=True)

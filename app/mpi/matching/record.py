@@ -1,0 +1,129 @@
+"""The flat record matching works on, and the one-time normalisation that makes scoring cheap.
+
+:class:`MatchRecord` is what the identity layer builds from a stored patient (or a CSV row).
+:func:`prepare` normalises it once: case-folded, accent- and punctuation-free strings,
+digits only for phone and SSN, phonetic codes (NYSIIS and metaphone) and the canonical
+forms of the given name from the ``nicknames`` package. Scoring and blocking read only
+the prepared form, so scoring a pair does no string clean-up at all.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+
+import jellyfish
+
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+_NON_DIGIT = re.compile(r"[^0-9]+")
+_SEX = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f",
+        "o": "o", "other": "o"}
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRecord:
+    """One source record, flat. Every field but ``record_id`` may be missing (None)."""
+
+    record_id: str
+    source: str | None = None
+    given_name: str | None = None
+    middle_name: str | None = None
+    family_name: str | None = None
+    birth_date: date | None = None
+    sex: str | None = None
+    address_line: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    phone: str | None = None
+    ssn: str | None = None
+    # (system, value) pairs: medical record numbers, driver's licence, ... (SSN goes in ``ssn``)
+    identifiers: tuple[tuple[str, str], ...] = ()
+
+
+def normalise_text(value: str | None) -> str:
+    """Case-folded ASCII letters and digits, words separated by one space ('' when missing)."""
+    if not value:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _NON_ALNUM.sub(" ", stripped.replace("'", "")).strip()
+
+
+def digits(value: str | None) -> str:
+    return _NON_DIGIT.sub("", value) if value else ""
+
+
+@lru_cache(maxsize=1)
+def _nicknamer() -> object:
+    from nicknames import NickNamer
+
+    return NickNamer()
+
+
+@lru_cache(maxsize=65536)
+def name_forms(name: str) -> frozenset[str]:
+    """The name and its canonical forms ('bill' -> bill, william, will, ...); '' -> empty."""
+    if not name:
+        return frozenset()
+    first = name.split(" ", 1)[0]
+    canon = _nicknamer().canonicals_of(first)  # type: ignore[attr-defined]
+    return frozenset({first, *canon})
+
+
+@lru_cache(maxsize=65536)
+def _phonetic(name: str) -> tuple[str, str]:
+    joined = name.replace(" ", "")
+    if not joined or not joined.isalpha():
+        return "", ""
+    return jellyfish.nysiis(joined), jellyfish.metaphone(joined)
+
+
+class PreparedRecord:
+    """A :class:`MatchRecord` normalised once for scoring and blocking (read-only by use)."""
+
+    __slots__ = (
+        "address", "city", "dob", "family", "family_meta", "family_nysiis", "family_parts",
+        "given", "given_forms", "given_meta", "given_nysiis", "identifiers", "middle",
+        "phone", "postcode", "record", "sex", "ssn", "state",
+    )
+
+    def __init__(self, record: MatchRecord) -> None:
+        self.record = record
+        self.given = normalise_text(record.given_name)
+        self.middle = normalise_text(record.middle_name)
+        self.family = normalise_text(record.family_name)
+        self.given_nysiis, self.given_meta = _phonetic(self.given)
+        self.family_nysiis, self.family_meta = _phonetic(self.family)
+        self.given_forms = name_forms(self.given)
+        self.family_parts = frozenset(self.family.split()) if " " in self.family else frozenset()
+        d = record.birth_date
+        self.dob = f"{d.year:04d}{d.month:02d}{d.day:02d}" if d else ""
+        self.sex = _SEX.get(normalise_text(record.sex), "")
+        self.address = normalise_text(record.address_line)
+        self.city = normalise_text(record.city)
+        self.state = normalise_text(record.state)
+        self.postcode = normalise_text(record.postal_code).replace(" ", "")
+        phone = digits(record.phone)
+        self.phone = phone[-10:] if len(phone) >= 7 else ""
+        self.ssn = digits(record.ssn)
+        ids: dict[str, frozenset[str]] = {}
+        for system, value in record.identifiers:
+            key = system.strip().casefold()
+            ids[key] = ids.get(key, frozenset()) | {value.strip().casefold()}
+        self.identifiers = ids
+
+    @property
+    def record_id(self) -> str:
+        return self.record.record_id
+
+    def __repr__(self) -> str:
+        return f"PreparedRecord({self.record.record_id!r})"
+
+
+def prepare(record: MatchRecord | PreparedRecord) -> PreparedRecord:
+    """Normalise once; a record that is already prepared is returned as is."""
+    return record if isinstance(record, PreparedRecord) else PreparedRecord(record)

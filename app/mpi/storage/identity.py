@@ -1,0 +1,395 @@
+"""Identity repository: the only code that reads or writes the identity tables.
+
+Like the patient repository it opens no transaction; the identity service wraps
+each decision, with its audit rows and change-log events, in one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import peewee
+
+from mpi.domain.errors import NotFound
+from mpi.storage.bulk import any_of, bulk_insert
+from mpi.storage.db import is_postgres, tuples
+from mpi.storage.models import (
+    BlockingKeyRow,
+    LinkEventRow,
+    NonMatchRow,
+    PatientLinkRow,
+    PatientRow,
+    PersonMergeRow,
+    PersonRow,
+    ReviewItemRow,
+)
+
+# Upper bound on candidate records scored for one incoming record. Blocking keys are
+# chosen to keep this small; the bound protects the online path from a degenerate key.
+MAX_CANDIDATES = 400
+# Advisory-lock namespace for blocking keys ("MPI" + 0x10 in the high bytes).
+_KEY_LOCK_SPACE = 0x4D504910 << 32
+# Linking takes this lock shared (single records, plus a lock per key) or exclusive (large
+# batches, which would need more key locks than PostgreSQL's lock table holds).
+LOCK_LINKING = 0x4D5049_03
+MAX_KEY_LOCKS = 256
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    patient_pk: int
+    patient_id: str
+    person_pk: int
+    person_id: str
+    match_data: dict[str, Any]
+
+
+def _lock_id(key: str) -> int:
+    digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big")
+    return _KEY_LOCK_SPACE | digest
+
+
+class IdentityRepository:
+    def __init__(self, db: peewee.Database):
+        self._db = db
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres(self._db)
+
+    # --- persons -------------------------------------------------------------------------
+
+    def new_person(self, *, person_id: uuid.UUID, now: datetime) -> PersonRow:
+        return PersonRow.create(id=person_id, created_at=now, updated_at=now)
+
+    def person(self, person_id: str | uuid.UUID, *, lock: bool = False) -> PersonRow:
+        query = PersonRow.select().where(PersonRow.id == person_id)
+        if lock and self.postgres:
+            query = query.for_update()
+        row = query.first()
+        if row is None:
+            raise NotFound(f"no person {person_id}")
+        return row
+
+    def person_by_pk(self, pk: int) -> PersonRow:
+        return PersonRow.get_by_id(pk)
+
+    def touch(self, person_pks: Iterable[int], now: datetime) -> None:
+        pks = sorted(set(person_pks))
+        if pks:
+            PersonRow.update(updated_at=now).where(PersonRow.pk.in_(pks)).execute()
+
+    def person_ids(self, pks: Iterable[int]) -> dict[int, str]:
+        pks = list(set(pks))
+        if not pks:
+            return {}
+        return {pk: str(pid) for pk, pid in tuples(
+                PersonRow.select(PersonRow.pk, PersonRow.id).where(PersonRow.pk.in_(pks)))}
+
+    # --- links ---------------------------------------------------------------------------
+
+    def link_of(self, patient_pk: int, *, lock: bool = False) -> PatientLinkRow | None:
+        query = PatientLinkRow.select().where(PatientLinkRow.patient == patient_pk)
+        if lock and self.postgres:
+            query = query.for_update()
+        return query.first()
+
+    def set_link(self, patient_pk: int, person_pk: int, *, match_data: dict[str, Any],
+                 manual: bool, how: str, probability: float | None,
+                 model_version: str | None, now: datetime) -> None:
+        values = dict(person=person_pk, match_data=match_data, manual=manual, how=how,
+                      probability=probability, model_version=model_version, linked_at=now)
+        updated = PatientLinkRow.update(**values).where(
+            PatientLinkRow.patient == patient_pk).execute()
+        if not updated:
+            PatientLinkRow.insert(patient=patient_pk, **values).execute()
+
+    def refresh_match_data(self, patient_pk: int, match_data: dict[str, Any]) -> None:
+        PatientLinkRow.update(match_data=match_data).where(
+            PatientLinkRow.patient == patient_pk).execute()
+
+    def person_id_of_patients(self, patient_pks: Sequence[int]) -> dict[int, str]:
+        if not patient_pks:
+            return {}
+        query = (PatientLinkRow.select(PatientLinkRow.patient, PersonRow.id)
+                 .join(PersonRow).where(PatientLinkRow.patient.in_(list(patient_pks))))
+        return {ppk: str(pid) for ppk, pid in tuples(query)}
+
+    def live_links(self, person_pk: int) -> list[PatientLinkRow]:
+        """The person's live records' links, oldest record first."""
+        return list(PatientLinkRow.select(PatientLinkRow, PatientRow)
+                    .join(PatientRow)
+                    .where(PatientLinkRow.person == person_pk, PatientRow.deleted_at.is_null())
+                    .order_by(PatientRow.pk))
+
+    def live_record_pks(self, person_pk: int) -> list[int]:
+        return [pk for (pk,) in tuples(PatientLinkRow.select(PatientLinkRow.patient)
+                .join(PatientRow)
+                .where(PatientLinkRow.person == person_pk, PatientRow.deleted_at.is_null())
+                .order_by(PatientRow.pk))]
+
+    def move_links(self, patient_pks: Sequence[int], person_pk: int, *, how: str,
+                   manual: bool, now: datetime) -> None:
+        if patient_pks:
+            (PatientLinkRow.update(person=person_pk, how=how, manual=manual, linked_at=now,
+                                   probability=None)
+             .where(PatientLinkRow.patient.in_(list(patient_pks))).execute())
+
+    # --- blocking keys and candidates ----------------------------------------------------
+
+    def lock_keys(self, keys: Iterable[str]) -> None:
+        """Serialise matching of records that share a key (PostgreSQL; SQLite has one writer).
+
+        Without it two similar records arriving at once would each miss the other
+        (neither sees the other's uncommitted row) and found two persons.
+        """
+        if not self.postgres:
+            return
+        distinct = set(keys)
+        locks = sorted({_lock_id(k) for k in distinct}) if len(distinct) <= MAX_KEY_LOCKS else []
+        if not locks and distinct:
+            # A large batch (mpi import) would exhaust the lock table
+            # (max_locks_per_transaction): it takes the whole linking lock instead.
+            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_LINKING,))
+            return
+        # Single records share the linking lock and take one lock per key, in one round
+        # trip; the sorted subquery fixes the order, so no two writers deadlock.
+        self._db.execute_sql(
+            "SELECT pg_advisory_xact_lock_shared(%s), count(pg_advisory_xact_lock(k)) FROM "
+            "(SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS ordered", (LOCK_LINKING, locks))
+
+    def lock_linking(self) -> None:
+        """Stewards' changes (link, unlink, merge, undo) exclude linking for their
+        transaction, so a record arriving meanwhile never joins a person being merged
+        away (PostgreSQL; SQLite has one writer)."""
+        if self.postgres:
+            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_LINKING,))
+
+    def replace_keys(self, patient_pk: int, keys: Iterable[str]) -> None:
+        BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
+        rows = [{"patient": patient_pk, "key": k} for k in sorted(set(keys))]
+        if rows:
+            BlockingKeyRow.insert_many(rows).execute()
+
+    def delete_keys(self, patient_pk: int) -> None:
+        BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
+
+    def candidates(self, keys: Sequence[str], *, exclude_patient_pk: int | None,
+                   limit: int = MAX_CANDIDATES) -> list[CandidateRecord]:
+        """Every live record of the persons that hold a record sharing a key with the
+        incoming one (a person is judged as a whole, not by the one record that met)."""
+        if not keys:
+            return []
+        hits = (BlockingKeyRow.select(BlockingKeyRow.patient)
+                .where(BlockingKeyRow.key.in_(sorted(set(keys)))))
+        if exclude_patient_pk is not None:
+            hits = hits.where(BlockingKeyRow.patient != exclude_patient_pk)
+        persons = (PatientLinkRow.select(PatientLinkRow.person).distinct()
+                   .where(PatientLinkRow.patient.in_(hits)).limit(limit))
+        query = (PatientLinkRow.select(PatientLinkRow.patient, PatientRow.id,
+                                       PatientLinkRow.person, PersonRow.id,
+                                       PatientLinkRow.match_data)
+                 .join_from(PatientLinkRow, PatientRow)
+                 .join_from(PatientLinkRow, PersonRow)
+                 .where(PatientLinkRow.person.in_(persons), PatientRow.deleted_at.is_null())
+                 .order_by(PatientLinkRow.person, PatientLinkRow.patient)
+                 .limit(limit))
+        if exclude_patient_pk is not None:
+            query = query.where(PatientLinkRow.patient != exclude_patient_pk)
+        return [CandidateRecord(ppk, str(pid), perpk, str(perid), data)
+                for ppk, pid, perpk, perid, data in tuples(query)]
+
+    def key_persons(self, keys: Sequence[str]) -> list[tuple[str, int]]:
+        """(key, person) for every live record holding one of ``keys``."""
+        if not keys:
+            return []
+        clause, params = any_of(self._db, sorted(set(keys)))
+        # ``clause`` is fixed SQL text from any_of; the keys are bound as one parameter.
+        sql = ("SELECT DISTINCT bk.key, pl.person_pk FROM blocking_key bk "
+               "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk WHERE bk.key ")
+        cursor = self._db.execute_sql(sql + clause, params)
+        return [(k, p) for k, p in cursor.fetchall()]
+
+    def members(self, person_pks: Iterable[int]) -> list[CandidateRecord]:
+        """Every live record of these persons, with its matching form."""
+        pks = sorted(set(person_pks))
+        if not pks:
+            return []
+        clause, params = any_of(self._db, pks)
+        sql = ("SELECT pl.patient_pk, p.id, pl.person_pk, pe.id, pl.match_data "
+               "FROM patient_link pl JOIN patient p ON p.pk = pl.patient_pk "
+               "JOIN person pe ON pe.pk = pl.person_pk "
+               "WHERE p.deleted_at IS NULL AND pl.person_pk ")
+        cursor = self._db.execute_sql(sql + clause + " ORDER BY pl.person_pk, pl.patient_pk",
+                                      params)
+        return [CandidateRecord(ppk, str(uuid.UUID(str(pid))), perpk, str(uuid.UUID(str(perid))),
+                                json.loads(data))
+                for ppk, pid, perpk, perid, data in cursor.fetchall()]
+
+    def insert_persons(self, person_ids: Sequence[str], now: datetime) -> dict[str, int]:
+        """New persons; their primary keys by id."""
+        if not person_ids:
+            return {}
+        ids = [uuid.UUID(p) for p in person_ids]
+        bulk_insert(PersonRow, [{"id": i, "created_at": now, "updated_at": now} for i in ids])
+        field = PersonRow._meta.fields["id"]  # type: ignore[attr-defined]
+        clause, params = any_of(self._db, [field.db_value(i) for i in ids])
+        sql = "SELECT pk, id FROM person WHERE id "  # + fixed SQL from any_of; ids bound
+        cursor = self._db.execute_sql(sql + clause, params)
+        return {str(uuid.UUID(str(pid))): pk for pk, pid in cursor.fetchall()}
+
+    @staticmethod
+    def insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
+        bulk_insert(model, rows)
+
+    # --- steward constraints -------------------------------------------------------------
+
+    def excluded_person_pks(self, patient_pk: int) -> set[int]:
+        """Persons holding a record a steward said is not ``patient_pk``'s person."""
+        others = ([a for (a,) in tuples(NonMatchRow.select(NonMatchRow.patient_a)
+                   .where(NonMatchRow.patient_b == patient_pk))]
+                  + [b for (b,) in tuples(NonMatchRow.select(NonMatchRow.patient_b)
+                     .where(NonMatchRow.patient_a == patient_pk))])
+        if not others:
+            return set()
+        return {p for (p,) in tuples(PatientLinkRow.select(PatientLinkRow.person)
+                .where(PatientLinkRow.patient.in_(others)))}
+
+    def add_non_matches(self, left: Iterable[int], right: Iterable[int], *, actor: str,
+                        now: datetime) -> None:
+        pairs = {(min(a, b), max(a, b)) for a in left for b in right if a != b}
+        existing = set()
+        if pairs:
+            lows = sorted({a for a, _ in pairs})
+            existing = set(tuples(NonMatchRow.select(NonMatchRow.patient_a, NonMatchRow.patient_b)
+                           .where(NonMatchRow.patient_a.in_(lows))))
+        rows = [{"patient_a": a, "patient_b": b, "actor": actor, "created_at": now}
+                for a, b in sorted(pairs - existing)]
+        bulk_insert(NonMatchRow, rows)
+
+    def persons_kept_apart(self, person_a: int, person_b: int) -> bool:
+        """True when any record of one was declared not the same person as one of the other."""
+        a = self.live_record_pks(person_a)
+        b = self.live_record_pks(person_b)
+        if not a or not b:
+            return False
+        return bool(NonMatchRow.select().where(
+            ((NonMatchRow.patient_a.in_(a)) & (NonMatchRow.patient_b.in_(b)))
+            | ((NonMatchRow.patient_a.in_(b)) & (NonMatchRow.patient_b.in_(a)))).exists())
+
+    # --- reviews -------------------------------------------------------------------------
+
+    def open_review_exists(self, kind: str, *, patient_pk: int | None, person_pk: int,
+                           other_person_pk: int | None) -> bool:
+        query = ReviewItemRow.select().where(ReviewItemRow.kind == kind,
+                                             ReviewItemRow.status == "open")
+        if kind == "possible_match":
+            query = query.where(ReviewItemRow.patient == patient_pk,
+                                ReviewItemRow.person == person_pk)
+        else:
+            query = query.where(
+                ((ReviewItemRow.person == person_pk)
+                 & (ReviewItemRow.other_person == other_person_pk))
+                | ((ReviewItemRow.person == other_person_pk)
+                   & (ReviewItemRow.other_person == person_pk)))
+        return bool(query.exists())
+
+    def create_review(self, *, review_id: uuid.UUID, kind: str, patient_pk: int | None,
+                      person_pk: int, other_person_pk: int | None, probability: float,
+                      model_version: str, explanation: Any, now: datetime) -> ReviewItemRow:
+        return ReviewItemRow.create(
+            id=review_id, kind=kind, status="open", patient=patient_pk, person=person_pk,
+            other_person=other_person_pk, probability=probability, model_version=model_version,
+            explanation=explanation, created_at=now)
+
+    def review(self, review_id: str | uuid.UUID, *, lock: bool = False) -> ReviewItemRow:
+        query = ReviewItemRow.select().where(ReviewItemRow.id == review_id)
+        if lock and self.postgres:
+            query = query.for_update()
+        row = query.first()
+        if row is None:
+            raise NotFound(f"no review {review_id}")
+        return row
+
+    def reviews(self, *, status: str | None, kind: str | None, person_pk: int | None,
+                after: int | None, limit: int) -> tuple[list[ReviewItemRow], int | None]:
+        query = ReviewItemRow.select()
+        if status:
+            query = query.where(ReviewItemRow.status == status)
+        if kind:
+            query = query.where(ReviewItemRow.kind == kind)
+        if person_pk is not None:
+            query = query.where((ReviewItemRow.person == person_pk)
+                                | (ReviewItemRow.other_person == person_pk))
+        if after is not None:
+            query = query.where(ReviewItemRow.pk > after)
+        rows = list(query.order_by(ReviewItemRow.pk).limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].pk if more and rows else None)
+
+    def close_reviews_for_patient(self, patient_pk: int, *, resolution: str, actor: str,
+                                  now: datetime) -> int:
+        return int(ReviewItemRow.update(status="resolved", resolution=resolution,
+                                        resolved_by=actor, resolved_at=now)
+                   .where(ReviewItemRow.patient == patient_pk, ReviewItemRow.status == "open")
+                   .execute())
+
+    def resolve(self, row: ReviewItemRow, *, resolution: str, actor: str,
+                now: datetime) -> None:
+        ReviewItemRow.update(status="resolved", resolution=resolution, resolved_by=actor,
+                             resolved_at=now).where(ReviewItemRow.pk == row.pk).execute()
+
+    def patient_ids(self, pks: Iterable[int]) -> dict[int, str]:
+        pks = list(set(pks))
+        if not pks:
+            return {}
+        return {pk: str(pid) for pk, pid in tuples(
+                PatientRow.select(PatientRow.pk, PatientRow.id)
+                .where(PatientRow.pk.in_(pks)))}
+
+    # --- history and merges --------------------------------------------------------------
+
+    def add_history(self, person_pk: int, action: str, *, actor: str, now: datetime,
+                    patient_pk: int | None = None, probability: float | None = None,
+                    model_version: str | None = None, detail: Any = None) -> None:
+        LinkEventRow.insert(person=person_pk, patient=patient_pk, action=action, actor=actor,
+                            occurred_at=now, probability=probability,
+                            model_version=model_version, detail=detail).execute()
+
+    def history(self, person_pk: int, *, before: int | None,
+                limit: int) -> tuple[list[LinkEventRow], int | None]:
+        query = LinkEventRow.select().where(LinkEventRow.person == person_pk)
+        if before is not None:
+            query = query.where(LinkEventRow.pk < before)
+        rows = list(query.order_by(LinkEventRow.pk.desc()).limit(limit + 1))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].pk if more and rows else None)
+
+    def create_merge(self, *, merge_id: uuid.UUID, survivor_pk: int, merged_pk: int,
+                     moved: list[int], actor: str, now: datetime) -> PersonMergeRow:
+        return PersonMergeRow.create(id=merge_id, survivor=survivor_pk, merged=merged_pk,
+                                     moved=moved, actor=actor, created_at=now)
+
+    def merge(self, merge_id: str | uuid.UUID, *, lock: bool = False) -> PersonMergeRow:
+        query = PersonMergeRow.select().where(PersonMergeRow.id == merge_id)
+        if lock and self.postgres:
+            query = query.for_update()
+        row = query.first()
+        if row is None:
+            raise NotFound(f"no merge {merge_id}")
+        return row
+
+    def set_merged_into(self, person_pk: int, target_pk: int | None, now: datetime) -> None:
+        PersonRow.update(merged_into=target_pk, updated_at=now).where(
+            PersonRow.pk == person_pk).execute()
+
+    def mark_undone(self, merge_pk: int, now: datetime) -> None:
+        PersonMergeRow.update(undone_at=now).where(PersonMergeRow.pk == merge_pk).execute()

@@ -1,0 +1,65 @@
+from datetime import date
+
+import pytest
+
+from mpi.matching.blocking import EM_RULES, MAX_KEY, blocking_keys
+from mpi.matching.record import MatchRecord
+from tests.matching.helpers import prep, rec
+
+
+def meet(a, b) -> bool:
+    return bool(set(blocking_keys(a)) & set(blocking_keys(b)))
+
+
+@pytest.mark.parametrize("changes", [
+    {"family_name": "Okonkow", "given_name": "Wiliam"},  # typos in both names
+    {"given_name": "Bill", "ssn": None},  # nickname
+    {"birth_date": date(1980, 17 - 12, 17)},  # same (control)
+    {"given_name": "Okonkwo", "family_name": "William", "ssn": None},  # names swapped
+    {"family_name": "Adeyemi", "ssn": None, "postal_code": "02139", "address_line": "1 Main St"},
+    {"address_line": "77 New Road", "city": "Boston", "postal_code": "02118", "phone": None,
+     "ssn": None},  # moved house
+    {"given_name": "Wilhelm", "family_name": "Okonkwo-Adeyemi", "birth_date": None,
+     "postal_code": None, "phone": None, "ssn": "123-45-6780"},  # SSN one digit off
+    {"given_name": None, "family_name": None, "birth_date": None, "postal_code": None,
+     "phone": None, "ssn": "123-54-6789"},  # SSN transposed digits
+    {"family_name": "Okonkow", "birth_date": date(1980, 5, 18), "ssn": None},  # dob typo
+])
+def test_typical_errors_still_meet(changes):
+    assert meet(rec("a"), rec("b", **changes))
+
+
+def test_swapped_day_and_month_meet_without_other_identifiers():
+    a = rec("a", birth_date=date(1980, 5, 7), ssn=None, phone=None, postal_code=None)
+    b = rec("b", birth_date=date(1980, 7, 5), ssn=None, phone=None, postal_code=None,
+            family_name="Okonkow")
+    assert meet(a, b)
+
+
+def test_strangers_do_not_meet():
+    other = rec("b", given_name="Maria", family_name="Nguyen", birth_date=date(1955, 1, 2),
+                postal_code="02118", phone="617 555 0199", ssn="987654321")
+    assert not meet(rec("a"), other)
+
+
+def test_identifiers_meet_and_long_keys_are_hashed():
+    long_value = "X" * 200
+    a = MatchRecord("a", identifiers=(("urn:mrn:north", long_value),))
+    b = MatchRecord("b", identifiers=(("urn:mrn:north", long_value.lower()),))
+    assert meet(a, b)
+    assert all(len(k) <= MAX_KEY for k in blocking_keys(a))
+    assert all(len(k) <= MAX_KEY for k in blocking_keys(rec("x", given_name="A" * 300)))
+
+
+def test_keys_are_sorted_unique_and_empty_records_have_none():
+    keys = blocking_keys(rec("a"))
+    assert keys == sorted(set(keys))
+    assert blocking_keys(MatchRecord("empty")) == []
+    assert blocking_keys(MatchRecord("placeholder", ssn="000-00-0000")) == []
+
+
+def test_em_rules_fix_the_comparisons_they_block_on():
+    by_name = {r.name: r for r in EM_RULES}
+    assert by_name["same date of birth"].fixes == ("birth_date",)
+    assert by_name["same date of birth"].key(prep()) == "19800517"
+    assert by_name["same given and family name"].key(prep(family_name=None)) is None

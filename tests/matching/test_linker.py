@@ -1,0 +1,174 @@
+from datetime import date
+
+import pytest
+
+from mpi.matching.batch import dedupe
+from mpi.matching.linker import Linker, decide, person_weight
+from mpi.matching.model import Model
+from mpi.matching.scoring import Scorer
+from tests.matching.helpers import prep, rec
+
+SCORER = Scorer(Model.default())
+LINK, REVIEW = 0.95, 0.80
+
+
+def s(a, b):
+    return SCORER.score(a, b)
+
+
+def test_link_to_the_best_person_and_report_other_strong_persons_as_duplicates():
+    x = prep("x")
+    p1 = [prep("p1a"), prep("p1b", phone=None)]
+    p2 = [prep("p2a", given_name="Bill", ssn=None)]
+    p3 = [prep("p3a", given_name="Maria", family_name="Nguyen", birth_date=date(1950, 1, 1),
+               ssn="987654321", phone=None, address_line="9 Elm Road", postal_code="02118")]
+    d = decide({pid: [s(x, r) for r in rs] for pid, rs in
+                (("P1", p1), ("P2", p2), ("P3", p3))}, LINK, REVIEW)
+    assert d.kind == "link" and d.person_id == "P1" and d.probability >= LINK
+    assert [c.person_id for c in d.candidates] == ["P1", "P2", "P3"]
+    assert [c.person_id for c in d.duplicates] == ["P2"]
+    assert d.candidates[0].best.right_id in {"p1a", "p1b"}
+
+
+def test_new_and_review():
+    x = prep("x")
+    stranger = prep("y", given_name="Maria", family_name="Nguyen", birth_date=None,
+                    ssn="987654321", phone=None, address_line="9 Elm Road", postal_code="02118")
+    assert decide({}, LINK, REVIEW).kind == "new"
+    d = decide({"P": [s(x, stranger)]}, LINK, REVIEW)
+    assert d.kind == "new" and d.person_id is None and len(d.candidates) == 1
+    # Only the names and the year of birth agree: some evidence, not enough to link.
+    weak = prep("w", ssn=None, phone=None, address_line=None, postal_code=None, city=None,
+                birth_date=date(1980, 6, 1), sex=None)
+    sc = s(prep("x", ssn=None, phone=None, address_line=None, postal_code=None, city=None,
+                sex=None), weak)
+    assert 0.0 < sc.probability < LINK
+    d = decide({"P": [sc]}, LINK, sc.probability / 2)
+    assert d.kind == "review" and d.person_id == "P"
+
+
+def test_excluded_persons_are_never_chosen():
+    x = prep("x")
+    d = decide({"P1": [s(x, prep("a"))], "P2": [s(x, prep("b", phone=None))]}, LINK, REVIEW,
+               excluded={"P1"})
+    assert d.kind == "link" and d.person_id == "P2"
+    assert d.excluded == ("P1",) and all(c.person_id != "P1" for c in d.candidates)
+    d = decide({"P1": [s(x, prep("a"))]}, LINK, REVIEW, excluded={"P1"})
+    assert d.kind == "new"
+
+
+def test_no_chaining_through_one_sparse_record():
+    """A person = {A (full, SSN 111...), B (name and date only)}. X agrees with B on everything
+    B has, but carries a different SSN and address than A. X vs B alone would link; against
+    the person as a whole it must not."""
+    a = prep("A")
+    b = prep("B", ssn=None, phone=None, address_line=None, city=None, postal_code=None,
+             state=None)
+    x = prep("X", ssn="555-11-2222", phone="617 555 0199", address_line="9 Elm Road",
+             city="Boston", postal_code="02118")
+    assert s(x, b).probability >= LINK  # the weak bridge on its own
+    d = decide({"P": [s(x, a), s(x, b)]}, LINK, REVIEW)
+    assert d.kind != "link"
+    assert person_weight([s(x, a), s(x, b)]) < s(x, b).weight
+
+
+def test_sparse_records_do_not_dilute_a_person():
+    full = prep("F")
+    sparse = prep("S", ssn=None, phone=None, address_line=None, city=None, postal_code=None,
+                  state=None, sex=None)
+    x = prep("X")
+    together = person_weight([s(x, full), s(x, sparse)])
+    assert together >= s(x, sparse).weight
+    assert decide({"P": [s(x, full), s(x, sparse)]}, LINK, REVIEW).kind == "link"
+
+
+def test_thresholds_are_checked():
+    with pytest.raises(ValueError):
+        decide({}, 0.5, 0.9)
+
+
+def test_linker_applies_the_rule_online_and_batch_gives_the_same_clusters():
+    records = [
+        rec("1"), rec("2", given_name="Bill", phone=None), rec("3", family_name="Okonkow"),
+        rec("4", given_name="Maria", family_name="Nguyen", birth_date=date(1950, 1, 1),
+            ssn="987654321", phone=None, address_line="9 Elm Road", postal_code="02118"),
+        rec("5", given_name="Mary", family_name="Nguyen", birth_date=date(1950, 1, 1),
+            ssn="987654321", phone=None, address_line="9 Elm Rd", postal_code="02118"),
+    ]
+    linker = Linker(Model.default(), link_threshold=LINK, review_threshold=REVIEW)
+    kinds = [linker.add(r).kind for r in records]
+    assert kinds == ["new", "link", "link", "new", "link"]
+    assert linker.clusters == {"1": "1", "2": "1", "3": "1", "4": "4", "5": "4"}
+    assert dedupe(records, Model.default(), link_threshold=LINK).clusters == linker.clusters
+    with pytest.raises(ValueError):
+        linker.add(rec("1"))
+
+
+def test_linker_excluded_person_starts_a_new_one():
+    linker = Linker(Model.default())
+    linker.add(rec("1"))
+    d = linker.add(rec("2"), excluded={"1"})
+    assert d.kind == "new" and linker.person_of("2") == "2"
+    d = linker.decide(rec("3"))  # decide alone changes nothing
+    assert d.kind == "link" and [c.person_id for c in d.duplicates] == ["2"]
+    with pytest.raises(KeyError):
+        linker.person_of("3")
+
+
+def test_persons_bridged_by_a_later_record_are_flagged_and_merged_only_as_wholes():
+    r1 = rec("1", ssn=None, phone=None)
+    r2 = rec("2", given_name="Bill", birth_date=None, address_line=None, postal_code=None,
+             city=None)
+    r3 = rec("3")
+    online = Linker(Model.default())
+    assert [online.add(r).kind for r in (r1, r2, r3)] == ["new", "new", "link"]
+    assert online.clusters == {"1": "1", "2": "2", "3": "1"}  # online: flagged, not merged
+    merged = online.merge_duplicates()
+    assert [(keep, drop) for keep, drop, _ in merged] == [("1", "2")]
+    assert set(online.clusters.values()) == {"1"}
+    assert online.decide(rec("4", given_name="Bill")).person_id == "1"  # index follows
+    batch = dedupe([r1, r2, r3], Model.default(), merge_duplicates=True)
+    assert batch.merged_persons == 1 and set(batch.clusters.values()) == {"1"}
+    assert set(dedupe([r1, r2, r3], Model.default()).clusters.values()) == {"1", "2"}
+
+
+def test_flagged_persons_that_do_not_match_as_wholes_stay_apart():
+    a = rec("a", ssn="111-22-3333", phone=None)
+    b = rec("b", ssn="999-88-7777", phone=None, address_line="9 Elm Road", postal_code="02118",
+            city="Boston")
+    linker = Linker(Model.default())
+    linker.add(a)
+    linker.add(b, excluded={"a"})  # a steward said: not the same person
+    d = linker.add(rec("c", ssn=None, phone=None, address_line=None, postal_code=None,
+                       city=None))
+    assert d.kind == "link" and d.duplicates
+    assert linker.merge_duplicates() == []
+    assert len(set(linker.clusters.values())) == 2
+
+
+def test_merge_never_overrides_a_steward_exclusion():
+    r1 = rec("1", ssn=None, phone=None)
+    r2 = rec("2", given_name="Bill", birth_date=None, address_line=None, postal_code=None,
+             city=None)
+    linker = Linker(Model.default())
+    linker.add(r1)
+    linker.add(r2, excluded={"1"})
+    assert linker.add(rec("3")).duplicates
+    assert linker.merge_duplicates() == []
+
+
+def test_twin_guard_sends_twin_like_pairs_to_review():
+    twin_a = prep("a", given_name="Chidi", ssn="111-22-3333")
+    twin_b = prep("b", given_name="Amara", ssn="444-55-6666")
+    sc = s(twin_b, twin_a)
+    assert sc.probability >= LINK  # family, birth date, address, phone: FS alone would link
+    d = decide({"A": [sc]}, LINK, REVIEW)
+    assert d.kind == "review" and d.person_id == "A" and "twin" in d.note
+    assert decide({"A": [sc]}, LINK, REVIEW, twin_guard=False).kind == "link"
+    # A shared SSN (or a nickname, or a typo in the given name) is not the twin pattern.
+    same_ssn = s(prep("c", given_name="Amara", ssn="111-22-3333"), twin_a)
+    assert decide({"A": [same_ssn]}, LINK, REVIEW).kind == "link"
+    nickname = s(prep("d", given_name="Bill", ssn=None), prep("e", ssn=None))
+    assert decide({"A": [nickname]}, LINK, REVIEW).kind == "link"
+    assert dedupe([rec("a", given_name="Chidi", ssn="111-22-3333"),
+                   rec("b", given_name="Amara", ssn="444-55-6666")]).possible_twins == 1

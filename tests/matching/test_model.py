@@ -1,0 +1,64 @@
+import json
+import math
+
+import pytest
+
+from mpi.matching.comparisons import COMPARISONS
+from mpi.matching.model import Model, ModelError
+
+
+def test_default_model_fits_the_comparisons():
+    model = Model.default()
+    for c in COMPARISONS:
+        weights = model.weights(c.name)
+        assert len(weights) == len(c.labels) and weights[0] == 0.0  # null level: no evidence
+        assert weights[1] > 0 > weights[-1]  # exact agreement for, "else" against
+    assert model.version.startswith("default-")
+
+
+def test_json_round_trip_keeps_parameters_and_version(tmp_path):
+    model = Model.default().evolve(name="mine", term_frequencies={"family_name": {"smith": 0.01}})
+    path = tmp_path / "model.json"
+    model.save(path)
+    again = Model.load(path)
+    assert again == model and again.version == model.version
+    assert json.loads(path.read_text())["version"] == model.version
+    assert Model.from_json(model.to_json()).to_json() == model.to_json()  # canonical
+
+
+def test_version_follows_content():
+    model = Model.default()
+    assert model.evolve(prior=0.001).version != model.version
+    assert model.evolve(name="x").version.startswith("x-")
+    assert Model.from_json(model.to_json()).version == model.version
+
+
+def test_edited_file_with_stale_version_is_refused():
+    data = json.loads(Model.default().to_json())
+    data["prior"] = 0.5 / 2
+    with pytest.raises(ModelError, match="does not match the content"):
+        Model.from_json(json.dumps(data))
+    del data["version"]
+    assert Model.from_json(json.dumps(data)).prior == 0.25
+
+
+def test_model_that_does_not_fit_the_code_is_refused():
+    data = json.loads(Model.default().to_json())
+    del data["version"]
+    data["comparisons"][0]["levels"][0]["label"] = "renamed"
+    with pytest.raises(ModelError, match="level labels"):
+        Model.from_json(json.dumps(data))
+    data = json.loads(Model.default().to_json())
+    del data["version"]
+    data["comparisons"].pop()
+    with pytest.raises(ModelError, match="missing"):
+        Model.from_json(json.dumps(data))
+    with pytest.raises(ModelError):
+        Model.from_json("{not json")
+
+
+def test_probability_and_weight_are_inverse():
+    model = Model.default()
+    for p in (0.01, 0.5, 0.95, 0.999):
+        assert math.isclose(model.probability(model.weight_for(p)), p, rel_tol=1e-9)
+    assert model.probability(-model.prior_weight) == pytest.approx(0.5)
