@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from mpi.audit.log import Actor
-from mpi.events.log import ChangeLog
 from mpi.config import parse_database_url
+from mpi.events.log import ChangeLog
 from mpi.search.index import WhooshSearchIndex
 from mpi.search.query import parse
 from mpi.search.store import IndexDirectory
