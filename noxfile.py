@@ -77,7 +77,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: API next to bare Falcon (default); -- matching (next to Splink);
     -- identity (import and online matching at 100,000 persons)."""
     install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
-    suites = {"matching": "toolkit.matchbench", "identity": "toolkit.identitybench"}
+    suites = {"matching": "toolkit.matchbench", "identity": "toolkit.identitybench",
+              "search": "toolkit.searchbench"}
     if session.posargs[:1] and session.posargs[0] in suites:
         session.run("python", "-m", suites[session.posargs[0]], *session.posargs[1:])
     else:

@@ -5,6 +5,7 @@
     mpi healthcheck           probe the local service; exit 0 when healthy, 1 otherwise
     mpi config check          validate the environment (or --env-file) and show the settings
     mpi version               package version and build commit
+    mpi reindex               rebuild the search index beside the live one, then swap
 
 argparse rather than a CLI framework: ``healthcheck`` runs every few seconds
 in containers and must start fast, so this module imports only the standard
@@ -147,9 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     # until its command runs (healthcheck must start fast).
     from mpi.identity import cli as identity_cli
     from mpi.matching import cli as matching_cli
+    from mpi.search import cli as search_cli
 
     matching_cli.register(commands)  # dedupe, link, train, blocking report
     identity_cli.register(commands)  # import, export
+    search_cli.register(commands)  # reindex
     return parser
 
 

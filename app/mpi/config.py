@@ -93,6 +93,20 @@ def _path(raw: str) -> Path:
     return Path(raw.strip())
 
 
+def _fuzzy_distance(raw: str) -> int:
+    value = int(raw.strip())
+    if not 0 <= value <= 2:
+        raise ValueError("must be 0, 1 or 2")
+    return value
+
+
+def _poll_interval(raw: str) -> float:
+    value = float(raw.strip())
+    if not (math.isfinite(value) and 0.05 <= value <= 10):
+        raise ValueError("must be a number of seconds between 0.05 and 10")
+    return value
+
+
 def _model_path(raw: str) -> Path | None:
     """Empty: the model shipped in the package. Otherwise a model file that must load."""
     if not raw.strip():
@@ -239,6 +253,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds in-flight requests get to finish after SIGTERM"),
     Setting("SEARCH_INDEX_PATH", "search_index_path", _path, "data/search-index",
             "Directory of this instance's full-text search index"),
+    Setting("SEARCH_FUZZY_DISTANCE", "search_fuzzy_distance", _fuzzy_distance, "1",
+            "Edit distance allowed for name words in searches (0 = exact, at most 2)"),
+    Setting("SEARCH_POLL_INTERVAL", "search_poll_interval", _poll_interval, "0.2",
+            "Seconds between the search indexer's polls of the change log"),
     Setting("MATCHING_THRESHOLD", "matching_threshold", _probability, "0.95",
             "Match probability at or above which a record is linked automatically"),
     Setting("MATCHING_REVIEW_THRESHOLD", "matching_review_threshold", _probability, "0.5",
@@ -270,6 +288,8 @@ class Settings:
     request_timeout: int
     graceful_timeout: int
     search_index_path: Path
+    search_fuzzy_distance: int
+    search_poll_interval: float
     matching_threshold: float
     matching_review_threshold: float
     matching_model_path: Path | None

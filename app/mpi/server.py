@@ -62,7 +62,8 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from mpi.api.app import create_app
 
-        return create_app(self._settings)
+        # Each worker runs an indexer thread; the one holding the index's lock writes.
+        return create_app(self._settings, run_indexer=True)
 
 
 def serve(settings: Settings) -> None:

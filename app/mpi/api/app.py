@@ -18,6 +18,9 @@ from mpi.audit.log import AuditLog
 from mpi.events.log import ChangeLog
 from mpi.identity.matcher import engine_for
 from mpi.identity.service import IdentityService
+from mpi.search.index import SearchIndex, WhooshSearchIndex
+from mpi.search.indexer import Indexer
+from mpi.search.service import SearchService
 from mpi.services.patients import PatientService, utc_now
 from mpi.storage.db import database_proxy, make_database
 from mpi.storage.patients import PatientRepository
@@ -41,15 +44,28 @@ def build_services(settings: config.Settings, *, db: peewee.Database | None = No
 
 def create_app(settings: config.Settings, *, db: peewee.Database | None = None,
                clock: Callable[[], datetime] = utc_now,
-               new_id: Callable[[], uuid.UUID] = uuid.uuid4) -> falcon.App:
-    """A ready-to-serve Falcon app for ``settings``. Opens no connection by itself."""
+               new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+               search_index: SearchIndex | None = None,
+               run_indexer: bool = False) -> falcon.App:
+    """A ready-to-serve Falcon app for ``settings``. Opens no connection by itself.
+
+    ``search_index`` defaults to the whoosh index at SEARCH_INDEX_PATH (read
+    only); ``run_indexer`` also starts this process's indexer thread, which
+    writes the index if it wins the directory's writer lock (``mpi serve``).
+    """
     db, service = build_services(settings, db=db, clock=clock, new_id=new_id)
+    if search_index is None:
+        search_index = WhooshSearchIndex(settings.search_index_path)
+    search = SearchService(db, search_index, clock=clock, fuzzy=settings.search_fuzzy_distance)
+    if run_indexer:
+        Indexer(db, settings.search_index_path,
+                poll_interval=settings.search_poll_interval).start()
 
     middleware: list[Any] = [RequestContext(), DatabaseConnection(db)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)
-    for template, resource in build_routes(db, service):
+    for template, resource in build_routes(db, service, search):
         app.add_route(template, resource)
     from swagger_ui_bundle import swagger_ui_path
 
@@ -65,4 +81,4 @@ def get_app() -> falcon.App:
     settings = config.load()
     logs.configure(settings)
     prepare_database(settings)
-    return create_app(settings)
+    return create_app(settings, run_indexer=True)

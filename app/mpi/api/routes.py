@@ -24,18 +24,23 @@ from mpi.api.resources.persons import (
     ReviewItemResource,
     ReviewResolve,
 )
+from mpi.api.resources.search import PatientSearch
+from mpi.search.service import SearchService
 from mpi.services.patients import PatientService
 
 PREFIX = "/api/v1"
 DOCS_STATIC = f"{PREFIX}/docs/static"
 
 
-def build_routes(db: peewee.Database, service: PatientService) -> list[tuple[str, object]]:
+def build_routes(db: peewee.Database, service: PatientService,
+                 search: SearchService) -> list[tuple[str, object]]:
     identity = service.identity
     routes: list[tuple[str, object]] = [
         (f"{PREFIX}/health", HealthResource()),
         (f"{PREFIX}/health/ready", ReadyResource(db)),
         (f"{PREFIX}/patients", PatientCollection(service)),
+        # A literal segment: Falcon tries it before the {patient_id:uuid} field.
+        (f"{PREFIX}/patients/search", PatientSearch(search)),
         (f"{PREFIX}/patients/{{patient_id:uuid}}", PatientItem(service)),
         (f"{PREFIX}/patients/{{patient_id:uuid}}/audit", PatientAudit(service)),
         (f"{PREFIX}/patients/{{patient_id:uuid}}/person", PatientPerson(identity)),

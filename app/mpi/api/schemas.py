@@ -57,3 +57,18 @@ class ChangeEventOut(BaseModel):
 class EventPage(BaseModel):
     events: list[ChangeEventOut]
     next_cursor: str
+
+
+class SearchHit(BaseModel):
+    score: float
+    person_id: str | None = None
+    patient: Patient
+
+
+class SearchPage(BaseModel):
+    items: list[SearchHit]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None = None
+    index_cursor: str | None = None

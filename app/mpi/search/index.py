@@ -1,0 +1,128 @@
+"""Reading the index: the whoosh reader each worker keeps, and its Null twin.
+
+A reader never writes. Before each search it re-reads ``CURRENT`` (a rebuilt
+generation was published) and refreshes its searcher when the writer has
+committed since (whoosh compares the index generation), so a change is visible
+to every worker as soon as the writer commits it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from whoosh import query as wq
+
+from mpi.search.query import prune_infixes
+from mpi.search.schema import KIND_META, META_ID
+from mpi.search.store import IndexDirectory, IndexState
+
+
+class SearchUnavailable(Exception):
+    """The index cannot answer now (being built or rebuilt); retrying later will work."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    person_id: str | None
+
+
+@dataclass(frozen=True)
+class Results:
+    hits: list[Hit]
+    total: int
+    cursor: int | None  # the change-log event the index has reached (None: no index)
+
+
+class SearchIndex(Protocol):
+    def search(self, query: wq.Query, *, offset: int, limit: int) -> Results: ...
+
+
+class NullSearchIndex:
+    """Finds nothing; for tests and tools that run without an index."""
+
+    def search(self, query: wq.Query, *, offset: int, limit: int) -> Results:
+        return Results([], 0, None)
+
+
+_MASK = wq.Term("kind", KIND_META)
+
+
+class WhooshSearchIndex:
+    """The index directory at ``root``, read-only. Opens nothing until the first search."""
+
+    def __init__(self, root: Path):
+        self.directory = IndexDirectory(root)
+        self._lock = threading.Lock()
+        self._name: str | None = None
+        self._index: Any = None
+        self._searcher: Any = None
+        self._cursor: int | None = None
+
+    def search(self, query: wq.Query, *, offset: int, limit: int) -> Results:
+        with self._lock:
+            searcher = self._fresh_searcher()
+            try:
+                # optimize=False: score every match (no block skipping) so the total comes
+                # from the same pass; with skipping, whoosh re-runs the query to count.
+                query = prune_infixes(query, lambda word: searcher.doc_frequency(
+                    "name", word) > 0)
+                results = searcher.search(query, limit=offset + limit, mask=_MASK,
+                                          terms=False, optimize=False)
+                hits = [Hit(hit["id"], round(float(hit.score or 0.0), 4), hit.get("person_id"))
+                        for hit in results[offset:offset + limit]]
+                return Results(hits, len(results), self._cursor)
+            except (OSError, ValueError, KeyError) as exc:
+                # Files removed under us (the directory was deleted): reopen next time.
+                self._reset()
+                raise SearchUnavailable("the search index changed while reading; retry") \
+                    from exc
+
+    def _fresh_searcher(self) -> Any:
+        name = self.directory.current_name()
+        if name is None:
+            self._reset()
+            raise SearchUnavailable("the search index is being built")
+        if name != self._name or self._searcher is None:
+            self._reset()
+            checked = self.directory.check()
+            if checked.state is not IndexState.OK or checked.opened is None:
+                state = checked.state.value
+                raise SearchUnavailable(f"the search index is being rebuilt ({state})")
+            self._index = checked.opened.index
+            self._searcher = self._index.searcher()
+            self._name = name
+            self._cursor = checked.opened.cursor
+            return self._searcher
+        try:
+            changed = self._index.latest_generation() != self._searcher.reader().generation()
+            # A new reader, not searcher.refresh(): whoosh 2.7's refresh re-uses segment
+            # readers whose deletions have since changed, and would find deleted records.
+            fresh = self._index.searcher() if changed else self._searcher
+        except Exception as exc:
+            self._reset()
+            raise SearchUnavailable("the search index is being rebuilt") from exc
+        if fresh is not self._searcher:
+            with contextlib.suppress(Exception):
+                self._searcher.close()
+            self._searcher = fresh
+            meta = fresh.document(id=META_ID)
+            self._cursor = int(meta["cursor"]) if meta else None
+        return self._searcher
+
+    def _reset(self) -> None:
+        for thing in (self._searcher, self._index):
+            if thing is not None:
+                # Closing a half-deleted index may fail; it is being dropped anyway.
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self._searcher = self._index = self._name = self._cursor = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()

@@ -1,0 +1,331 @@
+"""The indexer: keeps one index directory current by following the change log.
+
+One process per index directory writes (``WriterLock``); in the service that
+is whichever gunicorn worker's indexer thread took the lock first, and when
+that worker exits another one takes over. Each step reads the events after the
+index's cursor, turns them into index changes and commits the documents and
+the new cursor in ONE whoosh commit, so the index never claims to have seen an
+event whose change it does not hold.
+
+What an event means for the index is decided by :data:`HANDLERS`, keyed by
+event type: created/updated events carry the full record, deleted events
+remove it, and any other event about a patient (``PatientLinked`` and whatever
+identity adds) is handled by re-reading that patient from the database. An
+event about another kind of entity that changes patients registers a handler
+returning the ids of the patients to re-read.
+
+A missing, corrupt or old-schema index is rebuilt from the database: a new
+generation is built beside the current one from a consistent snapshot (the
+snapshot's last event id becomes its cursor), then published; following the
+log from that cursor brings it up to date.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import peewee
+
+from mpi.domain.errors import Deleted, NotFound
+from mpi.events.log import ChangeEvent, ChangeLog
+from mpi.search.schema import document, meta_document
+from mpi.search.store import IndexDirectory, IndexState, Opened, WriterLock
+from mpi.storage.db import connection, is_postgres
+from mpi.storage.patients import PatientFilter, PatientRepository
+
+log = logging.getLogger("mpi.search")
+
+BATCH_SIZE = 500
+REBUILD_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Change:
+    """What to do to one patient's document."""
+
+    action: Literal["upsert", "delete", "refetch"]
+    record: dict[str, Any] | None = None
+
+
+Handler = Callable[[ChangeEvent], Iterable[tuple[str, Change]]]
+
+
+def _from_payload(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+    payload = event.payload
+    if isinstance(payload, dict) and payload.get("id") and "names" in payload:
+        yield event.entity_id, Change("upsert", payload)
+    else:
+        yield event.entity_id, Change("refetch")
+
+
+def _deleted(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+    yield event.entity_id, Change("delete")
+
+
+def refetch_patient(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+    """The default for any other event about a patient: re-read it from the database."""
+    if event.entity_type == "patient":
+        yield event.entity_id, Change("refetch")
+
+
+def patients_listed_in(*keys: str) -> Handler:
+    """For events about another entity (a person) that name the patients they changed."""
+
+    def handler(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+        payload = event.payload if isinstance(event.payload, dict) else {}
+        for key in keys:
+            for patient_id in payload.get(key) or []:
+                yield str(patient_id), Change("refetch")
+
+    return handler
+
+
+HANDLERS: dict[str, Handler] = {
+    "PatientCreated": _from_payload,
+    "PatientUpdated": _from_payload,
+    "PatientDeleted": _deleted,
+    # Identity: PatientLinked / PatientUnlinked are patient events (re-read by default);
+    # a merge and its undo move records between persons and name them.
+    "PersonsMerged": patients_listed_in("moved_patient_ids"),
+    "MergeUndone": patients_listed_in("returned_patient_ids", "moved_patient_ids"),
+}
+
+
+def changes_for(events: Iterable[ChangeEvent],
+                handlers: dict[str, Handler] | None = None) -> dict[str, Change]:
+    """The net change per patient id for a batch of events (the last one wins)."""
+    handlers = HANDLERS if handlers is None else handlers
+    net: dict[str, Change] = {}
+    for event in events:
+        for patient_id, change in handlers.get(event.event_type, refetch_patient)(event):
+            net.pop(patient_id, None)  # keep insertion order = order of the last change
+            net[patient_id] = change
+    return net
+
+
+def snapshot(db: peewee.Database) -> Any:
+    """A read transaction that sees one consistent state of the whole database."""
+    if is_postgres(db):
+        return db.atomic(isolation_level="REPEATABLE READ")
+    return db.atomic()  # SQLite in WAL mode: a deferred transaction reads one snapshot
+
+
+def live_records(db: peewee.Database, ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """The current record of each id, or None when it is deleted or unknown."""
+    repository = PatientRepository()
+    found: dict[str, dict[str, Any] | None] = {}
+    with db.atomic():
+        for patient_id in ids:
+            try:
+                found[patient_id] = repository.get(patient_id).to_dict()
+            except (NotFound, Deleted):
+                found[patient_id] = None
+    return found
+
+
+def build_generation(db: peewee.Database, directory: IndexDirectory, *,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[Path, int, int]:
+    """Build a complete generation from the database and publish it.
+
+    Returns (path, patients indexed, cursor). ``progress(done, total)`` is called
+    after each page. Readers keep using the current generation until the end.
+    """
+    started = time.monotonic()
+    built = directory.new_build()
+    try:
+        ix = directory.create_index(built)
+        repository = PatientRepository()
+        count = 0
+        with connection(db), snapshot(db):
+            cursor = ChangeLog(db).last_id()
+            total = _count(db)
+            writer = ix.writer(limitmb=256)
+            try:
+                after: int | None = None
+                while True:
+                    page = repository.list_page(PatientFilter(), after=after, limit=REBUILD_PAGE)
+                    for patient in page.items:
+                        writer.add_document(**document(patient.to_dict()))
+                    count += len(page.items)
+                    if progress is not None:
+                        progress(count, total)
+                    if page.next_cursor is None:
+                        break
+                    after = page.next_cursor
+                writer.add_document(**meta_document(cursor))
+            except BaseException:
+                writer.cancel()
+                raise
+        writer.commit()
+        ix.close()
+        final = directory.publish(built)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+    log.info("search index rebuilt: %d patients through event %d in %.1f s",
+             count, cursor, time.monotonic() - started,
+             extra={"patients": count, "cursor": cursor})
+    return final, count, cursor
+
+
+def _count(db: peewee.Database) -> int:
+    from mpi.storage.models import PatientRow
+
+    return int(PatientRow.select().where(PatientRow.deleted_at.is_null()).count())
+
+
+class Indexer:
+    """Follows the change log into the index directory at ``root`` (when it holds the lock)."""
+
+    def __init__(self, db: peewee.Database, root: Path, *, poll_interval: float = 0.2,
+                 batch_size: int = BATCH_SIZE, handlers: dict[str, Handler] | None = None):
+        self._db = db
+        self.directory = IndexDirectory(root)
+        self.lock = WriterLock(root)
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self.handlers = HANDLERS if handlers is None else handlers
+        self._opened: Opened | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def cursor(self) -> int | None:
+        return self._opened.cursor if self._opened else None
+
+    # --- one step ------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Do one unit of work if this object holds the writer lock.
+
+        Returns the number of events applied (or patients indexed by a rebuild);
+        0 when there was nothing to do or another process writes.
+        """
+        if not self.lock.acquire():
+            self._close()
+            return 0
+        opened = self._current()
+        if opened is None:
+            _, count, _ = build_generation(self._db, self.directory)
+            self._close()
+            return max(count, 1)
+        with connection(self._db):
+            events = ChangeLog(self._db).read(after=opened.cursor, limit=self.batch_size)
+            if not events:
+                return 0
+            try:
+                self._apply(opened, events)
+            except Exception:
+                self._close()  # the next step checks the index again (and rebuilds it if bad)
+                raise
+        return len(events)
+
+    def catch_up(self, max_steps: int = 10_000) -> None:
+        """Step until the index has every committed event (tests and tools)."""
+        for _ in range(max_steps):
+            if self.step() == 0:
+                return
+
+    def _current(self) -> Opened | None:
+        """The current generation, opened; None when it must be (re)built."""
+        path = self.directory.current_path()
+        if self._opened is not None and path == self._opened.path and path.is_dir():
+            return self._opened
+        self._close()
+        checked = self.directory.check()
+        if checked.state is not IndexState.OK:
+            log.warning("search index %s (%s): rebuilding from the database",
+                        checked.state.value, checked.reason,
+                        extra={"index_state": checked.state.value})
+            return None
+        self._opened = checked.opened
+        return self._opened
+
+    def _apply(self, opened: Opened, events: list[ChangeEvent]) -> None:
+        net = changes_for(events, self.handlers)
+        refetched = live_records(self._db, [pid for pid, c in net.items()
+                                            if c.action == "refetch"])
+        writer = opened.index.writer(timeout=10)
+        try:
+            with writer.searcher() as searcher:
+                for patient_id, change in net.items():
+                    record = change.record
+                    if change.action == "refetch":
+                        record = refetched.get(patient_id)
+                    if change.action == "delete" or record is None:
+                        writer.delete_by_term("id", patient_id)
+                        continue
+                    indexed = searcher.document(id=patient_id)
+                    if (change.action == "upsert" and indexed is not None
+                            and int(indexed.get("version") or 0) > int(record.get("version")
+                                                                        or 0)):
+                        continue  # the index already holds a newer version (after a rebuild)
+                    writer.update_document(**document(record))
+            cursor = events[-1].id
+            writer.update_document(**meta_document(cursor))
+        except BaseException:
+            writer.cancel()
+            raise
+        writer.commit()
+        self._opened = Opened(opened.path, opened.index, cursor)
+        lag_ms = None
+        occurred = events[-1].occurred_at
+        if occurred is not None:
+            from datetime import UTC, datetime
+
+            lag_ms = round((datetime.now(UTC).replace(tzinfo=None) - occurred)
+                           .total_seconds() * 1000, 1)
+        log.debug("search index: %d events through %d", len(events), cursor,
+                  extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms})
+
+    def _close(self) -> None:
+        if self._opened is not None:
+            self._opened.index.close()
+            self._opened = None
+
+    # --- the background thread -------------------------------------------------------------
+
+    def start(self) -> Indexer:
+        """Run :meth:`run` in a daemon thread (one per worker process)."""
+        self._thread = threading.Thread(target=self.run, name="search-indexer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._close()
+        self.lock.release()
+
+    def run(self) -> None:
+        backoff = self.poll_interval
+        was_writer = False
+        self.directory.discard_stale_builds()
+        while not self._stop.is_set():
+            try:
+                done = self.step()
+                backoff = self.poll_interval
+            except Exception as exc:
+                # Types only: a database error message can quote patient data.
+                log.warning("search indexer step failed: %s", type(exc).__name__,
+                            extra={"error": type(exc).__name__})
+                self._close()
+                done = 0
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+            if self.lock.held() != was_writer:
+                was_writer = self.lock.held()
+                log.info("search indexer: %s", "this process writes the index" if was_writer
+                         else "another process writes the index",
+                         extra={"writer": was_writer})
+            if done:
+                continue  # more may be waiting: no sleep while catching up
+            self._stop.wait(backoff if self.lock.held() else max(backoff, 1.0))
+        self._close()

@@ -1,0 +1,91 @@
+"""Searching patients: the index finds and ranks, the database answers.
+
+The index only chooses ids and scores. The records returned are read from the
+database in the same transaction as the audit row, so a result is always the
+record's current version and a record deleted since the index last caught up
+is dropped rather than shown. Searching is access to health information: every
+search is audited (``patient:record:search``) with what was asked and which
+records were returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import peewee
+
+from mpi.audit.log import Actor, AuditLog
+from mpi.domain.errors import StorageUnavailable
+from mpi.domain.patient import Patient
+from mpi.search.index import Hit, SearchIndex
+from mpi.search.query import Options, Shortcuts, build
+from mpi.storage.db import write_transaction
+from mpi.storage.patients import PatientRepository
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    q: str | None = None
+    shortcuts: Shortcuts = field(default_factory=Shortcuts)
+    offset: int = 0
+    limit: int = 20
+    fuzzy: int | None = None  # None: the configured default
+
+
+@dataclass(frozen=True)
+class Found:
+    hit: Hit
+    patient: Patient
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    items: list[Found]
+    total: int
+    cursor: int | None
+    dropped: int  # hits the index still had but the database no longer holds live
+
+
+class SearchService:
+    def __init__(self, db: peewee.Database, index: SearchIndex, *, clock: Callable[[], datetime],
+                 fuzzy: int = 1, repository: PatientRepository | None = None,
+                 audit: AuditLog | None = None):
+        self._db = db
+        self.index = index
+        self._clock = clock
+        self.fuzzy = fuzzy
+        self.repository = repository or PatientRepository()
+        self.audit = audit or AuditLog()
+
+    def search(self, request: SearchRequest, actor: Actor) -> SearchOutcome:
+        """Raises QuerySyntaxError (bad query), SearchUnavailable (no index yet)."""
+        options = Options(fuzzy=self.fuzzy if request.fuzzy is None else request.fuzzy)
+        query = build(request.q, request.shortcuts, options)
+        results = self.index.search(query, offset=request.offset, limit=request.limit)
+        try:
+            with write_transaction(self._db):
+                live = self.repository.get_live_many([h.id for h in results.hits])
+                items = [Found(h, live[h.id]) for h in results.hits if h.id in live]
+                self.audit.record("patient:record:search", actor, entity_type="patient",
+                                  entity_id=None, now=self._clock(),
+                                  new={"query": _asked(request),
+                                       "returned": [f.patient.id for f in items]})
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+        dropped = len(results.hits) - len(items)
+        return SearchOutcome(items, max(results.total - dropped, len(items)), results.cursor,
+                             dropped)
+
+
+def _asked(request: SearchRequest) -> dict[str, Any]:
+    asked: dict[str, Any] = {k: (v.isoformat() if isinstance(v, date) else v)
+                             for k, v in vars(request.shortcuts).items() if v is not None}
+    if request.q:
+        asked["q"] = request.q
+    asked.update(offset=request.offset, limit=request.limit)
+    if request.fuzzy is not None:
+        asked["fuzzy"] = request.fuzzy
+    return asked

@@ -1,0 +1,202 @@
+"""The index directory: generations, the ``CURRENT`` pointer, the writer lock.
+
+    SEARCH_INDEX_PATH/
+        CURRENT            name of the generation readers and the writer use
+        writer.lock        flock()ed by the one process that writes this directory
+        gen-<id>/          a complete whoosh index (documents + the change-log cursor)
+        building-<id>/     a generation being built; renamed to gen-<id> when complete
+
+A rebuild writes a new generation beside the current one and then replaces
+``CURRENT`` atomically (write a temporary file, ``os.replace``): readers keep
+answering from the old generation until they see the new pointer. Whoosh's own
+temporary files go inside the generation's directory, never to ``/tmp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from whoosh import index as whoosh_index
+
+from mpi.search.schema import INDEX_NAME, META_ID, SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger("mpi.search")
+
+CURRENT = "CURRENT"
+LOCK = "writer.lock"
+GEN_PREFIX = "gen-"
+BUILD_PREFIX = "building-"
+
+
+class IndexState(enum.Enum):
+    OK = "ok"
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+    OLD_SCHEMA = "old-schema"
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An index generation that opened cleanly, with the cursor it has reached."""
+
+    path: Path
+    index: Any  # whoosh.index.FileIndex
+    cursor: int
+
+
+@dataclass(frozen=True)
+class Checked:
+    state: IndexState
+    opened: Opened | None = None
+    reason: str = ""
+
+
+class IndexDirectory:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # --- the pointer ---------------------------------------------------------------------
+
+    def current_name(self) -> str | None:
+        try:
+            name = (self.root / CURRENT).read_text(encoding="ascii").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, UnicodeDecodeError):
+            return None
+        return name if name.startswith(GEN_PREFIX) and "/" not in name else None
+
+    def current_path(self) -> Path | None:
+        name = self.current_name()
+        return self.root / name if name else None
+
+    def check(self) -> Checked:
+        """Open the current generation and say whether it can be used as it is."""
+        path = self.current_path()
+        if path is None or not path.is_dir():
+            return Checked(IndexState.MISSING, reason="no current generation")
+        try:
+            ix = whoosh_index.open_dir(str(path), indexname=INDEX_NAME)
+            with ix.searcher() as searcher:
+                meta = searcher.document(id=META_ID)
+            stored_fields = set(ix.schema.names())
+        except Exception as exc:  # any failure to read it means: rebuild
+            return Checked(IndexState.CORRUPT, reason=type(exc).__name__)
+        if meta is None:
+            return Checked(IndexState.CORRUPT, reason="no cursor document")
+        if meta.get("schema_version") != SCHEMA_VERSION or stored_fields != set(SCHEMA.names()):
+            return Checked(IndexState.OLD_SCHEMA,
+                           reason=f"schema version {meta.get('schema_version')}")
+        return Checked(IndexState.OK, Opened(path, ix, int(meta.get("cursor") or 0)))
+
+    # --- building and publishing -------------------------------------------------------
+
+    def new_build(self) -> Path:
+        """An empty directory for a generation being built."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        name = f"{stamp}-{os.getpid()}-{time.monotonic_ns()}"
+        path = self.root / f"{BUILD_PREFIX}{name}"
+        path.mkdir()
+        return path
+
+    def create_index(self, path: Path) -> Any:
+        return whoosh_index.create_in(str(path), SCHEMA, indexname=INDEX_NAME)
+
+    def publish(self, built: Path) -> Path:
+        """Make a fully built generation current; remove all but it and the one it replaces."""
+        final = self.root / (GEN_PREFIX + built.name.removeprefix(BUILD_PREFIX))
+        os.replace(built, final)
+        previous = self.current_name()
+        tmp = self.root / f"{CURRENT}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(final.name + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.root / CURRENT)
+        _fsync_dir(self.root)
+        keep = {final.name, previous}
+        for child in self.root.iterdir():
+            if child.name.startswith(GEN_PREFIX) and child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+        return final
+
+    def discard_stale_builds(self, older_than_s: float = 3600) -> None:
+        """Remove half-built generations left by a crash (old enough not to be in progress)."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for child in self.root.iterdir():
+            if child.name.startswith(BUILD_PREFIX):
+                with contextlib.suppress(OSError):
+                    if now - child.stat().st_mtime > older_than_s:
+                        shutil.rmtree(child, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``writer.lock``: one writing process per index directory.
+
+    ``flock`` locks belong to the open file, so they also exclude two writers in
+    one process. If the directory is deleted under a running writer, the lock
+    file it holds is no longer the one at the path: :meth:`held` says so, and
+    the writer takes the lock on the new file (or leaves it to whoever did).
+    """
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / LOCK
+        self._fd: int | None = None
+        self._id: tuple[int, int] | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; True when this object holds it (now or already)."""
+        if self._fd is not None:
+            if self.held():
+                return True
+            self.release()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        st = os.fstat(fd)
+        self._fd, self._id = fd, (st.st_dev, st.st_ino)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        return True
+
+    def held(self) -> bool:
+        """True while this object holds the lock on the file that is at the path."""
+        if self._fd is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._id
+
+    def release(self) -> None:
+        fd, self._fd, self._id = self._fd, None, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -1,0 +1,72 @@
+"""Fixtures for the search tests: a patient service, an indexer and a reader on one directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+
+from mpi.audit.log import Actor
+from mpi.domain.patient import Patient
+from mpi.search.index import WhooshSearchIndex
+from mpi.search.indexer import Indexer
+from mpi.search.query import Options, parse
+from mpi.services.patients import PatientService
+from tests.conftest import Clock, Ids
+from tests.helpers import patient
+
+ACTOR = Actor("search-test")
+
+
+class Patients:
+    """Create/update/delete records through the real service (so the change log is real)."""
+
+    def __init__(self, db: peewee.Database, clock: Clock):
+        self.service = PatientService(db, clock=clock, new_id=Ids())
+
+    def create(self, **changes: Any) -> Patient:
+        body = patient(**changes)
+        return self.service.create(self.service.parse(json.dumps(body).encode()), ACTOR)
+
+    def update(self, record: Patient, **changes: Any) -> Patient:
+        body = {**record.to_dict(), **changes}
+        for key in ("id", "version", "created_at", "updated_at"):
+            body.pop(key, None)
+        return self.service.update(record.id, self.service.parse(json.dumps(body).encode()),
+                                   ACTOR, expected_version=record.version)
+
+    def delete(self, record: Patient) -> None:
+        self.service.delete(record.id, ACTOR, expected_version=None)
+
+
+@pytest.fixture
+def patients(db: peewee.Database, clock: Clock) -> Patients:
+    return Patients(db, clock)
+
+
+@pytest.fixture
+def index_root(tmp_path: Path) -> Path:
+    return tmp_path / "search-index"
+
+
+@pytest.fixture
+def indexer(db: peewee.Database, index_root: Path) -> Iterator[Indexer]:
+    ix = Indexer(db, index_root, poll_interval=0.05)
+    yield ix
+    ix.stop()
+
+
+@pytest.fixture
+def reader(index_root: Path) -> Iterator[WhooshSearchIndex]:
+    r = WhooshSearchIndex(index_root)
+    yield r
+    r.close()
+
+
+def ids(reader: WhooshSearchIndex, text: str, **options: Any) -> list[str]:
+    return [h.id for h in reader.search(parse(text, Options(**options)), offset=0,
+                                        limit=100).hits]

@@ -1,0 +1,211 @@
+"""The indexer follows the change log, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+
+import pytest
+from whoosh import index as whoosh_index
+
+from mpi.events.log import ChangeLog
+from mpi.search.index import SearchUnavailable
+from mpi.search.indexer import Indexer, build_generation, changes_for
+from mpi.search.schema import INDEX_NAME, META_ID
+from mpi.search.store import IndexDirectory, IndexState
+from mpi.storage.db import write_transaction
+from tests.search.conftest import ACTOR, ids
+
+
+def test_created_updated_deleted_are_followed(db, patients, indexer, reader):
+    john = patients.create()
+    ada = patients.create(source_id="B-1", names=[{"family": "Lovelace", "given": ["Ada"]}],
+                          identifiers=[])
+    indexer.catch_up()
+    assert ids(reader, "smith") == [john.id]
+    assert ids(reader, "lovelace") == [ada.id]
+
+    patients.update(ada, names=[{"family": "King", "given": ["Ada"]}])
+    patients.delete(john)
+    indexer.catch_up()
+    assert ids(reader, "family:lovelace~0") == []
+    assert ids(reader, "king") == [ada.id]
+    assert ids(reader, "smith") == []  # deleted: never found again
+    assert ids(reader, "NOT king") == []
+
+
+def test_cursor_is_committed_with_the_documents(db, patients, indexer, index_root):
+    patients.create()
+    patients.create(source_id="B-2", identifiers=[])
+    indexer.catch_up()
+    last = ChangeLog(db).last_id()
+    assert indexer.cursor == last
+    path = IndexDirectory(index_root).current_path()
+    ix = whoosh_index.open_dir(str(path), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        assert searcher.document(id=META_ID)["cursor"] == last
+    ix.close()
+    # A new indexer (another worker, a restart) continues from the stored cursor.
+    again = Indexer(db, index_root)
+    indexer.stop()
+    assert again.step() == 0 and again.cursor == last
+    again.stop()
+
+
+def test_other_patient_events_re_read_the_patient(db, patients, indexer, reader):
+    """A PatientLinked-style event: whatever changed, the record is read again."""
+    john = patients.create()
+    indexer.catch_up()
+    repo = patients.service.repository
+    with write_transaction(db):  # a change whose event carries no record
+        row = repo.get_row(john.id)
+        data = patients.service.parse(
+            b'{"source": "st-marys-ehr", "source_id": "A-1001", '
+            b'"names": [{"family": "Quimby", "given": ["John"]}]}')
+        repo.update(row, data, expected_version=row.version, now=patients.service._clock())
+        ChangeLog(db).append("PatientLinked", ACTOR, entity_type="patient", entity_id=john.id,
+                             entity_version=2, now=patients.service._clock(),
+                             payload={"person_id": "P-9"})
+    indexer.catch_up()
+    assert ids(reader, "quimby") == [john.id]
+
+
+def test_person_id_from_the_payload_is_returned(db, patients, indexer, reader):
+    john = patients.create()
+    indexer.catch_up()
+    with write_transaction(db):
+        ChangeLog(db).append("PatientUpdated", ACTOR, entity_type="patient", entity_id=john.id,
+                             entity_version=1, now=patients.service._clock(),
+                             payload={**john.to_dict(), "person_id": "P-42"})
+    indexer.catch_up()
+    from mpi.search.query import parse
+
+    (hit,) = reader.search(parse("smith"), offset=0, limit=5).hits
+    assert hit.person_id == "P-42"
+
+
+def test_net_change_per_patient_keeps_the_last():
+    from datetime import datetime
+
+    from mpi.events.log import ChangeEvent
+
+    def event(n, kind, entity="p1", payload=None):
+        return ChangeEvent(n, datetime(2026, 1, 1), kind, "patient", entity, n, "x", None,
+                           payload)
+
+    net = changes_for([event(1, "PatientCreated", payload={"id": "p1", "names": []}),
+                       event(2, "PatientDeleted"), event(3, "PatientLinked", entity="p2")])
+    assert {k: v.action for k, v in net.items()} == {"p1": "delete", "p2": "refetch"}
+    merged = ChangeEvent(4, datetime(2026, 1, 1), "PersonsMerged", "person", "P1", None, "x",
+                         None, {"moved_patient_ids": ["p3", "p4"]})
+    review = ChangeEvent(5, datetime(2026, 1, 1), "ReviewOpened", "review", "R1", None, "x",
+                         None, {"patient_id": "p5"})
+    assert {k: v.action for k, v in changes_for([merged, review]).items()} == {
+        "p3": "refetch", "p4": "refetch"}  # events about other entities change nothing
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "old-schema", "all-deleted"])
+def test_damaged_index_is_rebuilt(db, patients, indexer, reader, index_root, damage):
+    john = patients.create()
+    indexer.catch_up()
+    directory = IndexDirectory(index_root)
+    path = directory.current_path()
+    if damage == "missing":
+        (index_root / "CURRENT").unlink()
+    elif damage == "corrupt":
+        for toc in path.glob("*.toc"):
+            toc.write_bytes(b"garbage")
+    elif damage == "old-schema":
+        ix = whoosh_index.open_dir(str(path), indexname=INDEX_NAME)
+        with ix.writer() as w:
+            w.update_document(id=META_ID, kind="meta", cursor=0, schema_version=0)
+        ix.close()
+    else:
+        import shutil
+
+        shutil.rmtree(index_root)
+    expected = {"missing": IndexState.MISSING, "corrupt": IndexState.CORRUPT,
+                "old-schema": IndexState.OLD_SCHEMA, "all-deleted": IndexState.MISSING}
+    assert directory.check().state is expected[damage]
+    with pytest.raises(SearchUnavailable):
+        ids(reader, "smith")
+    indexer.stop()
+    restarted = Indexer(db, index_root)  # what a worker finds at start-up
+    restarted.catch_up()
+    restarted.stop()
+    assert directory.check().state is IndexState.OK
+    assert ids(reader, "smith") == [john.id]
+
+
+def test_one_writer_per_directory(db, patients, index_root):
+    first, second = Indexer(db, index_root), Indexer(db, index_root)
+    try:
+        patients.create()
+        assert first.step() > 0
+        assert second.step() == 0 and not second.lock.held()
+        first.stop()  # the writer goes away (a worker exits): another one takes over
+        patients.create(source_id="B-3", identifiers=[])
+        second.catch_up()
+        assert second.lock.held() and second.cursor == ChangeLog(db).last_id()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_writer_notices_its_directory_was_deleted(db, patients, indexer, index_root):
+    import shutil
+
+    patients.create()
+    indexer.catch_up()
+    shutil.rmtree(index_root)
+    assert not indexer.lock.held()
+    other = Indexer(db, index_root)
+    try:
+        other.catch_up()  # a worker that finds the directory gone takes the new lock
+        assert other.lock.held()
+        assert indexer.step() == 0  # and the old writer stands down
+    finally:
+        other.stop()
+
+
+def test_whoosh_temporary_files_stay_in_the_index_directory(db, patients, indexer, reader,
+                                                          monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a temporary file outside SEARCH_INDEX_PATH")
+
+    for name in ("mkstemp", "mkdtemp", "gettempdir", "NamedTemporaryFile", "TemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    john = patients.create()
+    indexer.catch_up()  # a rebuild
+    patients.update(john, gender="female")
+    indexer.catch_up()  # an incremental commit
+    assert ids(reader, "gender:female") == [john.id]
+
+
+def test_rebuild_beside_keeps_readers_answering(db, patients, indexer, reader, index_root):
+    john = patients.create()
+    indexer.catch_up()
+    before = IndexDirectory(index_root).current_name()
+    seen: list[list[str]] = []
+    stop = threading.Event()
+
+    def keep_searching():
+        while not stop.is_set():
+            seen.append(ids(reader, "smith"))
+
+    searcher = threading.Thread(target=keep_searching)
+    searcher.start()
+    try:
+        ada = patients.create(source_id="B-4", names=[{"family": "Smith", "given": ["Ada"]}],
+                              identifiers=[])
+        build_generation(db, IndexDirectory(index_root))
+    finally:
+        stop.set()
+        searcher.join()
+    assert IndexDirectory(index_root).current_name() != before
+    assert seen and all(john.id in found for found in seen)  # never an error, never empty
+    assert sorted(ids(reader, "smith")) == sorted([john.id, ada.id])
+    # The writer moves to the new generation and follows the log from its cursor.
+    patients.delete(ada)
+    indexer.catch_up()
+    assert ids(reader, "smith") == [john.id]

@@ -1,0 +1,115 @@
+"""The search language: what parses into what, and every syntax error named."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpi.search.query import MAX_TERMS, Options, QuerySyntaxError, Shortcuts, build, parse
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("smith AND", "AND at position 7 needs a term after it"),
+    ("AND smith", "AND at position 1 needs a term before it"),
+    ("smith OR", "OR at position 7 needs a term after it"),
+    ("NOT", "NOT at position 1 needs a term after it"),
+    ("(smith", "the '(' at position 1 is never closed"),
+    ("smith)", "unexpected ')' at position 6"),
+    ("()", "the '(' at position 1 has nothing inside"),
+    ('"john smith', 'the quote (") at position 1 is never closed'),
+    ('""', "the phrase at position 1 is empty"),
+    ("foo:bar", "unknown field 'foo' at position 1"),
+    ("family:", "family: at position 1 has no value"),
+    ("smith~3", "fuzzy distance 3 at position 1 is too large"),
+    ("*ith", "only a trailing * is supported"),
+    ("sm?th", "only a trailing * is supported"),
+    ("birth_date:1980-13-01", "birth_date at position 12 must be a date as YYYY-MM-DD"),
+    ("birth_year:80", "birth_year at position 12 must be a year"),
+    ("gender:x", "gender at position 8 must be one of"),
+    ("   ", "is empty"),
+    ("x" * 501, "must be at most 500 characters"),
+    (" ".join(["a"] * (MAX_TERMS + 1)), "too many terms"),
+])
+def test_syntax_errors_name_the_problem(text, reason):
+    with pytest.raises(QuerySyntaxError) as caught:
+        parse(text)
+    assert reason in caught.value.reason
+    assert caught.value.field == "q"
+
+
+def test_operators_precedence_and_fields():
+    from whoosh import query as wq
+
+    q = parse("family:(smith OR jones) AND NOT given:john~0 1980")
+    assert isinstance(q, wq.And) and len(q.subqueries) == 3
+    assert isinstance(q.subqueries[0], wq.Or) and isinstance(q.subqueries[1], wq.Not)
+    text = str(q)
+    assert text.startswith("(((family:smith^3.0 OR family:smith~")
+    assert "NOT given:john^3.0" in text
+    assert "birth_year:1980" in text
+
+
+def test_free_text_word_searches_every_field_kind():
+    text = str(parse("smith"))
+    for part in ("name:smith^3.0", "name:smith~", "name_phonetic:SM0", "name_ngram:smi",
+                 "identifier:smith", "source_id:smith", "address:smith"):
+        assert part in text
+    assert "telecom" not in text  # not a phone number or e-mail address
+
+
+def test_numbers_are_not_fuzzed_as_names():
+    text = str(parse("123-45-6789"))
+    assert "identifier:123456789^3.0" in text and "telecom:123456789" in text
+    assert "name:" not in text
+
+
+def test_fuzziness_follows_the_option_and_word_length():
+    assert "~" not in str(parse("smith", Options(fuzzy=0)))
+    assert "~" not in str(parse("lee", Options(fuzzy=2)))  # short words stay exact
+    assert str(parse("family:smith~0")) == "family:smith^3.0"
+    assert "maxdist=2" in repr(parse("family:schwarzenegger~2"))
+
+
+def test_prefix_and_phrase():
+    assert str(parse("family:smi*")) == "family_prefix:smi"  # one term: leading n-grams
+    assert str(parse("given:smi*")) == "given:smi*"
+    assert str(parse("family:schwarzen*")) == "family:schwarzen*"  # past 8 letters
+    assert str(parse('given:"Anna Maria"')) == 'given:"anna maria"'
+    assert repr(parse('"anna maria"~2')).count("slop=3") == 2  # names and addresses
+
+
+def test_accents_apostrophes_and_case_fold():
+    assert str(parse("family:O'Brien~0")) == "family:obrien^3.0"
+    assert str(parse("family:HERNÁNDEZ~0")) == "family:hernandez^3.0"
+
+
+def test_shortcuts_combine_with_q():
+    q = build("smith", Shortcuts(name="john", birth_year=1980), Options())
+    text = str(q)
+    assert "birth_year:1980" in text and "name:john^3.0" in text and "name:smith^3.0" in text
+
+
+def test_nothing_to_search_for_is_an_error():
+    with pytest.raises(QuerySyntaxError, match="give q or at least one of"):
+        build(None, Shortcuts(), Options())
+    with pytest.raises(QuerySyntaxError) as caught:
+        build(None, Shortcuts(identifier="--"), Options())
+    assert caught.value.field == "identifier"
+
+
+def test_infix_trigrams_are_dropped_for_known_names():
+    from whoosh import query as wq
+
+    from mpi.search.query import Infix, prune_infixes
+
+    q = parse("ernan smith")
+    infixes = [n for n in _walk(q) if isinstance(n, Infix)]
+    assert {i.token for i in infixes} == {"ernan", "smith"}
+    pruned = prune_infixes(q, lambda word: word == "smith")
+    assert {i.token for i in _walk(pruned) if isinstance(i, Infix)} == {"ernan"}
+    assert isinstance(pruned, wq.And)
+
+
+def _walk(q):
+    yield q
+    for child in q.children():
+        yield from _walk(child)

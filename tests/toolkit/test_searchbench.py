@@ -1,0 +1,43 @@
+"""The search benchmark's pure parts: synthetic data, the searches drawn from it, the table."""
+
+from __future__ import annotations
+
+from toolkit import searchbench
+
+
+def test_synthetic_patients_are_valid_and_identifiers_unique():
+    rows = list(searchbench.synthetic_patients(25_000, seed=3))
+    assert len({r["ssn"] for r in rows}) == len(rows)
+    assert len({r["source_id"] for r in rows}) == len(rows)
+    assert all(r["family"] and r["given"] for r in rows)
+    assert rows[:3] == list(searchbench.synthetic_patients(3, seed=3))  # deterministic
+
+
+def test_typical_searches_cover_every_sql_comparison():
+    rows = list(searchbench.synthetic_patients(100))
+    searches = searchbench.typical_searches(rows, 10)
+    assert set(searchbench.SQL) <= set(searches)
+    assert all(len(items) == 10 for items in searches.values())
+    from mpi.search.query import Options, Shortcuts, build
+
+    for items in searches.values():
+        for s in items:  # every generated search parses
+            build(s.get("q"), Shortcuts(name=s.get("name"), birth_year=int(s["birth_year"])
+                                        if s.get("birth_year") else None), Options())
+
+
+def test_table_lists_every_kind():
+    stats = {"p50_ms": 1.0, "p99_ms": 2.0}
+    report = {
+        "patients": 10, "index_build": {"seconds": 1.0, "patients_per_s": 10.0, "bytes": 1e6},
+        "search_index": {"identifier": stats}, "search_service": {"identifier": stats},
+        "search_sql": {"identifier": {"method": "equality (btree)", **stats}},
+        "write_to_searchable": [{"writers": 2, "concurrent_writes_per_s": 5.0, "p50_ms": 200,
+                                 "p99_ms": 300, "max_ms": 310, "n": 3, "missed": 0}],
+    }
+    table = searchbench.format_table(report)
+    assert "identifier" in table and "equality (btree)" in table and "p99 300 ms" in table
+
+
+def test_writer_counts_parse():
+    assert searchbench.parse_args(["--writers", "1,4"]).writers == [1, 4]

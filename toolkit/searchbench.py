@@ -1,0 +1,517 @@
+"""Search benchmark behind ``nox -s bench -- search``: the whoosh index next to SQL on PostgreSQL.
+
+    python -m toolkit.searchbench [--patients N] [--queries N] [--json PATH] [--fast-postgres]
+
+1. Loads N synthetic patients (default 100,000) into a throwaway PostgreSQL with bulk
+   inserts (names drawn from a seeded generator: frequent real surnames plus generated
+   rare ones, given names, birth dates 1930-2020, an SSN-like identifier, an address, a
+   phone number).
+2. Times a full index build (``mpi.search.indexer.build_generation``, what ``mpi reindex``
+   and the start-up rebuild run).
+3. Times typical searches (surname prefix, fuzzy surname, name + birth year, identifier,
+   free text) through the index, and through the whole search service (index, then the
+   records and the audit row from PostgreSQL), next to equivalent SQL in the same run:
+   ``ILIKE`` and ``pg_trgm`` similarity with GIN trigram indexes created for the
+   benchmark only. Each figure is p50/p99 over ``--queries`` different searches.
+4. Measures the lag between a committed write and its visibility in search under
+   concurrent write load: ``mpi serve`` (default workers, indexer threads following the
+   change log) on the same database and index, writer processes posting patients as fast
+   as they can, and a probe that posts a patient with a unique name and polls the search
+   endpoint until it is found.
+
+Output: a table on stdout and ``.bench/search.json`` (keys sorted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from toolkit.bench import (
+    _git_commit,
+    _make_output_dir,
+    _postgres_info,
+    _sigterm_as_interrupt,
+    machine_info,
+    mpi_command,
+    percentile,
+    running_server,
+    server_env,
+)
+from toolkit.procs import free_port
+
+DEFAULT_JSON = Path(".bench/search.json")
+HOST = "127.0.0.1"
+SSN = "urn:oid:2.16.840.1.113883.4.1"
+COMMON_FAMILIES = (
+    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
+    "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor",
+    "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez",
+    "Clark", "Ramirez", "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright",
+    "Scott", "Torres", "Nguyen", "Hill", "Flores", "Green", "Adams", "Nelson", "Baker",
+    "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "O'Brien", "Kowalski", "Nowak",
+    "Okafor", "Tanaka", "Suzuki", "Rossi", "Russo", "Dubois", "Lefebvre", "Jansen",
+)
+GIVEN = (
+    "James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda", "William",
+    "Elizabeth", "David", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas", "Sarah",
+    "Charles", "Karen", "Maria", "José", "Wei", "Fatima", "Lars", "Aisha", "Pedro", "Yuki",
+    "Anna", "Sofia", "Mohammed", "Olga", "Chidi", "Hiroshi", "Ingrid", "Zoë", "Seán", "Ana",
+)
+SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "dor", "sel", "tan", "bri", "go", "hal", "nor",
+             "pe", "qui", "ros", "sta", "ul", "wen", "xi", "zel", "ber", "cor", "dal", "fen")
+CITIES = ("Springfield", "Shelbyville", "Riverton", "Lakeside", "Fairview", "Georgetown")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def synthetic_patients(n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+    """``n`` patient records; 60 % with a frequent surname, the rest rare generated ones."""
+    rng = random.Random(seed)
+    start = date(1930, 1, 1)
+    for i in range(n):
+        if rng.random() < 0.6:
+            family = rng.choice(COMMON_FAMILIES)
+        else:
+            family = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))).title()
+        given = [rng.choice(GIVEN)] + ([rng.choice(GIVEN)] if rng.random() < 0.3 else [])
+        born = start + timedelta(days=rng.randrange(90 * 365))
+        yield {
+            "source": "bench-ehr", "source_id": f"S-{i:07d}",
+            "family": family, "given": given, "birth_date": born,
+            "gender": rng.choice(("male", "female")),
+            # Unique by construction: area and serial come from i, the group is random.
+            "ssn": f"{100 + i // 10000:03d}-{rng.randrange(10, 99):02d}-{i % 10000:04d}",
+            "line": f"{rng.randrange(1, 999)} {rng.choice(('High', 'Elm', 'Oak'))} St",
+            "city": rng.choice(CITIES), "postal_code": f"{rng.randrange(10000, 99999)}",
+            "phone": f"+1-217-{rng.randrange(200, 999)}-{rng.randrange(0, 9999):04d}",
+        }
+
+
+def load_patients(db: Any, n: int, *, seed: int = 0, batch: int = 2000,
+                  progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Bulk-insert ``n`` synthetic patients; returns the generated rows (for query terms)."""
+    from mpi.storage.models import (
+        PatientAddressRow,
+        PatientIdentifierRow,
+        PatientNameRow,
+        PatientRow,
+        PatientTelecomRow,
+    )
+    from mpi.storage.patients import normalize_name
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    generated: list[dict[str, Any]] = []
+    rows = list(synthetic_patients(n, seed))
+    for offset in range(0, n, batch):
+        chunk = rows[offset:offset + batch]
+        with db.atomic():
+            pks = [r[0] for r in PatientRow.insert_many([
+                {"id": uuid.uuid4(), "source": p["source"], "source_id": p["source_id"],
+                 "gender": p["gender"], "birth_date": p["birth_date"], "version": 1,
+                 "created_at": now, "updated_at": now} for p in chunk
+            ]).returning(PatientRow.pk).tuples().execute()]
+            PatientNameRow.insert_many([
+                {"patient": pk, "position": 0, "family": p["family"],
+                 "family_norm": normalize_name(p["family"]), "given": p["given"], "prefix": [],
+                 "suffix": []} for pk, p in zip(pks, chunk, strict=True)]).execute()
+            PatientIdentifierRow.insert_many([
+                {"patient": pk, "position": 0, "system": SSN, "value": p["ssn"], "type": "SS"}
+                for pk, p in zip(pks, chunk, strict=True)]).execute()
+            PatientAddressRow.insert_many([
+                {"patient": pk, "position": 0, "line": [p["line"]], "city": p["city"],
+                 "postal_code": p["postal_code"], "country": "US"}
+                for pk, p in zip(pks, chunk, strict=True)]).execute()
+            PatientTelecomRow.insert_many([
+                {"patient": pk, "position": 0, "system": "phone", "value": p["phone"]}
+                for pk, p in zip(pks, chunk, strict=True)]).execute()
+        generated.extend(chunk)
+        if progress is not None:
+            progress(len(generated))
+    return generated
+
+
+# --------------------------------------------------------------------------- searches
+
+
+def typical_searches(rows: Sequence[dict[str, Any]], count: int,
+                     seed: int = 1) -> dict[str, list[dict[str, Any]]]:
+    """For each kind of search, ``count`` instances drawn from the loaded data."""
+    rng = random.Random(seed)
+    picks = [rng.choice(rows) for _ in range(count)]
+
+    def typo(word: str) -> str:
+        if len(word) < 5:
+            return word
+        i = rng.randrange(1, len(word) - 1)
+        return word[:i] + word[i + 1:]  # one deletion: edit distance 1
+
+    return {
+        "surname prefix": [{"q": f"family:{p['family'][:3]}*",
+                            "sql_like": p["family"][:3] + "%"} for p in picks],
+        "fuzzy surname": [{"q": f"family:{typo(p['family'])}",
+                           "sql_sim": typo(p["family"])} for p in picks],
+        "name + birth year": [{"name": f"{p['given'][0]} {p['family']}",
+                               "birth_year": str(p["birth_date"].year),
+                               "sql_family": p["family"], "sql_given": p["given"][0],
+                               "sql_year": p["birth_date"].year} for p in picks],
+        "identifier": [{"q": p["ssn"], "sql_value": p["ssn"]} for p in picks],
+        "free text (name + year)": [{"q": f"{p['given'][0]} {p['family']} "
+                                          f"{p['birth_date'].year}"} for p in picks],
+    }
+
+
+SQL = {
+    "surname prefix": ("ILIKE", """
+        SELECT p.id FROM patient p JOIN patient_name n ON n.patient_pk = p.pk
+        WHERE p.deleted_at IS NULL AND n.family ILIKE %s LIMIT 20""",
+                       lambda s: (s["sql_like"],)),
+    "fuzzy surname": ("pg_trgm similarity", """
+        SELECT p.id, similarity(n.family, %s) AS sim FROM patient p
+        JOIN patient_name n ON n.patient_pk = p.pk
+        WHERE p.deleted_at IS NULL AND n.family %% %s ORDER BY sim DESC LIMIT 20""",
+                      lambda s: (s["sql_sim"], s["sql_sim"])),
+    "name + birth year": ("ILIKE", """
+        SELECT p.id FROM patient p JOIN patient_name n ON n.patient_pk = p.pk
+        WHERE p.deleted_at IS NULL AND n.family ILIKE %s AND n.given::text ILIKE %s
+          AND p.birth_date >= %s AND p.birth_date < %s LIMIT 20""",
+                          lambda s: (s["sql_family"], f"%{s['sql_given']}%",
+                                     date(s["sql_year"], 1, 1), date(s["sql_year"] + 1, 1, 1))),
+    "identifier": ("equality (btree)", """
+        SELECT p.id FROM patient p JOIN patient_identifier i ON i.patient_pk = p.pk
+        WHERE p.deleted_at IS NULL AND i.deleted_at IS NULL AND i.value = %s LIMIT 20""",
+                   lambda s: (s["sql_value"],)),
+}
+TRIGRAM_DDL = (
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX bench_name_family_trgm ON patient_name USING gin (family gin_trgm_ops)",
+    "CREATE INDEX bench_name_given_trgm ON patient_name USING gin ((given::text) gin_trgm_ops)",
+    "ANALYZE",
+)
+
+
+def _ms_stats(samples: Sequence[float]) -> dict[str, Any]:
+    ms = [s * 1000 for s in samples]
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50) or 0, 3),
+            "p99_ms": round(percentile(ms, 99) or 0, 3), "mean_ms": round(statistics.mean(ms), 3)
+            if ms else None}
+
+
+def time_index_searches(root: Path, searches: dict[str, list[dict[str, Any]]],
+                        fuzzy: int) -> dict[str, Any]:
+    from mpi.search.index import WhooshSearchIndex
+    from mpi.search.query import Options, Shortcuts, build
+
+    reader = WhooshSearchIndex(root)
+    out: dict[str, Any] = {}
+    try:
+        for kind, items in searches.items():
+            samples, hits = [], 0
+            for s in items:
+                started = time.perf_counter()
+                query = build(s.get("q"), Shortcuts(name=s.get("name"),
+                                                    birth_year=int(s["birth_year"])
+                                                    if s.get("birth_year") else None),
+                              Options(fuzzy=fuzzy))
+                results = reader.search(query, offset=0, limit=20)
+                samples.append(time.perf_counter() - started)
+                hits += bool(results.hits)
+            out[kind] = {**_ms_stats(samples), "found_share": round(hits / len(items), 3)}
+    finally:
+        reader.close()
+    return out
+
+
+def time_service_searches(db: Any, root: Path, searches: dict[str, list[dict[str, Any]]],
+                          fuzzy: int) -> dict[str, Any]:
+    """The whole search: index, records from PostgreSQL, audit row (as the API does it)."""
+    from mpi.audit.log import Actor
+    from mpi.search.index import WhooshSearchIndex
+    from mpi.search.query import Shortcuts
+    from mpi.search.service import SearchRequest, SearchService
+    from mpi.services.patients import utc_now
+
+    reader = WhooshSearchIndex(root)
+    service = SearchService(db, reader, clock=utc_now, fuzzy=fuzzy)
+    actor = Actor("bench-clerk")
+    out: dict[str, Any] = {}
+    try:
+        for kind, items in searches.items():
+            samples = []
+            for s in items:
+                request = SearchRequest(q=s.get("q"), shortcuts=Shortcuts(
+                    name=s.get("name"),
+                    birth_year=int(s["birth_year"]) if s.get("birth_year") else None))
+                started = time.perf_counter()
+                service.search(request, actor)
+                samples.append(time.perf_counter() - started)
+            out[kind] = _ms_stats(samples)
+    finally:
+        reader.close()
+    return out
+
+
+def time_sql(url: str, searches: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    import psycopg
+
+    out: dict[str, Any] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT set_limit(0.3)")
+        for kind, (method, sql, params) in SQL.items():
+            samples, hits = [], 0
+            for s in searches[kind]:
+                started = time.perf_counter()
+                rows = conn.execute(sql, params(s)).fetchall()
+                samples.append(time.perf_counter() - started)
+                hits += bool(rows)
+            out[kind] = {"method": method, **_ms_stats(samples),
+                         "found_share": round(hits / len(searches[kind]), 3)}
+    return out
+
+
+# --------------------------------------------------------------------------- lag under load
+
+
+def _post(port: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("POST", "/api/v1/patients", body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json", "X-User-ID": "bench"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else {}
+    finally:
+        conn.close()
+
+
+def _writer(port: int, stop_at: float, tag: str, counter: Any) -> None:
+    n = 0
+    while time.time() < stop_at:
+        status, _ = _post(port, {"source": "bench-load", "source_id": f"{tag}-{n}",
+                                 "names": [{"family": "Loadwriter", "given": ["Ann"]}],
+                                 "birth_date": "1990-01-01"})
+        n += 1
+        if status == 201:
+            with counter.get_lock():
+                counter.value += 1
+
+
+def measure_lag(port: int, *, probes: int, writers: int, timeout: float = 10.0
+                ) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    stop_at = time.time() + 3600
+    procs = [ctx.Process(target=_writer, args=(port, stop_at, f"w{i}-{uuid.uuid4().hex[:6]}",
+                                                counter), daemon=True)
+             for i in range(writers)]
+    for p in procs:
+        p.start()
+    lags: list[float] = []
+    missed = 0
+    started = time.monotonic()
+    try:
+        time.sleep(1.0)
+        for i in range(probes):
+            family = "Probe" + "".join(random.choice("bcdfghjklmnpqrstvwz") for _ in range(8))
+            status, created = _post(port, {"source": "bench-probe", "source_id": f"p-{i}-{family}",
+                                           "names": [{"family": family, "given": ["Lag"]}]})
+            if status != 201:
+                missed += 1
+                continue
+            committed = time.monotonic()  # the write is acknowledged after its commit
+            query = urlencode({"q": f"family:{family.lower()}~0"})
+            while True:
+                conn = http.client.HTTPConnection(HOST, port, timeout=30)
+                try:
+                    conn.request("GET", f"/api/v1/patients/search?{query}",
+                                 headers={"X-User-ID": "bench-probe"})
+                    resp = conn.getresponse()
+                    body = json.loads(resp.read() or b"{}")
+                finally:
+                    conn.close()
+                if resp.status == 200 and any(it["patient"]["id"] == created["id"]
+                                              for it in body.get("items", [])):
+                    lags.append(time.monotonic() - committed)
+                    break
+                if time.monotonic() - committed > timeout:
+                    missed += 1
+                    break
+                time.sleep(0.01)
+            time.sleep(0.2)
+    finally:
+        elapsed = time.monotonic() - started
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(5)
+    return {**_ms_stats(lags), "max_ms": round(max(lags) * 1000, 1) if lags else None,
+            "missed": missed, "writers": writers,
+            "concurrent_writes_per_s": round(counter.value / elapsed, 1)}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from mpi.config import load, parse_database_url
+    from mpi.search.indexer import build_generation
+    from mpi.search.store import IndexDirectory
+    from mpi.storage import migrate
+    from mpi.storage.db import connection, database_for, database_proxy
+    from toolkit.postgres import start_postgres
+
+    _make_output_dir(args.json.parent)
+    report: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(), "machine": machine_info(),
+        "patients": args.patients, "queries_per_kind": args.queries,
+    }
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mpi-sbench-")))
+        print("starting PostgreSQL ...", file=sys.stderr, flush=True)
+        pg = start_postgres(durable=not args.fast_postgres)
+        stack.callback(pg.stop)
+        report["postgres"] = {"kind": pg.kind, "description": pg.description,
+                              **_postgres_info(pg.url)}
+        db = database_for(parse_database_url(pg.url), max_connections=4)
+        database_proxy.initialize(db)
+        stack.callback(db.close_all)
+        with connection(db):
+            migrate.apply(db)
+            print(f"loading {args.patients} patients ...", file=sys.stderr, flush=True)
+            started = time.monotonic()
+            rows = load_patients(db, args.patients, seed=args.seed)
+            report["load_s"] = round(time.monotonic() - started, 1)
+
+        root = workdir / "search-index"
+        print("indexing ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        _, count, _ = build_generation(db, IndexDirectory(root))
+        seconds = time.monotonic() - started
+        size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        report["index_build"] = {"patients": count, "seconds": round(seconds, 1),
+                                 "patients_per_s": round(count / seconds, 1),
+                                 "bytes": size}
+
+        searches = typical_searches(rows, args.queries, seed=args.seed + 1)
+        settings = load(server_env(os.environ, pg.url, 8080))
+        fuzzy = settings.search_fuzzy_distance
+        print("searching (index) ...", file=sys.stderr, flush=True)
+        time_index_searches(root, {k: v[:20] for k, v in searches.items()}, fuzzy)  # warm
+        report["search_index"] = time_index_searches(root, searches, fuzzy)
+        print("searching (service: index + PostgreSQL + audit) ...", file=sys.stderr,
+              flush=True)
+        with connection(db):
+            report["search_service"] = time_service_searches(db, root, searches, fuzzy)
+        print("creating trigram indexes; searching (SQL) ...", file=sys.stderr, flush=True)
+        import psycopg
+
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            started = time.monotonic()
+            for ddl in TRIGRAM_DDL:
+                conn.execute(ddl)
+            report["sql_trigram_index_build_s"] = round(time.monotonic() - started, 1)
+        time_sql(pg.url, {k: v[:20] for k, v in searches.items()})  # warm
+        report["search_sql"] = time_sql(pg.url, searches)
+
+        if args.lag_probes:
+            port = free_port()
+            env = server_env(os.environ, pg.url, port)
+            env["SEARCH_INDEX_PATH"] = str(root)
+            print(f"mpi serve; {args.writers} writers; {args.lag_probes} probes ...",
+                  file=sys.stderr, flush=True)
+            with running_server(mpi_command("serve"), env=env, cwd=workdir,
+                                log=args.json.parent / "search-server.log", port=port,
+                                ready_path="/api/v1/health/ready"):
+                report["server_workers"] = load(env).workers
+                report["write_to_searchable"] = [
+                    measure_lag(port, probes=args.lag_probes, writers=n) for n in args.writers]
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"{report['patients']} patients; index built in {report['index_build']['seconds']}"
+             f" s ({report['index_build']['patients_per_s']} patients/s, "
+             f"{report['index_build']['bytes'] / 1e6:.1f} MB)", ""]
+    header = f"{'search':<26}{'index p50/p99 ms':>20}{'service p50/p99':>20}  {'SQL':<20}" \
+             f"{'SQL p50/p99 ms':>18}"
+    lines += [header, "-" * len(header)]
+    for kind, ix in report["search_index"].items():
+        svc = report["search_service"].get(kind, {})
+        sql = report["search_sql"].get(kind)
+        sql_text = (f"{sql['p50_ms']:.2f} / {sql['p99_ms']:.2f}" if sql else "-")
+        lines.append(f"{kind:<26}{ix['p50_ms']:>9.2f} / {ix['p99_ms']:<8.2f}"
+                     f"{svc.get('p50_ms', 0):>9.2f} / {svc.get('p99_ms', 0):<8.2f}  "
+                     f"{(sql or {}).get('method', '-'):<20}{sql_text:>18}")
+    lags = report.get("write_to_searchable") or []
+    if lags:
+        lines.append("")
+    for lag in lags:
+        lines.append(f"write -> searchable under load ({lag['writers']} writer processes, "
+                     f"{lag['concurrent_writes_per_s']} writes/s): p50 {lag['p50_ms']} ms, "
+                     f"p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms over {lag['n']} probes"
+                     f" ({lag['missed']} missed)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m toolkit.searchbench",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200, help="searches per kind")
+    parser.add_argument("--lag-probes", type=int, default=30,
+                        help="write->searchable probes (0 skips the server part)")
+    parser.add_argument("--writers", type=_counts, default=[1, 4], metavar="N[,N...]",
+                        help="concurrent writer processes; one lag measurement per number "
+                             "(default 1,4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--fast-postgres", action="store_true",
+                        help="a local PostgreSQL with fsync and synchronous_commit off")
+    return parser.parse_args(argv)
+
+
+def _counts(raw: str) -> list[int]:
+    try:
+        values = [int(x) for x in raw.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be numbers separated by commas") from None
+    if not values or any(v < 1 or v > 32 for v in values):
+        raise argparse.ArgumentTypeError("each must be between 1 and 32")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with _sigterm_as_interrupt():
+            report = run(args)
+    except KeyboardInterrupt:
+        print("interrupted; server and PostgreSQL stopped", file=sys.stderr)
+        return 130
+    report["command"] = ["python", "-m", "toolkit.searchbench",
+                         *(sys.argv[1:] if argv is None else argv)]
+    args.json.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    print(format_table(report))
+    print(f"report: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
