@@ -14,9 +14,6 @@ Each must appear in exactly one of the tables below:
     cannot run on a build machine (it needs a Kubernetes cluster, a Docker engine,
     systemd as PID 1, or changes this host's users and /etc); the reason is given, and
     where a test validates what the command consumes, it is named (and must exist).
-``PENDING``
-    documented ahead of a sub-command being built on another branch: skipped while the
-    sub-command does not exist, run (on a fresh embedded database) once it does.
 
 A command added to the documents without an entry fails
 ``test_every_command_is_accounted_for``; so does an entry whose command left them.
@@ -103,24 +100,45 @@ COMPOSE_TEST = "tests/deploy/test_compose.py"
 CONTAINER_TEST = "tests/images/test_containers.py"
 IMAGE_LOAD_STEP = "ci: python3 -m nox -s image -- --load"
 
+IDENTITY_CLI = "tests/identity/test_identity_cli.py"
 MAPPED: dict[str, tuple[str, str]] = {
+    "mpi reindex": (
+        "tests/search/test_cli.py::test_reindex_builds_beside_and_swaps",
+        "the same command on a registry: a new generation is built beside the current one "
+        "and readers switch to it"),
     # DEPLOY.md, enterprise identity: run verbatim on a small registry
     "mpi import patients.csv --source lab-system": (
-        "tests/identity/test_identity_cli.py::test_import_and_export", "imported, then re-run to show it is idempotent"),
+
+        f"{IDENTITY_CLI}::test_import_and_export",
+        "imported, then re-run to show it is idempotent"),
     "mpi import legacy.csv --source legacy --map given_name=first,family_name=surname": (
-        "tests/identity/test_identity_cli.py::test_import_and_export", "a mapped layout with a malformed row: exit 2"),
+
+        f"{IDENTITY_CLI}::test_import_and_export",
+        "a mapped layout with a malformed row: exit 2"),
     "mpi export --clusters clusters.csv": (
-        "tests/identity/test_identity_cli.py::test_import_and_export", "clusters checked against the registry"),
+
+        f"{IDENTITY_CLI}::test_import_and_export",
+        "clusters checked against the registry"),
     "mpi train --output model.json": (
-        "tests/identity/test_identity_cli.py::test_train_from_the_database_and_from_a_file", "from the database"),
+
+        f"{IDENTITY_CLI}::test_train_from_the_database_and_from_a_file",
+        "from the database"),
     "mpi train --from-csv patients.csv --output model.json": (
-        "tests/identity/test_identity_cli.py::test_train_from_the_database_and_from_a_file", "from a CSV"),
+
+        f"{IDENTITY_CLI}::test_train_from_the_database_and_from_a_file",
+        "from a CSV"),
     "mpi dedupe patients.csv --output clusters.csv": (
-        "tests/identity/test_identity_cli.py::test_offline_dedupe_link_and_blocking_report", "clusters checked"),
+
+        f"{IDENTITY_CLI}::test_offline_dedupe_link_and_blocking_report",
+        "clusters checked"),
     "mpi link patients.csv lab.csv --output pairs.csv": (
-        "tests/identity/test_identity_cli.py::test_offline_dedupe_link_and_blocking_report", "pairs checked"),
+
+        f"{IDENTITY_CLI}::test_offline_dedupe_link_and_blocking_report",
+        "pairs checked"),
     "mpi blocking report patients.csv --labels person": (
-        "tests/identity/test_identity_cli.py::test_offline_dedupe_link_and_blocking_report", "pair completeness printed"),
+
+        f"{IDENTITY_CLI}::test_offline_dedupe_link_and_blocking_report",
+        "pair completeness printed"),
     # DEPLOY.md
     "pip install nox && nox -s serve": (
         "tests/integration/test_serve.py::test_lifecycle_over_http",
@@ -242,9 +260,6 @@ NOT_RUNNABLE: dict[str, tuple[str, str | None]] = {
 }
 
 # Documented ahead of the sub-command (built on another branch): command -> sub-command.
-PENDING: dict[str, tuple[str, str]] = {
-    "mpi reindex": ("reindex", "the search index rebuild arrives with full-text search"),
-}
 
 # --------------------------------------------------------------------------- extraction
 
@@ -360,14 +375,13 @@ def test_the_documents_have_commands():
 
 
 def test_every_command_is_accounted_for():
-    tables = {"RUN": set(RUN), "MAPPED": set(MAPPED), "NOT_RUNNABLE": set(NOT_RUNNABLE),
-              "PENDING": set(PENDING)}
+    tables = {"RUN": set(RUN), "MAPPED": set(MAPPED), "NOT_RUNNABLE": set(NOT_RUNNABLE)}
     problems = []
     for command in doc_commands():
         homes = [name for name, table in tables.items() if command.text in table]
         if not homes:
             problems.append(f"{command.doc}:{command.line}: no entry in RUN, MAPPED, "
-                            f"NOT_RUNNABLE or PENDING: {command.text!r}")
+                            f"NOT_RUNNABLE: {command.text!r}")
         elif len(homes) > 1:
             problems.append(f"{command.doc}:{command.line}: in several tables {homes}: "
                             f"{command.text!r}")
@@ -418,23 +432,6 @@ def _sub_commands() -> set[str]:
     parser = cli.build_parser()
     actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     return set(actions[0].choices)  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("command", sorted(PENDING))
-def test_pending_command_runs_once_it_exists(command: str, tmp_path: Path):
-    """Skipped while the sub-command is not built; once it is (the search branch merged),
-    it runs here on a freshly migrated embedded database and must exit 0, until it gets
-    a RUN or MAPPED entry of its own."""
-    sub, why = PENDING[command]
-    if sub not in _sub_commands():
-        pytest.skip(f"`mpi {sub}` does not exist yet: {why}")
-    env = _clean_environment()
-    for step in ("mpi migrate", command):
-        proc = subprocess.run(["bash", "-c", step], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120, check=False)
-        assert proc.returncode == 0, (
-            f"{step!r} exited {proc.returncode} (give {command!r} a RUN or MAPPED entry "
-            f"that runs it as documented):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
 # --------------------------------------------------------------------------- running them
