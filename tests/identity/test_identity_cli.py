@@ -94,3 +94,13 @@ def test_offline_dedupe_link_and_blocking_report(files: Path):
     assert ("r3", "Lr3") in pairs
     report = mpi(files, "mpi blocking report patients.csv --labels person")
     assert "pair_completeness" in report.stdout
+
+
+def test_rows_that_are_not_records_are_skipped_and_reported(files: Path):
+    _write(files / "mixed.csv", ["record_id", "given_name", "family_name", "birth_date"],
+           [["m1", "Ada", "Lovelace", "1915-12-10"], ["m2", "", "", ""],
+            ["m3", "Alan", "Turing", "1912-06-23"]])
+    done = mpi(files, "mpi import mixed.csv --source desk --batch 2", expect=1)
+    assert "imported 2 record(s)" in done.stdout and "rejected 1" in done.stdout
+    assert "mixed.csv: line 3: body: a record needs at least one name" in done.stderr
+    assert "Ada" not in done.stderr  # reported by line and field, never by value

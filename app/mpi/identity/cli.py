@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -134,32 +135,46 @@ def cmd_import(args: argparse.Namespace) -> int:
     today = service.today()
     done = skipped = rejected = 0
     started = time.perf_counter()
-    batch: list[PatientInput] = []
 
-    def flush() -> None:
-        nonlocal done, skipped
-        results = service.import_batch(batch, actor)
-        done += sum(r is not None for r in results)
-        skipped += sum(r is None for r in results)
-        batch.clear()
+    def batches() -> Iterator[tuple[list[PatientInput], int, int, list[str]]]:
+        """(valid records, rows read, rows rejected, problems) per --batch rows."""
+        batch: list[PatientInput] = []
+        problems: list[str] = []
+        rows = bad = 0
+        for n, record in enumerate(_rows(args), start=2):
+            rows += 1
+            try:
+                batch.append(to_patient_input(record, default_source=args.source,
+                                              today=today))
+            except ValidationError as exc:
+                bad += 1
+                problems += [f"{args.file}: line {n}: {p.field}: {p.reason}"
+                             for p in problems_from(exc)]
+            if rows >= args.batch:
+                yield batch, rows, bad, problems
+                batch, problems, rows, bad = [], [], 0, 0
+        if rows:
+            yield batch, rows, bad, problems
 
+    # The next batch is read and validated in a thread while this one is written: the
+    # database's time and the CSV's overlap.
     try:
         with connection(db), tqdm(desc="import", unit="rec", file=sys.stderr,
-                                  disable=args.no_progress) as bar:
-            for n, record in enumerate(_rows(args), start=2):
-                try:
-                    batch.append(to_patient_input(record, default_source=args.source,
-                                                  today=today))
-                except ValidationError as exc:
-                    rejected += 1
-                    for problem in problems_from(exc):
-                        print(f"{args.file}: line {n}: {problem.field}: {problem.reason}",
-                              file=sys.stderr)
-                if len(batch) >= args.batch:
-                    flush()
-                bar.update(1)
-            if batch:
-                flush()
+                                  disable=args.no_progress) as bar, \
+                ThreadPoolExecutor(max_workers=1) as reader:
+            source = batches()
+            pending = reader.submit(next, source, None)
+            while (item := pending.result()) is not None:
+                pending = reader.submit(next, source, None)
+                batch, rows, bad, problems = item
+                for line in problems:
+                    print(line, file=sys.stderr)
+                rejected += bad
+                if batch:
+                    results = service.import_batch(batch, actor)
+                    done += sum(r is not None for r in results)
+                    skipped += sum(r is None for r in results)
+                bar.update(rows)
     except CsvError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INPUT
