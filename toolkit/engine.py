@@ -93,9 +93,11 @@ def install_podman_command() -> list[str]:
 
 
 def containers_conf(repo: Path, env: Mapping[str, str] = os.environ) -> Path | None:
-    """The containers.conf to use: ``CONTAINERS_CONF`` if set, else ``<repo>/../shared/``'s.
+    """The containers.conf to use: ``CONTAINERS_CONF`` if set, else ``<repo>/../shared/``'s,
+    else the copy in ``<repo>/toolkit/`` (a clone checked out anywhere still gets runc and
+    ulimits this machine accepts).
 
-    ``None`` when neither exists (podman then uses its own defaults). A
+    ``None`` when none exists (podman then uses its own defaults). A
     ``CONTAINERS_CONF`` naming a missing file is an error, not silently ignored.
     """
     named = env.get("CONTAINERS_CONF", "").strip()
@@ -105,7 +107,10 @@ def containers_conf(repo: Path, env: Mapping[str, str] = os.environ) -> Path | N
             raise EngineError(f"CONTAINERS_CONF={named}: no such file")
         return path.resolve()
     shared = Path(repo).resolve().parent / "shared" / "containers.conf"
-    return shared if shared.is_file() else None
+    if shared.is_file():
+        return shared
+    own = Path(repo).resolve() / "toolkit" / "containers.conf"
+    return own if own.is_file() else None
 
 
 def podman_env(repo: Path, base: Mapping[str, str] = os.environ) -> dict[str, str]:

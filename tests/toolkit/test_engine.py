@@ -88,6 +88,17 @@ def test_containers_conf_from_the_shared_sibling(tmp_path):
     assert engine.containers_conf(repo, env={}) == conf.resolve()
 
 
+def test_containers_conf_falls_back_to_the_repository_copy(tmp_path):
+    repo = tmp_path / "clone"
+    (repo / "toolkit").mkdir(parents=True)
+    own = repo / "toolkit" / "containers.conf"
+    own.write_text('[engine]\nruntime = "runc"\n')
+    assert engine.containers_conf(repo, env={}) == own.resolve()
+    shipped = engine.containers_conf(engine.ROOT if hasattr(engine, "ROOT") else
+                                     Path(engine.__file__).resolve().parents[1], env={})
+    assert shipped is not None and "runc" in shipped.read_text()
+
+
 def test_containers_conf_variable_wins_and_must_exist(tmp_path):
     named = tmp_path / "mine.conf"
     named.write_text("")
