@@ -16,6 +16,7 @@ from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.events.log import ChangeLog
 from mpi.identity.service import IdentityService, Outcome
 from mpi.storage.db import write_transaction
+from mpi.storage.fields import EncodedJSON
 from mpi.storage.patients import Page, PatientFilter, PatientRepository
 
 Clock = Callable[[], datetime]
@@ -91,7 +92,8 @@ class PatientService:
         outcomes = self.identity.assign_new([(p, pk) for pk, p in inserted], actor, now)
         patients = [p.model_copy(update={"person_id": o.person_id})
                     for (_, p), o in zip(inserted, outcomes, strict=True)]
-        records = [p.to_dict() for p in patients]
+        # The record goes to the audit row and the change event alike: encoded once.
+        records = [EncodedJSON.of(p.to_dict()) for p in patients]
         self.audit.record_many([("patient:record:create", p.id, None, r)
                                 for p, r in zip(patients, records, strict=True)], actor,
                                entity_type="patient", now=now)
