@@ -168,16 +168,21 @@ def run_cli(argv: list[str]) -> float:
     return elapsed
 
 
+def _model_args(train: bool, src: Path, work: Path, name: str) -> tuple[list[str], float]:
+    """``--model FILE`` of a model ``mpi train`` estimates on ``src`` (with its time), or
+    nothing (the shipped model)."""
+    if not train:
+        return [], 0.0
+    model = work / f"{name}-model.json"
+    seconds = run_cli(["train", "--from-csv", str(src), "--output", str(model),
+                       "--name", name, "--no-progress"])
+    return ["--model", str(model)], seconds
+
+
 def ours_dedupe(src: Path, work: Path, train: bool, merge: bool = False,
                 twin_guard: bool = True) -> tuple[dict[str, str], float]:
     out = work / f"clusters-{'trained' if train else 'default'}-{merge}-{twin_guard}.csv"
-    seconds = 0.0
-    model_args: list[str] = []
-    if train:
-        model = work / "febrl3-model.json"
-        seconds += run_cli(["train", "--from-csv", str(src), "--output", str(model),
-                            "--name", "febrl3", "--no-progress"])
-        model_args = ["--model", str(model)]
+    model_args, seconds = _model_args(train, src, work, "febrl3")
     seconds += run_cli(["dedupe", str(src), "--output", str(out), "--no-progress",
                         "--threshold", str(THRESHOLD), *model_args,
                         *(["--merge-duplicates"] if merge else []),
@@ -190,13 +195,7 @@ def ours_dedupe(src: Path, work: Path, train: bool, merge: bool = False,
 def ours_link(left: Path, right: Path, both: Path, work: Path, train: bool
               ) -> tuple[list[tuple[str, str]], float]:
     out = work / f"pairs-{'trained' if train else 'default'}.csv"
-    seconds = 0.0
-    model_args: list[str] = []
-    if train:
-        model = work / "febrl4-model.json"
-        seconds += run_cli(["train", "--from-csv", str(both), "--output", str(model),
-                            "--name", "febrl4", "--no-progress"])
-        model_args = ["--model", str(model)]
+    model_args, seconds = _model_args(train, both, work, "febrl4")
     seconds += run_cli(["link", str(left), str(right), "--output", str(out), "--no-progress",
                         "--threshold", str(THRESHOLD), *model_args])
     with open(out, newline="") as handle:

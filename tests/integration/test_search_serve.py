@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.helpers import patient
-from tests.integration.test_serve import Server
+from tests.integration.test_serve import Server, database_url_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,19 +21,8 @@ VISIBLE_WITHIN_S = 1.0
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def server(request, tmp_path) -> Iterator[Server]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        from mpi.config import parse_database_url
-        from mpi.storage.db import connection, database_for
-        from tests.conftest import _clean
-
-        db = database_for(parse_database_url(url))
-        with connection(db):
-            _clean(db)
-        db.close_all()
-    else:
-        url = "sqlite:///data/mpi.db"
-    srv = Server({"DATABASE_URL": url, "SEARCH_INDEX_PATH": str(tmp_path / "index"),
+    srv = Server({"DATABASE_URL": database_url_for(request),
+                  "SEARCH_INDEX_PATH": str(tmp_path / "index"),
                   "SEARCH_POLL_INTERVAL": "0.1"}, tmp_path)
     yield srv
     srv.stop()

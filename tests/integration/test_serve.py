@@ -74,21 +74,26 @@ class Server:
         self._log.close()
 
 
+def database_url_for(request: pytest.FixtureRequest) -> str:
+    """The server's database for a ``postgresql``/``sqlite`` parametrised fixture: the
+    session's PostgreSQL, emptied, or the default SQLite file under the working directory."""
+    if request.param != "postgresql":
+        return "sqlite:///data/mpi.db"  # the default, relative to the working directory
+    url = str(request.getfixturevalue("postgres_url"))
+    from mpi.config import parse_database_url
+    from mpi.storage.db import connection, database_for
+    from tests.conftest import _clean
+
+    db = database_for(parse_database_url(url))
+    with connection(db):
+        _clean(db)
+    db.close_all()
+    return url
+
+
 @pytest.fixture(params=["postgresql", "sqlite"])
 def server(request, tmp_path) -> Iterator[Server]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        from mpi.config import parse_database_url
-        from mpi.storage.db import connection, database_for
-        from tests.conftest import _clean
-
-        db = database_for(parse_database_url(url))
-        with connection(db):
-            _clean(db)
-        db.close_all()
-    else:
-        url = "sqlite:///data/mpi.db"  # the default, relative to the working directory
-    srv = Server({"DATABASE_URL": url}, tmp_path)
+    srv = Server({"DATABASE_URL": database_url_for(request)}, tmp_path)
     yield srv
     srv.stop()
 

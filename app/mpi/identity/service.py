@@ -150,27 +150,13 @@ class IdentityService:
         keys = [self.engine.keys(d) for d in datas]
         all_keys = sorted({k for ks in keys for k in ks})
         self.repo.lock_keys(all_keys)
-        index: dict[str, set[str]] = {}
-        person_pk_ids: dict[int, str] = {}
-        hits = self.repo.key_persons(all_keys)
-        members: dict[str, list[Candidate]] = {}
-        for c in self.repo.members({p for _, p in hits}):
-            person_pk_ids[c.person_pk] = c.person_id
-            members.setdefault(c.person_id, []).append(
-                Candidate(c.patient_id, c.person_id, c.match_data))
-        for key, person_pk in hits:
-            if person_pk in person_pk_ids:
-                index.setdefault(key, set()).add(person_pk_ids[person_pk])
-        # A key shared by very many persons (a placeholder birth date, say) selects nothing
-        # useful and would make every record score thousands: ignore it, as batch does.
-        for key in [k for k, persons in index.items() if len(persons) > MAX_BLOCK]:
-            del index[key]
+        index, members, person_pk_ids = self._known_persons(all_keys)
 
         founded: list[str] = []
         decided: list[tuple[str, str, float | None, PersonDecision]] = []
         for (patient, _), data, ks in zip(records, datas, keys, strict=True):
             persons = {person for k in ks for person in index.get(k, ())}
-            candidates = [c for person in sorted(persons) for c in members[person]]
+            candidates = [c for person in sorted(persons) for c in members.get(person, ())]
             decision = self.engine.decide(data, candidates)
             if decision.kind == "link" and decision.person_id is not None:
                 person_id, how, probability = decision.person_id, "auto", decision.probability
@@ -256,10 +242,34 @@ class IdentityService:
             self.repo.add_history(link.person_id, "record_deleted", actor=actor.user_id,
                                   now=now, patient_pk=patient_pk)
 
+    def _known_persons(self, keys: list[str], *, exclude_patient_pk: int | None = None
+                       ) -> tuple[dict[str, set[str]], dict[str, list[Candidate]],
+                                  dict[int, str]]:
+        """The persons holding a live record that shares one of ``keys``: which persons
+        each key selects, every live record of each (a person is judged as a whole), and
+        person ids by primary key. Keys shared by more than MAX_BLOCK persons (a
+        placeholder birth date, say) select nothing useful and are ignored."""
+        hits = self.repo.key_persons(keys)
+        members: dict[str, list[Candidate]] = {}
+        person_pk_ids: dict[int, str] = {}
+        for c in self.repo.members({p for _, p in hits}):
+            person_pk_ids[c.person_pk] = c.person_id
+            if c.patient_pk != exclude_patient_pk:
+                members.setdefault(c.person_id, []).append(
+                    Candidate(c.patient_id, c.person_id, c.match_data))
+        index: dict[str, set[str]] = {}
+        for key, person_pk in hits:
+            if person_pk in person_pk_ids:
+                index.setdefault(key, set()).add(person_pk_ids[person_pk])
+        for key in [k for k, persons in index.items() if len(persons) > MAX_BLOCK]:
+            del index[key]
+        return index, members, person_pk_ids
+
     def _decide(self, data: dict[str, Any], keys: list[str],
                 patient_pk: int | None) -> PersonDecision:
-        found = self.repo.candidates(keys, exclude_patient_pk=patient_pk)
-        candidates = [Candidate(c.patient_id, c.person_id, c.match_data) for c in found]
+        index, members, _ = self._known_persons(keys, exclude_patient_pk=patient_pk)
+        persons = {person for k in keys for person in index.get(k, ())}
+        candidates = [c for person in sorted(persons) for c in members.get(person, ())]
         excluded: frozenset[str] = frozenset()
         if patient_pk is not None:
             excluded = frozenset(self.repo.person_ids(
@@ -285,9 +295,7 @@ class IdentityService:
         return ("ReviewOpened", "review", str(review_id), payload)
 
     def _append(self, events: list[Event], actor: Actor, now: datetime) -> None:
-        for event_type, entity_type, entity_id, payload in events:
-            self.changes.append(event_type, actor, entity_type=entity_type, entity_id=entity_id,
-                                entity_version=None, now=now, payload=payload)
+        self.changes.append_many(change_rows(events), actor, now=now)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -612,6 +620,12 @@ class IdentityService:
                           new=payload)
         kind = "PatientUnlinked" if action == "unlinked" else "PatientLinked"
         return [(kind, "patient", patient_id, payload)]
+
+
+def change_rows(events: list[Event]) -> list[tuple[str, str, str, int | None, Any]]:
+    """Identity events as change-log rows (they carry no entity version)."""
+    return [(kind, entity_type, entity_id, None, payload)
+            for kind, entity_type, entity_id, payload in events]
 
 
 def _explanation(score: PairScore, version: str) -> Explanation:

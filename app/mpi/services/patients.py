@@ -14,7 +14,7 @@ from mpi.audit.log import Actor, AuditLog
 from mpi.domain.errors import Conflict, FieldProblem, InvalidInput, StorageUnavailable
 from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.events.log import ChangeLog
-from mpi.identity.service import IdentityService, Outcome
+from mpi.identity.service import IdentityService, change_rows
 from mpi.storage.db import write_transaction
 from mpi.storage.fields import EncodedJSON
 from mpi.storage.patients import Page, PatientFilter, PatientRepository
@@ -99,8 +99,8 @@ class PatientService:
                                entity_type="patient", now=now)
         events: list[tuple[str, str, str, int | None, Any]] = []
         for p, r, o in zip(patients, records, outcomes, strict=True):
-            events.append(("PatientCreated", "patient", p.id, p.version, r))
-            events += [(kind, etype, eid, None, payload) for kind, etype, eid, payload in o.events]
+            events += [("PatientCreated", "patient", p.id, p.version, r),
+                       *change_rows(o.events)]
         self.changes.append_many(events, actor, now=now)
         return patients
 
@@ -118,13 +118,12 @@ class PatientService:
                 patient = self.repository.update(row, data, expected_version=version, now=now)
                 outcome = self.identity.assign(patient, row.pk, actor, now)
                 patient = patient.model_copy(update={"person_id": outcome.person_id})
-                record = patient.to_dict()
+                record = EncodedJSON.of(patient.to_dict())
                 self.audit.record("patient:record:update", actor, entity_type="patient",
                                   entity_id=patient_id, now=now, old=old.to_dict(), new=record)
-                self.changes.append("PatientUpdated", actor, entity_type="patient",
-                                    entity_id=patient_id, entity_version=patient.version,
-                                    now=now, payload=record)
-                self._append(outcome, actor, now)
+                self.changes.append_many(
+                    [("PatientUpdated", "patient", patient_id, patient.version, record),
+                     *change_rows(outcome.events)], actor, now=now)
         except Conflict as clash:
             raise self._explain(clash, data, exclude_id=patient_id) from None
         return patient
@@ -175,12 +174,6 @@ class PatientService:
                               now=self._clock(), new=detail)
 
     # --- helpers -------------------------------------------------------------------------
-
-    def _append(self, outcome: Outcome, actor: Actor, now: datetime) -> None:
-        for event_type, entity_type, entity_id, payload in outcome.events:
-            self.changes.append(event_type, actor, entity_type=entity_type,
-                                entity_id=entity_id, entity_version=None, now=now,
-                                payload=payload)
 
     def _explain(self, clash: Conflict, data: PatientInput, *,
                  exclude_id: str | None) -> Conflict:

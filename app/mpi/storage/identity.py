@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee
 
@@ -30,15 +30,15 @@ from mpi.storage.models import (
     ReviewItemRow,
 )
 
-# Upper bound on candidate records scored for one incoming record. Blocking keys are
-# chosen to keep this small; the bound protects the online path from a degenerate key.
-MAX_CANDIDATES = 400
 # Advisory-lock namespace for blocking keys ("MPI" + 0x10 in the high bytes).
 _KEY_LOCK_SPACE = 0x4D504910 << 32
 # Linking takes this lock shared (single records, plus a lock per key) or exclusive (large
 # batches, which would need more key locks than PostgreSQL's lock table holds).
 LOCK_LINKING = 0x4D5049_03
 MAX_KEY_LOCKS = 256
+
+
+_Row = TypeVar("_Row", PersonRow, ReviewItemRow, PersonMergeRow)
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,19 @@ class IdentityRepository:
     def new_person(self, *, person_id: uuid.UUID, now: datetime) -> PersonRow:
         return PersonRow.create(id=person_id, created_at=now, updated_at=now)
 
-    def person(self, person_id: str | uuid.UUID, *, lock: bool = False) -> PersonRow:
-        query = PersonRow.select().where(PersonRow.id == person_id)
+    def _one(self, model: type[_Row], public_id: str | uuid.UUID, *, lock: bool,
+             what: str) -> _Row:
+        """The row with this public id (FOR UPDATE when ``lock``, on PostgreSQL); NotFound."""
+        query = model.select().where(model.id == public_id)
         if lock and self.postgres:
             query = query.for_update()
         row = query.first()
         if row is None:
-            raise NotFound(f"no person {person_id}")
+            raise NotFound(f"no {what} {public_id}")
         return row
+
+    def person(self, person_id: str | uuid.UUID, *, lock: bool = False) -> PersonRow:
+        return self._one(PersonRow, person_id, lock=lock, what="person")
 
     def person_by_pk(self, pk: int) -> PersonRow:
         return PersonRow.get_by_id(pk)
@@ -179,31 +184,6 @@ class IdentityRepository:
 
     def delete_keys(self, patient_pk: int) -> None:
         BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
-
-    def candidates(self, keys: Sequence[str], *, exclude_patient_pk: int | None,
-                   limit: int = MAX_CANDIDATES) -> list[CandidateRecord]:
-        """Every live record of the persons that hold a record sharing a key with the
-        incoming one (a person is judged as a whole, not by the one record that met)."""
-        if not keys:
-            return []
-        hits = (BlockingKeyRow.select(BlockingKeyRow.patient)
-                .where(BlockingKeyRow.key.in_(sorted(set(keys)))))
-        if exclude_patient_pk is not None:
-            hits = hits.where(BlockingKeyRow.patient != exclude_patient_pk)
-        persons = (PatientLinkRow.select(PatientLinkRow.person).distinct()
-                   .where(PatientLinkRow.patient.in_(hits)).limit(limit))
-        query = (PatientLinkRow.select(PatientLinkRow.patient, PatientRow.id,
-                                       PatientLinkRow.person, PersonRow.id,
-                                       PatientLinkRow.match_data)
-                 .join_from(PatientLinkRow, PatientRow)
-                 .join_from(PatientLinkRow, PersonRow)
-                 .where(PatientLinkRow.person.in_(persons), PatientRow.deleted_at.is_null())
-                 .order_by(PatientLinkRow.person, PatientLinkRow.patient)
-                 .limit(limit))
-        if exclude_patient_pk is not None:
-            query = query.where(PatientLinkRow.patient != exclude_patient_pk)
-        return [CandidateRecord(ppk, str(pid), perpk, str(perid), data)
-                for ppk, pid, perpk, perid, data in tuples(query)]
 
     def key_persons(self, keys: Sequence[str]) -> list[tuple[str, int]]:
         """(key, person) for every live record holding one of ``keys``."""
@@ -309,13 +289,7 @@ class IdentityRepository:
             explanation=explanation, created_at=now)
 
     def review(self, review_id: str | uuid.UUID, *, lock: bool = False) -> ReviewItemRow:
-        query = ReviewItemRow.select().where(ReviewItemRow.id == review_id)
-        if lock and self.postgres:
-            query = query.for_update()
-        row = query.first()
-        if row is None:
-            raise NotFound(f"no review {review_id}")
-        return row
+        return self._one(ReviewItemRow, review_id, lock=lock, what="review")
 
     def reviews(self, *, status: str | None, kind: str | None, person_pk: int | None,
                 after: int | None, limit: int) -> tuple[list[ReviewItemRow], int | None]:
@@ -379,13 +353,7 @@ class IdentityRepository:
                                      moved=moved, actor=actor, created_at=now)
 
     def merge(self, merge_id: str | uuid.UUID, *, lock: bool = False) -> PersonMergeRow:
-        query = PersonMergeRow.select().where(PersonMergeRow.id == merge_id)
-        if lock and self.postgres:
-            query = query.for_update()
-        row = query.first()
-        if row is None:
-            raise NotFound(f"no merge {merge_id}")
-        return row
+        return self._one(PersonMergeRow, merge_id, lock=lock, what="merge")
 
     def set_merged_into(self, person_pk: int, target_pk: int | None, now: datetime) -> None:
         PersonRow.update(merged_into=target_pk, updated_at=now).where(

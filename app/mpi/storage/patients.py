@@ -96,10 +96,7 @@ class PatientRepository:
         return found
 
     def insert(self, data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> Patient:
-        with _source_clash():
-            row = self._create_row(data, patient_id=patient_id, now=now)
-        self._insert_children(row.pk, data)
-        return self._to_domain(row, data)
+        return self.insert_many([(data, patient_id)], now=now)[0][1]
 
     def insert_many(self, items: Sequence[tuple[PatientInput, uuid.UUID]], *,
                     now: datetime) -> list[tuple[int, Patient]]:
@@ -126,22 +123,6 @@ class PatientRepository:
                              updated_at=now)
             out.append((pks[pid], self._to_domain(row, d)))
         return out
-
-    @staticmethod
-    def _create_row(data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> PatientRow:
-        return PatientRow.create(
-            id=patient_id,
-            source=data.source,
-            source_id=data.source_id,
-            active=data.active,
-            gender=data.gender,
-            birth_date=data.birth_date,
-            deceased=data.deceased,
-            deceased_date=data.deceased_date,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
 
     def get_row(self, patient_id: uuid.UUID | str, *, lock: str | None = None) -> PatientRow:
         """The row for ``patient_id``; NotFound or Deleted otherwise.

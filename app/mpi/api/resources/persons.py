@@ -3,6 +3,8 @@ and scoring a record without storing it."""
 
 from __future__ import annotations
 
+import uuid
+
 import falcon
 
 from mpi.api.middleware import actor_for
@@ -31,8 +33,6 @@ _CHANGE = {400: ("The body is not JSON", None), 415: ("The body is not applicati
 
 
 def _uuid_field(value: str, field: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(value))
     except ValueError:
