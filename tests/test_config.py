@@ -109,6 +109,18 @@ def test_workers_auto():
     assert load({"WORKERS": "3"}).workers == 3
 
 
+@pytest.mark.parametrize(("raw", "value"), [("true", True), ("On", True), ("1", True),
+                                             ("false", False), ("off", False), ("0", False)])
+def test_twin_guard_switch(raw, value):
+    assert load({"MATCHING_TWIN_GUARD": raw}).matching_twin_guard is value
+    assert load({}).matching_twin_guard is True
+
+
+def test_a_switch_that_is_neither_true_nor_false_is_an_error():
+    with pytest.raises(ConfigError, match="MATCHING_TWIN_GUARD='maybe': must be true or false"):
+        load({"MATCHING_TWIN_GUARD": "maybe"})
+
+
 def test_env_file(tmp_path):
     env = tmp_path / ".env"
     env.write_text("# comment\nSERVER_PORT=9001\nLOG_FORMAT='text'\n")

@@ -107,6 +107,15 @@ def _poll_interval(raw: str) -> float:
     return value
 
 
+def _switch(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "on", "yes", "1"):
+        return True
+    if value in ("false", "off", "no", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _model_path(raw: str) -> Path | None:
     """Empty: the model shipped in the package. Otherwise a model file that must load."""
     if not raw.strip():
@@ -262,6 +271,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCHING_REVIEW_THRESHOLD", "matching_review_threshold", _probability, "0.5",
             "Match probability from which a record goes to the review queue (below "
             "MATCHING_THRESHOLD; lower scores start a new person)"),
+    Setting("MATCHING_TWIN_GUARD", "matching_twin_guard", _switch, "true",
+            "Send twin-like matches (same birth date, different given name, no shared SSN "
+            "or identifier) to review instead of linking them; false links them on score"),
     Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
             "Matching model file written by mpi train; empty = the model shipped in the "
             "package"),
@@ -292,6 +304,7 @@ class Settings:
     search_poll_interval: float
     matching_threshold: float
     matching_review_threshold: float
+    matching_twin_guard: bool
     matching_model_path: Path | None
     log_level: str
     log_format: str

@@ -18,7 +18,8 @@ def engine_for(settings: Settings) -> MatchingEngine:
     path = settings.matching_model_path
     model = Model.load(path) if path is not None else Model.default()
     return MatchingEngine(model, link_threshold=settings.matching_threshold,
-                          review_threshold=settings.matching_review_threshold)
+                          review_threshold=settings.matching_review_threshold,
+                          twin_guard=settings.matching_twin_guard)
 
 
 def default_engine() -> MatchingEngine:
@@ -32,13 +33,14 @@ class MatchingEngine:
     with records in their stored JSON matching form."""
 
     def __init__(self, model: Any, *, link_threshold: float = 0.95,
-                 review_threshold: float = 0.5):
+                 review_threshold: float = 0.5, twin_guard: bool = True):
         from mpi.matching.scoring import Scorer
 
         self.model = model
         self.model_version: str = model.version
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
+        self.twin_guard = twin_guard
         self.scorer = Scorer(model)
         # Prepared forms of stored records, by record id: a person's records are scored
         # again each time a new record meets them. Checked against the data (an update
@@ -72,7 +74,8 @@ class MatchingEngine:
         for c in candidates:
             grouped.setdefault(c.person_id, []).append(
                 self.scorer.score(incoming, self._prepare(c.record_id, c.match_data)))
-        decision = decide(grouped, self.link_threshold, self.review_threshold, excluded)
+        decision = decide(grouped, self.link_threshold, self.review_threshold, excluded,
+                          self.twin_guard)
         ranked = tuple(RankedPerson(str(c.person_id), c.probability, c.best.right_id,
                                     pair_score(c.best), len(grouped[str(c.person_id)]))
                        for c in decision.candidates)
