@@ -529,8 +529,8 @@ def test_migration_commands(shell: Shell):
     out = shell.run("mpi migrate --status --check", expect=1)
     assert out is not None and "0001_initial: pending" in out
     out = shell.run("mpi migrate")
-    assert out is not None and out.startswith("applied 2 migration(s): 0001_initial, "
-                                              "0002_identity")
+    assert out is not None and out.startswith("applied 3 migration(s): 0001_initial, "
+                                              "0002_identity, 0003_ssn_blocking_keys")
     out = shell.run("mpi migrate --status")
     assert out is not None and "0001_initial: applied" in out
     shell.run("mpi migrate --status --check")

@@ -143,3 +143,50 @@ def test_a_database_ahead_of_the_release_is_accepted_where_it_is_safe(db):
     finally:  # the session's PostgreSQL outlives this test
         with SchemaMigrationRow.bind_ctx(db):
             SchemaMigrationRow.delete().where(SchemaMigrationRow.version == "9999").execute()
+
+
+def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_server):
+    """Blocking keys are derived: a release that changes the key function re-keys the
+    records already stored (0003: the SSN keys), from their stored matching form."""
+    from mpi.identity.matcher import to_match_record
+    from mpi.matching.blocking import blocking_keys
+    from mpi.storage.models import BlockingKeyRow, PatientLinkRow, PatientRow, PersonRow
+
+    base = database_for(parse_database_url(postgres_server.url))
+    with connection(base):
+        base.execute_sql("DROP DATABASE IF EXISTS rekey")
+        base.execute_sql("CREATE DATABASE rekey")
+    base.close_all()
+    data = {"record_id": "r1", "source": "ehr", "given_name": "Ada", "family_name": "Obi",
+            "birth_date": "1980-05-07", "postal_code": "02139", "ssn": "123-45-6789",
+            "identifiers": []}
+    now = datetime(2026, 1, 1)
+    for url in (f"sqlite:///{tmp_path}/rekey.db",
+                postgres_server.url.rsplit("/", 1)[0] + "/rekey"):
+        db = database_for(parse_database_url(url))
+        shipped = migrate.discover()
+        upto = [m for m in shipped if m.version <= "0002"]
+        with connection(db), db.bind_ctx(ALL_MODELS):
+            migrate.apply(db, upto)
+            pks = []
+            for i, (deleted, match) in enumerate([(None, data), (now, data), (None, {})]):
+                pk = PatientRow.insert(
+                    id=f"00000000-0000-4000-8000-00000000000{i}", source="ehr",
+                    source_id=f"r{i}", active=True, deceased=False, version=1,
+                    created_at=now, updated_at=now, deleted_at=deleted).execute()
+                person = PersonRow.insert(id=f"00000000-0000-4000-9000-00000000000{i}",
+                                          created_at=now, updated_at=now).execute()
+                PatientLinkRow.insert(patient=pk, person=person, match_data=match,
+                                      manual=False, how="new", linked_at=now).execute()
+                pks.append(pk)
+            # Keys from the old key function (the SSN with one digit deleted, ...).
+            BlockingKeyRow.insert_many([{"key": k, "patient": pks[0]}
+                                        for k in ("s:123456789", "s-:12456789")]).execute()
+            migrate.apply(db, shipped)
+            stored = sorted(k for (k,) in BlockingKeyRow.select(BlockingKeyRow.key)
+                            .where(BlockingKeyRow.patient == pks[0]).tuples())
+            assert stored == sorted(set(blocking_keys(to_match_record(data)))), url
+            assert "s01:123456" in stored and not any(k.startswith("s-:") for k in stored)
+            others = BlockingKeyRow.select().where(BlockingKeyRow.patient << pks[1:]).count()
+            assert others == 0, url  # deleted record, and a record with no matching form
+        db.close_all()

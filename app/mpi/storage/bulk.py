@@ -9,16 +9,13 @@ statement is built once per model and the rows go to the driver's ``executemany`
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import peewee
 
 from mpi.storage.fields import JSONTextField
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
@@ -38,10 +35,21 @@ def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> No
     copy = isinstance(db, peewee.PostgresqlDatabase)
     # COPY adapts ints, strings, dates, datetimes, booleans and UUIDs itself; only values
     # with a storage form of their own (JSON text) need the field's conversion there.
-    converters = [f.db_value if not copy or isinstance(f, JSONTextField) else _same
+    converters = [f.db_value if not copy or isinstance(f, JSONTextField) else None
                   for f in fields]
-    params = [tuple(convert(row[name]) for convert, name in zip(converters, names, strict=True))
-              for row in rows]
+    # One C-level pick per row; a call per value only for the columns that need one.
+    getter = operator.itemgetter(*names)
+    params: list[tuple[Any, ...]] = [
+        (getter(row),) if len(names) == 1 else getter(row) for row in rows]
+    converting = [(i, c) for i, c in enumerate(converters) if c is not None]
+    if converting:
+        converted = []
+        for values in params:
+            fixed = list(values)
+            for i, convert in converting:
+                fixed[i] = convert(fixed[i])
+            converted.append(tuple(fixed))
+        params = converted
     # peewee's wrapper turns driver errors into peewee's (IntegrityError, OperationalError).
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
         cursor = db.cursor()

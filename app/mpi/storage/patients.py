@@ -86,13 +86,17 @@ class PatientRepository:
     def live_source_ids(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (source, source_id) pairs a live record already holds."""
         found: set[tuple[str, str]] = set()
-        ordered = sorted(keys)
-        for start in range(0, len(ordered), 300):
-            chunk = ordered[start:start + 300]
-            ids = sorted({sid for _, sid in chunk})
-            query = (PatientRow.select(PatientRow.source, PatientRow.source_id)
-                     .where(PatientRow.source_id.in_(ids), PatientRow.deleted_at.is_null()))
-            found |= {pair for pair in tuples(query) if pair in keys}
+        by_source: dict[str, list[str]] = {}
+        for source, source_id in sorted(keys):
+            by_source.setdefault(source, []).append(source_id)
+        # One source at a time, so the look-up is a range of the (source, source_id) index.
+        for source, ids in by_source.items():
+            for start in range(0, len(ids), 300):
+                query = (PatientRow.select(PatientRow.source, PatientRow.source_id)
+                         .where(PatientRow.source == source,
+                                PatientRow.source_id.in_(ids[start:start + 300]),
+                                PatientRow.deleted_at.is_null()))
+                found |= set(tuples(query))
         return found
 
     def insert(self, data: PatientInput, *, patient_id: uuid.UUID, now: datetime) -> Patient:
