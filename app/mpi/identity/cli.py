@@ -16,7 +16,6 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -106,20 +105,97 @@ def to_patient_input(record: MatchRecord, *, default_source: str | None,
     return PatientInput.model_validate_json(json.dumps(body), context={"today": today})
 
 
-def _rows(args: argparse.Namespace) -> Iterator[MatchRecord]:
+Batch = tuple[list["PatientInput"], int, int, list[str]]
+
+
+def read_batches(path: str, mapping: str | None, default_source: str | None, today: Any,
+                 size: int) -> Iterator[Batch]:
+    """(valid records, rows read, rows rejected, problems) per ``size`` rows of the CSV."""
+    from pydantic import ValidationError
+
+    from mpi.domain.patient import problems_from
     from mpi.matching.csvio import parse_mapping, read_records
 
-    yield from read_records(args.file, parse_mapping(args.map))
+    batch: list[PatientInput] = []
+    problems: list[str] = []
+    rows = bad = 0
+    for n, record in enumerate(read_records(path, parse_mapping(mapping)), start=2):
+        rows += 1
+        try:
+            batch.append(to_patient_input(record, default_source=default_source, today=today))
+        except ValidationError as exc:
+            bad += 1
+            problems += [f"{path}: line {n}: {p.field}: {p.reason}" for p in problems_from(exc)]
+        if rows >= size:
+            yield batch, rows, bad, problems
+            batch, problems, rows, bad = [], [], 0, 0
+    if rows:
+        yield batch, rows, bad, problems
+
+
+def _reader(queue: Any, *args: Any) -> None:
+    """The reader process: batches into ``queue``, then None; or the input error."""
+    from mpi.matching.csvio import CsvError
+
+    try:
+        for item in read_batches(*args):
+            queue.put(item)
+    except CsvError as exc:
+        queue.put(exc)
+        return
+    queue.put(None)
+
+
+class BatchReader:
+    """The CSV read and validated in a process of its own, a couple of batches ahead.
+
+    A thread would share the GIL with the writing thread: each database answer and each
+    system call there (a fresh UUID) would wait for the reader to let go of it, which cost
+    more than the reading saved. A process reads on the other core and hands over the
+    validated records (pickled)."""
+
+    def __init__(self, *args: Any, ahead: int = 2) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._queue = context.Queue(maxsize=ahead)
+        self._process = context.Process(target=_reader, args=(self._queue, *args),
+                                        name="mpi-import-reader", daemon=True)
+
+    def __enter__(self) -> BatchReader:
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+        self._queue.close()
+
+    def __iter__(self) -> Iterator[Batch]:
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self._process.is_alive() and self._queue.empty():
+                    raise RuntimeError("the CSV reader process ended unexpectedly "
+                                       f"(exit code {self._process.exitcode})") from None
+                continue
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
     from tqdm import tqdm
 
     from mpi import config, logs
     from mpi.api.app import build_services
     from mpi.audit.log import Actor
-    from mpi.domain.patient import problems_from
     from mpi.matching.csvio import CsvError
     from mpi.storage.bootstrap import prepare_database
     from mpi.storage.db import connection
@@ -135,42 +211,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     today = service.today()
     done = skipped = rejected = 0
     started = time.perf_counter()
-
-    def batches() -> Iterator[tuple[list[PatientInput], int, int, list[str]]]:
-        """(valid records, rows read, rows rejected, problems) per --batch rows."""
-        batch: list[PatientInput] = []
-        problems: list[str] = []
-        rows = bad = 0
-        for n, record in enumerate(_rows(args), start=2):
-            rows += 1
-            try:
-                batch.append(to_patient_input(record, default_source=args.source,
-                                              today=today))
-            except ValidationError as exc:
-                bad += 1
-                problems += [f"{args.file}: line {n}: {p.field}: {p.reason}"
-                             for p in problems_from(exc)]
-            if rows >= args.batch:
-                yield batch, rows, bad, problems
-                batch, problems, rows, bad = [], [], 0, 0
-        if rows:
-            yield batch, rows, bad, problems
-
-    # The next batch is read and validated in a thread while this one is written: the
-    # database's time and the CSV's overlap. Each database answer wakes the writing
-    # thread, which then waits for the GIL until the reader yields it: a shorter switch
-    # interval (default 5 ms) keeps those waits from adding up over a batch's queries.
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
     try:
-        with connection(db), tqdm(desc="import", unit="rec", file=sys.stderr,
-                                  disable=args.no_progress) as bar, \
-                ThreadPoolExecutor(max_workers=1) as reader:
-            source = batches()
-            pending = reader.submit(next, source, None)
-            while (item := pending.result()) is not None:
-                pending = reader.submit(next, source, None)
-                batch, rows, bad, problems = item
+        with BatchReader(args.file, args.map, args.source, today, args.batch) as reader, \
+                connection(db), tqdm(desc="import", unit="rec", file=sys.stderr,
+                                     disable=args.no_progress) as bar:
+            for batch, rows, bad, problems in reader:
                 for line in problems:
                     print(line, file=sys.stderr)
                 rejected += bad
@@ -183,7 +228,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_INPUT
     finally:
-        sys.setswitchinterval(switch_interval)
         close_all = getattr(db, "close_all", None)  # the pooled databases
         if close_all is not None:
             close_all()
