@@ -9,10 +9,18 @@ event whose change it does not hold.
 
 What an event means for the index is decided by :data:`HANDLERS`, keyed by
 event type: created/updated events carry the full record, deleted events
-remove it, and any other event about a patient (``PatientLinked`` and whatever
-identity adds) is handled by re-reading that patient from the database. An
-event about another kind of entity that changes patients registers a handler
-returning the ids of the patients to re-read.
+remove it, a link event (``PatientLinked``/``PatientUnlinked``) carries the
+patient's new person, and any other event about a patient is handled by
+re-reading that patient from the database. An event about another kind of
+entity that changes patients registers a handler returning the ids of the
+patients to re-read.
+
+The events of one step are coalesced into one change per patient before the
+index is touched: a record created (or updated) and linked in one transaction
+is one document built from the created event's payload with the link's person,
+not a document plus a re-read. Only a link whose record is not in the same
+step, and events that carry no record, re-read patients: all of a step's
+re-reads in one snapshot, one query per table.
 
 A missing, corrupt or old-schema index is rebuilt from the database: a new
 generation is built beside the current one from a consistent snapshot (the
@@ -33,7 +41,6 @@ from typing import Any, Literal
 
 import peewee
 
-from mpi.domain.errors import Deleted, NotFound
 from mpi.events.log import ChangeEvent, ChangeLog
 from mpi.search.schema import document, meta_document
 from mpi.search.store import IndexDirectory, IndexState, Opened, WriterLock
@@ -48,10 +55,24 @@ REBUILD_PAGE = 1000
 
 @dataclass(frozen=True)
 class Change:
-    """What to do to one patient's document."""
+    """What to do to one patient's document.
 
-    action: Literal["upsert", "delete", "refetch"]
+    ``relink`` sets the patient's person (``person_id``) and keeps the rest of
+    the record; it only survives :func:`changes_for` as an upsert (after an
+    event that carried the record) or as a refetch.
+    """
+
+    action: Literal["upsert", "delete", "refetch", "relink"]
     record: dict[str, Any] | None = None
+    person_id: str | None = None
+
+    def after(self, previous: Change | None) -> Change:
+        """This change applied on top of ``previous`` (the net change so far in the step)."""
+        if self.action != "relink":
+            return self
+        if previous is not None and previous.action == "upsert" and previous.record:
+            return Change("upsert", {**previous.record, "person_id": self.person_id})
+        return Change("refetch")  # the rest of the record is not in this step: re-read it
 
 
 Handler = Callable[[ChangeEvent], Iterable[tuple[str, Change]]]
@@ -67,6 +88,13 @@ def _from_payload(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
 
 def _deleted(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
     yield event.entity_id, Change("delete")
+
+
+def _relinked(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    person = payload.get("person_id")
+    yield event.entity_id, (Change("relink", person_id=str(person)) if person
+                            else Change("refetch"))
 
 
 def refetch_patient(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
@@ -91,8 +119,11 @@ HANDLERS: dict[str, Handler] = {
     "PatientCreated": _from_payload,
     "PatientUpdated": _from_payload,
     "PatientDeleted": _deleted,
-    # Identity: PatientLinked / PatientUnlinked are patient events (re-read by default);
-    # a merge and its undo move records between persons and name them.
+    # Identity: a (un)link names the patient's new person; after the record's own event
+    # in the same step it only sets person_id, otherwise the patient is re-read.
+    "PatientLinked": _relinked,
+    "PatientUnlinked": _relinked,
+    # A merge and its undo move records between persons and name them.
     "PersonsMerged": patients_listed_in("moved_patient_ids"),
     "MergeUndone": patients_listed_in("returned_patient_ids", "moved_patient_ids"),
 }
@@ -100,13 +131,17 @@ HANDLERS: dict[str, Handler] = {
 
 def changes_for(events: Iterable[ChangeEvent],
                 handlers: dict[str, Handler] | None = None) -> dict[str, Change]:
-    """The net change per patient id for a batch of events (the last one wins)."""
+    """The net change per patient id for a batch of events: one per patient, never "relink".
+
+    The last change wins, except that a relink amends the record an earlier event of
+    the batch carried (see :meth:`Change.after`).
+    """
     handlers = HANDLERS if handlers is None else handlers
     net: dict[str, Change] = {}
     for event in events:
         for patient_id, change in handlers.get(event.event_type, refetch_patient)(event):
-            net.pop(patient_id, None)  # keep insertion order = order of the last change
-            net[patient_id] = change
+            previous = net.pop(patient_id, None)  # keep insertion order = order of the last
+            net[patient_id] = change.after(previous)
     return net
 
 
@@ -118,16 +153,16 @@ def snapshot(db: peewee.Database) -> Any:
 
 
 def live_records(db: peewee.Database, ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-    """The current record of each id, or None when it is deleted or unknown."""
-    repository = PatientRepository()
-    found: dict[str, dict[str, Any] | None] = {}
-    with db.atomic():
-        for patient_id in ids:
-            try:
-                found[patient_id] = repository.get(patient_id).to_dict()
-            except (NotFound, Deleted):
-                found[patient_id] = None
-    return found
+    """The current record of each id, or None when it is deleted or unknown.
+
+    One snapshot, one query per table for all ids (not one look-up per patient)."""
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return {}
+    with snapshot(db):
+        live = PatientRepository().get_live_many(wanted)
+    return {patient_id: (live[patient_id].to_dict() if patient_id in live else None)
+            for patient_id in wanted}
 
 
 def build_generation(db: peewee.Database, directory: IndexDirectory, *,
