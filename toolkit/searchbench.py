@@ -300,13 +300,27 @@ def _post(port: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         conn.close()
 
 
-def _writer(port: int, stop_at: float, tag: str, counter: Any) -> None:
-    n = 0
-    while time.time() < stop_at:
-        status, _ = _post(port, {"source": "bench-load", "source_id": f"{tag}-{n}",
-                                 "names": [{"family": "Loadwriter", "given": ["Ann"]}],
-                                 "birth_date": "1990-01-01"})
-        n += 1
+def api_record(p: dict[str, Any], source: str, source_id: str) -> dict[str, Any]:
+    """A :func:`synthetic_patients` row as the body of ``POST /api/v1/patients``."""
+    return {"source": source, "source_id": source_id,
+            "names": [{"family": p["family"], "given": p["given"]}],
+            "gender": p["gender"], "birth_date": p["birth_date"].isoformat(),
+            "identifiers": [{"system": SSN, "value": p["ssn"], "type": "SS"}],
+            "addresses": [{"line": [p["line"]], "city": p["city"],
+                           "postal_code": p["postal_code"], "country": "US"}],
+            "telecom": [{"system": "phone", "value": p["phone"]}]}
+
+
+def _writer(port: int, stop_at: float, tag: str, seed: int, counter: Any) -> None:
+    """Posts realistic records (varied names, so matching does its usual work) until stopped.
+
+    Each writer draws its own records; an SSN that clashes with a loaded record only
+    makes the matcher's work realistic (a duplicate registration), never a 409.
+    """
+    for n, p in enumerate(synthetic_patients(10_000_000, seed=seed)):
+        if time.time() >= stop_at:
+            return
+        status, _ = _post(port, api_record(p, "bench-load", f"{tag}-{n}"))
         if status == 201:
             with counter.get_lock():
                 counter.value += 1
@@ -318,7 +332,7 @@ def measure_lag(port: int, *, probes: int, writers: int, timeout: float = 10.0
     counter = ctx.Value("i", 0)
     stop_at = time.time() + 3600
     procs = [ctx.Process(target=_writer, args=(port, stop_at, f"w{i}-{uuid.uuid4().hex[:6]}",
-                                                counter), daemon=True)
+                                                random.randrange(1 << 30), counter), daemon=True)
              for i in range(writers)]
     for p in procs:
         p.start()

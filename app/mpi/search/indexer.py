@@ -51,6 +51,17 @@ log = logging.getLogger("mpi.search")
 
 BATCH_SIZE = 500
 REBUILD_PAGE = 1000
+#: Segments an incremental commit leaves alone before it merges the small ones. Merging on
+#: every commit (whoosh's default) rewrites the recent small segments again and again.
+MERGE_AT_SEGMENTS = 10
+#: At most this many documents are merged by one incremental commit: whoosh merges at about
+#: the cost of indexing (ms per document), and a commit that rewrote a large segment would
+#: hold every later write back for seconds. Larger segments are left to a rebuild.
+MERGE_MAX_DOCS = 300
+#: When the log is quiet and the index has this many segments, the smallest
+#: MERGE_AT_SEGMENTS of them are merged whatever their size (in a moment with nothing to
+#: index), until fewer are left.
+COMPACT_AT_SEGMENTS = 2 * MERGE_AT_SEGMENTS
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,38 @@ def changes_for(events: Iterable[ChangeEvent],
             previous = net.pop(patient_id, None)  # keep insertion order = order of the last
             net[patient_id] = change.after(previous)
     return net
+
+
+def merge_small_segments(writer: Any, segments: list[Any]) -> list[Any]:
+    """A whoosh merge policy for incremental commits: once there are MERGE_AT_SEGMENTS
+    segments, merge the smallest ones into the new segment, at most MERGE_MAX_DOCS
+    documents in all; returns the segments kept as they are."""
+    if len(segments) < MERGE_AT_SEGMENTS:
+        return segments
+    chosen, total = [], 0
+    for segment in sorted(segments, key=lambda s: s.doc_count_all()):
+        if total + segment.doc_count_all() > MERGE_MAX_DOCS:
+            break
+        chosen.append(segment)
+        total += segment.doc_count_all()
+    return _merge(writer, segments, chosen) if len(chosen) > 1 else segments
+
+
+def _merge_smallest(writer: Any, segments: list[Any]) -> list[Any]:
+    """The compaction's merge policy: the MERGE_AT_SEGMENTS smallest segments, whatever
+    their size (the largest ones are left alone)."""
+    chosen = sorted(segments, key=lambda s: s.doc_count_all())[:MERGE_AT_SEGMENTS]
+    return _merge(writer, segments, chosen) if len(chosen) > 1 else segments
+
+
+def _merge(writer: Any, segments: list[Any], chosen: list[Any]) -> list[Any]:
+    from whoosh.reading import SegmentReader
+
+    for segment in chosen:
+        reader = SegmentReader(writer.storage, writer.schema, segment)
+        writer.add_reader(reader)
+        reader.close()
+    return [s for s in segments if s not in chosen]
 
 
 def snapshot(db: peewee.Database) -> Any:
@@ -284,9 +327,11 @@ class Indexer:
         return self._opened
 
     def _apply(self, opened: Opened, events: list[ChangeEvent]) -> None:
+        started = time.perf_counter()
         net = changes_for(events, self.handlers)
         refetched = live_records(self._db, [pid for pid, c in net.items()
                                             if c.action == "refetch"])
+        read = time.perf_counter()
         writer = opened.index.writer(timeout=10)
         try:
             with writer.searcher() as searcher:
@@ -308,7 +353,10 @@ class Indexer:
         except BaseException:
             writer.cancel()
             raise
-        writer.commit()
+        built = time.perf_counter()
+        segments = len(getattr(writer, "segments", ()))
+        writer.commit(mergetype=merge_small_segments)
+        committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         lag_ms = None
         occurred = events[-1].occurred_at
@@ -317,8 +365,38 @@ class Indexer:
 
             lag_ms = round((datetime.now(UTC).replace(tzinfo=None) - occurred)
                            .total_seconds() * 1000, 1)
-        log.debug("search index: %d events through %d", len(events), cursor,
-                  extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms})
+        timings = {"patients": len(net), "refetched": len(refetched), "segments": segments,
+                   "read_ms": round((read - started) * 1000, 1),
+                   "documents_ms": round((built - read) * 1000, 1),
+                   "commit_ms": round((committed - built) * 1000, 1)}
+        log.debug("search index: %d events through %d (%s)", len(events), cursor,
+                  " ".join(f"{k}={v}" for k, v in timings.items()),
+                  extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms, **timings})
+
+    def compact(self) -> bool:
+        """Merge segments when there are COMPACT_AT_SEGMENTS or more (call it when idle).
+
+        Incremental commits merge only small segments (MERGE_MAX_DOCS), so under steady
+        writes the segment count creeps up; this brings it down while nothing waits.
+        True when it merged.
+        """
+        opened = self._opened
+        if opened is None or not self.lock.held():
+            return False
+        segments = len(opened.index._segments())  # the TOC's list: no segment is opened
+        if segments < COMPACT_AT_SEGMENTS:
+            return False
+        started = time.perf_counter()
+        writer = opened.index.writer(timeout=10)
+        try:
+            writer.commit(mergetype=_merge_smallest)
+        except BaseException:
+            writer.cancel()
+            raise
+        log.info("search index: %d segments compacted in %.1f s", segments,
+                 time.perf_counter() - started,
+                 extra={"segments": segments, "seconds": round(time.perf_counter() - started, 1)})
+        return True
 
     def _close(self) -> None:
         if self._opened is not None:
@@ -333,6 +411,10 @@ class Indexer:
         self._thread.start()
         return self
 
+    def request_stop(self) -> None:
+        """Make :meth:`run` return after its current step (safe from a signal handler)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 5) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -345,6 +427,7 @@ class Indexer:
         was_writer = False
         self.directory.discard_stale_builds()
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 done = self.step()
                 backoff = self.poll_interval
@@ -360,7 +443,20 @@ class Indexer:
                 log.info("search indexer: %s", "this process writes the index" if was_writer
                          else "another process writes the index",
                          extra={"writer": was_writer})
+            if done >= self.batch_size:
+                continue  # a backlog: no pause while catching up
             if done:
-                continue  # more may be waiting: no sleep while catching up
+                # At most one commit per poll interval under load: a commit has a fixed cost
+                # (new segment, readers re-opened in every worker) that many small ones
+                # would pay over and over, starving the service and the indexer alike.
+                self._stop.wait(max(0.0, self.poll_interval - (time.monotonic() - started)))
+                continue
+            if self.lock.held():
+                try:
+                    if self.compact():
+                        continue
+                except Exception as exc:
+                    log.warning("search index compaction failed: %s", type(exc).__name__,
+                                extra={"error": type(exc).__name__})
             self._stop.wait(backoff if self.lock.held() else max(backoff, 1.0))
         self._close()
