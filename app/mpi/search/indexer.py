@@ -51,13 +51,14 @@ log = logging.getLogger("mpi.search")
 
 BATCH_SIZE = 500
 REBUILD_PAGE = 1000
-#: Segments an incremental commit leaves alone before it merges the small ones. Merging on
-#: every commit (whoosh's default) rewrites the recent small segments again and again.
+#: Segments the index may have before a step merges the small ones, in a commit of its own
+#: after the step's documents are committed (so they are searchable before the merge).
+#: Merging on every commit (whoosh's default) rewrites recent segments again and again.
 MERGE_AT_SEGMENTS = 10
-#: At most this many documents are merged by one incremental commit: whoosh merges at about
-#: the cost of indexing (ms per document), and a commit that rewrote a large segment would
-#: hold every later write back for seconds. Larger segments are left to a rebuild.
-MERGE_MAX_DOCS = 300
+#: At most this many documents are merged by a step: whoosh merges at about the cost of
+#: indexing (ms per document), and a merge that rewrote a large segment would hold every
+#: later write back for seconds. Larger segments are left to :meth:`Indexer.compact`.
+MERGE_MAX_DOCS = 200
 #: When the log is quiet and the index has this many segments, the smallest
 #: MERGE_AT_SEGMENTS of them are merged whatever their size (in a moment with nothing to
 #: index), until fewer are left.
@@ -157,9 +158,9 @@ def changes_for(events: Iterable[ChangeEvent],
 
 
 def merge_small_segments(writer: Any, segments: list[Any]) -> list[Any]:
-    """A whoosh merge policy for incremental commits: once there are MERGE_AT_SEGMENTS
-    segments, merge the smallest ones into the new segment, at most MERGE_MAX_DOCS
-    documents in all; returns the segments kept as they are."""
+    """A whoosh merge policy for a step: once there are MERGE_AT_SEGMENTS segments, merge
+    the smallest ones, at most MERGE_MAX_DOCS documents in all; returns the segments kept
+    as they are."""
     if len(segments) < MERGE_AT_SEGMENTS:
         return segments
     chosen, total = [], 0
@@ -354,10 +355,18 @@ class Indexer:
             writer.cancel()
             raise
         built = time.perf_counter()
-        segments = len(getattr(writer, "segments", ()))
-        writer.commit(mergetype=merge_small_segments)
+        segments = len(getattr(writer, "segments", ())) + 1
+        writer.commit(merge=False)  # searchable now; merging is the next commit's business
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
+        if segments >= MERGE_AT_SEGMENTS:
+            merger = opened.index.writer(timeout=10)
+            try:
+                merger.commit(mergetype=merge_small_segments)
+            except BaseException:
+                merger.cancel()
+                raise
+        merged = time.perf_counter()
         lag_ms = None
         occurred = events[-1].occurred_at
         if occurred is not None:
@@ -368,7 +377,8 @@ class Indexer:
         timings = {"patients": len(net), "refetched": len(refetched), "segments": segments,
                    "read_ms": round((read - started) * 1000, 1),
                    "documents_ms": round((built - read) * 1000, 1),
-                   "commit_ms": round((committed - built) * 1000, 1)}
+                   "commit_ms": round((committed - built) * 1000, 1),
+                   "merge_ms": round((merged - committed) * 1000, 1)}
         log.debug("search index: %d events through %d (%s)", len(events), cursor,
                   " ".join(f"{k}={v}" for k, v in timings.items()),
                   extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms, **timings})
