@@ -158,18 +158,23 @@ def changes_for(events: Iterable[ChangeEvent],
 
 
 def merge_small_segments(writer: Any, segments: list[Any]) -> list[Any]:
-    """A whoosh merge policy for a step: once there are MERGE_AT_SEGMENTS segments, merge
-    the smallest ones, at most MERGE_MAX_DOCS documents in all; returns the segments kept
-    as they are."""
-    if len(segments) < MERGE_AT_SEGMENTS:
-        return segments
+    """A whoosh merge policy for a step: once MERGE_AT_SEGMENTS of the smallest segments
+    hold at most MERGE_MAX_DOCS documents in all, merge them (and no others: a merge costs
+    about as much as indexing, so it is done rarely and never on large segments); returns
+    the segments kept as they are."""
     chosen, total = [], 0
     for segment in sorted(segments, key=lambda s: s.doc_count_all()):
         if total + segment.doc_count_all() > MERGE_MAX_DOCS:
             break
         chosen.append(segment)
         total += segment.doc_count_all()
-    return _merge(writer, segments, chosen) if len(chosen) > 1 else segments
+    return _merge(writer, segments, chosen) if len(chosen) >= MERGE_AT_SEGMENTS else segments
+
+
+def _small_ones_to_merge(index: Any) -> bool:
+    """Whether :func:`merge_small_segments` would merge (from the TOC; opens no segment)."""
+    sizes = sorted(s.doc_count_all() for s in index._segments())[:MERGE_AT_SEGMENTS]
+    return len(sizes) == MERGE_AT_SEGMENTS and sum(sizes) <= MERGE_MAX_DOCS
 
 
 def _merge_smallest(writer: Any, segments: list[Any]) -> list[Any]:
@@ -359,7 +364,7 @@ class Indexer:
         writer.commit(merge=False)  # searchable now; merging is the next commit's business
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
-        if segments >= MERGE_AT_SEGMENTS:
+        if segments >= MERGE_AT_SEGMENTS and _small_ones_to_merge(opened.index):
             merger = opened.index.writer(timeout=10)
             try:
                 merger.commit(mergetype=merge_small_segments)
