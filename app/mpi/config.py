@@ -266,8 +266,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between the search indexer's polls of the change log"),
     Setting("SEARCH_WORKER_NICENESS", "search_worker_niceness", _niceness, "10",
             "Niceness the request workers add to themselves (0-19) so that under a full CPU "
-            "the search indexer process runs first and writes stay searchable within a "
-            "second; 0 = same priority"),
+            "the search indexer process runs first rather than being starved by requests; "
+            "0 = same priority"),
     Setting("MATCHING_THRESHOLD", "matching_threshold", _probability, "0.95",
             "Match probability at or above which a record is linked automatically"),
     Setting("MATCHING_REVIEW_THRESHOLD", "matching_review_threshold", _probability, "0.5",

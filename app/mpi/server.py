@@ -8,7 +8,7 @@ The search index is written by a process of its own (``mpi.search.process``),
 forked by the master once it is ready and before the workers; the master stops
 it on exit. The workers' indexer threads stand by in case it dies, and each
 worker lowers its own priority (SEARCH_WORKER_NICENESS) so that when requests
-fill the CPU the indexer still runs: a write stays searchable within a second.
+fill the CPU the indexer still gets it.
 """
 
 from __future__ import annotations
