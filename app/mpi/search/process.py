@@ -43,6 +43,7 @@ def _follow(settings: Settings, ready: Callable[[], None]) -> None:
                 signal.SIGWINCH, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_IGN if sig != signal.SIGCHLD else signal.SIG_DFL)
     database_proxy.initialize(db)
+    _stop_when_orphaned(indexer.request_stop)
     if indexer.lock.acquire():
         ready()
     try:
@@ -53,6 +54,20 @@ def _follow(settings: Settings, ready: Callable[[], None]) -> None:
         if close_all is not None:
             with contextlib.suppress(Exception):
                 close_all()
+
+
+def _stop_when_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
+    """Stop when the master is gone (killed without running ``on_exit``), as its workers do."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        stop()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class IndexerProcess:
