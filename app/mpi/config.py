@@ -116,6 +116,13 @@ def _switch(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _niceness(raw: str) -> int:
+    value = int(raw.strip())
+    if not 0 <= value <= 19:
+        raise ValueError("must be a whole number between 0 and 19")
+    return value
+
+
 def _model_path(raw: str) -> Path | None:
     """Empty: the model shipped in the package. Otherwise a model file that must load."""
     if not raw.strip():
@@ -266,6 +273,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Edit distance allowed for name words in searches (0 = exact, at most 2)"),
     Setting("SEARCH_POLL_INTERVAL", "search_poll_interval", _poll_interval, "0.2",
             "Seconds between the search indexer's polls of the change log"),
+    Setting("SEARCH_WORKER_NICENESS", "search_worker_niceness", _niceness, "10",
+            "Niceness the request workers add to themselves (0-19) so that under a full CPU "
+            "the search indexer process runs first rather than being starved by requests; "
+            "0 = same priority"),
     Setting("MATCHING_THRESHOLD", "matching_threshold", _probability, "0.95",
             "Match probability at or above which a record is linked automatically"),
     Setting("MATCHING_REVIEW_THRESHOLD", "matching_review_threshold", _probability, "0.5",
@@ -302,6 +313,7 @@ class Settings:
     search_index_path: Path
     search_fuzzy_distance: int
     search_poll_interval: float
+    search_worker_niceness: int
     matching_threshold: float
     matching_review_threshold: float
     matching_twin_guard: bool

@@ -3,6 +3,12 @@
 On SIGTERM gunicorn stops accepting, lets in-flight requests finish (up to
 GRACEFUL_TIMEOUT) and exits 0. Workers build their own app, and so their own
 connection pool, after the fork.
+
+The search index is written by a process of its own (``mpi.search.process``),
+forked by the master once it is ready and before the workers; the master stops
+it on exit. The workers' indexer threads stand by in case it dies, and each
+worker lowers its own priority (SEARCH_WORKER_NICENESS) so that when requests
+fill the CPU the indexer still gets it.
 """
 
 from __future__ import annotations
@@ -51,19 +57,45 @@ def _writable(path: str) -> bool:
 
 class MPIServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings):
+        from mpi.search.process import IndexerProcess
+
         self._settings = settings
+        self.indexer = IndexerProcess(settings)
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in gunicorn_options(self._settings).items():
             if value is not None and key in self.cfg.settings:
                 self.cfg.set(key, value)
+        self.cfg.set("when_ready", self._when_ready)
+        self.cfg.set("post_fork", self._post_fork)
+        self.cfg.set("on_exit", self._on_exit)
+
+    def _when_ready(self, arbiter: Any) -> None:
+        # Before the workers exist: the indexer process takes the writer lock first.
+        self.indexer.start(close_fds=tuple(s.fileno() for s in arbiter.LISTENERS))
+
+    def _post_fork(self, arbiter: Any, worker: Any) -> None:
+        # In each new worker: yield the CPU to the indexer process (no privilege needed).
+        lower_priority(self._settings.search_worker_niceness)
+
+    def _on_exit(self, arbiter: Any) -> None:
+        self.indexer.stop()
 
     def load(self) -> Any:
         from mpi.api.app import create_app
 
-        # Each worker runs an indexer thread; the one holding the index's lock writes.
+        # Each worker also runs an indexer thread: it stands by while the indexer process
+        # holds the index's lock, and takes over if that process dies.
         return create_app(self._settings, run_indexer=True)
+
+
+def lower_priority(niceness: int) -> None:
+    """Add ``niceness`` to this process's (a worker's) niceness; 0 leaves it alone."""
+    import os
+
+    if niceness > 0:
+        os.nice(niceness)
 
 
 def serve(settings: Settings) -> None:

@@ -209,3 +209,140 @@ def test_rebuild_beside_keeps_readers_answering(db, patients, indexer, reader, i
     patients.delete(ada)
     indexer.catch_up()
     assert ids(reader, "smith") == [john.id]
+
+
+def _event(n, kind, entity="p1", payload=None):
+    from datetime import datetime
+
+    from mpi.events.log import ChangeEvent
+
+    return ChangeEvent(n, datetime(2026, 1, 1), kind, "patient", entity, n, "x", None, payload)
+
+
+def test_a_link_after_the_record_in_one_step_amends_it():
+    record = {"id": "p1", "names": [{"family": "Smith"}], "person_id": "P-old", "version": 1}
+    net = changes_for([_event(1, "PatientCreated", payload=record),
+                       _event(2, "PatientLinked", payload={"patient_id": "p1",
+                                                           "person_id": "P-new"})])
+    assert net["p1"].action == "upsert"
+    assert net["p1"].record == {**record, "person_id": "P-new"}
+    assert record["person_id"] == "P-old"  # the event's payload is not changed
+
+
+@pytest.mark.parametrize("events, action", [
+    # A link alone: the rest of the record is not in the step.
+    ([("PatientLinked", {"person_id": "P-1"})], "refetch"),
+    ([("PatientUnlinked", {"person_id": "P-1"})], "refetch"),
+    # A link that names no person says nothing the index can use.
+    ([("PatientUpdated", {"id": "p1", "names": []}), ("PatientLinked", {})], "refetch"),
+    # A deletion after the link wins; a link after a deletion re-reads (and finds nothing).
+    ([("PatientUpdated", {"id": "p1", "names": []}), ("PatientLinked", {"person_id": "P"}),
+      ("PatientDeleted", None)], "delete"),
+    ([("PatientDeleted", None), ("PatientLinked", {"person_id": "P"})], "refetch"),
+])
+def test_net_change_never_leaves_a_bare_link(events, action):
+    net = changes_for([_event(n, kind, payload=payload)
+                       for n, (kind, payload) in enumerate(events, 1)])
+    assert net["p1"].action == action
+
+
+def test_records_created_through_the_service_are_not_re_read(db, patients, indexer, reader,
+                                                             monkeypatch):
+    """Created and linked in one transaction: one document from the payload, with the
+    person the link chose; no look-up in the database."""
+    import mpi.search.indexer as indexer_module
+
+    indexer.catch_up()  # the first (empty) generation
+    asked: list[list[str]] = []
+    real = indexer_module.live_records
+    monkeypatch.setattr(indexer_module, "live_records",
+                        lambda db, ids: asked.append(list(ids)) or real(db, ids))
+    john = patients.create()
+    ada = patients.create(source_id="B-9", names=[{"family": "Lovelace", "given": ["Ada"]}],
+                          identifiers=[])
+    indexer.catch_up()
+    assert all(not ids for ids in asked)
+    from mpi.search.query import parse
+
+    hits = {h.id: h.person_id for h in reader.search(parse("smith OR lovelace"), offset=0,
+                                                     limit=10).hits}
+    assert hits == {john.id: john.person_id, ada.id: ada.person_id}
+    assert john.person_id and ada.person_id
+
+
+def test_re_reads_of_a_step_cost_the_same_few_queries_for_any_number(db, patients):
+    from playhouse.test_utils import count_queries
+
+    from mpi.search.indexer import live_records
+
+    made = [patients.create(source_id=f"Q-{n}", identifiers=[],
+                            names=[{"family": f"Querycount{chr(97 + n)}", "given": ["Al"]}])
+            for n in range(6)]
+    patients.delete(made[-1])
+    with count_queries() as one:
+        assert live_records(db, [made[0].id])[made[0].id]["id"] == made[0].id
+    with count_queries() as six:
+        found = live_records(db, [p.id for p in made] + ["not-a-uuid"])
+    assert six.count == one.count
+    assert found[made[-1].id] is None and found["not-a-uuid"] is None
+    assert [found[p.id]["id"] for p in made[:-1]] == [p.id for p in made[:-1]]
+
+
+def test_small_commits_do_not_pile_up_segments(db, patients, indexer, index_root):
+    from mpi.search.indexer import MERGE_AT_SEGMENTS
+
+    indexer.catch_up()
+    for n in range(MERGE_AT_SEGMENTS * 2):
+        patients.create(source_id=f"M-{n}", identifiers=[],
+                        names=[{"family": f"Segment{chr(97 + n % 26)}", "given": ["Al"]}])
+        indexer.catch_up()  # one commit each
+    path = IndexDirectory(index_root).current_path()
+    ix = whoosh_index.open_dir(str(path), indexname=INDEX_NAME)
+    try:
+        assert len(ix._segments()) <= MERGE_AT_SEGMENTS
+    finally:
+        ix.close()
+
+
+def test_compaction_when_idle_merges_segments_and_keeps_every_answer(db, patients, indexer,
+                                                                    reader, index_root,
+                                                                    monkeypatch):
+    import mpi.search.indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "MERGE_MAX_DOCS", 0)  # no merge on the hot path
+    indexer.catch_up()
+    made = []
+    for n in range(indexer_module.COMPACT_AT_SEGMENTS + 2):
+        made.append(patients.create(source_id=f"C-{n}", identifiers=[],
+                                    names=[{"family": "Compactson", "given": [f"K{n}"]}]))
+        indexer.catch_up()
+    patients.delete(made[0])
+    indexer.catch_up()
+
+    def segments() -> int:
+        ix = whoosh_index.open_dir(str(IndexDirectory(index_root).current_path()),
+                                   indexname=INDEX_NAME)
+        try:
+            return len(ix._segments())
+        finally:
+            ix.close()
+
+    before = segments()
+    assert before >= indexer_module.COMPACT_AT_SEGMENTS
+    assert indexer.compact() is True
+    while indexer.compact():  # what the indexer does while the log is quiet
+        assert segments() < before
+        before = segments()
+    assert segments() < indexer_module.COMPACT_AT_SEGMENTS
+    assert sorted(ids(reader, "compactson")) == sorted(p.id for p in made[1:])
+    assert indexer.cursor == ChangeLog(db).last_id()
+
+
+def test_workers_lower_their_own_priority(monkeypatch):
+    from mpi import server
+
+    calls = []
+    monkeypatch.setattr("os.nice", calls.append)
+    server.lower_priority(0)
+    server.lower_priority(10)
+    assert calls == [10]

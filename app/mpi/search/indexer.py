@@ -9,10 +9,18 @@ event whose change it does not hold.
 
 What an event means for the index is decided by :data:`HANDLERS`, keyed by
 event type: created/updated events carry the full record, deleted events
-remove it, and any other event about a patient (``PatientLinked`` and whatever
-identity adds) is handled by re-reading that patient from the database. An
-event about another kind of entity that changes patients registers a handler
-returning the ids of the patients to re-read.
+remove it, a link event (``PatientLinked``/``PatientUnlinked``) carries the
+patient's new person, and any other event about a patient is handled by
+re-reading that patient from the database. An event about another kind of
+entity that changes patients registers a handler returning the ids of the
+patients to re-read.
+
+The events of one step are coalesced into one change per patient before the
+index is touched: a record created (or updated) and linked in one transaction
+is one document built from the created event's payload with the link's person,
+not a document plus a re-read. Only a link whose record is not in the same
+step, and events that carry no record, re-read patients: all of a step's
+re-reads in one snapshot, one query per table.
 
 A missing, corrupt or old-schema index is rebuilt from the database: a new
 generation is built beside the current one from a consistent snapshot (the
@@ -33,7 +41,6 @@ from typing import Any, Literal
 
 import peewee
 
-from mpi.domain.errors import Deleted, NotFound
 from mpi.events.log import ChangeEvent, ChangeLog
 from mpi.search.schema import document, meta_document
 from mpi.search.store import IndexDirectory, IndexState, Opened, WriterLock
@@ -44,14 +51,40 @@ log = logging.getLogger("mpi.search")
 
 BATCH_SIZE = 500
 REBUILD_PAGE = 1000
+#: Segments the index may have before a step merges the small ones, in a commit of its own
+#: after the step's documents are committed (so they are searchable before the merge).
+#: Merging on every commit (whoosh's default) rewrites recent segments again and again.
+MERGE_AT_SEGMENTS = 10
+#: At most this many documents are merged by a step: whoosh merges at about the cost of
+#: indexing (ms per document), and a merge that rewrote a large segment would hold every
+#: later write back for seconds. Larger segments are left to :meth:`Indexer.compact`.
+MERGE_MAX_DOCS = 200
+#: When the log is quiet and the index has this many segments, the smallest
+#: MERGE_AT_SEGMENTS of them are merged whatever their size (in a moment with nothing to
+#: index), until fewer are left.
+COMPACT_AT_SEGMENTS = 2 * MERGE_AT_SEGMENTS
 
 
 @dataclass(frozen=True)
 class Change:
-    """What to do to one patient's document."""
+    """What to do to one patient's document.
 
-    action: Literal["upsert", "delete", "refetch"]
+    ``relink`` sets the patient's person (``person_id``) and keeps the rest of
+    the record; it only survives :func:`changes_for` as an upsert (after an
+    event that carried the record) or as a refetch.
+    """
+
+    action: Literal["upsert", "delete", "refetch", "relink"]
     record: dict[str, Any] | None = None
+    person_id: str | None = None
+
+    def after(self, previous: Change | None) -> Change:
+        """This change applied on top of ``previous`` (the net change so far in the step)."""
+        if self.action != "relink":
+            return self
+        if previous is not None and previous.action == "upsert" and previous.record:
+            return Change("upsert", {**previous.record, "person_id": self.person_id})
+        return Change("refetch")  # the rest of the record is not in this step: re-read it
 
 
 Handler = Callable[[ChangeEvent], Iterable[tuple[str, Change]]]
@@ -67,6 +100,13 @@ def _from_payload(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
 
 def _deleted(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
     yield event.entity_id, Change("delete")
+
+
+def _relinked(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    person = payload.get("person_id")
+    yield event.entity_id, (Change("relink", person_id=str(person)) if person
+                            else Change("refetch"))
 
 
 def refetch_patient(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
@@ -91,8 +131,11 @@ HANDLERS: dict[str, Handler] = {
     "PatientCreated": _from_payload,
     "PatientUpdated": _from_payload,
     "PatientDeleted": _deleted,
-    # Identity: PatientLinked / PatientUnlinked are patient events (re-read by default);
-    # a merge and its undo move records between persons and name them.
+    # Identity: a (un)link names the patient's new person; after the record's own event
+    # in the same step it only sets person_id, otherwise the patient is re-read.
+    "PatientLinked": _relinked,
+    "PatientUnlinked": _relinked,
+    # A merge and its undo move records between persons and name them.
     "PersonsMerged": patients_listed_in("moved_patient_ids"),
     "MergeUndone": patients_listed_in("returned_patient_ids", "moved_patient_ids"),
 }
@@ -100,14 +143,55 @@ HANDLERS: dict[str, Handler] = {
 
 def changes_for(events: Iterable[ChangeEvent],
                 handlers: dict[str, Handler] | None = None) -> dict[str, Change]:
-    """The net change per patient id for a batch of events (the last one wins)."""
+    """The net change per patient id for a batch of events: one per patient, never "relink".
+
+    The last change wins, except that a relink amends the record an earlier event of
+    the batch carried (see :meth:`Change.after`).
+    """
     handlers = HANDLERS if handlers is None else handlers
     net: dict[str, Change] = {}
     for event in events:
         for patient_id, change in handlers.get(event.event_type, refetch_patient)(event):
-            net.pop(patient_id, None)  # keep insertion order = order of the last change
-            net[patient_id] = change
+            previous = net.pop(patient_id, None)  # keep insertion order = order of the last
+            net[patient_id] = change.after(previous)
     return net
+
+
+def merge_small_segments(writer: Any, segments: list[Any]) -> list[Any]:
+    """A whoosh merge policy for a step: once MERGE_AT_SEGMENTS of the smallest segments
+    hold at most MERGE_MAX_DOCS documents in all, merge them (and no others: a merge costs
+    about as much as indexing, so it is done rarely and never on large segments); returns
+    the segments kept as they are."""
+    chosen, total = [], 0
+    for segment in sorted(segments, key=lambda s: s.doc_count_all()):
+        if total + segment.doc_count_all() > MERGE_MAX_DOCS:
+            break
+        chosen.append(segment)
+        total += segment.doc_count_all()
+    return _merge(writer, segments, chosen) if len(chosen) >= MERGE_AT_SEGMENTS else segments
+
+
+def _small_ones_to_merge(index: Any) -> bool:
+    """Whether :func:`merge_small_segments` would merge (from the TOC; opens no segment)."""
+    sizes = sorted(s.doc_count_all() for s in index._segments())[:MERGE_AT_SEGMENTS]
+    return len(sizes) == MERGE_AT_SEGMENTS and sum(sizes) <= MERGE_MAX_DOCS
+
+
+def _merge_smallest(writer: Any, segments: list[Any]) -> list[Any]:
+    """The compaction's merge policy: the MERGE_AT_SEGMENTS smallest segments, whatever
+    their size (the largest ones are left alone)."""
+    chosen = sorted(segments, key=lambda s: s.doc_count_all())[:MERGE_AT_SEGMENTS]
+    return _merge(writer, segments, chosen) if len(chosen) > 1 else segments
+
+
+def _merge(writer: Any, segments: list[Any], chosen: list[Any]) -> list[Any]:
+    from whoosh.reading import SegmentReader
+
+    for segment in chosen:
+        reader = SegmentReader(writer.storage, writer.schema, segment)
+        writer.add_reader(reader)
+        reader.close()
+    return [s for s in segments if s not in chosen]
 
 
 def snapshot(db: peewee.Database) -> Any:
@@ -118,16 +202,16 @@ def snapshot(db: peewee.Database) -> Any:
 
 
 def live_records(db: peewee.Database, ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-    """The current record of each id, or None when it is deleted or unknown."""
-    repository = PatientRepository()
-    found: dict[str, dict[str, Any] | None] = {}
-    with db.atomic():
-        for patient_id in ids:
-            try:
-                found[patient_id] = repository.get(patient_id).to_dict()
-            except (NotFound, Deleted):
-                found[patient_id] = None
-    return found
+    """The current record of each id, or None when it is deleted or unknown.
+
+    One snapshot, one query per table for all ids (not one look-up per patient)."""
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return {}
+    with snapshot(db):
+        live = PatientRepository().get_live_many(wanted)
+    return {patient_id: (live[patient_id].to_dict() if patient_id in live else None)
+            for patient_id in wanted}
 
 
 def build_generation(db: peewee.Database, directory: IndexDirectory, *,
@@ -249,9 +333,11 @@ class Indexer:
         return self._opened
 
     def _apply(self, opened: Opened, events: list[ChangeEvent]) -> None:
+        started = time.perf_counter()
         net = changes_for(events, self.handlers)
         refetched = live_records(self._db, [pid for pid, c in net.items()
                                             if c.action == "refetch"])
+        read = time.perf_counter()
         writer = opened.index.writer(timeout=10)
         try:
             with writer.searcher() as searcher:
@@ -273,8 +359,19 @@ class Indexer:
         except BaseException:
             writer.cancel()
             raise
-        writer.commit()
+        built = time.perf_counter()
+        segments = len(getattr(writer, "segments", ())) + 1
+        writer.commit(merge=False)  # searchable now; merging is the next commit's business
+        committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
+        if segments >= MERGE_AT_SEGMENTS and _small_ones_to_merge(opened.index):
+            merger = opened.index.writer(timeout=10)
+            try:
+                merger.commit(mergetype=merge_small_segments)
+            except BaseException:
+                merger.cancel()
+                raise
+        merged = time.perf_counter()
         lag_ms = None
         occurred = events[-1].occurred_at
         if occurred is not None:
@@ -282,8 +379,39 @@ class Indexer:
 
             lag_ms = round((datetime.now(UTC).replace(tzinfo=None) - occurred)
                            .total_seconds() * 1000, 1)
-        log.debug("search index: %d events through %d", len(events), cursor,
-                  extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms})
+        timings = {"patients": len(net), "refetched": len(refetched), "segments": segments,
+                   "read_ms": round((read - started) * 1000, 1),
+                   "documents_ms": round((built - read) * 1000, 1),
+                   "commit_ms": round((committed - built) * 1000, 1),
+                   "merge_ms": round((merged - committed) * 1000, 1)}
+        log.debug("search index: %d events through %d (%s)", len(events), cursor,
+                  " ".join(f"{k}={v}" for k, v in timings.items()),
+                  extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms, **timings})
+
+    def compact(self) -> bool:
+        """Merge segments when there are COMPACT_AT_SEGMENTS or more (call it when idle).
+
+        Incremental commits merge only small segments (MERGE_MAX_DOCS), so under steady
+        writes the segment count creeps up; this brings it down while nothing waits.
+        True when it merged.
+        """
+        opened = self._opened
+        if opened is None or not self.lock.held():
+            return False
+        segments = len(opened.index._segments())  # the TOC's list: no segment is opened
+        if segments < COMPACT_AT_SEGMENTS:
+            return False
+        started = time.perf_counter()
+        writer = opened.index.writer(timeout=10)
+        try:
+            writer.commit(mergetype=_merge_smallest)
+        except BaseException:
+            writer.cancel()
+            raise
+        log.info("search index: %d segments compacted in %.1f s", segments,
+                 time.perf_counter() - started,
+                 extra={"segments": segments, "seconds": round(time.perf_counter() - started, 1)})
+        return True
 
     def _close(self) -> None:
         if self._opened is not None:
@@ -298,6 +426,10 @@ class Indexer:
         self._thread.start()
         return self
 
+    def request_stop(self) -> None:
+        """Make :meth:`run` return after its current step (safe from a signal handler)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 5) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -310,6 +442,7 @@ class Indexer:
         was_writer = False
         self.directory.discard_stale_builds()
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 done = self.step()
                 backoff = self.poll_interval
@@ -325,7 +458,20 @@ class Indexer:
                 log.info("search indexer: %s", "this process writes the index" if was_writer
                          else "another process writes the index",
                          extra={"writer": was_writer})
+            if done >= self.batch_size:
+                continue  # a backlog: no pause while catching up
             if done:
-                continue  # more may be waiting: no sleep while catching up
+                # At most one commit per poll interval under load: a commit has a fixed cost
+                # (new segment, readers re-opened in every worker) that many small ones
+                # would pay over and over, starving the service and the indexer alike.
+                self._stop.wait(max(0.0, self.poll_interval - (time.monotonic() - started)))
+                continue
+            if self.lock.held():
+                try:
+                    if self.compact():
+                        continue
+                except Exception as exc:
+                    log.warning("search index compaction failed: %s", type(exc).__name__,
+                                extra={"error": type(exc).__name__})
             self._stop.wait(backoff if self.lock.held() else max(backoff, 1.0))
         self._close()

@@ -1,0 +1,138 @@
+"""The indexer's own process under ``mpi serve``: it writes the index, workers only search.
+
+An indexer thread inside a request-serving worker shares that worker's GIL: under
+write load the requests starve the indexer (and the indexer slows that worker's
+requests). So the gunicorn master forks one indexer process when it is ready,
+before it forks the workers, and waits until that process holds the index
+directory's writer lock; the workers' indexer threads then stand by, trying the
+lock about once a second, and take over only if the indexer process dies. One
+writer per directory is still the lock's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+
+from mpi.config import Settings
+
+log = logging.getLogger("mpi.search")
+
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+def _follow(settings: Settings, ready: Callable[[], None]) -> None:
+    """The indexer process's body: take the writer lock, say so, follow the change log."""
+    from mpi.search.indexer import Indexer
+    from mpi.storage.db import database_proxy, make_database
+
+    db = make_database(settings)
+    indexer = Indexer(db, settings.search_index_path,
+                      poll_interval=settings.search_poll_interval)
+    # The master's handlers only queue signals for its own loop: stop on TERM/INT/QUIT,
+    # and leave the rest (HUP reloads workers, TTIN/TTOU resize them) to the master.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, lambda *_: indexer.request_stop())
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
+                signal.SIGWINCH, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_IGN if sig != signal.SIGCHLD else signal.SIG_DFL)
+    database_proxy.initialize(db)
+    _stop_when_orphaned(indexer.request_stop)
+    if indexer.lock.acquire():
+        ready()
+    try:
+        indexer.run()
+    finally:
+        indexer.stop(timeout=0)
+        close_all = getattr(db, "close_all", None)  # the pooled databases
+        if close_all is not None:
+            with contextlib.suppress(Exception):
+                close_all()
+
+
+def _stop_when_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
+    """Stop when the master is gone (killed without running ``on_exit``), as its workers do."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        stop()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class IndexerProcess:
+    """Forks :func:`_follow` from the calling process (the gunicorn master) and stops it.
+
+    A bare ``os.fork``, not ``multiprocessing``: the workers the master forks later
+    must not inherit a child registry that they would try to join at exit.
+    """
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self.pid: int | None = None
+
+    def start(self, close_fds: tuple[int, ...] = ()) -> bool:
+        """Fork the indexer; True when it holds the writer lock within READY_TIMEOUT_S."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.close(read_end)
+                for fd in close_fds:  # the master's listening sockets: it serves nothing
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                _follow(self._settings, lambda: _signal_ready(write_end))
+                code = 0
+            except BaseException:
+                log.exception("search indexer process failed")
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.pid = pid
+        try:
+            ready, _, _ = select.select([read_end], [], [], READY_TIMEOUT_S)
+            held = bool(ready) and os.read(read_end, 1) == b"1"
+        finally:
+            os.close(read_end)
+        log.info("search indexer process %d %s", pid,
+                 "writes the index" if held else "does not hold the lock yet (a worker may)",
+                 extra={"indexer_pid": pid, "writer": held})
+        return held
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for it (the master may already have reaped it)."""
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return  # reaped elsewhere
+            if done:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _signal_ready(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, b"1")
+        os.close(fd)
