@@ -288,6 +288,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
             "Matching model file written by mpi train; empty = the model shipped in the "
             "package"),
+    Setting("AUDIT_SYNCHRONOUS_READS", "audit_synchronous_reads", _switch, "false",
+            "true: a read's audit row is flushed to disk before the answer (PostgreSQL); "
+            "false: it follows within a second and a database crash may lose the newest "
+            "ones (writes and their audit rows are always flushed first)"),
     Setting("LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True), "INFO",
             "Least severe log level written: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Setting("LOG_FORMAT", "log_format", _choice(LOG_FORMATS), "json",
@@ -318,6 +322,7 @@ class Settings:
     matching_review_threshold: float
     matching_twin_guard: bool
     matching_model_path: Path | None
+    audit_synchronous_reads: bool
     log_level: str
     log_format: str
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -34,7 +34,8 @@ def build_services(settings: config.Settings, *, db: peewee.Database | None = No
     identity service, as the API and the command-line tools use them."""
     db = db if db is not None else make_database(settings)
     database_proxy.initialize(db)
-    audit, changes, patients = AuditLog(), ChangeLog(db), PatientRepository()
+    audit = AuditLog(synchronous_reads=settings.audit_synchronous_reads)
+    changes, patients = ChangeLog(db), PatientRepository()
     identity = IdentityService(db, engine_for(settings), clock=clock, new_id=new_id,
                                audit=audit, changes=changes, patients=patients)
     service = PatientService(db, clock=clock, new_id=new_id, repository=patients, audit=audit,
