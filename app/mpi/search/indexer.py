@@ -171,6 +171,16 @@ def merge_small_segments(writer: Any, segments: list[Any]) -> list[Any]:
     return _merge(writer, segments, chosen) if len(chosen) >= MERGE_AT_SEGMENTS else segments
 
 
+def _commit_merge(index: Any, mergetype: Callable[..., Any]) -> None:
+    """A commit of nothing but a merge, chosen by ``mergetype`` (whoosh's merge policy)."""
+    writer = index.writer(timeout=10)
+    try:
+        writer.commit(mergetype=mergetype)
+    except BaseException:
+        writer.cancel()
+        raise
+
+
 def _small_ones_to_merge(index: Any) -> bool:
     """Whether :func:`merge_small_segments` would merge (from the TOC; opens no segment)."""
     sizes = sorted(s.doc_count_all() for s in index._segments())[:MERGE_AT_SEGMENTS]
@@ -365,12 +375,7 @@ class Indexer:
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         if segments >= MERGE_AT_SEGMENTS and _small_ones_to_merge(opened.index):
-            merger = opened.index.writer(timeout=10)
-            try:
-                merger.commit(mergetype=merge_small_segments)
-            except BaseException:
-                merger.cancel()
-                raise
+            _commit_merge(opened.index, merge_small_segments)
         merged = time.perf_counter()
         lag_ms = None
         occurred = events[-1].occurred_at
@@ -402,12 +407,7 @@ class Indexer:
         if segments < COMPACT_AT_SEGMENTS:
             return False
         started = time.perf_counter()
-        writer = opened.index.writer(timeout=10)
-        try:
-            writer.commit(mergetype=_merge_smallest)
-        except BaseException:
-            writer.cancel()
-            raise
+        _commit_merge(opened.index, _merge_smallest)
         log.info("search index: %d segments compacted in %.1f s", segments,
                  time.perf_counter() - started,
                  extra={"segments": segments, "seconds": round(time.perf_counter() - started, 1)})
