@@ -4,7 +4,9 @@ Also: an identifier (system + value) is no longer unique among live records. Sev
 sources legitimately send the same national id for one person, and duplicates inside
 one source are exactly what the MPI must find; identifier agreement is now evidence
 for the matcher, not a reason to refuse a record. Existing records each get a person
-of their own (blocking keys are filled by ``mpi relink`` or the next update).
+of their own, with an empty matching form and no blocking keys, so no other record finds
+it as a candidate yet: it gets both when it is next updated (and is matched then, unless
+a steward has placed it by hand meanwhile).
 """
 
 from __future__ import annotations

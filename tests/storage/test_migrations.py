@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import threading
 from datetime import datetime
+from importlib import resources
 
 import peewee
 import pytest
@@ -145,13 +148,31 @@ def test_a_database_ahead_of_the_release_is_accepted_where_it_is_safe(db):
             SchemaMigrationRow.delete().where(SchemaMigrationRow.version == "9999").execute()
 
 
-def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_server):
+def test_migrations_import_nothing_from_the_application():
+    """A migration is frozen: it carries copies of what it needs (models, 0003's key
+    function), so later changes to the application never change what it does."""
+    for migration in migrate.discover():
+        path = resources.files(migrate.PACKAGE) / f"{migration.version}_{migration.name}.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names]
+        imported += [node.module or "" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and not node.level]
+        relative = [node for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.level]
+        assert not relative, migration.name
+        assert not [m for m in imported if m.split(".")[0] == "mpi"], migration.name
+
+
+def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_server,
+                                                          monkeypatch):
     """Blocking keys are derived: a release that changes the key function re-keys the
-    records already stored (0003: the SSN keys), from their stored matching form."""
-    from mpi.identity.matcher import to_match_record
-    from mpi.matching.blocking import blocking_keys
+    records already stored (0003: the SSN keys), from their stored matching form, with the
+    key function of its own release (test_migration_0003_keys checks that one)."""
     from mpi.storage.models import BlockingKeyRow, PatientLinkRow, PatientRow, PersonRow
 
+    rekey = importlib.import_module(f"{migrate.PACKAGE}.0003_ssn_blocking_keys")
+    monkeypatch.setattr(rekey, "PAGE", 2)  # several pages from a handful of records
     base = database_for(parse_database_url(postgres_server.url))
     with connection(base):
         base.execute_sql("DROP DATABASE IF EXISTS rekey")
@@ -160,6 +181,12 @@ def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_ser
     data = {"record_id": "r1", "source": "ehr", "given_name": "Ada", "family_name": "Obi",
             "birth_date": "1980-05-07", "postal_code": "02139", "ssn": "123-45-6789",
             "identifiers": []}
+    expected = ["a:19800507:02139", "d:19800507:AD", "d:19800507:OB", "g:19800507:ada",
+                "g:19800507:adaline", "g:19800507:adeline", "g:19800507:andriane",
+                "n:AD:OB:1980", "p:01239:AD", "p:01239:OB",
+                "s01:123456", "s02:123789", "s12:456789"]
+    other = {**data, "record_id": "r4", "given_name": "Bill", "phone": "+1 617 555 0199",
+             "ssn": None, "identifiers": [["http://hospital.example/mrn", "MRN-7"]]}
     now = datetime(2026, 1, 1)
     for url in (f"sqlite:///{tmp_path}/rekey.db",
                 postgres_server.url.rsplit("/", 1)[0] + "/rekey"):
@@ -169,7 +196,8 @@ def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_ser
         with connection(db), db.bind_ctx(ALL_MODELS):
             migrate.apply(db, upto)
             pks = []
-            for i, (deleted, match) in enumerate([(None, data), (now, data), (None, {})]):
+            for i, (deleted, match) in enumerate([(None, data), (now, data), (None, {}),
+                                                  (None, other)]):
                 pk = PatientRow.insert(
                     id=f"00000000-0000-4000-8000-00000000000{i}", source="ehr",
                     source_id=f"r{i}", active=True, deceased=False, version=1,
@@ -183,10 +211,15 @@ def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_ser
             BlockingKeyRow.insert_many([{"key": k, "patient": pks[0]}
                                         for k in ("s:123456789", "s-:12456789")]).execute()
             migrate.apply(db, shipped)
-            stored = sorted(k for (k,) in BlockingKeyRow.select(BlockingKeyRow.key)
-                            .where(BlockingKeyRow.patient == pks[0]).tuples())
-            assert stored == sorted(set(blocking_keys(to_match_record(data)))), url
-            assert "s01:123456" in stored and not any(k.startswith("s-:") for k in stored)
-            others = BlockingKeyRow.select().where(BlockingKeyRow.patient << pks[1:]).count()
+
+            def stored(pk: int) -> list[str]:
+                return sorted(row.key for row in BlockingKeyRow.select(BlockingKeyRow.key)
+                              .where(BlockingKeyRow.patient == pk))
+
+            assert stored(pks[0]) == expected, url
+            assert stored(pks[3]) == rekey.blocking_keys(other), url
+            assert {"t:6175550199", "i:http://hospital.example/mrn:mrn-7"} <= set(
+                stored(pks[3])), url
+            others = BlockingKeyRow.select().where(BlockingKeyRow.patient << pks[1:3]).count()
             assert others == 0, url  # deleted record, and a record with no matching form
         db.close_all()
