@@ -16,6 +16,10 @@ from datetime import UTC, datetime
 
 import peewee
 
+# The released text of this migration (its docstring named a command that does not exist);
+# it did the same: databases that applied it are accepted (mpi.storage.migrate).
+SUPERSEDES = ("e2e87803644c1164a26ce6094896fbfe82ef360cffe5ba2734c96916dd589a58",)
+
 
 def upgrade(db: peewee.Database) -> None:
     class Base(peewee.Model):

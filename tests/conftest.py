@@ -19,6 +19,7 @@ import peewee
 import pytest
 
 from mpi.api.app import create_app
+from mpi.wiring import Services, build
 from mpi.config import Settings, parse_database_url
 from mpi.storage import migrate
 from mpi.storage.db import connection, database_for, database_proxy
@@ -136,9 +137,15 @@ class Ids:
 
 
 @pytest.fixture
+def services(settings: Settings, db: peewee.Database, clock: Clock) -> Services:
+    """Every service, built by the composition root on the test's database."""
+    return build(settings, db=db, clock=clock, new_id=Ids())
+
+
+@pytest.fixture
 def client(settings: Settings, clock: Clock) -> Iterator[falcon.testing.TestClient]:
     database = database_for(settings.database, max_connections=4)
-    app = create_app(settings, db=database, clock=clock, new_id=Ids())
+    app = create_app(build(settings, db=database, clock=clock, new_id=Ids()))
     yield falcon.testing.TestClient(app)
     database.close_all()
 

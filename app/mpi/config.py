@@ -164,7 +164,7 @@ class DatabaseTarget:
     """What ``DATABASE_URL`` points at, split into the parts a driver needs."""
 
     kind: str  # "sqlite" | "postgresql"
-    path: str = ""  # sqlite: file path or ":memory:"
+    path: str = ""  # sqlite: the file's path (":memory:" is refused)
     host: str = ""
     port: int | None = None
     user: str = ""

@@ -57,10 +57,11 @@ def _writable(path: str) -> bool:
 
 class MPIServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings):
+        from mpi import wiring
         from mpi.search.process import IndexerProcess
 
         self._settings = settings
-        self.indexer = IndexerProcess(settings)
+        self.indexer = IndexerProcess(lambda: wiring.build(settings))
         super().__init__()
 
     def load_config(self) -> None:
@@ -83,11 +84,12 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         self.indexer.stop()
 
     def load(self) -> Any:
+        from mpi import wiring
         from mpi.api.app import create_app
 
         # Each worker also runs an indexer thread: it stands by while the indexer process
         # holds the index's lock, and takes over if that process dies.
-        return create_app(self._settings, run_indexer=True)
+        return create_app(wiring.build(self._settings), run_indexer=True)
 
 
 def lower_priority(niceness: int) -> None:

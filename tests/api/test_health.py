@@ -6,6 +6,7 @@ import falcon.testing
 
 from mpi import version
 from mpi.api.app import create_app
+from mpi.wiring import build
 from mpi.config import Settings
 from mpi.storage.db import database_for
 
@@ -27,7 +28,7 @@ def test_ready_checks_database_and_migrations(client):
 def test_ready_is_503_when_the_database_is_unreachable():
     settings = Settings.defaults(
         database_url="postgresql://mpi:mpi@127.0.0.1:1/mpi", database_timeout=1.0)
-    app = create_app(settings, db=database_for(settings.database, timeout=1.0))
+    app = create_app(build(settings, db=database_for(settings.database, timeout=1.0)))
     client = falcon.testing.TestClient(app)
     resp = client.simulate_get("/api/v1/health/ready")
     assert resp.status_code == 503
@@ -43,7 +44,7 @@ def test_ready_is_503_when_the_database_is_unreachable():
 
 def test_ready_is_503_while_migrations_are_pending(tmp_path):
     settings = Settings.defaults(database_url=f"sqlite:///{tmp_path}/fresh.db")
-    client = falcon.testing.TestClient(create_app(settings))
+    client = falcon.testing.TestClient(create_app(build(settings)))
     resp = client.simulate_get("/api/v1/health/ready")
     assert resp.status_code == 503
     assert "pending" in resp.json["checks"]["migrations"]

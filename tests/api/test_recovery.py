@@ -6,6 +6,7 @@ import falcon.testing
 import psycopg
 
 from mpi.api.app import create_app
+from mpi.wiring import build
 from mpi.config import Settings
 from mpi.storage.db import database_for
 from tests.helpers import patient
@@ -14,7 +15,7 @@ from tests.helpers import patient
 def test_requests_recover_after_connections_are_killed(postgres_url, tmp_path):
     settings = Settings.defaults(database_url=postgres_url, database_max_connections=2)
     db = database_for(settings.database, max_connections=2)
-    client = falcon.testing.TestClient(create_app(settings, db=db))
+    client = falcon.testing.TestClient(create_app(build(settings, db=db)))
     created = client.simulate_post("/api/v1/patients",
                                    json=patient(source_id="recover-1", identifiers=[]))
     assert created.status_code == 201, created.text

@@ -11,6 +11,7 @@ import pytest
 
 from mpi import logs
 from mpi.api.app import create_app
+from mpi.wiring import build
 from mpi.config import Settings
 from mpi.search.index import NullSearchIndex
 from mpi.search.indexer import Indexer
@@ -53,7 +54,7 @@ class Api:
 @pytest.fixture
 def api(settings: Settings, clock: Clock) -> Iterator[Api]:
     database = database_for(settings.database, max_connections=4)
-    app = create_app(settings, db=database, clock=clock, new_id=Ids())
+    app = create_app(build(settings, db=database, clock=clock, new_id=Ids()))
     indexer = Indexer(database, settings.search_index_path)
     yield Api(falcon.testing.TestClient(app), indexer)
     indexer.stop()
@@ -210,8 +211,8 @@ def test_without_an_index_the_answer_is_503_not_an_empty_list(api):
 
 def test_null_index_finds_nothing(settings, clock):
     database = database_for(settings.database, max_connections=2)
-    client = falcon.testing.TestClient(create_app(settings, db=database, clock=clock,
-                                                  search_index=NullSearchIndex()))
+    client = falcon.testing.TestClient(create_app(build(settings, db=database, clock=clock,
+                                                        search_index=NullSearchIndex())))
     resp = client.simulate_get(SEARCH, params={"q": "smith"})
     assert resp.status_code == 200 and resp.json["items"] == []
     assert resp.json["index_cursor"] is None

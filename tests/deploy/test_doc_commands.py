@@ -100,10 +100,10 @@ COMPOSE_TEST = "tests/deploy/test_compose.py"
 CONTAINER_TEST = "tests/images/test_containers.py"
 IMAGE_LOAD_STEP = "ci: python3 -m nox -s image -- --load"
 
-IDENTITY_CLI = "tests/identity/test_identity_cli.py"
+IDENTITY_CLI = "tests/commands/test_registry.py"
 MAPPED: dict[str, tuple[str, str]] = {
     "mpi reindex": (
-        "tests/search/test_cli.py::test_reindex_builds_beside_and_swaps",
+        "tests/commands/test_search.py::test_reindex_builds_beside_and_swaps",
         "the same command on a registry: a new generation is built beside the current one "
         "and readers switch to it"),
     # DEPLOY.md, enterprise identity: run verbatim on a small registry

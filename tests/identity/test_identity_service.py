@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from mpi.audit.log import Actor
+from mpi.domain.audit import Actor
 from mpi.domain.errors import StateConflict
-from mpi.identity.service import IdentityService
-from mpi.services.patients import PatientService
+from mpi.storage.patients import PatientRepository
+from mpi.wiring import Services, build
 from mpi.storage.models import (
     BlockingKeyRow,
     ChangeEventRow,
@@ -32,19 +32,19 @@ class Boom(Exception):
     pass
 
 
+REPO = PatientRepository()
+
+
 @pytest.fixture
-def service(db, clock) -> PatientService:
-    ids = Ids()
-    identity = IdentityService(db, FakeEngine(), clock=clock, new_id=ids)
-    return PatientService(db, clock=clock, new_id=ids, identity=identity,
-                          audit=identity.audit, changes=identity.changes)
+def service(settings, db, clock) -> Services:
+    return build(settings, db=db, clock=clock, new_id=Ids(), engine=FakeEngine())
 
 
-def _create(service: PatientService, source_id: str, *, given: str = "John",
+def _create(service: Services, source_id: str, *, given: str = "John",
             family: str = "Smith", born: str = "1980-05-17", source: str = "st-marys-ehr"):
     body = patient(source=source, source_id=source_id, birth_date=born,
                    names=[{"use": "official", "family": family, "given": [given]}])
-    return service.create(service.parse(json.dumps(body).encode()), Actor())
+    return service.patients.create(service.patients.parse(json.dumps(body).encode()), Actor())
 
 
 def _events(kind: str) -> list[dict]:
@@ -55,7 +55,7 @@ def _events(kind: str) -> list[dict]:
 def test_a_new_record_with_no_candidate_founds_a_person(service):
     created = _create(service, "A-1")
     assert created.person_id is not None
-    person = service.identity.person(created.person_id, Actor())
+    person = service.persons.person(created.person_id, Actor())
     assert [r.patient.id for r in person.records] == [created.id]
     assert person.records[0].how == "new"
     linked = _events("PatientLinked")
@@ -67,14 +67,14 @@ def test_a_certain_match_links_to_the_same_person_with_score_and_model_version(s
     first = _create(service, "A-1", source="ehr")
     second = _create(service, "L-9", source="lab")
     assert second.person_id == first.person_id
-    person = service.identity.person(first.person_id, Actor())
+    person = service.persons.person(first.person_id, Actor())
     auto = next(r for r in person.records if r.patient.id == second.id)
     assert (auto.how, auto.probability, auto.model_version) == ("auto", 0.99, "fake-1")
     # The PIX view: the SSN both sources sent appears once with both records.
     (ssn,) = person.identifiers
     assert sorted(ssn.patient_ids) == sorted([first.id, second.id])
     assert sorted(ssn.sources) == ["ehr", "lab"]
-    assert service.repository.get(second.id).person_id == first.person_id
+    assert REPO.get(second.id).person_id == first.person_id
 
 
 def test_a_probable_match_opens_a_review_and_founds_its_own_person(service):
@@ -91,33 +91,33 @@ def test_a_probable_match_opens_a_review_and_founds_its_own_person(service):
 def test_resolving_a_review_as_link_moves_the_record_and_the_engine_keeps_it(service, clock):
     first = _create(service, "A-1")
     second = _create(service, "A-2", given="Jon")
-    page = service.identity.reviews(STEWARD, status="open", kind=None, person_id=None,
+    page = service.stewards.reviews(STEWARD, status="open", kind=None, person_id=None,
                                     after=None, limit=10)
-    resolved = service.identity.resolve_review(page.items[0].id, "link", STEWARD)
+    resolved = service.stewards.resolve_review(page.items[0].id, "link", STEWARD)
     assert (resolved.status, resolved.resolution, resolved.resolved_by) == (
         "resolved", "link", "steward-1")
-    assert service.repository.get(second.id).person_id == first.person_id
+    assert REPO.get(second.id).person_id == first.person_id
     # An update that would now score low does not undo the steward's decision.
     body = patient(source="st-marys-ehr", source_id="A-2",
                    names=[{"family": "Smith", "given": ["Completely-Different"]}],
                    birth_date="1990-01-01")
-    service.update(second.id, service.parse(json.dumps(body).encode()), Actor(),
+    service.patients.update(second.id, service.patients.parse(json.dumps(body).encode()), Actor(),
                    expected_version=1)
-    assert service.repository.get(second.id).person_id == first.person_id
+    assert REPO.get(second.id).person_id == first.person_id
     with pytest.raises(StateConflict):
-        service.identity.resolve_review(page.items[0].id, "not_a_match", STEWARD)
+        service.stewards.resolve_review(page.items[0].id, "not_a_match", STEWARD)
 
 
 def test_not_a_match_is_never_proposed_or_linked_again(service):
     first = _create(service, "A-1")
     second = _create(service, "A-2", given="Jon")
-    (review,) = service.identity.reviews(STEWARD, status="open", kind=None, person_id=None,
+    (review,) = service.stewards.reviews(STEWARD, status="open", kind=None, person_id=None,
                                          after=None, limit=10).items
-    service.identity.resolve_review(review.id, "not_a_match", STEWARD)
+    service.stewards.resolve_review(review.id, "not_a_match", STEWARD)
     # Even an update that makes the record identical to the other one stays apart.
     body = patient(source="st-marys-ehr", source_id="A-2",
                    names=[{"use": "official", "family": "Smith", "given": ["John"]}])
-    updated = service.update(second.id, service.parse(json.dumps(body).encode()), Actor(),
+    updated = service.patients.update(second.id, service.patients.parse(json.dumps(body).encode()), Actor(),
                              expected_version=1)
     assert updated.person_id != first.person_id
     assert ReviewItemRow.select().where(ReviewItemRow.status == "open").count() == 0
@@ -127,14 +127,14 @@ def test_a_record_matching_two_persons_joins_the_best_and_opens_a_duplicate_revi
     a = _create(service, "A-1")
     b = _create(service, "A-2", given="Jon")            # review against a; own person
     (review,) = ReviewItemRow.select()
-    service.identity.resolve_review(str(review.id), "new_person", STEWARD)
+    service.stewards.resolve_review(str(review.id), "new_person", STEWARD)
     # b's person gets a record identical to a: certain for both persons.
     c = _create(service, "A-3", given="Jon")
     assert c.person_id == b.person_id
     d = _create(service, "A-4")
     assert d.person_id == a.person_id
     # No chaining: one record never merges the persons it touches; a steward decides.
-    assert service.identity.person(a.person_id, Actor()).records[0].patient.id == a.id
+    assert service.persons.person(a.person_id, Actor()).records[0].patient.id == a.id
     assert len({a.person_id, b.person_id}) == 2
 
 
@@ -142,7 +142,7 @@ def test_unlink_gives_the_record_its_own_person_and_keeps_it_apart(service):
     first = _create(service, "A-1")
     second = _create(service, "A-2")
     assert first.person_id == second.person_id
-    person = service.identity.unlink(first.person_id, second.id, STEWARD)
+    person = service.stewards.unlink(first.person_id, second.id, STEWARD)
     assert person.id != first.person_id and [r.patient.id for r in person.records] == [
         second.id]
     assert person.records[0].manual
@@ -150,28 +150,28 @@ def test_unlink_gives_the_record_its_own_person_and_keeps_it_apart(service):
     # A third identical record joins the first person; the unlinked one is not pulled back.
     third = _create(service, "A-3")
     assert third.person_id in (first.person_id, person.id)
-    assert service.repository.get(second.id).person_id == person.id
+    assert REPO.get(second.id).person_id == person.id
     with pytest.raises(StateConflict):
-        service.identity.unlink(person.id, second.id, STEWARD)  # its only record
+        service.stewards.unlink(person.id, second.id, STEWARD)  # its only record
 
 
 def test_merge_and_undo(service):
     a = _create(service, "A-1")
     b = _create(service, "B-1", family="Jones")
-    merge = service.identity.merge(a.person_id, b.person_id, STEWARD)
+    merge = service.stewards.merge(a.person_id, b.person_id, STEWARD)
     assert merge.moved_patient_ids == [b.id]
-    assert service.repository.get(b.id).person_id == a.person_id
-    merged = service.identity.person(b.person_id, Actor())
+    assert REPO.get(b.id).person_id == a.person_id
+    merged = service.persons.person(b.person_id, Actor())
     assert (merged.status, merged.merged_into, merged.records) == ("merged", a.person_id, [])
     with pytest.raises(StateConflict):
-        service.identity.link(b.person_id, a.id, STEWARD)
-    undone = service.identity.undo_merge(merge.id, STEWARD)
+        service.stewards.link(b.person_id, a.id, STEWARD)
+    undone = service.stewards.undo_merge(merge.id, STEWARD)
     assert undone.undone_at is not None
-    assert service.repository.get(b.id).person_id == b.person_id
-    assert service.identity.person(b.person_id, Actor()).status == "active"
+    assert REPO.get(b.id).person_id == b.person_id
+    assert service.persons.person(b.person_id, Actor()).status == "active"
     with pytest.raises(StateConflict):
-        service.identity.undo_merge(merge.id, STEWARD)
-    history = service.identity.history(a.person_id, Actor(), before=None, limit=10)
+        service.stewards.undo_merge(merge.id, STEWARD)
+    history = service.persons.history(a.person_id, Actor(), before=None, limit=10)
     assert [h.action for h in history.items][:2] == ["merge_undone", "merged"]
     assert [e["merge_id"] for e in _events("PersonsMerged")] == [merge.id]
     assert [e["merge_id"] for e in _events("MergeUndone")] == [merge.id]
@@ -180,29 +180,27 @@ def test_merge_and_undo(service):
 def test_manual_link_moves_a_record_and_is_audited(service):
     a = _create(service, "A-1")
     b = _create(service, "B-1", family="Jones")
-    view = service.identity.link(a.person_id, b.id, STEWARD)
+    view = service.stewards.link(a.person_id, b.id, STEWARD)
     assert sorted(r.patient.id for r in view.records) == sorted([a.id, b.id])
-    link = PatientLinkRow.get(PatientLinkRow.patient == service.repository.get_row(b.id).pk)
+    link = PatientLinkRow.get(PatientLinkRow.patient == REPO.get_row(b.id).pk)
     assert link.manual and link.how == "manual"
 
 
 def test_deleting_a_record_removes_it_from_candidates_and_closes_its_reviews(service):
     _create(service, "A-1")
     second = _create(service, "A-2", given="Jon")
-    service.delete(second.id, Actor(), expected_version=None)
+    service.patients.delete(second.id, Actor(), expected_version=None)
     assert BlockingKeyRow.select().count() == 1
     (review,) = ReviewItemRow.select()
     assert (review.status, review.resolution) == ("resolved", "record_deleted")
 
 
-def test_a_failure_while_linking_leaves_nothing(db, clock):
+def test_a_failure_while_linking_leaves_nothing(settings, db, clock):
     class FailingEngine(FakeEngine):
         def decide(self, *args, **kwargs):
             raise Boom
 
-    ids = Ids()
-    identity = IdentityService(db, FailingEngine(), clock=clock, new_id=ids)
-    service = PatientService(db, clock=clock, new_id=ids, identity=identity)
+    service = build(settings, db=db, clock=clock, new_id=Ids(), engine=FailingEngine())
     with pytest.raises(Boom):
         _create(service, "A-1")
     assert (PersonRow.select().count(), PatientLinkRow.select().count(),

@@ -10,12 +10,13 @@ from typing import Any
 import peewee
 import pytest
 
-from mpi.audit.log import Actor
+from mpi.domain.audit import Actor
 from mpi.domain.patient import Patient
 from mpi.search.index import WhooshSearchIndex
 from mpi.search.indexer import Indexer
 from mpi.search.query import Options, parse
-from mpi.services.patients import PatientService
+from mpi.config import Settings
+from mpi.wiring import build
 from tests.conftest import Clock, Ids
 from tests.helpers import patient
 
@@ -25,8 +26,8 @@ ACTOR = Actor("search-test")
 class Patients:
     """Create/update/delete records through the real service (so the change log is real)."""
 
-    def __init__(self, db: peewee.Database, clock: Clock):
-        self.service = PatientService(db, clock=clock, new_id=Ids())
+    def __init__(self, settings: Settings, db: peewee.Database, clock: Clock):
+        self.service = build(settings, db=db, clock=clock, new_id=Ids()).patients
 
     def create(self, **changes: Any) -> Patient:
         body = patient(**changes)
@@ -44,8 +45,8 @@ class Patients:
 
 
 @pytest.fixture
-def patients(db: peewee.Database, clock: Clock) -> Patients:
-    return Patients(db, clock)
+def patients(settings: Settings, db: peewee.Database, clock: Clock) -> Patients:
+    return Patients(settings, db, clock)
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def index_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def indexer(db: peewee.Database, index_root: Path) -> Iterator[Indexer]:
-    ix = Indexer(db, index_root, poll_interval=0.05)
+    ix = Indexer(db, index_root, poll_interval=0.05, strict=True)
     yield ix
     ix.stop()
 

@@ -8,9 +8,18 @@ import threading
 import pytest
 from whoosh import index as whoosh_index
 
-from mpi.events.log import ChangeLog
+from mpi.domain.events import EventType
+from mpi.storage.changes import ChangeRepository
+from mpi.storage.patients import PatientRepository
+from mpi.storage.work import UnitOfWork
 from mpi.search.index import SearchUnavailable
-from mpi.search.indexer import Indexer, build_generation, changes_for
+from mpi.search.indexer import (
+    HANDLERS,
+    Indexer,
+    UnknownEventType,
+    build_generation,
+    changes_for,
+)
 from mpi.search.schema import INDEX_NAME, META_ID
 from mpi.search.store import IndexDirectory, IndexState
 from mpi.storage.db import write_transaction
@@ -38,7 +47,7 @@ def test_cursor_is_committed_with_the_documents(db, patients, indexer, index_roo
     patients.create()
     patients.create(source_id="B-2", identifiers=[])
     indexer.catch_up()
-    last = ChangeLog(db).last_id()
+    last = ChangeRepository().last_id()
     assert indexer.cursor == last
     path = IndexDirectory(index_root).current_path()
     ix = whoosh_index.open_dir(str(path), indexname=INDEX_NAME)
@@ -52,31 +61,28 @@ def test_cursor_is_committed_with_the_documents(db, patients, indexer, index_roo
     again.stop()
 
 
-def test_other_patient_events_re_read_the_patient(db, patients, indexer, reader):
+def test_other_patient_events_re_read_the_patient(db, clock, patients, indexer, reader):
     """A PatientLinked-style event: whatever changed, the record is read again."""
     john = patients.create()
     indexer.catch_up()
-    repo = patients.service.repository
-    with write_transaction(db):  # a change whose event carries no record
-        row = repo.get_row(john.id)
+    repo = PatientRepository()
+    with UnitOfWork(db, clock=clock, synchronous_reads=True).begin(ACTOR) as tx:
+        row = repo.get_row(john.id)  # a change whose event carries no record
         data = patients.service.parse(
             b'{"source": "st-marys-ehr", "source_id": "A-1001", '
             b'"names": [{"family": "Quimby", "given": ["John"]}]}')
-        repo.update(row, data, expected_version=row.version, now=patients.service._clock())
-        ChangeLog(db).append("PatientLinked", ACTOR, entity_type="patient", entity_id=john.id,
-                             entity_version=2, now=patients.service._clock(),
-                             payload={"person_id": "P-9"})
+        repo.update(row, data, expected_version=row.version, now=tx.now)
+        tx.emit(EventType.PATIENT_LINKED, john.id, version=2, payload={"person_id": "P-9"})
     indexer.catch_up()
     assert ids(reader, "quimby") == [john.id]
 
 
-def test_person_id_from_the_payload_is_returned(db, patients, indexer, reader):
+def test_person_id_from_the_payload_is_returned(db, clock, patients, indexer, reader):
     john = patients.create()
     indexer.catch_up()
-    with write_transaction(db):
-        ChangeLog(db).append("PatientUpdated", ACTOR, entity_type="patient", entity_id=john.id,
-                             entity_version=1, now=patients.service._clock(),
-                             payload={**john.to_dict(), "person_id": "P-42"})
+    with UnitOfWork(db, clock=clock, synchronous_reads=True).begin(ACTOR) as tx:
+        tx.emit(EventType.PATIENT_UPDATED, john.id, version=1,
+                payload={**john.to_dict(), "person_id": "P-42"})
     indexer.catch_up()
     from mpi.search.query import parse
 
@@ -84,10 +90,24 @@ def test_person_id_from_the_payload_is_returned(db, patients, indexer, reader):
     assert hit.person_id == "P-42"
 
 
+def test_every_event_type_has_a_handler():
+    assert set(HANDLERS) == set(EventType)
+
+
+def test_an_unknown_event_type_is_an_error_when_strict_and_logged_otherwise(caplog):
+    event = _event(1, "PatientRenamed")  # say, written by a newer release
+    with pytest.raises(UnknownEventType, match="PatientRenamed"):
+        changes_for([event], strict=True)
+    with caplog.at_level("ERROR", logger="mpi.search"):
+        net = changes_for([event])
+    assert {k: v.action for k, v in net.items()} == {"p1": "refetch"}
+    assert "PatientRenamed" in caplog.text
+
+
 def test_net_change_per_patient_keeps_the_last():
     from datetime import datetime
 
-    from mpi.events.log import ChangeEvent
+    from mpi.domain.events import ChangeEvent
 
     def event(n, kind, entity="p1", payload=None):
         return ChangeEvent(n, datetime(2026, 1, 1), kind, "patient", entity, n, "x", None,
@@ -146,7 +166,7 @@ def test_one_writer_per_directory(db, patients, index_root):
         first.stop()  # the writer goes away (a worker exits): another one takes over
         patients.create(source_id="B-3", identifiers=[])
         second.catch_up()
-        assert second.lock.held() and second.cursor == ChangeLog(db).last_id()
+        assert second.lock.held() and second.cursor == ChangeRepository().last_id()
     finally:
         first.stop()
         second.stop()
@@ -214,7 +234,7 @@ def test_rebuild_beside_keeps_readers_answering(db, patients, indexer, reader, i
 def _event(n, kind, entity="p1", payload=None):
     from datetime import datetime
 
-    from mpi.events.log import ChangeEvent
+    from mpi.domain.events import ChangeEvent
 
     return ChangeEvent(n, datetime(2026, 1, 1), kind, "patient", entity, n, "x", None, payload)
 
@@ -335,7 +355,7 @@ def test_compaction_when_idle_merges_segments_and_keeps_every_answer(db, patient
         before = segments()
     assert segments() < indexer_module.COMPACT_AT_SEGMENTS
     assert sorted(ids(reader, "compactson")) == sorted(p.id for p in made[1:])
-    assert indexer.cursor == ChangeLog(db).last_id()
+    assert indexer.cursor == ChangeRepository().last_id()
 
 
 def test_workers_lower_their_own_priority(monkeypatch):

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mpi.events.log import ChangeLog
+from mpi.storage.changes import ChangeRepository
+from mpi.wiring import build
 from mpi.search.index import WhooshSearchIndex
 from mpi.search.indexer import Indexer
 from mpi.search.process import IndexerProcess
@@ -31,13 +32,13 @@ def _wait_for(condition, timeout: float = 60) -> None:
 
 
 def test_indexer_process_writes_and_workers_stand_by(settings, db, patients, reader):
-    process = IndexerProcess(settings)
+    process = IndexerProcess(lambda: build(settings))
     stand_by = Indexer(db, settings.search_index_path)  # what a worker's thread does
     try:
         assert process.start() is True  # it holds the lock when start() returns
         assert stand_by.step() == 0 and not stand_by.lock.held()
         john = patients.create()
-        last = ChangeLog(db).last_id()
+        last = ChangeRepository().last_id()
 
         def caught_up() -> bool:
             checked = IndexDirectory(settings.search_index_path).check()
@@ -58,7 +59,7 @@ def test_indexer_process_writes_and_workers_stand_by(settings, db, patients, rea
 
 
 def test_a_worker_takes_over_when_the_indexer_process_is_gone(settings, db, patients, reader):
-    process = IndexerProcess(settings)
+    process = IndexerProcess(lambda: build(settings))
     assert process.start()
     process.stop()
     worker = Indexer(db, settings.search_index_path)

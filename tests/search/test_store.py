@@ -56,7 +56,7 @@ def test_writer_lock_is_exclusive_and_follows_the_file(tmp_path):
 def test_search_modules_and_whoosh_run_without_warnings(tmp_path):
     """whoosh-reloaded, not whoosh 2.7.4 (invalid escapes, ``is`` with a literal)."""
     code = ("import mpi.search.index, mpi.search.indexer, mpi.search.query, "
-            "mpi.search.service, mpi.search.cli")
+            "mpi.search.service, mpi.commands.search")
     # A fresh interpreter without bytecode caches, so compile-time warnings show too.
     result = subprocess.run([sys.executable, "-B", "-W", "error", "-X", "pycache_prefix="
                              + str(tmp_path / "pyc"), "-c", code],

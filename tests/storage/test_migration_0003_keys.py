@@ -148,7 +148,7 @@ def edge_cases() -> list[dict[str, Any]]:
 
 
 def _write() -> None:  # pragma: no cover - run by hand, once
-    from mpi.identity.matcher import MatchingEngine
+    from mpi.identity.engine import MatchingEngine
     from mpi.matching.model import Model
 
     engine = MatchingEngine(Model.default())

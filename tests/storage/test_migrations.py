@@ -81,6 +81,40 @@ def test_a_changed_migration_is_refused(db):
         migrate.pending(db, tampered)
 
 
+# The checksums the released texts of 0002 and 0003 had, before this release corrected
+# 0002's docstring and copied 0003's key function into it (same effect, new bytes).
+RELEASED = {"0002": "e2e87803644c1164a26ce6094896fbfe82ef360cffe5ba2734c96916dd589a58",
+            "0003": "fad35d6568ebc00133fcb11cf07a25ed03bcc3d781ae7f60964c9f7882c3ae41"}
+
+
+def test_a_database_that_applied_an_earlier_equivalent_text_is_accepted(db):
+    """Databases migrated by the previous release start: the edited migrations list the
+    released texts' checksums in SUPERSEDES. Any other checksum is still refused."""
+    for version, checksum in RELEASED.items():
+        db.execute_sql("UPDATE schema_migration SET checksum = "
+                       + ("%s" if isinstance(db, peewee.PostgresqlDatabase) else "?")
+                       + " WHERE version = "
+                       + ("%s" if isinstance(db, peewee.PostgresqlDatabase) else "?"),
+                       (checksum, version))
+    assert migrate.pending(db) == []
+    assert migrate.apply(db) == []
+    shipped = {m.version: m for m in migrate.discover()}
+    for version, checksum in RELEASED.items():
+        assert shipped[version].checksum != checksum
+        assert shipped[version].supersedes == {checksum}
+    other = [migrate.Migration(m.version, m.name, m.checksum, m.module)
+             for m in shipped.values()]  # the same files without SUPERSEDES
+    with pytest.raises(migrate.MigrationError, match="0002_identity changed after"):
+        migrate.pending(db, other)
+
+
+def test_supersedes_must_be_a_tuple_of_digests():
+    assert migrate._supersedes(b"SUPERSEDES = ('" + b"a" * 64 + b"',)\n") == {"a" * 64}
+    assert migrate._supersedes(b"X = 1\n") == frozenset()
+    with pytest.raises(migrate.MigrationError, match="sha256"):
+        migrate._supersedes(b"SUPERSEDES = ('not a digest',)\n")
+
+
 def test_a_migration_unknown_to_this_release_is_refused(db):
     with pytest.raises(migrate.MigrationError, match="does not ship"):
         migrate.pending(db, [])

@@ -11,7 +11,7 @@ from typing import Any
 import falcon
 import peewee
 
-from mpi.audit.log import Actor
+from mpi.domain.audit import Actor
 
 access_log = logging.getLogger("mpi.access")
 

@@ -1,5 +1,5 @@
-"""The audit log: who did what to which record, reads included."""
+"""Reading the audit trail (``trail``), itself audited.
 
-from mpi.audit.log import Actor, AuditEntry, AuditLog
-
-__all__ = ["Actor", "AuditEntry", "AuditLog"]
+The vocabulary (actors, tags) is in ``mpi.domain.audit``; rows are written by every unit
+of work (``mpi.storage.work``) and read back by ``mpi.storage.audit``.
+"""

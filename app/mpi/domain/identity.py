@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mpi.domain.patient import Patient
-
-# Timestamps are stored as naive UTC; they leave with their zone.
-UtcDatetime = Annotated[datetime, AfterValidator(
-    lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
+from mpi.domain.types import UtcDatetime
 
 Grade = Literal["certain", "probable", "possible", "unlikely"]
 ReviewKind = Literal["possible_match", "possible_duplicate"]

@@ -321,3 +321,10 @@ def parse_patient(body: bytes, *, today: date) -> PatientInput:
         if len(errors) == 1 and errors[0]["type"] == "model_type":
             raise InvalidInput([FieldProblem("body", "must be a JSON object")]) from None
         raise InvalidInput(problems_from(exc)) from None
+
+
+class PatientPage(BaseModel):
+    """A page of ``GET /api/v1/patients``."""
+
+    items: list[Patient]
+    next_cursor: str | None = None

@@ -1,5 +1,5 @@
-"""The durable change log, read as an ordered feed."""
+"""The change feed (``feed``): every committed change, in commit order, read by clients.
 
-from mpi.events.log import ChangeEvent, ChangeLog
-
-__all__ = ["ChangeEvent", "ChangeLog"]
+The vocabulary (event types) is in ``mpi.domain.events``; events are appended by every
+unit of work (``mpi.storage.work``) and read back by ``mpi.storage.changes``.
+"""

@@ -1,10 +1,15 @@
-"""The seam between identity and the matcher: records in their JSON matching form in,
-blocking keys, pair scores and a person-level decision out."""
+"""The matching engine, and the seam identity sees it through.
+
+The seam (:class:`Engine`): records in their stored JSON matching form in, blocking keys,
+pair scores and a person-level decision out; tests put a fake with fixed scores behind
+it. :class:`MatchingEngine` is the production engine: ``mpi.matching`` behind the seam.
+The composition root (``mpi.wiring``) builds it from the settings and the model file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal, Protocol
 
 
@@ -93,3 +98,85 @@ def grade(probability: float, *, link_threshold: float, review_threshold: float)
     if probability >= review_threshold / 2:
         return "possible"
     return "unlikely"
+
+
+class MatchingEngine:
+    """Blocking keys, pair scores and the person-level decision of ``mpi.matching``, fed
+    with records in their stored JSON matching form."""
+
+    def __init__(self, model: Any, *, link_threshold: float = 0.95,
+                 review_threshold: float = 0.5, twin_guard: bool = True):
+        from mpi.matching.scoring import Scorer
+
+        self.model = model
+        self.model_version: str = model.version
+        self.link_threshold = link_threshold
+        self.review_threshold = review_threshold
+        self.twin_guard = twin_guard
+        self.scorer = Scorer(model)
+        # Prepared forms of stored records, by record id: a person's records are scored
+        # again each time a new record meets them. Checked against the data (an update
+        # changes it); bounded, oldest dropped first.
+        self._prepared: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self.cache_size = 200_000
+
+    def _prepare(self, record_id: str, data: Mapping[str, Any]) -> Any:
+        from mpi.matching.record import prepare
+
+        hit = self._prepared.get(record_id)
+        if hit is not None and hit[0] == data:
+            return hit[1]
+        prepared = prepare(to_match_record(data))
+        if len(self._prepared) >= self.cache_size:
+            self._prepared.pop(next(iter(self._prepared)))
+        self._prepared[record_id] = (data, prepared)
+        return prepared
+
+    def keys(self, data: Mapping[str, Any]) -> list[str]:
+        from mpi.matching.blocking import blocking_keys
+
+        return blocking_keys(self._prepare(str(data.get("record_id") or ""), data))
+
+    def decide(self, data: Mapping[str, Any], candidates: Sequence[Candidate], *,
+               excluded: frozenset[str] = frozenset()) -> PersonDecision:
+        from mpi.matching.linker import decide
+
+        incoming = self._prepare(str(data.get("record_id") or ""), data)
+        grouped: dict[Any, list[Any]] = {}
+        for c in candidates:
+            grouped.setdefault(c.person_id, []).append(
+                self.scorer.score(incoming, self._prepare(c.record_id, c.match_data)))
+        decision = decide(grouped, self.link_threshold, self.review_threshold, excluded,
+                          self.twin_guard)
+        ranked = tuple(RankedPerson(str(c.person_id), c.probability, c.best.right_id,
+                                    pair_score(c.best), len(grouped[str(c.person_id)]))
+                       for c in decision.candidates)
+        by_id = {r.person_id: r for r in ranked}
+        return PersonDecision(
+            decision.kind, str(decision.person_id) if decision.person_id is not None else None,
+            decision.probability or (ranked[0].probability if ranked else 0.0), ranked,
+            tuple(by_id[str(c.person_id)] for c in decision.duplicates))
+
+
+def pair_score(score: Any) -> PairScore:
+    """The matcher's score behind the seam; its explanation is worked out when read."""
+    def explain() -> tuple[str, tuple[tuple[str, str, float], ...]]:
+        return score.reason, tuple((c.comparison, c.label, round(c.weight, 4))
+                                   for c in score.comparisons)
+
+    return PairScore(score.probability, score.weight, explain=explain)
+
+
+def to_match_record(data: Mapping[str, Any]) -> Any:
+    from mpi.matching.record import MatchRecord
+
+    born = data.get("birth_date")
+    return MatchRecord(
+        record_id=str(data.get("record_id") or ""),
+        source=data.get("source"), given_name=data.get("given_name"),
+        middle_name=data.get("middle_name"), family_name=data.get("family_name"),
+        birth_date=date.fromisoformat(born) if born else None, sex=data.get("sex"),
+        address_line=data.get("address_line"), city=data.get("city"),
+        state=data.get("state"), postal_code=data.get("postal_code"),
+        phone=data.get("phone"), ssn=data.get("ssn"),
+        identifiers=tuple((s, v) for s, v in data.get("identifiers") or ()))

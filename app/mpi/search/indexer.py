@@ -1,19 +1,19 @@
 """The indexer: keeps one index directory current by following the change log.
 
-One process per index directory writes (``WriterLock``); in the service that
-is whichever gunicorn worker's indexer thread took the lock first, and when
-that worker exits another one takes over. Each step reads the events after the
+One process per index directory writes (``WriterLock``); under ``mpi serve`` that is
+the indexer process the gunicorn master forks (``mpi.search.process``), and the
+workers' indexer threads stand by to take over if it dies. Each step reads the events after the
 index's cursor, turns them into index changes and commits the documents and
 the new cursor in ONE whoosh commit, so the index never claims to have seen an
 event whose change it does not hold.
 
 What an event means for the index is decided by :data:`HANDLERS`, keyed by
-event type: created/updated events carry the full record, deleted events
-remove it, a link event (``PatientLinked``/``PatientUnlinked``) carries the
-patient's new person, and any other event about a patient is handled by
-re-reading that patient from the database. An event about another kind of
-entity that changes patients registers a handler returning the ids of the
-patients to re-read.
+:class:`~mpi.domain.events.EventType` and covering every type: created/updated
+events carry the full record, deleted events remove it, a link event
+(``PatientLinked``/``PatientUnlinked``) carries the patient's new person, a merge
+names the patients it moved (re-read), and review events change no document. A
+type with no handler (written by a newer release, say) is an error in a strict
+indexer (the tests') and otherwise logged as an error, its patient re-read.
 
 The events of one step are coalesced into one change per patient before the
 index is touched: a record created (or updated) and linked in one transaction
@@ -41,9 +41,10 @@ from typing import Any, Literal
 
 import peewee
 
-from mpi.events.log import ChangeEvent, ChangeLog
+from mpi.domain.events import ChangeEvent, EventType
 from mpi.search.schema import document, meta_document
 from mpi.search.store import IndexDirectory, IndexState, Opened, WriterLock
+from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import connection, is_postgres
 from mpi.storage.patients import PatientFilter, PatientRepository
 
@@ -110,9 +111,14 @@ def _relinked(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
 
 
 def refetch_patient(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
-    """The default for any other event about a patient: re-read it from the database."""
+    """Re-read the patient the event is about from the database."""
     if event.entity_type == "patient":
         yield event.entity_id, Change("refetch")
+
+
+def no_document_change(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
+    """Events that change no patient's document (the review queue)."""
+    return iter(())
 
 
 def patients_listed_in(*keys: str) -> Handler:
@@ -128,30 +134,47 @@ def patients_listed_in(*keys: str) -> Handler:
 
 
 HANDLERS: dict[str, Handler] = {
-    "PatientCreated": _from_payload,
-    "PatientUpdated": _from_payload,
-    "PatientDeleted": _deleted,
+    EventType.PATIENT_CREATED: _from_payload,
+    EventType.PATIENT_UPDATED: _from_payload,
+    EventType.PATIENT_DELETED: _deleted,
     # Identity: a (un)link names the patient's new person; after the record's own event
     # in the same step it only sets person_id, otherwise the patient is re-read.
-    "PatientLinked": _relinked,
-    "PatientUnlinked": _relinked,
+    EventType.PATIENT_LINKED: _relinked,
+    EventType.PATIENT_UNLINKED: _relinked,
     # A merge and its undo move records between persons and name them.
-    "PersonsMerged": patients_listed_in("moved_patient_ids"),
-    "MergeUndone": patients_listed_in("returned_patient_ids", "moved_patient_ids"),
+    EventType.PERSONS_MERGED: patients_listed_in("moved_patient_ids"),
+    EventType.MERGE_UNDONE: patients_listed_in("returned_patient_ids", "moved_patient_ids"),
+    # Reviews change no record.
+    EventType.REVIEW_OPENED: no_document_change,
+    EventType.REVIEW_RESOLVED: no_document_change,
 }
 
 
-def changes_for(events: Iterable[ChangeEvent],
-                handlers: dict[str, Handler] | None = None) -> dict[str, Change]:
+class UnknownEventType(LookupError):
+    """The change log holds an event type the indexer has no handler for."""
+
+
+def changes_for(events: Iterable[ChangeEvent], handlers: dict[str, Handler] | None = None,
+                *, strict: bool = False) -> dict[str, Change]:
     """The net change per patient id for a batch of events: one per patient, never "relink".
 
     The last change wins, except that a relink amends the record an earlier event of
-    the batch carried (see :meth:`Change.after`).
+    the batch carried (see :meth:`Change.after`). An event type without a handler raises
+    :class:`UnknownEventType` when ``strict``; otherwise it is logged as an error and
+    its patient (if it is about one) re-read.
     """
     handlers = HANDLERS if handlers is None else handlers
     net: dict[str, Change] = {}
     for event in events:
-        for patient_id, change in handlers.get(event.event_type, refetch_patient)(event):
+        handler = handlers.get(event.event_type)
+        if handler is None:
+            if strict:
+                raise UnknownEventType(f"no search-index handler for event type "
+                                       f"{event.event_type!r} (event {event.id})")
+            log.error("search index: no handler for event type %s; re-reading its patient",
+                      event.event_type, extra={"event_type": event.event_type})
+            handler = refetch_patient
+        for patient_id, change in handler(event):
             previous = net.pop(patient_id, None)  # keep insertion order = order of the last
             net[patient_id] = change.after(previous)
     return net
@@ -238,7 +261,7 @@ def build_generation(db: peewee.Database, directory: IndexDirectory, *,
         repository = PatientRepository()
         count = 0
         with connection(db), snapshot(db):
-            cursor = ChangeLog(db).last_id()
+            cursor = ChangeRepository().last_id()
             total = _count(db)
             writer = ix.writer(limitmb=256)
             try:
@@ -279,13 +302,15 @@ class Indexer:
     """Follows the change log into the index directory at ``root`` (when it holds the lock)."""
 
     def __init__(self, db: peewee.Database, root: Path, *, poll_interval: float = 0.2,
-                 batch_size: int = BATCH_SIZE, handlers: dict[str, Handler] | None = None):
+                 batch_size: int = BATCH_SIZE, handlers: dict[str, Handler] | None = None,
+                 strict: bool = False):
         self._db = db
         self.directory = IndexDirectory(root)
         self.lock = WriterLock(root)
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self.handlers = HANDLERS if handlers is None else handlers
+        self.strict = strict  # an unknown event type is an error (tests), not a re-read
         self._opened: Opened | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -311,7 +336,7 @@ class Indexer:
             self._close()
             return max(count, 1)
         with connection(self._db):
-            events = ChangeLog(self._db).read(after=opened.cursor, limit=self.batch_size)
+            events = ChangeRepository().read(after=opened.cursor, limit=self.batch_size)
             if not events:
                 return 0
             try:
@@ -320,6 +345,12 @@ class Indexer:
                 self._close()  # the next step checks the index again (and rebuilds it if bad)
                 raise
         return len(events)
+
+    def rebuild(self, *, progress: Callable[[int, int], None] | None = None
+                ) -> tuple[Path, int, int]:
+        """Build a new generation from the database beside the current one and publish it
+        (``mpi reindex``); see :func:`build_generation`."""
+        return build_generation(self._db, self.directory, progress=progress)
 
     def catch_up(self, max_steps: int = 10_000) -> None:
         """Step until the index has every committed event (tests and tools)."""
@@ -344,7 +375,7 @@ class Indexer:
 
     def _apply(self, opened: Opened, events: list[ChangeEvent]) -> None:
         started = time.perf_counter()
-        net = changes_for(events, self.handlers)
+        net = changes_for(events, self.handlers, strict=self.strict)
         refetched = live_records(self._db, [pid for pid, c in net.items()
                                             if c.action == "refetch"])
         read = time.perf_counter()

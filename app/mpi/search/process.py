@@ -18,8 +18,9 @@ import select
 import signal
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from mpi.config import Settings
+from mpi.search.indexer import Indexer
 
 log = logging.getLogger("mpi.search")
 
@@ -27,14 +28,18 @@ READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
-def _follow(settings: Settings, ready: Callable[[], None]) -> None:
-    """The indexer process's body: take the writer lock, say so, follow the change log."""
-    from mpi.search.indexer import Indexer
-    from mpi.storage.db import database_proxy, make_database
+class IndexerServices(Protocol):
+    """What the process builds after the fork (``mpi.wiring.Services``)."""
 
-    db = make_database(settings)
-    indexer = Indexer(db, settings.search_index_path,
-                      poll_interval=settings.search_poll_interval)
+    def indexer(self) -> Indexer: ...
+
+    def close(self) -> None: ...
+
+
+def _follow(build: Callable[[], IndexerServices], ready: Callable[[], None]) -> None:
+    """The indexer process's body: take the writer lock, say so, follow the change log."""
+    services = build()  # its own database pool, bound in this process
+    indexer = services.indexer()
     # The master's handlers only queue signals for its own loop: stop on TERM/INT/QUIT,
     # and leave the rest (HUP reloads workers, TTIN/TTOU resize them) to the master.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -42,7 +47,6 @@ def _follow(settings: Settings, ready: Callable[[], None]) -> None:
     for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
                 signal.SIGWINCH, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_IGN if sig != signal.SIGCHLD else signal.SIG_DFL)
-    database_proxy.initialize(db)
     _stop_when_orphaned(indexer.request_stop)
     if indexer.lock.acquire():
         ready()
@@ -50,10 +54,8 @@ def _follow(settings: Settings, ready: Callable[[], None]) -> None:
         indexer.run()
     finally:
         indexer.stop(timeout=0)
-        close_all = getattr(db, "close_all", None)  # the pooled databases
-        if close_all is not None:
-            with contextlib.suppress(Exception):
-                close_all()
+        with contextlib.suppress(Exception):
+            services.close()
 
 
 def _stop_when_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
@@ -73,12 +75,13 @@ def _stop_when_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
 class IndexerProcess:
     """Forks :func:`_follow` from the calling process (the gunicorn master) and stops it.
 
-    A bare ``os.fork``, not ``multiprocessing``: the workers the master forks later
-    must not inherit a child registry that they would try to join at exit.
+    ``build`` runs in the child and gives it its services (``mpi.wiring.build`` for the
+    settings). A bare ``os.fork``, not ``multiprocessing``: the workers the master forks
+    later must not inherit a child registry that they would try to join at exit.
     """
 
-    def __init__(self, settings: Settings):
-        self._settings = settings
+    def __init__(self, build: Callable[[], IndexerServices]):
+        self._build = build
         self.pid: int | None = None
 
     def start(self, close_fds: tuple[int, ...] = ()) -> bool:
@@ -92,7 +95,7 @@ class IndexerProcess:
                 for fd in close_fds:  # the master's listening sockets: it serves nothing
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                _follow(self._settings, lambda: _signal_ready(write_end))
+                _follow(self._build, lambda: _signal_ready(write_end))
                 code = 0
             except BaseException:
                 log.exception("search indexer process failed")

@@ -10,20 +10,16 @@ records were returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
-import peewee
-
-from mpi.audit.log import Actor, AuditLog
-from mpi.domain.errors import StorageUnavailable
+from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.patient import Patient
 from mpi.search.index import Hit, SearchIndex
 from mpi.search.query import Options, Shortcuts, build
-from mpi.storage.db import write_transaction
 from mpi.storage.patients import PatientRepository
+from mpi.storage.work import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -50,31 +46,23 @@ class SearchOutcome:
 
 
 class SearchService:
-    def __init__(self, db: peewee.Database, index: SearchIndex, *, clock: Callable[[], datetime],
-                 fuzzy: int = 1, repository: PatientRepository | None = None,
-                 audit: AuditLog | None = None):
-        self._db = db
+    def __init__(self, work: UnitOfWork, index: SearchIndex, repository: PatientRepository, *,
+                 fuzzy: int):
+        self._work = work
         self.index = index
-        self._clock = clock
+        self._repository = repository
         self.fuzzy = fuzzy
-        self.repository = repository or PatientRepository()
-        self.audit = audit or AuditLog()
 
     def search(self, request: SearchRequest, actor: Actor) -> SearchOutcome:
         """Raises QuerySyntaxError (bad query), SearchUnavailable (no index yet)."""
         options = Options(fuzzy=self.fuzzy if request.fuzzy is None else request.fuzzy)
         query = build(request.q, request.shortcuts, options)
         results = self.index.search(query, offset=request.offset, limit=request.limit)
-        try:
-            with write_transaction(self._db):
-                live = self.repository.get_live_many([h.id for h in results.hits])
-                items = [Found(h, live[h.id]) for h in results.hits if h.id in live]
-                self.audit.record("patient:record:search", actor, entity_type="patient",
-                                  entity_id=None, now=self._clock(),
-                                  new={"query": _asked(request),
-                                       "returned": [f.patient.id for f in items]})
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            raise StorageUnavailable("the database is unavailable") from exc
+        with self._work.begin(actor) as tx:
+            live = self._repository.get_live_many([h.id for h in results.hits])
+            items = [Found(h, live[h.id]) for h in results.hits if h.id in live]
+            tx.audit(AuditTag.PATIENT_SEARCH, None,
+                     new={"query": _asked(request), "returned": [f.patient.id for f in items]})
         dropped = len(results.hits) - len(items)
         return SearchOutcome(items, max(results.total - dropped, len(items)), results.cursor,
                              dropped)

@@ -3,8 +3,9 @@
 peewee builds the SQL of ``insert_many`` value by value, which costs more than the
 database's own work once a batch holds thousands of rows (``mpi import``). Here the
 statement is built once per model and the rows go to the driver's ``executemany``
-(SQLite) or to PostgreSQL's ``COPY FROM STDIN``. Values still pass through each field's
-``db_value``, so UUIDs, JSON and dates are stored exactly as peewee stores them.
+(SQLite, and PostgreSQL for fewer than COPY_MIN_ROWS rows: COPY costs a round trip more
+than one INSERT) or to PostgreSQL's ``COPY FROM STDIN``. Values still pass through each
+field's ``db_value``, so UUIDs, JSON and dates are stored exactly as peewee stores them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 import peewee
 
 from mpi.storage.fields import JSONTextField
+
+COPY_MIN_ROWS = 8
 
 
 def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
@@ -32,7 +35,7 @@ def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> No
     marks = ", ".join([db.param] * len(fields))
     # Table and column names come from the models, never from input.
     sql = f'INSERT INTO "{meta.table_name}" ({columns}) VALUES ({marks})'  # noqa: S608
-    copy = isinstance(db, peewee.PostgresqlDatabase)
+    copy = isinstance(db, peewee.PostgresqlDatabase) and len(rows) >= COPY_MIN_ROWS
     # COPY adapts ints, strings, dates, datetimes, booleans and UUIDs itself; only values
     # with a storage form of their own (JSON text) need the field's conversion there.
     converters = [f.db_value if not copy or isinstance(f, JSONTextField) else None

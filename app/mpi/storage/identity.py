@@ -1,7 +1,7 @@
 """Identity repository: the only code that reads or writes the identity tables.
 
-Like the patient repository it opens no transaction; the identity service wraps
-each decision, with its audit rows and change-log events, in one.
+Like the patient repository it opens no transaction: each decision runs in the
+caller's unit of work (``mpi.storage.work``) with its audit rows and change events.
 """
 
 from __future__ import annotations
@@ -119,12 +119,24 @@ class IdentityRepository:
         PatientLinkRow.update(match_data=match_data).where(
             PatientLinkRow.patient == patient_pk).execute()
 
-    def person_id_of_patients(self, patient_pks: Sequence[int]) -> dict[int, str]:
-        if not patient_pks:
-            return {}
-        query = (PatientLinkRow.select(PatientLinkRow.patient, PersonRow.id)
-                 .join(PersonRow).where(PatientLinkRow.patient.in_(list(patient_pks))))
-        return {ppk: str(pid) for ppk, pid in tuples(query)}
+    def mark_manual(self, patient_pk: int) -> None:
+        """A steward's placement: the engine will not move the record again."""
+        PatientLinkRow.update(manual=True).where(PatientLinkRow.patient == patient_pk).execute()
+
+    def matching_forms(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """(patient id, matching form) of every live record, oldest first."""
+        return [(str(pid), data) for pid, data in tuples(
+            PatientLinkRow.select(PatientRow.id, PatientLinkRow.match_data)
+            .join(PatientRow).where(PatientRow.deleted_at.is_null()).order_by(PatientRow.pk))]
+
+    def clusters(self) -> list[tuple[str, str, str]]:
+        """(source, source id, person id) of every live record, by source and source id."""
+        return [(source, source_id, str(person)) for source, source_id, person in tuples(
+            PatientRow.select(PatientRow.source, PatientRow.source_id, PersonRow.id)
+            .join(PatientLinkRow, on=(PatientLinkRow.patient == PatientRow.pk))
+            .join(PersonRow, on=(PersonRow.pk == PatientLinkRow.person))
+            .where(PatientRow.deleted_at.is_null())
+            .order_by(PatientRow.source, PatientRow.source_id))]
 
     def live_links(self, person_pk: int) -> list[PatientLinkRow]:
         """The person's live records' links, oldest record first."""

@@ -5,10 +5,16 @@ records it in ``schema_migration``, under a lock (a PostgreSQL advisory lock,
 SQLite's write lock), so several processes starting at once apply each
 migration exactly once. An applied migration whose file has changed since is
 an error: released migrations are frozen.
+
+A migration whose text had to change after release without changing what it does
+(a corrected docstring; live code it imported copied in) lists the checksums of its
+earlier texts in a module-level ``SUPERSEDES = ("<sha256>", ...)``: a database that
+applied one of those is accepted. The tuple is read from the file, not imported.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import re
@@ -36,6 +42,11 @@ class Migration:
     name: str
     checksum: str
     module: str
+    supersedes: frozenset[str] = frozenset()
+
+    def accepts(self, checksum: str) -> bool:
+        """Whether a database that recorded ``checksum`` applied this migration."""
+        return checksum == self.checksum or checksum in self.supersedes
 
     def load(self) -> Callable[[peewee.Database], None]:
         module = importlib.import_module(self.module)
@@ -49,14 +60,30 @@ def discover(package: str = PACKAGE) -> list[Migration]:
         match = _FILE_RE.match(entry.name)
         if not match:
             continue
-        checksum = hashlib.sha256(entry.read_bytes()).hexdigest()
-        found.append(Migration(match["version"], match["name"], checksum,
-                               f"{package}.{entry.name[:-3]}"))
+        text = entry.read_bytes()
+        found.append(Migration(match["version"], match["name"],
+                               hashlib.sha256(text).hexdigest(),
+                               f"{package}.{entry.name[:-3]}", _supersedes(text)))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migrations share a version number: {versions}")
     return found
+
+
+def _supersedes(text: bytes) -> frozenset[str]:
+    """The module-level ``SUPERSEDES`` tuple of checksums, read without importing."""
+    for node in ast.parse(text).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "SUPERSEDES"):
+            value = ast.literal_eval(node.value)
+            if not (isinstance(value, tuple)
+                    and all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+                            for v in value)):
+                raise MigrationError("SUPERSEDES must be a tuple of sha256 hex digests")
+            return frozenset(value)
+    return frozenset()
 
 
 def _lock(db: peewee.Database) -> None:
@@ -92,7 +119,7 @@ def _check_history(shipped: list[Migration], applied: dict[str, str], *,
             raise MigrationError(
                 f"the database has migration {version}, which this release does not ship "
                 "(is it newer than this release?)")
-        if known.checksum != checksum:
+        if not known.accepts(checksum):
             raise MigrationError(f"migration {version}_{known.name} changed after it was applied")
 
 

@@ -7,9 +7,8 @@ import falcon
 from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, send
-from mpi.api.schemas import AuditEntryOut, AuditPage
-from mpi.audit.log import AuditEntry
-from mpi.services.patients import PatientService
+from mpi.audit.trail import AuditTrail
+from mpi.domain.audit import AuditPage
 
 PAGE_PARAMS = (
     Param("before", "query", "Cursor: entries older than this (next_cursor of the last page)",
@@ -19,12 +18,6 @@ PAGE_PARAMS = (
 )
 
 
-def _page(entries: list[AuditEntry], limit: int) -> AuditPage:
-    items = [AuditEntryOut(**vars(e)) for e in entries]
-    more = len(items) == limit and items
-    return AuditPage(items=items, next_cursor=str(items[-1].id) if more else None)
-
-
 def _paging(q: Query) -> tuple[int | None, int]:
     before = q.integer("before", minimum=1)
     limit = q.integer("limit", default=100, minimum=1, maximum=500) or 100
@@ -32,8 +25,8 @@ def _paging(q: Query) -> tuple[int | None, int]:
 
 
 class PatientAudit:
-    def __init__(self, service: PatientService):
-        self._service = service
+    def __init__(self, trail: AuditTrail):
+        self._trail = trail
 
     @operation("A patient record's audit trail", tags=["audit"], params=PAGE_PARAMS,
                responses={200: ("Entries, newest first", AuditPage),
@@ -43,18 +36,13 @@ class PatientAudit:
         q = Query(req)
         before, limit = _paging(q)
         q.check()
-        actor = actor_for(req)
-        self._service.repository.require_exists(str(patient_id))
-        entries = self._service.audit.for_entity("patient", str(patient_id), before=before,
-                                                 limit=limit)
-        self._service.record_access("audit:trail:read", actor, entity_type="patient",
-                                    entity_id=str(patient_id))
-        send(resp, _page(entries, limit), omit_nulls=False)
+        send(resp, self._trail.for_patient(str(patient_id), actor_for(req), before=before,
+                                           limit=limit), omit_nulls=False)
 
 
 class RecentAudit:
-    def __init__(self, service: PatientService):
-        self._service = service
+    def __init__(self, trail: AuditTrail):
+        self._trail = trail
 
     @operation("The most recent audit entries", tags=["audit"], params=PAGE_PARAMS,
                responses={200: ("Entries, newest first", AuditPage)})
@@ -62,16 +50,13 @@ class RecentAudit:
         q = Query(req)
         before, limit = _paging(q)
         q.check()
-        actor = actor_for(req)
-        entries = self._service.audit.recent(before=before, limit=limit)
-        self._service.record_access("audit:recent:read", actor, entity_type="audit",
-                                    detail={"returned": len(entries)})
-        send(resp, _page(entries, limit), omit_nulls=False)
+        send(resp, self._trail.recent(actor_for(req), before=before, limit=limit),
+             omit_nulls=False)
 
 
 class UserAudit:
-    def __init__(self, service: PatientService):
-        self._service = service
+    def __init__(self, trail: AuditTrail):
+        self._trail = trail
 
     @operation("What one user did", tags=["audit"],
                params=(Param("user_id", "query", "The acting user (X-User-ID)",
@@ -86,8 +71,5 @@ class UserAudit:
         before, limit = _paging(q)
         q.check()
         assert user_id is not None
-        actor = actor_for(req)
-        entries = self._service.audit.by_actor(user_id, before=before, limit=limit)
-        self._service.record_access("audit:user:read", actor, entity_type="user",
-                                    entity_id=user_id, detail={"returned": len(entries)})
-        send(resp, _page(entries, limit), omit_nulls=False)
+        send(resp, self._trail.by_user(user_id, actor_for(req), before=before, limit=limit),
+             omit_nulls=False)

@@ -8,7 +8,7 @@ import peewee
 from mpi import SERVICE_NAME, build_commit, version
 from mpi.api.openapi import operation
 from mpi.api.resources.common import send
-from mpi.api.schemas import Health
+from mpi.domain.health import Health
 from mpi.storage import migrate
 
 

@@ -10,10 +10,9 @@ from mpi.api.errors import Problem
 from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, json_body, send
-from mpi.api.schemas import PatientPage
 from mpi.domain.errors import FieldProblem
-from mpi.domain.patient import Patient, PatientInput
-from mpi.services.patients import PatientService
+from mpi.domain.patient import Patient, PatientInput, PatientPage
+from mpi.patients.service import PatientService
 from mpi.storage.patients import PatientFilter
 
 BASE = "/api/v1/patients"

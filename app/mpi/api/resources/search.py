@@ -10,8 +10,8 @@ from mpi.api.errors import Problem
 from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query
-from mpi.api.schemas import SearchHit, SearchPage
 from mpi.domain.errors import FieldProblem
+from mpi.domain.search import SearchHit, SearchPage
 from mpi.search.index import SearchUnavailable
 from mpi.search.query import MAX_FUZZY, MAX_QUERY_LENGTH, QuerySyntaxError, Shortcuts
 from mpi.search.service import SearchRequest, SearchService

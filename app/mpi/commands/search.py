@@ -1,8 +1,4 @@
-"""``mpi reindex``: rebuild the search index from the database, beside the live one, then swap.
-
-Registered from ``mpi.cli`` with :func:`register`. Imports only the standard
-library until the command runs (``mpi healthcheck`` shares the parser).
-"""
+"""``mpi reindex``: rebuild the search index from the database, beside the live one, then swap."""
 
 from __future__ import annotations
 
@@ -26,17 +22,12 @@ def register(commands: Any) -> None:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mpi import config, logs
-    from mpi.search.indexer import build_generation
-    from mpi.search.store import IndexDirectory
-    from mpi.storage.bootstrap import prepare_database
-    from mpi.storage.db import database_proxy, make_database
+    from mpi import config, logs, wiring
 
     settings = config.load()
     logs.configure(settings)
-    prepare_database(settings)
-    db = make_database(settings)
-    database_proxy.initialize(db)
+    wiring.prepare(settings)
+    services = wiring.build(settings)
     bar = tqdm(unit=" patients", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
 
     def progress(done: int, total: int) -> None:
@@ -45,12 +36,9 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        path, count, cursor = build_generation(db, IndexDirectory(settings.search_index_path),
-                                               progress=progress)
+        path, count, cursor = services.indexer().rebuild(progress=progress)
     finally:
         bar.close()
-        close_all = getattr(db, "close_all", None)
-        if close_all is not None:
-            close_all()
+        services.close()
     print(f"indexed {count} patients through change-log event {cursor} into {path}")
     return 0

@@ -7,15 +7,14 @@ import os
 import subprocess
 import sys
 
-from mpi.audit.log import Actor
-from mpi.config import parse_database_url
-from mpi.events.log import ChangeLog
+from mpi.config import Settings
+from mpi.domain.audit import Actor
 from mpi.search.index import WhooshSearchIndex
 from mpi.search.query import parse
 from mpi.search.store import IndexDirectory
-from mpi.services.patients import PatientService
-from mpi.storage import migrate
-from mpi.storage.db import connection, database_for, database_proxy
+from mpi.storage.changes import ChangeRepository
+from mpi.storage.db import connection
+from mpi.wiring import build, migrate_database
 from tests.helpers import patient
 
 
@@ -30,17 +29,17 @@ def _reindex(env: dict[str, str], cwd) -> subprocess.CompletedProcess:
 
 def test_reindex_builds_beside_and_swaps(tmp_path):
     url = f"sqlite:///{tmp_path}/mpi.db"
-    db = database_for(parse_database_url(url))
-    database_proxy.initialize(db)
-    with connection(db):
-        migrate.apply(db)
-        service = PatientService(db)
+    settings = Settings.defaults(database_url=url, search_index_path=tmp_path / "index")
+    migrate_database(settings)
+    services = build(settings)
+    with connection(services.db):
+        service = services.patients
         for n in range(3):
             body = patient(source_id=f"R-{n}", identifiers=[],
                            names=[{"family": "Reindexer", "given": [f"G{n}"]}])
             service.create(service.parse(json.dumps(body).encode()), Actor("t"))
-        last_event = ChangeLog(db).last_id()
-    db.close_all()
+        last_event = ChangeRepository().last_id()
+    services.close()
     env = {"DATABASE_URL": url, "SEARCH_INDEX_PATH": str(tmp_path / "index"),
            "LOG_FORMAT": "text"}
 

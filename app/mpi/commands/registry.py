@@ -1,5 +1,7 @@
 """``mpi import | export``: load a CSV through the online linking path; write the clusters.
 
+Also the registry as ``mpi train``'s default record source (:func:`database_records`).
+
 ``import`` reads the standard CSV columns (see ``mpi.matching.csvio``), turns each row
 into a patient record (source = the row's ``source`` or ``--source``, source_id = its
 ``record_id``) and registers it exactly as ``POST /api/v1/patients`` would, record by
@@ -54,18 +56,16 @@ def register(commands: Any) -> None:
 
 def database_records() -> Iterator[MatchRecord]:
     """Every live record of the registry (DATABASE_URL) in the matcher's form."""
-    from mpi import config
-    from mpi.identity.matcher import to_match_record
-    from mpi.storage.db import connection, database_proxy, make_database, tuples
-    from mpi.storage.models import PatientLinkRow, PatientRow
+    from mpi import config, wiring
+    from mpi.identity.engine import to_match_record
+    from mpi.storage.db import connection
 
-    settings = config.load()
-    db = make_database(settings)
-    database_proxy.initialize(db)
-    with connection(db):
-        rows = tuples(PatientLinkRow.select(PatientRow.id, PatientLinkRow.match_data)
-                      .join(PatientRow).where(PatientRow.deleted_at.is_null())
-                      .order_by(PatientRow.pk))
+    services = wiring.build(config.load())
+    try:
+        with connection(services.db):
+            rows = services.persons.matching_forms()
+    finally:
+        services.close()
     for patient_id, data in rows:
         if data:  # records linked before matching existed have no matching form yet
             yield to_match_record({**data, "record_id": str(patient_id)})
@@ -193,11 +193,9 @@ class BatchReader:
 def cmd_import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mpi import config, logs
-    from mpi.api.app import build_services
-    from mpi.audit.log import Actor
+    from mpi import config, logs, wiring
+    from mpi.domain.audit import Actor
     from mpi.matching.csvio import CsvError
-    from mpi.storage.bootstrap import prepare_database
     from mpi.storage.db import connection
 
     if args.batch < 1:
@@ -205,8 +203,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     settings = config.load()
     logs.configure(settings)
-    prepare_database(settings)
-    db, service = build_services(settings)
+    wiring.prepare(settings)
+    services = wiring.build(settings)
+    db, service = services.db, services.patients
     actor = Actor(user_id=args.user, user_agent="mpi import")
     today = service.today()
     done = skipped = rejected = 0
@@ -228,9 +227,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_INPUT
     finally:
-        close_all = getattr(db, "close_all", None)  # the pooled databases
-        if close_all is not None:
-            close_all()
+        services.close()
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
     print(f"imported {done} record(s), skipped {skipped} already present, rejected "
@@ -239,21 +236,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mpi import config
+    from mpi import config, wiring
     from mpi.matching.csvio import write_rows
-    from mpi.storage.db import connection, database_proxy, make_database, tuples
-    from mpi.storage.models import PatientLinkRow, PatientRow, PersonRow
+    from mpi.storage.db import connection
 
-    settings = config.load()
-    db = make_database(settings)
-    database_proxy.initialize(db)
-    with connection(db):
-        rows = (tuples(PatientRow.select(PatientRow.source, PatientRow.source_id, PersonRow.id)
-                .join(PatientLinkRow, on=(PatientLinkRow.patient == PatientRow.pk))
-                .join(PersonRow, on=(PersonRow.pk == PatientLinkRow.person))
-                .where(PatientRow.deleted_at.is_null())
-                .order_by(PatientRow.source, PatientRow.source_id)))
-        out = [(source, source_id, str(person)) for source, source_id, person in rows]
+    services = wiring.build(config.load())
+    try:
+        with connection(services.db):
+            out = services.persons.clusters()
+    finally:
+        services.close()
     write_rows(args.clusters, ("source", "record_id", "person_id"), out)
     print(f"wrote {len(out)} record(s) in {len({p for _, _, p in out})} person(s) to "
           f"{args.clusters}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mpi.config import load
 from mpi.identity.engine import Candidate
-from mpi.identity.matcher import engine_for
+from mpi.wiring import matching_engine as engine_for
 
 
 def record(record_id: str, given: str, ssn: str) -> dict[str, object]:

@@ -1,0 +1,104 @@
+"""The audit trail's vocabulary: who acts (:class:`Actor`), what they did (:class:`AuditTag`),
+and an entry as it is read back (:class:`AuditEntryOut`, :class:`AuditPage`).
+
+A tag reads ``source:subject:action`` (``patient:record:update``). Each tag names the
+kind of entity its rows are about and whether it records a *read*: a unit of work whose
+only audit rows are reads may commit without waiting for the disk flush
+(``AUDIT_SYNCHRONOUS_READS``, see :mod:`mpi.storage.work`). That is declared here, per
+tag, never worked out from the spelling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+from mpi.domain.types import UtcDatetime
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, and from where (until authentication lands: the X-User-ID header)."""
+
+    user_id: str = "anonymous"
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+READ = True
+
+
+class AuditTag(StrEnum):
+    """Every audit action the service records; the value is what the row stores."""
+
+    entity_type: str
+    is_read: bool
+
+    def __new__(cls, value: str, entity_type: str, read: bool = False) -> AuditTag:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.entity_type = entity_type
+        member.is_read = read
+        return member
+
+    # Patient records.
+    PATIENT_CREATE = "patient:record:create", "patient"
+    PATIENT_UPDATE = "patient:record:update", "patient"
+    PATIENT_DELETE = "patient:record:delete", "patient"
+    PATIENT_READ = "patient:record:read", "patient", READ
+    PATIENT_LIST = "patient:record:list", "patient", READ
+    PATIENT_SEARCH = "patient:record:search", "patient", READ
+    # Enterprise identity: where a record was linked, and how.
+    LINK_AUTO = "identity:link:auto", "patient"
+    LINK_NEW = "identity:link:new", "patient"
+    LINK_MANUAL = "identity:link:manual", "patient"
+    LINK_REVIEW = "identity:link:review", "patient"
+    UNLINK_MANUAL = "identity:unlink:manual", "patient"
+    MERGE_CREATE = "identity:merge:create", "person"
+    MERGE_UNDO = "identity:merge:undo", "person"
+    REVIEW_OPEN = "identity:review:open", "review"
+    REVIEW_RESOLVE = "identity:review:resolve", "review"
+    REVIEW_READ = "identity:review:read", "review", READ
+    REVIEW_LIST = "identity:review:list", "review", READ
+    MATCH_QUERY = "identity:match:query", "person", READ
+    PERSON_READ = "person:record:read", "person", READ
+    PERSON_HISTORY_READ = "person:history:read", "person", READ
+    # Reading what shows record content: the audit trail itself and the change feed.
+    AUDIT_TRAIL_READ = "audit:trail:read", "patient", READ
+    AUDIT_RECENT_READ = "audit:recent:read", "audit", READ
+    AUDIT_USER_READ = "audit:user:read", "user", READ
+    EVENTS_FEED_READ = "events:feed:read", "events", READ
+
+    @classmethod
+    def link(cls, how: str) -> AuditTag:
+        """The tag of a link made ``how`` (auto, new, manual or review)."""
+        return _LINKS[how]
+
+
+_LINKS = {"auto": AuditTag.LINK_AUTO, "new": AuditTag.LINK_NEW,
+          "manual": AuditTag.LINK_MANUAL, "review": AuditTag.LINK_REVIEW}
+
+
+class AuditEntryOut(BaseModel):
+    """One audit row, as the audit trail endpoints return it (named as in the API document)."""
+
+    id: int
+    occurred_at: UtcDatetime
+    action: str
+    actor: str
+    entity_type: str
+    entity_id: str | None = None
+    request_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    old_value: Any = None
+    new_value: Any = None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None = None

@@ -1,0 +1,293 @@
+"""Record-level linking: every record belongs to exactly one person.
+
+Linking runs inside the patient service's unit of work, in two steps, so that the
+record's own change event (which names its person) comes before the link's:
+
+    placement = linking.place(patient, pk)      # decide: reads and key locks only
+    ...the record's audit row and PatientCreated/PatientUpdated event, with placement.person_id
+    linking.link(tx, placement)                 # write the link, keys, history, reviews
+
+``place_new``/``link_new`` do the same for a batch of new records (``mpi import``), each
+decided against the persons known before it, including those earlier records of the
+batch joined or founded. Manual decisions win: a record a steward placed is never moved
+by the engine, and a pair declared "not the same person" is never linked or proposed
+again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mpi.domain.audit import AuditTag
+from mpi.domain.events import EventType
+from mpi.domain.patient import Patient
+from mpi.identity.engine import Candidate, Engine, PersonDecision
+from mpi.identity.records import match_data
+from mpi.storage.identity import IdentityRepository
+from mpi.storage.models import BlockingKeyRow, LinkEventRow, PatientLinkRow
+from mpi.storage.work import Transaction
+
+# Keys shared by more persons than this are ignored when looking for candidates.
+MAX_BLOCK = 500
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a record goes, decided before anything is written.
+
+    ``person_pk`` is None when the record founds a new person (``person_id`` is then the
+    id it will get). ``decision`` is None for a record a steward placed by hand: it
+    stays where it is.
+    """
+
+    patient_id: str
+    patient_pk: int
+    data: dict[str, Any]
+    keys: list[str]
+    person_id: str
+    person_pk: int | None
+    how: str
+    previous_pk: int | None
+    decision: PersonDecision | None
+
+    @property
+    def probability(self) -> float | None:
+        return self.decision.probability if self.decision and self.how == "auto" else None
+
+
+class Linking:
+    def __init__(self, engine: Engine, repo: IdentityRepository, *,
+                 new_id: Callable[[], uuid.UUID]):
+        self.engine = engine
+        self._repo = repo
+        self._new_id = new_id
+
+    # --- one record, created or updated ----------------------------------------------------------
+
+    def place(self, patient: Patient, patient_pk: int) -> Placement:
+        """Decide where a record just written goes (locks its keys and its link)."""
+        data = match_data(patient)
+        keys = self.engine.keys(data)
+        self._repo.lock_keys(keys)
+        current = self._repo.link_of(patient_pk, lock=True)
+        previous = current.person_id if current is not None else None
+        if current is not None and current.manual:
+            # A steward placed this record: keep it there, refresh what it is matched on.
+            person_id = str(self._repo.person_by_pk(current.person_id).id)
+            return Placement(patient.id, patient_pk, data, keys, person_id, previous,
+                             "manual", previous, None)
+        decision = self.decide(data, keys, patient_pk)
+        alone = previous is None or self._repo.live_record_pks(previous) == [patient_pk]
+        if decision.kind == "link" and decision.person_id is not None:
+            person_pk: int | None = self._repo.person(decision.person_id).pk
+            person_id, how = decision.person_id, "auto"
+        elif current is not None and previous is not None and (alone
+                                                               or decision.kind == "review"):
+            person_pk, how = previous, current.how
+            person_id = str(self._repo.person_by_pk(previous).id)
+        else:
+            person_pk, person_id, how = None, str(self._new_id()), "new"
+        return Placement(patient.id, patient_pk, data, keys, person_id, person_pk, how,
+                         previous, decision)
+
+    def link(self, tx: Transaction, placement: Placement) -> None:
+        """Write what :meth:`place` decided, in ``tx``."""
+        p = placement
+        self._repo.replace_keys(p.patient_pk, p.keys)
+        if p.decision is None:
+            self._repo.refresh_match_data(p.patient_pk, p.data)
+            return
+        version = self.engine.model_version
+        target = p.person_pk
+        if target is None:
+            target = self._repo.new_person(person_id=uuid.UUID(p.person_id), now=tx.now).pk
+        self._repo.set_link(p.patient_pk, target, match_data=p.data, manual=False, how=p.how,
+                            probability=p.probability, model_version=version, now=tx.now)
+        if target != p.previous_pk:
+            previous = p.previous_pk
+            self._repo.touch([target] + ([previous] if previous else []), tx.now)
+            actor = tx.actor.user_id
+            detail = ({"reason": p.decision.ranked[0].best.reason} if p.how == "auto"
+                      else None)
+            self._repo.add_history(target, "linked" if p.how == "auto" else "created",
+                                   actor=actor, now=tx.now, patient_pk=p.patient_pk,
+                                   probability=p.probability, model_version=version,
+                                   detail=detail)
+            previous_id = None
+            if previous is not None:
+                previous_id = self._repo.person_ids([previous])[previous]
+                self._repo.add_history(previous, "moved_out", actor=actor, now=tx.now,
+                                       patient_pk=p.patient_pk,
+                                       detail={"to_person_id": p.person_id})
+            self._linked(tx, p, previous_id)
+        self._reviews_for(tx, p.decision, p.patient_id, p.patient_pk, target)
+
+    # --- a batch of new records ------------------------------------------------------------------
+
+    def place_new(self, records: Sequence[tuple[Patient, int]]) -> list[Placement]:
+        """Decide, one at a time in order, where each new record goes: against the persons
+        known before it, including those earlier records of the batch joined or founded.
+        Reads are batched (a handful of statements for the whole list), so ``mpi import``
+        is fast. New records carry no steward decision yet, so none is excluded."""
+        if not records:
+            return []
+        datas = [match_data(p) for p, _ in records]
+        keys = [self.engine.keys(d) for d in datas]
+        self._repo.lock_keys(sorted({k for ks in keys for k in ks}))
+        index, members, person_pk_ids = self._known_persons(
+            sorted({k for ks in keys for k in ks}))
+        pk_of = {v: k for k, v in person_pk_ids.items()}
+        placed: list[Placement] = []
+        for (patient, patient_pk), data, ks in zip(records, datas, keys, strict=True):
+            persons = {person for k in ks for person in index.get(k, ())}
+            candidates = [c for person in sorted(persons) for c in members.get(person, ())]
+            decision = self.engine.decide(data, candidates)
+            if decision.kind == "link" and decision.person_id is not None:
+                person_id, how = decision.person_id, "auto"
+            else:
+                person_id, how = str(self._new_id()), "new"
+            placed.append(Placement(patient.id, patient_pk, data, ks, person_id,
+                                    pk_of.get(person_id), how, None, decision))
+            members.setdefault(person_id, []).append(Candidate(patient.id, person_id, data))
+            for k in ks:
+                index.setdefault(k, set()).add(person_id)
+        return placed
+
+    def link_new(self, tx: Transaction, placements: Sequence[Placement]) -> None:
+        """Write what :meth:`place_new` decided, in ``tx`` (a few statements in all)."""
+        version = self.engine.model_version
+        founded = [p.person_id for p in placements if p.how == "new"]
+        pk_of: dict[str, int] = {p.person_id: p.person_pk for p in placements
+                                 if p.person_pk is not None}
+        pk_of.update(self._repo.insert_persons(founded, tx.now))
+        self._repo.touch(sorted({pk_of[p.person_id] for p in placements if p.how == "auto"}),
+                         tx.now)
+        links, key_rows, history = [], [], []
+        for p in placements:
+            assert p.decision is not None
+            links.append(dict(patient=p.patient_pk, person=pk_of[p.person_id],
+                              match_data=p.data, manual=False, how=p.how,
+                              probability=p.probability, model_version=version,
+                              linked_at=tx.now))
+            key_rows += [{"patient": p.patient_pk, "key": k} for k in sorted(set(p.keys))]
+            history.append(dict(person=pk_of[p.person_id], patient=p.patient_pk,
+                                action="linked" if p.how == "auto" else "created",
+                                actor=tx.actor.user_id, occurred_at=tx.now,
+                                probability=p.probability, model_version=version,
+                                detail={"reason": p.decision.ranked[0].best.reason}
+                                if p.how == "auto" else None))
+        self._repo.insert_rows(PatientLinkRow, links)
+        self._repo.insert_rows(BlockingKeyRow, key_rows)
+        self._repo.insert_rows(LinkEventRow, history)
+        for p in placements:
+            self._linked(tx, p, None)
+        for p in placements:
+            assert p.decision is not None
+            self._reviews_for(tx, p.decision, p.patient_id, p.patient_pk, pk_of[p.person_id])
+
+    # --- a record deleted ------------------------------------------------------------------------
+
+    def retire(self, tx: Transaction, patient_pk: int) -> None:
+        """A record was deleted: it stops being a candidate; its open reviews close."""
+        actor = tx.actor.user_id
+        self._repo.delete_keys(patient_pk)
+        self._repo.close_reviews_for_patient(patient_pk, resolution="record_deleted",
+                                             actor=actor, now=tx.now)
+        link = self._repo.link_of(patient_pk)
+        if link is not None:
+            self._repo.add_history(link.person_id, "record_deleted", actor=actor, now=tx.now,
+                                   patient_pk=patient_pk)
+
+    # --- candidates ------------------------------------------------------------------------------
+
+    def decide(self, data: dict[str, Any], keys: list[str],
+               patient_pk: int | None) -> PersonDecision:
+        """The engine's decision for ``data`` against the persons its keys select (leaving
+        out the record ``patient_pk`` itself and persons a steward kept apart from it)."""
+        index, members, _ = self._known_persons(keys, exclude_patient_pk=patient_pk)
+        persons = {person for k in keys for person in index.get(k, ())}
+        candidates = [c for person in sorted(persons) for c in members.get(person, ())]
+        excluded: frozenset[str] = frozenset()
+        if patient_pk is not None:
+            excluded = frozenset(self._repo.person_ids(
+                self._repo.excluded_person_pks(patient_pk)).values())
+        return self.engine.decide(data, candidates, excluded=excluded)
+
+    def _known_persons(self, keys: list[str], *, exclude_patient_pk: int | None = None
+                       ) -> tuple[dict[str, set[str]], dict[str, list[Candidate]],
+                                  dict[int, str]]:
+        """The persons holding a live record that shares one of ``keys``: which persons
+        each key selects, every live record of each (a person is judged as a whole), and
+        person ids by primary key. Keys shared by more than MAX_BLOCK persons (a
+        placeholder birth date, say) select nothing useful and are ignored."""
+        hits = self._repo.key_persons(keys)
+        members: dict[str, list[Candidate]] = {}
+        person_pk_ids: dict[int, str] = {}
+        for c in self._repo.members({p for _, p in hits}):
+            person_pk_ids[c.person_pk] = c.person_id
+            if c.patient_pk != exclude_patient_pk:
+                members.setdefault(c.person_id, []).append(
+                    Candidate(c.patient_id, c.person_id, c.match_data))
+        index: dict[str, set[str]] = {}
+        for key, person_pk in hits:
+            if person_pk in person_pk_ids:
+                index.setdefault(key, set()).add(person_pk_ids[person_pk])
+        for key in [k for k, persons in index.items() if len(persons) > MAX_BLOCK]:
+            del index[key]
+        return index, members, person_pk_ids
+
+    # --- what linking records --------------------------------------------------------------------
+
+    def _linked(self, tx: Transaction, p: Placement, previous_person_id: str | None) -> None:
+        payload = {"patient_id": p.patient_id, "person_id": p.person_id,
+                   "previous_person_id": previous_person_id, "how": p.how,
+                   "probability": p.probability, "model_version": self.engine.model_version}
+        tx.audit(AuditTag.link(p.how), p.patient_id, new=payload)
+        tx.emit(EventType.PATIENT_LINKED, p.patient_id, payload=payload)
+
+    def _reviews_for(self, tx: Transaction, decision: PersonDecision, patient_id: str,
+                     patient_pk: int, target_pk: int) -> None:
+        """The reviews a decision calls for: a probable match, or possible duplicates."""
+        version = self.engine.model_version
+        if decision.kind == "review" and decision.person_id is not None:
+            review_pk = self._repo.person(decision.person_id).pk
+            if review_pk != target_pk and not self._repo.open_review_exists(
+                    "possible_match", patient_pk=patient_pk, person_pk=review_pk,
+                    other_person_pk=None):
+                best = decision.ranked[0]
+                self._open_review(tx, "possible_match", patient_pk=patient_pk,
+                                  patient_id=patient_id, person_pk=review_pk,
+                                  other_person_pk=None, probability=best.probability,
+                                  explanation=best.best.explanation(version))
+        for dup in decision.duplicates:
+            dup_pk = self._repo.person(dup.person_id).pk
+            if dup_pk == target_pk or self._repo.persons_kept_apart(target_pk, dup_pk):
+                continue
+            if self._repo.open_review_exists("possible_duplicate", patient_pk=None,
+                                             person_pk=target_pk, other_person_pk=dup_pk):
+                continue
+            self._open_review(tx, "possible_duplicate", patient_pk=patient_pk,
+                              patient_id=patient_id, person_pk=target_pk,
+                              other_person_pk=dup_pk, probability=dup.probability,
+                              explanation=dup.best.explanation(version))
+
+    def _open_review(self, tx: Transaction, kind: str, *, patient_pk: int | None,
+                     patient_id: str | None, person_pk: int, other_person_pk: int | None,
+                     probability: float, explanation: dict[str, Any]) -> None:
+        review_id = str(self._new_id())
+        version = self.engine.model_version
+        self._repo.create_review(review_id=uuid.UUID(review_id), kind=kind,
+                                 patient_pk=patient_pk, person_pk=person_pk,
+                                 other_person_pk=other_person_pk, probability=probability,
+                                 model_version=version, explanation=explanation, now=tx.now)
+        ids = self._repo.person_ids([person_pk]
+                                    + ([other_person_pk] if other_person_pk else []))
+        payload = {"review_id": review_id, "kind": kind, "patient_id": patient_id,
+                   "person_id": ids[person_pk],
+                   "other_person_id": ids.get(other_person_pk) if other_person_pk else None,
+                   "probability": probability, "model_version": version}
+        tx.audit(AuditTag.REVIEW_OPEN, review_id, new=payload)
+        tx.emit(EventType.REVIEW_OPENED, review_id, payload=payload)

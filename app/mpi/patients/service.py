@@ -1,0 +1,151 @@
+"""Patient service: each write is ONE unit of work (record rows, link, audit rows, events)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+
+from mpi.domain.audit import Actor, AuditTag
+from mpi.domain.errors import Conflict, FieldProblem, InvalidInput
+from mpi.domain.events import EventType
+from mpi.domain.patient import Patient, PatientInput, parse_patient
+from mpi.identity.linking import Linking
+from mpi.storage.fields import EncodedJSON
+from mpi.storage.patients import Page, PatientFilter, PatientRepository
+from mpi.storage.work import Transaction, UnitOfWork
+
+
+def utc_now() -> datetime:
+    """Naive UTC, as stored."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class PatientService:
+    """Create, read, update and retire patient records, auditing each step."""
+
+    def __init__(self, work: UnitOfWork, repository: PatientRepository, linking: Linking, *,
+                 new_id: Callable[[], uuid.UUID]):
+        self._work = work
+        self._repository = repository
+        self._linking = linking
+        self._new_id = new_id
+
+    def today(self) -> date:
+        return self._work.clock().date()
+
+    def parse(self, body: bytes) -> PatientInput:
+        return parse_patient(body, today=self.today())
+
+    # --- writes ------------------------------------------------------------------------
+
+    def create(self, data: PatientInput, actor: Actor) -> Patient:
+        if data.id is not None:
+            raise InvalidInput([FieldProblem("id", "is assigned by the server; leave it out")])
+        try:
+            with self._work.begin(actor) as tx:
+                (patient,) = self._create_many(tx, [data])
+        except Conflict as clash:
+            raise self._explain(clash, data, exclude_id=None) from None
+        return patient
+
+    def import_batch(self, items: Sequence[PatientInput], actor: Actor) -> list[Patient | None]:
+        """Register several records in ONE unit of work, each linked exactly as ``create``
+        links it (one at a time, in order). A record whose (source, source_id) is already
+        live, or repeats an earlier one in ``items``, is skipped (None), so an interrupted
+        import can simply be run again."""
+        with self._work.begin(actor) as tx:
+            live = self._repository.live_source_ids({(d.source, d.source_id) for d in items})
+            keep: list[bool] = []
+            for data in items:
+                key = (data.source, data.source_id)
+                keep.append(key not in live and data.id is None)
+                live.add(key)
+            created = iter(self._create_many(
+                tx, [d for d, k in zip(items, keep, strict=True) if k]))
+            return [next(created) if k else None for k in keep]
+
+    def _create_many(self, tx: Transaction, items: Sequence[PatientInput]) -> list[Patient]:
+        """Insert, link, audit and log new records, in ``tx``."""
+        inserted = self._repository.insert_many([(d, self._new_id()) for d in items],
+                                                now=tx.now)
+        placements = self._linking.place_new([(p, pk) for pk, p in inserted])
+        patients = [p.model_copy(update={"person_id": where.person_id})
+                    for (_, p), where in zip(inserted, placements, strict=True)]
+        # The record goes to the audit row and the change event alike: encoded once. The
+        # feed has the record's event before its link's (a reader meets the record first);
+        # the audit trail has the link's row first, as it always had.
+        records = [EncodedJSON.of(p.to_dict()) for p in patients]
+        for patient, record in zip(patients, records, strict=True):
+            tx.emit(EventType.PATIENT_CREATED, patient.id, version=patient.version,
+                    payload=record)
+        self._linking.link_new(tx, placements)
+        for patient, record in zip(patients, records, strict=True):
+            tx.audit(AuditTag.PATIENT_CREATE, patient.id, new=record)
+        return patients
+
+    def update(self, patient_id: str, data: PatientInput, actor: Actor, *,
+               expected_version: int | None) -> Patient:
+        """Replace the content; ``expected_version`` None means whatever version is current."""
+        if data.id is not None and data.id != patient_id:
+            raise InvalidInput([FieldProblem("id", f"does not match the URL ({patient_id})")])
+        try:
+            with self._work.begin(actor) as tx:
+                row = self._repository.get_row(patient_id, lock="FOR UPDATE")
+                old = self._repository.load(row)
+                version = row.version if expected_version is None else expected_version
+                patient = self._repository.update(row, data, expected_version=version,
+                                                  now=tx.now)
+                placement = self._linking.place(patient, row.pk)
+                patient = patient.model_copy(update={"person_id": placement.person_id})
+                record = EncodedJSON.of(patient.to_dict())
+                tx.emit(EventType.PATIENT_UPDATED, patient_id, version=patient.version,
+                        payload=record)
+                self._linking.link(tx, placement)  # (the order: as in _create_many)
+                tx.audit(AuditTag.PATIENT_UPDATE, patient_id, old=old.to_dict(), new=record)
+        except Conflict as clash:
+            raise self._explain(clash, data, exclude_id=patient_id) from None
+        return patient
+
+    def delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
+        with self._work.begin(actor) as tx:
+            row = self._repository.get_row(patient_id, lock="FOR UPDATE")
+            old = self._repository.load(row)
+            version = self._repository.soft_delete(row, expected_version=expected_version,
+                                                   now=tx.now)
+            self._linking.retire(tx, row.pk)
+            tx.audit(AuditTag.PATIENT_DELETE, patient_id, old=old.to_dict())
+            tx.emit(EventType.PATIENT_DELETED, patient_id, version=version,
+                    payload={"id": patient_id, "source": old.source,
+                             "source_id": old.source_id, "person_id": old.person_id})
+
+    # --- reads (audited: reading a record is access to health information) -------------
+
+    def get(self, patient_id: str, actor: Actor) -> Patient:
+        with self._work.begin(actor) as tx:
+            patient = self._repository.get(patient_id)
+            tx.audit(AuditTag.PATIENT_READ, patient_id)
+        return patient
+
+    def list_page(self, filters: PatientFilter, actor: Actor, *, after: int | None,
+                  limit: int) -> Page:
+        with self._work.begin(actor) as tx:
+            page = self._repository.list_page(filters, after=after, limit=limit)
+            tx.audit(AuditTag.PATIENT_LIST, None, new={
+                "filters": {k: (v.isoformat() if isinstance(v, date) else v)
+                            for k, v in vars(filters).items() if v is not None},
+                "returned": [p.id for p in page.items]})
+        return page
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _explain(self, clash: Conflict, data: PatientInput, *,
+                 exclude_id: str | None) -> Conflict:
+        """After a unique index refused a write (and it rolled back): name what clashed."""
+        with self._work.reading():
+            holder = self._repository.find_live_id_by_source(data.source, data.source_id)
+        if holder is not None and holder != exclude_id:
+            return Conflict(f"source {data.source} already has a live record "
+                            f"{data.source_id}: patient {holder}", field="source_id",
+                            existing_id=holder)
+        return clash

@@ -1,0 +1,53 @@
+"""The audit rows: written by the unit of work (:mod:`mpi.storage.work`), read back here.
+
+Rows are written inside the caller's transaction, so an audited change and its audit
+rows commit or roll back together. The trail is read newest first, a page at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from mpi.domain.audit import Actor, AuditEntryOut, AuditTag
+from mpi.storage.bulk import bulk_insert
+from mpi.storage.models import AuditEventRow
+
+
+def write_audit_rows(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor: Actor,
+                     now: datetime) -> None:
+    """Insert (tag, entity id, old, new) rows for ``actor`` at ``now``."""
+    bulk_insert(AuditEventRow, [
+        dict(occurred_at=now, action=tag.value, actor=actor.user_id,
+             entity_type=tag.entity_type, entity_id=entity_id, request_id=actor.request_id,
+             ip=actor.ip, user_agent=actor.user_agent, old_value=old, new_value=new)
+        for tag, entity_id, old, new in entries])
+
+
+class AuditRepository:
+    """Reads the audit trail, newest first."""
+
+    def for_entity(self, entity_type: str, entity_id: str, *, before: int | None = None,
+                   limit: int = 100) -> list[AuditEntryOut]:
+        query = AuditEventRow.select().where(AuditEventRow.entity_type == entity_type,
+                                             AuditEventRow.entity_id == entity_id)
+        return self._page(query, before, limit)
+
+    def by_actor(self, user_id: str, *, before: int | None = None,
+                 limit: int = 100) -> list[AuditEntryOut]:
+        return self._page(AuditEventRow.select().where(AuditEventRow.actor == user_id),
+                          before, limit)
+
+    def recent(self, *, before: int | None = None, limit: int = 100) -> list[AuditEntryOut]:
+        return self._page(AuditEventRow.select(), before, limit)
+
+    @staticmethod
+    def _page(query: Any, before: int | None, limit: int) -> list[AuditEntryOut]:
+        if before is not None:
+            query = query.where(AuditEventRow.pk < before)
+        return [AuditEntryOut(id=r.pk, occurred_at=r.occurred_at, action=r.action, actor=r.actor,
+                           entity_type=r.entity_type, entity_id=r.entity_id,
+                           request_id=r.request_id, ip=r.ip, user_agent=r.user_agent,
+                           old_value=r.old_value, new_value=r.new_value)
+                for r in query.order_by(AuditEventRow.pk.desc()).limit(limit)]

@@ -1,0 +1,53 @@
+"""The change log: one event per committed change, read in commit order.
+
+Events are appended by the unit of work (:mod:`mpi.storage.work`) as the last write of
+its transaction. The feed cursor is the event's id. For a reader that remembers the
+last id it saw to miss nothing, ids must become visible in increasing order. PostgreSQL
+hands out sequence values at insert time, not at commit, so the appending transaction
+takes a transaction-scoped advisory lock just before it appends and holds it through
+commit: appends (only the append and the commit, not the rest of the transaction) are
+serialised, and ids are visible in commit order. SQLite already serialises writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import peewee
+
+from mpi.domain.audit import Actor
+from mpi.domain.events import ChangeEvent, EventType
+from mpi.storage.bulk import bulk_insert
+from mpi.storage.db import LOCK_CHANGE_LOG, is_postgres
+from mpi.storage.models import ChangeEventRow
+
+
+def append_events(db: peewee.Database, events: Sequence[tuple[EventType, str, int | None, Any]],
+                  actor: Actor, now: datetime) -> None:
+    """Append (type, entity id, entity version, payload) events, in order, for ``actor``.
+    Call it as the transaction's last write (module docstring)."""
+    if not events:
+        return
+    if is_postgres(db):
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_CHANGE_LOG,))
+    bulk_insert(ChangeEventRow, [
+        dict(occurred_at=now, event_type=kind.value, entity_type=kind.entity_type,
+             entity_id=entity_id, entity_version=version, actor=actor.user_id,
+             request_id=actor.request_id, payload=payload)
+        for kind, entity_id, version, payload in events])
+
+
+class ChangeRepository:
+    """Reads the change log in commit order."""
+
+    def read(self, *, after: int = 0, limit: int = 100) -> list[ChangeEvent]:
+        rows = (ChangeEventRow.select().where(ChangeEventRow.pk > after)
+                .order_by(ChangeEventRow.pk).limit(limit))
+        return [ChangeEvent(r.pk, r.occurred_at, r.event_type, r.entity_type, r.entity_id,
+                            r.entity_version, r.actor, r.request_id, r.payload) for r in rows]
+
+    def last_id(self) -> int:
+        row = ChangeEventRow.select(peewee.fn.MAX(ChangeEventRow.pk).alias("m")).scalar()
+        return int(row or 0)

@@ -1,0 +1,157 @@
+"""The composition root: every service, built from ``Settings`` alone.
+
+The API (``mpi.api.app``), the indexer process and every command build what they use
+here; nothing else constructs services or binds the database proxy the models use.
+Tests pass a clock and an id factory (and may pass their own database or search
+index); everything else follows from the settings, so a setting such as
+``AUDIT_SYNCHRONOUS_READS`` reaches every reader by construction: they share one
+:class:`~mpi.storage.work.UnitOfWork`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import peewee
+
+from mpi.audit.trail import AuditTrail
+from mpi.config import Settings
+from mpi.events.feed import ChangeFeed
+from mpi.identity.engine import Engine, MatchingEngine
+from mpi.identity.linking import Linking
+from mpi.identity.match import MatchService
+from mpi.identity.persons import PersonService
+from mpi.identity.stewardship import StewardService
+from mpi.identity.views import IdentityViews
+from mpi.patients.service import PatientService, utc_now
+from mpi.search.index import SearchIndex, WhooshSearchIndex
+from mpi.search.indexer import Indexer
+from mpi.search.service import SearchService
+from mpi.storage import migrate
+from mpi.storage.audit import AuditRepository
+from mpi.storage.changes import ChangeRepository
+from mpi.storage.db import connection, database_proxy, make_database
+from mpi.storage.identity import IdentityRepository
+from mpi.storage.patients import PatientRepository
+from mpi.storage.work import UnitOfWork
+
+log = logging.getLogger("mpi.migrate")
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a process serves with; built by :func:`build`."""
+
+    settings: Settings
+    db: peewee.Database
+    work: UnitOfWork
+    engine: Engine
+    patients: PatientService
+    persons: PersonService
+    stewards: StewardService
+    matching: MatchService
+    search: SearchService
+    audit_trail: AuditTrail
+    change_feed: ChangeFeed
+
+    def indexer(self) -> Indexer:
+        """This process's search indexer (it writes only if it takes the directory's lock)."""
+        return Indexer(self.db, self.settings.search_index_path,
+                       poll_interval=self.settings.search_poll_interval)
+
+    def close(self) -> None:
+        """Close every pooled connection (commands, at the end)."""
+        close_database(self.db)
+
+
+def open_database(settings: Settings) -> peewee.Database:
+    """The configured database, pooled and not yet connected, NOT bound to the models
+    (migrations bind their own models)."""
+    return make_database(settings)
+
+
+def close_database(db: peewee.Database) -> None:
+    """Close every connection of ``db`` (its pool, if pooled)."""
+    close_all = getattr(db, "close_all", None)  # the pooled databases
+    if close_all is not None:
+        close_all()
+    elif not db.is_closed():
+        db.close()
+
+
+def migrate_database(settings: Settings) -> list[migrate.Migration]:
+    """Apply every pending migration to the configured database; the ones applied."""
+    db = open_database(settings)
+    try:
+        with connection(db):
+            return migrate.apply(db, on_apply=lambda m: log.info(
+                "applied migration %s_%s", m.version, m.name, extra={"migration": m.version}))
+    finally:
+        close_database(db)
+
+
+def prepare(settings: Settings) -> None:
+    """What ``serve`` does before it forks workers, so that a problem is one clear error
+    at start-up rather than a 503 on every request: the embedded database migrates
+    itself (PostgreSQL is migrated by ``mpi migrate``); the database answers; the search
+    index's directory can be written."""
+    if settings.embedded:
+        migrate_database(settings)
+    db = open_database(settings)
+    try:
+        with connection(db):
+            db.execute_sql("SELECT 1")
+    finally:
+        close_database(db)
+    settings.search_index_path.mkdir(parents=True, exist_ok=True)
+    probe = settings.search_index_path / ".mpi-write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def matching_engine(settings: Settings) -> MatchingEngine:
+    """The engine with the configured model (MATCHING_MODEL_PATH, else the shipped one)."""
+    from mpi.matching.model import Model
+
+    path = settings.matching_model_path
+    model = Model.load(path) if path is not None else Model.default()
+    return MatchingEngine(model, link_threshold=settings.matching_threshold,
+                          review_threshold=settings.matching_review_threshold,
+                          twin_guard=settings.matching_twin_guard)
+
+
+def build(settings: Settings, *, db: peewee.Database | None = None,
+          clock: Callable[[], datetime] = utc_now,
+          new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+          search_index: SearchIndex | None = None,
+          engine: Engine | None = None) -> Services:
+    """Every service for ``settings``, sharing one database and one unit of work.
+
+    Binds the models to the database (opens no connection). ``db``, ``search_index`` and
+    ``engine`` are for tests; by default they come from the settings (the search index
+    read-only at SEARCH_INDEX_PATH).
+    """
+    db = db if db is not None else open_database(settings)
+    database_proxy.initialize(db)
+    work = UnitOfWork(db, clock=clock, synchronous_reads=settings.audit_synchronous_reads)
+    if engine is None:
+        engine = matching_engine(settings)
+    patients, identity = PatientRepository(), IdentityRepository(db)
+    views = IdentityViews(identity, patients)
+    linking = Linking(engine, identity, new_id=new_id)
+    index = (search_index if search_index is not None
+             else WhooshSearchIndex(settings.search_index_path))
+    return Services(
+        settings=settings, db=db, work=work, engine=engine,
+        patients=PatientService(work, patients, linking, new_id=new_id),
+        persons=PersonService(work, identity, patients, views),
+        stewards=StewardService(work, identity, patients, views, new_id=new_id),
+        matching=MatchService(work, linking),
+        search=SearchService(work, index, patients, fuzzy=settings.search_fuzzy_distance),
+        audit_trail=AuditTrail(work, AuditRepository(), patients),
+        change_feed=ChangeFeed(work, ChangeRepository()),
+    )

@@ -1,0 +1,122 @@
+"""The unit of work: one clock reading, audit rows then change events last, one commit;
+read-only units may skip the disk flush; database errors become StorageUnavailable."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import peewee
+import pytest
+
+from mpi.domain.audit import Actor, AuditTag
+from mpi.domain.errors import StorageUnavailable
+from mpi.domain.events import EventType
+from mpi.storage.models import AuditEventRow, ChangeEventRow
+from mpi.storage.work import UnitOfWork
+
+NOW = datetime(2026, 1, 1)
+ACTOR = Actor("u1", ip="10.0.0.1", user_agent="ua", request_id="req-1")
+
+
+class Boom(Exception):
+    pass
+
+
+def _work(db, *, synchronous_reads: bool = False) -> UnitOfWork:
+    return UnitOfWork(db, clock=lambda: NOW, synchronous_reads=synchronous_reads)
+
+
+def _commit_mode(db, backend: str, work: UnitOfWork, tag: AuditTag) -> str:
+    """The commit mode the unit of work ends with (set at the flush, just before COMMIT:
+    flush by hand and look from inside)."""
+    with work.begin(ACTOR) as tx:
+        tx.audit(tag, "p1")
+        work._flush(tx)
+        tx._audits.clear()
+        mode = (db.execute_sql("SHOW synchronous_commit").fetchone()[0]
+                if backend == "postgresql" else "sqlite")
+    if backend == "postgresql":  # SET LOCAL ends with its transaction
+        assert db.execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"
+    return mode
+
+
+def test_reads_do_not_wait_for_the_flush_unless_asked(db, backend):
+    if backend == "postgresql":
+        # The tests' throwaway server runs with synchronous_commit off; a real one has it on.
+        db.execute_sql("SET synchronous_commit TO on")
+    relaxed, strict = _work(db), _work(db, synchronous_reads=True)
+    off, on = ("off", "on") if backend == "postgresql" else ("sqlite", "sqlite")
+    reads = [tag for tag in AuditTag if tag.is_read]
+    assert len(reads) == 12
+    for read in reads:
+        assert _commit_mode(db, backend, relaxed, read) == off, read
+        assert _commit_mode(db, backend, strict, read) == on, read
+    # A write keeps the flush, whatever the setting.
+    for write in (tag for tag in AuditTag if not tag.is_read):
+        assert _commit_mode(db, backend, relaxed, write) == on, write
+
+
+def test_a_read_with_a_change_event_keeps_the_flush(db, backend):
+    if backend == "postgresql":
+        db.execute_sql("SET synchronous_commit TO on")
+    work = _work(db)
+    with work.begin(ACTOR) as tx:
+        tx.audit(AuditTag.PATIENT_READ, "p1")
+        tx.emit(EventType.PATIENT_UPDATED, "p1", version=2)
+        assert not tx.reads_only
+
+
+def test_durability_is_declared_per_tag_not_spelled():
+    assert AuditTag.PATIENT_READ.is_read and AuditTag.MATCH_QUERY.is_read
+    assert not AuditTag.PATIENT_CREATE.is_read and not AuditTag.REVIEW_RESOLVE.is_read
+    assert {t.value for t in AuditTag if t.is_read} == {
+        "patient:record:read", "patient:record:list", "patient:record:search",
+        "identity:review:read", "identity:review:list", "identity:match:query",
+        "person:record:read", "person:history:read", "audit:trail:read", "audit:recent:read",
+        "audit:user:read", "events:feed:read"}
+    assert AuditTag("identity:link:auto") is AuditTag.link("auto")
+    with pytest.raises(ValueError):
+        AuditTag("patient:record:reed")  # a misspelt tag is no tag at all
+
+
+def test_rows_are_written_at_the_end_audit_first_events_last(db):
+    work = _work(db)
+    with work.begin(ACTOR) as tx:
+        assert tx.now == NOW
+        tx.emit(EventType.PATIENT_CREATED, "p1", version=1, payload={"id": "p1"})
+        tx.audit(AuditTag.PATIENT_CREATE, "p1", new={"id": "p1"})
+        tx.audit(AuditTag.LINK_NEW, "p1", new={"person_id": "P1"})
+        tx.emit(EventType.PATIENT_LINKED, "p1", payload={"person_id": "P1"})
+        assert AuditEventRow.select().count() == 0 and ChangeEventRow.select().count() == 0
+    audits = list(AuditEventRow.select().order_by(AuditEventRow.pk))
+    events = list(ChangeEventRow.select().order_by(ChangeEventRow.pk))
+    assert [(a.action, a.entity_type, a.entity_id) for a in audits] == [
+        ("patient:record:create", "patient", "p1"), ("identity:link:new", "patient", "p1")]
+    assert {(a.actor, a.ip, a.user_agent, a.request_id, a.occurred_at) for a in audits} == {
+        ("u1", "10.0.0.1", "ua", "req-1", NOW)}
+    assert [(e.event_type, e.entity_type, e.entity_version) for e in events] == [
+        ("PatientCreated", "patient", 1), ("PatientLinked", "patient", None)]
+    assert events[0].payload == {"id": "p1"} and events[1].actor == "u1"
+
+
+def test_an_error_in_the_unit_writes_nothing(db):
+    with pytest.raises(Boom), _work(db).begin(ACTOR) as tx:
+        tx.audit(AuditTag.PATIENT_CREATE, "p1")
+        tx.emit(EventType.PATIENT_CREATED, "p1", version=1)
+        raise Boom
+    assert AuditEventRow.select().count() == 0 and ChangeEventRow.select().count() == 0
+
+
+def test_units_do_not_nest(db):
+    work = _work(db)
+    with work.begin(ACTOR), pytest.raises(RuntimeError, match="already open"), \
+            work.begin(ACTOR):
+        pass
+
+
+def test_database_errors_become_storage_unavailable(db):
+    work = _work(db)
+    with pytest.raises(StorageUnavailable), work.begin(ACTOR):
+        raise peewee.OperationalError("server closed the connection unexpectedly")
+    with pytest.raises(StorageUnavailable), work.reading():
+        raise peewee.InterfaceError("connection already closed")
