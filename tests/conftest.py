@@ -19,11 +19,11 @@ import peewee
 import pytest
 
 from mpi.api.app import create_app
-from mpi.wiring import Services, build
 from mpi.config import Settings, parse_database_url
 from mpi.storage import migrate
 from mpi.storage.db import connection, database_for, database_proxy
 from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
+from mpi.wiring import Services, build
 from tests.pexbuilds import builds  # noqa: F401 - session fixture shared by build/image tests
 from toolkit.postgres import PostgresServer, start_postgres
 

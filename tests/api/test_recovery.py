@@ -6,9 +6,9 @@ import falcon.testing
 import psycopg
 
 from mpi.api.app import create_app
-from mpi.wiring import build
 from mpi.config import Settings
 from mpi.storage.db import database_for
+from mpi.wiring import build
 from tests.helpers import patient
 
 

@@ -11,11 +11,11 @@ import pytest
 
 from mpi import logs
 from mpi.api.app import create_app
-from mpi.wiring import build
 from mpi.config import Settings
 from mpi.search.index import NullSearchIndex
 from mpi.search.indexer import Indexer
 from mpi.storage.db import database_for
+from mpi.wiring import build
 from tests.conftest import Clock, Ids
 from tests.helpers import MRN, patient
 

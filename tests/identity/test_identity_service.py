@@ -12,8 +12,6 @@ import pytest
 
 from mpi.domain.audit import Actor
 from mpi.domain.errors import StateConflict
-from mpi.storage.patients import PatientRepository
-from mpi.wiring import Services, build
 from mpi.storage.models import (
     BlockingKeyRow,
     ChangeEventRow,
@@ -21,6 +19,8 @@ from mpi.storage.models import (
     PersonRow,
     ReviewItemRow,
 )
+from mpi.storage.patients import PatientRepository
+from mpi.wiring import Services, build
 from tests.conftest import Ids
 from tests.helpers import patient
 from tests.identity.fake_engine import FakeEngine
@@ -117,8 +117,9 @@ def test_not_a_match_is_never_proposed_or_linked_again(service):
     # Even an update that makes the record identical to the other one stays apart.
     body = patient(source="st-marys-ehr", source_id="A-2",
                    names=[{"use": "official", "family": "Smith", "given": ["John"]}])
-    updated = service.patients.update(second.id, service.patients.parse(json.dumps(body).encode()), Actor(),
-                             expected_version=1)
+    updated = service.patients.update(
+        second.id, service.patients.parse(json.dumps(body).encode()), Actor(),
+        expected_version=1)
     assert updated.person_id != first.person_id
     assert ReviewItemRow.select().where(ReviewItemRow.status == "open").count() == 0
 

@@ -43,7 +43,7 @@ def test_importing_and_using_everything_loads_none_of_them():
         "import sys, mpi.matching as m\n"
         "import mpi.matching.batch, mpi.matching.training\n"
         "r = m.MatchRecord('1', given_name='Ann')\n"
-        "m.score(r, r); m.blocking_keys(r); m.Linker().add(r)\n"
+        "m.score(r, r); m.blocking_keys(r); m.Linker(m.Model.default()).add(r)\n"
         f"bad = [n for n in sys.modules if any(n == f or n.startswith(f + '.') "
         f"for f in {layers!r})]\n"
         "print(','.join(sorted(bad)))\n"

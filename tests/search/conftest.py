@@ -10,12 +10,12 @@ from typing import Any
 import peewee
 import pytest
 
+from mpi.config import Settings
 from mpi.domain.audit import Actor
 from mpi.domain.patient import Patient
 from mpi.search.index import WhooshSearchIndex
 from mpi.search.indexer import Indexer
 from mpi.search.query import Options, parse
-from mpi.config import Settings
 from mpi.wiring import build
 from tests.conftest import Clock, Ids
 from tests.helpers import patient

@@ -9,9 +9,6 @@ import pytest
 from whoosh import index as whoosh_index
 
 from mpi.domain.events import EventType
-from mpi.storage.changes import ChangeRepository
-from mpi.storage.patients import PatientRepository
-from mpi.storage.work import UnitOfWork
 from mpi.search.index import SearchUnavailable
 from mpi.search.indexer import (
     HANDLERS,
@@ -22,7 +19,9 @@ from mpi.search.indexer import (
 )
 from mpi.search.schema import INDEX_NAME, META_ID
 from mpi.search.store import IndexDirectory, IndexState
-from mpi.storage.db import write_transaction
+from mpi.storage.changes import ChangeRepository
+from mpi.storage.patients import PatientRepository
+from mpi.storage.work import UnitOfWork
 from tests.search.conftest import ACTOR, ids
 
 

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from mpi.storage.changes import ChangeRepository
-from mpi.wiring import build
 from mpi.search.index import WhooshSearchIndex
 from mpi.search.indexer import Indexer
 from mpi.search.process import IndexerProcess
 from mpi.search.store import IndexDirectory, WriterLock
+from mpi.storage.changes import ChangeRepository
+from mpi.wiring import build
 from tests.search.conftest import ids
 
 

@@ -36,9 +36,12 @@ def explain(exc: BaseException, *, env_file: str | None = None) -> Failure | Non
         path = exc.filename or env_file
         if env_file is not None and path == env_file:
             return Failure(f"cannot read {env_file}: {exc.strerror}", EXIT_CONFIG)
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        if isinstance(exc, FileExistsError):  # mkdir where a file is in the way
+            reason = "it exists and is not a directory"
         if path is not None:
-            return Failure(f"cannot use {path}: {exc.strerror or exc}")
-        return Failure(f"{exc.strerror or exc}")
+            return Failure(f"cannot write {path}: {reason}")
+        return Failure(reason)
     return None
 
 

@@ -83,8 +83,9 @@ _LINKS = {"auto": AuditTag.LINK_AUTO, "new": AuditTag.LINK_NEW,
           "manual": AuditTag.LINK_MANUAL, "review": AuditTag.LINK_REVIEW}
 
 
+# One audit row, as the audit trail endpoints return it (named as in the API document; a
+# docstring would become its schema's description there).
 class AuditEntryOut(BaseModel):
-    """One audit row, as the audit trail endpoints return it (named as in the API document)."""
 
     id: int
     occurred_at: UtcDatetime

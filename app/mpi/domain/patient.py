@@ -323,8 +323,7 @@ def parse_patient(body: bytes, *, today: date) -> PatientInput:
         raise InvalidInput(problems_from(exc)) from None
 
 
+# A page of ``GET /api/v1/patients``.
 class PatientPage(BaseModel):
-    """A page of ``GET /api/v1/patients``."""
-
     items: list[Patient]
     next_cursor: str | None = None

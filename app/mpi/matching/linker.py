@@ -37,7 +37,7 @@ blocking keys: the batch ``dedupe`` uses it, so batch and online give the same a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -143,11 +143,11 @@ class Linker:
     Person ids are the record id of the person's first record.
     """
 
-    def __init__(self, model: Model | None = None, *, link_threshold: float = 0.95,
+    def __init__(self, model: Model, *, link_threshold: float = 0.95,
                  review_threshold: float = 0.80,
                  term_frequencies: Mapping[str, Mapping[str, float]] | None = None,
                  max_block: int = 500, twin_guard: bool = True) -> None:
-        self.model = model or Model.default()
+        self.model = model
         self.scorer = Scorer(self.model, term_frequencies)
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
@@ -236,9 +236,6 @@ class Linker:
             merged.append((keep, drop, probability))
         self._flagged.clear()
         return merged
-
-    def add_all(self, records: Iterable[MatchRecord | PreparedRecord]) -> list[Decision]:
-        return [self.add(r) for r in records]
 
     def person_of(self, record_id: str) -> Hashable:
         return self._person_of[record_id]
