@@ -61,6 +61,8 @@ def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> No
                 with cursor.copy(f'COPY "{meta.table_name}" ({columns}) FROM STDIN') as copy:
                     for row in params:
                         copy.write_row(row)
+            elif len(params) == 1:
+                cursor.execute(sql, params[0])
             else:
                 cursor.executemany(sql, params)
         finally:
