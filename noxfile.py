@@ -36,12 +36,16 @@ def serve(session: nox.Session) -> None:
     session.run("mpi", *(session.posargs or ["serve"]))
 
 
+#: What ``nox -s lint`` checks, ruff and mypy alike (mypy's list is ``files`` in pyproject.toml).
+LINTED = ("app", "migrations", "toolkit", "images", "bench", "tests", "noxfile.py")
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff (lint) and mypy (types) over the service and the toolkit."""
+    """ruff (lint) and mypy (types) over the service, its migrations, the build toolkit, the
+    images, the benchmarks, the tests and this file."""
     install_locked(session, *DEV_LOCKS)
-    session.run("ruff", "check", *(session.posargs or ["app", "migrations", "toolkit", "tests",
-                                                         "noxfile.py"]))
+    session.run("ruff", "check", *(session.posargs or LINTED))
     session.run("mypy")
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from images import oci
+from toolkit import commands
 
 DEFAULT_ARCHIVES = {
     "debian-security": "http://deb.debian.org/debian-security",
@@ -35,7 +35,8 @@ MERGED_USR = ("bin", "sbin", "lib", "lib64")
 
 
 class DebianError(RuntimeError):
-    """A package could not be locked, fetched or read."""
+    """A package could not be locked, fetched or read (a failed apt command raises
+    :class:`toolkit.commands.CommandError` instead)."""
 
 
 @dataclass(frozen=True)
@@ -82,23 +83,34 @@ def write_lock(path: Path, packages: Sequence[Package], *, source: str) -> None:
 _URI_RE = re.compile(r"^'(?P<url>[^']+)' (?P<file>\S+) (?P<size>\d+) SHA256:(?P<sha>[0-9a-f]{64})$")
 
 
-def _run(cmd: Sequence[str], *, cwd: Path | None = None) -> str:
-    result = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise DebianError(f"command failed (exit {result.returncode}): {' '.join(cmd)}\n"
-                          f"{result.stderr[-2000:]}")
-    return result.stdout
+def show_command(name: str) -> list[str]:
+    """apt's record of the candidate version of ``name``."""
+    return ["apt-cache", "show", "--no-all-versions", name]
+
+
+def uri_command(name: str, version: str) -> list[str]:
+    """apt's download URL, size and sha256 of ``name`` at ``version`` (nothing fetched)."""
+    return ["apt-get", "download", "--print-uris", f"{name}={version}"]
+
+
+def download_command(package: Package) -> list[str]:
+    """Fetch the ``.deb`` of ``package`` at its locked version into the working directory."""
+    return ["apt-get", "download", "-q", f"{package.name}={package.version}"]
+
+
+def _run(cmd: Sequence[str]) -> str:
+    return commands.run(cmd).stdout
 
 
 def resolve(names: Sequence[str]) -> list[Package]:
     """Ask apt for the candidate version, URL, size and sha256 of each package."""
     packages = []
     for name in names:
-        show = _run(["apt-cache", "show", "--no-all-versions", name])
+        show = _run(show_command(name))
         fields = dict(re.findall(r"^(Version|Architecture): (.+)$", show, re.M))
         if "Version" not in fields:
             raise DebianError(f"apt knows no package {name} (run apt-get update?)")
-        out = _run(["apt-get", "download", "--print-uris", f"{name}={fields['Version']}"])
+        out = _run(uri_command(name, fields["Version"]))
         match = next((m for m in map(_URI_RE.match, out.splitlines()) if m), None)
         if match is None:
             raise DebianError(f"apt gave no download URI for {name}: {out!r}")
@@ -112,7 +124,7 @@ def missing_dependencies(names: Sequence[str]) -> dict[str, list[str]]:
     have = set(names)
     missing: dict[str, list[str]] = {}
     for name in names:
-        show = _run(["apt-cache", "show", "--no-all-versions", name])
+        show = _run(show_command(name))
         for field in ("Pre-Depends", "Depends"):
             match = re.search(rf"^{field}: (.+)$", show, re.M)
             if not match:
@@ -193,8 +205,10 @@ def fetch(packages: Sequence[Package], cache: Path, *,
 def _apt_download(package: Package, workdir: Path, dest: Path) -> bool:
     """``apt-get download name=version``; False when apt does not know that version."""
     workdir.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["apt-get", "download", "-q", f"{package.name}={package.version}"],
-                            cwd=workdir, capture_output=True, text=True, check=False)
+    try:
+        result = commands.run(download_command(package), cwd=workdir, check=False)
+    except commands.CommandError:  # apt-get missing or hung: fetch from the mirror instead
+        return False
     got = [p for p in workdir.iterdir() if p.name.startswith(package.name + "_")]
     if result.returncode != 0 or len(got) != 1:
         for p in got:

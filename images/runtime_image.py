@@ -20,13 +20,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from images import debian, oci
+from toolkit import commands
 
 DEFINITION = Path(__file__).resolve().parent / "runtime"
 VENV = "/opt/mpi"
@@ -128,16 +128,22 @@ def _snapshot(root: Path, top: str) -> dict[str, oci.Entry]:
     return found
 
 
+#: The whole environment of a command run inside the staged tree (nothing inherited).
+CHROOT_ENV = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "PEX_ROOT": "/tmp/pex", "HOME": "/tmp",
+              "PYTHONHASHSEED": "0"}
+
+
+def chroot_command(root: Path, *args: str, extra_env: Mapping[str, str] | None = None,
+                   chroot: str = "/usr/sbin/chroot") -> list[str]:
+    """The argv that runs ``args`` inside ``root`` with exactly :data:`CHROOT_ENV` (plus
+    ``extra_env``), so the host's variables never reach what gets compiled."""
+    env = {**CHROOT_ENV, **(extra_env or {})}
+    return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), chroot, str(root), *args]
+
+
 def _chroot(root: Path, *args: str, extra_env: Mapping[str, str] | None = None) -> None:
-    """Run ``args`` inside ``root`` with a minimal, fixed environment."""
-    env = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "PEX_ROOT": "/tmp/pex", "HOME": "/tmp",
-           "PYTHONHASHSEED": "0", **(extra_env or {})}
-    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
-    cmd = ["env", "-i", *(f"{k}={v}" for k, v in env.items()), chroot, str(root), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"command failed (exit {result.returncode}): {' '.join(cmd)}\n"
-                           f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    commands.run(chroot_command(root, *args, extra_env=extra_env,
+                                chroot=shutil.which("chroot") or "/usr/sbin/chroot"))
 
 
 LAUNCHER = f"""#!{VENV}/bin/python3.11
@@ -328,13 +334,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def load_command(path: Path, *, which: Callable[[str], str | None] = shutil.which
+                 ) -> list[str]:
+    """``podman load -i PATH`` (or docker's, when only docker is installed)."""
+    for engine in ("podman", "docker"):
+        if which(engine):
+            return [engine, "load", "-i", str(path)]
+    raise SystemExit("--load: neither podman nor docker is installed")
+
+
 def load(path: Path) -> None:
     """Load the archive into podman or docker, whichever is present."""
-    for engine in ("podman", "docker"):
-        if shutil.which(engine):
-            subprocess.run([engine, "load", "-i", str(path)], check=True)
-            return
-    raise SystemExit("--load: neither podman nor docker is installed")
+    print(commands.run(load_command(path)).stdout.strip())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ import pytest
 from mpi.api.app import create_app
 from mpi.config import Settings, parse_database_url
 from mpi.storage import migrate
-from mpi.storage.db import connection, database_for, database_proxy
+from mpi.storage.db import close_database, connection, database_for, database_proxy
 from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
 from mpi.wiring import Services, build
 from tests.pexbuilds import builds  # noqa: F401 - session fixture shared by build/image tests
@@ -56,7 +56,7 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     db = database_for(parse_database_url(postgres_server.url), max_connections=2)
     with connection(db):
         migrate.apply(db)
-    db.close_all()
+    close_database(db)
     return postgres_server.url
 
 
@@ -95,13 +95,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         db = database_for(parse_database_url(url), max_connections=1)
         with connection(db):
             _clean(db)
-        db.close_all()
+        close_database(db)
         return url
     url = f"sqlite:///{tmp_path / 'mpi.db'}"
     db = database_for(parse_database_url(url), max_connections=1)
     with connection(db):
         migrate.apply(db)
-    db.close_all()
+    close_database(db)
     return url
 
 
@@ -122,7 +122,7 @@ def db(settings: Settings) -> Iterator[peewee.Database]:
     finally:
         if not database.is_closed():
             database.close()
-        database.close_all()
+        close_database(database)
 
 
 class Ids:
@@ -147,7 +147,7 @@ def client(settings: Settings, clock: Clock) -> Iterator[falcon.testing.TestClie
     database = database_for(settings.database, max_connections=4)
     app = create_app(build(settings, db=database, clock=clock, new_id=Ids()))
     yield falcon.testing.TestClient(app)
-    database.close_all()
+    close_database(database)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from mpi.domain.audit import Actor
 from mpi.domain.identity import MatchResult
 from mpi.search.index import Hit, Results
 from mpi.search.service import SearchRequest
-from mpi.storage.db import database_for
+from mpi.storage.db import close_database, database_for
 from mpi.storage.patients import PatientFilter
 from mpi.wiring import Services, build
 from tests.conftest import Ids
@@ -109,7 +109,7 @@ def test_every_reader_honours_audit_synchronous_reads(settings: Settings, backen
         assert SET_ASYNC not in statements
     finally:
         db.close()
-        db.close_all()
+        close_database(db)
 
 
 def test_one_unit_of_work_and_one_database_for_everything(settings: Settings, clock) -> None:
@@ -120,7 +120,7 @@ def test_one_unit_of_work_and_one_database_for_everything(settings: Settings, cl
     assert services.work.synchronous_reads == settings.audit_synchronous_reads
     assert services.indexer().poll_interval == settings.search_poll_interval
     assert services.engine.link_threshold == settings.matching_threshold
-    db.close_all()
+    close_database(db)
 
 
 def test_the_models_are_bound_to_the_built_database(settings: Settings, clock) -> None:
@@ -130,4 +130,4 @@ def test_the_models_are_bound_to_the_built_database(settings: Settings, clock) -
     build(settings, db=db, clock=clock, new_id=Ids())
     assert database_proxy.obj is db
     assert isinstance(db, peewee.Database)
-    db.close_all()
+    close_database(db)

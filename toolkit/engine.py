@@ -31,10 +31,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from toolkit import commands
+from toolkit.commands import CommandError
 from toolkit.procs import docker_ping, log_tail
 
 __all__ = [
     "PACKAGES",
+    "CommandError",
     "EngineError",
     "containers_conf",
     "engine_env",
@@ -44,8 +47,10 @@ __all__ = [
     "main",
     "ping",
     "podman",
+    "podman_command",
     "podman_env",
     "podman_unavailable",
+    "service_command",
     "start_podman_service",
     "stop_podman_service",
 ]
@@ -66,22 +71,11 @@ TESTCONTAINERS_ENV = {
 
 
 class EngineError(RuntimeError):
-    """A podman (or apt) command failed, or the API service did not come up."""
+    """The engine's set-up is wrong (a missing ``CONTAINERS_CONF``, say).
 
-    def __init__(self, message: str, *, cmd: Sequence[str] = (), returncode: int | None = None,
-                 stderr: str = "", stdout: str = "") -> None:
-        self.cmd = list(cmd)
-        self.returncode = returncode
-        self.stderr = stderr
-        self.stdout = stdout
-        super().__init__(message)
-
-    @classmethod
-    def from_process(cls, cmd: Sequence[str], returncode: int, stderr: str,
-                     stdout: str = "") -> EngineError:
-        output = stderr.strip() or stdout.strip() or "(no output)"
-        return cls(f"command {shlex.join(cmd)} failed with exit code {returncode}:\n{output}",
-                   cmd=cmd, returncode=returncode, stderr=stderr, stdout=stdout)
+    A podman or apt command that fails raises :class:`toolkit.commands.CommandError`
+    (argv, exit code, output), as every command the toolkit runs does.
+    """
 
 
 # --------------------------------------------------------------------------- settings
@@ -133,23 +127,15 @@ def engine_env(socket_path: Path | str, conf: Path | None = None) -> dict[str, s
 # --------------------------------------------------------------------------- podman CLI
 
 
+def podman_command(*args: str) -> list[str]:
+    """The argv of ``podman ARGS``."""
+    return ["podman", *args]
+
+
 def podman(*args: str, env: Mapping[str, str] | None = None, timeout: float = 300.0,
            check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``podman ARGS``; raise :class:`EngineError` (command, exit code, stderr) on failure."""
-    cmd = ["podman", *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                              env=None if env is None else dict(env))
-    except subprocess.TimeoutExpired as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        raise EngineError(f"command {shlex.join(cmd)} timed out after {timeout:g} s:\n{stderr}",
-                          cmd=cmd, stderr=stderr) from exc
-    except OSError as exc:
-        raise EngineError(f"command {shlex.join(cmd)} could not start: {exc}", cmd=cmd,
-                          stderr=str(exc)) from exc
-    if check and proc.returncode != 0:
-        raise EngineError.from_process(cmd, proc.returncode, proc.stderr, proc.stdout)
-    return proc
+    """Run ``podman ARGS``; raise :class:`CommandError` (argv, exit code, output) on failure."""
+    return commands.run(podman_command(*args), env=env, timeout=timeout, check=check)
 
 
 def podman_unavailable(env: Mapping[str, str] | None = None) -> str | None:
@@ -159,7 +145,7 @@ def podman_unavailable(env: Mapping[str, str] | None = None) -> str | None:
         return "podman is not installed"
     try:
         podman("info", "--format", "{{.Host.OCIRuntime.Name}}", env=env, timeout=60)
-    except EngineError as exc:
+    except CommandError as exc:
         return f"podman is installed but does not work: {exc}"
     return None
 
@@ -177,8 +163,7 @@ def image_exists(reference: str, *, env: Mapping[str, str] | None = None) -> boo
     proc = podman("image", "exists", reference, env=env, check=False, timeout=60)
     if proc.returncode in (0, 1):
         return proc.returncode == 0
-    raise EngineError.from_process(["podman", "image", "exists", reference], proc.returncode,
-                                   proc.stderr, proc.stdout)
+    raise CommandError(proc.args, proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
 
 
 # --------------------------------------------------------------------------- API service
@@ -189,6 +174,11 @@ def ping(socket_path: Path | str, timeout: float = PING_TIMEOUT) -> bool:
     return docker_ping(f"unix://{socket_path}", timeout)
 
 
+def service_command(socket_path: Path) -> list[str]:
+    """The argv of podman's Docker-compatible API service on ``socket_path``."""
+    return podman_command("system", "service", "--time=0", f"unix://{socket_path}")
+
+
 def start_podman_service(socket_path: Path, env: Mapping[str, str], *,
                          log: Path | None = None,
                          timeout: float = SERVICE_TIMEOUT) -> subprocess.Popen[bytes]:
@@ -196,19 +186,18 @@ def start_podman_service(socket_path: Path, env: Mapping[str, str], *,
 
     The service runs in its own session (it outlives a ``setup`` command line) and
     writes to ``log`` (default: ``<socket>.log``). If it does not answer ``/_ping``
-    within ``timeout`` seconds it is stopped and :class:`EngineError` carries its log.
+    within ``timeout`` seconds it is stopped and :class:`CommandError` carries its log.
     """
     socket_path = Path(socket_path).resolve()
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     log = log or socket_path.with_name(socket_path.name + ".log")
-    cmd = ["podman", "system", "service", "--time=0", f"unix://{socket_path}"]
+    cmd = service_command(socket_path)
     with log.open("ab") as out:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     env=dict(env), start_new_session=True)
         except OSError as exc:
-            raise EngineError(f"command {shlex.join(cmd)} could not start: {exc}",
-                              cmd=cmd) from exc
+            raise CommandError(cmd, None, stderr=str(exc), reason="could not start") from exc
     deadline = time.monotonic() + timeout
     while not ping(socket_path):
         code = proc.poll()
@@ -217,8 +206,8 @@ def start_podman_service(socket_path: Path, env: Mapping[str, str], *,
                 stop_podman_service(proc.pid)
             what = (f"exited with code {code}" if code is not None
                     else f"did not answer /_ping within {timeout:g} s")
-            raise EngineError(f"podman API service on {socket_path} {what}; "
-                              f"log {log}:\n{log_tail(log)}", cmd=cmd, returncode=code)
+            raise CommandError(cmd, code, stderr=log_tail(log), reason=what,
+                               note=f"the podman API service's log {log}")
         time.sleep(0.05)
     return proc
 
@@ -274,7 +263,8 @@ def install(run: Callable[[list[str]], int] | None = None,
     """Install :data:`PACKAGES` with apt-get unless podman is on PATH.
 
     If apt cannot find them (empty package lists on a fresh machine), ``apt-get update``
-    runs once and the install is retried. Raises :class:`EngineError` on failure.
+    runs once and the install is retried. Raises :class:`CommandError` on failure (apt's
+    output went to the terminal, not into the error).
     """
     def default_run(cmd: list[str]) -> int:
         return subprocess.run(cmd, check=False).returncode
@@ -289,12 +279,10 @@ def install(run: Callable[[list[str]], int] | None = None,
         return
     log("apt-get install failed; updating the package lists and retrying")
     update = ["apt-get", "update", "-q"]
-    if run(update) != 0:
-        raise EngineError(f"command {shlex.join(update)} failed", cmd=update)
-    code = run(cmd)
-    if code != 0:
-        raise EngineError(f"command {shlex.join(cmd)} failed with exit code {code}", cmd=cmd,
-                          returncode=code)
+    for attempt in (update, cmd):
+        code = run(attempt)
+        if code != 0:
+            raise CommandError(attempt, code, note="its output is above")
 
 
 def export_lines(env: Mapping[str, str]) -> list[str]:
@@ -350,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for archive in args.archives:
                 for reference in load(archive, env=env):
                     print(f"engine: loaded {reference} from {archive}", file=sys.stderr)
-    except EngineError as exc:
+    except (EngineError, CommandError) as exc:
         print(f"engine: error: {exc}", file=sys.stderr)
         return 1
     return 0

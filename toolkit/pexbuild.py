@@ -28,13 +28,14 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from toolkit import commands
 
 PIP_VERSION = "26.2.1"  # pex's resolver; its wheels are in requirements-build.lock
 GLIBC = (2, 28)  # manylinux_2_28: the oldest glibc a target host may have
@@ -46,10 +47,6 @@ SOURCE_DIRS = ("app/mpi", "migrations")
 SOURCE_FILES = ("pyproject.toml",)
 LOCKS = ("requirements.lock", "requirements-build.lock", "requirements-tools.lock")
 PEX_NAME = "mpi.pex"
-
-
-class BuildError(RuntimeError):
-    """A build step failed; the message carries the command, exit code and output."""
 
 
 @dataclass(frozen=True)
@@ -148,13 +145,8 @@ class BuildResult:
 
 def run(cmd: Sequence[str], *, cwd: Path | None = None,
         env: Mapping[str, str] | None = None) -> str:
-    """Run a command; raise BuildError with the command, exit code and output on failure."""
-    result = subprocess.run(list(cmd), cwd=cwd, env=dict(env) if env is not None else None,
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise BuildError(f"command failed (exit {result.returncode}): "
-                         f"{' '.join(cmd)}\n{result.stdout[-4000:]}{result.stderr[-4000:]}")
-    return result.stdout
+    """Run a build step; its stdout, or :class:`~toolkit.commands.CommandError`."""
+    return commands.run(cmd, cwd=cwd, env=env).stdout
 
 
 def git(repo: Path, *args: str) -> str:

@@ -25,7 +25,6 @@ import errno
 import os
 import pwd
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -39,10 +38,12 @@ from typing import Any
 
 import psycopg
 
+from toolkit import commands
+from toolkit.commands import CommandError
 from toolkit.procs import docker_ping, free_port, log_tail
 
 __all__ = [
-    "CommandFailed",
+    "CommandError",
     "PostgresServer",
     "PostgresUnavailable",
     "container_engine_available",
@@ -85,23 +86,6 @@ class PostgresUnavailable(RuntimeError):
     """No PostgreSQL server could be provided (the message says why)."""
 
 
-class CommandFailed(PostgresUnavailable):
-    """A subprocess exited with a non-zero status."""
-
-    def __init__(
-        self, cmd: Sequence[str], returncode: int, stderr: str, stdout: str = "", note: str = ""
-    ) -> None:
-        self.cmd = list(cmd)
-        self.returncode = returncode
-        self.stderr = stderr
-        self.stdout = stdout
-        output = stderr.strip() or stdout.strip() or "(no output)"
-        message = f"command {shlex.join(self.cmd)} failed with exit code {returncode}"
-        if note:
-            message += f" ({note})"
-        super().__init__(f"{message}:\n{output}")
-
-
 @dataclass
 class PostgresServer:
     """A running PostgreSQL server; ``stop()`` (or leaving the ``with`` block) ends it."""
@@ -140,7 +124,8 @@ def start_postgres(
     (default: the system temporary directory). A ``local`` server runs with fsync,
     synchronous_commit and full_page_writes off for speed, unless ``durable`` keeps
     them on (for benchmarks); container and external servers are used as configured.
-    Raises ``PostgresUnavailable``.
+    Raises ``PostgresUnavailable`` when no server can be provided, and
+    :class:`~toolkit.commands.CommandError` when ``initdb`` or ``pg_ctl`` fails.
     """
     mode = (env.get("MPI_TEST_POSTGRES") or "auto").strip().lower()
     external_url = env.get("MPI_TEST_DATABASE_URL", "").strip()
@@ -364,36 +349,12 @@ def _run(
     run_as: _RunAs | None = None,
     cwd: Path | None = None,
     timeout: float = 120.0,
-    note: str = "",
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` (a list), optionally as ``run_as``; raise ``CommandFailed`` on failure."""
-    who = f"as user {run_as.name}" if run_as else ""
-    note = ", ".join(part for part in (who, note) if part)
-    kwargs = run_as.popen_kwargs() if run_as else {}
-    try:
-        proc = subprocess.run(
-            list(cmd),
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            timeout=timeout,
-            check=False,
-            **kwargs,
-        )
-    except subprocess.TimeoutExpired as exc:
-        stderr = (
-            exc.stderr.decode(errors="replace")
-            if isinstance(exc.stderr, bytes)
-            else exc.stderr or ""
-        )
-        raise CommandFailed(
-            cmd, -1, stderr, note=f"{note}; timed out after {timeout:g} s".lstrip("; ")
-        ) from exc
-    except OSError as exc:
-        raise CommandFailed(cmd, -1, str(exc), note=note) from exc
-    if proc.returncode != 0:
-        raise CommandFailed(cmd, proc.returncode, proc.stderr, proc.stdout, note=note)
-    return proc
+    """Run ``cmd``, as ``run_as`` when given; :class:`CommandError` names that user."""
+    if run_as is None:
+        return commands.run(cmd, cwd=cwd, timeout=timeout)
+    return commands.run(cmd, cwd=cwd, timeout=timeout, note=f"as user {run_as.name}",
+                        **run_as.popen_kwargs())
 
 
 def _make_traversable(directory: Path, run_as: _RunAs) -> None:
@@ -439,11 +400,7 @@ def _start_local(
     def stop() -> None:
         try:
             if started:
-                _run(
-                    [pg_ctl, "stop", "-D", str(data), "-m", "fast", "-w", "-t", "30"],
-                    run_as=run_as,
-                    cwd=tempdir,
-                )
+                _run(pg_ctl_stop_command(pg_ctl, data), run_as=run_as, cwd=tempdir)
         finally:
             shutil.rmtree(tempdir, ignore_errors=True)
 
@@ -490,6 +447,36 @@ def _start_local(
     )
 
 
+def initdb_command(bindir: Path, data: Path, pwfile: Path) -> list[str]:
+    """``initdb``: superuser ``mpi`` (password from ``pwfile``), SCRAM over TCP, trust on
+    the socket, UTF-8, the C.UTF-8 locale, no fsync while creating (a throwaway cluster)."""
+    return [
+        str(bindir / "initdb"),
+        "-D",
+        str(data),
+        "--username",
+        USER,
+        f"--pwfile={pwfile}",
+        "--auth-host=scram-sha-256",
+        "--auth-local=trust",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+        "--no-sync",
+        "--no-instructions",
+    ]
+
+
+def pg_ctl_start_command(pg_ctl: str, data: Path, log: Path, *, port: int, wait: int) -> list[str]:
+    """``pg_ctl start`` on ``port``, logging to ``log``, waiting up to ``wait`` seconds."""
+    return [pg_ctl, "start", "-D", str(data), "-l", str(log), "-w", "-t", str(wait),
+            "-o", f"-p {port}"]
+
+
+def pg_ctl_stop_command(pg_ctl: str, data: Path) -> list[str]:
+    """``pg_ctl stop``, fast mode (roll back open sessions), waiting up to 30 s."""
+    return [pg_ctl, "stop", "-D", str(data), "-m", "fast", "-w", "-t", "30"]
+
+
 def _initdb(bindir: Path, data: Path, tempdir: Path, run_as: _RunAs | None) -> None:
     """Create the cluster: superuser ``mpi``, SCRAM password auth over TCP, trust on the socket."""
     pwfile = tempdir / "pwfile"
@@ -497,24 +484,7 @@ def _initdb(bindir: Path, data: Path, tempdir: Path, run_as: _RunAs | None) -> N
     try:
         if run_as is not None:
             os.chown(pwfile, run_as.uid, run_as.gid)
-        _run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "--username",
-                USER,
-                f"--pwfile={pwfile}",
-                "--auth-host=scram-sha-256",
-                "--auth-local=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            run_as=run_as,
-            cwd=tempdir,
-        )
+        _run(initdb_command(bindir, data, pwfile), run_as=run_as, cwd=tempdir)
     finally:
         pwfile.unlink(missing_ok=True)
 
@@ -532,34 +502,16 @@ def _pg_ctl_start(
     for attempt in range(1, attempts + 1):
         port = free_port()
         wait = max(1, int(deadline - time.monotonic()))
-        cmd = [
-            pg_ctl,
-            "start",
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-t",
-            str(wait),
-            "-o",
-            f"-p {port}",
-        ]
+        cmd = pg_ctl_start_command(pg_ctl, data, log, port=port, wait=wait)
         try:
             _run(cmd, run_as=run_as, cwd=tempdir, timeout=wait + 10)
-        except CommandFailed as exc:
+        except CommandError as exc:
             tail = _log_tail(log)
             if attempt < attempts and (
                 "could not bind" in tail or os.strerror(errno.EADDRINUSE) in tail
             ):
                 log.unlink(missing_ok=True)
                 continue
-            raise CommandFailed(
-                exc.cmd,
-                exc.returncode,
-                f"{exc.stderr}\n--- server log tail ({log}) ---\n{tail}",
-                exc.stdout,
-                note=f"as user {run_as.name}" if run_as else "",
-            ) from exc
+            raise exc.with_note(f"server log {log}, last lines:\n{tail}") from exc
         return port
     raise AssertionError("unreachable")

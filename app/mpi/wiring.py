@@ -34,7 +34,7 @@ from mpi.search.service import SearchService
 from mpi.storage import migrate
 from mpi.storage.audit import AuditRepository
 from mpi.storage.changes import ChangeRepository
-from mpi.storage.db import connection, database_proxy, make_database
+from mpi.storage.db import close_database, connection, database_proxy, make_database
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.patients import PatientRepository
 from mpi.storage.work import UnitOfWork
@@ -72,15 +72,6 @@ def open_database(settings: Settings) -> peewee.Database:
     """The configured database, pooled and not yet connected, NOT bound to the models
     (migrations bind their own models)."""
     return make_database(settings)
-
-
-def close_database(db: peewee.Database) -> None:
-    """Close every connection of ``db`` (its pool, if pooled)."""
-    close_all = getattr(db, "close_all", None)  # the pooled databases
-    if close_all is not None:
-        close_all()
-    elif not db.is_closed():
-        db.close()
 
 
 def migrate_database(settings: Settings) -> list[migrate.Migration]:

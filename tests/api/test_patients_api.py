@@ -261,6 +261,7 @@ def _post_chunked(client, body: bytes) -> str:
     del env["CONTENT_LENGTH"]
     start = falcon.testing.StartResponseMock()
     b"".join(client.app(env, start))
+    assert start.status is not None
     return start.status
 
 

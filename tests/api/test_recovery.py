@@ -7,7 +7,7 @@ import psycopg
 
 from mpi.api.app import create_app
 from mpi.config import Settings
-from mpi.storage.db import database_for
+from mpi.storage.db import close_database, database_for
 from mpi.wiring import build
 from tests.helpers import patient
 
@@ -31,4 +31,4 @@ def test_requests_recover_after_connections_are_killed(postgres_url, tmp_path):
     # At most the first request meets the dead connection, and it is a clean 503.
     assert statuses[0] in (200, 503)
     assert statuses[1:] == [200, 200]
-    db.close_all()
+    close_database(db)

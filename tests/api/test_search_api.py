@@ -14,7 +14,7 @@ from mpi.api.app import create_app
 from mpi.config import Settings
 from mpi.search.index import NullSearchIndex
 from mpi.search.indexer import Indexer
-from mpi.storage.db import database_for
+from mpi.storage.db import close_database, database_for
 from mpi.wiring import build
 from tests.conftest import Clock, Ids
 from tests.helpers import MRN, patient
@@ -58,7 +58,7 @@ def api(settings: Settings, clock: Clock) -> Iterator[Api]:
     indexer = Indexer(database, settings.search_index_path)
     yield Api(falcon.testing.TestClient(app), indexer)
     indexer.stop()
-    database.close_all()
+    close_database(database)
 
 
 def _people(api: Api) -> dict[str, dict[str, Any]]:
@@ -216,7 +216,7 @@ def test_null_index_finds_nothing(settings, clock):
     resp = client.simulate_get(SEARCH, params={"q": "smith"})
     assert resp.status_code == 200 and resp.json["items"] == []
     assert resp.json["index_cursor"] is None
-    database.close_all()
+    close_database(database)
 
 
 def test_no_patient_data_in_logs(api, caplog, monkeypatch):

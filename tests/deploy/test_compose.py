@@ -46,7 +46,7 @@ import yaml
 from mpi.config import ENV_NAMES
 from tests.helpers import free_port as _free_port
 from tests.helpers import http_json
-from toolkit import engine
+from toolkit import commands, engine
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -83,13 +83,8 @@ def _validate(config: Mapping[str, Any]) -> list[str]:
 
 def _podman_compose(*args: str, env: Mapping[str, str] | None = None, timeout: float = 300.0,
                     check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "podman_compose", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                          cwd=ROOT, env=dict(env if env is not None else os.environ))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return commands.run([sys.executable, "-m", "podman_compose", *args], cwd=ROOT,
+                        env=env if env is not None else os.environ, timeout=timeout, check=check)
 
 
 # --------------------------------------------------------------------------- (1) schema
@@ -304,7 +299,7 @@ class Stack:
             self.compose("down", "-v", "-t", "5", check=False, timeout=180)
         label = f"label=io.podman.compose.project={self.project}"
         for kind in ("container", "volume", "network"):
-            with contextlib.suppress(engine.EngineError):
+            with contextlib.suppress(engine.CommandError):
                 names = engine.podman(kind, "ls", *(["-a"] if kind == "container" else []),
                                       "--filter", label, "--format", "{{.Name}}"
                                       if kind != "container" else "{{.Names}}",

@@ -21,6 +21,7 @@ A command added to the documents without an entry fails
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
@@ -430,8 +431,8 @@ def test_run_entries_name_tests_of_this_file():
 
 def _sub_commands() -> set[str]:
     parser = cli.build_parser()
-    actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
-    return set(actions[0].choices)  # type: ignore[attr-defined]
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(actions[0].choices)
 
 
 # --------------------------------------------------------------------------- running them

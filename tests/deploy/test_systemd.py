@@ -267,6 +267,7 @@ def test_service_runs_without_writable_executable_memory(tmp_path):
            "SEARCH_INDEX_PATH": str(tmp_path / "index"), "LOG_FORMAT": "text"}
     proc = subprocess.Popen([sys.executable, "-c", _UNDER_MDWE], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
     try:
         deadline = time.monotonic() + 60
         status = None

@@ -244,7 +244,7 @@ class Podman:
                                (["volume", "rm", "--force"], self.volumes),
                                (["network", "rm", "--force"], self.networks)):
             if names:
-                with contextlib.suppress(engine.EngineError):
+                with contextlib.suppress(engine.CommandError):
                     self(*command, *names)
 
 

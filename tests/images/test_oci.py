@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import tarfile
+from typing import IO
 
 import pytest
 
@@ -83,15 +84,15 @@ def test_archive_is_an_oci_layout_and_a_docker_archive():
     tar = tarfile.open(fileobj=io.BytesIO(data))
     names = tar.getnames()
     assert {"oci-layout", "index.json", "manifest.json"} <= set(names)
-    index = json.load(tar.extractfile("index.json"))
+    index = json.load(_member(tar, "index.json"))
     manifest_digest = index["manifests"][0]["digest"]
     assert manifest_digest == image.digest()
     assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == "example/tiny:1"
-    manifest = json.load(tar.extractfile(f"blobs/sha256/{manifest_digest[7:]}"))
+    manifest = json.load(_member(tar, f"blobs/sha256/{manifest_digest[7:]}"))
     for layer, described in zip(image.layers, manifest["layers"], strict=True):
-        blob = tar.extractfile(f"blobs/sha256/{described['digest'][7:]}").read()
+        blob = _member(tar, f"blobs/sha256/{described['digest'][7:]}").read()
         assert blob == layer.blob and described["size"] == len(blob)
-    docker = json.load(tar.extractfile("manifest.json"))
+    docker = json.load(_member(tar, "manifest.json"))
     assert docker[0]["RepoTags"] == ["example/tiny:1"]
     assert docker[0]["Config"] == f"blobs/sha256/{manifest['config']['digest'][7:]}"
     assert oci.archive(image, reference="example/tiny:1", mtime=EPOCH) == data
@@ -101,3 +102,9 @@ def test_archive_is_an_oci_layout_and_a_docker_archive():
 def test_bad_paths_are_refused(path):
     with pytest.raises(ValueError):
         oci.file(path, "x")
+
+
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    member = tar.extractfile(name)
+    assert member is not None, f"{name} is not a file in the archive"
+    return member

@@ -62,7 +62,8 @@ def test_every_write_becomes_searchable(server):
 
 
 def test_deleting_the_index_under_a_running_service_loses_nothing(server, tmp_path: Path):
-    live, gone = [], []
+    live: list[str] = []
+    gone: list[str] = []
     for n in range(12):
         status, _, created = server.request(
             "POST", "/api/v1/patients",

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ class Server:
         raise AssertionError(f"server not ready: {self.log()}")
 
     def request(self, method: str, path: str, body: object = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict, object]:
+                headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         data = json.dumps(body).encode() if body is not None else None
         hdrs = {"Content-Type": "application/json", **(headers or {})} if data else headers or {}
@@ -81,13 +82,13 @@ def database_url_for(request: pytest.FixtureRequest) -> str:
         return "sqlite:///data/mpi.db"  # the default, relative to the working directory
     url = str(request.getfixturevalue("postgres_url"))
     from mpi.config import parse_database_url
-    from mpi.storage.db import connection, database_for
+    from mpi.storage.db import close_database, connection, database_for
     from tests.conftest import _clean
 
     db = database_for(parse_database_url(url))
     with connection(db):
         _clean(db)
-    db.close_all()
+    close_database(db)
     return url
 
 

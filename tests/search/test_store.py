@@ -28,7 +28,8 @@ def test_publish_switches_current_and_keeps_only_the_previous(tmp_path):
     left = sorted(p.name for p in directory.root.iterdir() if p.name.startswith("gen-"))
     assert left == sorted(names[-2:])
     checked = directory.check()
-    assert checked.state is IndexState.OK and checked.opened.cursor == 7
+    assert checked.state is IndexState.OK and checked.opened is not None
+    assert checked.opened.cursor == 7
     checked.opened.index.close()
 
 
@@ -67,5 +68,5 @@ def test_search_modules_and_whoosh_run_without_warnings(tmp_path):
         directory = IndexDirectory(tmp_path / "ix")
         directory.publish(_built(directory))
         checked = directory.check()
-        assert checked.state is IndexState.OK
+        assert checked.state is IndexState.OK and checked.opened is not None
         checked.opened.index.close()

@@ -14,7 +14,7 @@ from playhouse.schema_diff import diff_models
 
 from mpi.config import parse_database_url
 from mpi.storage import migrate
-from mpi.storage.db import connection, database_for
+from mpi.storage.db import close_database, connection, database_for
 from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
 
 
@@ -60,7 +60,7 @@ def test_migrated_schema_equals_schema_created_from_models(db, backend, tmp_path
             assert _columns(db, table) == _columns(reference, table, schema), table
             assert _indexes(db, table) == _indexes(reference, table, schema), table
             assert _columns(db, table), table
-    reference.close_all()
+    close_database(reference)
     if backend == "postgresql":
         db.execute_sql("DROP SCHEMA reference CASCADE")
 
@@ -137,7 +137,7 @@ def test_concurrent_first_start_applies_each_migration_once(tmp_path, postgres_s
     with connection(base):
         base.execute_sql("DROP DATABASE IF EXISTS race")
         base.execute_sql("CREATE DATABASE race")
-    base.close_all()
+    close_database(base)
     targets.append(postgres_server.url.rsplit("/", 1)[0] + "/race")
     for url in targets:
         applied: list[list[str]] = []
@@ -151,7 +151,7 @@ def test_concurrent_first_start_applies_each_migration_once(tmp_path, postgres_s
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
             finally:
-                db.close_all()
+                close_database(db)
 
         threads = [threading.Thread(target=run) for _ in range(4)]
         for t in threads:
@@ -211,7 +211,7 @@ def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_ser
     with connection(base):
         base.execute_sql("DROP DATABASE IF EXISTS rekey")
         base.execute_sql("CREATE DATABASE rekey")
-    base.close_all()
+    close_database(base)
     data = {"record_id": "r1", "source": "ehr", "given_name": "Ada", "family_name": "Obi",
             "birth_date": "1980-05-07", "postal_code": "02139", "ssn": "123-45-6789",
             "identifiers": []}
@@ -256,4 +256,4 @@ def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_ser
                 stored(pks[3])), url
             others = BlockingKeyRow.select().where(BlockingKeyRow.patient << pks[1:3]).count()
             assert others == 0, url  # deleted record, and a record with no matching form
-        db.close_all()
+        close_database(db)

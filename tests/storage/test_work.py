@@ -74,9 +74,11 @@ def test_durability_is_declared_per_tag_not_spelled():
         "identity:review:read", "identity:review:list", "identity:match:query",
         "person:record:read", "person:history:read", "audit:trail:read", "audit:recent:read",
         "audit:user:read", "events:feed:read"}
-    assert AuditTag("identity:link:auto") is AuditTag.link("auto")
+    by_value = AuditTag._value2member_map_  # what AuditTag(value) looks up
+    assert by_value["identity:link:auto"] is AuditTag.link("auto")
+    assert "patient:record:reed" not in by_value  # a misspelt tag is no tag at all
     with pytest.raises(ValueError):
-        AuditTag("patient:record:reed")  # a misspelt tag is no tag at all
+        AuditTag("patient:record:reed")  # type: ignore[call-arg]  # the lookup, not __new__  # a misspelt tag is no tag at all
 
 
 def test_rows_are_written_at_the_end_audit_first_events_last(db):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from toolkit import engine
+from toolkit.commands import CommandError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,17 +143,18 @@ def test_podman_runs_with_the_given_environment(fake_env):
 
 def test_podman_failure_names_command_exit_code_and_stderr(fake_env):
     env = {**fake_env, "FAKE_EXIT": "125", "FAKE_STDERR": "Error: no such image"}
-    with pytest.raises(engine.EngineError) as caught:
+    with pytest.raises(CommandError) as caught:
         engine.podman("run", "--rm", "missing:1", env=env)
     error = caught.value
-    assert error.cmd == ["podman", "run", "--rm", "missing:1"]
+    assert error.argv == ["podman", "run", "--rm", "missing:1"]
     assert error.returncode == 125 and "no such image" in error.stderr
     assert "podman run --rm missing:1" in str(error) and "exit code 125" in str(error)
 
 
-def test_podman_missing_binary_is_an_engine_error(tmp_path):
-    with pytest.raises(engine.EngineError, match="could not start"):
+def test_podman_missing_binary_is_a_command_error(tmp_path):
+    with pytest.raises(CommandError, match="could not start") as caught:
         engine.podman("info", env={"PATH": str(tmp_path)})
+    assert caught.value.returncode is None and caught.value.argv == ["podman", "info"]
 
 
 def test_podman_unavailable_reasons(fake_env, tmp_path):
@@ -166,7 +168,7 @@ def test_podman_unavailable_reasons(fake_env, tmp_path):
 def test_image_exists_maps_exit_codes(fake_env):
     assert engine.image_exists("mpi:0.1.0", env=fake_env) is True
     assert engine.image_exists("mpi:0.1.0", env={**fake_env, "FAKE_EXIT": "1"}) is False
-    with pytest.raises(engine.EngineError, match="exit code 125"):
+    with pytest.raises(CommandError, match="exit code 125"):
         engine.image_exists("mpi:0.1.0", env={**fake_env, "FAKE_EXIT": "125"})
 
 
@@ -205,13 +207,15 @@ def test_start_and_stop_the_service(fake_env, tmp_path):
 
 
 def test_a_service_that_exits_reports_its_log(fake_env, tmp_path):
-    with pytest.raises(engine.EngineError, match=r"exited with code 125[\s\S]*boom"):
+    with pytest.raises(CommandError, match=r"exited with code 125[\s\S]*boom") as caught:
         engine.start_podman_service(tmp_path / "p.sock", {**fake_env, "FAKE_SERVICE": "exit"})
+    assert caught.value.returncode == 125
+    assert caught.value.argv == engine.service_command(tmp_path / "p.sock")
 
 
 def test_a_service_that_never_answers_is_stopped(fake_env, tmp_path):
     started = time.monotonic()
-    with pytest.raises(engine.EngineError, match=r"did not answer /_ping within 0\.5 s") as caught:
+    with pytest.raises(CommandError, match=r"did not answer /_ping within 0\.5 s") as caught:
         engine.start_podman_service(tmp_path / "p.sock", {**fake_env, "FAKE_SERVICE": "silent"},
                                     timeout=0.5)
     assert time.monotonic() - started < 10
@@ -276,9 +280,19 @@ def test_install_updates_package_lists_once_on_failure():
     engine.install(run=run, which=lambda _name: None, log=lambda _m: None)
     assert calls == [engine.install_podman_command(), ["apt-get", "update", "-q"],
                      engine.install_podman_command()]
-    with pytest.raises(engine.EngineError, match="exit code 100"):
+    with pytest.raises(CommandError, match="exit code 100") as caught:
         engine.install(run=lambda _cmd: 100 if _cmd[1] == "install" else 0,
                        which=lambda _name: None, log=lambda _m: None)
+    assert caught.value.argv == engine.install_podman_command()
+
+
+def test_argv_builders():
+    assert engine.podman_command("load", "-i", "x.tar") == ["podman", "load", "-i", "x.tar"]
+    assert engine.service_command(Path("/run/p.sock")) == [
+        "podman", "system", "service", "--time=0", "unix:///run/p.sock"]
+    install = engine.install_podman_command()
+    assert install[:5] == ["apt-get", "install", "-y", "-q", "--no-install-recommends"]
+    assert {"podman", "runc", "netavark", "iptables"} <= set(install[5:])
 
 
 # --------------------------------------------------------------------------- module

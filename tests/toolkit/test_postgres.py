@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 import toolkit.postgres as pg
+from toolkit.commands import CommandError
 from toolkit.postgres import (
-    CommandFailed,
     PostgresServer,
     PostgresUnavailable,
     container_engine_available,
@@ -147,11 +147,25 @@ def test_bin_override_without_binaries(tmp_path: Path) -> None:
 
 
 def test_failing_command_reports_command_code_and_stderr() -> None:
-    with pytest.raises(CommandFailed) as info:
+    with pytest.raises(CommandError) as info:
         pg._run(["sh", "-c", "echo broken pipe dream >&2; exit 3"])
     assert info.value.returncode == 3
+    assert info.value.argv == ["sh", "-c", "echo broken pipe dream >&2; exit 3"]
     message = str(info.value)
     assert "sh -c" in message and "exit code 3" in message and "broken pipe dream" in message
+
+
+def test_server_argv_builders(tmp_path: Path) -> None:
+    bindir, data = tmp_path / "bin", tmp_path / "data"
+    initdb = pg.initdb_command(bindir, data, tmp_path / "pw")
+    assert initdb[:3] == [str(bindir / "initdb"), "-D", str(data)]
+    assert {"--username", "mpi", f"--pwfile={tmp_path / 'pw'}", "--auth-host=scram-sha-256",
+            "--auth-local=trust", "--encoding=UTF8", "--no-sync"} <= set(initdb)
+    start = pg.pg_ctl_start_command("pg_ctl", data, tmp_path / "log", port=54321, wait=7)
+    assert start == ["pg_ctl", "start", "-D", str(data), "-l", str(tmp_path / "log"),
+                     "-w", "-t", "7", "-o", "-p 54321"]
+    assert pg.pg_ctl_stop_command("pg_ctl", data) == [
+        "pg_ctl", "stop", "-D", str(data), "-m", "fast", "-w", "-t", "30"]
 
 
 def test_stop_is_idempotent() -> None:

@@ -75,6 +75,15 @@ def database_for(target: DatabaseTarget, *, max_connections: int = 10,
     )
 
 
+def close_database(db: peewee.Database) -> None:
+    """Close every connection of ``db`` (its pool, if pooled)."""
+    close_all = getattr(db, "close_all", None)  # the pooled databases
+    if close_all is not None:
+        close_all()
+    elif not db.is_closed():
+        db.close()
+
+
 def is_postgres(db: peewee.Database) -> bool:
     target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
     return isinstance(target, peewee.PostgresqlDatabase)
