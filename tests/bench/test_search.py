@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit import searchbench
+from bench import search as searchbench
 
 
 def test_synthetic_patients_are_valid_and_identifiers_unique():

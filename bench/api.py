@@ -1,6 +1,6 @@
 """API benchmark behind ``nox -s bench``: the patient API on PostgreSQL next to a bare route.
 
-    python -m toolkit.bench [--duration S] [--warmup S] [--connections N] [--json PATH]
+    python -m bench.api [--duration S] [--warmup S] [--connections N] [--json PATH]
 
 Measures throughput and p50/p99 latency of ``POST /api/v1/patients`` and
 ``GET /api/v1/patients/{id}`` served by ``mpi serve`` on a throwaway PostgreSQL
@@ -51,6 +51,7 @@ from queue import Empty
 from types import FrameType
 from typing import Any
 
+from toolkit import commands
 from toolkit.procs import free_port, log_tail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ HOST = "127.0.0.1"
 PATIENTS = "/api/v1/patients"
 READY = "/api/v1/health/ready"
 HELLO = "/hello"
-HELLO_APP = "toolkit.bench:hello_app()"
+HELLO_APP = "bench.api:hello_app()"
 BASELINE = "GET /hello (bare Falcon)"
 POST_PATIENT = "POST /api/v1/patients"
 GET_PATIENT = "GET /api/v1/patients/{id}"
@@ -706,10 +707,7 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
 
         port = free_port()
         env = server_env(os.environ, pg.url, port)
-        migrate = subprocess.run(mpi_command("migrate"), env=env, cwd=workdir,
-                                 capture_output=True, text=True, timeout=120, check=False)
-        if migrate.returncode != 0:
-            raise RuntimeError(f"mpi migrate failed:\n{migrate.stdout}{migrate.stderr}")
+        commands.run(mpi_command("migrate"), env=env, cwd=workdir, timeout=120)
         print("mpi serve", file=sys.stderr, flush=True)
         with running_server(mpi_command("serve"), env=env, cwd=workdir,
                             log=log_dir / "mpi-server.log", port=port, ready_path=READY) as proc:
@@ -739,7 +737,7 @@ def _make_output_dir(path: Path) -> None:
     """Create the report directory; a new one gets a ``.gitignore`` of ``*`` (like pytest)."""
     if not path.exists():
         path.mkdir(parents=True)
-        (path / ".gitignore").write_text("# created by toolkit.bench\n*\n")
+        (path / ".gitignore").write_text("# created by bench.api\n*\n")
 
 
 def _log_summary(log: Path) -> dict[str, Any]:
@@ -748,7 +746,7 @@ def _log_summary(log: Path) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.bench",
+    parser = argparse.ArgumentParser(prog="python -m bench.api",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=_positive, default=10.0,
                         help="measured seconds per scenario (default 10)")
@@ -793,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; servers and PostgreSQL stopped", file=sys.stderr)
         return 130
-    context["command"] = ["python", "-m", "toolkit.bench",
+    context["command"] = ["python", "-m", "bench.api",
                           *(sys.argv[1:] if argv is None else argv)]
     args.json.write_text(report_json(results, context))
     print(format_summary(results, context))

@@ -1,6 +1,6 @@
 """Search benchmark behind ``nox -s bench -- search``: the whoosh index next to SQL on PostgreSQL.
 
-    python -m toolkit.searchbench [--patients N] [--queries N] [--json PATH] [--fast-postgres]
+    python -m bench.search [--patients N] [--queries N] [--json PATH] [--fast-postgres]
 
 1. Loads N synthetic patients (default 100,000) into a throwaway PostgreSQL with bulk
    inserts (names drawn from a seeded generator: frequent real surnames plus generated
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from toolkit.bench import (
+from bench.api import (
     _git_commit,
     _make_output_dir,
     _postgres_info,
@@ -240,17 +240,18 @@ def time_index_searches(root: Path, searches: dict[str, list[dict[str, Any]]],
     return out
 
 
-def time_service_searches(db: Any, root: Path, searches: dict[str, list[dict[str, Any]]],
-                          fuzzy: int) -> dict[str, Any]:
-    """The whole search: index, records from PostgreSQL, audit row (as the API does it)."""
-    from mpi.audit.log import Actor
+def time_service_searches(settings: Any, db: Any, root: Path,
+                          searches: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The whole search: index, records from PostgreSQL, audit row (as the API does it,
+    with the service the composition root builds from ``settings``)."""
+    from mpi import wiring
+    from mpi.domain.audit import Actor
     from mpi.search.index import WhooshSearchIndex
     from mpi.search.query import Shortcuts
-    from mpi.search.service import SearchRequest, SearchService
-    from mpi.services.patients import utc_now
+    from mpi.search.service import SearchRequest
 
     reader = WhooshSearchIndex(root)
-    service = SearchService(db, reader, clock=utc_now, fuzzy=fuzzy)
+    service = wiring.build(settings, db=db, search_index=reader).search
     actor = Actor("bench-clerk")
     out: dict[str, Any] = {}
     try:
@@ -385,11 +386,12 @@ def measure_lag(port: int, *, probes: int, writers: int, timeout: float = 10.0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from mpi import wiring
     from mpi.config import load, parse_database_url
     from mpi.search.indexer import build_generation
     from mpi.search.store import IndexDirectory
     from mpi.storage import migrate
-    from mpi.storage.db import connection, database_for, database_proxy
+    from mpi.storage.db import close_database, connection, database_for
     from toolkit.postgres import start_postgres
 
     _make_output_dir(args.json.parent)
@@ -405,9 +407,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(pg.stop)
         report["postgres"] = {"kind": pg.kind, "description": pg.description,
                               **_postgres_info(pg.url)}
+        settings = load(server_env(os.environ, pg.url, 8080))
         db = database_for(parse_database_url(pg.url), max_connections=4)
-        database_proxy.initialize(db)
-        stack.callback(db.close_all)
+        wiring.build(settings, db=db)  # binds the models to db, as every process does
+        stack.callback(close_database, db)
         with connection(db):
             migrate.apply(db)
             print(f"loading {args.patients} patients ...", file=sys.stderr, flush=True)
@@ -426,7 +429,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  "bytes": size}
 
         searches = typical_searches(rows, args.queries, seed=args.seed + 1)
-        settings = load(server_env(os.environ, pg.url, 8080))
         fuzzy = settings.search_fuzzy_distance
         print("searching (index) ...", file=sys.stderr, flush=True)
         time_index_searches(root, {k: v[:20] for k, v in searches.items()}, fuzzy)  # warm
@@ -434,7 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("searching (service: index + PostgreSQL + audit) ...", file=sys.stderr,
               flush=True)
         with connection(db):
-            report["search_service"] = time_service_searches(db, root, searches, fuzzy)
+            report["search_service"] = time_service_searches(settings, db, root, searches)
         print("creating trigram indexes; searching (SQL) ...", file=sys.stderr, flush=True)
         import psycopg
 
@@ -490,7 +492,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.searchbench",
+    parser = argparse.ArgumentParser(prog="python -m bench.search",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200, help="searches per kind")
@@ -524,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; server and PostgreSQL stopped", file=sys.stderr)
         return 130
-    report["command"] = ["python", "-m", "toolkit.searchbench",
+    report["command"] = ["python", "-m", "bench.search",
                          *(sys.argv[1:] if argv is None else argv)]
     args.json.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     print(format_table(report))
