@@ -9,6 +9,8 @@ skipped: if no server can be had, they error.
 
 from __future__ import annotations
 
+import dataclasses
+
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -147,6 +149,34 @@ def client(settings: Settings, clock: Clock) -> Iterator[falcon.testing.TestClie
     database = database_for(settings.database, max_connections=4)
     app = create_app(build(settings, db=database, clock=clock, new_id=Ids()))
     yield falcon.testing.TestClient(app)
+    close_database(database)
+
+
+class Secured:
+    """An app with AUTH_MODE=token and a way to mint its tokens."""
+
+    def __init__(self, client: falcon.testing.TestClient, services: Services):
+        self.client = client
+        self.services = services
+
+    def token(self, name: str, *scopes: str, sources: str = "*") -> dict[str, str]:
+        """Headers carrying a new token ``name`` with ``scopes`` (default: everything)."""
+        from mpi.domain.access import MPI_SCOPES
+        from mpi.domain.audit import Actor
+
+        with connection(self.services.db):
+            made = self.services.tokens.create(
+                name, scopes or ("system/*.cruds", *MPI_SCOPES), sources, Actor("tests"))
+        return {"Authorization": f"Bearer {made.secret}"}
+
+
+@pytest.fixture
+def secured(settings: Settings, clock: Clock) -> Iterator[Secured]:
+    """The API with AUTH_MODE=token (``secured.token(name, *scopes)`` makes a token)."""
+    database = database_for(settings.database, max_connections=4)
+    services = build(dataclasses.replace(settings, auth_mode="token"), db=database,
+                     clock=clock, new_id=Ids())
+    yield Secured(falcon.testing.TestClient(create_app(services)), services)
     close_database(database)
 
 

@@ -20,7 +20,10 @@ def _template_names(path: Path) -> set[str]:
     for line in path.read_text().splitlines():
         match = re.match(r"^([A-Z][A-Z0-9_]*)=", line)
         if match:
-            names.add(match[1].removesuffix("_FILE"))
+            name = match[1]
+            # NAME_FILE reads NAME from a file, unless NAME_FILE is itself a setting
+            # (TLS_CERT_FILE, AUTH_JWKS_FILE: paths by name).
+            names.add(name if name in config.ENV_NAMES else name.removesuffix("_FILE"))
     return names
 
 

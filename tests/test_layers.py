@@ -4,7 +4,7 @@
     hosts     mpi.server, mpi.commands   (commands import nothing from mpi.api)
     api       mpi.api
     root      mpi.wiring                 (the composition root)
-    services  mpi.patients, mpi.identity, mpi.search, mpi.audit, mpi.events
+    services  mpi.patients, mpi.identity, mpi.search, mpi.audit, mpi.events, mpi.auth
     storage   mpi.storage                (repositories, the unit of work)
     base      mpi, mpi.config, mpi.logs, mpi.domain, mpi.matching
 
@@ -25,6 +25,7 @@ LAYERS = {
     "mpi.api": 4,
     "mpi.wiring": 3,
     "mpi.patients": 2, "mpi.identity": 2, "mpi.search": 2, "mpi.audit": 2, "mpi.events": 2,
+    "mpi.auth": 2,
     "mpi.storage": 1,
     "mpi.config": 0, "mpi.logs": 0, "mpi.domain": 0, "mpi.matching": 0, "mpi": 0,
 }

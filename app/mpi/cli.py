@@ -27,7 +27,7 @@ EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpi.commands import database, matching, registry, search, service
+    from mpi.commands import access, database, matching, registry, search, service
 
     parser = argparse.ArgumentParser(prog="mpi", description="Master Patient Index")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     matching.register(commands)  # dedupe, link, train, blocking report
     registry.register(commands)  # import, export (and train's database source)
     search.register(commands)  # reindex
+    access.register(commands)  # token create, list, revoke
     return parser
 
 

@@ -13,6 +13,7 @@ and must start fast.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -137,6 +138,102 @@ def _model_path(raw: str) -> Path | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not a valid matching model: {exc}") from None
     return path
+
+
+AUTH_MODES = ("none", "token", "jwt")
+#: Signature algorithms a bearer JWT may use: asymmetric only (never "none", never HS*,
+#: which would let anyone holding the public key forge tokens).
+JWT_ALGORITHMS = ("RS256", "RS384", "ES256", "ES384")
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(a.strip() for a in raw.split(",") if a.strip()))
+    if not names:
+        raise ValueError(f"name at least one of {', '.join(JWT_ALGORITHMS)}")
+    bad = [a for a in names if a not in JWT_ALGORITHMS]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} not allowed; choose from {', '.join(JWT_ALGORITHMS)}")
+    return names
+
+
+def _optional_text(raw: str) -> str:
+    return raw.strip()
+
+
+def _https_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not (value.startswith("https://") or value.startswith("http://127.0.0.1")
+                      or value.startswith("http://localhost")):
+        raise ValueError("must be an https:// URL (http:// only on localhost)")
+    return value
+
+
+def _optional_file(raw: str) -> Path | None:
+    value = raw.strip()
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"no such file: {value}")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror}") from exc
+    return path
+
+
+def _leeway(raw: str) -> int:
+    value = _nonnegative_int(raw)
+    if value > 300:
+        raise ValueError("must be at most 300 seconds")
+    return value
+
+
+def _nonnegative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError("must be a whole number") from exc
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _client_sources(raw: str) -> dict[str, frozenset[str]]:
+    """``"lab-system=lab; ehr=st-marys-ehr,st-marys-adt; engine=*"``."""
+    from mpi.domain.access import parse_sources
+
+    out: dict[str, frozenset[str]] = {}
+    for entry in (e.strip() for e in raw.split(";")):
+        if not entry:
+            continue
+        client, sep, sources = entry.partition("=")
+        if not sep or not client.strip():
+            raise ValueError(f"{entry!r}: write CLIENT=SOURCE[,SOURCE...] entries "
+                             "separated by ';'")
+        out[client.strip()] = parse_sources(sources)
+    return out
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for part in (p.strip() for p in raw.split(",")):
+        if part:
+            try:
+                nets.append(ipaddress.ip_network(part, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{part!r} is not an IP address or CIDR network") from exc
+    return tuple(nets)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (SERVER_HOST) binds only to the loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _database_url(raw: str) -> str:
@@ -292,6 +389,38 @@ SETTINGS: tuple[Setting, ...] = (
             "true: a read's audit row is flushed to disk before the answer (PostgreSQL); "
             "false: it follows within a second and a database crash may lose the newest "
             "ones (writes and their audit rows are always flushed first)"),
+    Setting("AUTH_MODE", "auth_mode", _choice(AUTH_MODES), "none",
+            "none (no credentials; refused unless SERVER_HOST is loopback), token (API "
+            "tokens made with mpi token create) or jwt (OAuth 2.0 bearer tokens from the "
+            "identity provider)"),
+    Setting("AUTH_ISSUER", "auth_issuer", _optional_text, "",
+            "jwt: the identity provider's issuer (the tokens' iss claim)"),
+    Setting("AUTH_AUDIENCE", "auth_audience", _optional_text, "",
+            "jwt: this service's audience (the tokens' aud claim)"),
+    Setting("AUTH_JWKS_URL", "auth_jwks_url", _https_url, "",
+            "jwt: where the identity provider publishes its signing keys (JWKS)"),
+    Setting("AUTH_JWKS_FILE", "auth_jwks_file", _optional_file, "",
+            "jwt: the signing keys as a JWKS file (air-gapped sites; instead of the URL)"),
+    Setting("AUTH_ALGORITHMS", "auth_algorithms", _algorithms, "RS256,ES256",
+            "jwt: signature algorithms accepted, from RS256, RS384, ES256, ES384"),
+    Setting("AUTH_LEEWAY", "auth_leeway", _leeway, "30",
+            "jwt: seconds of clock skew allowed on exp and nbf (at most 300)"),
+    Setting("AUTH_JWKS_COOLDOWN", "auth_jwks_cooldown", _nonnegative_int, "60",
+            "jwt: seconds between fetches of the JWKS caused by an unknown key id"),
+    Setting("AUTH_SOURCES_CLAIM", "auth_sources_claim", _optional_text, "mpi_sources",
+            "jwt: the claim listing the sources a client may write (a list or a "
+            "space-separated string); AUTH_CLIENT_SOURCES is used when it is absent"),
+    Setting("AUTH_CLIENT_SOURCES", "auth_client_sources", _client_sources, "",
+            "jwt: sources each client may write, e.g. 'lab-system=lab; ehr=st-marys-ehr'; "
+            "'*' = any source"),
+    Setting("TRUSTED_PROXIES", "trusted_proxies", _networks, "",
+            "Addresses or CIDR networks of reverse proxies whose X-Forwarded-For / "
+            "Forwarded headers are believed for the client's address (default: none)"),
+    Setting("TLS_CERT_FILE", "tls_cert_file", _optional_file, "",
+            "PEM certificate chain to serve HTTPS directly (with TLS_KEY_FILE); leave "
+            "unset behind a TLS-terminating proxy"),
+    Setting("TLS_KEY_FILE", "tls_key_file", _optional_file, "",
+            "PEM private key for TLS_CERT_FILE", secret=True),
     Setting("LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True), "INFO",
             "Least severe log level written: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Setting("LOG_FORMAT", "log_format", _choice(LOG_FORMATS), "json",
@@ -323,6 +452,19 @@ class Settings:
     matching_twin_guard: bool
     matching_model_path: Path | None
     audit_synchronous_reads: bool
+    auth_mode: str
+    auth_issuer: str
+    auth_audience: str
+    auth_jwks_url: str
+    auth_jwks_file: Path | None
+    auth_algorithms: tuple[str, ...]
+    auth_leeway: int
+    auth_jwks_cooldown: int
+    auth_sources_claim: str
+    auth_client_sources: Mapping[str, frozenset[str]]
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
     log_level: str
     log_format: str
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -351,6 +493,10 @@ class Settings:
             text = str(value)
             if s.env == "DATABASE_URL":
                 text = mask_url(text)
+            elif isinstance(value, tuple):
+                text = ",".join(str(v) for v in value)
+            elif isinstance(value, Mapping):
+                text = "; ".join(f"{k}={','.join(sorted(v))}" for k, v in sorted(value.items()))
             elif value is None:
                 text = ""
             elif s.secret:
@@ -402,9 +548,31 @@ def load(env: Mapping[str, str] | None = None, *, origin: str = "environment") -
     if review is not None and link is not None and review > link:
         problems.append(f"MATCHING_REVIEW_THRESHOLD={review}: must not exceed "
                         f"MATCHING_THRESHOLD={link}")
+    problems.extend(cross_check(values))
     if problems:
         raise ConfigError(problems)
     return Settings(**values, sources=sources)
+
+
+def cross_check(values: Mapping[str, Any]) -> list[str]:
+    """Problems between settings (each one valid alone); empty when they fit together."""
+    problems = []
+    mode, host = values.get("auth_mode"), values.get("server_host")
+    if mode == "none" and host is not None and not is_loopback_host(host):
+        problems.append(
+            f"AUTH_MODE=none: SERVER_HOST={host} would serve patient records to anyone who "
+            "can reach it without credentials; set AUTH_MODE=jwt (with AUTH_ISSUER, "
+            "AUTH_AUDIENCE and AUTH_JWKS_URL or AUTH_JWKS_FILE) or AUTH_MODE=token (tokens "
+            "from mpi token create), or bind SERVER_HOST to 127.0.0.1")
+    if mode == "jwt":
+        for attr, env in (("auth_issuer", "AUTH_ISSUER"), ("auth_audience", "AUTH_AUDIENCE")):
+            if not values.get(attr):
+                problems.append(f"AUTH_MODE=jwt: set {env}")
+        if bool(values.get("auth_jwks_url")) == bool(values.get("auth_jwks_file")):
+            problems.append("AUTH_MODE=jwt: set exactly one of AUTH_JWKS_URL and AUTH_JWKS_FILE")
+    if bool(values.get("tls_cert_file")) != bool(values.get("tls_key_file")):
+        problems.append("TLS_CERT_FILE and TLS_KEY_FILE: set both to serve HTTPS, or neither")
+    return problems
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -23,7 +23,10 @@ from mpi.config import Settings
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     from mpi.logs import logging_config
 
+    tls = ({"certfile": str(settings.tls_cert_file), "keyfile": str(settings.tls_key_file)}
+           if settings.tls_cert_file and settings.tls_key_file else {})
     return {
+        **tls,
         "bind": [f"{_bind_host(settings.server_host)}:{settings.server_port}"],
         "workers": settings.workers,
         "threads": settings.threads,

@@ -19,6 +19,9 @@ from datetime import datetime
 import peewee
 
 from mpi.audit.trail import AuditTrail
+from mpi.auth import Authenticator, NoAuthentication
+from mpi.auth.oauth import BearerTokens
+from mpi.auth.tokens import ApiTokens
 from mpi.config import Settings
 from mpi.events.feed import ChangeFeed
 from mpi.identity.engine import Engine, MatchingEngine
@@ -37,6 +40,7 @@ from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import close_database, connection, database_proxy, make_database
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.patients import PatientRepository
+from mpi.storage.tokens import TokenRepository
 from mpi.storage.work import UnitOfWork
 
 log = logging.getLogger("mpi.migrate")
@@ -57,6 +61,8 @@ class Services:
     search: SearchService
     audit_trail: AuditTrail
     change_feed: ChangeFeed
+    tokens: ApiTokens
+    authenticator: Authenticator
 
     def indexer(self) -> Indexer:
         """This process's search indexer (it writes only if it takes the directory's lock)."""
@@ -134,6 +140,7 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
     patients, identity = PatientRepository(), IdentityRepository(db)
     views = IdentityViews(identity, patients)
     linking = Linking(engine, identity, new_id=new_id)
+    tokens = ApiTokens(work, TokenRepository())
     index = (search_index if search_index is not None
              else WhooshSearchIndex(settings.search_index_path))
     return Services(
@@ -145,4 +152,15 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         search=SearchService(work, index, patients, fuzzy=settings.search_fuzzy_distance),
         audit_trail=AuditTrail(work, AuditRepository(), patients),
         change_feed=ChangeFeed(work, ChangeRepository()),
+        tokens=tokens,
+        authenticator=authenticator(settings, tokens),
     )
+
+
+def authenticator(settings: Settings, tokens: ApiTokens) -> Authenticator:
+    """The authenticator AUTH_MODE names."""
+    if settings.auth_mode == "token":
+        return tokens
+    if settings.auth_mode == "jwt":
+        return BearerTokens(settings)
+    return NoAuthentication()

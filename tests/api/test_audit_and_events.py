@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from tests.helpers import patient
@@ -10,41 +12,53 @@ URL = "/api/v1/patients"
 CLERK = {"X-User-ID": "clerk-7", "User-Agent": "reg-desk/2.1", "X-Request-ID": "req-42"}
 
 
-def _lifecycle(client) -> str:
-    created = client.simulate_post(URL, json=patient(), headers=CLERK).json
+def _lifecycle(secured) -> str:
+    """Registration desk creates and updates (for clerk-7), the ward reads (for nurse-1), an
+    administrator's client deletes; every client's own token."""
+    client, token = secured.client, secured.token
+    desk, ward = token("reg-desk", "system/Patient.cruds"), token("ward", "system/Patient.r")
+    admin = token("admin-console", "system/Patient.d")
+    secured.auditor = token("auditor", "mpi:audit", "mpi:feed")
+    created = client.simulate_post(URL, json=patient(), headers={**CLERK, **desk}).json
     pid = created["id"]
-    client.simulate_get(f"{URL}/{pid}", headers={"X-User-ID": "nurse-1"})
+    client.simulate_get(f"{URL}/{pid}", headers={"X-User-ID": "nurse-1", **ward})
     client.simulate_put(f"{URL}/{pid}", json=patient(gender="unknown"),
-                        headers={**CLERK, "If-Match": '"1"'})
-    client.simulate_delete(f"{URL}/{pid}", headers={"X-User-ID": "admin"})
+                        headers={**CLERK, **desk, "If-Match": '"1"'})
+    client.simulate_delete(f"{URL}/{pid}", headers=admin)
     return pid
 
 
-def test_every_change_and_read_is_audited_with_who_and_what(client):
-    pid = _lifecycle(client)
-    trail = client.simulate_get(f"{URL}/{pid}/audit").json["items"]
+def test_every_change_and_read_is_audited_with_who_and_what(secured):
+    pid = _lifecycle(secured)
+    client = secured.client
+    trail = client.simulate_get(f"{URL}/{pid}/audit", headers=secured.auditor).json["items"]
     assert [e["action"] for e in trail] == [
         "patient:record:delete", "patient:record:update", "patient:record:read",
         "patient:record:create", "identity:link:new"]
     delete, update, read, create, link = trail
-    assert link["actor"] == "clerk-7" and link["new_value"]["how"] == "new"
+    # The actor is the authenticated client; X-User-ID is only whom it acted for.
+    assert link["actor"] == "reg-desk" and link["new_value"]["how"] == "new"
+    assert link["on_behalf_of"] == "clerk-7"
     assert link["new_value"]["person_id"] == create["new_value"]["person_id"]
-    assert create["actor"] == "clerk-7"
+    assert create["actor"] == "reg-desk" and create["on_behalf_of"] == "clerk-7"
     assert create["request_id"] == "req-42"
     assert create["user_agent"] == "reg-desk/2.1"
     assert create["ip"]
     assert create["old_value"] is None and create["new_value"]["gender"] == "male"
-    assert read["actor"] == "nurse-1" and read["new_value"] is None
+    assert read["actor"] == "ward" and read["on_behalf_of"] == "nurse-1"
+    assert read["new_value"] is None
     assert update["old_value"]["gender"] == "male"
     assert update["new_value"]["gender"] == "unknown"
-    assert delete["actor"] == "admin" and delete["old_value"]["version"] == 2
+    assert delete["actor"] == "admin-console" and delete["on_behalf_of"] is None
+    assert delete["old_value"]["version"] == 2
     assert create["occurred_at"].endswith("Z") or create["occurred_at"].endswith("+00:00")
 
 
-def test_anonymous_when_no_user_header(client):
-    created = client.simulate_post(URL, json=patient()).json
+def test_without_authentication_the_actor_is_local(client):
+    """AUTH_MODE=none (loopback only): the actor is "local", X-User-ID only beside it."""
+    created = client.simulate_post(URL, json=patient(), headers={"X-User-ID": "clerk-1"}).json
     trail = client.simulate_get(f"{URL}/{created['id']}/audit").json["items"]
-    assert trail[0]["actor"] == "anonymous"
+    assert trail[0]["actor"] == "local" and trail[0]["on_behalf_of"] == "clerk-1"
 
 
 def test_audit_of_unknown_patient_is_404(client):
@@ -52,45 +66,54 @@ def test_audit_of_unknown_patient_is_404(client):
     assert resp.status_code == 404
 
 
-def test_audit_by_user_and_recent(client):
-    _lifecycle(client)
-    mine = client.simulate_get("/api/v1/audit/user", params={"user_id": "clerk-7"}).json["items"]
+def test_audit_by_user_and_recent(secured):
+    _lifecycle(secured)
+    client, auditor = secured.client, secured.auditor
+    mine = client.simulate_get("/api/v1/audit/user", params={"user_id": "reg-desk"},
+                               headers=auditor).json["items"]
     assert [e["action"] for e in mine] == ["patient:record:update", "patient:record:create",
                                            "identity:link:new"]
-    recent = client.simulate_get("/api/v1/audit/recent", params={"limit": 2}).json
+    recent = client.simulate_get("/api/v1/audit/recent", params={"limit": 2},
+                                 headers=auditor).json
     assert [e["action"] for e in recent["items"]] == ["audit:user:read",
                                                       "patient:record:delete"]
-    older = client.simulate_get("/api/v1/audit/recent",
+    older = client.simulate_get("/api/v1/audit/recent", headers=auditor,
                                 params={"limit": 2, "before": recent["next_cursor"]}).json
     assert [e["action"] for e in older["items"]] == ["patient:record:update",
                                                      "patient:record:read"]
-    assert client.simulate_get("/api/v1/audit/user").status_code == 400
+    assert client.simulate_get("/api/v1/audit/user", headers=auditor).status_code == 400
 
 
-def test_reading_the_feed_or_an_audit_trail_is_itself_audited(client):
-    pid = _lifecycle(client)
-    snoop = {"X-User-ID": "snoop"}
+def test_reading_the_feed_or_an_audit_trail_is_itself_audited(secured):
+    pid = _lifecycle(secured)
+    client = secured.client
+    snoop = secured.token("snoop", "mpi:audit", "mpi:feed")
     client.simulate_get("/api/v1/events", headers=snoop)
     client.simulate_get(f"{URL}/{pid}/audit", headers=snoop)
     client.simulate_get("/api/v1/audit/recent", headers=snoop)
     client.simulate_get("/api/v1/audit/user", params={"user_id": "clerk-7"}, headers=snoop)
-    seen = client.simulate_get("/api/v1/audit/user", params={"user_id": "snoop"}).json["items"]
+    seen = client.simulate_get("/api/v1/audit/user", params={"user_id": "snoop"},
+                               headers=secured.auditor).json["items"]
     assert [e["action"] for e in seen] == ["audit:user:read", "audit:recent:read",
                                            "audit:trail:read", "events:feed:read"]
     assert seen[2]["entity_id"] == pid
 
 
-def test_listing_is_audited_with_the_returned_ids(client):
-    created = client.simulate_post(URL, json=patient()).json
-    client.simulate_get(URL, params={"family": "smith"}, headers={"X-User-ID": "clerk-9"})
-    entry = client.simulate_get("/api/v1/audit/user",
-                                params={"user_id": "clerk-9"}).json["items"][0]
+def test_listing_is_audited_with_the_returned_ids(secured):
+    client = secured.client
+    desk = secured.token("desk", "system/Patient.cs", "mpi:audit")
+    created = client.simulate_post(URL, json=patient(), headers=desk).json
+    client.simulate_get(URL, params={"family": "smith"}, headers={"X-User-ID": "clerk-9", **desk})
+    entry = client.simulate_get("/api/v1/audit/user", params={"user_id": "desk"},
+                                headers=desk).json["items"][0]
     assert entry["action"] == "patient:record:list"
     assert entry["new_value"] == {"filters": {"family": "smith"}, "returned": [created["id"]]}
 
 
-def test_change_feed_in_commit_order_with_cursor(client):
-    pid = _lifecycle(client)
+def test_change_feed_in_commit_order_with_cursor(secured):
+    pid = _lifecycle(secured)
+    client = secured.client
+    client.simulate_get = functools.partial(client.simulate_get, headers=secured.auditor)
     feed = client.simulate_get("/api/v1/events").json
     # The record's own events; linking adds PatientLinked when the record founds its person.
     assert [e["type"] for e in feed["events"]] == ["PatientCreated", "PatientLinked",

@@ -8,6 +8,7 @@ import falcon
 
 from mpi import config
 from mpi.api import errors
+from mpi.api.access import AccessControl
 from mpi.api.middleware import DatabaseConnection, RequestContext
 from mpi.api.routes import DOCS_STATIC, build_routes
 from mpi.wiring import Services
@@ -20,7 +21,11 @@ def create_app(services: Services, *, run_indexer: bool = False) -> falcon.App:
     it stands by while the indexer process holds it)."""
     if run_indexer:
         services.indexer().start()
-    middleware: list[Any] = [RequestContext(), DatabaseConnection(services.db)]
+    middleware: list[Any] = [
+        RequestContext(), DatabaseConnection(services.db),
+        AccessControl(services.authenticator, services.work,
+                      services.settings.trusted_proxies),
+    ]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)

@@ -29,6 +29,33 @@ class Problem(falcon.HTTPError):
         self.extra = extra or {}
 
 
+REALM = "mpi"
+
+
+def _quoted(text: str) -> str:
+    """An RFC 9110 quoted-string (RFC 6750 attribute values are quoted-strings)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unauthorized(detail: str, *, invalid_token: bool) -> Problem:
+    """401 with ``WWW-Authenticate: Bearer`` (RFC 6750 section 3): no token, or a bad one."""
+    challenge = f"Bearer realm={_quoted(REALM)}"
+    if invalid_token:
+        challenge += f", error=\"invalid_token\", error_description={_quoted(detail)}"
+    return Problem(falcon.HTTP_401, "Unauthorized", detail,
+                   headers={"WWW-Authenticate": challenge})
+
+
+def forbidden(detail: str, scope: str | None = None) -> Problem:
+    """403; with ``scope``, the RFC 6750 insufficient_scope challenge naming it."""
+    headers, extra = {}, {}
+    if scope is not None:
+        headers["WWW-Authenticate"] = (f"Bearer realm={_quoted(REALM)}, "
+                                       f"error=\"insufficient_scope\", scope={_quoted(scope)}")
+        extra["required_scope"] = scope
+    return Problem(falcon.HTTP_403, "Forbidden", detail, extra=extra, headers=headers)
+
+
 def _problem_body(req: falcon.Request, exc: falcon.HTTPError) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -70,6 +97,8 @@ def to_http(exc: domain.DomainError) -> Problem:
         return Problem(falcon.HTTP_409, "Conflict", exc.message,
                        errors=[domain.FieldProblem(exc.field, "already taken by a live record")],
                        extra=extra)
+    if isinstance(exc, domain.Forbidden):
+        return forbidden(exc.message, exc.scope)
     if isinstance(exc, domain.StateConflict):
         return Problem(falcon.HTTP_409, "Conflict", exc.message)
     if isinstance(exc, domain.VersionMismatch):

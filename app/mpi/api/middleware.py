@@ -11,12 +11,9 @@ from typing import Any
 import falcon
 import peewee
 
-from mpi.domain.audit import Actor
-
 access_log = logging.getLogger("mpi.access")
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_USER_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
 class RequestContext:
@@ -47,23 +44,6 @@ class RequestContext:
                 "duration_ms": duration_ms,
             },
         )
-
-
-def actor_for(req: falcon.Request) -> Actor:
-    """Who is asking. Until authentication lands: ``X-User-ID`` or ``anonymous``."""
-    user = req.get_header("X-User-ID")
-    if user is not None and not _USER_ID_RE.match(user):
-        from mpi.api.errors import Problem
-
-        raise Problem(falcon.HTTP_400, "Bad request",
-                      "X-User-ID must be 1-128 printable characters without spaces")
-    agent = req.user_agent
-    return Actor(
-        user_id=user or "anonymous",
-        ip=req.remote_addr,
-        user_agent=agent[:512] if agent else None,
-        request_id=getattr(req.context, "request_id", None),
-    )
 
 
 class DatabaseConnection:

@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from mpi.api.access import PUBLIC, declared_scope
+from mpi.domain.access import MPI_SCOPES, RESOURCES
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -41,6 +44,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
             },
         },
         "existing_id": {"type": "string"},
+        "required_scope": {"type": "string"},
         "current_version": {"type": "integer"},
     },
 }
@@ -89,6 +93,17 @@ def operation(summary: str, *, responses: dict[int, tuple[str, Body]],
     return mark
 
 
+BEARER_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": (
+        "An API token (AUTH_MODE=token) or an OAuth 2.0 access token from the identity "
+        "provider (AUTH_MODE=jwt). Each operation lists the scope it needs. SMART on FHIR "
+        f"system scopes cover {' and '.join(RESOURCES)}: v2 system/Patient.cruds (any "
+        "in-order subset of c, r, u, d, s), v1 system/Patient.read (= rs), .write (= cud); "
+        "the MPI's own: " + "; ".join(f"{k}: {v}" for k, v in MPI_SCOPES.items()) + "."),
+}
+
 HEADER_DOCS = {
     "Location": "URL of the created resource",
     "ETag": "The record's version, quoted; send it back in If-Match",
@@ -112,6 +127,9 @@ def responders(resource: object) -> dict[str, Operation]:
             meta = getattr(fn, "__openapi__", None)
             if meta is None:
                 raise TypeError(f"{type(resource).__name__}.on_{method} has no @operation")
+            if declared_scope(fn) is None:
+                raise TypeError(f"{type(resource).__name__}.on_{method} declares no scope "
+                                "(@requires(scope) or @public)")
             found[method] = meta
     return found
 
@@ -153,10 +171,12 @@ def build(routes: Iterable[tuple[str, object]], *, version: str) -> dict[str, An
             }
             if doc:
                 entry["description"] = doc
+            scope = declared_scope(fn)
+            entry["security"] = [] if scope == PUBLIC else [{"bearer": [scope]}]
             if op.request is not None:
                 entry["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _ref(op.request)}}}
-            for status, (description, model) in sorted(_with_common(op, resource).items()):
+            for status, (description, model) in sorted(_with_common(op, resource, method).items()):
                 response: dict[str, Any] = {"description": description}
                 if model is not None:
                     response["content"] = {op.content_type: {"schema": _ref(model)}}
@@ -180,13 +200,19 @@ def build(routes: Iterable[tuple[str, object]], *, version: str) -> dict[str, An
                            "Errors are RFC 9457 problem details (application/problem+json).",
         },
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": BEARER_SCHEME}},
     }
 
 
-def _with_common(op: Operation, resource: object) -> dict[int, tuple[str, Body]]:
+def _with_common(op: Operation, resource: object, method: str
+                 ) -> dict[int, tuple[str, Body]]:
     """The operation's responses plus those every such operation can give."""
     responses = dict(op.responses)
+    if declared_scope(getattr(resource, f"on_{method}")) != PUBLIC:
+        responses.setdefault(401, ("No bearer token, or an invalid one "
+                                   "(WWW-Authenticate: Bearer says which)", None))
+        responses.setdefault(403, ("The token lacks the scope this needs (required_scope "
+                                   "names it), or the record's source is not the client's", None))
     if op.params or op.request is not None:
         responses.setdefault(400, ("A parameter or header is invalid; each one is named", None))
     if getattr(resource, "uses_database", True):

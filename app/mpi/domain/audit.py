@@ -14,19 +14,31 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mpi.domain.types import UtcDatetime
 
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting, and from where (until authentication lands: the X-User-ID header)."""
+    """Who is acting, and from where.
+
+    ``user_id`` is the authenticated client (the token's subject; ``local`` when
+    AUTH_MODE=none, the command's name for CLI work); ``on_behalf_of`` the end user the
+    client says it acts for (``X-User-ID``), recorded beside it, never trusted as the actor.
+    ``sources`` are the sources the client may write records into (``*``: any); ``ip``
+    is the client's address (behind a trusted proxy, the one the proxy saw).
+    """
 
     user_id: str = "anonymous"
     ip: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
+    on_behalf_of: str | None = None
+    sources: frozenset[str] = frozenset({"*"})
+
+    def may_write(self, source: str) -> bool:
+        return "*" in self.sources or source in self.sources
 
 
 READ = True
@@ -72,6 +84,12 @@ class AuditTag(StrEnum):
     AUDIT_RECENT_READ = "audit:recent:read", "audit", READ
     AUDIT_USER_READ = "audit:user:read", "user", READ
     EVENTS_FEED_READ = "events:feed:read", "events", READ
+    # Refusals: a route the client's scopes do not cover, a source it may not write.
+    ACCESS_SCOPE_DENIED = "access:scope:denied", "route"
+    ACCESS_SOURCE_DENIED = "access:source:denied", "patient"
+    # Administration: API tokens (AUTH_MODE=token).
+    TOKEN_CREATE = "access:token:create", "token"
+    TOKEN_REVOKE = "access:token:revoke", "token"
 
     @classmethod
     def link(cls, how: str) -> AuditTag:
@@ -90,7 +108,9 @@ class AuditEntryOut(BaseModel):
     id: int
     occurred_at: UtcDatetime
     action: str
-    actor: str
+    actor: str = Field(description="The authenticated client (the token's subject)")
+    on_behalf_of: str | None = Field(
+        default=None, description="The end user the client said it acts for (X-User-ID)")
     entity_type: str
     entity_id: str | None = None
     request_id: str | None = None

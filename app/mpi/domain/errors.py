@@ -58,6 +58,15 @@ class VersionMismatch(DomainError):
         self.current_version = current_version
 
 
+class Forbidden(DomainError):
+    """The caller is known but may not do this (a source it may not write, a scope it lacks);
+    ``scope`` names the missing scope when that is the reason."""
+
+    def __init__(self, message: str, *, scope: str | None = None):
+        super().__init__(message)
+        self.scope = scope
+
+
 class StorageUnavailable(DomainError):
     """The database cannot be reached or has no free connection."""
 

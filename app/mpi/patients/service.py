@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
+from typing import NoReturn
 
 from mpi.domain.audit import Actor, AuditTag
-from mpi.domain.errors import Conflict, FieldProblem, InvalidInput
+from mpi.domain.errors import Conflict, FieldProblem, Forbidden, InvalidInput
 from mpi.domain.events import EventType
 from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.identity.linking import Linking
@@ -42,6 +43,7 @@ class PatientService:
     def create(self, data: PatientInput, actor: Actor) -> Patient:
         if data.id is not None:
             raise InvalidInput([FieldProblem("id", "is assigned by the server; leave it out")])
+        self._may_write(actor, data.source, None, "create")
         try:
             with self._work.begin(actor) as tx:
                 (patient,) = self._create_many(tx, [data])
@@ -54,6 +56,8 @@ class PatientService:
         links it (one at a time, in order). A record whose (source, source_id) is already
         live, or repeats an earlier one in ``items``, is skipped (None), so an interrupted
         import can simply be run again."""
+        for source in sorted({d.source for d in items}):
+            self._may_write(actor, source, None, "import")
         with self._work.begin(actor) as tx:
             live = self._repository.live_source_ids({(d.source, d.source_id) for d in items})
             keep: list[bool] = []
@@ -89,9 +93,12 @@ class PatientService:
         """Replace the content; ``expected_version`` None means whatever version is current."""
         if data.id is not None and data.id != patient_id:
             raise InvalidInput([FieldProblem("id", f"does not match the URL ({patient_id})")])
+        self._may_write(actor, data.source, patient_id, "update")
         try:
             with self._work.begin(actor) as tx:
                 row = self._repository.get_row(patient_id, lock="FOR UPDATE")
+                if not actor.may_write(row.source):
+                    raise _SourceDenied(row.source)
                 old = self._repository.load(row)
                 version = row.version if expected_version is None else expected_version
                 patient = self._repository.update(row, data, expected_version=version,
@@ -105,11 +112,21 @@ class PatientService:
                 tx.audit(AuditTag.PATIENT_UPDATE, patient_id, old=old.to_dict(), new=record)
         except Conflict as clash:
             raise self._explain(clash, data, exclude_id=patient_id) from None
+        except _SourceDenied as denied:
+            self._deny(actor, denied.source, patient_id, "update")
         return patient
 
     def delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
+        try:
+            self._delete(patient_id, actor, expected_version=expected_version)
+        except _SourceDenied as denied:
+            self._deny(actor, denied.source, patient_id, "delete")
+
+    def _delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
         with self._work.begin(actor) as tx:
             row = self._repository.get_row(patient_id, lock="FOR UPDATE")
+            if not actor.may_write(row.source):
+                raise _SourceDenied(row.source)
             old = self._repository.load(row)
             version = self._repository.soft_delete(row, expected_version=expected_version,
                                                    now=tx.now)
@@ -118,6 +135,21 @@ class PatientService:
             tx.emit(EventType.PATIENT_DELETED, patient_id, version=version,
                     payload={"id": patient_id, "source": old.source,
                              "source_id": old.source_id, "person_id": old.person_id})
+
+    def _may_write(self, actor: Actor, source: str, patient_id: str | None,
+                   action: str) -> None:
+        """Nothing if ``actor`` may write records of ``source``; else :meth:`_deny`."""
+        if not actor.may_write(source):
+            self._deny(actor, source, patient_id, action)
+
+    def _deny(self, actor: Actor, source: str, patient_id: str | None, action: str) -> NoReturn:
+        """Audit the refusal (in a unit of its own: the refused write leaves nothing) and
+        raise Forbidden."""
+        with self._work.begin(actor) as tx:
+            tx.audit(AuditTag.ACCESS_SOURCE_DENIED, patient_id,
+                     new={"source": source, "action": action})
+        raise Forbidden(f"this client may not write records of source {source!r} "
+                        "(its token names the sources it may write)")
 
     # --- reads (audited: reading a record is access to health information) -------------
 
@@ -149,3 +181,11 @@ class PatientService:
                             f"{data.source_id}: patient {holder}", field="source_id",
                             existing_id=holder)
         return clash
+
+
+class _SourceDenied(Exception):
+    """Inside a unit of work: the stored record's source is not the client's to write."""
+
+    def __init__(self, source: str):
+        super().__init__(source)
+        self.source = source

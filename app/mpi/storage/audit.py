@@ -20,8 +20,9 @@ def write_audit_rows(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], a
     """Insert (tag, entity id, old, new) rows for ``actor`` at ``now``."""
     bulk_insert(AuditEventRow, [
         dict(occurred_at=now, action=tag.value, actor=actor.user_id,
-             entity_type=tag.entity_type, entity_id=entity_id, request_id=actor.request_id,
-             ip=actor.ip, user_agent=actor.user_agent, old_value=old, new_value=new)
+             on_behalf_of=actor.on_behalf_of, entity_type=tag.entity_type,
+             entity_id=entity_id, request_id=actor.request_id, ip=actor.ip,
+             user_agent=actor.user_agent, old_value=old, new_value=new)
         for tag, entity_id, old, new in entries])
 
 
@@ -47,7 +48,8 @@ class AuditRepository:
         if before is not None:
             query = query.where(AuditEventRow.pk < before)
         return [AuditEntryOut(id=r.pk, occurred_at=r.occurred_at, action=r.action, actor=r.actor,
-                           entity_type=r.entity_type, entity_id=r.entity_id,
-                           request_id=r.request_id, ip=r.ip, user_agent=r.user_agent,
-                           old_value=r.old_value, new_value=r.new_value)
+                              on_behalf_of=r.on_behalf_of, entity_type=r.entity_type,
+                              entity_id=r.entity_id, request_id=r.request_id, ip=r.ip,
+                              user_agent=r.user_agent, old_value=r.old_value,
+                              new_value=r.new_value)
                 for r in query.order_by(AuditEventRow.pk.desc()).limit(limit)]

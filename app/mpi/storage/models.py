@@ -131,6 +131,7 @@ class AuditEventRow(BaseModel):
     occurred_at = peewee.DateTimeField(index=True)
     action = peewee.CharField(max_length=64)
     actor = peewee.CharField(max_length=128)
+    on_behalf_of = peewee.CharField(max_length=128, null=True)
     entity_type = peewee.CharField(max_length=32)
     entity_id = peewee.CharField(max_length=64, null=True)
     request_id = peewee.CharField(max_length=128, null=True)
@@ -315,6 +316,22 @@ IDENTITY_MODELS = (PersonRow, PatientLinkRow, BlockingKeyRow, NonMatchRow, Revie
                    LinkEventRow, PersonMergeRow)
 
 
+class ApiTokenRow(BaseModel):
+    """An API token of AUTH_MODE=token: only the SHA-256 of its secret is kept."""
+
+    pk = peewee.BigAutoField()
+    name = peewee.CharField(max_length=64, unique=True)
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    scopes = peewee.TextField()  # space-separated, as in OAuth
+    sources = peewee.TextField()  # comma-separated source names, or *
+    created_at = peewee.DateTimeField()
+    last_used_at = peewee.DateTimeField(null=True)
+    revoked_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_token"
+
+
 class SchemaMigrationRow(BaseModel):
     """Applied migrations (written by ``mpi.storage.migrate``)."""
 
@@ -334,5 +351,6 @@ ALL_MODELS = (
     AuditEventRow,
     ChangeEventRow,
     *IDENTITY_MODELS,
+    ApiTokenRow,
     SchemaMigrationRow,
 )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import falcon
 
-from mpi.api.middleware import actor_for
+from mpi.api.access import actor_for, requires
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, send
 from mpi.audit.trail import AuditTrail
+from mpi.domain.access import AUDIT
 from mpi.domain.audit import AuditPage
 
 PAGE_PARAMS = (
@@ -28,6 +29,7 @@ class PatientAudit:
     def __init__(self, trail: AuditTrail):
         self._trail = trail
 
+    @requires(AUDIT)
     @operation("A patient record's audit trail", tags=["audit"], params=PAGE_PARAMS,
                responses={200: ("Entries, newest first", AuditPage),
                           404: ("No such record", None)})
@@ -44,6 +46,7 @@ class RecentAudit:
     def __init__(self, trail: AuditTrail):
         self._trail = trail
 
+    @requires(AUDIT)
     @operation("The most recent audit entries", tags=["audit"], params=PAGE_PARAMS,
                responses={200: ("Entries, newest first", AuditPage)})
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -58,6 +61,7 @@ class UserAudit:
     def __init__(self, trail: AuditTrail):
         self._trail = trail
 
+    @requires(AUDIT)
     @operation("What one user did", tags=["audit"],
                params=(Param("user_id", "query", "The acting user (X-User-ID)",
                              {"type": "string", "minLength": 1, "maxLength": 128,

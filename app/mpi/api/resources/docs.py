@@ -8,6 +8,7 @@ from typing import Any
 
 import falcon
 
+from mpi.api.access import public
 from mpi.api.openapi import operation
 
 SWAGGER_PAGE = """<!DOCTYPE html>
@@ -35,6 +36,7 @@ class OpenApiDocument:
         self._build = build
         self._body: bytes | None = None
 
+    @public
     @operation("This document (OpenAPI 3.1)", tags=["meta"],
                responses={200: ("The OpenAPI document", None)})
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -50,6 +52,7 @@ class SwaggerPage:
     def __init__(self, *, spec_url: str, static_url: str):
         self._page = SWAGGER_PAGE.format(spec=spec_url, static=static_url).encode()
 
+    @public
     @operation("Interactive API documentation (Swagger UI)", tags=["meta"],
                responses={200: ("An HTML page", None)}, content_type="text/html")
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import falcon
 
-from mpi.api.middleware import actor_for
+from mpi.api.access import actor_for, requires
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, send
+from mpi.domain.access import FEED
 from mpi.domain.events import EventPage
 from mpi.events.feed import ChangeFeed
 
@@ -15,6 +16,7 @@ class EventFeed:
     def __init__(self, feed: ChangeFeed):
         self._feed = feed
 
+    @requires(FEED)
     @operation("The change feed", tags=["events"],
                params=(Param("after", "query", "Cursor: events after this one (0 = from the "
                                                "start); pass back next_cursor",

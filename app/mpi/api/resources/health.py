@@ -6,6 +6,7 @@ import falcon
 import peewee
 
 from mpi import SERVICE_NAME, build_commit, version
+from mpi.api.access import public
 from mpi.api.openapi import operation
 from mpi.api.resources.common import send
 from mpi.domain.health import Health
@@ -21,6 +22,7 @@ class HealthResource:
         self._body = Health(status="ok", service=SERVICE_NAME, version=version(),
                             commit=build_commit())
 
+    @public
     @operation("Liveness", tags=["health"], responses={200: ("The process is alive", Health)})
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         send(resp, self._body)
@@ -36,6 +38,7 @@ class ReadyResource:
         self._version = version()
         self._shipped = migrate.discover()  # read and hashed once, not on every probe
 
+    @public
     @operation("Readiness", tags=["health"], responses={
         200: ("Ready to serve", Health),
         503: ("The database is unreachable or its schema is not current", Health)})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import falcon
 
-from mpi.api.middleware import actor_for
+from mpi.api.access import actor_for, requires
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, json_body, send
+from mpi.domain.access import smart
 from mpi.domain.identity import MatchResult
 from mpi.domain.patient import PatientInput
 from mpi.identity.match import MatchService
@@ -16,6 +17,7 @@ class PatientMatch:
     def __init__(self, matching: MatchService):
         self._matching = matching
 
+    @requires(smart("Patient", "s"))
     @operation("Score a record against the registry without storing it", tags=["identity"],
                request=PatientInput,
                params=(Param("limit", "query", "Candidates to return (1-50, default 10)",

@@ -6,10 +6,11 @@ import re
 
 import falcon
 
+from mpi.api.access import actor_for, requires
 from mpi.api.errors import Problem
-from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, json_body, send
+from mpi.domain.access import smart
 from mpi.domain.errors import FieldProblem
 from mpi.domain.patient import Patient, PatientInput, PatientPage
 from mpi.patients.service import PatientService
@@ -58,6 +59,7 @@ class PatientCollection:
     def __init__(self, service: PatientService):
         self._service = service
 
+    @requires(smart("Patient", "c"))
     @operation("Register a patient record", tags=["patients"], request=PatientInput,
                responses={201: ("Created", Patient),
                           400: ("The body is not JSON", None),
@@ -74,6 +76,7 @@ class PatientCollection:
         resp.etag = _etag(patient)
         send(resp, patient, falcon.HTTP_201)
 
+    @requires(smart("Patient", "s"))
     @operation("List patient records", tags=["patients"],
                params=(Param("source", "query", "Sending system"),
                        Param("source_id", "query", "The record id in the sending system "
@@ -109,6 +112,7 @@ class PatientItem:
     def __init__(self, service: PatientService):
         self._service = service
 
+    @requires(smart("Patient", "r"))
     @operation("Read a patient record", tags=["patients"],
                responses={200: ("The record", Patient), 404: ("No such record", None),
                           410: ("The record was deleted", None)},
@@ -119,6 +123,7 @@ class PatientItem:
         resp.etag = _etag(patient)
         send(resp, patient)
 
+    @requires(smart("Patient", "u"))
     @operation("Replace a patient record", tags=["patients"], request=PatientInput,
                params=(IF_MATCH,),
                responses={200: ("The new version", Patient),
@@ -141,6 +146,7 @@ class PatientItem:
         resp.etag = _etag(patient)
         send(resp, patient)
 
+    @requires(smart("Patient", "d"))
     @operation("Delete a patient record", tags=["patients"],
                params=(Param("If-Match", "header", "Optional: delete only this version"),),
                responses={204: ("Deleted (kept for audit, never listed again)", None),

@@ -7,9 +7,10 @@ import uuid
 
 import falcon
 
-from mpi.api.middleware import actor_for
+from mpi.api.access import actor_for, requires
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, json_body, parse_json, send
+from mpi.domain.access import STEWARD, smart
 from mpi.domain.errors import FieldProblem, InvalidInput
 from mpi.domain.identity import LinkHistoryPage, LinkRequest, Merge, MergeRequest, Person
 from mpi.identity.persons import PersonService
@@ -33,6 +34,7 @@ class PersonItem:
     def __init__(self, persons: PersonService):
         self._persons = persons
 
+    @requires(smart("Person", "r"))
     @operation("A person: the linked records and every identifier across sources (PIX view)",
                tags=["identity"],
                responses={200: ("The person", Person), **_GONE_OR_MISSING})
@@ -45,6 +47,7 @@ class PatientPerson:
     def __init__(self, persons: PersonService):
         self._persons = persons
 
+    @requires(smart("Person", "r"))
     @operation("The person a record belongs to", tags=["identity"],
                responses={200: ("The person", Person), 404: ("No such record", None),
                           410: ("The record was deleted", None)})
@@ -56,6 +59,7 @@ class PersonHistory:
     def __init__(self, persons: PersonService):
         self._persons = persons
 
+    @requires(smart("Person", "r"))
     @operation("A person's link history, newest first", tags=["identity"],
                params=(Param("before", "query", "Cursor: the previous page's next_cursor",
                              {"type": "integer", "minimum": 1}),
@@ -76,6 +80,7 @@ class PersonLinks:
     def __init__(self, stewards: StewardService):
         self._stewards = stewards
 
+    @requires(STEWARD)
     @operation("Link a record to this person by hand (the engine will not move it again)",
                tags=["identity"], request=LinkRequest,
                responses={200: ("The person after the link", Person),
@@ -93,6 +98,7 @@ class PersonLink:
     def __init__(self, stewards: StewardService):
         self._stewards = stewards
 
+    @requires(STEWARD)
     @operation("Unlink a record: it becomes a person of its own and is kept apart from the "
                "records it left", tags=["identity"],
                responses={200: ("The record's new person", Person),
@@ -108,6 +114,7 @@ class PersonMerges:
     def __init__(self, stewards: StewardService):
         self._stewards = stewards
 
+    @requires(STEWARD)
     @operation("Merge two persons (all records of merged_id move to survivor_id)",
                tags=["identity"], request=MergeRequest,
                responses={201: ("The merge (undo it with POST /merges/{id}/undo)", Merge),
@@ -129,6 +136,7 @@ class MergeUndo:
     def __init__(self, stewards: StewardService):
         self._stewards = stewards
 
+    @requires(STEWARD)
     @operation("Undo a merge: the merged person gets back the records it had",
                tags=["identity"],
                responses={200: ("The undone merge", Merge), 404: ("No such merge", None),

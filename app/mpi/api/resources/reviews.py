@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import falcon
 
-from mpi.api.middleware import actor_for
+from mpi.api.access import actor_for, requires
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query, json_body, parse_json, send
 from mpi.api.resources.persons import CHANGE_RESPONSES, uuid_field
+from mpi.domain.access import STEWARD
 from mpi.domain.errors import FieldProblem, InvalidInput
 from mpi.domain.identity import ReviewDecision, ReviewItem, ReviewPage
 from mpi.identity.stewardship import StewardService
@@ -17,6 +18,7 @@ class ReviewCollection:
     def __init__(self, stewards: StewardService):
         self._stewards = stewards
 
+    @requires(STEWARD)
     @operation("The review queue", tags=["identity"],
                params=(Param("status", "query", "open (default), resolved or all",
                              {"type": "string", "enum": ["open", "resolved", "all"]}),
@@ -60,6 +62,7 @@ class ReviewItemResource:
     def __init__(self, stewards: StewardService):
         self._stewards = stewards
 
+    @requires(STEWARD)
     @operation("One review, with the score's explanation", tags=["identity"],
                responses={200: ("The review", ReviewItem), 404: ("No such review", None)})
     def on_get(self, req: falcon.Request, resp: falcon.Response, review_id: object) -> None:
@@ -70,6 +73,7 @@ class ReviewResolve:
     def __init__(self, stewards: StewardService):
         self._stewards = stewards
 
+    @requires(STEWARD)
     @operation("Resolve a review: link, not_a_match or new_person", tags=["identity"],
                request=ReviewDecision,
                responses={200: ("The resolved review", ReviewItem),

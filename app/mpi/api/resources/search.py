@@ -6,10 +6,11 @@ import json
 
 import falcon
 
+from mpi.api.access import actor_for, requires
 from mpi.api.errors import Problem
-from mpi.api.middleware import actor_for
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import Query
+from mpi.domain.access import smart
 from mpi.domain.errors import FieldProblem
 from mpi.domain.search import SearchHit, SearchPage
 from mpi.search.index import SearchUnavailable
@@ -47,6 +48,7 @@ class PatientSearch:
     def __init__(self, search: SearchService):
         self._search = search
 
+    @requires(smart("Patient", "s"))
     @operation("Search patient records", tags=["patients"], params=SEARCH_PARAMS,
                responses={200: ("Live records, best match first, with relevance scores",
                                 SearchPage),
