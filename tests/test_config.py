@@ -132,3 +132,65 @@ def test_every_setting_is_documented_once():
     names = [s.env for s in config.SETTINGS]
     assert len(names) == len(set(names))
     assert all(s.help for s in config.SETTINGS)
+
+
+# --------------------------------------------------------------------------- access control
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_no_authentication_is_allowed_on_loopback_only(host):
+    assert config.load({"SERVER_HOST": host}).auth_mode == "none"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "mpi.internal"])
+def test_no_authentication_on_another_address_is_refused_saying_what_to_set(host):
+    with pytest.raises(config.ConfigError) as caught:
+        config.load({"SERVER_HOST": host})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"AUTH_MODE=none: SERVER_HOST={host}")
+    assert "AUTH_MODE=jwt" in problem and "AUTH_MODE=token" in problem
+    assert config.load({"SERVER_HOST": host, "AUTH_MODE": "token"}).auth_mode == "token"
+
+
+def test_jwt_needs_issuer_audience_and_one_key_source(tmp_path):
+    with pytest.raises(config.ConfigError) as caught:
+        config.load({"AUTH_MODE": "jwt"})
+    assert caught.value.problems == [
+        "AUTH_MODE=jwt: set AUTH_ISSUER", "AUTH_MODE=jwt: set AUTH_AUDIENCE",
+        "AUTH_MODE=jwt: set exactly one of AUTH_JWKS_URL and AUTH_JWKS_FILE"]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text("{}")
+    ok = config.load({"AUTH_MODE": "jwt", "AUTH_ISSUER": "https://idp", "AUTH_AUDIENCE": "mpi",
+                      "AUTH_JWKS_FILE": str(jwks)})
+    assert ok.auth_jwks_file == jwks and ok.auth_algorithms == ("RS256", "ES256")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"AUTH_ALGORITHMS": "RS256,HS256"}, "HS256 not allowed"),
+    ({"AUTH_ALGORITHMS": "none"}, "none not allowed"),
+    ({"AUTH_LEEWAY": "3600"}, "at most 300"),
+    ({"AUTH_JWKS_URL": "http://idp.example/certs"}, "https://"),
+    ({"AUTH_CLIENT_SOURCES": "lab-system"}, "CLIENT=SOURCE"),
+    ({"TRUSTED_PROXIES": "10.0.0.0/8, proxy.local"}, "not an IP address"),
+    ({"TLS_CERT_FILE": "/nonexistent.pem"}, "no such file"),
+])
+def test_access_settings_are_validated(env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env)
+
+
+def test_tls_needs_both_files(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(config.ConfigError, match="set both"):
+        config.load({"TLS_CERT_FILE": str(cert)})
+    loaded = config.load({"TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(cert)})
+    assert loaded.effective()["TLS_KEY_FILE"] == "***"
+
+
+def test_client_sources_and_proxies_parse():
+    loaded = config.load({"AUTH_CLIENT_SOURCES": "lab-system=lab; ehr=st-marys-ehr,adt; e=*",
+                          "TRUSTED_PROXIES": "10.0.0.0/8,192.0.2.1"})
+    assert loaded.auth_client_sources == {"lab-system": {"lab"}, "ehr": {"st-marys-ehr", "adt"},
+                                          "e": {"*"}}
+    assert [str(n) for n in loaded.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]

@@ -62,9 +62,10 @@ PATIENT = {"source": "compose", "source_id": "1",
 
 
 
-def _request(port: int, method: str, path: str, body: object = None
-             ) -> tuple[int, dict[str, str], Any]:
-    return http_json(port, method, path, body, headers={"X-User-ID": "compose-test"})
+def _request(port: int, method: str, path: str, body: object = None,
+             token: str | None = None) -> tuple[int, dict[str, str], Any]:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    return http_json(port, method, path, body, headers={"X-User-ID": "compose-test", **auth})
 
 def _load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -339,9 +340,15 @@ def test_development_stack_serves_patients(dev_stack: Stack, record_property):
     dev_stack.wait_healthy("mpi")  # the exec-form health check works in the shell-less image
     assert not dev_stack.containers("pgadmin")  # profile "tools" only
 
-    status, headers, created = _request(port, "POST", "/api/v1/patients", PATIENT)
+    # Access control is on: nothing without a token; an operator makes one in the container.
+    assert _request(port, "POST", "/api/v1/patients", PATIENT)[0] == 401
+    (container,) = dev_stack.containers("mpi")
+    token = engine.podman("exec", container, MPI_BINARY, "token", "create", "--name", "compose",
+                          "--scopes", "system/Patient.cruds", "--sources", "compose",
+                          env=dev_stack.env).stdout.strip()
+    status, headers, created = _request(port, "POST", "/api/v1/patients", PATIENT, token)
     assert status == 201, created
-    status, _, read = _request(port, "GET", headers["location"])
+    status, _, read = _request(port, "GET", headers["location"], token=token)
     assert status == 200 and read == created, read
     assert read["source"] == "compose" and read["birth_date"] == "1980-01-01"
 

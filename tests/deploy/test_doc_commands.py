@@ -60,6 +60,10 @@ RUN: dict[str, str] = {
     "mpi migrate --status": "test_migration_commands",
     "mpi migrate --status --check": "test_migration_commands",
     "mpi migrate": "test_migration_commands",
+    "mpi token create --name lab-system --scopes system/Patient.crus --sources lab":
+        "test_token_commands",
+    "mpi token list": "test_token_commands",
+    "mpi token revoke lab-system": "test_token_commands",
     "mpi serve": "test_serve_probe_backup_and_restore_on_sqlite",
     "mpi healthcheck": "test_serve_probe_backup_and_restore_on_sqlite",
     "mpi healthcheck --ready": "test_serve_probe_backup_and_restore_on_sqlite",
@@ -530,12 +534,29 @@ def test_migration_commands(shell: Shell):
     out = shell.run("mpi migrate --status --check", expect=1)
     assert out is not None and "0001_initial: pending" in out
     out = shell.run("mpi migrate")
-    assert out is not None and out.startswith("applied 3 migration(s): 0001_initial, "
-                                              "0002_identity, 0003_ssn_blocking_keys")
+    from mpi.storage import migrate
+
+    shipped = ", ".join(f"{m.version}_{m.name}" for m in migrate.discover())
+    assert out is not None and out.startswith(
+        f"applied {len(migrate.discover())} migration(s): {shipped}")
     out = shell.run("mpi migrate --status")
     assert out is not None and "0001_initial: applied" in out
     shell.run("mpi migrate --status --check")
     assert (shell.cwd / "data" / "mpi.db").is_file()
+    shell.done()
+
+
+def test_token_commands(shell: Shell):
+    shell.env["AUTH_MODE"] = "token"
+    secret = shell.run(
+        "mpi token create --name lab-system --scopes system/Patient.crus --sources lab")
+    assert secret is not None and secret.strip().startswith("mpi_")
+    listed = shell.run("mpi token list")
+    assert listed is not None and listed.startswith("lab-system\tactive\t")
+    assert secret.strip() not in listed
+    shell.run("mpi token revoke lab-system")
+    listed = shell.run("mpi token list")
+    assert listed is not None and "\trevoked " in listed
     shell.done()
 
 

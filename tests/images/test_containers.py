@@ -39,6 +39,7 @@ _request = http_json
 ROOT = Path(__file__).resolve().parents[2]
 UID = 65532
 HARDENED = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL")
+AUTH = {"AUTH_MODE": "token"}  # the image listens on 0.0.0.0: AUTH_MODE=none is refused
 HEALTHY_WITHIN = 2.0  # seconds from `podman start` to the first 200 (the issue's contract)
 STOP_WITHIN = 10.0  # seconds for SIGTERM to end the container
 WAIT_LIMIT = 60.0  # how long to keep waiting, so that a failure says how long it took
@@ -271,10 +272,11 @@ def _start_mpi(podman: Podman, what: str, *, volume: str, env: dict[str, str] | 
                network: str | None = None) -> Service:
     """Create the hardened MPI container, start it, and time the first 200 of /api/v1/health."""
     port = _free_port()
+    env = {**AUTH, **(env or {})}
     name = podman.create(
         what, *HARDENED, "-p", f"127.0.0.1:{port}:8080", "-v", f"{volume}:/data",
         *(["--network", network] if network else []),
-        *(arg for key, value in (env or {}).items() for arg in ("-e", f"{key}={value}")),
+        *(arg for key, value in env.items() for arg in ("-e", f"{key}={value}")),
         podman.image)
     started = time.monotonic()
     podman("start", name)
@@ -306,11 +308,21 @@ def _stop(podman: Podman, service: Service) -> float:
     return took
 
 
-def _create_and_read_patient(port: int, source_id: str) -> dict[str, Any]:
+def _token(podman: Podman, service: Service, name: str) -> dict[str, str]:
+    """A token made inside the running container, as an operator would (``mpi token``)."""
+    secret = podman("exec", service.name, "/opt/mpi/bin/mpi", "token", "create", "--name", name,
+                    "--scopes", "system/Patient.cruds", "--sources", "*", "--by", "smoke")
+    assert secret.startswith("mpi_") and "\n" not in secret, secret
+    return {"Authorization": f"Bearer {secret}", "X-User-ID": "smoke-1"}
+
+
+def _create_and_read_patient(port: int, source_id: str,
+                             auth: dict[str, str]) -> dict[str, Any]:
+    assert _request(port, "GET", "/api/v1/patients")[0] == 401  # nothing without a token
     status, headers, created = _request(port, "POST", "/api/v1/patients",
-                                        patient(source_id=source_id), {"X-User-ID": "smoke-1"})
+                                        patient(source_id=source_id), auth)
     assert status == 201, created
-    status, _, read = _request(port, "GET", headers["location"], headers={"X-User-ID": "smoke-1"})
+    status, _, read = _request(port, "GET", headers["location"], headers=auth)
     assert status == 200 and read == created, read
     return created
 
@@ -351,19 +363,29 @@ def test_image_has_no_shell(mpi: Podman):
         mpi("image", "unmount", mpi.image)
 
 
+def test_the_image_refuses_to_serve_without_authentication(mpi: Podman):
+    """The image listens on 0.0.0.0: without AUTH_MODE it does not start, and says why."""
+    proc = engine.podman("run", "--rm", *HARDENED, mpi.image, env=mpi.env, check=False,
+                         timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "AUTH_MODE=none: SERVER_HOST=0.0.0.0" in proc.stderr
+    assert "AUTH_MODE=jwt" in proc.stderr and "AUTH_MODE=token" in proc.stderr
+
+
 def test_hardened_container_on_a_sqlite_volume(mpi: Podman, report: _Report, record_property):
     volume = mpi.volume("data")
     first = _start_mpi(mpi, "sqlite", volume=volume)
     assert first.healthy_after <= HEALTHY_WITHIN, (
         f"healthy {first.healthy_after:.2f} s after start (limit {HEALTHY_WITHIN:g} s)")
     _assert_runs_as_nonroot(mpi, first)
-    created = _create_and_read_patient(first.port, "smoke-sqlite")
+    auth = _token(mpi, first, "smoke-sqlite")
+    created = _create_and_read_patient(first.port, "smoke-sqlite", auth)
     stopped_in = _stop(mpi, first)
 
     # The record lives on the volume: a new container reads it back.
     second = _start_mpi(mpi, "sqlite-again", volume=volume)
     status, _, read = _request(second.port, "GET", f"/api/v1/patients/{created['id']}",
-                               headers={"X-User-ID": "smoke-1"})
+                               headers=auth)  # the token is in the database, as the record
     assert status == 200 and read == created, read
     _stop(mpi, second)
 
@@ -403,7 +425,8 @@ def test_hardened_container_on_postgresql(mpi: Podman, postgres_image: str, repo
     database_url = f"postgresql://mpi:{password}@{pg}:5432/mpi"
 
     migrate = engine.podman("run", "--rm", "--network", network, *HARDENED,
-                            "-e", f"DATABASE_URL={database_url}", mpi.image, "migrate",
+                            "-e", f"DATABASE_URL={database_url}", "-e", "AUTH_MODE=token",
+                            mpi.image, "migrate",
                             env=mpi.env, timeout=120)
     assert migrate.stdout.startswith("applied "), migrate
 
@@ -412,7 +435,8 @@ def test_hardened_container_on_postgresql(mpi: Podman, postgres_image: str, repo
     assert service.healthy_after <= HEALTHY_WITHIN, (
         f"healthy {service.healthy_after:.2f} s after start (limit {HEALTHY_WITHIN:g} s)")
     _assert_runs_as_nonroot(mpi, service)
-    created = _create_and_read_patient(service.port, "smoke-postgresql")
+    created = _create_and_read_patient(service.port, "smoke-postgresql",
+                                       _token(mpi, service, "smoke-postgresql"))
     stopped_in = _stop(mpi, service)
     with psycopg.connect(f"postgresql://mpi:{password}@127.0.0.1:{pg_port}/mpi") as conn:
         tables = {row[0] for row in conn.execute(

@@ -163,11 +163,14 @@ class BearerTokens:
         value = claims.get(claim) if claim else None
         if value is None:
             return frozenset(self._settings.auth_client_sources.get(client, frozenset()))
-        if isinstance(value, list) and all(isinstance(x, str) for x in value):
-            value = ",".join(value)
-        if not isinstance(value, str):
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise Unauthenticated(f"the token's {claim} claim is malformed")
         try:
-            return parse_sources(value.replace(" ", ","))
+            # Each item is one source name: "two words" or "a,b" is refused, not split.
+            if any("," in item or not item.strip() for item in value):
+                raise ValueError("one source name per item")
+            return frozenset().union(*(parse_sources(item) for item in value))
         except ValueError as exc:
             raise Unauthenticated(f"the token's {claim} claim is malformed") from exc
