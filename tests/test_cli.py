@@ -87,3 +87,11 @@ def test_healthcheck_imports_no_heavy_modules():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "SERVER_PORT": "1"}, timeout=30)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_serve_refuses_an_open_address_without_authentication(tmp_path):
+    result = run("serve", env={"SERVER_HOST": "0.0.0.0", "DATABASE_URL":
+                               f"sqlite:///{tmp_path}/mpi.db"})
+    assert result.returncode == 2
+    assert "AUTH_MODE=none: SERVER_HOST=0.0.0.0 would serve patient records to anyone" in (
+        result.stderr)
