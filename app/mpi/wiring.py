@@ -10,9 +10,10 @@ index); everything else follows from the settings, so a setting such as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -155,6 +156,17 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         tokens=tokens,
         authenticator=authenticator(settings, tokens),
     )
+
+
+@contextlib.contextmanager
+def connected(settings: Settings) -> Iterator[Services]:
+    """For a command: every service, with a connection held, closed again afterwards."""
+    services = build(settings)
+    try:
+        with connection(services.db):
+            yield services
+    finally:
+        services.close()
 
 
 def authenticator(settings: Settings, tokens: ApiTokens) -> Authenticator:

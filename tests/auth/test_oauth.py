@@ -141,7 +141,7 @@ def test_leeway_allows_small_clock_skew_only(idp, jwks_url):
 def test_unsigned_symmetric_and_unlisted_algorithms_are_refused(idp, jwks_url):
     bearer = BearerTokens(_settings(jwks_url[0], auth_algorithms=("RS256",)))
     unsigned = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x",
-                           "exp": int(time.time()) + 60}, None, algorithm="none")
+                           "exp": int(time.time()) + 60}, "", algorithm="none")
     with pytest.raises(Unauthenticated, match="'none' is not accepted"):
         bearer.authenticate(unsigned)
     # HS256 keyed with the public key (the classic confusion attack)

@@ -18,12 +18,13 @@ from mpi.domain.access import MPI_SCOPES
 
 
 def _services() -> Any:
+    """Every service, connected: the embedded database migrated, the server reachable."""
     from mpi import logs, wiring
 
     settings = settings_from()
     logs.configure(settings)
-    wiring.prepare(settings)  # the embedded database is migrated, the server reachable
-    return wiring.build(settings)
+    wiring.prepare(settings)
+    return wiring.connected(settings)
 
 
 def _actor(args: argparse.Namespace) -> Any:
@@ -40,11 +41,8 @@ def _actor(args: argparse.Namespace) -> Any:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from mpi.domain.errors import Conflict, InvalidInput
-    from mpi.storage.db import connection
-
-    services = _services()
     try:
-        with connection(services.db):
+        with _services() as services:
             made = services.tokens.create(args.name, args.scopes, args.sources, _actor(args))
     except InvalidInput as exc:
         for problem in exc.problems:
@@ -53,8 +51,6 @@ def cmd_create(args: argparse.Namespace) -> int:
     except Conflict as exc:
         print(f"mpi token create: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        services.close()
     token = made.token
     print(made.secret)
     print(f"token {token.name!r} created: scopes {' '.join(token.scopes)}; sources "
@@ -64,14 +60,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from mpi.storage.db import connection
-
-    services = _services()
-    try:
-        with connection(services.db):
-            tokens = services.tokens.list()
-    finally:
-        services.close()
+    with _services() as services:
+        tokens = services.tokens.list()
     for t in tokens:
         state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
         used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
@@ -82,17 +72,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from mpi.domain.errors import NotFound
-    from mpi.storage.db import connection
-
-    services = _services()
     try:
-        with connection(services.db):
+        with _services() as services:
             token = services.tokens.revoke(args.name, _actor(args))
     except NotFound as exc:
         print(f"mpi token revoke: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        services.close()
     print(f"token {token.name!r} revoked; requests with it now get 401", file=sys.stderr)
     return EXIT_OK
 

@@ -58,14 +58,9 @@ def database_records() -> Iterator[MatchRecord]:
     """Every live record of the registry (DATABASE_URL) in the matcher's form."""
     from mpi import config, wiring
     from mpi.identity.engine import to_match_record
-    from mpi.storage.db import connection
 
-    services = wiring.build(config.load())
-    try:
-        with connection(services.db):
-            rows = services.persons.matching_forms()
-    finally:
-        services.close()
+    with wiring.connected(config.load()) as services:
+        rows = services.persons.matching_forms()
     for patient_id, data in rows:
         if data:  # records linked before matching existed have no matching form yet
             yield to_match_record({**data, "record_id": str(patient_id)})
@@ -238,14 +233,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mpi import config, wiring
     from mpi.matching.csvio import write_rows
-    from mpi.storage.db import connection
 
-    services = wiring.build(config.load())
-    try:
-        with connection(services.db):
-            out = services.persons.clusters()
-    finally:
-        services.close()
+    with wiring.connected(config.load()) as services:
+        out = services.persons.clusters()
     write_rows(args.clusters, ("source", "record_id", "person_id"), out)
     print(f"wrote {len(out)} record(s) in {len({p for _, _, p in out})} person(s) to "
           f"{args.clusters}")
