@@ -10,7 +10,6 @@ skipped: if no server can be had, they error.
 from __future__ import annotations
 
 import dataclasses
-
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
