@@ -60,3 +60,30 @@ def test_concurrent_registrations_of_one_person_make_one_person(client):
     items = client.simulate_get(URL).json["items"]
     assert len(items) == 4
     assert len({p["person_id"] for p in items}) == 1
+
+
+def test_a_write_that_kept_giving_way_is_409_with_retry_after_not_an_outage(
+        settings, clock, monkeypatch):
+    """What a client sees when a deadlock outlasted the retries: "send it again", never
+    the 503 that operators page on."""
+    import falcon.testing
+
+    from mpi.api.app import create_app
+    from mpi.domain.errors import ConcurrentChange
+    from mpi.storage.db import close_database, database_for
+    from mpi.wiring import build
+
+    database = database_for(settings.database, max_connections=2)
+    services = build(settings, db=database, clock=clock)
+    client = falcon.testing.TestClient(create_app(services))
+    created = client.simulate_post(URL, json=patient()).json
+
+    def gives_way(*args, **kwargs):
+        raise ConcurrentChange("another change to the same records was being made")
+
+    monkeypatch.setattr(services.patients, "delete", gives_way)
+    resp = client.simulate_delete(f"{URL}/{created['id']}")
+    close_database(database)
+    assert resp.status_code == 409, resp.text
+    assert resp.headers["Retry-After"] == "1"
+    assert resp.json["title"] == "Concurrent change"

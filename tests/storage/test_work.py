@@ -3,16 +3,20 @@ read-only units may skip the disk flush; database errors become StorageUnavailab
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 
 import peewee
 import pytest
 
+from mpi.config import parse_database_url
 from mpi.domain.audit import Actor, AuditTag
-from mpi.domain.errors import StorageUnavailable
+from mpi.domain.errors import ConcurrentChange, StorageUnavailable
 from mpi.domain.events import EventType
+from mpi.storage import work as work_module
+from mpi.storage.db import close_database, database_for
 from mpi.storage.models import AuditEventRow, ChangeEventRow
-from mpi.storage.work import UnitOfWork
+from mpi.storage.work import UnitOfWork, retried, sqlstate
 
 NOW = datetime(2026, 1, 1)
 ACTOR = Actor("u1", ip="10.0.0.1", user_agent="ua", request_id="req-1")
@@ -122,3 +126,83 @@ def test_database_errors_become_storage_unavailable(db):
         raise peewee.OperationalError("server closed the connection unexpectedly")
     with pytest.raises(StorageUnavailable), work.reading():
         raise peewee.InterfaceError("connection already closed")
+
+
+def test_a_deadlock_is_a_concurrent_change_not_an_outage(postgres_url):
+    """Two units lock two advisory keys in opposite orders: PostgreSQL picks one to give
+    way (40P01), and that one must say "concurrent change", never "unavailable". (SQLite
+    has one writer at a time: it cannot deadlock.)"""
+    db = database_for(parse_database_url(postgres_url), max_connections=2)
+    work = _work(db)
+    both = threading.Barrier(2)
+    ended: dict[int, str] = {}
+
+    def unit(first: int, second: int) -> None:
+        with db.connection_context():
+            try:
+                with work.begin(ACTOR):
+                    db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (first,))
+                    both.wait()
+                    db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (second,))
+                ended[first] = "ok"
+            except ConcurrentChange as exc:
+                assert sqlstate(exc) == "40P01"
+                ended[first] = "gave way"
+
+    threads = [threading.Thread(target=unit, args=args) for args in ((1, 2), (2, 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    close_database(db)
+    assert sorted(ended.values()) == ["gave way", "ok"]
+
+
+def test_sqlstate_looks_through_the_wrapping():
+    class PgError(Exception):
+        sqlstate = "40001"
+
+    try:
+        try:
+            raise PgError("could not serialize access")
+        except PgError as inner:
+            raise peewee.OperationalError(inner) from None
+    except peewee.OperationalError as wrapped:
+        assert sqlstate(wrapped) == "40001"
+    assert sqlstate(peewee.OperationalError("server closed the connection")) is None
+
+
+def test_retried_runs_again_a_bounded_number_of_times(monkeypatch):
+    monkeypatch.setattr(work_module, "FIRST_PAUSE", 0)
+    calls: list[int] = []
+
+    @retried
+    def gives_way_twice(n: int) -> str:
+        calls.append(n)
+        if len(calls) < 3:
+            raise ConcurrentChange("deadlock")
+        return "written"
+
+    assert gives_way_twice(7) == "written" and calls == [7, 7, 7]
+
+    calls.clear()
+
+    @retried
+    def always_gives_way() -> None:
+        calls.append(0)
+        raise ConcurrentChange("deadlock")
+
+    with pytest.raises(ConcurrentChange):
+        always_gives_way()
+    assert len(calls) == work_module.ATTEMPTS
+
+    calls.clear()
+
+    @retried
+    def down() -> None:
+        calls.append(0)
+        raise StorageUnavailable("gone")
+
+    with pytest.raises(StorageUnavailable):
+        down()
+    assert calls == [0]  # an outage is not retried here: the caller is told at once

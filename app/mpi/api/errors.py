@@ -101,6 +101,9 @@ def to_http(exc: domain.DomainError) -> Problem:
         return forbidden(exc.message, exc.scope)
     if isinstance(exc, domain.StateConflict):
         return Problem(falcon.HTTP_409, "Conflict", exc.message)
+    if isinstance(exc, domain.ConcurrentChange):
+        return Problem(falcon.HTTP_409, "Concurrent change", exc.message,
+                       headers={"Retry-After": "1"})
     if isinstance(exc, domain.VersionMismatch):
         return Problem(falcon.HTTP_412, "Precondition failed", exc.message,
                        extra={"current_version": exc.current_version},

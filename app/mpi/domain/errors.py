@@ -71,5 +71,11 @@ class StorageUnavailable(DomainError):
     """The database cannot be reached or has no free connection."""
 
 
+class ConcurrentChange(DomainError):
+    """Another writer changed the same rows at the same moment and the database chose
+    this write to give way (a deadlock or a serialization failure). Nothing was written;
+    the write was retried a few times already and may simply be sent again."""
+
+
 class StateConflict(DomainError):
     """The action does not fit the current state (a review already resolved, a merge undone)."""

@@ -190,6 +190,12 @@ class Linking:
 
     # --- a record deleted ------------------------------------------------------------------------
 
+    def hold(self) -> None:
+        """Before a record's row is locked for an update or a delete: hold linking (shared)
+        so every writer takes its locks in one order (see
+        :meth:`IdentityRepository.share_linking`)."""
+        self._repo.share_linking()
+
     def retire(self, tx: Transaction, patient_pk: int) -> None:
         """A record was deleted: it stops being a candidate; its open reviews close."""
         actor = tx.actor.user_id

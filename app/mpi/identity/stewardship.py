@@ -19,7 +19,7 @@ from mpi.identity.views import IdentityViews
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.models import PatientRow, PersonRow, ReviewItemRow
 from mpi.storage.patients import PatientRepository
-from mpi.storage.work import Transaction, UnitOfWork
+from mpi.storage.work import Transaction, UnitOfWork, retried
 
 
 class StewardService:
@@ -50,6 +50,7 @@ class StewardService:
             tx.audit(AuditTag.REVIEW_READ, review_id)
         return view
 
+    @retried
     def resolve_review(self, review_id: str, resolution: str, actor: Actor) -> ReviewItem:
         """``link`` (the same person), ``not_a_match``, or ``new_person`` (a possible match
         only: the record gets a person of its own, kept apart from the one proposed)."""
@@ -88,6 +89,7 @@ class StewardService:
 
     # --- stewards' actions -----------------------------------------------------------------------
 
+    @retried
     def link(self, person_id: str, patient_id: str, actor: Actor) -> Person:
         """Put a record in a person by hand; the engine will not move it again."""
         with self._work.begin(actor) as tx:
@@ -95,6 +97,7 @@ class StewardService:
             view = self._views.person(person)
         return view
 
+    @retried
     def unlink(self, person_id: str, patient_id: str, actor: Actor) -> Person:
         """Take a record out of a person: it becomes a person of its own, and is never
         linked to the records it left again."""
@@ -114,6 +117,7 @@ class StewardService:
             view = self._views.person(fresh)
         return view
 
+    @retried
     def merge(self, survivor_id: str, merged_id: str, actor: Actor) -> Merge:
         """Move every record of ``merged_id`` to ``survivor_id`` (undoable)."""
         if survivor_id == merged_id:
@@ -122,6 +126,7 @@ class StewardService:
             merge = self._merge(tx, survivor_id, merged_id)
         return merge
 
+    @retried
     def undo_merge(self, merge_id: str, actor: Actor) -> Merge:
         """Give the merged person back the records the merge moved (those still there)."""
         with self._work.begin(actor) as tx:

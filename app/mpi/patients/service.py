@@ -14,7 +14,7 @@ from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.identity.linking import Linking
 from mpi.storage.fields import EncodedJSON
 from mpi.storage.patients import Page, PatientFilter, PatientRepository
-from mpi.storage.work import Transaction, UnitOfWork
+from mpi.storage.work import Transaction, UnitOfWork, retried
 
 
 def utc_now() -> datetime:
@@ -40,6 +40,7 @@ class PatientService:
 
     # --- writes ------------------------------------------------------------------------
 
+    @retried
     def create(self, data: PatientInput, actor: Actor) -> Patient:
         if data.id is not None:
             raise InvalidInput([FieldProblem("id", "is assigned by the server; leave it out")])
@@ -51,6 +52,7 @@ class PatientService:
             raise self._explain(clash, data, exclude_id=None) from None
         return patient
 
+    @retried
     def import_batch(self, items: Sequence[PatientInput], actor: Actor) -> list[Patient | None]:
         """Register several records in ONE unit of work, each linked exactly as ``create``
         links it (one at a time, in order). A record whose (source, source_id) is already
@@ -88,6 +90,7 @@ class PatientService:
             tx.audit(AuditTag.PATIENT_CREATE, patient.id, new=record)
         return patients
 
+    @retried
     def update(self, patient_id: str, data: PatientInput, actor: Actor, *,
                expected_version: int | None) -> Patient:
         """Replace the content; ``expected_version`` None means whatever version is current."""
@@ -96,6 +99,7 @@ class PatientService:
         self._may_write(actor, data.source, patient_id, "update")
         try:
             with self._work.begin(actor) as tx:
+                self._linking.hold()
                 row = self._repository.get_row(patient_id, lock="FOR UPDATE")
                 if not actor.may_write(row.source):
                     raise _SourceDenied(row.source)
@@ -116,6 +120,7 @@ class PatientService:
             self._deny(actor, denied.source, patient_id, "update")
         return patient
 
+    @retried
     def delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
         try:
             self._delete(patient_id, actor, expected_version=expected_version)
@@ -124,6 +129,7 @@ class PatientService:
 
     def _delete(self, patient_id: str, actor: Actor, *, expected_version: int | None) -> None:
         with self._work.begin(actor) as tx:
+            self._linking.hold()
             row = self._repository.get_row(patient_id, lock="FOR UPDATE")
             if not actor.may_write(row.source):
                 raise _SourceDenied(row.source)

@@ -181,6 +181,14 @@ class IdentityRepository:
             "SELECT pg_advisory_xact_lock_shared(%s), count(pg_advisory_xact_lock(k)) FROM "
             "(SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS ordered", (LOCK_LINKING, locks))
 
+    def share_linking(self) -> None:
+        """A record's update or delete holds the linking lock shared *before* it locks the
+        record's row: the one lock order every writer follows (linking lock, then rows,
+        then blocking keys), so a steward's unlink (linking lock exclusive, then the
+        row) waits for it instead of deadlocking with it (PostgreSQL)."""
+        if self.postgres:
+            self._db.execute_sql("SELECT pg_advisory_xact_lock_shared(%s)", (LOCK_LINKING,))
+
     def lock_linking(self) -> None:
         """Stewards' changes (link, unlink, merge, undo) exclude linking for their
         transaction, so a record arriving meanwhile never joins a person being merged

@@ -12,7 +12,12 @@ Every service method that changes or audits something runs in one::
 ``audit`` and ``emit`` only collect; the rows are written when the block ends without an
 error, audit rows first and change events last (``mpi.storage.changes`` says why last),
 then the transaction commits. An error anywhere rolls everything back. A lost connection
-or an exhausted pool becomes :class:`StorageUnavailable` here, in this one place.
+or an exhausted pool becomes :class:`StorageUnavailable` here, in this one place. A
+deadlock or a serialization failure (SQLSTATE 40P01, 40001) is not an outage: it becomes
+:class:`ConcurrentChange`, and a service method marked :func:`retried` runs its unit again
+(a few times, after a short random pause) before giving up with it. Writers take their
+locks in one order (the linking lock, then record rows, then blocking keys:
+``mpi.storage.identity``), so a retry is a last line, not the plan.
 
 Reads are audited too (reading a record is access to health information). A unit whose
 audit rows are all reads (:attr:`AuditTag.is_read`) and which emits nothing may commit
@@ -28,20 +33,67 @@ Measured on these machines, waiting for the flush was most of a lookup's tail la
 from __future__ import annotations
 
 import contextlib
+import functools
+import random
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import peewee
 
 from mpi.domain.audit import Actor, AuditTag
-from mpi.domain.errors import StorageUnavailable
+from mpi.domain.errors import ConcurrentChange, StorageUnavailable
 from mpi.domain.events import EventType
 from mpi.storage.audit import write_audit_rows
 from mpi.storage.changes import append_events
 from mpi.storage.db import is_postgres, write_transaction
 
 Clock = Callable[[], datetime]
+
+#: SQLSTATEs after which the same unit of work may simply run again: a serialization
+#: failure and a detected deadlock (PostgreSQL's class 40, "transaction rollback").
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+#: How often a :func:`retried` method runs at most, and the first pause's upper bound
+#: (doubled each time, drawn at random so two writers do not collide again in step).
+ATTEMPTS = 5
+FIRST_PAUSE = 0.02
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, looking through peewee's wrapping."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        err = todo.pop()
+        if not isinstance(err, BaseException) or id(err) in seen:
+            continue
+        seen.add(id(err))
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        todo.extend([*err.args[:1], err.__cause__, err.__context__])
+    return None
+
+
+def retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Run ``method`` (a service method that opens its own unit of work) again when the
+    database made it give way to a concurrent writer; after :data:`ATTEMPTS` runs the
+    :class:`ConcurrentChange` goes to the caller (HTTP 409 with ``Retry-After``)."""
+
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(ATTEMPTS - 1):
+            try:
+                return method(*args, **kwargs)
+            except ConcurrentChange:
+                time.sleep(random.uniform(0, FIRST_PAUSE * 2 ** attempt))
+        return method(*args, **kwargs)
+
+    return run
 
 
 class Transaction:
@@ -92,6 +144,10 @@ class UnitOfWork:
                 yield tx
                 self._flush(tx)
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            if sqlstate(exc) in RETRYABLE_SQLSTATES:
+                raise ConcurrentChange("another change to the same records was being made "
+                                       "at the same moment; nothing was written, send the "
+                                       "request again") from exc
             raise StorageUnavailable("the database is unavailable") from exc
 
     @contextlib.contextmanager
