@@ -196,9 +196,15 @@ def test_the_client_address_comes_from_trusted_proxies_only(settings, clock):
     client.simulate_post(f"{API}/patients", json=patient(source_id="A-3"), remote_addr="10.1.2.3",
                          headers={"Forwarded": 'for=192.0.2.44;proto=https, for="10.0.0.5"',
                                   **auth})
+    # What a client wrote that is no address is not stored as one (nor overflows the column).
+    for n, hop in enumerate(["x" * 300, "_hidden-proxy", "unknown"]):
+        client.simulate_post(f"{API}/patients", json=patient(source_id=f"B-{n}"),
+                             remote_addr="10.1.2.3",
+                             headers={"X-Forwarded-For": f"{hop}, 10.9.9.9", **auth})
     trail = client.simulate_get(f"{API}/audit/recent", headers=auth).json["items"]
     creates = [e["ip"] for e in trail if e["action"] == "patient:record:create"]
-    assert creates == ["192.0.2.44", "192.0.2.10", "198.51.100.7"]
+    assert creates == ["unknown", "_hidden-proxy", "invalid", "192.0.2.44", "192.0.2.10",
+                       "198.51.100.7"]
     close_database(database)
 
 

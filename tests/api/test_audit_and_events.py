@@ -108,6 +108,27 @@ def test_listing_is_audited_with_the_returned_ids(secured):
                                 headers=desk).json["items"][0]
     assert entry["action"] == "patient:record:list"
     assert entry["new_value"] == {"filters": {"family": "smith"}, "returned": [created["id"]]}
+    # The end user's trail finds what a client did on their behalf.
+    theirs = client.simulate_get("/api/v1/audit/user", params={"user_id": "clerk-9"},
+                                 headers=desk).json["items"]
+    assert [(e["action"], e["actor"], e["on_behalf_of"]) for e in theirs] == [
+        ("patient:record:list", "desk", "clerk-9")]
+
+
+@pytest.mark.parametrize("length", [64, 65, 128])
+def test_a_user_id_of_any_allowed_length_is_answered_and_audited(secured, length):
+    """The read of a user's trail is audited with the user id as its entity: 65-128
+    characters were a 500 on PostgreSQL (entity_id was varchar(64))."""
+    user, client, auditor = "u" * length, secured.client, secured.token("audit", "mpi:audit")
+    resp = client.simulate_get("/api/v1/audit/user", params={"user_id": user},
+                               headers=auditor)
+    assert resp.status_code == 200, resp.text
+    latest = client.simulate_get("/api/v1/audit/recent", params={"limit": 1},
+                                 headers=auditor).json["items"][0]
+    assert (latest["action"], latest["entity_id"]) == ("audit:user:read", user)
+    too_long = client.simulate_get("/api/v1/audit/user", params={"user_id": user + "u" * 129},
+                                   headers=auditor)
+    assert too_long.status_code == 400 and "user_id" in too_long.text
 
 
 def test_change_feed_in_commit_order_with_cursor(secured):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import threading
 from datetime import datetime
 from importlib import resources
@@ -19,8 +20,16 @@ from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
 
 
 def _columns(db: peewee.Database, table: str, schema: str | None = None) -> list[tuple]:
-    return sorted((c.name, c.data_type.lower(), c.null, c.primary_key)
+    return sorted((c.name, _type(db, c.data_type), c.null, c.primary_key)
                   for c in db.get_columns(table, schema))
+
+
+def _type(db: peewee.Database, declared: str) -> str:
+    """The column's type; on SQLite without a varchar's length, which SQLite ignores (a
+    migration widening a column changes nothing there, and rewrites no table for it)."""
+    declared = declared.lower()
+    return re.sub(r"^varchar\(\d+\)$", "varchar", declared) if isinstance(
+        db, peewee.SqliteDatabase) else declared
 
 
 def _indexes(db: peewee.Database, table: str, schema: str | None = None) -> list[tuple]:

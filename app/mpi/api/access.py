@@ -137,8 +137,20 @@ def client_address(req: falcon.Request, trusted: Sequence[Network]) -> str | Non
     hops = _forwarded_for(req)
     for hop in reversed(hops):
         if not _trusted(hop, trusted):
-            return hop
+            return _node(hop)
     return hops[0] if hops else peer
+
+
+_OBFUSCATED_RE = re.compile(r"^(unknown|_[A-Za-z0-9._-]{1,62})$")
+
+
+def _node(hop: str) -> str:
+    """A forwarded hop as recorded: an address, RFC 7239's ``unknown`` or obfuscated
+    ``_name``, or else ``invalid`` (whatever a client wrote is not stored as an address)."""
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return hop if _OBFUSCATED_RE.match(hop) else "invalid"
 
 
 def _trusted(address: str | None, trusted: Sequence[Network]) -> bool:

@@ -37,8 +37,11 @@ class AuditRepository:
 
     def by_actor(self, user_id: str, *, before: int | None = None,
                  limit: int = 100) -> list[AuditEntryOut]:
-        return self._page(AuditEventRow.select().where(AuditEventRow.actor == user_id),
-                          before, limit)
+        """What ``user_id`` did: as the acting client, or as the end user a client acted
+        for (``X-User-ID``)."""
+        return self._page(AuditEventRow.select().where(
+            (AuditEventRow.actor == user_id) | (AuditEventRow.on_behalf_of == user_id)),
+            before, limit)
 
     def recent(self, *, before: int | None = None, limit: int = 100) -> list[AuditEntryOut]:
         return self._page(AuditEventRow.select(), before, limit)

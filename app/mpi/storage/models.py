@@ -133,7 +133,7 @@ class AuditEventRow(BaseModel):
     actor = peewee.CharField(max_length=128)
     on_behalf_of = peewee.CharField(max_length=128, null=True)
     entity_type = peewee.CharField(max_length=32)
-    entity_id = peewee.CharField(max_length=64, null=True)
+    entity_id = peewee.CharField(max_length=128, null=True)
     request_id = peewee.CharField(max_length=128, null=True)
     ip = peewee.CharField(max_length=64, null=True)
     user_agent = peewee.CharField(max_length=512, null=True)
@@ -145,6 +145,7 @@ class AuditEventRow(BaseModel):
         indexes = (
             (("entity_type", "entity_id", "pk"), False),
             (("actor", "pk"), False),
+            (("on_behalf_of", "pk"), False),
         )
 
 
