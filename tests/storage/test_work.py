@@ -206,3 +206,4 @@ def test_retried_runs_again_a_bounded_number_of_times(monkeypatch):
     with pytest.raises(StorageUnavailable):
         down()
     assert calls == [0]  # an outage is not retried here: the caller is told at once
+
