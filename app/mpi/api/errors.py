@@ -87,7 +87,8 @@ def to_http(exc: domain.DomainError) -> Problem:
     if isinstance(exc, domain.InvalidInput):
         return Problem(falcon.HTTP_422, "Invalid request", exc.message, errors=exc.problems)
     if isinstance(exc, domain.MalformedInput):
-        return Problem(falcon.HTTP_400, "Malformed request body", exc.message)
+        return Problem(falcon.HTTP_400, "Malformed request body", exc.message,
+                       errors=exc.problems)
     if isinstance(exc, domain.NotFound):
         return Problem(falcon.HTTP_404, "Not found", exc.message)
     if isinstance(exc, domain.Deleted):

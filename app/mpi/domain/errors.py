@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -30,7 +31,43 @@ class InvalidInput(DomainError):
 
 
 class MalformedInput(DomainError):
-    """The input cannot be read at all (not JSON, wrong encoding)."""
+    """The input cannot be read at all (not JSON, wrong encoding), or cannot be read one
+    way only (a key given twice in one object); ``problems`` names the part when known."""
+
+    def __init__(self, message: str, problems: list[FieldProblem] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+def reject_duplicate_keys(body: bytes | str) -> None:
+    """:class:`MalformedInput` naming the key when an object in the JSON ``body`` has one
+    key twice. JSON parsers disagree on which one counts (ours took the last; a validating
+    proxy may read the first and pass a record other than the one stored), so such a body
+    is refused rather than read one way. A body that is not JSON passes: the parser that
+    follows says what is wrong with it."""
+
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        seen: dict[str, object] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen[key] = value
+        return seen
+
+    try:
+        json.loads(body, object_pairs_hook=unique)
+    except _DuplicateKey as dup:
+        raise MalformedInput(
+            f"the key {dup.key!r} appears twice in one object of the body",
+            [FieldProblem(dup.key, "appears more than once in one object")]) from None
+    except (ValueError, RecursionError):
+        return
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
 
 
 class NotFound(DomainError):

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput
+from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput, reject_duplicate_keys
 
 
 def _printable(value: str) -> str:
@@ -308,9 +308,10 @@ def problems_from(exc: ValidationError) -> list[FieldProblem]:
 def parse_patient(body: bytes, *, today: date) -> PatientInput:
     """Validate a JSON body into a :class:`PatientInput`.
 
-    Raises :class:`MalformedInput` when the body is not JSON at all and
-    :class:`InvalidInput` naming every bad field otherwise.
+    Raises :class:`MalformedInput` when the body is not JSON at all or has a key twice
+    in one object, and :class:`InvalidInput` naming every bad field otherwise.
     """
+    reject_duplicate_keys(body)
     try:
         return PatientInput.model_validate_json(body, context={"today": today})
     except ValidationError as exc:

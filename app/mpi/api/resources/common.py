@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import falcon
 from pydantic import BaseModel, ValidationError
 
 from mpi.api.errors import Problem
-from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput
+from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput, reject_duplicate_keys
 from mpi.domain.patient import problems_from
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -49,13 +50,50 @@ def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200,
 
 
 class Query:
-    """Reads query parameters, collecting every problem before failing once (400)."""
+    """Reads query parameters, collecting every problem before failing once (400).
+
+    Strict about the query string as a whole, so that no two readers of one URL (this
+    service, a proxy, an audit of the URL) can take it two ways: a parameter given twice,
+    given empty (``after=``), or whose bytes are not UTF-8 is refused, naming it, rather
+    than read as the last value, as absent, or with replacement characters.
+    """
 
     def __init__(self, req: falcon.Request):
         self._req = req
         self.problems: list[FieldProblem] = []
+        self._refused: set[str] = set()
+        self._screen(req.query_string)
+
+    def _screen(self, query_string: str) -> None:
+        seen: set[str] = set()
+        for part in query_string.split("&"):
+            if not part:
+                continue
+            raw_name, _, raw_value = part.partition("=")
+            try:
+                name = unquote_to_bytes(raw_name.replace("+", " ")).decode("utf-8")
+            except UnicodeDecodeError:
+                self._refuse(raw_name, "is not valid UTF-8")
+                continue
+            try:
+                value = unquote_to_bytes(raw_value.replace("+", " ")).decode("utf-8")
+            except UnicodeDecodeError:
+                self._refuse(name, "is not valid UTF-8 (percent-encode the UTF-8 bytes)")
+                continue
+            if name in seen:
+                self._refuse(name, "is given more than once; give it once")
+            elif not value.strip():
+                self._refuse(name, "is empty; give a value or leave the parameter out")
+            seen.add(name)
+
+    def _refuse(self, name: str, reason: str) -> None:
+        if name not in self._refused:
+            self._refused.add(name)
+            self.problems.append(FieldProblem(name, reason))
 
     def text(self, name: str, *, required: bool = False, max_length: int = 200) -> str | None:
+        if name in self._refused:
+            return None
         value = self._req.get_param(name)
         if value is None or not value.strip():
             if required:
@@ -108,7 +146,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_json(model: type[M], body: bytes) -> M:
-    """Validate a request body into ``model``: 400 when not JSON, 422 naming each bad field."""
+    """Validate a request body into ``model``: 400 when not JSON (or a key is given twice),
+    422 naming each bad field."""
+    reject_duplicate_keys(body)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
