@@ -27,7 +27,8 @@ LAYERS = {
     "mpi.patients": 2, "mpi.identity": 2, "mpi.search": 2, "mpi.audit": 2, "mpi.events": 2,
     "mpi.auth": 2,
     "mpi.storage": 1,
-    "mpi.config": 0, "mpi.logs": 0, "mpi.domain": 0, "mpi.matching": 0, "mpi": 0,
+    "mpi.config": 0, "mpi.logs": 0, "mpi.lifecycle": 0, "mpi.domain": 0, "mpi.matching": 0,
+    "mpi": 0,
 }
 FORBIDDEN = {("mpi.commands", "mpi.api")}
 

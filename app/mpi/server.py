@@ -9,6 +9,10 @@ forked by the master once it is ready and before the workers; the master stops
 it on exit. The workers' indexer threads stand by in case it dies, and each
 worker lowers its own priority (SEARCH_WORKER_NICENESS) so that when requests
 fill the CPU the indexer still gets it.
+
+If the master is killed outright (``kill -9``), its workers and the indexer process see
+it within a quarter of a second (``mpi.lifecycle``) and stop, freeing the port for the
+restart.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from mpi.config import Settings
+from mpi.lifecycle import when_orphaned
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -82,6 +87,7 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
     def _post_fork(self, arbiter: Any, worker: Any) -> None:
         # In each new worker: yield the CPU to the indexer process (no privilege needed).
         lower_priority(self._settings.search_worker_niceness)
+        when_orphaned(lambda: leave(self._settings.graceful_timeout))
 
     def _on_exit(self, arbiter: Any) -> None:
         self.indexer.stop()
@@ -101,6 +107,19 @@ def lower_priority(niceness: int) -> None:
 
     if niceness > 0:
         os.nice(niceness)
+
+
+def leave(graceful_timeout: float) -> None:
+    """A worker whose master is gone: stop as the master would have stopped it (SIGTERM:
+    stop accepting, finish the request in hand, exit), and if that takes longer than
+    GRACEFUL_TIMEOUT, exit at once, as the master would have made it."""
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(graceful_timeout)
+    os._exit(1)
 
 
 def serve(settings: Settings) -> None:

@@ -157,3 +157,46 @@ def test_sigterm_lets_in_flight_requests_finish(server):
     assert response.startswith(b"HTTP/1.1 201"), response[:200]
     assert server.proc.wait(timeout=15) == 0
     assert time.monotonic() - started < 10
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (read from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_the_master_frees_the_port_within_about_a_second(tmp_path):
+    """The drill: after ``kill -9`` of the master its workers kept serving and holding the
+    port for ~15 s, so an immediate restart failed. Workers and the indexer process now
+    watch their parent; the port is free, and a new server starts on it, within ~1 s."""
+    first = Server({"DATABASE_URL": "sqlite:///data/mpi.db"}, tmp_path)
+    children = _children(first.proc.pid)
+    assert len(children) >= 3, children  # two workers and the indexer process
+    killed = time.monotonic()
+    first.proc.kill()
+    first.proc.wait()
+    while any(_alive(c) for c in children) and time.monotonic() - killed < 10:
+        time.sleep(0.05)
+    gone = time.monotonic() - killed
+    print(f"\nkill -9 of the master: its {len(children)} children gone in {gone:.2f} s")
+    assert not any(_alive(c) for c in children), first.log()
+    assert gone < 2.0, gone
+    with socket.socket() as probe:  # as gunicorn binds (SO_REUSEADDR): the port is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", first.port))
+    first._log.close()

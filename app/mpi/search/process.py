@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from mpi.lifecycle import when_orphaned
 from mpi.search.indexer import Indexer
 
 log = logging.getLogger("mpi.search")
@@ -47,7 +48,7 @@ def _follow(build: Callable[[], IndexerServices], ready: Callable[[], None]) -> 
     for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
                 signal.SIGWINCH, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_IGN if sig != signal.SIGCHLD else signal.SIG_DFL)
-    _stop_when_orphaned(indexer.request_stop)
+    when_orphaned(indexer.request_stop)  # the master killed without running on_exit
     if indexer.lock.acquire():
         ready()
     try:
@@ -56,20 +57,6 @@ def _follow(build: Callable[[], IndexerServices], ready: Callable[[], None]) -> 
         indexer.stop(timeout=0)
         with contextlib.suppress(Exception):
             services.close()
-
-
-def _stop_when_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
-    """Stop when the master is gone (killed without running ``on_exit``), as its workers do."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every_s)
-        stop()
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class IndexerProcess:
