@@ -209,6 +209,30 @@ def test_without_an_index_the_answer_is_503_not_an_empty_list(api):
     assert "being built" in resp.json["detail"]
 
 
+@pytest.mark.parametrize("how", ["zeros", "truncated"])
+def test_a_damaged_index_is_a_503_with_retry_after_never_a_500(api, settings, how):
+    """A truncated segment raised struct.error -> 500 in the drill."""
+    api.create()
+    api.search(q="smith")  # indexed and opened by the worker's reader
+    current = (settings.search_index_path / "CURRENT").read_text().strip()
+    for segment in (settings.search_index_path / current).glob("*.seg"):
+        size = segment.stat().st_size
+        with open(segment, "r+b") as fh:
+            if how == "zeros":
+                fh.write(b"\0" * size)
+            else:
+                fh.truncate(size // 3)
+    statuses = set()
+    for query in ("smith", "john", "jo*", "smyth"):
+        resp = api.client.simulate_get(SEARCH, params={"q": query})
+        statuses.add(resp.status_code)
+        if resp.status_code == 503:
+            assert resp.headers["retry-after"] == "2"
+    assert statuses <= {200, 503} and 500 not in statuses
+    assert api.indexer.verify_and_repair() is True  # what the idle indexer does
+    assert api.client.simulate_get(SEARCH, params={"q": "smith"}).json["total"] == 1
+
+
 def test_null_index_finds_nothing(settings, clock):
     database = database_for(settings.database, max_connections=2)
     client = falcon.testing.TestClient(create_app(build(settings, db=database, clock=clock,

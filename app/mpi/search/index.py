@@ -9,6 +9,7 @@ to every worker as soon as the writer commits it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from whoosh import query as wq
 from mpi.search.query import prune_infixes
 from mpi.search.schema import KIND_META, META_ID
 from mpi.search.store import IndexDirectory, IndexState
+
+log = logging.getLogger("mpi.search")
 
 
 class SearchUnavailable(Exception):
@@ -66,8 +69,8 @@ class WhooshSearchIndex:
 
     def search(self, query: wq.Query, *, offset: int, limit: int) -> Results:
         with self._lock:
-            searcher = self._fresh_searcher()
             try:
+                searcher = self._fresh_searcher()
                 # optimize=False: score every match (no block skipping) so the total comes
                 # from the same pass; with skipping, whoosh re-runs the query to count.
                 query = prune_infixes(query, lambda word: searcher.doc_frequency(
@@ -77,10 +80,16 @@ class WhooshSearchIndex:
                 hits = [Hit(hit["id"], round(float(hit.score or 0.0), 4), hit.get("person_id"))
                         for hit in results[offset:offset + limit]]
                 return Results(hits, len(results), self._cursor)
-            except (OSError, ValueError, KeyError) as exc:
-                # Files removed under us (the directory was deleted): reopen next time.
+            except SearchUnavailable:
+                raise
+            except Exception as exc:
+                # Files removed under us (the directory was deleted), or damaged ones (a
+                # truncated segment raises struct.error, zeros raise anything): never a
+                # 500. Reopen next time; the indexer verifies the index and rebuilds it.
                 self._reset()
-                raise SearchUnavailable("the search index changed while reading; retry") \
+                log.warning("search index read failed: %s", type(exc).__name__,
+                            extra={"error": type(exc).__name__})
+                raise SearchUnavailable("the search index cannot be read now; retry") \
                     from exc
 
     def _fresh_searcher(self) -> Any:

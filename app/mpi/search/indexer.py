@@ -31,6 +31,7 @@ log from that cursor brings it up to date.
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import threading
 import time
@@ -40,9 +41,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import peewee
+from whoosh import query as wq
 
 from mpi.domain.events import ChangeEvent, EventType
-from mpi.search.schema import document, meta_document
+from mpi.search.schema import SCHEMA, document, meta_document
 from mpi.search.store import IndexDirectory, IndexState, Opened, WriterLock
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import connection, is_postgres
@@ -64,6 +66,13 @@ MERGE_MAX_DOCS = 200
 #: MERGE_AT_SEGMENTS of them are merged whatever their size (in a moment with nothing to
 #: index), until fewer are left.
 COMPACT_AT_SEGMENTS = 2 * MERGE_AT_SEGMENTS
+# While idle, the writer verifies the index this often: its document count against the
+# database's live records, and a sample of records read back through the index (each
+# found by its id and by its names, its stored version current). A damaged index
+# (zeroed, truncated or overwritten segments) is rebuilt, instead of answering "no
+# matches" or 503 until the next write happens to notice.
+VERIFY_EVERY_S = 10.0
+VERIFY_SAMPLE = 20
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,22 @@ def _count(db: peewee.Database) -> int:
     return int(PatientRow.select().where(PatientRow.deleted_at.is_null()).count())
 
 
+def _reads_back(searcher: Any, doc: dict[str, Any]) -> str | None:
+    """Whether the index finds ``doc`` (a live record's document) as it should: by id with
+    its current version, and by the first term of each of its name fields."""
+    stored = searcher.document(id=doc["id"])
+    if stored is None:
+        return "a live record is not in the index"
+    if int(stored.get("version") or 0) != doc["version"]:
+        return "a record's indexed version is not its current one"
+    for field in ("family", "given"):
+        terms = list(SCHEMA[field].process_text(doc[field])) if doc.get(field) else []
+        if terms and not searcher.search(wq.And([wq.Term("id", doc["id"]),
+                                                 wq.Term(field, terms[0])]), limit=1):
+            return f"a record is not found by its {field} name"
+    return None
+
+
 class Indexer:
     """Follows the change log into the index directory at ``root`` (when it holds the lock)."""
 
@@ -444,6 +469,46 @@ class Indexer:
                  extra={"segments": segments, "seconds": round(time.perf_counter() - started, 1)})
         return True
 
+    # --- verification ---------------------------------------------------------------------
+
+    def verify(self) -> str | None:
+        """What is wrong with the current generation, or None when it reads back the
+        database (also None when it cannot be judged now: not the writer, or behind)."""
+        opened = self._opened
+        if opened is None or not self.lock.held():
+            return None
+        with connection(self._db), snapshot(self._db):
+            if ChangeRepository().last_id() != opened.cursor:
+                return None  # changes to apply first; judged when caught up
+            live = _count(self._db)
+            repository = PatientRepository()
+            sample = repository.get_live_many(
+                repository.sample_live_ids(VERIFY_SAMPLE, random.randint))
+        try:
+            with opened.index.searcher() as searcher:
+                indexed = searcher.doc_count() - 1  # less the cursor document
+                if indexed != live:
+                    return f"{indexed} documents for {live} live records"
+                for patient in sample.values():
+                    wrong = _reads_back(searcher, document(patient.to_dict()))
+                    if wrong:
+                        return wrong
+        except Exception as exc:  # any failure to read it is damage
+            return f"unreadable ({type(exc).__name__})"
+        return None
+
+    def verify_and_repair(self) -> bool:
+        """:meth:`verify`, and rebuild when it finds damage; True when it rebuilt."""
+        wrong = self.verify()
+        if wrong is None:
+            return False
+        # The reason names counts and field names only, never a record's content.
+        log.warning("search index damaged (%s): rebuilding from the database", wrong,
+                    extra={"index_state": "damaged"})
+        self._close()
+        build_generation(self._db, self.directory)
+        return True
+
     def _close(self) -> None:
         if self._opened is not None:
             self._opened.index.close()
@@ -471,6 +536,7 @@ class Indexer:
     def run(self) -> None:
         backoff = self.poll_interval
         was_writer = False
+        verified = float("-inf")  # verify when first idle: it may be damaged at start
         self.directory.discard_stale_builds()
         while not self._stop.is_set():
             started = time.monotonic()
@@ -504,5 +570,13 @@ class Indexer:
                 except Exception as exc:
                     log.warning("search index compaction failed: %s", type(exc).__name__,
                                 extra={"error": type(exc).__name__})
+                if time.monotonic() - verified >= VERIFY_EVERY_S:
+                    verified = time.monotonic()
+                    try:
+                        if self.verify_and_repair():
+                            continue
+                    except Exception as exc:
+                        log.warning("search index verification failed: %s",
+                                    type(exc).__name__, extra={"error": type(exc).__name__})
             self._stop.wait(backoff if self.lock.held() else max(backoff, 1.0))
         self._close()

@@ -10,6 +10,13 @@ A rebuild writes a new generation beside the current one and then replaces
 ``CURRENT`` atomically (write a temporary file, ``os.replace``): readers keep
 answering from the old generation until they see the new pointer. Whoosh's own
 temporary files go inside the generation's directory, never to ``/tmp``.
+
+Durability: every file whoosh writes into a generation is fsynced when whoosh closes
+it, and a rename in it (whoosh publishes its table of contents by renaming a
+temporary file) is followed by an fsync of the directory; a built generation's
+directory is fsynced before ``CURRENT`` names it. So after a power cut ``CURRENT``
+never names a generation whose segments are still in the page cache only, and an
+incremental commit is either whole or absent.
 """
 
 from __future__ import annotations
@@ -115,7 +122,9 @@ class IndexDirectory:
     def publish(self, built: Path) -> Path:
         """Make a fully built generation current; remove all but it and the one it replaces."""
         final = self.root / (GEN_PREFIX + built.name.removeprefix(BUILD_PREFIX))
+        _fsync_dir(built)  # its files were fsynced as whoosh closed them (_DurableStorage)
         os.replace(built, final)
+        _fsync_dir(self.root)
         previous = self.current_name()
         tmp = self.root / f"{CURRENT}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         with open(tmp, "w", encoding="ascii") as fh:
@@ -160,7 +169,31 @@ def _storage(path: Path) -> Any:
     by two threads at once; the reader and the indexer each hold a lock or use theirs
     from one thread.
     """
-    return FileStorage(str(path), supports_mmap=False)
+    return _DurableStorage(str(path), supports_mmap=False)
+
+
+class _DurableStorage(FileStorage):  # type: ignore[misc]
+    """Whoosh's file storage, with each written file fsynced as it is closed and each
+    rename (the table of contents being published) followed by an fsync of the directory.
+    Whoosh itself never fsyncs."""
+
+    def create_file(self, name: str, excl: bool = False, mode: str = "wb",
+                    **kwargs: Any) -> Any:
+        created = super().create_file(name, excl=excl, mode=mode, **kwargs)
+        then = created.onclose
+
+        def durable(structfile: Any) -> None:
+            if then is not None:
+                then(structfile)
+            structfile.file.flush()
+            os.fsync(structfile.file.fileno())
+
+        created.onclose = durable
+        return created
+
+    def rename_file(self, frm: str, to: str, safe: bool = False) -> None:
+        super().rename_file(frm, to, safe=safe)
+        _fsync_dir(Path(self.folder))
 
 
 def _fsync_dir(path: Path) -> None:

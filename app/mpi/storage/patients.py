@@ -11,7 +11,7 @@ import contextlib
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -321,6 +321,20 @@ class PatientRepository:
             "telecom": [{"system": t.system, "value": t.value, "use": t.use, "rank": t.rank}
                         for t in kids[PatientTelecomRow]],
         })
+
+    def sample_live_ids(self, n: int, pick: Callable[[int, int], int]) -> list[str]:
+        """About ``n`` live records' ids spread over the table: for each of ``n`` points
+        ``pick(1, highest pk)`` the first live record at or after it (an index seek each;
+        fewer when the table is small)."""
+        top = PatientRow.select(peewee.fn.MAX(PatientRow.pk)).scalar()
+        ids: dict[str, None] = {}
+        for start in sorted({pick(1, int(top)) for _ in range(n)} if top else ()):
+            row = (PatientRow.select(PatientRow.id)
+                   .where(PatientRow.pk >= start, PatientRow.deleted_at.is_null())
+                   .order_by(PatientRow.pk).limit(1).first())
+            if row is not None:
+                ids[str(row.id)] = None
+        return list(ids)
 
     def get_live_many(self, ids: Sequence[str]) -> dict[str, Patient]:
         """The live records among ``ids``, by id (one query per table; unknown ids left out)."""
