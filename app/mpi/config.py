@@ -359,7 +359,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKERS", "workers", _workers, "auto",
             "gunicorn worker processes; auto = 2 x CPU cores + 1, at most 8"),
     Setting("THREADS", "threads", _positive_int, "1",
-            "Threads per worker; more than 1 switches gunicorn to the gthread worker"),
+            "Threads per worker process, each serving one request at a time (requests are read "
+            "whole by the worker's event loop first, so slow clients hold no thread)"),
     Setting("REQUEST_TIMEOUT", "request_timeout", _positive_int, "30",
             "Seconds a worker may spend on one request before it is restarted"),
     Setting("GRACEFUL_TIMEOUT", "graceful_timeout", _positive_int, "30",

@@ -34,6 +34,9 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         **tls,
         "bind": [f"{_bind_host(settings.server_host)}:{settings.server_port}"],
         "workers": settings.workers,
+        # Requests are read whole by each worker's event loop before a thread takes them,
+        # so slow clients cost no thread (mpi.worker says why not sync, gthread, gevent).
+        "worker_class": "mpi.worker.BufferingThreadWorker",
         "threads": settings.threads,
         "timeout": settings.request_timeout,
         "graceful_timeout": settings.graceful_timeout,

@@ -1,0 +1,145 @@
+"""The gunicorn worker: requests are read whole by the event loop, then handed to a thread.
+
+Why not gunicorn's own workers. A slow client (one header line every few seconds: a
+"slowloris", or a sick network) holds whatever reads its request until the request is
+complete. gunicorn's ``sync`` worker reads in its only thread: WORKERS + 1 such
+connections made every request wait. Its ``gthread`` worker waits for the *first* bytes
+in its event loop but then reads the rest in a pool thread, blocking: THREADS x WORKERS
+such connections stopped the service, and no timeout fires, because the loop that
+reports the worker alive keeps running. ``gevent`` would fix it by making every blocking
+call cooperative, but it monkey-patches the process after the master imported the
+application, and psycopg, SQLite, whoosh and the matcher would then share one OS thread
+per worker (a CPU-bound match would stall every other request of that worker). A
+buffering proxy (nginx) in front fixes it too, and the shipped compose and Kubernetes
+files have one; the bare-host PEX does not, so the service must hold on its own.
+
+This worker is gunicorn's ``gthread`` worker with one change: a connection's request
+(its head, and its body up to :data:`MAX_BUFFERED_BODY` when Content-Length or chunked
+framing says how long it is) is read without blocking by the worker's event loop, as
+bytes arrive, into a buffer; only a complete request goes to a thread, which then parses
+it from memory. Waiting connections cost a socket and a buffer, not a thread. A
+connection whose request is not complete :data:`REQUEST_READ_TIMEOUT_S` after the
+connection became ready for it (accepted, or its previous response sent) is closed. A
+client that asks ``Expect: 100-continue`` is told to go on by the loop, which then
+buffers the body like any other.
+
+Served over TLS directly (TLS_CERT_FILE), the worker cannot read ahead of the TLS layer
+without doing the handshake in the loop: such connections are handled as ``gthread``
+handles them (DEPLOY.md says to terminate TLS at a proxy where slow clients are a risk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import selectors
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+#: A request head (request line and headers) larger than this goes to the parser as it
+#: is, which refuses it (gunicorn's limits are smaller); no need to buffer more.
+MAX_HEAD = 64 * 1024
+#: Bodies are buffered up to this size (the API refuses bodies over 1 MiB with 413;
+#: a larger one is handed over once this much is in, for the API to refuse).
+MAX_BUFFERED_BODY = 1024 * 1024 + 1024
+#: A request must be complete this long after the connection became ready for one.
+REQUEST_READ_TIMEOUT_S = 15.0
+_RECV = 65536
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r?$", re.I | re.M)
+_CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.I | re.M)
+_EXPECT_CONTINUE = re.compile(rb"^expect[ \t]*:[ \t]*100-continue[ \t]*\r?$", re.I | re.M)
+
+
+class _Reading:
+    """A connection whose request is being read by the loop."""
+
+    __slots__ = ("buffer", "continued", "deadline")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.deadline = time.monotonic() + REQUEST_READ_TIMEOUT_S
+        self.continued = False
+
+
+def request_complete(buffer: bytes | bytearray) -> tuple[bool, bool]:
+    """(complete, wants 100-continue) for the bytes of a request read so far."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return len(buffer) > MAX_HEAD, False
+    head, body = bytes(buffer[:end + 2]), len(buffer) - end - 4
+    expects = _EXPECT_CONTINUE.search(head) is not None
+    if _CHUNKED.search(head):
+        # The last chunk is "0" then the (empty) trailer section.
+        return body > MAX_BUFFERED_BODY or buffer.find(b"0\r\n\r\n", end + 4) >= 0, expects
+    lengths = _CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1:
+        return True, False  # none (no body), or conflicting ones: the parser decides
+    return body >= min(int(lengths[0]), MAX_BUFFERED_BODY), expects
+
+
+class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, reading each request whole in its event loop first."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._reading: dict[Any, _Reading] = {}
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Instead of a thread: the loop reads the request, unless it is already read."""
+        ready = getattr(conn, "mpi_request_ready", False)
+        buffered = conn.parser is not None and conn.parser.unreader.buf.getvalue()
+        if ready or buffered or self.cfg.is_ssl or conn.is_http2:
+            conn.mpi_request_ready = False
+            super().enqueue_req(conn)
+            return
+        conn.sock.setblocking(False)
+        self._reading[conn] = _Reading()
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             partial(self._on_request_bytes, conn))
+
+    def _on_request_bytes(self, conn: Any, _sock: Any) -> None:
+        reading = self._reading[conn]
+        try:
+            data = conn.sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before its request was complete
+            self._drop(conn)
+            return
+        reading.buffer += data
+        complete, expects = request_complete(reading.buffer)
+        if expects and not complete and not reading.continued:
+            reading.continued = True
+            try:
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                self._drop(conn)
+                return
+        if complete:
+            self.poller.unregister(conn.sock)
+            del self._reading[conn]
+            conn.sock.setblocking(True)
+            conn.init()  # the parser (plain HTTP/1.x here), which reads from the buffer
+            conn.parser.unreader.unread(bytes(reading.buffer))
+            conn.data_ready = True
+            conn.mpi_request_ready = True
+            self.enqueue_req(conn)
+
+    def _drop(self, conn: Any) -> None:
+        self._reading.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """gunicorn's pending connections, and requests not read in time."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c, r in self._reading.items() if r.deadline <= now]:
+            self._drop(conn)

@@ -1,0 +1,127 @@
+"""Slow clients do not take the service down (a real ``mpi serve``).
+
+The drill: with sync workers, WORKERS + 1 connections sending one header line every two
+seconds made every request wait ~30 s; with the gthread configuration shipped for
+Kubernetes, nine blocked the service for as long as they lasted. Here 50 such
+connections are held open, each trickling header lines, while a health probe and a
+patient read are sent every 100 ms: each must be answered promptly, on the default
+configuration (THREADS=1) and on the shipped Kubernetes one (THREADS=4). The requests
+also show that a request sent whole, byte by byte, or with ``Expect: 100-continue`` is
+still served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import statistics
+import threading
+import time
+
+import pytest
+
+from tests.helpers import patient
+from tests.integration.test_serve import Server
+
+pytestmark = pytest.mark.integration
+
+SLOW_CLIENTS = 50
+DRILL_S = 8.0
+LINE_EVERY_S = 2.0
+
+
+def _slowloris(port: int, stop: threading.Event, opened: list[socket.socket]) -> None:
+    socks = []
+    for _ in range(SLOW_CLIENTS):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    opened.extend(socks)
+    n = 0
+    while not stop.wait(LINE_EVERY_S):
+        n += 1
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.sendall(f"X-Slow-{n}: {n}\r\n".encode())
+
+
+def _timed(port: int, path: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    status = conn.getresponse().status
+    conn.close()
+    return status, (time.perf_counter() - started) * 1000
+
+
+@pytest.mark.parametrize("threads", ["1", "4"], ids=["default", "kubernetes"])
+def test_fifty_slow_clients_do_not_stop_probes_or_reads(tmp_path, threads):
+    server = Server({"DATABASE_URL": "sqlite:///data/mpi.db", "THREADS": threads}, tmp_path)
+    try:
+        status, _, created = server.request("POST", "/api/v1/patients", patient())
+        assert status == 201
+        stop, opened = threading.Event(), list[socket.socket]()
+        loris = threading.Thread(target=_slowloris, args=(server.port, stop, opened))
+        loris.start()
+        while len(opened) < SLOW_CLIENTS and loris.is_alive():
+            time.sleep(0.05)
+        probes, reads = [], []
+        ends = time.monotonic() + DRILL_S
+        while time.monotonic() < ends:
+            probes.append(_timed(server.port, "/api/v1/health/ready"))
+            reads.append(_timed(server.port, f"/api/v1/patients/{created['id']}"))
+            time.sleep(0.1)
+        stop.set()
+        loris.join()
+        for s in opened:
+            s.close()
+        for name, results in (("probe", probes), ("read", reads)):
+            assert {st for st, _ in results} == {200}, results
+            ms = sorted(t for _, t in results)
+            p50, p99 = statistics.median(ms), ms[int(0.99 * (len(ms) - 1))]
+            print(f"\n{SLOW_CLIENTS} slow clients, THREADS={threads}: {name} n={len(ms)} "
+                  f"p50={p50:.1f} ms p99={p99:.1f} ms max={ms[-1]:.1f} ms")
+            assert ms[-1] < 1000, ms[-5:]  # promptly: none waits on a slow client
+    finally:
+        server.stop()
+
+
+def test_requests_trickled_byte_by_byte_or_expecting_100_continue_are_served(tmp_path):
+    server = Server({"DATABASE_URL": "sqlite:///data/mpi.db"}, tmp_path)
+    try:
+        def head(body: bytes, extra: bytes = b"") -> bytes:
+            return (b"POST /api/v1/patients HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\n" + extra
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode())
+
+        body = json.dumps(patient(source_id="trickle")).encode()
+        whole = head(body) + body
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            for i in range(0, len(whole), 97):
+                s.sendall(whole[i:i + 97])
+                time.sleep(0.01)
+            assert s.recv(65536).startswith(b"HTTP/1.1 201")
+        body = json.dumps(patient(source_id="expect")).encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(head(body, b"Expect: 100-continue\r\n"))
+            assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+            s.sendall(body)
+            answer = b""
+            while b"201" not in answer and (chunk := s.recv(65536)):
+                answer += chunk
+            assert b"HTTP/1.1 201" in answer, answer[:200]
+        # Chunked, and kept alive for a second request on the same connection.
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        body = json.dumps(patient(source_id="chunked")).encode()
+        conn.request("POST", "/api/v1/patients", body=iter([body[:50], body[50:]]),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        chunked = conn.getresponse()
+        assert chunked.status == 201, chunked.read()
+        chunked.read()
+        conn.request("GET", "/api/v1/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        server.stop()
