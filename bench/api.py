@@ -691,7 +691,7 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
         hello_cmd = gunicorn_command({**gunicorn_options(settings), "proc_name": "bench-hello"})
         server: dict[str, Any] = {
             "workers": settings.workers, "threads": settings.threads,
-            "worker_class": "sync" if settings.threads == 1 else "gthread",
+            "worker_class": gunicorn_options(settings)["worker_class"].rsplit(".", 1)[-1],
             "database_max_connections": settings.database_max_connections,
             "hello_command": hello_cmd[1:], "mpi_command": mpi_command("serve")[1:],
         }

@@ -23,6 +23,11 @@ connection became ready for it (accepted, or its previous response sent) is clos
 client that asks ``Expect: 100-continue`` is told to go on by the loop, which then
 buffers the body like any other.
 
+REQUEST_TIMEOUT keeps its meaning: a request running longer than it has its worker
+restarted. gunicorn restarts a worker that stops reporting itself alive for that long;
+a ``gthread`` worker's loop reports even while a thread is stuck, so this one stops
+reporting while a request it handed to a thread is older than :data:`REPORT_GRACE_S`.
+
 Served over TLS directly (TLS_CERT_FILE), the worker cannot read ahead of the TLS layer
 without doing the handshake in the loop: such connections are handled as ``gthread``
 handles them (DEPLOY.md says to terminate TLS at a proxy where slow clients are a risk).
@@ -47,6 +52,9 @@ MAX_HEAD = 64 * 1024
 MAX_BUFFERED_BODY = 1024 * 1024 + 1024
 #: A request must be complete this long after the connection became ready for one.
 REQUEST_READ_TIMEOUT_S = 15.0
+#: The worker stops reporting itself alive while a request in a thread is older than this
+#: (so gunicorn restarts it about REQUEST_TIMEOUT + this after the request began).
+REPORT_GRACE_S = 1.0
 _RECV = 65536
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r?$", re.I | re.M)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.I | re.M)
@@ -86,6 +94,17 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._reading: dict[Any, _Reading] = {}
+        self._running: dict[Any, float] = {}  # connection -> when its request went to a thread
+
+    def notify(self) -> None:
+        """Report alive, unless a request has been in a thread for over REPORT_GRACE_S."""
+        oldest = min(self._running.values(), default=None)
+        if oldest is None or time.monotonic() - oldest < REPORT_GRACE_S:
+            super().notify()
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        self._running.pop(conn, None)
+        super().finish_request(conn, fs)
 
     def enqueue_req(self, conn: Any) -> None:
         """Instead of a thread: the loop reads the request, unless it is already read."""
@@ -93,6 +112,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         buffered = conn.parser is not None and conn.parser.unreader.buf.getvalue()
         if ready or buffered or self.cfg.is_ssl or conn.is_http2:
             conn.mpi_request_ready = False
+            self._running[conn] = time.monotonic()
             super().enqueue_req(conn)
             return
         conn.sock.setblocking(False)

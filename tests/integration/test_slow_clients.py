@@ -125,3 +125,36 @@ def test_requests_trickled_byte_by_byte_or_expecting_100_continue_are_served(tmp
         conn.close()
     finally:
         server.stop()
+
+
+def test_a_request_running_past_request_timeout_restarts_its_worker(tmp_path):
+    """REQUEST_TIMEOUT keeps its meaning with the buffering worker: the worker stops
+    reporting alive while a request is stuck in a thread, and gunicorn replaces it."""
+    import sqlite3
+
+    server = Server({"DATABASE_URL": "sqlite:///data/mpi.db", "REQUEST_TIMEOUT": "2",
+                     "DATABASE_TIMEOUT": "30", "WORKERS": "1"}, tmp_path)
+    try:
+        blocker = sqlite3.connect(tmp_path / "data" / "mpi.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # every write now waits for this lock
+        started = time.monotonic()
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            server.request("POST", "/api/v1/patients", patient())
+        stuck_for = time.monotonic() - started
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        print(f"\na request stuck with REQUEST_TIMEOUT=2: worker restarted after "
+              f"{stuck_for:.1f} s")
+        assert stuck_for < 6, stuck_for
+        assert "WORKER TIMEOUT" in server.log()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if server.request("POST", "/api/v1/patients", patient())[0] == 201:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("no new worker answered")
+    finally:
+        server.stop()
