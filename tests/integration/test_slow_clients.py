@@ -5,7 +5,8 @@ seconds made every request wait ~30 s; with the gthread configuration shipped fo
 Kubernetes, nine blocked the service for as long as they lasted. Here 50 such
 connections are held open, each trickling header lines, while a health probe and a
 patient read are sent every 100 ms: each must be answered promptly, on the default
-configuration (THREADS=1) and on the shipped Kubernetes one (THREADS=4). The requests
+configuration and compose's (WORKERS=2, THREADS=1) and on the shipped Kubernetes one
+(WORKERS=2, THREADS=4). The requests
 also show that a request sent whole, byte by byte, or with ``Expect: 100-continue`` is
 still served.
 """
@@ -56,7 +57,7 @@ def _timed(port: int, path: str) -> tuple[int, float]:
     return status, (time.perf_counter() - started) * 1000
 
 
-@pytest.mark.parametrize("threads", ["1", "4"], ids=["default", "kubernetes"])
+@pytest.mark.parametrize("threads", ["1", "4"], ids=["default-and-compose", "kubernetes"])
 def test_fifty_slow_clients_do_not_stop_probes_or_reads(tmp_path, threads):
     server = Server({"DATABASE_URL": "sqlite:///data/mpi.db", "THREADS": threads}, tmp_path)
     try:
