@@ -144,6 +144,8 @@ def test_sbom_lists_every_package_and_wheel(images):
 
 def test_size_budget(images):
     compressed = sum(len(layer.blob) for layer in images[0].image.layers)
-    # 23.8 MB before matching and search; rapidfuzz, jellyfish and whoosh add ~5.4 MB.
+    # 23.8 MB before matching and search; rapidfuzz, jellyfish and whoosh add ~5.4 MB;
+    # access control's PyJWT with cryptography (RS256/ES256 signature checks, which must
+    # not be hand-written) ~3.6 MB more (34.9 MB measured).
     # python:3.11-slim alone is ~47.6 MB compressed.
-    assert compressed <= 32_000_000, f"{compressed / 1e6:.1f} MB compressed"
+    assert compressed <= 36_000_000, f"{compressed / 1e6:.1f} MB compressed"
