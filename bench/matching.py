@@ -65,12 +65,11 @@ def _text(value: Any) -> str:
 
 
 def febrl_row(record_id: str, row: Any) -> dict[str, str]:
-    """One FEBRL row in our standard CSV layout (invalid dates of birth left empty)."""
+    """One FEBRL row in our standard CSV layout, values as the original file has them:
+    an impossible date of birth (FEBRL3 has 35 like 19551192) is passed on as
+    ``1955-11-92`` for the tools to drop and report, as they would a hospital's file."""
     dob = _text(row["date_of_birth"])
-    birth = ""
-    if len(dob) == 8 and dob.isdigit():
-        with contextlib.suppress(ValueError):
-            birth = date(int(dob[:4]), int(dob[4:6]), int(dob[6:])).isoformat()
+    birth = f"{dob[:4]}-{dob[4:6]}-{dob[6:]}" if len(dob) == 8 and dob.isdigit() else dob
     address = " ".join(x for x in (_text(row["street_number"]), _text(row["address_1"]),
                                    _text(row["address_2"])) if x)
     return {"record_id": record_id, "given_name": _text(row["given_name"]),

@@ -31,12 +31,21 @@ def test_dedupe(tmp_path, capsys):
     assert "6 records -> 3 clusters" in capsys.readouterr().err
 
 
-def test_bad_row_exits_2_with_line_and_field(tmp_path, capsys):
+def test_a_bad_value_is_dropped_and_reported_and_its_record_matched(tmp_path, capsys):
     src = tmp_path / "in.csv"
-    src.write_text(ROWS)
-    assert main(["dedupe", str(src), "--output", str(tmp_path / "o.csv"), "--no-progress"]) == 2
+    src.write_text(ROWS)  # line 4 has the impossible birth date 1980-17-05
+    assert main(["dedupe", str(src), "--output", str(tmp_path / "o.csv"), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "line 4: field birth_date: '1980-17-05'" in err
+    assert "field birth_date: 1 value(s) dropped (impossible date 1); first at line(s) 4" in err
+    assert "1980-17-05" not in err
+    assert len(read(tmp_path / "o.csv")) == 6  # every record was matched
+
+
+def test_a_bad_row_still_exits_2_with_line_and_field(tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    src.write_text(ROWS + ROWS.splitlines()[1] + "\n")  # the first record's id again
+    assert main(["dedupe", str(src), "--output", str(tmp_path / "o.csv"), "--no-progress"]) == 2
+    assert "field record_id: duplicate" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
 
 

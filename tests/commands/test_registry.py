@@ -49,7 +49,8 @@ def files(tmp_path: Path) -> Path:
     _write(tmp_path / "patients.csv", HEADER, ROWS)
     _write(tmp_path / "lab.csv", HEADER, [[f"L{r[0]}", "lab", *r[2:]] for r in ROWS[:3]])
     _write(tmp_path / "legacy.csv", ["record_id", "first", "surname", "birth_date"],
-           [["x1", "Maria", "Lindqvist", "1988-11-30"], ["x2", "", "", "not-a-date"]])
+           [["x1", "Maria", "Lindqvist", "1988-11-30"], ["x2", "", "", "not-a-date"],
+            ["x3", "Jonas", "Berg", "8929-01-01"], ["x4", "Ida", "Berg", "1955-11-92"]])
     mpi(tmp_path, "mpi migrate")
     return tmp_path
 
@@ -64,10 +65,16 @@ def test_import_and_export(files: Path):
     assert "imported 4 record(s)" in done.stdout
     again = mpi(files, "mpi import patients.csv --source lab-system")
     assert "imported 0 record(s), skipped 4 already present" in again.stdout
-    # A malformed file stops the import (exit 2) naming the line and field, not the value.
+    # A bad value costs the record that value: x3 and x4 are imported without their
+    # impossible birth dates; x2, nothing left once its date is dropped, is rejected (exit
+    # 1). The summary names fields, reasons and lines, never the values.
     legacy = mpi(files, "mpi import legacy.csv --source legacy "
-                        "--map given_name=first,family_name=surname", expect=2)
-    assert "line 3: field birth_date" in legacy.stderr
+                        "--map given_name=first,family_name=surname", expect=1)
+    assert "imported 3 record(s), skipped 0 already present, rejected 1" in legacy.stdout
+    assert "legacy.csv: line 3: body: a record needs at least one name" in legacy.stderr
+    assert ("legacy.csv: field birth_date: 3 value(s) dropped (not YYYY-MM-DD 1, "
+            "in the future 1, impossible date 1); first at line(s) 3, 4, 5") in legacy.stderr
+    assert "8929" not in legacy.stderr and "1955-11-92" not in legacy.stderr
     mpi(files, "mpi export --clusters clusters.csv")
     clusters = _clusters(files / "clusters.csv")
     assert clusters["r1"] == clusters["r2"]  # William / Bill, same birth date and SSN

@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from mpi.matching.csvio import CsvError, parse_mapping, read_records
+from mpi.matching.csvio import BadValues, CsvError, parse_mapping, read_records
 
 HEADER = "record_id,given_name,family_name,birth_date,ssn,extra\n"
 
@@ -34,9 +34,38 @@ def test_bad_mapping(spec, message):
         parse_mapping(spec)
 
 
+def test_a_bad_value_costs_the_record_that_value_not_the_record(tmp_path):
+    """FEBRL3 has 35 dates like 1955-11-92; each used to stop the whole command."""
+    path = write(tmp_path, HEADER + "1,Ann,Lee,03/02/1990,,\n2,Bob,Lee,1955-11-92,,\n"
+                 "3,Cy,Lee,8929-01-01,,\n4,Di,Lee,1849-12-31,,\n5,Ed,Lee,1990-02-03,,\n"
+                 f"6,{'F' * 501},Lee,1990-02-30,,\n")
+    bad = BadValues()
+    records = list(read_records(path, bad=bad, today=date(2026, 1, 1)))
+    assert [r.record_id for r in records] == ["1", "2", "3", "4", "5", "6"]
+    assert [r.birth_date for r in records] == [None] * 4 + [date(1990, 2, 3), None]
+    assert records[5].given_name is None
+    assert bad.counts == {"birth_date": 5, "given_name": 1}
+    assert bad.lines["birth_date"] == [2, 3, 4, 5, 7]
+    assert dict(bad.reasons["birth_date"]) == {"not YYYY-MM-DD": 1, "impossible date": 2,
+                                               "in the future": 1, "before 1850-01-01": 1}
+    summary = "\n".join(bad.summary(str(path)))
+    assert "field birth_date: 5 value(s) dropped" in summary
+    assert "first at line(s) 2, 3, 4, 5, 7" in summary
+    assert "1955-11-92" not in summary and "FFF" not in summary  # never the values
+
+
+def test_bad_values_add_up_across_batches():
+    first, second = BadValues(), BadValues()
+    for line in range(2, 6):
+        first.drop("birth_date", line, "impossible date")
+    for line in range(10, 14):
+        second.drop("birth_date", line, "in the future")
+    first.merge(second)
+    assert first.counts["birth_date"] == 8
+    assert first.lines["birth_date"] == [2, 3, 4, 5, 10]
+
+
 @pytest.mark.parametrize("rows, message", [
-    ("1,Ann,Lee,03/02/1990,,\n", r"line 2: field birth_date: '03/02/1990' is not YYYY-MM-DD"),
-    ("1,Ann,Lee,1990-02-30,,\n", r"line 2: field birth_date: '1990-02-30'"),
     ("1,Ann,Lee,,,\n1,Bob,Lee,,,\n", r"line 3: field record_id: duplicate '1'"),
     ("1,Ann,Lee,,,\n,Bob,Lee,,,\n", r"line 3: field record_id: empty"),
     ("1,Ann,Lee,,,,,\n", r"line 2: more values than header columns"),

@@ -39,9 +39,14 @@ def _model(args: argparse.Namespace) -> Model:
 
 
 def _records(path: str, args: argparse.Namespace) -> list[MatchRecord]:
-    from mpi.matching.csvio import parse_mapping, read_records
+    """The CSV's records; the values dropped from them (bad dates, ...) said on stderr."""
+    from mpi.matching.csvio import BadValues, parse_mapping, read_records
 
-    return list(read_records(path, parse_mapping(args.map)))
+    bad = BadValues()
+    records = list(read_records(path, parse_mapping(args.map), bad=bad))
+    for line in bad.summary(path):
+        print(line, file=sys.stderr)
+    return records
 
 
 def cmd_dedupe(args: argparse.Namespace) -> int:
@@ -94,10 +99,8 @@ def run_train(records: Iterable[MatchRecord], output: str | Path, *, name: str,
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mpi.matching.csvio import parse_mapping, read_records
-
     if args.from_csv:
-        records: Iterable[MatchRecord] = read_records(args.from_csv, parse_mapping(args.map))
+        records: Iterable[MatchRecord] = _records(args.from_csv, args)
     elif getattr(args, "database_records", None) is not None:
         # The registry's own records; the identity layer plugs this source in.
         records = args.database_records()

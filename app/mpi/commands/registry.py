@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mpi.domain.patient import PatientInput
+    from mpi.matching.csvio import BadValues
     from mpi.matching.record import MatchRecord
 
 EXIT_OK = 0
@@ -100,32 +101,71 @@ def to_patient_input(record: MatchRecord, *, default_source: str | None,
     return PatientInput.model_validate_json(json.dumps(body), context={"today": today})
 
 
-Batch = tuple[list["PatientInput"], int, int, list[str]]
+Batch = tuple[list["PatientInput"], int, int, list[str], "BadValues"]
+
+# Where a problem the API's validation finds in a CSV row's record comes from: dropping
+# these CSV fields drops the bad value and keeps the record. (Names, source and record_id
+# cannot be dropped: without them there is no record.)
+_FROM_CSV: dict[str, tuple[str, ...]] = {
+    "birth_date": ("birth_date",),
+    "gender": ("sex",),
+    "addresses": ("address_line", "city", "state", "postal_code"),
+    "telecom": ("phone",),
+    "identifiers": ("ssn",),
+}
+
+
+def salvage(record: MatchRecord, *, default_source: str | None, today: Any,
+            bad: BadValues, line: int) -> PatientInput:
+    """The record as the API's input, without the values the API refuses (each counted in
+    ``bad``); raises ValidationError when what is wrong cannot be dropped."""
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    from mpi.domain.patient import problems_from
+
+    try:
+        return to_patient_input(record, default_source=default_source, today=today)
+    except ValidationError as exc:
+        problems = problems_from(exc)
+        keys = {p.field.split(".", 1)[0].split("[", 1)[0] for p in problems}
+        if not keys <= set(_FROM_CSV):
+            raise
+        for p in problems:
+            bad.drop(p.field.split(".", 1)[0].split("[", 1)[0], line, p.reason)
+        cleared: dict[str, Any] = {f: None for key in keys for f in _FROM_CSV[key]}
+        return to_patient_input(dataclasses.replace(record, **cleared),
+                                default_source=default_source, today=today)
 
 
 def read_batches(path: str, mapping: str | None, default_source: str | None, today: Any,
                  size: int) -> Iterator[Batch]:
-    """(valid records, rows read, rows rejected, problems) per ``size`` rows of the CSV."""
+    """(valid records, rows read, rows rejected, problems, values dropped) per ``size``
+    rows of the CSV. A bad value costs the record that value, not the record."""
     from pydantic import ValidationError
 
     from mpi.domain.patient import problems_from
-    from mpi.matching.csvio import parse_mapping, read_records
+    from mpi.matching.csvio import BadValues, parse_mapping, read_records
 
     batch: list[PatientInput] = []
     problems: list[str] = []
-    rows = bad = 0
-    for n, record in enumerate(read_records(path, parse_mapping(mapping)), start=2):
+    bad = BadValues()
+    rows = rejected = 0
+    for n, record in enumerate(read_records(path, parse_mapping(mapping), bad=bad,
+                                            today=today), start=2):
         rows += 1
         try:
-            batch.append(to_patient_input(record, default_source=default_source, today=today))
+            batch.append(salvage(record, default_source=default_source, today=today,
+                                 bad=bad, line=n))
         except ValidationError as exc:
-            bad += 1
+            rejected += 1
             problems += [f"{path}: line {n}: {p.field}: {p.reason}" for p in problems_from(exc)]
         if rows >= size:
-            yield batch, rows, bad, problems
-            batch, problems, rows, bad = [], [], 0, 0
+            yield batch, rows, rejected, problems, bad
+            batch, problems, rows, rejected, bad = [], [], 0, 0, BadValues()
     if rows:
-        yield batch, rows, bad, problems
+        yield batch, rows, rejected, problems, bad
 
 
 def _reader(queue: Any, *args: Any) -> None:
@@ -190,7 +230,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from mpi import config, logs, wiring
     from mpi.domain.audit import Actor
-    from mpi.matching.csvio import CsvError
+    from mpi.matching.csvio import BadValues, CsvError
     from mpi.storage.db import connection
 
     if args.batch < 1:
@@ -204,15 +244,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     actor = Actor(user_id=args.user, user_agent="mpi import")
     today = service.today()
     done = skipped = rejected = 0
+    dropped = BadValues()
     started = time.perf_counter()
     try:
         with BatchReader(args.file, args.map, args.source, today, args.batch) as reader, \
                 connection(db), tqdm(desc="import", unit="rec", file=sys.stderr,
                                      disable=args.no_progress) as bar:
-            for batch, rows, bad, problems in reader:
+            for batch, rows, bad, problems, values in reader:
                 for line in problems:
                     print(line, file=sys.stderr)
                 rejected += bad
+                dropped.merge(values)
                 if batch:
                     results = service.import_batch(batch, actor)
                     done += sum(r is not None for r in results)
@@ -225,6 +267,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         services.close()
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
+    for line in dropped.summary(args.file):
+        print(line, file=sys.stderr)
     print(f"imported {done} record(s), skipped {skipped} already present, rejected "
           f"{rejected}, in {elapsed:.1f} s ({rate:.0f} records/s)")
     return EXIT_FAILED if rejected else EXIT_OK
