@@ -140,6 +140,22 @@ def _model_path(raw: str) -> Path | None:
     return path
 
 
+def _placeholders_path(raw: str) -> Path | None:
+    """Empty: the list shipped in the package. Otherwise a placeholder file that loads."""
+    if not raw.strip():
+        return None
+    path = Path(raw.strip())
+    from mpi.matching.placeholders import Placeholders
+
+    try:
+        Placeholders.load(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read the placeholder file: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"not a valid placeholder file: {exc}") from None
+    return path
+
+
 AUTH_MODES = ("none", "token", "jwt")
 #: Signature algorithms a bearer JWT may use: asymmetric only (never "none", never HS*,
 #: which would let anyone holding the public key forge tokens).
@@ -386,6 +402,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
             "Matching model file written by mpi train; empty = the model shipped in the "
             "package"),
+    Setting("MATCHING_PLACEHOLDERS_PATH", "matching_placeholders_path", _placeholders_path, "",
+            "JSON file of placeholder values treated as missing in matching (Unknown, Baby "
+            "Boy, postal code 00000, ...); replaces the list shipped in the package; empty = "
+            "that list"),
     Setting("AUDIT_SYNCHRONOUS_READS", "audit_synchronous_reads", _switch, "false",
             "true: a read's audit row is flushed to disk before the answer (PostgreSQL); "
             "false: it follows within a second and a database crash may lose the newest "
@@ -452,6 +472,7 @@ class Settings:
     matching_review_threshold: float
     matching_twin_guard: bool
     matching_model_path: Path | None
+    matching_placeholders_path: Path | None
     audit_synchronous_reads: bool
     auth_mode: str
     auth_issuer: str

@@ -112,9 +112,13 @@ def prepare(settings: Settings) -> None:
 
 
 def matching_engine(settings: Settings) -> MatchingEngine:
-    """The engine with the configured model (MATCHING_MODEL_PATH, else the shipped one)."""
+    """The engine with the configured model (MATCHING_MODEL_PATH, else the shipped one)
+    and placeholders (MATCHING_PLACEHOLDERS_PATH, else the shipped list)."""
+    from mpi.matching import placeholders
     from mpi.matching.model import Model
 
+    blank = settings.matching_placeholders_path
+    placeholders.use(placeholders.Placeholders.load(blank) if blank is not None else None)
     path = settings.matching_model_path
     model = Model.load(path) if path is not None else Model.default()
     return MatchingEngine(model, link_threshold=settings.matching_threshold,

@@ -96,3 +96,24 @@ def test_blocking_report_with_labels(tmp_path, capsys):
 def test_missing_file_exits_2(tmp_path, capsys):
     assert main(["dedupe", str(tmp_path / "nope.csv"), "--output", "x.csv"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_placeholders_option_and_its_errors(tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    src.write_text(ROWS)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"nmae": []}')
+    out = tmp_path / "o.csv"
+    assert main(["dedupe", str(src), "--output", str(out), "--no-progress",
+                 "--placeholders", str(bad)]) == 2
+    assert "unknown placeholder field" in capsys.readouterr().err
+    ours = tmp_path / "ours.json"
+    ours.write_text('{"name": ["Okonkwo"]}')  # as if the site's clerks typed it for "unknown"
+    try:
+        assert main(["dedupe", str(src), "--output", str(out), "--no-progress",
+                     "--placeholders", str(ours)]) == 0
+    finally:
+        from mpi.matching import placeholders
+
+        placeholders.use(None)
+    assert len(read(out)) == 6

@@ -42,11 +42,28 @@ def _records(path: str, args: argparse.Namespace) -> list[MatchRecord]:
     """The CSV's records; the values dropped from them (bad dates, ...) said on stderr."""
     from mpi.matching.csvio import BadValues, parse_mapping, read_records
 
+    _use_placeholders(args)
     bad = BadValues()
     records = list(read_records(path, parse_mapping(args.map), bad=bad))
     for line in bad.summary(path):
         print(line, file=sys.stderr)
     return records
+
+
+def _use_placeholders(args: argparse.Namespace) -> None:
+    """The placeholder list: --placeholders, else MATCHING_PLACEHOLDERS_PATH, else the
+    shipped one (as the service does)."""
+    import os
+
+    from mpi.matching import placeholders
+
+    path = getattr(args, "placeholders", None) or os.environ.get(
+        "MATCHING_PLACEHOLDERS_PATH", "").strip()
+    if path:
+        try:
+            placeholders.use(placeholders.Placeholders.load(Path(path)))
+        except (OSError, ValueError) as exc:
+            raise placeholders.PlaceholderError(f"{path}: {exc}") from None
 
 
 def cmd_dedupe(args: argparse.Namespace) -> int:
@@ -144,6 +161,9 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
                    help="read our FIELD from the file's COLUMN (e.g. given_name=first)")
     if model:
         p.add_argument("--model", metavar="JSON", help="model file (default: the shipped one)")
+    p.add_argument("--placeholders", metavar="JSON",
+                   help="placeholder values treated as missing (default: "
+                        "MATCHING_PLACEHOLDERS_PATH, else the shipped list)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -203,10 +223,11 @@ def _guard(command: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         from mpi.matching.csvio import CsvError
         from mpi.matching.model import ModelError
+        from mpi.matching.placeholders import PlaceholderError
 
         try:
             return int(command(args))
-        except (CsvError, ModelError) as exc:
+        except (CsvError, ModelError, PlaceholderError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INPUT
         except FileNotFoundError as exc:

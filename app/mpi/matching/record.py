@@ -3,8 +3,10 @@
 :class:`MatchRecord` is what the identity layer builds from a stored patient (or a CSV row).
 :func:`prepare` normalises it once: case-folded, accent- and punctuation-free strings,
 digits only for phone and SSN, phonetic codes (NYSIIS and metaphone) and the canonical
-forms of the given name from the ``nicknames`` package. Scoring and blocking read only
-the prepared form, so scoring a pair does no string clean-up at all.
+forms of the given name from the ``nicknames`` package; placeholder values ("Unknown",
+"Baby Boy", postal code 00000: :mod:`mpi.matching.placeholders`) become missing. Scoring
+and blocking read only the prepared form, so scoring a pair does no string clean-up at
+all, and every path (service, batch tools, training) treats placeholders alike.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from datetime import date
 from functools import lru_cache
 
 import jellyfish
+
+from mpi.matching import placeholders
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _NON_DIGIT = re.compile(r"[^0-9]+")
@@ -92,10 +96,14 @@ class PreparedRecord:
     )
 
     def __init__(self, record: MatchRecord) -> None:
+        blank = placeholders.active()
         self.record = record
-        self.given = normalise_text(record.given_name)
-        self.middle = normalise_text(record.middle_name)
-        self.family = normalise_text(record.family_name)
+        given, family = normalise_text(record.given_name), normalise_text(record.family_name)
+        if f"{given} {family}" in blank.full_name:
+            given = family = ""
+        self.given = _unless(given, blank.name)
+        self.middle = _unless(normalise_text(record.middle_name), blank.name)
+        self.family = _unless(family, blank.name)
         self.given_nysiis, self.given_meta = _phonetic(self.given)
         self.family_nysiis, self.family_meta = _phonetic(self.family)
         self.given_forms = name_forms(self.given)
@@ -103,13 +111,15 @@ class PreparedRecord:
         d = record.birth_date
         self.dob = f"{d.year:04d}{d.month:02d}{d.day:02d}" if d else ""
         self.sex = _SEX.get(normalise_text(record.sex), "")
-        self.address = normalise_text(record.address_line)
-        self.city = normalise_text(record.city)
+        self.address = _unless(normalise_text(record.address_line), blank.address)
+        self.city = _unless(normalise_text(record.city), blank.city)
         self.state = normalise_text(record.state)
-        self.postcode = normalise_text(record.postal_code).replace(" ", "")
+        self.postcode = _unless(normalise_text(record.postal_code).replace(" ", ""),
+                                blank.postal_code)
         phone = digits(record.phone)
-        self.phone = phone[-10:] if len(phone) >= 7 else ""
-        self.ssn = digits(record.ssn)
+        self.phone = _unless(phone[-10:] if len(phone) >= 7 else "", blank.phone)
+        ssn = digits(record.ssn)
+        self.ssn = "" if ssn in blank.ssn or placeholders.impossible_ssn(ssn) else ssn
         ids: dict[str, frozenset[str]] = {}
         for system, value in record.identifiers:
             key = system.strip().casefold()
@@ -122,6 +132,11 @@ class PreparedRecord:
 
     def __repr__(self) -> str:
         return f"PreparedRecord({self.record.record_id!r})"
+
+
+def _unless(value: str, placeholder_values: frozenset[str]) -> str:
+    """``value``, or '' when it is a placeholder (:mod:`mpi.matching.placeholders`)."""
+    return "" if value in placeholder_values else value
 
 
 def prepare(record: MatchRecord | PreparedRecord) -> PreparedRecord:
