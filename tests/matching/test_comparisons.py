@@ -10,6 +10,7 @@ from mpi.matching.comparisons import (
     compare_family,
     compare_given,
     compare_identifiers,
+    compare_middle,
     compare_phone,
     compare_postcode,
     compare_sex,
@@ -120,3 +121,18 @@ def test_identifiers_agree_disagree_and_no_shared_system():
     assert label(compare_identifiers, a, other_value) == "different value in a shared system"
     assert compare_identifiers(a, other_system) == 0
     assert compare_identifiers(a, prep()) == 0
+
+
+@pytest.mark.parametrize(("left", "right", "expected"), [
+    ("Paul", "Paul", "same name (Jaro-Winkler >= 0.92)"),
+    ("Jonathon", "Jonathan", "same name (Jaro-Winkler >= 0.92)"),
+    ("P", "P.", "same initial"),
+    ("P", "Paul", "initial agrees with the name"),
+    ("Paul", "M", "different"),
+    ("Paul", "Michael", "different"),
+    ("K", "M", "different"),
+    (None, "Paul", "missing"),
+    ("Unknown", "Paul", "missing"),  # a placeholder is no middle name
+])
+def test_middle_name_levels(left, right, expected):
+    assert label(compare_middle, prep(middle_name=left), prep(middle_name=right)) == expected

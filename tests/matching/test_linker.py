@@ -173,3 +173,22 @@ def test_twin_guard_sends_twin_like_pairs_to_review():
     assert decide({"A": [nickname]}, LINK, REVIEW).kind == "link"
     assert dedupe([rec("a", given_name="Chidi", ssn="111-22-3333"),
                    rec("b", given_name="Amara", ssn="444-55-6666")]).possible_twins == 1
+
+
+def test_the_middle_name_separates_father_and_son_and_guards_twins():
+    """A father and son of one given name at one address (no birth date on one side)
+    were linked at p = 0.9999; their middle names differ."""
+    father = prep("f", middle_name="Paul", birth_date=None, ssn=None)
+    son = prep("s", middle_name="Michael", ssn=None)
+    pair = s(son, father)
+    assert pair.probability >= LINK  # address, phone, names: FS alone would link
+    assert pair.weight < s(prep("s1", middle_name="Paul", ssn=None), father).weight - 8
+    d = decide({"A": [pair]}, LINK, REVIEW)
+    assert d.kind == "review" and "middle" in d.note
+    assert decide({"A": [pair]}, LINK, REVIEW, twin_guard=False).kind == "link"
+    # An initial that agrees, or a middle name on one side only, is no such pattern.
+    for other in (prep("s2", middle_name="P", ssn=None), prep("s3", ssn=None)):
+        assert decide({"A": [s(other, father)]}, LINK, REVIEW).kind == "link"
+    # Twins given the same first name and different middle names: review, not link.
+    twins = s(prep("t1", middle_name="Ann", ssn=None), prep("t2", middle_name="Beth", ssn=None))
+    assert decide({"A": [twins]}, LINK, REVIEW).kind == "review"

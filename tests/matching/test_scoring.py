@@ -5,8 +5,8 @@ from tests.matching.helpers import prep, rec
 
 def test_score_explains_itself():
     s = score(rec("a"), rec("b", given_name="Bill", family_name="Okonkow", ssn="512-34-6789"))
-    assert [c.comparison for c in s.comparisons][:3] == ["given_name", "family_name",
-                                                        "birth_date"]
+    assert [c.comparison for c in s.comparisons][:4] == ["given_name", "middle_name",
+                                                        "family_name", "birth_date"]
     by_name = {c.comparison: c for c in s.comparisons}
     assert by_name["given_name"].label == "nickname"
     assert by_name["ssn"].label == "different" and by_name["ssn"].weight < 0

@@ -92,6 +92,25 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
     return 8
 
 
+MIDDLE_LABELS = ("missing", "same name (Jaro-Winkler >= 0.92)", "same initial",
+                 "initial agrees with the name", "different")
+
+
+def compare_middle(a: PreparedRecord, b: PreparedRecord) -> int:
+    """Middle names (or their initials): present on most records, often the only
+    evidence besides the names across sources, and what separates a father and a son, or
+    two household members, of one given name."""
+    x, y = a.middle, b.middle
+    if not x or not y:
+        return 0
+    short_x, short_y = len(x) == 1, len(y) == 1
+    if short_x and short_y:
+        return 2 if x == y else 4
+    if short_x or short_y:
+        return 3 if x[0] == y[0] else 4
+    return 1 if x == y or _jw(x, y) >= 0.92 else 4
+
+
 FAMILY_LABELS = ("missing", "exact", "swapped with given name (Jaro-Winkler >= 0.92)",
                  "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)",
                  "shares a name part",
@@ -254,6 +273,7 @@ def compare_identifiers(a: PreparedRecord, b: PreparedRecord) -> int:
 
 COMPARISONS: tuple[Comparison, ...] = (
     Comparison("given_name", "given name", GIVEN_LABELS, compare_given, "given", True),
+    Comparison("middle_name", "middle name", MIDDLE_LABELS, compare_middle, "middle", True),
     Comparison("family_name", "family name", FAMILY_LABELS, compare_family, "family", True),
     Comparison("birth_date", "date of birth", DOB_LABELS, compare_dob),
     Comparison("sex", "sex", SEX_LABELS, compare_sex),

@@ -24,9 +24,12 @@ Decisions:
   above it is reported in ``duplicates`` (a possible duplicate for review, never merged);
 - best person at or above ``review_threshold``: **review** (the best is suggested);
 - otherwise **new**.
-- Twin guard: a link whose evidence has the twin pattern — date of birth equal, the
-  given name *different* (not a nickname, typo, initial or swap) against every record
-  of the person that has one, and no SSN or identifier in common — becomes a **review**
+- Twin guard: a link whose evidence has the twin pattern — no SSN or identifier in
+  common, and either the given name *different* (not a nickname, typo, initial or swap)
+  against every record of the person that has one with the date of birth equal, or the
+  given name the same and the middle names different (two full names, or two initials,
+  that disagree) against every such record, whatever the dates say (a father and son of
+  one name at one address, twins, household members) — becomes a **review**
   (``note`` says why). Twins share a
   family name, a birth date, an address and often a phone; Fellegi-Sunter assumes the
   fields independent and would add those up into a confident link.
@@ -74,17 +77,34 @@ _DOB = NAMES_INDEX["birth_date"]
 _SSN = NAMES_INDEX["ssn"]
 _IDS = NAMES_INDEX["identifiers"]
 _GIVEN_DIFFERENT = len(COMPARISONS[_GIVEN].labels) - 1
-TWIN_NOTE = ("possible twin: same date of birth, different given name, "
+_MIDDLE = NAMES_INDEX["middle_name"]
+_MIDDLE_DIFFERENT = len(COMPARISONS[_MIDDLE].labels) - 1
+TWIN_NOTE = ("possible twin: same date of birth, different given or middle name, "
              "no shared SSN or identifier")
 
 
+def _names_differ(sc: Score) -> str | None:
+    """How the pair's names say two people: "given" (the given names differ), "middle"
+    (the same given name, different middle names), "" (they do not); None when there is
+    no given name to compare."""
+    given = sc.levels[_GIVEN]
+    if given == NULL:
+        return None
+    if given == _GIVEN_DIFFERENT:
+        return "given"
+    return "middle" if given == 1 and sc.levels[_MIDDLE] == _MIDDLE_DIFFERENT else ""
+
+
 def twin_pattern(scores: Sequence[Score]) -> bool:
-    """Same date of birth with some record, a different given name against every record
-    that has one, and no SSN (exact or one typo) or identifier shared with any record."""
-    given = [sc.levels[_GIVEN] for sc in scores if sc.levels[_GIVEN] != NULL]
-    return (bool(given) and all(level == _GIVEN_DIFFERENT for level in given)
-            and any(sc.levels[_DOB] == 1 for sc in scores)
-            and not any(sc.levels[_SSN] in (1, 2) or sc.levels[_IDS] == 1 for sc in scores))
+    """No SSN (exact or one typo) or identifier shared with any record, and against every
+    record with a given name: the same given name and a different middle name, or else
+    names that differ with the same date of birth as some record."""
+    if any(sc.levels[_SSN] in (1, 2) or sc.levels[_IDS] == 1 for sc in scores):
+        return False
+    differ = [d for d in map(_names_differ, scores) if d is not None]
+    if not differ or not all(differ):
+        return False
+    return all(d == "middle" for d in differ) or any(sc.levels[_DOB] == 1 for sc in scores)
 
 
 def person_weight(scores: Sequence[Score]) -> float:

@@ -92,7 +92,7 @@ class Model:
 
     # --- identity and JSON -------------------------------------------------------------
 
-    def _content(self) -> dict[str, Any]:
+    def _content(self, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "name": self.name,
@@ -103,7 +103,7 @@ class Model:
                 {"name": c.name, "levels": [
                     {"label": label, "m": self.m[c.name][i - 1], "u": self.u[c.name][i - 1]}
                     for i, label in enumerate(c.labels) if i > 0]}
-                for c in COMPARISONS
+                for c in COMPARISONS if c.name not in skip
             ],
             "term_frequencies": {k: dict(sorted(v.items()))
                                  for k, v in sorted(self.term_frequencies.items())},
@@ -137,6 +137,14 @@ class Model:
                                      f"this code's {code.labels[1:]}")
                 m[name] = tuple(float(level["m"]) for level in comp["levels"])
                 u[name] = tuple(float(level["u"]) for level in comp["levels"])
+            # A model written before a comparison existed (the middle name) gets the
+            # shipped model's m and u for it, and keeps the version it was written with
+            # checked against what it holds; ``mpi train`` learns them for the registry.
+            added = frozenset(c.name for c in COMPARISONS) - set(m)
+            if added:
+                shipped = cls.default()
+                for name in added:
+                    m[name], u[name] = shipped.m[name], shipped.u[name]
             model = cls(name=str(data["name"]), prior=float(data["prior"]), m=m, u=u,
                         term_frequencies={k: {str(n): float(f) for n, f in v.items()}
                                           for k, v in data.get("term_frequencies", {}).items()},
@@ -145,9 +153,12 @@ class Model:
         except (KeyError, TypeError) as exc:
             raise ModelError(f"malformed model: missing or wrong field {exc}") from exc
         stated = data.get("version")
-        if stated is not None and stated != model.version:
+        written = model.version if not added else (
+            f"{model.name}-"
+            f"{hashlib.sha256(_canonical(model._content(added)).encode()).hexdigest()[:12]}")
+        if stated is not None and stated != written:
             raise ModelError(f"stated version {stated} does not match the content "
-                             f"({model.version}); remove 'version' to re-version an edited model")
+                             f"({written}); remove 'version' to re-version an edited model")
         return model
 
     @classmethod
