@@ -192,3 +192,16 @@ def test_the_middle_name_separates_father_and_son_and_guards_twins():
     # Twins given the same first name and different middle names: review, not link.
     twins = s(prep("t1", middle_name="Ann", ssn=None), prep("t2", middle_name="Beth", ssn=None))
     assert decide({"A": [twins]}, LINK, REVIEW).kind == "review"
+
+
+@pytest.mark.parametrize("variant", ["Ivan", "Juan", "Jon", "Johann"])
+def test_given_names_that_agree_only_as_variants_need_more_evidence(variant):
+    """John against Ivan, Juan, Jon or Johann with one family name and birth date and no
+    other evidence auto-linked at p ~ 0.9998: two brothers are likelier than one man
+    registered under both. With an address or phone in common, the variant links."""
+    bare = {"address_line": None, "city": None, "state": None, "postal_code": None,
+            "phone": None, "ssn": None, "sex": None}
+    pair = s(prep("b", given_name=variant, **bare), prep("a", given_name="John", **bare))
+    assert decide({"A": [pair]}, LINK, REVIEW).kind != "link"
+    housed = s(prep("b", given_name=variant, ssn=None), prep("a", given_name="John", ssn=None))
+    assert decide({"A": [housed]}, LINK, REVIEW).kind == "link"

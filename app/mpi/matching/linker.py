@@ -29,7 +29,9 @@ Decisions:
   against every record of the person that has one with the date of birth equal, or the
   given name the same and the middle names different (two full names, or two initials,
   that disagree) against every such record, whatever the dates say (a father and son of
-  one name at one address, twins, household members) — becomes a **review**
+  one name at one address, twins, household members), or given names that agree only
+  as variants (a nickname or another language's form: John / Ivan / Johann, sounds
+  alike, fuzzy) with no address or phone in common either — becomes a **review**
   (``note`` says why). Twins share a
   family name, a birth date, an address and often a phone; Fellegi-Sunter assumes the
   fields independent and would add those up into a confident link.
@@ -78,9 +80,17 @@ _SSN = NAMES_INDEX["ssn"]
 _IDS = NAMES_INDEX["identifiers"]
 _GIVEN_DIFFERENT = len(COMPARISONS[_GIVEN].labels) - 1
 _MIDDLE = NAMES_INDEX["middle_name"]
+_ADDRESS = NAMES_INDEX["address_line"]
+_PHONE = NAMES_INDEX["phone"]
+# Given-name levels that agree only as variants: a nickname or another language's form
+# (John / Ivan / Johann), sounds alike (John / Juan), fuzzy. Weaker evidence than the
+# same name: with nothing else that places the two records in one life (an address, a
+# phone, an SSN, an identifier) they may be two brothers as well as one man.
+_GIVEN_VARIANT = frozenset(i for i, label in enumerate(COMPARISONS[_GIVEN].labels)
+                           if label.startswith(("nickname", "sounds alike", "fuzzy")))
 _MIDDLE_DIFFERENT = len(COMPARISONS[_MIDDLE].labels) - 1
-TWIN_NOTE = ("possible twin: same date of birth, different given or middle name, "
-             "no shared SSN or identifier")
+TWIN_NOTE = ("possible twin or relative: a different given or middle name, or given names "
+             "that agree only as variants, and no shared SSN, identifier, address or phone")
 
 
 def _names_differ(sc: Score) -> str | None:
@@ -92,6 +102,8 @@ def _names_differ(sc: Score) -> str | None:
         return None
     if given == _GIVEN_DIFFERENT:
         return "given"
+    if given in _GIVEN_VARIANT and sc.levels[_ADDRESS] not in (1, 2) and sc.levels[_PHONE] != 1:
+        return "variant"
     return "middle" if given == 1 and sc.levels[_MIDDLE] == _MIDDLE_DIFFERENT else ""
 
 
@@ -104,7 +116,8 @@ def twin_pattern(scores: Sequence[Score]) -> bool:
     differ = [d for d in map(_names_differ, scores) if d is not None]
     if not differ or not all(differ):
         return False
-    return all(d == "middle" for d in differ) or any(sc.levels[_DOB] == 1 for sc in scores)
+    return (all(d in ("middle", "variant") for d in differ)
+            or any(sc.levels[_DOB] == 1 for sc in scores))
 
 
 def person_weight(scores: Sequence[Score]) -> float:
