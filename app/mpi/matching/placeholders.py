@@ -80,6 +80,11 @@ def impossible_ssn(ssn: str) -> bool:
     return area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000"
 
 
+def is_placeholder_ssn(ssn: str, listed: Placeholders) -> bool:
+    """An SSN (digits) that is no evidence: listed, or one no SSN can be."""
+    return ssn in listed.ssn or impossible_ssn(ssn)
+
+
 _active: Placeholders | None = None
 
 

@@ -119,7 +119,7 @@ class PreparedRecord:
         phone = digits(record.phone)
         self.phone = _unless(phone[-10:] if len(phone) >= 7 else "", blank.phone)
         ssn = digits(record.ssn)
-        self.ssn = "" if ssn in blank.ssn or placeholders.impossible_ssn(ssn) else ssn
+        self.ssn = "" if placeholders.is_placeholder_ssn(ssn, blank) else ssn
         ids: dict[str, frozenset[str]] = {}
         for system, value in record.identifiers:
             key = system.strip().casefold()
