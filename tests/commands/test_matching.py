@@ -93,6 +93,28 @@ def test_blocking_report_with_labels(tmp_path, capsys):
     assert main(["blocking", "report", str(src), "--labels", "nope"]) == 2
 
 
+def test_blocking_report_shows_what_the_keys_miss(tmp_path, capsys):
+    """Two records of P1 that share nothing a key uses: the report says what they lack."""
+    src = tmp_path / "in.csv"
+    src.write_text("record_id,given_name,family_name,birth_date,address_line,ssn,person\n"
+                   "a1,William,Okonkwo,1980-05-17,,,P1\n"
+                   "a2,Wiliam,Okonkow,,12 Harbour Street,,P1\n"
+                   "b1,Maria,Nguyen,1950-01-01,,,P2\n")
+    assert main(["blocking", "report", str(src), "--labels", "person", "--json",
+                 "--show-missed", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pair_completeness"] == 0.0 and report["missed_pairs"] == 1
+    assert report["missed_without"] == {"address_line": 1, "birth_date": 1, "middle_name": 1,
+                                        "phone": 1, "postal_code": 1, "ssn": 1}
+    assert report["missed_examples"] == [{
+        "left": "a1", "right": "a2",
+        "left_has": ["birth_date", "family_name", "given_name"],
+        "right_has": ["address_line", "family_name", "given_name"]}]
+    assert main(["blocking", "report", str(src), "--labels", "person",
+                 "--show-missed", "5"]) == 0
+    assert "missed: a1 (birth_date, family_name, given_name) ~ a2" in capsys.readouterr().out
+
+
 def test_missing_file_exits_2(tmp_path, capsys):
     assert main(["dedupe", str(tmp_path / "nope.csv"), "--output", "x.csv"]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -63,3 +63,29 @@ def test_em_rules_fix_the_comparisons_they_block_on():
     assert by_name["same date of birth"].fixes == ("birth_date",)
     assert by_name["same date of birth"].key(prep()) == "19800517"
     assert by_name["same given and family name"].key(prep(family_name=None)) is None
+
+
+def _shared(a: MatchRecord, b: MatchRecord) -> set[str]:
+    return set(blocking_keys(a)) & set(blocking_keys(b))
+
+
+def test_records_missing_different_fields_still_meet():
+    """A benefits feed (name, birth date, SSN; no address) against a payroll feed (name
+    and address; no birth date, no sex): before, no key could hold both."""
+    benefits = MatchRecord("b", given_name="Thandiwe", family_name="Mokoena",
+                           birth_date=date(1971, 3, 9), ssn="512-34-6789")
+    payroll = MatchRecord("p", given_name="Thandiwe", family_name="Mokoena",
+                          address_line="4 Quarry Lane", city="Springfield")
+    assert [k.split(":", 1)[0] for k in _shared(benefits, payroll)] == ["m"]
+    # A household record with no birth date and a mistyped postal code meets by address.
+    home = MatchRecord("h", given_name="T", family_name="Mokoena",
+                       address_line="4 Quarry Lane", postal_code="01119")
+    desk = MatchRecord("d", given_name="Thandie", family_name="Mokoena",
+                       address_line="4 Quarry Lane", postal_code="01109",
+                       birth_date=date(1971, 3, 9))
+    assert {k.split(":", 1)[0] for k in _shared(home, desk)} == {"l"}
+
+
+def test_name_keys_need_both_names():
+    assert not [k for k in blocking_keys(MatchRecord("x", family_name="Mokoena"))
+                if k.startswith(("m:", "l:"))]

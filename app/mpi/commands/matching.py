@@ -147,12 +147,16 @@ def cmd_blocking_report(args: argparse.Namespace) -> int:
     from mpi.matching.batch import blocking_report
 
     labels = read_labels(args.file, args.labels, args) if args.labels else None
-    report = blocking_report(_records(args.file, args), labels)
+    report = blocking_report(_records(args.file, args), labels, show_missed=args.show_missed)
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
+        examples = report.pop("missed_examples", [])
         for key, value in report.items():
             print(f"{key:>22}: {value}")
+        for ex in examples:
+            print(f"{'missed':>22}: {ex['left']} ({', '.join(ex['left_has'])}) ~ "
+                  f"{ex['right']} ({', '.join(ex['right_has'])})")
     return EXIT_OK
 
 
@@ -213,6 +217,9 @@ def register(commands: Any) -> None:
     rep.add_argument("file", metavar="FILE.csv")
     rep.add_argument("--labels", metavar="COLUMN",
                      help="column with the true entity: also report pair completeness")
+    rep.add_argument("--show-missed", type=int, default=0, metavar="N",
+                     help="with --labels: list N true pairs no key brings together, with "
+                          "the fields each side has")
     rep.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _common(rep, model=False)
     rep.set_defaults(run=_guard(cmd_blocking_report))

@@ -120,11 +120,15 @@ def link(left: Iterable[MatchRecord | PreparedRecord],
 
 def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
                     labels: Mapping[str, str] | None = None,
-                    other: Sequence[MatchRecord | PreparedRecord] | None = None
-                    ) -> dict[str, Any]:
-    """Candidate counts per record from the blocking keys; with ``labels`` (record id ->
-    true entity) also pair completeness: the share of true pairs that share a key.
-    With ``other``, counts candidates in ``other`` for each record (linking two files)."""
+                    other: Sequence[MatchRecord | PreparedRecord] | None = None, *,
+                    max_block: int = 500, show_missed: int = 0) -> dict[str, Any]:
+    """Candidate counts per record from the blocking keys, ignoring keys shared by more
+    than ``max_block`` records (as linking does); with ``labels`` (record id -> true
+    entity) also pair completeness, the share of true pairs that share a usable key, and
+    what the missed pairs lack: per field, how many missed pairs have it missing on one
+    side or both (``missed_without``), and up to ``show_missed`` of them by record id
+    with the fields each side has. With ``other``, counts candidates in ``other`` for
+    each record (linking two files)."""
     base = [prepare(r) for r in records]
     targets = [prepare(r) for r in other] if other is not None else base
     keys_of = [set(blocking_keys(r)) for r in targets]
@@ -132,6 +136,7 @@ def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
     for j, keys in enumerate(keys_of):
         for k in keys:
             index.setdefault(k, []).append(j)
+    index = {k: members for k, members in index.items() if len(members) <= max_block}
     counts = []
     key_counts = []
     pairs: set[tuple[int, int]] = set()
@@ -140,7 +145,7 @@ def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
         key_counts.append(len(keys))
         cand: set[int] = set()
         for k in keys:
-            cand.update(index[k] if other is None else index.get(k, ()))
+            cand.update(index.get(k, ()))
         if other is None:
             cand.discard(i)
             pairs.update((min(i, j), max(i, j)) for j in cand)
@@ -160,10 +165,33 @@ def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
     }
     if labels is not None:
         true_pairs = _true_pairs(base, targets, labels, same=other is None)
-        found = sum(1 for p in true_pairs if p in pairs)
+        missed = sorted(p for p in true_pairs if p not in pairs)
         report["true_pairs"] = len(true_pairs)
-        report["pair_completeness"] = round(found / len(true_pairs), 6) if true_pairs else None
+        report["pair_completeness"] = (round(1 - len(missed) / len(true_pairs), 6)
+                                       if true_pairs else None)
+        report["missed_pairs"] = len(missed)
+        without: Counter[str] = Counter()
+        for i, j in missed:
+            have_i, have_j = _fields(base[i]), _fields(targets[j])
+            without.update(f for f in _REPORTED if f not in have_i or f not in have_j)
+        report["missed_without"] = dict(sorted(without.items()))
+        report["missed_examples"] = [
+            {"left": base[i].record_id, "right": targets[j].record_id,
+             "left_has": sorted(_fields(base[i])), "right_has": sorted(_fields(targets[j]))}
+            for i, j in missed[:show_missed]]
     return report
+
+
+_REPORTED = ("given_name", "middle_name", "family_name", "birth_date", "address_line",
+             "postal_code", "phone", "ssn")
+
+
+def _fields(r: PreparedRecord) -> set[str]:
+    """The fields a prepared record has (placeholders count as missing)."""
+    present = {"given_name": r.given, "middle_name": r.middle, "family_name": r.family,
+               "birth_date": r.dob, "address_line": r.address, "postal_code": r.postcode,
+               "phone": r.phone, "ssn": r.ssn}
+    return {f for f, v in present.items() if v}
 
 
 def _true_pairs(base: Sequence[PreparedRecord], targets: Sequence[PreparedRecord],

@@ -19,9 +19,16 @@ that the usual errors still meet (each line names the error it survives):
           ten for a nine-digit SSN: blocking rows are the import's biggest database cost,
           and a six-digit key still meets few strangers. Two digits transposed across a
           cut change two parts; such a pair meets through its names, date or postcode;
+- ``m:``  NYSIIS of both names (sorted), nothing else: a record with no birth date meets
+          one with no address (a payroll feed against an insurance feed). Common names
+          make big blocks; like every key, one shared by more than the cap (500 records
+          or persons) is ignored, so this key finds the rarer names and costs nothing on
+          the common ones;
+- ``l:``  the address line + NYSIIS of the family name: household and payroll records
+          with neither birth date nor postal code, and a mistyped postal code;
 - ``t:``  phone (last 10 digits); ``i:`` every (system, value) identifier.
 
-No key uses the address line, so a move never hides a person. Keys are at most 64
+No key needs the address line, so a move never hides a person. Keys are at most 64
 characters (long identifiers are hashed). Keys that would be unselective (a missing part)
 are not emitted.
 
@@ -70,8 +77,12 @@ def blocking_keys(record: MatchRecord | PreparedRecord) -> list[str]:
             keys.add(f"g:{dob}:{form}")
         if r.postcode:
             keys.add(f"a:{r.dob}:{r.postcode}")
-    if fam and giv and r.dob:
-        keys.add(f"n:{min(fam, giv)}:{max(fam, giv)}:{r.dob[:4]}")
+    if fam and giv:
+        keys.add(f"m:{min(fam, giv)}:{max(fam, giv)}")
+        if r.dob:
+            keys.add(f"n:{min(fam, giv)}:{max(fam, giv)}:{r.dob[:4]}")
+    if r.address and fam:
+        keys.add(f"l:{r.address[:40]}:{fam}")
     if r.postcode:
         postcode = "".join(sorted(r.postcode))  # transposed digits meet
         for n in names:
