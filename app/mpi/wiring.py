@@ -29,6 +29,7 @@ from mpi.identity.engine import Engine, MatchingEngine
 from mpi.identity.linking import Linking
 from mpi.identity.match import MatchService
 from mpi.identity.persons import PersonService
+from mpi.identity.rekey import Rekeying
 from mpi.identity.stewardship import StewardService
 from mpi.identity.views import IdentityViews
 from mpi.patients.service import PatientService, utc_now
@@ -64,6 +65,7 @@ class Services:
     change_feed: ChangeFeed
     tokens: ApiTokens
     authenticator: Authenticator
+    rekeying: Rekeying
 
     def indexer(self) -> Indexer:
         """This process's search indexer (it writes only if it takes the directory's lock)."""
@@ -159,6 +161,7 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         change_feed=ChangeFeed(work, ChangeRepository()),
         tokens=tokens,
         authenticator=authenticator(settings, tokens),
+        rekeying=Rekeying(work, identity, engine),
     )
 
 

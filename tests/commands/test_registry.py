@@ -75,6 +75,8 @@ def test_import_and_export(files: Path):
     assert ("legacy.csv: field birth_date: 3 value(s) dropped (not YYYY-MM-DD 1, "
             "in the future 1, impossible date 1); first at line(s) 3, 4, 5") in legacy.stderr
     assert "8929" not in legacy.stderr and "1955-11-92" not in legacy.stderr
+    rekeyed = mpi(files, "mpi rekey")
+    assert "checked 7 record(s), new keys for 0" in rekeyed.stdout
     mpi(files, "mpi export --clusters clusters.csv")
     clusters = _clusters(files / "clusters.csv")
     assert clusters["r1"] == clusters["r2"]  # William / Bill, same birth date and SSN

@@ -119,7 +119,12 @@ MAPPED: dict[str, tuple[str, str]] = {
     "mpi import legacy.csv --source legacy --map given_name=first,family_name=surname": (
 
         f"{IDENTITY_CLI}::test_import_and_export",
-        "a mapped layout with a malformed row: exit 2"),
+        "a mapped layout with bad values: dropped and reported, a record with nothing "
+        "left rejected (exit 1)"),
+    "mpi rekey": (
+
+        f"{IDENTITY_CLI}::test_import_and_export",
+        "run on the imported registry: every record checked, none needed new keys"),
     "mpi export --clusters clusters.csv": (
 
         f"{IDENTITY_CLI}::test_import_and_export",

@@ -45,6 +45,16 @@ def register(commands: Any) -> None:
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(run=cmd_import)
 
+    rekey = commands.add_parser(
+        "rekey", help="recompute stored records' blocking keys with the current rules "
+                      "(after an upgrade that changes them); resumable")
+    rekey.add_argument("--batch", type=int, default=1000,
+                       help="records per transaction (default 1000)")
+    rekey.add_argument("--after", type=int, default=0, metavar="PK",
+                       help="resume after this record (the last one a run reported)")
+    rekey.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rekey.set_defaults(run=cmd_rekey)
+
     exp = commands.add_parser("export", help="write (source, record_id, person_id) of every "
                                              "live record")
     exp.add_argument("--clusters", required=True, metavar="FILE.csv", help="output file")
@@ -272,6 +282,41 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"imported {done} record(s), skipped {skipped} already present, rejected "
           f"{rejected}, in {elapsed:.1f} s ({rate:.0f} records/s)")
     return EXIT_FAILED if rejected else EXIT_OK
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mpi import config, logs, wiring
+    from mpi.domain.audit import Actor
+
+    if args.batch < 1 or args.after < 0:
+        print("--batch must be at least 1 and --after at least 0", file=sys.stderr)
+        return EXIT_INPUT
+    settings = config.load()
+    logs.configure(settings)
+    actor = Actor(user_id="mpi-rekey", user_agent="mpi rekey")
+    checked = changed = 0
+    last = args.after
+    started = time.perf_counter()
+    with wiring.connected(settings) as services:
+        rekeying = services.rekeying
+        try:
+            with tqdm(desc="rekey", unit="rec", total=rekeying.total(), file=sys.stderr,
+                      disable=args.no_progress) as bar:
+                while True:
+                    page = rekeying.page(last, args.batch, actor)
+                    if page.last_pk is None:
+                        break
+                    checked, changed, last = (checked + page.checked,
+                                              changed + page.changed, page.last_pk)
+                    bar.update(page.checked)
+        except KeyboardInterrupt:
+            print(f"interrupted: resume with mpi rekey --after {last}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"checked {checked} record(s), new keys for {changed}, in "
+          f"{time.perf_counter() - started:.1f} s")
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:

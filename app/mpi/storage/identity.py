@@ -123,6 +123,27 @@ class IdentityRepository:
         """A steward's placement: the engine will not move the record again."""
         PatientLinkRow.update(manual=True).where(PatientLinkRow.patient == patient_pk).execute()
 
+    def forms_after(self, after_pk: int, limit: int) -> list[tuple[int, dict[str, Any] | None]]:
+        """(patient pk, matching form) of up to ``limit`` live records after ``after_pk``,
+        by pk: a page of ``mpi rekey``."""
+        return [(int(pk), data) for pk, data in tuples(
+            PatientLinkRow.select(PatientLinkRow.patient, PatientLinkRow.match_data)
+            .join(PatientRow).where(PatientRow.deleted_at.is_null(),
+                                    PatientLinkRow.patient > after_pk)
+            .order_by(PatientLinkRow.patient).limit(limit))]
+
+    def keys_of(self, patient_pks: Sequence[int]) -> dict[int, set[str]]:
+        """The stored blocking keys of each record."""
+        out: dict[int, set[str]] = {pk: set() for pk in patient_pks}
+        for key, pk in tuples(BlockingKeyRow.select(BlockingKeyRow.key, BlockingKeyRow.patient)
+                              .where(BlockingKeyRow.patient.in_(list(patient_pks)))):
+            out[int(pk)].add(key)
+        return out
+
+    def live_linked_count(self) -> int:
+        return int(PatientLinkRow.select().join(PatientRow)
+                   .where(PatientRow.deleted_at.is_null()).count())
+
     def matching_forms(self) -> list[tuple[str, dict[str, Any] | None]]:
         """(patient id, matching form) of every live record, oldest first."""
         return [(str(pid), data) for pid, data in tuples(
