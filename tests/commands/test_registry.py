@@ -88,8 +88,12 @@ def test_train_from_the_database_and_from_a_file(files: Path):
     done = mpi(files, "mpi train --output model.json")
     model = json.loads((files / "model.json").read_text())
     assert model["version"].startswith("trained-") and model["version"] in done.stderr
-    mpi(files, "mpi train --from-csv patients.csv --output model.json")
-    assert json.loads((files / "model.json").read_text())["version"].startswith("trained-")
+    # Name frequencies come with the model by default, so the service weighs them too.
+    assert model["term_frequencies"]["family_name"]
+    assert any(c["name"] == "middle_name" for c in model["comparisons"])
+    mpi(files, "mpi train --from-csv patients.csv --output model.json --no-term-frequencies")
+    plain = json.loads((files / "model.json").read_text())
+    assert plain["version"].startswith("trained-") and not plain["term_frequencies"]
 
 
 def test_offline_dedupe_link_and_blocking_report(files: Path):

@@ -206,8 +206,10 @@ def register(commands: Any) -> None:
     tr.add_argument("--output", required=True, metavar="MODEL.json")
     tr.add_argument("--name", default="trained", help="model name (version = name-hash)")
     tr.add_argument("--u-pairs", type=int, default=200_000, help="random pairs for u")
-    tr.add_argument("--term-frequencies", action="store_true",
-                    help="store name frequencies in the model (else computed per batch)")
+    tr.add_argument("--term-frequencies", action=argparse.BooleanOptionalAction, default=True,
+                    help="store the registry's name frequencies in the model, so the service "
+                         "weighs a common name less than a rare one (default: on; without "
+                         "them only the batch tools, which count their own file, do)")
     _common(tr)
     tr.set_defaults(run=_guard(cmd_train))
 
