@@ -83,6 +83,16 @@ def test_sparse_records_do_not_dilute_a_person():
     assert decide({"P": [s(x, full), s(x, sparse)]}, LINK, REVIEW).kind == "link"
 
 
+def test_a_strong_pair_is_not_dragged_down_by_the_persons_weaker_records():
+    """A person = {A, B (a typo in the given name, a mistyped address)}. X is A again.
+    Averaging over the person used to pull X under the threshold it reaches against A."""
+    a = prep("A")
+    b = prep("B", given_name="Wiliam", address_line="12 Harbor Street", phone=None)
+    x = prep("X")
+    assert person_weight([s(x, a), s(x, b)]) == pytest.approx(s(x, a).weight)
+    assert decide({"P": [s(x, a), s(x, b)]}, LINK, REVIEW).kind == "link"
+
+
 def test_thresholds_are_checked():
     with pytest.raises(ValueError):
         decide({}, 0.5, 0.9)

@@ -121,19 +121,18 @@ def twin_pattern(scores: Sequence[Score]) -> bool:
 
 
 def person_weight(scores: Sequence[Score]) -> float:
-    """Sum over comparisons of the mean non-null weight against the person's records."""
+    """Sum over comparisons of the person's evidence: where every record that has the
+    field agrees to some degree, the best agreement counts (a strong pair is not dragged
+    down by the person's weaker records: an old address, a name with a typo); where some
+    record disagrees, the mean over the records counts (so one sparse record cannot
+    bridge a person whose other records contradict the newcomer)."""
     if len(scores) == 1:
         return scores[0].weight
     total = 0.0
     for i in range(len(COMPARISONS)):
-        n = 0
-        s = 0.0
-        for sc in scores:
-            if sc.levels[i] != NULL:
-                n += 1
-                s += sc.weights[i]
-        if n:
-            total += s / n
+        weights = [sc.weights[i] for sc in scores if sc.levels[i] != NULL]
+        if weights:
+            total += max(weights) if min(weights) >= 0 else sum(weights) / len(weights)
     return total
 
 
