@@ -36,6 +36,7 @@ handles them (DEPLOY.md says to terminate TLS at a proxy where slow clients are 
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import selectors
 import time
@@ -109,14 +110,21 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def enqueue_req(self, conn: Any) -> None:
         """Instead of a thread: the loop reads the request, unless it is already read."""
         ready = getattr(conn, "mpi_request_ready", False)
-        buffered = conn.parser is not None and conn.parser.unreader.buf.getvalue()
-        if ready or buffered or self.cfg.is_ssl or conn.is_http2:
+        # Bytes a client pipelined behind its previous request, already read.
+        ahead = conn.parser.unreader.buf.getvalue() if conn.parser is not None else b""
+        if ahead and not ready:
+            ready = request_complete(ahead)[0]
+        if ready or self.cfg.is_ssl or conn.is_http2:
             conn.mpi_request_ready = False
             self._running[conn] = time.monotonic()
             super().enqueue_req(conn)
             return
+        reading = _Reading()
+        if ahead:  # part of a request: the loop reads the rest, as for any other
+            conn.parser.unreader.buf = io.BytesIO()
+            reading.buffer += ahead
         conn.sock.setblocking(False)
-        self._reading[conn] = _Reading()
+        self._reading[conn] = reading
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              partial(self._on_request_bytes, conn))
 

@@ -159,3 +159,22 @@ def test_a_request_running_past_request_timeout_restarts_its_worker(tmp_path):
             raise AssertionError("no new worker answered")
     finally:
         server.stop()
+
+
+def test_a_slow_request_pipelined_behind_a_whole_one_holds_no_thread(tmp_path):
+    """A whole request with the start of a second behind it: the second is read by the
+    loop like any other, not by the thread that served the first."""
+    server = Server({"DATABASE_URL": "sqlite:///data/mpi.db", "WORKERS": "1",
+                     "THREADS": "1"}, tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.3)
+            status, elapsed_ms = _timed(server.port, "/api/v1/health/ready")
+            assert status == 200 and elapsed_ms < 1000, elapsed_ms  # the one thread is free
+            s.sendall(b"\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()
