@@ -124,36 +124,40 @@ def _niceness(raw: str) -> int:
     return value
 
 
-def _model_path(raw: str) -> Path | None:
-    """Empty: the model shipped in the package. Otherwise a model file that must load."""
-    if not raw.strip():
-        return None
-    path = Path(raw.strip())
-    from mpi.matching.model import Model  # only when a file is named
+def _loadable_file(load: Callable[[Path], object], file_kind: str,
+                   valid_kind: str) -> Callable[[str], Path | None]:
+    """A parser for an optional file setting: empty = what the package ships; otherwise
+    a file that ``load`` (imported only when a file is named) reads without error."""
 
-    try:
-        Model.load(path)
-    except OSError as exc:
-        raise ValueError(f"cannot read the model file: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not a valid matching model: {exc}") from None
-    return path
+    def parse(raw: str) -> Path | None:
+        if not raw.strip():
+            return None
+        path = Path(raw.strip())
+        try:
+            load(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read the {file_kind} file: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a valid {valid_kind}: {exc}") from None
+        return path
+
+    return parse
 
 
-def _placeholders_path(raw: str) -> Path | None:
-    """Empty: the list shipped in the package. Otherwise a placeholder file that loads."""
-    if not raw.strip():
-        return None
-    path = Path(raw.strip())
+def _load_model(path: Path) -> object:
+    from mpi.matching.model import Model
+
+    return Model.load(path)
+
+
+def _load_placeholders(path: Path) -> object:
     from mpi.matching.placeholders import Placeholders
 
-    try:
-        Placeholders.load(path)
-    except OSError as exc:
-        raise ValueError(f"cannot read the placeholder file: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ValueError(f"not a valid placeholder file: {exc}") from None
-    return path
+    return Placeholders.load(path)
+
+
+_model_path = _loadable_file(_load_model, "model", "matching model")
+_placeholders_path = _loadable_file(_load_placeholders, "placeholder", "placeholder file")
 
 
 AUTH_MODES = ("none", "token", "jwt")

@@ -139,14 +139,19 @@ def salvage(record: MatchRecord, *, default_source: str | None, today: Any,
         return to_patient_input(record, default_source=default_source, today=today)
     except ValidationError as exc:
         problems = problems_from(exc)
-        keys = {p.field.split(".", 1)[0].split("[", 1)[0] for p in problems}
+        keys = {_top(p.field) for p in problems}
         if not keys <= set(_FROM_CSV):
             raise
         for p in problems:
-            bad.drop(p.field.split(".", 1)[0].split("[", 1)[0], line, p.reason)
+            bad.drop(_top(p.field), line, p.reason)
         cleared: dict[str, Any] = {f: None for key in keys for f in _FROM_CSV[key]}
         return to_patient_input(dataclasses.replace(record, **cleared),
                                 default_source=default_source, today=today)
+
+
+def _top(field: str) -> str:
+    """``addresses[0].postal_code`` -> ``addresses``."""
+    return field.split(".", 1)[0].split("[", 1)[0]
 
 
 def read_batches(path: str, mapping: str | None, default_source: str | None, today: Any,

@@ -111,7 +111,11 @@ class Model:
 
     @property
     def version(self) -> str:
-        digest = hashlib.sha256(_canonical(self._content()).encode()).hexdigest()
+        return self._version()
+
+    def _version(self, skip: frozenset[str] = frozenset()) -> str:
+        """``name-hash`` of the content (without the comparisons in ``skip``)."""
+        digest = hashlib.sha256(_canonical(self._content(skip)).encode()).hexdigest()
         return f"{self.name}-{digest[:12]}"
 
     def to_json(self) -> str:
@@ -153,9 +157,7 @@ class Model:
         except (KeyError, TypeError) as exc:
             raise ModelError(f"malformed model: missing or wrong field {exc}") from exc
         stated = data.get("version")
-        written = model.version if not added else (
-            f"{model.name}-"
-            f"{hashlib.sha256(_canonical(model._content(added)).encode()).hexdigest()[:12]}")
+        written = model._version(added)
         if stated is not None and stated != written:
             raise ModelError(f"stated version {stated} does not match the content "
                              f"({written}); remove 'version' to re-version an edited model")
