@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import peewee
 import pytest
@@ -64,3 +65,82 @@ def test_deleted_record_frees_its_source_id(db):
                                            ("Ðiṅh", "ðinh"), (None, None)])
 def test_normalize_name(raw, norm):
     assert normalize_name(raw) == norm
+
+
+def _rich_input() -> PatientInput:
+    return _input(
+        names=[{"use": "official", "family": "Smith", "given": ["John", "Q"], "prefix": ["Dr"]},
+               {"use": "maiden", "family": "Jones", "given": ["Johnny"]}],
+        identifiers=[{"system": MRN, "value": "M1", "type": "MR", "use": "usual"},
+                     {"system": "urn:oid:2.16.840.1.113883.4.1", "value": "123-45-6789"}],
+        addresses=[{"use": "home", "line": ["1 High St", "Apt 2"], "city": "Springfield",
+                    "postal_code": "62701", "country": "US"},
+                   {"use": "work", "line": ["9 Low Rd"], "city": "Shelbyville"}],
+        telecom=[{"system": "phone", "value": "+1-217-555-0101", "use": "home", "rank": 1},
+                 {"system": "email", "value": "j@example.org"}],
+        deceased=True, deceased_date="2020-02-02")
+
+
+def test_a_record_is_read_in_one_statement_exactly_as_loaded(db):
+    repo = PatientRepository()
+    stored = repo.insert(_rich_input(), patient_id=uuid.uuid4(), now=NOW)
+    with count_queries() as counted:
+        read = repo.read(stored.id)
+    assert counted.count == 1
+    assert read == repo.get(stored.id) == stored.model_copy(update={"person_id": None})
+    assert [n.family for n in read.names] == ["Smith", "Jones"]
+
+
+def test_the_one_statement_read_keeps_the_positions_not_the_storage_order(db):
+    """Child rows come back in their ``position`` order even when stored the other way
+    round (SQLite's aggregate promises no order)."""
+    from mpi.storage.models import PatientNameRow
+
+    repo = PatientRepository()
+    stored = repo.insert(_rich_input(), patient_id=uuid.uuid4(), now=NOW)
+    rows: list[Any] = list(PatientNameRow.select().where(PatientNameRow.patient == repo.get_row(
+        stored.id).pk).order_by(PatientNameRow.position.desc()).dicts())
+    PatientNameRow.delete().execute()
+    for row in rows:
+        row.pop("pk")
+        PatientNameRow.insert(**row).execute()
+    assert [n.family for n in repo.read(stored.id).names] == ["Smith", "Jones"]
+
+
+def test_the_one_statement_read_says_missing_or_deleted(db):
+    from mpi.domain.errors import Deleted, NotFound
+
+    repo = PatientRepository()
+    with pytest.raises(NotFound):
+        repo.read(uuid.uuid4())
+    with pytest.raises(NotFound):
+        repo.read("not-a-uuid")
+    stored = repo.insert(_input(), patient_id=uuid.uuid4(), now=NOW)
+    repo.soft_delete(repo.get_row(stored.id), expected_version=None, now=NOW)
+    with pytest.raises(Deleted):
+        repo.read(stored.id)
+
+
+def test_a_read_takes_no_row_lock(postgres_url):
+    """A writer holding the record's row (FOR UPDATE, as an update does) does not hold up
+    a reader: the read sees the last committed version at once. (It used FOR SHARE.)"""
+    from mpi.config import parse_database_url
+    from mpi.storage.db import close_database, database_for, database_proxy
+
+    db = database_for(parse_database_url(postgres_url), max_connections=2)
+    other = database_for(parse_database_url(postgres_url), max_connections=1)
+    database_proxy.initialize(db)
+    repo = PatientRepository()
+    try:
+        with db.connection_context():
+            stored = repo.insert(_input(source_id=f"L-{uuid.uuid4()}"),
+                                 patient_id=uuid.uuid4(), now=NOW)
+            with other.connection_context(), other.atomic():
+                other.execute_sql("SELECT 1 FROM patient WHERE id = %s FOR UPDATE",
+                                  (uuid.UUID(stored.id),))
+                db.execute_sql("SET statement_timeout TO '2s'")  # a wait would fail, not hang
+                assert repo.read(stored.id).version == 1
+                db.execute_sql("RESET statement_timeout")
+    finally:
+        close_database(db)
+        close_database(other)

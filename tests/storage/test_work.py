@@ -4,7 +4,9 @@ read-only units may skip the disk flush; database errors become StorageUnavailab
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import datetime
+from typing import Any
 
 import peewee
 import pytest
@@ -19,6 +21,7 @@ from mpi.storage.models import AuditEventRow, ChangeEventRow
 from mpi.storage.work import UnitOfWork, retried, sqlstate
 
 NOW = datetime(2026, 1, 1)
+POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 ACTOR = Actor("u1", ip="10.0.0.1", user_agent="ua", request_id="req-1")
 
 
@@ -207,3 +210,163 @@ def test_retried_runs_again_a_bounded_number_of_times(monkeypatch):
         down()
     assert calls == [0]  # an outage is not retried here: the caller is told at once
 
+
+
+# --- read units: the read, then its audit rows in one round trip -------------------------
+
+
+def test_a_read_commits_its_audit_rows_before_it_returns(db):
+    work = _work(db)
+
+    def fetch(tx):
+        tx.audit(AuditTag.PATIENT_READ, "p1")
+        return "the record"
+
+    assert work.read(ACTOR, fetch) == "the record"
+    (row,) = AuditEventRow.select()
+    assert (row.action, row.entity_id, row.actor, row.ip, row.request_id, row.occurred_at) == (
+        AuditTag.PATIENT_READ.value, "p1", "u1", "10.0.0.1", "req-1", NOW)
+    assert not db.in_transaction()
+
+
+def test_a_read_that_fails_records_nothing_and_a_read_unit_records_only_reads(db):
+    work = _work(db)
+
+    def missing(tx):
+        tx.audit(AuditTag.PATIENT_READ, "p1")
+        raise Boom
+
+    with pytest.raises(Boom):
+        work.read(ACTOR, missing)
+
+    def changes(tx):
+        tx.audit(AuditTag.PATIENT_READ, "p1")
+        tx.emit(EventType.PATIENT_UPDATED, "p1", version=2)
+
+    with pytest.raises(RuntimeError):
+        work.read(ACTOR, changes)
+    assert AuditEventRow.select().count() == ChangeEventRow.select().count() == 0
+
+
+@POSTGRES_ONLY  # SQLite runs in-process: it has no round trips to save
+def test_a_reads_audit_goes_out_in_one_pipeline(db, monkeypatch):
+    """BEGIN, SET LOCAL, the audit INSERT and COMMIT are sent together (psycopg's pipeline
+    mode: one round trip), after the read itself, which runs outside any transaction."""
+    from psycopg import pq
+
+    work = _work(db)
+    seen: list[tuple[str, bool, bool]] = []
+    execute = db.execute_sql
+
+    def spy(sql, params=None, *args, **kwargs):
+        piped = db.connection().pgconn.pipeline_status != pq.PipelineStatus.OFF
+        seen.append((sql.split()[0], piped, db.in_transaction()))
+        return execute(sql, params, *args, **kwargs)
+
+    monkeypatch.setattr(db, "execute_sql", spy)
+
+    def fetch(tx):
+        db.execute_sql("SELECT 1")
+        tx.audit(AuditTag.PATIENT_READ, "p1")
+
+    work.read(ACTOR, fetch)
+    assert seen == [("SELECT", False, False), ("BEGIN", True, False), ("SET", True, False),
+                    ("INSERT", True, False), ("COMMIT", True, False)]
+    assert AuditEventRow.select().count() == 1
+
+
+@POSTGRES_ONLY
+def test_a_failed_audit_pipeline_leaves_the_connection_clean(db):
+    work = _work(db)
+
+    def too_long(tx):
+        tx.audit(AuditTag.PATIENT_READ, "x" * 200)  # entity_id is varchar(128)
+
+    with pytest.raises(peewee.DataError):
+        work.read(ACTOR, too_long)
+    from psycopg import pq
+
+    assert db.connection().pgconn.transaction_status == pq.TransactionStatus.IDLE
+    work.read(ACTOR, lambda tx: tx.audit(AuditTag.PATIENT_READ, "p1"))
+    assert [r.entity_id for r in AuditEventRow.select()] == ["p1"]
+
+
+def test_a_connection_broken_while_pooled_costs_a_read_nothing(postgres_url):
+    """The pool lends connections without a test query; one the server closed meanwhile
+    (a restart, an idle timeout) fails at the read's first statement, and the read runs
+    again on a new connection; the other idle ones are dropped from the pool."""
+    db = database_for(parse_database_url(postgres_url), max_connections=3)
+    pool: Any = db
+    admin = database_for(parse_database_url(postgres_url), max_connections=1)
+    work = _work(db)
+    both = threading.Barrier(2)
+    pids: list[int] = []
+    mark = f"p-{uuid.uuid4()}"
+
+    def pool_one() -> None:  # two threads at once: two pooled connections
+        with db.connection_context():
+            pids.append(db.execute_sql("SELECT pg_backend_pid()").fetchone()[0])
+            both.wait(10)
+
+    try:
+        threads = [threading.Thread(target=pool_one) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(pool._connections) == 2
+        with admin.connection_context():
+            for pid in pids:
+                admin.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+        def fetch(tx):
+            tx.audit(AuditTag.PATIENT_READ, mark)
+            return db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+
+        db.connect()  # as the API's middleware does; lent without a test: broken
+        try:
+            served_by = work.read(ACTOR, fetch)
+        finally:
+            db.close()
+        assert served_by not in pids
+        assert len(pool._connections) == 1  # the new one; the other broken one was dropped
+        with admin.connection_context():
+            assert admin.execute_sql("SELECT count(*) FROM audit_event WHERE entity_id = %s",
+                                     (mark,)).fetchone()[0] == 1
+    finally:
+        close_database(db)
+        close_database(admin)
+
+
+def test_the_pool_lends_an_idle_connection_without_a_round_trip():
+    from psycopg import pq
+
+    from mpi.storage.db import PostgresPool
+
+    class Conn:
+        closed = False
+        status = pq.TransactionStatus.IDLE
+        rolled_back = False
+
+        @property
+        def pgconn(self):
+            return self
+
+        @property
+        def transaction_status(self):
+            return self.status
+
+        def cursor(self):
+            raise AssertionError("a query on loan")
+
+        def rollback(self):
+            self.rolled_back = True
+
+    pool = PostgresPool("x", autoconnect=False)
+    conn = Conn()
+    assert not pool._is_closed(conn)
+    conn.status = pq.TransactionStatus.INERROR
+    assert not pool._is_closed(conn) and conn.rolled_back
+    conn.status = pq.TransactionStatus.UNKNOWN
+    assert pool._is_closed(conn)
+    conn.closed = True
+    assert pool._is_closed(conn)

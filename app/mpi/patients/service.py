@@ -160,10 +160,12 @@ class PatientService:
     # --- reads (audited: reading a record is access to health information) -------------
 
     def get(self, patient_id: str, actor: Actor) -> Patient:
-        with self._work.begin(actor) as tx:
-            patient = self._repository.get(patient_id)
+        def fetch(tx: Transaction) -> Patient:
+            patient = self._repository.read(patient_id)
             tx.audit(AuditTag.PATIENT_READ, patient_id)
-        return patient
+            return patient
+
+        return self._work.read(actor, fetch)
 
     def list_page(self, filters: PatientFilter, actor: Actor, *, after: int | None,
                   limit: int) -> Page:

@@ -11,19 +11,31 @@ from datetime import datetime
 from typing import Any
 
 from mpi.domain.audit import Actor, AuditEntryOut, AuditTag
-from mpi.storage.bulk import bulk_insert
+from mpi.storage.bulk import bulk_insert, insert_statement
 from mpi.storage.models import AuditEventRow
 
 
 def write_audit_rows(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor: Actor,
                      now: datetime) -> None:
     """Insert (tag, entity id, old, new) rows for ``actor`` at ``now``."""
-    bulk_insert(AuditEventRow, [
-        dict(occurred_at=now, action=tag.value, actor=actor.user_id,
-             on_behalf_of=actor.on_behalf_of, entity_type=tag.entity_type,
-             entity_id=entity_id, request_id=actor.request_id, ip=actor.ip,
-             user_agent=actor.user_agent, old_value=old, new_value=new)
-        for tag, entity_id, old, new in entries])
+    bulk_insert(AuditEventRow, audit_rows(entries, actor, now))
+
+
+def audit_insert(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor: Actor,
+                 now: datetime, *, param: str) -> tuple[str, list[tuple[Any, ...]]]:
+    """The INSERT of those rows and its parameters, for a caller that sends it itself."""
+    sql, _, params = insert_statement(AuditEventRow, audit_rows(entries, actor, now),
+                                      param=param)
+    return sql, params
+
+
+def audit_rows(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor: Actor,
+               now: datetime) -> list[dict[str, Any]]:
+    return [dict(occurred_at=now, action=tag.value, actor=actor.user_id,
+                 on_behalf_of=actor.on_behalf_of, entity_type=tag.entity_type,
+                 entity_id=entity_id, request_id=actor.request_id, ip=actor.ip,
+                 user_agent=actor.user_agent, old_value=old, new_value=new)
+            for tag, entity_id, old, new in entries]
 
 
 class AuditRepository:

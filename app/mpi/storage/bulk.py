@@ -29,13 +29,37 @@ def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> No
     db = meta.database
     if isinstance(db, peewee.DatabaseProxy):
         db = db.obj
+    copy = isinstance(db, peewee.PostgresqlDatabase) and len(rows) >= COPY_MIN_ROWS
+    sql, columns, params = insert_statement(model, rows, param=db.param, copy=copy)
+    # peewee's wrapper turns driver errors into peewee's (IntegrityError, OperationalError).
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        cursor = db.cursor()
+        try:
+            if copy:
+                with cursor.copy(f'COPY "{meta.table_name}" ({columns}) FROM STDIN') as copy:
+                    for row in params:
+                        copy.write_row(row)
+            elif len(params) == 1:
+                cursor.execute(sql, params[0])
+            else:
+                cursor.executemany(sql, params)
+        finally:
+            cursor.close()
+
+
+def insert_statement(model: type[peewee.Model], rows: Sequence[dict[str, Any]], *,
+                     param: str, copy: bool = False
+                     ) -> tuple[str, str, list[tuple[Any, ...]]]:
+    """The INSERT for ``rows`` of ``model`` (``param`` is the driver's placeholder), its
+    column list, and each row's values in storage form (for ``copy``, only the values
+    COPY cannot adapt itself are converted)."""
+    meta = model._meta  # type: ignore[attr-defined]
     names = list(rows[0])
     fields = [meta.fields[name] for name in names]
     columns = ", ".join(f'"{f.column_name}"' for f in fields)
-    marks = ", ".join([db.param] * len(fields))
+    marks = ", ".join([param] * len(fields))
     # Table and column names come from the models, never from input.
     sql = f'INSERT INTO "{meta.table_name}" ({columns}) VALUES ({marks})'  # noqa: S608
-    copy = isinstance(db, peewee.PostgresqlDatabase) and len(rows) >= COPY_MIN_ROWS
     # COPY adapts ints, strings, dates, datetimes, booleans and UUIDs itself; only values
     # with a storage form of their own (JSON text) need the field's conversion there.
     converters = [f.db_value if not copy or isinstance(f, JSONTextField) else None
@@ -53,20 +77,7 @@ def bulk_insert(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> No
                 fixed[i] = convert(fixed[i])
             converted.append(tuple(fixed))
         params = converted
-    # peewee's wrapper turns driver errors into peewee's (IntegrityError, OperationalError).
-    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-        cursor = db.cursor()
-        try:
-            if copy:
-                with cursor.copy(f'COPY "{meta.table_name}" ({columns}) FROM STDIN') as copy:
-                    for row in params:
-                        copy.write_row(row)
-            elif len(params) == 1:
-                cursor.execute(sql, params[0])
-            else:
-                cursor.executemany(sql, params)
-        finally:
-            cursor.close()
+    return sql, columns, params
 
 
 def any_of(db: peewee.Database, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:

@@ -8,6 +8,8 @@ change-log event, in one.
 from __future__ import annotations
 
 import contextlib
+import json
+import operator
 import unicodedata
 import uuid
 from collections import defaultdict
@@ -22,6 +24,7 @@ from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
 from mpi.domain.patient import Patient, PatientInput
 from mpi.storage.bulk import bulk_insert
 from mpi.storage.db import is_postgres, tuples
+from mpi.storage.fields import JSONTextField
 from mpi.storage.models import (
     PATIENT_CHILD_MODELS,
     PatientAddressRow,
@@ -153,6 +156,25 @@ class PatientRepository:
     def get(self, patient_id: uuid.UUID | str) -> Patient:
         """One consistent version of the record (call inside a transaction)."""
         return self.load(self.get_row(patient_id, lock="FOR SHARE"))
+
+    def read(self, patient_id: uuid.UUID | str) -> Patient:
+        """The record, its child rows and its person in ONE statement (one round trip).
+
+        A statement sees one snapshot of the database, so the record read is one version
+        without locking anything: no transaction is needed (and none should be open if
+        the read is to cost a single round trip). NotFound or Deleted otherwise.
+        """
+        db = PatientRow._meta.database
+        try:
+            key = PatientRow.id.db_value(uuid.UUID(str(patient_id)))
+        except ValueError:
+            raise NotFound(f"no patient {patient_id}") from None
+        row = db.execute_sql(_one_record_sql(is_postgres(db)), (key,)).fetchone()
+        if row is None:
+            raise NotFound(f"no patient {patient_id}")
+        if row[-1] is not None:  # deleted_at
+            raise Deleted(f"patient {patient_id} was deleted")
+        return _record_from_row(row)
 
     def load(self, row: PatientRow) -> Patient:
         """The domain object for a row already read."""
@@ -347,3 +369,78 @@ class PatientRepository:
         rows = list(PatientRow.select().where(PatientRow.id.in_(wanted),
                                               PatientRow.deleted_at.is_null()))
         return {p.id: p for p in self._load(rows)}
+
+
+# --------------------------------------------------------------------------- one-statement read
+
+_P = PatientRow
+#: The patient columns the one-statement read selects, in order (``_record_from_row``).
+_RECORD_COLUMNS: tuple[Any, ...] = (
+    _P.id, _P.version, _P.source, _P.source_id, _P.active, _P.gender, _P.birth_date,
+    _P.deceased, _P.deceased_date, _P.created_at, _P.updated_at)
+#: Each child table's columns, in the order of the arrays its aggregate builds.
+_CHILD_COLUMNS: tuple[tuple[type[peewee.Model], tuple[str, ...]], ...] = (
+    (PatientNameRow, ("use", "family", "given", "prefix", "suffix")),
+    (PatientIdentifierRow, ("system", "value", "type", "use")),
+    (PatientAddressRow, ("use", "type", "line", "city", "district", "state", "postal_code",
+                         "country")),
+    (PatientTelecomRow, ("system", "value", "use", "rank")),
+)
+_SQL_CACHE: dict[bool, str] = {}
+
+
+def _one_record_sql(postgres: bool) -> str:
+    """SELECT of one record by id with each child table aggregated to a JSON array of
+    ``[position, column...]`` arrays and the person's id; built once per backend from the
+    models (names never come from input)."""
+    if postgres in _SQL_CACHE:
+        return _SQL_CACHE[postgres]
+    build_array, json_of, aggregate = (
+        ("json_build_array", "{}::json", "coalesce(json_agg({}), '[]')")
+        if postgres else ("json_array", "json({})", "json_group_array({})"))
+    cols = ", ".join(f'p."{f.column_name}"' for f in _RECORD_COLUMNS)
+    children = []
+    for model, names in _CHILD_COLUMNS:
+        fields = [model._meta.fields[n] for n in names]
+        values = ", ".join([f'c."{model._meta.fields["position"].column_name}"'] + [
+            json_of.format(f'c."{f.column_name}"') if isinstance(f, JSONTextField)
+            else f'c."{f.column_name}"' for f in fields])
+        fk = model._meta.fields["patient"].column_name
+        table, pk = model._meta.table_name, _P.pk.column_name
+        children.append(f'(SELECT {aggregate.format(f"{build_array}({values})")} '  # noqa: S608
+                        f'FROM "{table}" c WHERE c."{fk}" = p."{pk}")')
+    link, person = PatientLinkRow._meta, PersonRow._meta
+    sql = (f'SELECT {cols}, ps."{PersonRow.id.column_name}", {", ".join(children)}, '  # noqa: S608
+           f'p."{_P.deleted_at.column_name}" '
+           f'FROM "{_P._meta.table_name}" p '
+           f'LEFT JOIN "{link.table_name}" l '
+           f'ON l."{PatientLinkRow.patient.column_name}" = p."{_P.pk.column_name}" '
+           f'LEFT JOIN "{person.table_name}" ps '
+           f'ON ps."{PersonRow.pk.column_name}" = l."{PatientLinkRow.person.column_name}" '
+           f'WHERE p."{_P.id.column_name}" = {PatientRow._meta.database.param}')
+    _SQL_CACHE[postgres] = sql
+    return sql
+
+
+def _children(value: Any, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The aggregate of one child table as dicts in position order (SQLite gives JSON
+    text, psycopg parsed JSON; SQLite promises no order inside an aggregate)."""
+    items = json.loads(value) if isinstance(value, str) else (value or [])
+    return [dict(zip(names, item[1:], strict=True))
+            for item in sorted(items, key=operator.itemgetter(0))]
+
+
+def _record_from_row(row: Sequence[Any]) -> Patient:
+    values = [f.python_value(v) for f, v in zip(_RECORD_COLUMNS, row, strict=False)]
+    record = dict(zip(("id", "version", "source", "source_id", "active", "gender",
+                       "birth_date", "deceased", "deceased_date", "created_at", "updated_at"),
+                      values, strict=True))
+    record["id"] = str(record["id"])
+    person = row[len(_RECORD_COLUMNS)]
+    record["person_id"] = None if person is None else str(PersonRow.id.python_value(person))
+    start = len(_RECORD_COLUMNS) + 1
+    for (_, names), key, value in zip(
+            _CHILD_COLUMNS, ("names", "identifiers", "addresses", "telecom"),
+            row[start:start + len(_CHILD_COLUMNS)], strict=True):
+        record[key] = _children(value, names)
+    return Patient.model_validate(record)

@@ -41,11 +41,12 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import peewee
+from psycopg.pq import TransactionStatus
 
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import ConcurrentChange, StorageUnavailable
 from mpi.domain.events import EventType
-from mpi.storage.audit import write_audit_rows
+from mpi.storage.audit import audit_insert, write_audit_rows
 from mpi.storage.changes import append_events
 from mpi.storage.db import is_postgres, write_transaction
 
@@ -57,6 +58,8 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 #: How often a :func:`retried` method runs at most, and the first pause's upper bound
 #: (doubled each time, drawn at random so two writers do not collide again in step).
 ATTEMPTS = 5
+#: What a unit that only records reads runs on PostgreSQL (module docstring).
+SET_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 FIRST_PAUSE = 0.02
 
 P = ParamSpec("P")
@@ -148,6 +151,7 @@ class UnitOfWork:
                 raise ConcurrentChange("another change to the same records was being made "
                                        "at the same moment; nothing was written, send the "
                                        "request again") from exc
+            self._forget_idle()
             raise StorageUnavailable("the database is unavailable") from exc
 
     @contextlib.contextmanager
@@ -157,10 +161,78 @@ class UnitOfWork:
         try:
             yield
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            self._forget_idle()
             raise StorageUnavailable("the database is unavailable") from exc
+
+    def read(self, actor: Actor, fetch: Callable[[Transaction], R]) -> R:
+        """A read and its audit rows: ``fetch(tx)`` reads (without a transaction around
+        it, so each statement is its own snapshot: give it ONE statement to read, then
+        it costs one round trip and locks nothing) and records what it read with
+        ``tx.audit``; the audit rows commit before the result is returned (nothing is
+        returned unaudited), in one more round trip (:meth:`_record_reads`).
+
+        A connection found broken while reading (the database restarted since it was
+        pooled: the pool does not test connections before lending them) is replaced and
+        the read made once more; a broken connection while recording is an outage
+        (:class:`StorageUnavailable`).
+        """
+        if self._db.in_transaction():
+            raise RuntimeError("read() runs outside a transaction")
+        for attempt in (1, 2):
+            tx = Transaction(actor, self.clock())
+            try:
+                result = fetch(tx)
+                break
+            except (peewee.OperationalError, peewee.InterfaceError) as exc:
+                if attempt == 1 and not self._db.is_connection_usable():
+                    self._forget_idle()
+                    self._db.close()
+                    self._db.connect()
+                    continue
+                self._forget_idle()
+                raise StorageUnavailable("the database is unavailable") from exc
+        if tx._events or not tx.reads_only:
+            raise RuntimeError("a read unit records reads, and nothing else")
+        self._record_reads(tx)
+        return result
+
+    def _record_reads(self, tx: Transaction) -> None:
+        """Commit ``tx``'s read-audit rows. On PostgreSQL BEGIN, SET LOCAL, the INSERT
+        and COMMIT go out together in psycopg's pipeline mode: one round trip."""
+        if not self._postgres:
+            with self.reading(), write_transaction(self._db):
+                self._flush(tx)
+            return
+        sql, params = audit_insert(tx._audits, tx.actor, tx.now, param="%s")
+        conn = self._db.connection()
+        try:
+            with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+                try:
+                    with conn.pipeline():  # statements are sent now, answered at its end
+                        self._db.execute_sql("BEGIN")
+                        if not self.synchronous_reads:
+                            self._db.execute_sql(SET_ASYNC_COMMIT)
+                        for values in params:
+                            self._db.execute_sql(sql, values)
+                        self._db.execute_sql("COMMIT")
+                finally:
+                    if conn.info.transaction_status != TransactionStatus.IDLE \
+                            and not conn.closed:
+                        conn.rollback()
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            self._forget_idle()
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    def _forget_idle(self) -> None:
+        """After a database error: close the pool's idle connections (if the database
+        went away they are broken too; new ones are opened as needed). This, not a
+        test query on every loan, is how broken connections leave the pool."""
+        close_idle = getattr(self._db, "close_idle", None)
+        if close_idle is not None:
+            close_idle()
 
     def _flush(self, tx: Transaction) -> None:
         if self._postgres and not self.synchronous_reads and tx.reads_only:
-            self._db.execute_sql("SET LOCAL synchronous_commit TO off")
+            self._db.execute_sql(SET_ASYNC_COMMIT)
         write_audit_rows(tx._audits, tx.actor, tx.now)
         append_events(self._db, tx._events, tx.actor, tx.now)
