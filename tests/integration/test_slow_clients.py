@@ -192,3 +192,56 @@ def test_a_slow_request_pipelined_behind_a_whole_one_holds_no_thread(tmp_path):
             assert _response(s).startswith(b"HTTP/1.1 200")
     finally:
         server.stop()
+
+
+class _CountingConnection(http.client.HTTPConnection):
+    connects = 0
+
+    def connect(self) -> None:
+        self.connects += 1
+        super().connect()
+
+
+def test_a_client_that_keeps_its_connection_is_served_on_it(tmp_path):
+    """HTTP/1.1 keep-alive: reads, writes, errors and probes from one client go over one
+    TCP connection (no ``Connection: close``; the worker model keeps idle connections in
+    its event loop, holding no thread); an idle connection is closed after the keep-alive
+    time (5 s), and a client that asks to close gets its connection closed."""
+    server = Server({"DATABASE_URL": "sqlite:///data/mpi.db"}, tmp_path)
+    try:
+        conn = _CountingConnection("127.0.0.1", server.port, timeout=30)
+        headers = {"Content-Type": "application/json", "X-User-ID": "clerk-1"}
+        statuses = []
+        for n in range(20):
+            conn.request("POST", "/api/v1/patients",
+                         json.dumps(patient(source_id=f"K-{n}")).encode(), headers)
+            created = conn.getresponse()
+            body = json.loads(created.read())
+            assert created.getheader("Connection", "").lower() != "close"
+            for path in (f"/api/v1/patients/{body['id']}", "/api/v1/health/ready",
+                         "/api/v1/patients/not-a-uuid"):
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                assert response.getheader("Connection", "").lower() != "close"
+                statuses.append(response.status)
+            statuses.append(created.status)
+        assert set(statuses) == {200, 201, 404}
+        assert conn.connects == 1
+        # Idle past keep-alive: the server closes its end; the next request needs a new one.
+        time.sleep(6.5)
+        sock = conn.sock
+        assert sock is not None
+        sock.settimeout(5)
+        assert sock.recv(1) == b""  # closed by the server
+        conn.close()
+        # A client that says "Connection: close" is answered and closed.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n"
+                        b"Connection: close\r\n\r\n")
+            reply = b""
+            while chunk := raw.recv(65536):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()

@@ -28,10 +28,14 @@ from pydantic import (
 
 from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput, reject_duplicate_keys
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
 
 def _printable(value: str) -> str:
-    """No control characters: PostgreSQL refuses NUL, and none belongs in a record."""
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+    """No control characters (C0, DEL, C1): PostgreSQL refuses NUL, and none belongs in a
+    record. (One regular-expression scan: a generator over the characters was a tenth of
+    a record read's time.)"""
+    if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
     return value
 
