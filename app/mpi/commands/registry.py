@@ -14,6 +14,7 @@ skipped; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INPUT = 2
+#: ``mpi import`` analyzes the tables it loads once this many records are in, then each
+#: time the count doubles, and at its end: the planner never works without statistics.
+ANALYZE_FIRST = 1000
 SSN_SYSTEM = "urn:oid:2.16.840.1.113883.4.1"
 
 
@@ -246,7 +250,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from mpi import config, logs, wiring
     from mpi.domain.audit import Actor
     from mpi.matching.csvio import BadValues, CsvError
-    from mpi.storage.db import connection
+    from mpi.storage.db import analyze, connection
+    from mpi.storage.models import REGISTRY_TABLES
 
     if args.batch < 1:
         print("--batch must be at least 1", file=sys.stderr)
@@ -265,16 +270,25 @@ def cmd_import(args: argparse.Namespace) -> int:
         with BatchReader(args.file, args.map, args.source, today, args.batch) as reader, \
                 connection(db), tqdm(desc="import", unit="rec", file=sys.stderr,
                                      disable=args.no_progress) as bar:
-            for batch, rows, bad, problems, values in reader:
-                for line in problems:
-                    print(line, file=sys.stderr)
-                rejected += bad
-                dropped.merge(values)
-                if batch:
-                    results = service.import_batch(batch, actor)
-                    done += sum(r is not None for r in results)
-                    skipped += sum(r is None for r in results)
-                bar.update(rows)
+            analyzed = 0
+            try:
+                for batch, rows, bad, problems, values in reader:
+                    for line in problems:
+                        print(line, file=sys.stderr)
+                    rejected += bad
+                    dropped.merge(values)
+                    if batch:
+                        results = service.import_batch(batch, actor)
+                        done += sum(r is not None for r in results)
+                        skipped += sum(r is None for r in results)
+                    bar.update(rows)
+                    if done >= max(ANALYZE_FIRST, 2 * analyzed):
+                        analyze(db, REGISTRY_TABLES)  # later batches plan with statistics
+                        analyzed = done
+            finally:  # an interrupted import leaves rows too
+                if done > analyzed:
+                    with contextlib.suppress(Exception):
+                        analyze(db, REGISTRY_TABLES)
     except CsvError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INPUT
@@ -294,6 +308,8 @@ def cmd_rekey(args: argparse.Namespace) -> int:
 
     from mpi import config, logs, wiring
     from mpi.domain.audit import Actor
+    from mpi.storage.db import analyze
+    from mpi.storage.models import BlockingKeyRow
 
     if args.batch < 1 or args.after < 0:
         print("--batch must be at least 1 and --after at least 0", file=sys.stderr)
@@ -319,6 +335,10 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"interrupted: resume with mpi rekey --after {last}", file=sys.stderr)
             return EXIT_FAILED
+        finally:
+            if changed:  # the blocking keys were rewritten
+                with contextlib.suppress(Exception):
+                    analyze(services.db, [BlockingKeyRow._meta.table_name])
     print(f"checked {checked} record(s), new keys for {changed}, in "
           f"{time.perf_counter() - started:.1f} s")
     return EXIT_OK

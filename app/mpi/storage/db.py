@@ -10,7 +10,7 @@ first ``connect()`` rather than deep inside a query.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,24 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     finally:
         if opened and not db.is_closed():
             db.close()
+
+
+def analyze(db: peewee.Database, tables: Sequence[str] | None = None) -> None:
+    """Bring the planner's statistics up to date for ``tables`` (default: every table).
+
+    PostgreSQL has none for rows loaded in bulk until autovacuum gets round to them
+    (minutes later, if it is on): meanwhile the planner guesses, and the candidate
+    look-up that takes 2 ms after ANALYZE took 30 ms at 20,000 records (a hash join over
+    the whole link table). Whatever loads or rebuilds rows in bulk calls this: ``mpi
+    import`` (as it goes and at its end), ``mpi rekey``, the migrations.
+    """
+    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    if isinstance(target, peewee.PostgresqlDatabase):
+        names = ", ".join(f'"{t}"' for t in tables or ())
+        target.execute_sql(f"ANALYZE {names}".rstrip())
+    else:  # SQLite: its ANALYZE fills sqlite_stat1 for the query planner
+        for table in tables or [""]:
+            target.execute_sql(f'ANALYZE "{table}"' if table else "ANALYZE")
 
 
 def tuples(query: Any) -> list[tuple[Any, ...]]:

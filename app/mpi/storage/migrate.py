@@ -25,7 +25,7 @@ from importlib import resources
 
 import peewee
 
-from mpi.storage.db import LOCK_MIGRATIONS, is_postgres, write_transaction
+from mpi.storage.db import LOCK_MIGRATIONS, analyze, is_postgres, write_transaction
 from mpi.storage.models import SchemaMigrationRow
 
 PACKAGE = "mpi.migrations"
@@ -161,4 +161,6 @@ def apply(db: peewee.Database, shipped: list[Migration] | None = None,
         done.append(migration)
         if on_apply:
             on_apply(migration)
+    if done:  # new tables and indexes, and rows a migration moved: the planner should know
+        analyze(db)
     return done

@@ -346,6 +346,9 @@ class SchemaMigrationRow(BaseModel):
 
 
 PATIENT_CHILD_MODELS = (PatientNameRow, PatientIdentifierRow, PatientAddressRow, PatientTelecomRow)
+#: The tables a bulk load of records writes (``mpi import``): analyzed as it goes.
+REGISTRY_TABLES = tuple(m._meta.table_name for m in (  # type: ignore[attr-defined]
+    PatientRow, *PATIENT_CHILD_MODELS, *IDENTITY_MODELS, AuditEventRow, ChangeEventRow))
 ALL_MODELS = (
     PatientRow,
     *PATIENT_CHILD_MODELS,
