@@ -2,8 +2,10 @@
 
     python -m bench.api [--duration S] [--warmup S] [--connections N] [--json PATH]
 
-Measures throughput and p50/p99 latency of ``POST /api/v1/patients`` and
-``GET /api/v1/patients/{id}`` served by ``mpi serve`` on a throwaway PostgreSQL
+Measures throughput and p50/p99 latency of ``POST /api/v1/patients`` (varied records:
+writers that post look-alikes measure the linking locks, not the service),
+``GET /api/v1/patients/{id}`` and ``POST /api/v1/patients/match`` (half misspelt variants
+of created records, half new people) served by ``mpi serve`` on a throwaway PostgreSQL
 with the default gunicorn settings, and of a bare Falcon ``hello`` route served
 by gunicorn with the same options. The load generator and the servers share the
 machine's CPUs, so the figure to compare across machines and commits is the ratio
@@ -63,6 +65,8 @@ HELLO_APP = "bench.api:hello_app()"
 BASELINE = "GET /hello (bare Falcon)"
 POST_PATIENT = "POST /api/v1/patients"
 GET_PATIENT = "GET /api/v1/patients/{id}"
+MATCH = "/api/v1/patients/match"
+MATCH_PATIENT = "POST /api/v1/patients/match"
 DEFAULT_JSON = Path(".bench/api.json")
 USER_ID = "bench-clerk"
 MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
@@ -266,41 +270,77 @@ def report_json(
 # --------------------------------------------------------------------------- requests
 
 
+#: Name parts the writers combine: 24 x 24 family names and 40 given names, so that the
+#: records are as varied as a registry's (a bench whose records shared 8 family and 9 given
+#: names measured its writers queueing on the same linking locks, not the service).
+FAMILY_ROOTS = ("Ander", "Bakker", "Castel", "Dubois", "Eriks", "Ferrer", "Gallo", "Hansen",
+                "Ivanov", "Jansen", "Kowal", "Larsen", "Moreau", "Novak", "Olsen", "Petrov",
+                "Quint", "Rossi", "Silva", "Takah", "Ueda", "Varga", "Weber", "Young")
+FAMILY_ENDS = ("", "son", "ski", "ez", "ová", "berg", "ton", "ley", "ini", "ard", "sen", "ic",
+               "o", "ers", "man", "well", "ford", "ing", "ez-Ruiz", "ham", "by", "stad", "ov",
+               "ová-Král")
+GIVEN_NAMES = (*GIVEN, "Oliver", "Amelia", "Noah", "Isla", "Liam", "Chloe", "Mateo", "Sofia",
+                       "Arjun", "Priya", "Kofi", "Ama", "Jonas", "Elin", "Tomasz", "Zofia",
+                       "Hiro", "Mei", "Omar", "Layla", "Ivan", "Olga", "Diego", "Lucia",
+                       "Samir", "Nadia", "Emeka", "Ngozi", "Pierre", "Camille", "Tariq")
+
+
 def patient_body(tag: str, worker: int, n: int) -> dict[str, Any]:
-    """A realistic new patient record, unique in source_id and identifiers per (tag, worker, n)."""
+    """A realistic new patient record, unique in source_id and identifiers per (tag, worker,
+    n), its name and birth date drawn from a wide space (a different person each time)."""
     key = f"{tag}-{worker}-{n}"
-    born = date(1940, 1, 1) + timedelta(days=(n * 7919 + worker * 104729) % 27000)
+    rng = random.Random(key)
+    born = date(1940, 1, 1) + timedelta(days=rng.randrange(27000))
+    family = rng.choice(FAMILY_ROOTS) + rng.choice(FAMILY_ENDS)
     return {
         "source": "bench-ehr",
         "source_id": f"B-{key}",
-        "names": [{"use": "official", "family": FAMILIES[n % len(FAMILIES)],
-                   "given": [GIVEN[(n + worker) % len(GIVEN)], "Bench"]}],
+        "names": [{"use": "official", "family": family,
+                   "given": [rng.choice(GIVEN_NAMES), rng.choice(GIVEN_NAMES)]}],
         "gender": ("male", "female", "other", "unknown")[n % 4],
         "birth_date": born.isoformat(),
         "identifiers": [
             {"system": MRN_SYSTEM, "value": f"MRN-{key}", "type": "MR", "use": "usual"},
             {"system": SSN_SYSTEM, "value": f"SSN-{key}", "type": "SS"},
         ],
-        "addresses": [{"use": "home", "line": [f"{n % 900 + 1} High St", "Apt 2"],
-                       "city": "Springfield", "state": "IL", "postal_code": "62701",
+        "addresses": [{"use": "home", "line": [f"{rng.randrange(1, 900)} High St", "Apt 2"],
+                       "city": rng.choice(("Springfield", "Riverton", "Fairview", "Salem")),
+                       "state": "IL", "postal_code": f"6{rng.randrange(1000, 9999)}",
                        "country": "US"}],
         "telecom": [
-            {"system": "phone", "value": f"+1-217-555-{n % 10000:04d}", "use": "home"},
+            {"system": "phone", "value": f"+1-217-555-{rng.randrange(10000):04d}",
+             "use": "home"},
             {"system": "email", "value": f"patient.{worker}.{n}@example.org"},
         ],
     }
+
+
+def match_body(tag: str, rng: random.Random, known: int) -> dict[str, Any]:
+    """A record to match: every other one a clerk's variant of a record the writers created
+    (one of the first ``known`` of a writer: family name misspelt, no identifiers), the
+    others someone new."""
+    if rng.random() < 0.5 and known > 0:
+        body = patient_body(tag, rng.randrange(2), rng.randrange(known))
+        name = body["names"][0]
+        name["family"] = name["family"][:-1] + "x"
+    else:
+        body = patient_body(f"{tag}-new", rng.randrange(1000), rng.randrange(10**6))
+    body["identifiers"] = []
+    body["source"], body["source_id"] = "bench-desk", "probe"
+    return body
 
 
 @dataclass(frozen=True)
 class LoadSpec:
     """What every load process does; picklable (it crosses into spawned processes)."""
 
-    kind: str  # "hello", "create" or "read"
+    kind: str  # "hello", "create", "read" or "match"
     port: int
     duration: float
     warmup: float
     tag: str = "bench"  # makes created source ids and identifiers unique per run
     ids: tuple[str, ...] = ()  # "read": the patient ids to pick from
+    known: int = 0  # "match": how many records each of writers 0 and 1 created at least
     seed: int = 0
     timeout: float = 30.0
 
@@ -319,6 +359,9 @@ def build_request(
         if not spec.ids:
             raise ValueError("the read scenario needs patient ids")
         return "GET", f"{PATIENTS}/{rng.choice(spec.ids)}", None, headers
+    if spec.kind == "match":
+        body = json.dumps(match_body(spec.tag, rng, spec.known)).encode()
+        return "POST", MATCH, body, {**headers, "Content-Type": "application/json"}
     raise ValueError(f"unknown scenario kind {spec.kind!r}")
 
 
@@ -646,11 +689,14 @@ def _postgres_info(url: str) -> dict[str, str]:
 
 def _measure(
     name: str, spec: LoadSpec, connections: int, probes: Mapping[str, Callable[[], float]]
-) -> tuple[ScenarioResult, list[str]]:
+) -> tuple[ScenarioResult, list[str], int]:
+    """One scenario's figures, the patient ids its load created, and the fewest records any
+    one load process created (they are that process's first ones: ``n`` counts up)."""
     print(f"  {name}: {spec.warmup:g} s warm-up + {spec.duration:g} s x {connections} "
           "connections", file=sys.stderr, flush=True)
     parts, cpu = generate_load(spec, connections, probes)
-    return aggregate(name, parts, cpu), [i for part in parts for i in part.created]
+    return (aggregate(name, parts, cpu), [i for part in parts for i in part.created],
+            min((len(part.created) for part in parts), default=0))
 
 
 def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]:
@@ -713,12 +759,14 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
                             log=log_dir / "mpi-server.log", port=port, ready_path=READY) as proc:
             probes = {"server": partial(_group_cpu, proc.pid), **pg_probe, **machine}
             spec = replace(template, kind="create", port=port)
-            post, ids = _measure(POST_PATIENT, spec, args.connections, probes)
+            post, ids, known = _measure(POST_PATIENT, spec, args.connections, probes)
             results.append(post)
             if not ids:
                 raise RuntimeError("no patient was created: nothing to read")
             spec = replace(template, kind="read", port=port, ids=tuple(ids))
             results.append(_measure(GET_PATIENT, spec, args.connections, probes)[0])
+            spec = replace(template, kind="match", port=port, known=known)
+            results.append(_measure(MATCH_PATIENT, spec, args.connections, probes)[0])
             server["mpi_workers_seen"] = _child_count(proc.pid)
         context["patients_created"] = len(ids)
     context["server_logs"] = [_log_summary(log_dir / name)

@@ -27,6 +27,7 @@ from bench.api import (
     format_summary,
     format_table,
     gunicorn_command,
+    match_body,
     mpi_command,
     patient_body,
     percentile,
@@ -163,6 +164,30 @@ def test_patient_bodies_are_valid_and_unique() -> None:
     assert len(keys) == len(bodies) and len(identifiers) == 2 * len(bodies)
     assert patient_body("t1", 0, 0) == patient_body("t1", 0, 0)
     assert patient_body("t2", 0, 0)["source_id"] != patient_body("t1", 0, 0)["source_id"]
+
+
+def test_writers_post_varied_people_and_match_probes_mix_known_and_new() -> None:
+    """The writers' records are different people (names and birth dates spread wide), not
+    the same few names queueing on one linking lock; half the match probes are misspelt
+    variants of records the writers made, half new people."""
+    bodies = [patient_body("t1", worker, n) for worker in range(4) for n in range(200)]
+    people = {(b["names"][0]["family"], b["names"][0]["given"][0], b["birth_date"])
+              for b in bodies}
+    assert len(people) == len(bodies)
+    assert len({b["names"][0]["family"] for b in bodies}) > 300
+    rng = random.Random(1)
+    probes = [match_body("t1", rng, known=20) for _ in range(200)]
+    for probe in probes[:10]:
+        parse_patient(json.dumps(probe).encode(), today=date.today())
+    made = {b["birth_date"]: b for b in (patient_body("t1", w, n) for w in range(2)
+                                         for n in range(20))}
+    variants = [p for p in probes if p["birth_date"] in made]
+    assert 70 < len(variants) < 130
+    for probe in variants:
+        original = made[probe["birth_date"]]["names"][0]["family"]
+        assert probe["names"][0]["family"] != original
+        assert probe["names"][0]["family"][:-1] == original[:-1]
+    assert all(p["identifiers"] == [] for p in probes)
 
 
 def test_build_request_per_kind() -> None:
