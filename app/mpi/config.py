@@ -373,6 +373,9 @@ SETTINGS: tuple[Setting, ...] = (
             "PostgreSQL connections each worker process may hold open (pool size)"),
     Setting("DATABASE_TIMEOUT", "database_timeout", _timeout, "10",
             "Seconds a request waits for a pooled connection (and for SQLite's write lock)"),
+    Setting("DATABASE_PREPARED_STATEMENTS", "database_prepared_statements", _switch, "true",
+            "PostgreSQL: plan the record read once per connection (a prepared statement); "
+            "false behind a PgBouncer older than 1.21 or without max_prepared_statements"),
     Setting("SERVER_HOST", "server_host", _host, "127.0.0.1",
             "Address the HTTP server binds to (0.0.0.0 in containers)"),
     Setting("SERVER_PORT", "server_port", _port, "8080", "TCP port the HTTP server listens on"),
@@ -462,6 +465,7 @@ class Settings:
     database_url: str
     database_max_connections: int
     database_timeout: float
+    database_prepared_statements: bool
     server_host: str
     server_port: int
     workers: int

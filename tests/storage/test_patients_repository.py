@@ -81,12 +81,23 @@ def _rich_input() -> PatientInput:
         deceased=True, deceased_date="2020-02-02")
 
 
-def test_a_record_is_read_in_one_statement_exactly_as_loaded(db):
+def test_a_record_is_read_in_one_statement_exactly_as_loaded(db, backend, monkeypatch):
+    import mpi.storage.patients as module
+
+    prepared: list[str] = []
+    run = module.execute_prepared
+
+    def spy(on: Any, sql: str, params: Any) -> Any:
+        prepared.append(sql)
+        return run(on, sql, params)
+
+    monkeypatch.setattr(module, "execute_prepared", spy)
     repo = PatientRepository()
     stored = repo.insert(_rich_input(), patient_id=uuid.uuid4(), now=NOW)
     with count_queries() as counted:
         read = repo.read(stored.id)
-    assert counted.count == 1
+    # One statement, prepared on PostgreSQL (past peewee's query counter), plain on SQLite.
+    assert len(prepared) == 1 and counted.count == (1 if backend == "sqlite" else 0)
     assert read == repo.get(stored.id) == stored.model_copy(update={"person_id": None})
     assert [n.family for n in read.names] == ["Smith", "Jones"]
 
@@ -144,3 +155,40 @@ def test_a_read_takes_no_row_lock(postgres_url):
     finally:
         close_database(db)
         close_database(other)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_read_statement_is_prepared_and_nothing_else_is(db):
+    """PostgreSQL plans the record read once per connection (planning was 0.47 ms of its
+    0.65 ms); a statement not asked to be prepared never is, however often it runs (a
+    generic plan for a list of keys scans whole tables)."""
+    repo = PatientRepository()
+    stored = repo.insert(_input(), patient_id=uuid.uuid4(), now=NOW)
+    for _ in range(10):
+        repo.read(stored.id)
+        repo.list_page(PatientFilter(source="st-marys-ehr"), after=None, limit=5)
+    statements = [s for (s,) in db.execute_sql(
+        "SELECT statement FROM pg_prepared_statements").fetchall()]
+    assert len(statements) == 1 and "patient_telecom" in statements[0]
+
+
+def test_without_prepared_statements_the_read_prepares_nothing(postgres_url):
+    """DATABASE_PREPARED_STATEMENTS=false (a PgBouncer that cannot keep them): the same
+    read, planned each time."""
+    from mpi.config import Settings
+    from mpi.storage.db import close_database, database_proxy, make_database
+
+    settings = Settings.defaults(database_url=postgres_url, database_prepared_statements=False)
+    db = make_database(settings)
+    database_proxy.initialize(db)
+    try:
+        with db.connection_context():
+            repo = PatientRepository()
+            stored = repo.insert(_input(source_id=f"NP-{uuid.uuid4()}"),
+                                 patient_id=uuid.uuid4(), now=NOW)
+            for _ in range(8):
+                assert repo.read(stored.id).id == stored.id
+            assert db.execute_sql("SELECT count(*) FROM pg_prepared_statements"
+                                  ).fetchone()[0] == 0
+    finally:
+        close_database(db)

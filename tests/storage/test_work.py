@@ -249,34 +249,55 @@ def test_a_read_that_fails_records_nothing_and_a_read_unit_records_only_reads(db
 
 
 @POSTGRES_ONLY  # SQLite runs in-process: it has no round trips to save
-def test_a_reads_audit_goes_out_in_one_pipeline(db, monkeypatch):
-    """BEGIN, SET LOCAL, the audit INSERT and COMMIT are sent together (psycopg's pipeline
-    mode: one round trip), after the read itself, which runs outside any transaction."""
-    from psycopg import pq
-
-    work = _work(db)
-    seen: list[tuple[str, bool, bool]] = []
+@pytest.mark.parametrize("synchronous_reads", [False, True])
+def test_a_reads_audit_is_one_statement_that_commits_by_itself(db, monkeypatch,
+                                                              synchronous_reads):
+    """After the read, the audit rows go in ONE statement outside any transaction (one
+    round trip). Unless reads are synchronous it commits without waiting for the disk:
+    right after it the WAL is written further than it is flushed; the session's own
+    setting is left as it was."""
+    db.execute_sql("SET synchronous_commit TO on")  # the tests' server runs with it off
+    work = _work(db, synchronous_reads=synchronous_reads)
+    seen: list[tuple[str, bool]] = []
     execute = db.execute_sql
 
     def spy(sql, params=None, *args, **kwargs):
-        piped = db.connection().pgconn.pipeline_status != pq.PipelineStatus.OFF
-        seen.append((sql.split()[0], piped, db.in_transaction()))
+        seen.append((sql.split()[0], db.in_transaction()))
         return execute(sql, params, *args, **kwargs)
 
-    monkeypatch.setattr(db, "execute_sql", spy)
+    prepared = work_module.execute_prepared
+
+    def spy_prepared(on, sql, params):
+        seen.append((sql.split()[0], db.in_transaction()))
+        return prepared(on, sql, params)
+
+    monkeypatch.setattr(work_module, "execute_prepared", spy_prepared)
 
     def fetch(tx):
         db.execute_sql("SELECT 1")
         tx.audit(AuditTag.PATIENT_READ, "p1")
+        tx.audit(AuditTag.PATIENT_READ, "p2")
 
-    work.read(ACTOR, fetch)
-    assert seen == [("SELECT", False, False), ("BEGIN", True, False), ("SET", True, False),
-                    ("INSERT", True, False), ("COMMIT", True, False)]
-    assert AuditEventRow.select().count() == 1
+    unflushed = 0
+    for _ in range(20):
+        monkeypatch.setattr(db, "execute_sql", spy)
+        seen.clear()
+        work.read(ACTOR, fetch)
+        monkeypatch.setattr(db, "execute_sql", execute)
+        assert seen == [("SELECT", False), ("INSERT", False)]
+        unflushed += db.execute_sql("SELECT pg_current_wal_flush_lsn() < "
+                                    "pg_current_wal_insert_lsn()").fetchone()[0]
+    assert AuditEventRow.select().count() == 40
+    # Asynchronous: nearly always unflushed (the WAL writer may flush in between);
+    # synchronous: never.
+    assert unflushed >= 15 if not synchronous_reads else unflushed == 0
+    assert db.execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"
 
 
 @POSTGRES_ONLY
-def test_a_failed_audit_pipeline_leaves_the_connection_clean(db):
+def test_a_failed_audit_insert_leaves_the_connection_clean(db):
+    from psycopg import pq
+
     work = _work(db)
 
     def too_long(tx):
@@ -284,8 +305,6 @@ def test_a_failed_audit_pipeline_leaves_the_connection_clean(db):
 
     with pytest.raises(peewee.DataError):
         work.read(ACTOR, too_long)
-    from psycopg import pq
-
     assert db.connection().pgconn.transaction_status == pq.TransactionStatus.IDLE
     work.read(ACTOR, lambda tx: tx.audit(AuditTag.PATIENT_READ, "p1"))
     assert [r.entity_id for r in AuditEventRow.select()] == ["p1"]

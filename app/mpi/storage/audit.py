@@ -22,11 +22,13 @@ def write_audit_rows(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], a
 
 
 def audit_insert(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor: Actor,
-                 now: datetime, *, param: str) -> tuple[str, list[tuple[Any, ...]]]:
-    """The INSERT of those rows and its parameters, for a caller that sends it itself."""
-    sql, _, params = insert_statement(AuditEventRow, audit_rows(entries, actor, now),
-                                      param=param)
-    return sql, params
+                 now: datetime, *, param: str) -> tuple[str, list[Any]]:
+    """ONE INSERT of those rows (a VALUES list) and its flat parameters, for a caller that
+    sends it itself."""
+    sql, _, rows = insert_statement(AuditEventRow, audit_rows(entries, actor, now),
+                                    param=param)
+    head, values = sql.split(" VALUES ", 1)
+    return f"{head} VALUES {', '.join([values] * len(rows))}", [v for r in rows for v in r]
 
 
 def audit_rows(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor: Actor,

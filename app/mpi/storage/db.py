@@ -25,6 +25,9 @@ database_proxy = peewee.DatabaseProxy()
 LOCK_MIGRATIONS = 0x4D5049_01
 LOCK_CHANGE_LOG = 0x4D5049_02
 
+#: psycopg's prepare_threshold: more executions of one statement than a connection lives.
+PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
+
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
     "foreign_keys": 1,
@@ -35,11 +38,12 @@ SQLITE_PRAGMAS = {
 def make_database(settings: Settings) -> peewee.Database:
     """A pooled, not yet connected database for ``settings.database_url``."""
     return database_for(settings.database, max_connections=settings.database_max_connections,
-                        timeout=settings.database_timeout)
+                        timeout=settings.database_timeout,
+                        prepared_statements=settings.database_prepared_statements)
 
 
 def database_for(target: DatabaseTarget, *, max_connections: int = 10,
-                 timeout: float = 10.0) -> peewee.Database:
+                 timeout: float = 10.0, prepared_statements: bool = True) -> peewee.Database:
     if target.kind == "sqlite":
         path = Path(target.path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,10 +71,14 @@ def database_for(target: DatabaseTarget, *, max_connections: int = 10,
         timeout=timeout,
         autoconnect=False,
         prefer_psycopg3=True,
-        # No server-side prepared statements: after five runs psycopg would switch a
-        # query to a generic plan, and for look-ups by a list of keys (candidates) that
-        # plan scans whole tables: 0.7 ms became 16 ms. Planning each time is cheaper.
-        prepare_threshold=None,
+        # No automatic server-side prepared statements: after five runs psycopg would
+        # switch a query to a generic plan, and for look-ups by a list of keys
+        # (candidates) that plan scans whole tables: 0.7 ms became 16 ms. Only a
+        # statement executed with ``prepare=True`` is prepared (``execute_prepared``).
+        # (None would also ignore prepare=True.)
+        # ``prepared_statements=False`` (DATABASE_PREPARED_STATEMENTS, for a PgBouncer that
+        # cannot keep them) turns that off too.
+        prepare_threshold=PREPARE_ONLY_WHEN_ASKED if prepared_statements else None,
         **options,
     )
 
@@ -137,6 +145,21 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     finally:
         if opened and not db.is_closed():
             db.close()
+
+
+def execute_prepared(db: peewee.Database, sql: str, params: Sequence[Any]) -> Any:
+    """Run a fixed statement that PostgreSQL plans once per connection (a prepared
+    statement; after five runs its generic plan): for look-ups whose best plan does not
+    depend on the values, such as a record by its unique id, where planning was 0.47 ms
+    of a 0.65 ms statement. The cursor, as ``execute_sql`` returns it. On SQLite, a plain
+    ``execute_sql``."""
+    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    if not isinstance(target, peewee.PostgresqlDatabase):
+        return target.execute_sql(sql, params)
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        cursor = target.cursor()
+        cursor.execute(sql, params, prepare=True)
+        return cursor
 
 
 def analyze(db: peewee.Database, tables: Sequence[str] | None = None) -> None:

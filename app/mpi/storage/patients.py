@@ -23,7 +23,7 @@ import peewee
 from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
 from mpi.domain.patient import Patient, PatientInput
 from mpi.storage.bulk import bulk_insert
-from mpi.storage.db import is_postgres, tuples
+from mpi.storage.db import execute_prepared, is_postgres, tuples
 from mpi.storage.fields import JSONTextField
 from mpi.storage.models import (
     PATIENT_CHILD_MODELS,
@@ -169,7 +169,7 @@ class PatientRepository:
             key = PatientRow.id.db_value(uuid.UUID(str(patient_id)))
         except ValueError:
             raise NotFound(f"no patient {patient_id}") from None
-        row = db.execute_sql(_one_record_sql(is_postgres(db)), (key,)).fetchone()
+        row = execute_prepared(db, _one_record_sql(is_postgres(db)), (key,)).fetchone()
         if row is None:
             raise NotFound(f"no patient {patient_id}")
         if row[-1] is not None:  # deleted_at

@@ -41,14 +41,13 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import peewee
-from psycopg.pq import TransactionStatus
 
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import ConcurrentChange, StorageUnavailable
 from mpi.domain.events import EventType
 from mpi.storage.audit import audit_insert, write_audit_rows
 from mpi.storage.changes import append_events
-from mpi.storage.db import is_postgres, write_transaction
+from mpi.storage.db import execute_prepared, is_postgres, write_transaction
 
 Clock = Callable[[], datetime]
 
@@ -60,6 +59,9 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 ATTEMPTS = 5
 #: What a unit that only records reads runs on PostgreSQL (module docstring).
 SET_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
+#: The same for a single statement in autocommit (a read's audit row): its own implicit
+#: transaction commits without waiting for the flush.
+RETURNING_ASYNC_COMMIT = " RETURNING set_config('synchronous_commit', 'off', true)"
 FIRST_PAUSE = 0.02
 
 P = ParamSpec("P")
@@ -197,28 +199,20 @@ class UnitOfWork:
         return result
 
     def _record_reads(self, tx: Transaction) -> None:
-        """Commit ``tx``'s read-audit rows. On PostgreSQL BEGIN, SET LOCAL, the INSERT
-        and COMMIT go out together in psycopg's pipeline mode: one round trip."""
+        """Commit ``tx``'s read-audit rows. On PostgreSQL that is ONE statement outside any
+        transaction (autocommit: it commits by itself), so one round trip; unless
+        ``synchronous_reads``, the statement itself turns the disk flush off for its own
+        implicit transaction (``set_config(..., true)`` in RETURNING, read at its commit;
+        the session's setting is untouched)."""
         if not self._postgres:
             with self.reading(), write_transaction(self._db):
                 self._flush(tx)
             return
         sql, params = audit_insert(tx._audits, tx.actor, tx.now, param="%s")
-        conn = self._db.connection()
+        if not self.synchronous_reads:
+            sql += RETURNING_ASYNC_COMMIT
         try:
-            with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
-                try:
-                    with conn.pipeline():  # statements are sent now, answered at its end
-                        self._db.execute_sql("BEGIN")
-                        if not self.synchronous_reads:
-                            self._db.execute_sql(SET_ASYNC_COMMIT)
-                        for values in params:
-                            self._db.execute_sql(sql, values)
-                        self._db.execute_sql("COMMIT")
-                finally:
-                    if conn.info.transaction_status != TransactionStatus.IDLE \
-                            and not conn.closed:
-                        conn.rollback()
+            execute_prepared(self._db, sql, params)  # one row, nearly always: one shape
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             self._forget_idle()
             raise StorageUnavailable("the database is unavailable") from exc
