@@ -34,6 +34,9 @@ class OneHit:
     def search(self, query: object, *, offset: int, limit: int) -> Results:
         return Results([Hit(self.patient_id, 1.0, None)], 1, 0)
 
+    def position(self) -> int | None:
+        return 0
+
 
 def _readers(services: Services, patient_id: str, person_id: str,
              review_id: str) -> dict[str, Callable[[], object]]:

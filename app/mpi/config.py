@@ -108,6 +108,13 @@ def _poll_interval(raw: str) -> float:
     return value
 
 
+def _ready_lag(raw: str) -> float:
+    value = float(raw.strip())
+    if not (math.isfinite(value) and 0 <= value <= 86400):
+        raise ValueError("must be a number of seconds between 0 (off) and 86400")
+    return value
+
+
 def _switch(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("true", "on", "yes", "1"):
@@ -394,6 +401,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Edit distance allowed for name words in searches (0 = exact, at most 2)"),
     Setting("SEARCH_POLL_INTERVAL", "search_poll_interval", _poll_interval, "0.2",
             "Seconds between the search indexer's polls of the change log"),
+    Setting("SEARCH_READY_MAX_LAG", "search_ready_max_lag", _ready_lag, "0",
+            "Seconds the search index may lag the change log before readiness answers 503 "
+            "(an instance whose search is incomplete is taken out of rotation); 0 = "
+            "readiness only reports the lag"),
     Setting("SEARCH_WORKER_NICENESS", "search_worker_niceness", _niceness, "10",
             "Niceness the request workers add to themselves (0-19) so that under a full CPU "
             "the search indexer process runs first rather than being starved by requests; "
@@ -475,6 +486,7 @@ class Settings:
     search_index_path: Path
     search_fuzzy_distance: int
     search_poll_interval: float
+    search_ready_max_lag: float
     search_worker_niceness: int
     matching_threshold: float
     matching_review_threshold: float

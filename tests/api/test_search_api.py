@@ -254,3 +254,74 @@ def test_no_patient_data_in_logs(api, caplog, monkeypatch):
     api.search(name="quintus", birth_year="1980")
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     assert "ebulonovich" not in text.lower() and "quintus" not in text.lower()
+
+
+def test_an_index_that_is_behind_says_so_and_the_audit_row_too(api, clock):
+    """An instance whose index has not caught up (restarted on an old index, say) answers
+    with what it has, and says the answer may be incomplete: how many changes it lacks and
+    how old the oldest is. A clerk who sees no result must not take it for "not
+    registered"."""
+    _people(api)
+    body = api.search(q="smith").json
+    assert body["index_complete"] is True
+    assert body["index_behind_events"] == 0 and body["index_behind_seconds"] is None
+    clock.advance(seconds=5)
+    late = api.create(source_id="L-1", names=[{"family": "Latecomer", "given": ["Lou"]}],
+                      identifiers=[])
+    clock.advance(seconds=7)
+    # The indexer has not run since: the new record and its link are not in the index.
+    behind = api.client.simulate_get(SEARCH, params={"q": "latecomer"},
+                                     headers={"X-User-ID": "clerk-7"}).json
+    assert behind["items"] == []
+    assert behind["index_complete"] is False
+    assert behind["index_behind_events"] >= 2  # the record's event and its link's
+    assert behind["index_behind_seconds"] == 7.0
+    trail = api.client.simulate_get("/api/v1/audit/recent", params={"limit": 5}).json
+    searches = [e for e in trail["items"] if e["action"] == "patient:record:search"]
+    assert searches[0]["new_value"]["index_behind_events"] == behind["index_behind_events"]
+    caught_up = api.search(q="latecomer").json
+    assert [i["patient"]["id"] for i in caught_up["items"]] == [late["id"]]
+    assert caught_up["index_complete"] is True
+
+
+def test_readiness_reflects_whether_search_is_complete(settings, clock):
+    """Each instance has its own index. With SEARCH_READY_MAX_LAG set, an instance whose
+    index is being built, or lags the change log by more than that, is not ready (the other
+    instances answer); within the lag it is. Unset, readiness only reports it."""
+    strict = Settings.defaults(**{**vars(settings), "search_ready_max_lag": 10.0})
+    database = database_for(strict.database, max_connections=4)
+    services = build(strict, db=database, clock=clock, new_id=Ids())
+    client = falcon.testing.TestClient(create_app(services))
+    indexer = Indexer(database, strict.search_index_path)
+    lenient = falcon.testing.TestClient(create_app(build(settings, db=database, clock=clock,
+                                                         new_id=Ids())))
+
+    def ready(on: falcon.testing.TestClient = client) -> tuple[int, str]:
+        resp = on.simulate_get("/api/v1/health/ready")
+        return resp.status_code, resp.json["checks"]["search"]
+
+    try:
+        status, search = ready()
+        assert status == 503 and search.startswith("unavailable: the search index is being")
+        assert ready(lenient)[0] == 200
+        client.simulate_post(URL, json=patient())
+        from mpi.storage.db import connection
+
+        with connection(database):
+            indexer.catch_up()
+        assert ready() == (200, "ok")
+        clock.advance(seconds=1)
+        client.simulate_post(URL, json=patient(source_id="A-9"))
+        clock.advance(seconds=4)
+        status, search = ready()
+        assert status == 200 and search.startswith("behind: ") and "4.0 s old" in search
+        clock.advance(seconds=7)
+        status, search = ready()
+        assert status == 503 and "11.0 s old" in search
+        assert ready(lenient)[0] == 200
+        with connection(database):
+            indexer.catch_up()
+        assert ready() == (200, "ok")
+    finally:
+        indexer.stop()
+        close_database(database)

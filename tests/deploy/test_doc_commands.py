@@ -602,8 +602,8 @@ def test_serve_probe_backup_and_restore_on_sqlite(shell: Shell):
                         replace={":8080": f":{port}"})
         if out is not None:
             body = json.loads(out)
-            assert body["status"] == "ok" and body["checks"] == {"database": "ok",
-                                                                 "migrations": "ok"}
+            assert body["status"] == "ok" and body["checks"] == {
+                "database": "ok", "migrations": "ok", "search": "ok"}
         status, _, created = http_json(port, "POST", "/api/v1/patients",
                                        patient(source_id="doc-backup"),
                                        headers={"X-User-ID": "doc-test"})

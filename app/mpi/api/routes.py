@@ -31,7 +31,8 @@ def build_routes(services: Services) -> list[tuple[str, object]]:
     s = services
     routes: list[tuple[str, object]] = [
         (f"{PREFIX}/health", HealthResource()),
-        (f"{PREFIX}/health/ready", ReadyResource(s.db)),
+        (f"{PREFIX}/health/ready", ReadyResource(s.db, s.search,
+                                                 s.settings.search_ready_max_lag)),
         (f"{PREFIX}/patients", PatientCollection(s.patients)),
         # A literal segment: Falcon tries it before the {patient_id:uuid} field.
         (f"{PREFIX}/patients/search", PatientSearch(s.search)),

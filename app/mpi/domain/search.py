@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mpi.domain.patient import Patient
 
@@ -19,4 +19,13 @@ class SearchPage(BaseModel):
     offset: int
     limit: int
     next_offset: int | None = None
-    index_cursor: str | None = None
+    index_cursor: str | None = Field(
+        default=None, description="The last change-log event the index holds")
+    index_complete: bool = Field(
+        default=True, description="false: the index did not yet hold every committed change "
+        "when it answered, so a record may be missing from these results (search again, or "
+        "look the patient up by identifier, before registering a new one)")
+    index_behind_events: int = Field(
+        default=0, description="Change-log events the index did not hold yet (at most)")
+    index_behind_seconds: float | None = Field(
+        default=None, description="Age of the oldest change the index did not hold yet")

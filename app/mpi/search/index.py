@@ -45,12 +45,20 @@ class Results:
 class SearchIndex(Protocol):
     def search(self, query: wq.Query, *, offset: int, limit: int) -> Results: ...
 
+    def position(self) -> int | None:
+        """The last change-log event the index holds; SearchUnavailable if it cannot
+        answer."""
+        ...
+
 
 class NullSearchIndex:
     """Finds nothing; for tests and tools that run without an index."""
 
     def search(self, query: wq.Query, *, offset: int, limit: int) -> Results:
         return Results([], 0, None)
+
+    def position(self) -> int | None:
+        return None
 
 
 _MASK = wq.Term("kind", KIND_META)
@@ -91,6 +99,17 @@ class WhooshSearchIndex:
                             extra={"error": type(exc).__name__})
                 raise SearchUnavailable("the search index cannot be read now; retry") \
                     from exc
+
+    def position(self) -> int | None:
+        with self._lock:
+            try:
+                self._fresh_searcher()
+            except SearchUnavailable:
+                raise
+            except Exception as exc:  # as in search(): damaged files are not a 500
+                self._reset()
+                raise SearchUnavailable("the search index cannot be read now") from exc
+            return self._cursor
 
     def _fresh_searcher(self) -> Any:
         name = self.directory.current_name()

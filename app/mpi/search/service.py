@@ -16,8 +16,9 @@ from typing import Any
 
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.patient import Patient
-from mpi.search.index import Hit, SearchIndex
+from mpi.search.index import Hit, SearchIndex, SearchUnavailable
 from mpi.search.query import Options, Shortcuts, build
+from mpi.storage.changes import ChangeRepository
 from mpi.storage.patients import PatientRepository
 from mpi.storage.work import UnitOfWork
 
@@ -43,15 +44,37 @@ class SearchOutcome:
     total: int
     cursor: int | None
     dropped: int  # hits the index still had but the database no longer holds live
+    behind_events: int = 0  # change-log events the index does not hold yet (at most)
+    behind_seconds: float | None = None  # since the oldest of them (None: none)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the index held every committed change when it answered."""
+        return self.behind_events == 0
 
 
 class SearchService:
-    def __init__(self, work: UnitOfWork, index: SearchIndex, repository: PatientRepository, *,
-                 fuzzy: int):
+    def __init__(self, work: UnitOfWork, index: SearchIndex, repository: PatientRepository,
+                 changes: ChangeRepository, *, fuzzy: int):
         self._work = work
         self.index = index
         self._repository = repository
+        self._changes = changes
         self.fuzzy = fuzzy
+
+    def freshness(self) -> Freshness:
+        """Whether a search now would see every committed change (no audit row: this
+        reads no record). Needs a connection."""
+        try:
+            cursor = self.index.position()
+        except SearchUnavailable as exc:
+            return Freshness("unavailable", reason=str(exc))
+        with self._work.reading():
+            behind, since = self._changes.backlog(cursor)
+        if not behind or since is None:
+            return Freshness("ok")
+        seconds = round(max((self._work.clock() - since).total_seconds(), 0.0), 3)
+        return Freshness("behind", behind, seconds)
 
     def search(self, request: SearchRequest, actor: Actor) -> SearchOutcome:
         """Raises QuerySyntaxError (bad query), SearchUnavailable (no index yet)."""
@@ -61,11 +84,30 @@ class SearchService:
         with self._work.begin(actor) as tx:
             live = self._repository.get_live_many([h.id for h in results.hits])
             items = [Found(h, live[h.id]) for h in results.hits if h.id in live]
-            tx.audit(AuditTag.PATIENT_SEARCH, None,
-                     new={"query": _asked(request), "returned": [f.patient.id for f in items]})
+            # An index that is behind may miss records: the answer says so (a clerk who sees
+            # no result would register a duplicate), and so does the audit row.
+            behind, since = self._changes.backlog(results.cursor)
+            seconds = None if since is None else round(
+                max((tx.now - since).total_seconds(), 0.0), 3)
+            asked: dict[str, Any] = {"query": _asked(request),
+                                     "returned": [f.patient.id for f in items]}
+            if behind:
+                asked["index_behind_events"] = behind
+            tx.audit(AuditTag.PATIENT_SEARCH, None, new=asked)
         dropped = len(results.hits) - len(items)
         return SearchOutcome(items, max(results.total - dropped, len(items)), results.cursor,
-                             dropped)
+                             dropped, behind, seconds)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How complete the index is now (for readiness): ``state`` is "ok", "behind" or
+    "unavailable" (being built or rebuilt, or unreadable)."""
+
+    state: str
+    behind_events: int = 0
+    behind_seconds: float | None = None
+    reason: str | None = None
 
 
 def _asked(request: SearchRequest) -> dict[str, Any]:

@@ -48,6 +48,23 @@ class ChangeRepository:
         return [ChangeEvent(r.pk, r.occurred_at, r.event_type, r.entity_type, r.entity_id,
                             r.entity_version, r.actor, r.request_id, r.payload) for r in rows]
 
+    def backlog(self, after: int | None) -> tuple[int, datetime | None]:
+        """What follows event ``after`` (None: the start): how many events at most (the
+        newest id minus ``after``; ids may skip a value, never repeat one) and when the
+        first of them happened (None: nothing follows). Two index probes, one statement,
+        whatever the size of the backlog."""
+        start = after or 0
+        db = ChangeEventRow._meta.database  # type: ignore[attr-defined]
+        table = ChangeEventRow._meta.table_name  # type: ignore[attr-defined]
+        row = db.execute_sql(
+            f'SELECT (SELECT max(pk) FROM "{table}"), '  # noqa: S608 - names from the model
+            f'(SELECT occurred_at FROM "{table}" WHERE pk > {db.param} ORDER BY pk LIMIT 1)',
+            (start,)).fetchone()
+        first = row[1]
+        if first is None:
+            return 0, None
+        return max(int(row[0] or 0) - start, 1), ChangeEventRow.occurred_at.python_value(first)
+
     def last_id(self) -> int:
         row = ChangeEventRow.select(peewee.fn.MAX(ChangeEventRow.pk).alias("m")).scalar()
         return int(row or 0)

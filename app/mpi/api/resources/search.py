@@ -91,7 +91,9 @@ class PatientSearch:
                    for f in outcome.items],
             total=outcome.total, offset=offset, limit=limit,
             next_offset=end if end < outcome.total + outcome.dropped else None,
-            index_cursor=None if outcome.cursor is None else str(outcome.cursor))
+            index_cursor=None if outcome.cursor is None else str(outcome.cursor),
+            index_complete=outcome.complete, index_behind_events=outcome.behind_events,
+            index_behind_seconds=outcome.behind_seconds)
         body = page.model_dump(mode="json")
         # The page's own members are always present (null included); each record is
         # shown exactly as GET /patients/{id} shows it (absent values left out).
