@@ -6,7 +6,8 @@ connection pool, after the fork.
 
 The search index is written by a process of its own (``mpi.search.process``),
 forked by the master once it is ready and before the workers; the master stops
-it on exit. The workers' indexer threads stand by in case it dies, and each
+it on exit, and forks another if it dies (from its loop, about a second later). The
+workers' indexer threads stand by meanwhile and hand the index back, and each
 worker lowers its own priority (SEARCH_WORKER_NICENESS) so that when requests
 fill the CPU the indexer still gets it.
 
@@ -17,6 +18,7 @@ restart.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -94,6 +96,23 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
 
     def _on_exit(self, arbiter: Any) -> None:
         self.indexer.stop()
+
+    def run(self) -> None:
+        """gunicorn's master loop, which also forks a new indexer process if it died."""
+        from gunicorn.arbiter import Arbiter
+
+        indexer = self.indexer
+
+        class MPIArbiter(Arbiter):  # type: ignore[misc]
+            def manage_workers(self) -> None:
+                super().manage_workers()
+                indexer.revive()
+
+        try:
+            MPIArbiter(self).run()
+        except RuntimeError as exc:  # as gunicorn's BaseApplication.run reports it
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load(self) -> Any:
         from mpi import wiring

@@ -67,10 +67,11 @@ class Services:
     authenticator: Authenticator
     rekeying: Rekeying
 
-    def indexer(self) -> Indexer:
-        """This process's search indexer (it writes only if it takes the directory's lock)."""
+    def indexer(self, *, standby: bool = False) -> Indexer:
+        """This process's search indexer (it writes only if it takes the directory's lock;
+        ``standby``, a worker's thread, only while no indexer process lives)."""
         return Indexer(self.db, self.settings.search_index_path,
-                       poll_interval=self.settings.search_poll_interval)
+                       poll_interval=self.settings.search_poll_interval, standby=standby)
 
     def close(self) -> None:
         """Close every pooled connection (commands, at the end)."""

@@ -4,6 +4,7 @@ How fast a write becomes searchable is a figure of ``nox -s bench -- search``, n
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -97,3 +98,56 @@ def test_deleting_the_index_under_a_running_service_loses_nothing(server, tmp_pa
     # Exactly one process writes the rebuilt directory.
     assert (tmp_path / "index" / "writer.lock").exists()
     assert "Rebuildson" not in server.log()
+
+
+def _writer_pid(index: Path) -> int:
+    return int((index / "writer.lock").read_text().split()[0])
+
+
+def test_a_dead_indexer_process_is_replaced_and_gets_the_index_back(tmp_path: Path):
+    """kill -9 of the indexer process: a worker's standby thread keeps the index current
+    meanwhile; the master forks a new indexer process within about a second, and the
+    worker hands the lock back to it (before, the worker kept it for good, indexing in the
+    GIL of a request-serving process)."""
+    import os
+    import signal
+
+    index = tmp_path / "index"
+    srv = Server({"DATABASE_URL": "sqlite:///data/mpi.db", "SEARCH_INDEX_PATH": str(index),
+                  "SEARCH_POLL_INTERVAL": "0.1"}, tmp_path)
+    try:
+        master = srv.proc.pid
+        first = _writer_pid(index)
+        assert _parent(first) == master
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                writer = _writer_pid(index)
+                if writer != first and _is_indexer(writer, master, index):
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no new indexer process wrote the index: {srv.log()}")
+        assert "search indexer process" in srv.log() and "died" in srv.log()
+        status, _, created = srv.request("POST", "/api/v1/patients", patient(
+            source_id="after-kill", identifiers=[],
+            names=[{"family": "Afterkill", "given": ["Ada"]}]))
+        assert status == 201
+        _wait_found(srv, created["id"], 10, q="family:afterkill~0")
+        assert _writer_pid(index) == writer  # still the indexer process, not a worker
+    finally:
+        srv.stop()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _is_indexer(pid: int, master: int, index: Path) -> bool:
+    """A child of the master named in writer.preferred (workers are never named there)."""
+    try:
+        named = int((index / "writer.preferred").read_text().split()[0])
+        return _parent(pid) == master and named == pid
+    except (OSError, ValueError, IndexError):
+        return False

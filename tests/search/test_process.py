@@ -70,3 +70,54 @@ def test_a_worker_takes_over_when_the_indexer_process_is_gone(settings, db, pati
         assert ids(reader, "smith") == [john.id]
     finally:
         worker.stop()
+
+
+def test_a_dead_indexer_process_is_forked_again_and_the_standby_hands_back(settings, db,
+                                                                           patients):
+    """The master's loop calls revive(): after the indexer process dies a new one is forked
+    (after a pause that doubles for processes that die young). A worker's standby thread
+    took the lock meanwhile; it hands it back once the new process lives."""
+    import os
+    import signal
+
+    from mpi.search import process as module
+
+    process = IndexerProcess(lambda: build(settings))
+    standby = Indexer(db, settings.search_index_path, standby=True)
+    try:
+        assert process.start() is True
+        assert process.revive() is False  # alive: nothing to do
+        first = process.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        os.waitpid(first, 0)  # as gunicorn's reaping does
+        assert standby.step() >= 0 and standby.lock.held()  # no indexer process: it writes
+        assert process.revive() is False  # the pause (1 s) has not passed
+        time.sleep(module.REVIVE_FIRST_PAUSE_S + 0.1)
+        assert process.revive() is True
+        second = process.pid
+        assert second not in (None, first)
+        _wait_for(lambda: standby.preferred.alive_elsewhere())
+        standby.step()  # sees the indexer process again: hands the lock back
+        assert not standby.lock.held()
+        _wait_for(lambda: int((settings.search_index_path / "writer.lock").read_text().split()[0])
+                  == second)
+        assert process.revive() is False
+    finally:
+        process.stop()
+        standby.stop()
+
+
+def test_a_standby_writes_only_while_no_indexer_process_lives(settings, db, patients):
+    from mpi.search.store import PreferredWriter
+
+    standby = Indexer(db, settings.search_index_path, standby=True)
+    try:
+        PreferredWriter(settings.search_index_path).claim()  # this process, as if the indexer
+        assert not standby.preferred.alive_elsewhere()  # itself does not count
+        (settings.search_index_path / "writer.preferred").write_text("1 0\n")  # pid 1, not
+        assert not standby.preferred.alive_elsewhere()  # started at tick 0: a reused pid
+        standby.step()
+        assert standby.lock.held()
+    finally:
+        standby.stop()

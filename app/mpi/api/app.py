@@ -20,7 +20,7 @@ def create_app(services: Services, *, run_indexer: bool = False) -> falcon.App:
     which writes the index only if it wins the directory's writer lock (``mpi serve``:
     it stands by while the indexer process holds it)."""
     if run_indexer:
-        services.indexer().start()
+        services.indexer(standby=True).start()
     middleware: list[Any] = [
         RequestContext(), DatabaseConnection(services.db),
         AccessControl(services.authenticator, services.work,

@@ -45,7 +45,7 @@ from whoosh import query as wq
 
 from mpi.domain.events import ChangeEvent, EventType
 from mpi.search.schema import SCHEMA, document, meta_document
-from mpi.search.store import IndexDirectory, IndexState, Opened, WriterLock
+from mpi.search.store import IndexDirectory, IndexState, Opened, PreferredWriter, WriterLock
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import connection, is_postgres
 from mpi.storage.patients import PatientFilter, PatientRepository
@@ -328,10 +328,13 @@ class Indexer:
 
     def __init__(self, db: peewee.Database, root: Path, *, poll_interval: float = 0.2,
                  batch_size: int = BATCH_SIZE, handlers: dict[str, Handler] | None = None,
-                 strict: bool = False):
+                 strict: bool = False, standby: bool = False):
         self._db = db
         self.directory = IndexDirectory(root)
         self.lock = WriterLock(root)
+        # A worker's thread under mpi serve: writes only while no indexer process lives.
+        self.standby = standby
+        self.preferred = PreferredWriter(root)
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self.handlers = HANDLERS if handlers is None else handlers
@@ -352,6 +355,12 @@ class Indexer:
         Returns the number of events applied (or patients indexed by a rebuild);
         0 when there was nothing to do or another process writes.
         """
+        if self.standby and self.preferred.alive_elsewhere():
+            if self.lock.held():  # the indexer process is back: hand the index over to it
+                log.info("search indexer: handing the index back to the indexer process")
+                self._close()
+                self.lock.release()
+            return 0
         if not self.lock.acquire():
             self._close()
             return 0

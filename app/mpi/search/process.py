@@ -4,8 +4,9 @@ An indexer thread inside a request-serving worker shares that worker's GIL: unde
 write load the requests starve the indexer (and the indexer slows that worker's
 requests). So the gunicorn master forks one indexer process when it is ready,
 before it forks the workers, and waits until that process holds the index
-directory's writer lock; the workers' indexer threads then stand by, trying the
-lock about once a second, and take over only if the indexer process dies. One
+directory's writer lock; the workers' indexer threads then stand by, and take over
+only while no indexer process lives. If it dies, the master forks another (``revive``,
+from its loop) and the worker thread that took over hands the lock back to it. One
 writer per directory is still the lock's job, not this module's.
 """
 
@@ -26,13 +27,17 @@ from mpi.search.indexer import Indexer
 log = logging.getLogger("mpi.search")
 
 READY_TIMEOUT_S = 10.0
+#: Pause before forking a new indexer process after one died: doubled each time one dies
+#: within REVIVE_MAX_PAUSE_S of its start, up to that.
+REVIVE_FIRST_PAUSE_S = 1.0
+REVIVE_MAX_PAUSE_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
 class IndexerServices(Protocol):
     """What the process builds after the fork (``mpi.wiring.Services``)."""
 
-    def indexer(self) -> Indexer: ...
+    def indexer(self, *, standby: bool = False) -> Indexer: ...
 
     def close(self) -> None: ...
 
@@ -49,6 +54,7 @@ def _follow(build: Callable[[], IndexerServices], ready: Callable[[], None]) -> 
                 signal.SIGWINCH, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_IGN if sig != signal.SIGCHLD else signal.SIG_DFL)
     when_orphaned(indexer.request_stop)  # the master killed without running on_exit
+    indexer.preferred.claim()  # a worker's standby thread that took over hands back
     if indexer.lock.acquire():
         ready()
     try:
@@ -70,9 +76,44 @@ class IndexerProcess:
     def __init__(self, build: Callable[[], IndexerServices]):
         self._build = build
         self.pid: int | None = None
+        self._close_fds: tuple[int, ...] = ()
+        self._started_at = 0.0
+        self._pause = REVIVE_FIRST_PAUSE_S / 2  # doubled at the first death
+        self._due = 0.0
 
-    def start(self, close_fds: tuple[int, ...] = ()) -> bool:
-        """Fork the indexer; True when it holds the writer lock within READY_TIMEOUT_S."""
+    def revive(self) -> bool:
+        """Called from the master's loop (about once a second): if the indexer process has
+        died, fork another, without waiting for it (the master must not block). A process
+        that dies young is revived after a pause that doubles, up to REVIVE_MAX_PAUSE_S.
+        True when one was forked."""
+        pid = self.pid
+        if pid is None:
+            return False  # not started, or stopped on purpose
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped (gunicorn reaps every child)
+            done, status = pid, None
+        if not done:
+            return False
+        now = time.monotonic()
+        if not self._due:
+            lived = now - self._started_at
+            self._pause = (REVIVE_FIRST_PAUSE_S if lived > REVIVE_MAX_PAUSE_S
+                           else min(self._pause * 2, REVIVE_MAX_PAUSE_S))
+            self._due = now + self._pause
+            log.warning("search indexer process %d died (%s); another in %.0f s", pid,
+                        "status unknown" if status is None else f"wait status {status}",
+                        self._pause, extra={"indexer_pid": pid})
+        if now < self._due:
+            return False
+        self._due = 0.0
+        self.start(self._close_fds, wait=False)
+        return True
+
+    def start(self, close_fds: tuple[int, ...] = (), *, wait: bool = True) -> bool:
+        """Fork the indexer; True when it holds the writer lock within READY_TIMEOUT_S
+        (``wait=False``: do not wait, False)."""
+        self._close_fds, self._started_at = close_fds, time.monotonic()
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -90,6 +131,10 @@ class IndexerProcess:
                 os._exit(code)
         os.close(write_end)
         self.pid = pid
+        if not wait:
+            os.close(read_end)
+            log.info("search indexer process %d started", pid, extra={"indexer_pid": pid})
+            return False
         try:
             ready, _, _ = select.select([read_end], [], [], READY_TIMEOUT_S)
             held = bool(ready) and os.read(read_end, 1) == b"1"

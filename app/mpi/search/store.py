@@ -40,6 +40,7 @@ log = logging.getLogger("mpi.search")
 
 CURRENT = "CURRENT"
 LOCK = "writer.lock"
+PREFERRED = "writer.preferred"
 GEN_PREFIX = "gen-"
 BUILD_PREFIX = "building-"
 
@@ -254,3 +255,42 @@ class WriterLock:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+class PreferredWriter:
+    """Which process should write the index when it is alive: the indexer process ``mpi
+    serve`` forks (and forks again if it dies). A worker's standby indexer thread writes
+    only while no such process lives, and hands the lock back when one does again.
+
+    The file holds the process's pid and its start time (``/proc/<pid>/stat``), so a pid
+    reused by another process after a crash is not taken for the indexer.
+    """
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / PREFERRED
+
+    def claim(self) -> None:
+        """Name this process (the indexer process, at its start)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(f"{os.getpid()} {_started(os.getpid())}\n")
+        os.replace(temporary, self.path)
+
+    def alive_elsewhere(self) -> bool:
+        """True when the named process runs, and is not this one."""
+        try:
+            pid_text, started = self.path.read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return False
+        return pid != os.getpid() and _started(pid) == started
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot; None if it is gone (or a
+    zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
