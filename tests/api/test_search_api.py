@@ -325,3 +325,33 @@ def test_readiness_reflects_whether_search_is_complete(settings, clock):
     finally:
         indexer.stop()
         close_database(database)
+
+
+def test_without_an_index_exact_searches_are_answered_by_the_database(api):
+    """While the index is being built (a fresh instance, a damaged one rebuilt) a clerk's
+    exact look-ups still answer, from the database: by identifier value, by family name
+    and birth date. They say so (served_by, index_complete false, audited as such); a
+    search that needs the index (free text, fuzzy names) is still a 503."""
+    p = _people(api)  # nothing indexed: the indexer has not run
+    headers = {"X-User-ID": "clerk-7"}
+    by_id = api.client.simulate_get(SEARCH, params={"identifier": "MRN-00042"},
+                                    headers=headers)
+    assert by_id.status_code == 200, by_id.text
+    assert [i["patient"]["id"] for i in by_id.json["items"]] == [p["maria"]["id"]]
+    assert by_id.json["served_by"] == "database" and by_id.json["index_complete"] is False
+    assert by_id.json["items"][0]["person_id"] == p["maria"]["person_id"]
+    by_name = api.client.simulate_get(SEARCH, params={"family": "HERNANDEZ",
+                                                      "birth_date": "1975-03-03"})
+    assert [i["patient"]["id"] for i in by_name.json["items"]] == [p["maria"]["id"]]
+    nobody = api.client.simulate_get(SEARCH, params={"family": "smith",
+                                                     "birth_date": "1975-03-03"})
+    assert nobody.status_code == 200 and nobody.json["items"] == []
+    for needs_the_index in ({"q": "smith"}, {"name": "john smith"},
+                            {"family": "smith", "birth_year": "1980"}):
+        assert api.client.simulate_get(SEARCH, params=needs_the_index).status_code == 503
+    trail = api.client.simulate_get("/api/v1/audit/recent", params={"limit": 10}).json
+    searches = [e for e in trail["items"] if e["action"] == "patient:record:search"]
+    assert searches[-1]["new_value"]["served_by"] == "database"
+    assert searches[-1]["new_value"]["returned"] == [p["maria"]["id"]]
+    indexed = api.search(identifier="MRN-00042").json  # once the index is built
+    assert indexed["served_by"] == "index" and indexed["index_complete"] is True

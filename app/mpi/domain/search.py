@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from mpi.domain.patient import Patient
@@ -29,3 +31,8 @@ class SearchPage(BaseModel):
         default=0, description="Change-log events the index did not hold yet (at most)")
     index_behind_seconds: float | None = Field(
         default=None, description="Age of the oldest change the index did not hold yet")
+    served_by: Literal["index", "database"] = Field(
+        default="index", description="database: the search index could not answer (being "
+        "built or rebuilt), so the database did, with exact matches only (an identifier "
+        "value as stored, family name, birth date, source); index_complete is then false "
+        "and scores are 0")

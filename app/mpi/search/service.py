@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.patient import Patient
 from mpi.search.index import Hit, SearchIndex, SearchUnavailable
 from mpi.search.query import Options, Shortcuts, build
 from mpi.storage.changes import ChangeRepository
-from mpi.storage.patients import PatientRepository
+from mpi.storage.patients import PatientFilter, PatientRepository
 from mpi.storage.work import UnitOfWork
 
 
@@ -46,11 +46,13 @@ class SearchOutcome:
     dropped: int  # hits the index still had but the database no longer holds live
     behind_events: int = 0  # change-log events the index does not hold yet (at most)
     behind_seconds: float | None = None  # since the oldest of them (None: none)
+    served_by: Literal["index", "database"] = "index"  # database: exact matches only
 
     @property
     def complete(self) -> bool:
-        """Whether the index held every committed change when it answered."""
-        return self.behind_events == 0
+        """Whether the answer has every record the search would find: the index held
+        every committed change (a database answer has exact matches only: never)."""
+        return self.served_by == "index" and self.behind_events == 0
 
 
 class SearchService:
@@ -76,11 +78,31 @@ class SearchService:
         seconds = round(max((self._work.clock() - since).total_seconds(), 0.0), 3)
         return Freshness("behind", behind, seconds)
 
+    def _from_database(self, request: SearchRequest, exact: PatientFilter,
+                       actor: Actor) -> SearchOutcome:
+        """The search answered by exact matches from the database (audited as a search)."""
+        wanted = request.offset + request.limit
+        with self._work.begin(actor) as tx:
+            page = self._repository.list_page(exact, after=None, limit=min(wanted, 200))
+            items = [Found(Hit(p.id, 0.0, p.person_id), p)
+                     for p in page.items[request.offset:wanted]]
+            tx.audit(AuditTag.PATIENT_SEARCH, None, new={
+                "query": _asked(request), "returned": [f.patient.id for f in items],
+                "served_by": "database"})
+        total = request.offset + len(items) + (1 if page.next_cursor else 0)
+        return SearchOutcome(items, total, None, 0, served_by="database")
+
     def search(self, request: SearchRequest, actor: Actor) -> SearchOutcome:
         """Raises QuerySyntaxError (bad query), SearchUnavailable (no index yet)."""
         options = Options(fuzzy=self.fuzzy if request.fuzzy is None else request.fuzzy)
         query = build(request.q, request.shortcuts, options)
-        results = self.index.search(query, offset=request.offset, limit=request.limit)
+        try:
+            results = self.index.search(query, offset=request.offset, limit=request.limit)
+        except SearchUnavailable:
+            exact = database_filter(request)
+            if exact is None:
+                raise
+            return self._from_database(request, exact, actor)
         with self._work.begin(actor) as tx:
             live = self._repository.get_live_many([h.id for h in results.hits])
             items = [Found(h, live[h.id]) for h in results.hits if h.id in live]
@@ -108,6 +130,20 @@ class Freshness:
     behind_events: int = 0
     behind_seconds: float | None = None
     reason: str | None = None
+
+
+def database_filter(request: SearchRequest) -> PatientFilter | None:
+    """The exact filter the database can answer a search with while the index cannot
+    (a fresh instance building it, a damaged one being rebuilt): an identifier value as
+    stored, a family name (case and accents folded as the database keeps it), a birth
+    date, a source, alone or together, and nothing else (None: the search needs the
+    index)."""
+    s = request.shortcuts
+    if (request.q or s.name or s.given or s.birth_year is not None or s.phone
+            or request.fuzzy or not (s.identifier or s.family or s.birth_date)):
+        return None
+    return PatientFilter(source=s.source, family=s.family, birth_date=s.birth_date,
+                         identifier_value=s.identifier.strip() if s.identifier else None)
 
 
 def _asked(request: SearchRequest) -> dict[str, Any]:

@@ -54,8 +54,10 @@ class PatientSearch:
                                 SearchPage),
                           400: ("The query cannot be read, or a parameter is invalid; the "
                                 "problem is named", None),
-                          503: ("The search index is being built; retry after Retry-After",
-                                None)})
+                          503: ("The search index is being built and this search needs it "
+                                "(an exact identifier, family name or birth date search is "
+                                "answered from the database meanwhile); retry after "
+                                "Retry-After", None)})
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Give q, the shortcut parameters, or both (every one given must match).
 
@@ -93,7 +95,7 @@ class PatientSearch:
             next_offset=end if end < outcome.total + outcome.dropped else None,
             index_cursor=None if outcome.cursor is None else str(outcome.cursor),
             index_complete=outcome.complete, index_behind_events=outcome.behind_events,
-            index_behind_seconds=outcome.behind_seconds)
+            index_behind_seconds=outcome.behind_seconds, served_by=outcome.served_by)
         body = page.model_dump(mode="json")
         # The page's own members are always present (null included); each record is
         # shown exactly as GET /patients/{id} shows it (absent values left out).
