@@ -218,6 +218,30 @@ def format_table(results: Sequence[ScenarioResult], baseline: str = BASELINE) ->
     return "\n".join(lines)
 
 
+def format_markdown(results: Sequence[ScenarioResult], context: Mapping[str, Any],
+                    baseline: str = BASELINE) -> str:
+    """The results as a Markdown table (for a closing note or a pull request), with the
+    set-up it was measured on; ratio is req/s over ``baseline``'s req/s in the same run."""
+    base = next((r.rps for r in results if r.name == baseline), None)
+    pg, server, load = context["postgres"], context["server"], context["load"]
+    lines = [
+        f"`{' '.join(context.get('command', ['python', '-m', 'bench.api']))}` at "
+        f"{context.get('git_commit') or 'an uncommitted tree'}: PostgreSQL fsync="
+        f"{pg['fsync']}, synchronous_commit={pg['synchronous_commit']}; "
+        f"{server['workers']} workers x {server['threads']} threads; "
+        f"{load['connections']} connections, {load['duration_s']:g} s each; "
+        f"{context['machine']['cpu_count']} CPUs",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | ratio to the bare route | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        share = ratio(r.rps, base)
+        lines.append(f"| `{r.name}` | {r.rps:.1f} | {_num(r.p50_ms)} | {_num(r.p99_ms)} | "
+                     f"{'-' if share is None else f'{share:.3f}'} | {r.errors} |")
+    return "\n".join(lines) + "\n"
+
+
 def format_summary(results: Sequence[ScenarioResult], context: Mapping[str, Any]) -> str:
     """What a person reads: the set-up, the table, errors, CPU split and server log notes."""
     pg, server, load = context["postgres"], context["server"], context["load"]
@@ -842,8 +866,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     context["command"] = ["python", "-m", "bench.api",
                           *(sys.argv[1:] if argv is None else argv)]
     args.json.write_text(report_json(results, context))
+    markdown = args.json.with_suffix(".md")
+    markdown.write_text(format_markdown(results, context))
     print(format_summary(results, context))
-    print(f"report: {args.json}")
+    print(f"report: {args.json} (table: {markdown})")
     return 0
 
 

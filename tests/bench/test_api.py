@@ -24,6 +24,7 @@ from bench.api import (
     WorkerResult,
     aggregate,
     build_request,
+    format_markdown,
     format_summary,
     format_table,
     gunicorn_command,
@@ -341,3 +342,19 @@ def test_durable_local_postgres_keeps_fsync_on(tmp_path: Path) -> None:
     if local:  # container and external servers are used as they are configured
         assert (info["fsync"], info["synchronous_commit"], info["full_page_writes"]) == (
             "on", "on", "on")
+
+
+def test_markdown_table_has_every_scenario_with_its_ratio_and_the_setup() -> None:
+    context = {
+        "postgres": {"fsync": "on", "synchronous_commit": "on"},
+        "server": {"workers": 5, "threads": 1}, "git_commit": "abc123",
+        "load": {"connections": 4, "duration_s": 10.0}, "machine": {"cpu_count": 2},
+        "command": ["python", "-m", "bench.api", "--connections", "4"],
+    }
+    text = format_markdown(RESULTS, context)
+    lines = text.splitlines()
+    assert lines[0].startswith("`python -m bench.api --connections 4` at abc123: ")
+    assert "fsync=on" in lines[0] and "4 connections" in lines[0]
+    rows = [line for line in lines if line.startswith("| `")]
+    assert len(rows) == len(RESULTS)
+    assert rows[0].split("|")[5].strip() == "1.000" and rows[1].split("|")[5].strip() == "0.250"
