@@ -18,7 +18,7 @@ import peewee
 
 from mpi.domain.errors import NotFound
 from mpi.storage.bulk import any_of, bulk_insert
-from mpi.storage.db import is_postgres, tuples
+from mpi.storage.db import execute_prepared, is_postgres, tuples
 from mpi.storage.models import (
     BlockingKeyRow,
     LinkEventRow,
@@ -235,12 +235,13 @@ class IdentityRepository:
             # One index probe per key: the cost follows the keys asked for, not the
             # registry's size. Given thousands of keys, as an import batch has, the planner
             # would rather hash the whole blocking_key table for every batch; a LATERAL
-            # subquery kept apart by OFFSET 0 makes it loop over the keys instead.
+            # subquery kept apart by OFFSET 0 makes it loop over the keys instead. That
+            # plan does not depend on the keys: planned once per connection (prepared).
             sql = ("SELECT DISTINCT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
                    "CROSS JOIN LATERAL (SELECT b.patient_pk FROM blocking_key b "
                    "WHERE b.key = k.key OFFSET 0) bk "
                    "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk")
-            cursor = self._db.execute_sql(sql, (wanted,))
+            cursor = execute_prepared(self._db, sql, (wanted,))
         else:
             clause, params = any_of(self._db, wanted)
             # ``clause`` is fixed SQL text from any_of; the keys are bound as one parameter.
