@@ -389,3 +389,35 @@ def test_the_pool_lends_an_idle_connection_without_a_round_trip():
     assert pool._is_closed(conn)
     conn.closed = True
     assert pool._is_closed(conn)
+
+
+def test_a_unit_on_a_connection_broken_while_pooled_opens_again_on_a_new_one(postgres_url):
+    """A write's BEGIN is the first thing a lent connection sends: when the server closed
+    it meanwhile (a restart), nothing was done yet and the unit runs on a new connection;
+    the write commits, as if nothing happened."""
+    db = database_for(parse_database_url(postgres_url), max_connections=2)
+    admin = database_for(parse_database_url(postgres_url), max_connections=1)
+    work = _work(db)
+    mark = f"w-{uuid.uuid4()}"
+    from mpi.storage.db import database_proxy
+
+    database_proxy.initialize(db)  # the audit rows' model writes through the proxy
+    try:
+        db.connect()
+        pid = db.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+        db.close()
+        with admin.connection_context():
+            admin.execute_sql("SELECT pg_terminate_backend(%s)", (pid,))
+        db.connect()
+        try:
+            with work.begin(ACTOR) as tx:
+                tx.audit(AuditTag.PATIENT_UPDATE, mark)
+                assert db.execute_sql("SELECT pg_backend_pid()").fetchone()[0] != pid
+        finally:
+            db.close()
+        with admin.connection_context():
+            assert admin.execute_sql("SELECT count(*) FROM audit_event WHERE entity_id = %s",
+                                     (mark,)).fetchone()[0] == 1
+    finally:
+        close_database(db)
+        close_database(admin)

@@ -144,7 +144,8 @@ class UnitOfWork:
             raise RuntimeError("a unit of work is already open on this connection; "
                                "pass its Transaction down instead of opening another")
         try:
-            with write_transaction(self._db):
+            with contextlib.ExitStack() as opened:
+                self._open(opened)
                 tx = Transaction(actor, self.clock())
                 yield tx
                 self._flush(tx)
@@ -155,6 +156,21 @@ class UnitOfWork:
                                        "request again") from exc
             self._forget_idle()
             raise StorageUnavailable("the database is unavailable") from exc
+
+    def _open(self, opened: contextlib.ExitStack) -> None:
+        """Open the unit's transaction. Its BEGIN is the first statement a pooled
+        connection sends (the pool does not test it): if the connection broke while
+        pooled, nothing was done yet, so the unit opens again on a new connection
+        (the pool's other idle ones dropped) instead of failing."""
+        try:
+            opened.enter_context(write_transaction(self._db))
+        except (peewee.OperationalError, peewee.InterfaceError):
+            if self._db.is_connection_usable():
+                raise
+            self._forget_idle()
+            self._db.close()
+            self._db.connect()
+            opened.enter_context(write_transaction(self._db))
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
