@@ -70,6 +70,11 @@ def _writable(path: str) -> bool:
 
 class MPIServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings):
+        # The whole application's modules are imported here, in the master, once: the
+        # indexer process and every worker are forked from it and start with them loaded
+        # (about 0.7 s of imports each otherwise), sharing their pages until written.
+        # Nothing is built here: no connection, no index, no app instance.
+        import mpi.api.app  # noqa: F401
         from mpi import wiring
         from mpi.search.process import IndexerProcess
 
