@@ -1,6 +1,7 @@
 """API benchmark behind ``nox -s bench``: the patient API on PostgreSQL next to a bare route.
 
-    python -m bench.api [--duration S] [--warmup S] [--connections N] [--json PATH]
+    python -m bench.api [--duration S] [--warmup S] [--connections N] [--registry N]
+                        [--json PATH]
 
 Measures throughput and p50/p99 latency of ``POST /api/v1/patients`` (varied records:
 writers that post look-alikes measure the linking locks, not the service),
@@ -9,7 +10,10 @@ of created records, half new people) served by ``mpi serve`` on a throwaway Post
 with the default gunicorn settings, and of a bare Falcon ``hello`` route served
 by gunicorn with the same options. The load generator and the servers share the
 machine's CPUs, so the figure to compare across machines and commits is the ratio
-of each scenario's req/s to ``hello`` measured in the same run.
+of each scenario's req/s to ``hello`` measured in the same run. ``--registry N`` first
+loads N synthetic people with ``mpi import`` (its rate is reported) so that reads and
+matches run against a registry of that size; the scenarios start once the instance's
+search index is built (its build time is reported too).
 
 - The PostgreSQL server is durable (fsync and synchronous_commit on) unless
   ``--fast-postgres``; the one actually used is described in the report.
@@ -231,6 +235,7 @@ def format_markdown(results: Sequence[ScenarioResult], context: Mapping[str, Any
         f"{server['workers']} workers x {server['threads']} threads; "
         f"{load['connections']} connections, {load['duration_s']:g} s each; "
         f"{context['machine']['cpu_count']} CPUs",
+        *_registry_lines(context),
         "",
         "| scenario | req/s | p50 ms | p99 ms | ratio to the bare route | errors |",
         "|---|---:|---:|---:|---:|---:|",
@@ -240,6 +245,18 @@ def format_markdown(results: Sequence[ScenarioResult], context: Mapping[str, Any
         lines.append(f"| `{r.name}` | {r.rps:.1f} | {_num(r.p50_ms)} | {_num(r.p99_ms)} | "
                      f"{'-' if share is None else f'{share:.3f}'} | {r.errors} |")
     return "\n".join(lines) + "\n"
+
+
+def _registry_lines(context: Mapping[str, Any]) -> list[str]:
+    registry = context.get("registry")
+    if not registry:
+        return []
+    line = (f"registry: {registry['records']} people loaded by mpi import in "
+            f"{registry['import_s']} s ({registry['import_records_per_s']} records/s)")
+    if "index_build_s" in registry:
+        line += (f"; the fresh instance's search index built in {registry['index_build_s']} "
+                 f"s ({registry['index_documents_per_s']} documents/s), before measuring")
+    return [line]
 
 
 def format_summary(results: Sequence[ScenarioResult], context: Mapping[str, Any]) -> str:
@@ -252,6 +269,7 @@ def format_summary(results: Sequence[ScenarioResult], context: Mapping[str, Any]
         f"gunicorn: {server['workers']} workers x {server['threads']} threads "
         f"({server['worker_class']}); load: {load['connections']} connections, "
         f"{load['warmup_s']:g} s warm-up + {load['duration_s']:g} s each; {cpus} CPUs",
+        *_registry_lines(context),
         "",
         format_table(results),
         "",
@@ -365,6 +383,7 @@ class LoadSpec:
     tag: str = "bench"  # makes created source ids and identifiers unique per run
     ids: tuple[str, ...] = ()  # "read": the patient ids to pick from
     known: int = 0  # "match": how many records each of writers 0 and 1 created at least
+    bodies: tuple[str, ...] = ()  # "match": JSON bodies to pick from (else match_body)
     seed: int = 0
     timeout: float = 30.0
 
@@ -384,7 +403,8 @@ def build_request(
             raise ValueError("the read scenario needs patient ids")
         return "GET", f"{PATIENTS}/{rng.choice(spec.ids)}", None, headers
     if spec.kind == "match":
-        body = json.dumps(match_body(spec.tag, rng, spec.known)).encode()
+        body = (rng.choice(spec.bodies).encode() if spec.bodies
+                else json.dumps(match_body(spec.tag, rng, spec.known)).encode())
         return "POST", MATCH, body, {**headers, "Content-Type": "application/json"}
     raise ValueError(f"unknown scenario kind {spec.kind!r}")
 
@@ -778,24 +798,80 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
         port = free_port()
         env = server_env(os.environ, pg.url, port)
         commands.run(mpi_command("migrate"), env=env, cwd=workdir, timeout=120)
+        registry_ids: list[str] = []
+        bodies: tuple[str, ...] = ()
+        if args.registry:
+            context["registry"], registry_ids, bodies = load_registry(
+                args.registry, env, workdir, pg.url)
         print("mpi serve", file=sys.stderr, flush=True)
         with running_server(mpi_command("serve"), env=env, cwd=workdir,
                             log=log_dir / "mpi-server.log", port=port, ready_path=READY) as proc:
             probes = {"server": partial(_group_cpu, proc.pid), **pg_probe, **machine}
+            if args.registry:  # the fresh instance indexes the registry first: not measured
+                context["registry"].update(wait_for_search(port, args.registry))
             spec = replace(template, kind="create", port=port)
             post, ids, known = _measure(POST_PATIENT, spec, args.connections, probes)
             results.append(post)
             if not ids:
                 raise RuntimeError("no patient was created: nothing to read")
-            spec = replace(template, kind="read", port=port, ids=tuple(ids))
+            spec = replace(template, kind="read", port=port, ids=tuple(ids + registry_ids))
             results.append(_measure(GET_PATIENT, spec, args.connections, probes)[0])
-            spec = replace(template, kind="match", port=port, known=known)
+            spec = replace(template, kind="match", port=port, known=known, bodies=bodies)
             results.append(_measure(MATCH_PATIENT, spec, args.connections, probes)[0])
             server["mpi_workers_seen"] = _child_count(proc.pid)
         context["patients_created"] = len(ids)
     context["server_logs"] = [_log_summary(log_dir / name)
                               for name in ("hello-server.log", "mpi-server.log")]
     return results, context
+
+
+def wait_for_search(port: int, records: int, timeout: float = 6 * 3600) -> dict[str, Any]:
+    """Wait until readiness says search is complete (a fresh instance builds its index
+    from the registry); how long that took, as the index build's figures."""
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        try:
+            conn.request("GET", READY)
+            checks = json.loads(conn.getresponse().read()).get("checks") or {}
+        except (OSError, ValueError, http.client.HTTPException):
+            checks = {}
+        finally:
+            conn.close()
+        if checks.get("search") == "ok":
+            seconds = time.perf_counter() - started
+            return {"index_build_s": round(seconds, 1),
+                    "index_documents_per_s": round(records / seconds) if seconds else None}
+        time.sleep(0.5)
+    raise RuntimeError("the search index was not built in time")
+
+
+def load_registry(records: int, env: Mapping[str, str], workdir: Path, url: str
+                  ) -> tuple[dict[str, Any], list[str], tuple[str, ...]]:
+    """Load a synthetic registry of ``records`` people with ``mpi import`` (timed), so
+    that reads and matches are measured at that size: the import's figures, up to 5,000
+    of its patient ids for the reads, and 2,000 match probes (half misspelt variants of
+    registered people, half new people)."""
+    import psycopg
+
+    from bench.identity import probes, synthetic_registry, write_csv
+
+    first, _ = synthetic_registry(records)
+    path = workdir / "registry.csv"
+    write_csv(path, first)
+    print(f"mpi import: {records} records ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    done = commands.run(mpi_command("import", str(path), "--no-progress", "--batch", "1000"),
+                        env=env, cwd=workdir, timeout=6 * 3600)
+    seconds = time.perf_counter() - started
+    with psycopg.connect(url) as conn:
+        ids = [str(i) for (i,) in conn.execute(
+            "SELECT id FROM patient ORDER BY random() LIMIT 5000").fetchall()]
+    report = {"records": records, "import_s": round(seconds, 1),
+              "import_records_per_s": round(records / seconds) if seconds else None,
+              "tool_says": done.stdout.strip().splitlines()[-1] if done.stdout else ""}
+    return report, ids, tuple(json.dumps(b) for b in probes(first, 2000))
 
 
 def _stop_postgres(pg: Any) -> None:
@@ -829,6 +905,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help=f"where to write the JSON report (default {DEFAULT_JSON})")
     parser.add_argument("--seed", type=int, default=0, help="seed for the read scenario's picks")
+    parser.add_argument("--registry", type=_non_negative_int, default=0, metavar="N",
+                        help="first load N synthetic people with mpi import (timed); reads "
+                             "and matches then run against that registry (default 0)")
     parser.add_argument("--fast-postgres", action="store_true",
                         help="a local PostgreSQL with fsync and synchronous_commit off")
     return parser.parse_args(argv)
@@ -838,6 +917,13 @@ def _positive(raw: str) -> float:
     value = float(raw)
     if not value > 0:
         raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
     return value
 
 

@@ -30,6 +30,7 @@ from bench.api import (
     gunicorn_command,
     match_body,
     mpi_command,
+    parse_args,
     patient_body,
     percentile,
     report_json,
@@ -358,3 +359,55 @@ def test_markdown_table_has_every_scenario_with_its_ratio_and_the_setup() -> Non
     rows = [line for line in lines if line.startswith("| `")]
     assert len(rows) == len(RESULTS)
     assert rows[0].split("|")[5].strip() == "1.000" and rows[1].split("|")[5].strip() == "0.250"
+
+
+def test_a_registry_sized_run_reads_and_matches_what_it_loaded() -> None:
+    args = parse_args(["--registry", "5000"])
+    assert args.registry == 5000 and parse_args([]).registry == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--registry", "-1"])
+    bodies = ('{"names": [{"family": "A"}]}', '{"names": [{"family": "B"}]}')
+    spec = LoadSpec("match", 1, 1.0, 0.0, bodies=bodies)
+    rng = random.Random(0)
+    sent = {build_request(spec, 0, n, rng)[2] for n in range(20)}
+    assert sent == {b.encode() for b in bodies}
+    context = {"postgres": {"description": "pg", "fsync": "on", "synchronous_commit": "on"},
+               "server": {"workers": 5, "threads": 1, "worker_class": "x"},
+               "load": {"connections": 4, "warmup_s": 1.0, "duration_s": 1.0},
+               "machine": {"cpu_count": 2},
+               "registry": {"records": 5000, "import_s": 6.2, "import_records_per_s": 806}}
+    line = "registry: 5000 people loaded by mpi import in 6.2 s (806 records/s)"
+    assert line in format_summary(RESULTS, context)
+    assert line in format_markdown(RESULTS, context)
+
+
+def test_the_scenarios_wait_for_the_fresh_instances_index() -> None:
+    """With a registry, the fresh instance builds its search index first: the bench waits
+    until readiness says search is complete (it is not what the scenarios measure)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bench.api import wait_for_search
+
+    answers = iter(["unavailable: the search index is being built", "behind: 3 change(s)",
+                    "ok"])
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"checks": {"search": next(answers, "ok")}}).encode()
+            self.send_response(200 if self.path.endswith("/ready") else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        figures = wait_for_search(server.server_address[1], 1000, timeout=30)
+    finally:
+        server.shutdown()
+    assert figures["index_build_s"] >= 1.0  # two polls half a second apart
+    assert figures["index_documents_per_s"] <= 1000
