@@ -18,6 +18,7 @@ import ast
 import hashlib
 import importlib
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,9 +72,17 @@ def discover(package: str = PACKAGE) -> list[Migration]:
     return found
 
 
+#: CPython 3.11 (3.11.2 in Debian 12, 3.11.7 here) can fail ast.parse run in two threads at
+#: once ("SystemError: AST constructor recursion depth mismatch", fixed in 3.12): several
+#: workers migrating on a first start did, in CI. One parse at a time.
+_PARSING = threading.Lock()
+
+
 def _supersedes(text: bytes) -> frozenset[str]:
     """The module-level ``SUPERSEDES`` tuple of checksums, read without importing."""
-    for node in ast.parse(text).body:
+    with _PARSING:
+        tree = ast.parse(text)
+    for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id == "SUPERSEDES"):
