@@ -310,6 +310,13 @@ def test_a_failed_audit_insert_leaves_the_connection_clean(db):
     assert [r.entity_id for r in AuditEventRow.select()] == ["p1"]
 
 
+def _audit_rows(admin, entity_id: str) -> int:
+    """Audit rows about ``entity_id``, counted on another connection (committed ones)."""
+    with admin.connection_context():
+        return admin.execute_sql("SELECT count(*) FROM audit_event WHERE entity_id = %s",
+                                 (entity_id,)).fetchone()[0]
+
+
 def test_a_connection_broken_while_pooled_costs_a_read_nothing(postgres_url):
     """The pool lends connections without a test query; one the server closed meanwhile
     (a restart, an idle timeout) fails at the read's first statement, and the read runs
@@ -348,9 +355,7 @@ def test_a_connection_broken_while_pooled_costs_a_read_nothing(postgres_url):
             db.close()
         assert served_by not in pids
         assert len(pool._connections) == 1  # the new one; the other broken one was dropped
-        with admin.connection_context():
-            assert admin.execute_sql("SELECT count(*) FROM audit_event WHERE entity_id = %s",
-                                     (mark,)).fetchone()[0] == 1
+        assert _audit_rows(admin, mark) == 1
     finally:
         close_database(db)
         close_database(admin)
@@ -415,9 +420,7 @@ def test_a_unit_on_a_connection_broken_while_pooled_opens_again_on_a_new_one(pos
                 assert db.execute_sql("SELECT pg_backend_pid()").fetchone()[0] != pid
         finally:
             db.close()
-        with admin.connection_context():
-            assert admin.execute_sql("SELECT count(*) FROM audit_event WHERE entity_id = %s",
-                                     (mark,)).fetchone()[0] == 1
+        assert _audit_rows(admin, mark) == 1
     finally:
         close_database(db)
         close_database(admin)

@@ -167,9 +167,7 @@ class UnitOfWork:
         except (peewee.OperationalError, peewee.InterfaceError):
             if self._db.is_connection_usable():
                 raise
-            self._forget_idle()
-            self._db.close()
-            self._db.connect()
+            self._reconnect()
             opened.enter_context(write_transaction(self._db))
 
     @contextlib.contextmanager
@@ -203,9 +201,7 @@ class UnitOfWork:
                 break
             except (peewee.OperationalError, peewee.InterfaceError) as exc:
                 if attempt == 1 and not self._db.is_connection_usable():
-                    self._forget_idle()
-                    self._db.close()
-                    self._db.connect()
+                    self._reconnect()
                     continue
                 self._forget_idle()
                 raise StorageUnavailable("the database is unavailable") from exc
@@ -232,6 +228,13 @@ class UnitOfWork:
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             self._forget_idle()
             raise StorageUnavailable("the database is unavailable") from exc
+
+    def _reconnect(self) -> None:
+        """Replace this thread's broken connection with a new one (and drop the pool's
+        idle ones: if the database went away they are broken too)."""
+        self._forget_idle()
+        self._db.close()
+        self._db.connect()
 
     def _forget_idle(self) -> None:
         """After a database error: close the pool's idle connections (if the database
