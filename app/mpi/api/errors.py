@@ -12,6 +12,8 @@ import peewee
 from playhouse.pool import MaxConnectionsExceeded
 
 from mpi.domain import errors as domain
+from mpi.fhir import FHIR_JSON
+from mpi.fhir.outcome import operation_outcome
 
 log = logging.getLogger("mpi.api")
 
@@ -75,8 +77,23 @@ def _problem_body(req: falcon.Request, exc: falcon.HTTPError) -> dict[str, Any]:
     return body
 
 
+FHIR_PREFIX = "/fhir"
+
+
 def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
-    """Falcon error serializer: every HTTPError becomes problem+json."""
+    """Falcon error serializer: every HTTPError becomes problem+json, or under ``/fhir``
+    a FHIR OperationOutcome."""
+    if req.path == FHIR_PREFIX or req.path.startswith(FHIR_PREFIX + "/"):
+        problems = exc.errors if isinstance(exc, Problem) else []
+        detail = exc.description or exc.title
+        extra = exc.extra if isinstance(exc, Problem) else {}
+        outcome = operation_outcome(exc.status_code, detail, problems=problems,
+                                    severity=extra.get("fhir_severity"),
+                                    code=extra.get("fhir_code"))
+        resp.content_type = FHIR_JSON
+        resp.data = json.dumps(outcome).encode()
+        resp.append_header("Vary", "Accept")
+        return
     resp.content_type = PROBLEM_JSON
     resp.data = json.dumps(_problem_body(req, exc)).encode()
     resp.append_header("Vary", "Accept")

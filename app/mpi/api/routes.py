@@ -21,6 +21,14 @@ from mpi.api.resources.persons import (
 )
 from mpi.api.resources.reviews import ReviewCollection, ReviewItemResource, ReviewResolve
 from mpi.api.resources.search import PatientSearch
+from mpi.fhir.resources import (
+    FhirMatch,
+    FhirMetadata,
+    FhirPatientInstance,
+    FhirPatientSearch,
+    FhirPatientType,
+    FhirPix,
+)
 from mpi.wiring import Services
 
 PREFIX = "/api/v1"
@@ -53,6 +61,12 @@ def build_routes(services: Services) -> list[tuple[str, object]]:
         (f"{PREFIX}/audit/recent", RecentAudit(s.audit_trail)),
         (f"{PREFIX}/audit/user", UserAudit(s.audit_trail)),
         (f"{PREFIX}/events", EventFeed(s.change_feed)),
+        ("/fhir/metadata", FhirMetadata()),
+        ("/fhir/Patient", FhirPatientType(s.patients)),
+        ("/fhir/Patient/_search", FhirPatientSearch(s.patients)),
+        ("/fhir/Patient/$match", FhirMatch(s.matching, s.persons, s.patients.today)),
+        ("/fhir/Patient/$ihe-pix", FhirPix(s.patients, s.persons)),
+        ("/fhir/Patient/{patient_id:uuid}", FhirPatientInstance(s.patients)),
         (f"{PREFIX}/docs", SwaggerPage(spec_url="/openapi.json", static_url=DOCS_STATIC)),
     ]
     spec = OpenApiDocument(lambda: openapi.build(routes, version=version()))

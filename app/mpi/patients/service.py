@@ -8,11 +8,13 @@ from datetime import UTC, date, datetime
 from typing import NoReturn
 
 from mpi.domain.audit import Actor, AuditTag
+from mpi.domain.criteria import Criteria, Token
 from mpi.domain.errors import Conflict, FieldProblem, Forbidden, InvalidInput
 from mpi.domain.events import EventType
 from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.identity.linking import Linking
 from mpi.storage.fields import EncodedJSON
+from mpi.storage.finder import Found, PatientFinder
 from mpi.storage.patients import Page, PatientFilter, PatientRepository
 from mpi.storage.work import Transaction, UnitOfWork, retried
 
@@ -31,6 +33,7 @@ class PatientService:
         self._repository = repository
         self._linking = linking
         self._new_id = new_id
+        self._finder = PatientFinder(repository)
 
     def today(self) -> date:
         return self._work.clock().date()
@@ -177,6 +180,25 @@ class PatientService:
                 "returned": [p.id for p in page.items]})
         return page
 
+    def find(self, criteria: Criteria, actor: Actor, *, offset: int, count: int,
+             total: bool) -> Found:
+        """Exact search in the database (FHIR/PDQm): every term must hold. Audited with
+        the search's terms (they are what the client asked, as on a list) and the ids
+        returned."""
+        with self._work.begin(actor) as tx:
+            found = self._finder.find(criteria, offset=offset, count=count, total=total,
+                                      today=self.today())
+            tx.audit(AuditTag.PATIENT_SEARCH, None, new={
+                "via": "fhir", "terms": [_term_summary(t) for t in criteria.terms],
+                "offset": offset, "returned": [p.id for p in found.items]})
+        return found
+
+    def unrecognized(self, tokens: Sequence[Token]) -> list[Token]:
+        """Which of these identifier domains the registry does not know (PDQm/PIXm answer
+        those with their "not found" errors)."""
+        with self._work.reading():
+            return [t for t in tokens if not self._finder.recognized(t)]
+
     # --- helpers -------------------------------------------------------------------------
 
     def _explain(self, clash: Conflict, data: PatientInput, *,
@@ -189,6 +211,22 @@ class PatientService:
                             f"{data.source_id}: patient {holder}", field="source_id",
                             existing_id=holder)
         return clash
+
+
+def _term_summary(term: object) -> dict[str, object]:
+    """A search term for the audit row, as plain JSON."""
+    def plain(value: object) -> object:
+        if isinstance(value, (date, datetime)):
+            return value.isoformat()
+        if hasattr(value, "__dataclass_fields__"):
+            return {k: plain(v) for k, v in vars(value).items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    summary = plain(term)
+    assert isinstance(summary, dict)
+    return summary
 
 
 class _SourceDenied(Exception):

@@ -65,6 +65,8 @@ class PatientNameRow(BaseModel):
     family = peewee.CharField(max_length=200, null=True)
     family_norm = peewee.CharField(max_length=200, null=True, index=True)
     given = JSONTextField()
+    # The given names folded for search (``storage.patients.given_norm``).
+    given_norm = peewee.TextField(null=True)
     prefix = JSONTextField()
     suffix = JSONTextField()
 

@@ -60,6 +60,19 @@ def normalize_name(value: str | None) -> str | None:
     return folded[:NAME_LENGTH]
 
 
+#: Separates the folded given names in ``patient_name.given_norm`` (a control character,
+#: which no stored name may contain), so a prefix is looked for at a name's start only.
+GIVEN_SEPARATOR = "\x1f"
+
+
+def given_norm(given: Sequence[str]) -> str | None:
+    """A name's given names, folded as :func:`normalize_name` folds them, each preceded
+    and the last followed by :data:`GIVEN_SEPARATOR`; None without given names."""
+    if not given:
+        return None
+    return "".join(GIVEN_SEPARATOR + (normalize_name(g) or "") for g in given) + GIVEN_SEPARATOR
+
+
 @dataclass(frozen=True)
 class PatientFilter:
     """Filters for listing patients; every given filter must match."""
@@ -268,6 +281,7 @@ class PatientRepository:
         for pk, data in items:
             names += [dict(patient=pk, position=n, use=x.use, family=x.family,
                            family_norm=normalize_name(x.family), given=list(x.given),
+                           given_norm=given_norm(x.given),
                            prefix=list(x.prefix), suffix=list(x.suffix))
                       for n, x in enumerate(data.names)]
             idents += [dict(patient=pk, position=n, system=x.system, value=x.value, type=x.type,

@@ -1,0 +1,589 @@
+"""FHIR R4 routes (http.html; PDQm ITI-78/ITI-119; PIXm ITI-83) over the same services.
+
+Every responder declares its SMART scope like the REST API's, and every read, search,
+match and write is audited by the service it calls. Errors leave as OperationOutcome
+(``mpi.api.errors`` renders every error under ``/fhir`` so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from email.utils import format_datetime
+from typing import Any
+
+import falcon
+
+from mpi import version
+from mpi.api.access import actor_for, public, requires
+from mpi.api.errors import Problem
+from mpi.api.openapi import Param, operation
+from mpi.api.resources.common import MAX_BODY_BYTES, json_body
+from mpi.domain.access import smart
+from mpi.domain.criteria import Token
+from mpi.domain.errors import Deleted, FieldProblem
+from mpi.domain.patient import Patient, PatientInput
+from mpi.fhir import FHIR_JSON, PERSON_SYSTEM, SOURCE_SYSTEM
+from mpi.fhir.capability import capability_statement
+from mpi.fhir.patient import parse_resource, to_resource
+from mpi.fhir.search import Search, SearchError, parse, parse_pairs, split_values
+from mpi.identity.match import MatchService
+from mpi.identity.persons import PersonService
+from mpi.patients.service import PatientService
+
+BASE = "/fhir"
+MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+_JSON_FORMATS = {"json", FHIR_JSON, "application/json", "application/json+fhir"}
+_TAGS = ["fhir"]
+
+
+# --- formats -------------------------------------------------------------------------------
+
+def negotiate(req: falcon.Request) -> None:
+    """406 unless the answer may be FHIR JSON: ``_format`` overrides ``Accept``."""
+    wanted = req.get_param("_format")
+    if wanted is not None:
+        if wanted.split(";")[0].strip().lower() not in _JSON_FORMATS:
+            raise _not_acceptable(f"_format {wanted[:60]!r} is not supported; use json")
+        return
+    accept = req.get_header("Accept")
+    if accept and not req.client_accepts(FHIR_JSON) and not req.client_accepts(
+            falcon.MEDIA_JSON):
+        raise _not_acceptable("this server answers in application/fhir+json")
+
+
+def _not_acceptable(detail: str) -> Problem:
+    return Problem(falcon.HTTP_406, "Not acceptable", detail,
+                   extra={"fhir_code": "not-supported"})
+
+
+def fhir_body(req: falcon.Request, resp: falcon.Response, resource: Any,
+              params: dict[str, Any]) -> None:
+    """A FHIR JSON body (``application/fhir+json`` or ``application/json``), 415 else."""
+    negotiate(req)
+    json_body(req, resp, resource, params)
+
+
+def send(resp: falcon.Response, body: dict[str, Any], status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = FHIR_JSON
+    resp.data = json.dumps(body, ensure_ascii=False).encode()
+
+
+def base_url(req: falcon.Request) -> str:
+    return req.prefix + BASE
+
+
+def _weak_etag(patient: Patient) -> str:
+    return f'W/"{patient.version}"'
+
+
+def _version_headers(resp: falcon.Response, patient: Patient) -> None:
+    resp.set_header("ETag", _weak_etag(patient))
+    resp.set_header("Last-Modified", format_datetime(patient.updated_at, usegmt=True)
+                    if patient.updated_at.tzinfo else
+                    format_datetime(patient.updated_at.replace(tzinfo=None), usegmt=False))
+
+
+def _if_match(req: falcon.Request) -> int | None:
+    """The version an ``If-Match: W/"n"`` names (weak or strong), else None."""
+    header = req.get_header("If-Match")
+    if header is None:
+        return None
+    tag = header.strip()
+    tag = tag[2:] if tag.startswith("W/") else tag
+    tag = tag.strip('"')
+    if not tag.isdigit() or len(tag) > 9:
+        raise Problem(falcon.HTTP_412, "Precondition failed",
+                      'If-Match must name a version, e.g. W/"3"')
+    return int(tag)
+
+
+def _prefer_return(req: falcon.Request) -> str:
+    for part in (req.get_header("Prefer") or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "return":
+            return value.strip().strip('"').lower()
+    return "representation"
+
+
+def _written(req: falcon.Request, resp: falcon.Response, patient: Patient,
+             status: str) -> None:
+    """The answer to a create or update: headers, and the body ``Prefer`` asks for."""
+    location = f"{base_url(req)}/Patient/{patient.id}/_history/{patient.version}"
+    resp.location = location if status == falcon.HTTP_201 else None
+    if status != falcon.HTTP_201:
+        resp.set_header("Content-Location", location)
+    _version_headers(resp, patient)
+    prefer = _prefer_return(req)
+    if prefer == "minimal":
+        resp.status = status
+        return
+    if prefer == "operationoutcome":
+        send(resp, {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "information", "code": "informational",
+            "diagnostics": f"Patient/{patient.id} version {patient.version} stored"}]}, status)
+        return
+    send(resp, to_resource(patient), status)
+
+
+def _search_of(req: falcon.Request, pairs: list[tuple[str, str]]) -> Search:
+    try:
+        return parse(pairs)
+    except SearchError as exc:
+        raise Problem(falcon.HTTP_400, "Bad request", "a search parameter is invalid",
+                      errors=exc.problems) from None
+
+
+def _query_pairs(req: falcon.Request) -> list[tuple[str, str]]:
+    try:
+        return parse_pairs(req.query_string)
+    except SearchError as exc:
+        raise Problem(falcon.HTTP_400, "Bad request", "the query string is invalid",
+                      errors=exc.problems) from None
+
+
+def _matches(patients: PatientService, req: falcon.Request, pairs: list[tuple[str, str]],
+             what: str) -> list[Patient]:
+    """Up to two live records matching a conditional request's criteria (more is 412)."""
+    search = _search_of(req, [(k, v) for k, v in pairs if k != "_format"])
+    if not search.criteria.terms:
+        raise Problem(falcon.HTTP_412, "Precondition failed",
+                      f"a conditional {what} needs search criteria, e.g. "
+                      "identifier=system|value")
+    found = patients.find(search.criteria, actor_for(req), offset=0, count=2, total=False)
+    if len(found.items) > 1:
+        raise Problem(falcon.HTTP_412, "Precondition failed",
+                      f"the criteria of this conditional {what} match more than one Patient; "
+                      "make them more selective")
+    return found.items
+
+
+# --- resources -------------------------------------------------------------------------------
+
+class FhirMetadata:
+    @public
+    @operation("FHIR CapabilityStatement", tags=_TAGS,
+               responses={200: ("The CapabilityStatement (application/fhir+json)", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        negotiate(req)
+        send(resp, capability_statement(base_url(req), version()))
+
+
+class FhirPatientType:
+    """``[base]/Patient``: search (ITI-78), create, conditional update and delete."""
+
+    def __init__(self, patients: PatientService):
+        self._patients = patients
+
+    @requires(smart("Patient", "s"))
+    @operation("FHIR Patient search (PDQm ITI-78)", tags=_TAGS,
+               params=tuple(Param(p, "query", f"FHIR search parameter {p}")
+                            for p in ("family", "given", "identifier", "birthdate",
+                                      "_count")),
+               responses={200: ("A searchset Bundle", None),
+                          400: ("A parameter is invalid (OperationOutcome)", None),
+                          404: ("An identifier domain is not known (PDQm case 4)", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        negotiate(req)
+        search_patients(self._patients, req, resp, _query_pairs(req))
+
+    @requires(smart("Patient", "c"))
+    @operation("FHIR Patient create (conditional with If-None-Exist)", tags=_TAGS,
+               responses={201: ("Created", None), 200: ("If-None-Exist matched one", None),
+                          400: ("Not a FHIR Patient", None),
+                          412: ("If-None-Exist matched several", None),
+                          415: ("Not FHIR JSON", None),
+                          422: ("An element is invalid (OperationOutcome)", None)})
+    @falcon.before(fhir_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data = parse_resource(req.context.body, today=self._patients.today())
+        condition = req.get_header("If-None-Exist")
+        if condition is not None:
+            try:
+                pairs = parse_pairs(condition.lstrip("?"))
+            except SearchError as exc:
+                raise Problem(falcon.HTTP_400, "Bad request", "If-None-Exist is invalid",
+                              errors=exc.problems) from None
+            existing = _matches(self._patients, req, pairs, "create")
+            if existing:
+                _written(req, resp, existing[0], falcon.HTTP_200)
+                return
+        patient = self._patients.create(data, actor_for(req))
+        _written(req, resp, patient, falcon.HTTP_201)
+
+    @requires(smart("Patient", "u"))
+    @operation("FHIR Patient conditional update (PIXm ITI-104 add/revise)", tags=_TAGS,
+               responses={200: ("Updated", None), 201: ("No match: created", None),
+                          412: ("The criteria match several", None)})
+    @falcon.before(fhir_body)
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        pairs = _query_pairs(req)
+        existing = _matches(self._patients, req, pairs, "update")
+        actor = actor_for(req)
+        if not existing:
+            principal = getattr(req.context, "principal", None)
+            need = smart("Patient", "c")
+            if principal is not None and not principal.may(need):
+                raise Problem(falcon.HTTP_403, "Forbidden",
+                              f"no Patient matches, and creating one needs the scope {need}")
+            data = parse_resource(req.context.body, today=self._patients.today())
+            _written(req, resp, self._patients.create(data, actor), falcon.HTTP_201)
+            return
+        target = existing[0]
+        data = parse_resource(req.context.body, today=self._patients.today(),
+                              resource_id=target.id)
+        patient = self._patients.update(target.id, data, actor,
+                                        expected_version=_if_match(req))
+        _written(req, resp, patient, falcon.HTTP_200)
+
+    @requires(smart("Patient", "d"))
+    @operation("FHIR Patient conditional delete (PIXm ITI-104 remove)", tags=_TAGS,
+               responses={204: ("Deleted, or nothing matched", None),
+                          412: ("The criteria match several", None)})
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        negotiate(req)
+        existing = _matches(self._patients, req, _query_pairs(req), "delete")
+        if existing:
+            self._patients.delete(existing[0].id, actor_for(req), expected_version=None)
+        resp.status = falcon.HTTP_204
+
+
+class FhirPatientSearch:
+    """``POST [base]/Patient/_search``: the same search with form-encoded parameters."""
+
+    def __init__(self, patients: PatientService):
+        self._patients = patients
+
+    @requires(smart("Patient", "s"))
+    @operation("FHIR Patient search by POST (PDQm ITI-78)", tags=_TAGS,
+               responses={200: ("A searchset Bundle", None),
+                          415: ("Not application/x-www-form-urlencoded", None)})
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        negotiate(req)
+        content_type = (req.content_type or "").split(";")[0].strip().lower()
+        if content_type not in ("", "application/x-www-form-urlencoded"):
+            raise Problem(falcon.HTTP_415, "Unsupported media type",
+                          "send the parameters as application/x-www-form-urlencoded")
+        raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            raise Problem(falcon.HTTP_413, "Content too large", "the form is too large")
+        try:
+            form = parse_pairs(raw.decode("ascii"))
+        except (UnicodeDecodeError, SearchError):
+            raise Problem(falcon.HTTP_400, "Bad request",
+                          "the form is not percent-encoded UTF-8") from None
+        search_patients(self._patients, req, resp, _query_pairs(req) + form)
+
+
+def search_patients(patients: PatientService, req: falcon.Request, resp: falcon.Response,
+                    pairs: list[tuple[str, str]]) -> None:
+    search = _search_of(req, pairs)
+    if search.domains is not None:
+        asked = [t for term in search.criteria.terms if term.subject == "identifier"
+                 for t in term.values if isinstance(t, Token) and t.value is None]
+        unknown = patients.unrecognized(asked)
+        if unknown:
+            names = ", ".join(sorted(_system(t) for t in unknown))
+            raise Problem(falcon.HTTP_404, "Not found", f"targetSystem not found: {names}",
+                          extra={"fhir_severity": "warning", "fhir_code": "not-found"})
+    found = patients.find(search.criteria, actor_for(req), offset=search.offset,
+                          count=search.count, total=search.total)
+    base = f"{base_url(req)}/Patient"
+    links = [{"relation": "self", "url": f"{base}?{search.query_string(offset=search.offset)}"}]
+    if not search.summary_count:
+        links.append({"relation": "first", "url": f"{base}?{search.query_string()}"})
+        if search.offset > 0:
+            previous = max(0, search.offset - search.count)
+            links.append({"relation": "previous",
+                          "url": f"{base}?{search.query_string(offset=previous)}"})
+        if found.more:
+            links.append({"relation": "next", "url": f"{base}?"
+                          f"{search.query_string(offset=search.offset + search.count)}"})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if found.total is not None:
+        bundle["total"] = found.total
+    bundle["link"] = links
+    entries = [{"fullUrl": f"{base}/{p.id}", "resource": to_resource(p, domains=search.domains),
+                "search": {"mode": "match"}} for p in found.items]
+    if search.ignored:
+        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "warning", "code": "not-supported",
+            "diagnostics": "ignored unknown parameters: " + ", ".join(
+                sorted(set(search.ignored)))[:500]}]}, "search": {"mode": "outcome"}})
+    if entries:
+        bundle["entry"] = entries
+    send(resp, bundle)
+
+
+def _system(token: Token) -> str:
+    if token.kind == "source":
+        return SOURCE_SYSTEM + (token.system or "")
+    if token.kind == "person":
+        return PERSON_SYSTEM
+    return token.system or ""
+
+
+class FhirPatientInstance:
+    """``[base]/Patient/{id}``: read, update, delete."""
+
+    def __init__(self, patients: PatientService):
+        self._patients = patients
+
+    @requires(smart("Patient", "r"))
+    @operation("FHIR Patient read", tags=_TAGS,
+               responses={200: ("The Patient", None), 304: ("Not modified", None),
+                          404: ("No such Patient", None), 410: ("Deleted", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response, patient_id: object) -> None:
+        negotiate(req)
+        patient = self._patients.get(str(patient_id), actor_for(req))
+        _version_headers(resp, patient)
+        tags = req.get_header("If-None-Match")
+        if tags and any(t.strip().removeprefix("W/").strip('"') in (str(patient.version), "*")
+                        for t in tags.split(",")):
+            resp.status = falcon.HTTP_304
+            return
+        send(resp, to_resource(patient))
+
+    @requires(smart("Patient", "u"))
+    @operation("FHIR Patient update", tags=_TAGS,
+               responses={200: ("Updated", None), 400: ("Not a FHIR Patient", None),
+                          404: ("No such Patient (ids are the server's)", None),
+                          412: ("If-Match names another version", None),
+                          422: ("An element is invalid (OperationOutcome)", None)})
+    @falcon.before(fhir_body)
+    def on_put(self, req: falcon.Request, resp: falcon.Response, patient_id: object) -> None:
+        data = parse_resource(req.context.body, today=self._patients.today(),
+                              resource_id=str(patient_id))
+        patient = self._patients.update(str(patient_id), data, actor_for(req),
+                                        expected_version=_if_match(req))
+        _written(req, resp, patient, falcon.HTTP_200)
+
+    @requires(smart("Patient", "d"))
+    @operation("FHIR Patient delete", tags=_TAGS,
+               responses={204: ("Deleted", None), 404: ("No such Patient", None)})
+    def on_delete(self, req: falcon.Request, resp: falcon.Response,
+                  patient_id: object) -> None:
+        negotiate(req)
+        # Deleting what is already deleted succeeds (http.html, delete).
+        with contextlib.suppress(Deleted):
+            self._patients.delete(str(patient_id), actor_for(req),
+                                  expected_version=_if_match(req))
+        resp.status = falcon.HTTP_204
+
+
+# --- operations ------------------------------------------------------------------------------
+
+def _parameters(body: bytes) -> dict[str, list[dict[str, Any]]]:
+    """A ``Parameters`` resource's parameters by name."""
+    try:
+        resource = json.loads(body)
+    except ValueError as exc:
+        raise Problem(falcon.HTTP_400, "Bad request", f"the body is not JSON: {exc}") from None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Parameters":
+        raise Problem(falcon.HTTP_400, "Bad request", "the body must be a Parameters resource")
+    if resource.get("modifierExtension"):
+        raise _unknown_modifier("Parameters.modifierExtension")
+    out: dict[str, list[dict[str, Any]]] = {}
+    params = resource.get("parameter", [])
+    if not isinstance(params, list):
+        raise Problem(falcon.HTTP_400, "Bad request", "Parameters.parameter must be an array")
+    for n, param in enumerate(params):
+        if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+            raise Problem(falcon.HTTP_400, "Bad request",
+                          f"Parameters.parameter[{n}] needs a name")
+        if param.get("modifierExtension"):
+            raise _unknown_modifier(f"Parameters.parameter[{n}].modifierExtension")
+        out.setdefault(param["name"], []).append(param)
+    return out
+
+
+def _unknown_modifier(path: str) -> Problem:
+    return Problem(falcon.HTTP_400, "Bad request", "a modifier extension is not understood",
+                   errors=[FieldProblem(path, "modifier extensions are not understood by "
+                                              "this server")])
+
+
+class FhirMatch:
+    """``POST [base]/Patient/$match`` (ITI-119): ranked, graded records of likely persons."""
+
+    def __init__(self, matching: MatchService, persons: PersonService,
+                 today: Callable[[], Any]):
+        self._matching = matching
+        self._persons = persons
+        self._today = today
+
+    @requires(smart("Patient", "s"))
+    @operation("FHIR Patient $match (PDQm ITI-119)", tags=_TAGS,
+               responses={200: ("A searchset Bundle, most likely first", None),
+                          400: ("Not a Parameters or Patient; unknown modifier", None),
+                          422: ("The Patient is invalid", None)})
+    @falcon.before(fhir_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = req.context.body
+        only_certain, count = False, 10
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            raise Problem(falcon.HTTP_400, "Bad request", f"the body is not JSON: {exc}") \
+                from None
+        if isinstance(parsed, dict) and parsed.get("resourceType") == "Parameters":
+            params = _parameters(body)
+            resources = params.get("resource", [])
+            if len(resources) != 1 or not isinstance(resources[0].get("resource"), dict):
+                raise Problem(falcon.HTTP_400, "Bad request",
+                              "Parameters needs exactly one 'resource' holding a Patient")
+            patient_json = resources[0]["resource"]
+            for param in params.get("onlyCertainMatches", [])[:1]:
+                if not isinstance(param.get("valueBoolean"), bool):
+                    raise Problem(falcon.HTTP_400, "Bad request",
+                                  "onlyCertainMatches needs valueBoolean")
+                only_certain = param["valueBoolean"]
+            for param in params.get("count", [])[:1]:
+                value = param.get("valueInteger")
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+                    raise Problem(falcon.HTTP_400, "Bad request",
+                                  "count needs valueInteger from 1 to 100")
+                count = value
+        else:
+            patient_json = parsed
+        data = _match_input(patient_json, self._today())
+        actor = actor_for(req)
+        result = self._matching.match(data, actor, limit=max(count, 10))
+        candidates = [c for c in result.candidates if c.grade != "unlikely"]
+        if only_certain:
+            certain = [c for c in candidates if c.grade == "certain"]
+            candidates = certain if len(certain) == 1 else []
+        base = f"{base_url(req)}/Patient"
+        entries: list[dict[str, Any]] = []
+        for candidate in candidates:
+            person = self._persons.person(candidate.person_id, actor)
+            records = sorted(person.records, key=lambda r: r.patient.id != (
+                candidate.best_record_id))
+            for record in records:
+                entries.append({
+                    "fullUrl": f"{base}/{record.patient.id}",
+                    "resource": to_resource(record.patient),
+                    "search": {"extension": [{"url": MATCH_GRADE, "valueCode": candidate.grade}],
+                               "mode": "match", "score": round(candidate.probability, 6)}})
+        entries = entries[:count]
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                                  "total": len(entries)}
+        if entries:
+            bundle["entry"] = entries
+        send(resp, bundle)
+
+
+def _match_input(resource: dict[str, Any], today: Any) -> PatientInput:
+    """The Patient to match: as a stored record, but it needs no source identifier."""
+    if isinstance(resource, dict) and resource.get("resourceType") == "Patient":
+        identifiers = resource.get("identifier")
+        has_source = isinstance(identifiers, list) and any(
+            isinstance(i, dict) and str(i.get("system", "")).startswith(SOURCE_SYSTEM)
+            for i in identifiers)
+        if not has_source:
+            resource = {**resource, "identifier": [
+                *(identifiers if isinstance(identifiers, list) else []),
+                {"system": SOURCE_SYSTEM + "match", "value": "match-input"}]}
+    return parse_resource(resource, today=today)
+
+
+class FhirPix:
+    """``[base]/Patient/$ihe-pix`` (ITI-83): every identifier of the person a source
+    identifier belongs to, and a reference to each of its records."""
+
+    def __init__(self, patients: PatientService, persons: PersonService):
+        self._patients = patients
+        self._persons = persons
+
+    @requires(smart("Patient", "r"))
+    @operation("PIXm $ihe-pix (ITI-83)", tags=_TAGS,
+               params=(Param("sourceIdentifier", "query", "system|value", required=True),
+                       Param("targetSystem", "query", "A domain to return (repeatable)")),
+               responses={200: ("Parameters with targetIdentifier and targetId", None),
+                          400: ("The source domain is not known", None),
+                          403: ("A target domain is not known", None),
+                          404: ("The source identifier is not known", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        negotiate(req)
+        pairs = _query_pairs(req)
+        self._answer(req, resp, [v for k, v in pairs if k == "sourceIdentifier"],
+                     [v for k, v in pairs if k == "targetSystem"])
+
+    @requires(smart("Patient", "r"))
+    @operation("PIXm $ihe-pix by POST (ITI-83)", tags=_TAGS,
+               responses={200: ("Parameters with targetIdentifier and targetId", None)})
+    @falcon.before(fhir_body)
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = _parameters(req.context.body)
+        sources = []
+        for param in params.get("sourceIdentifier", []):
+            ident = param.get("valueIdentifier")
+            if not isinstance(ident, dict):
+                raise Problem(falcon.HTTP_400, "Bad request",
+                              "sourceIdentifier needs valueIdentifier")
+            sources.append(f"{ident.get('system', '')}|{ident.get('value', '')}")
+        targets = [str(p.get("valueUri", "")) for p in params.get("targetSystem", [])]
+        self._answer(req, resp, sources, targets)
+
+    def _answer(self, req: falcon.Request, resp: falcon.Response, sources: list[str],
+                targets: list[str]) -> None:
+        if len(sources) != 1:
+            raise Problem(falcon.HTTP_400, "Bad request",
+                          "give exactly one sourceIdentifier (system|value)")
+        source = sources[0]
+        base = f"{base_url(req)}/Patient/"
+        actor = actor_for(req)
+        if source.startswith(base) or source.startswith("Patient/"):
+            # The logical-id form: a reference to one of this server's Patients.
+            record_id = source.rsplit("/", 1)[1]
+            patient = self._patients.get(record_id, actor)
+            source_system, source_value = None, None
+        else:
+            term = parse([("identifier", source)]).criteria.terms[0]
+            token = term.values[0]
+            assert isinstance(token, Token)
+            if (token.system is None and token.kind == "identifier") or token.value is None:
+                raise _pix_error(falcon.HTTP_400, "code-invalid",
+                                 "sourceIdentifier Assigning Authority not found")
+            if self._patients.unrecognized([token]):
+                raise _pix_error(falcon.HTTP_400, "code-invalid",
+                                 "sourceIdentifier Assigning Authority not found")
+            wanted = [t for target in targets for t in split_values(target)]
+            if wanted:
+                unknown = self._patients.unrecognized(
+                    [parse([("identifier", f"{t}|")]).criteria.terms[0].values[0]  # type: ignore[misc]
+                     for t in wanted])
+                if unknown:
+                    raise _pix_error(falcon.HTTP_403, "code-invalid", "targetSystem not found")
+            found = self._patients.find(parse([("identifier", source)]).criteria, actor,
+                                        offset=0, count=1, total=False)
+            if not found.items:
+                raise _pix_error(falcon.HTTP_404, "not-found",
+                                 "sourceIdentifier Patient Identifier not found")
+            patient = found.items[0]
+            source_system, source_value = _system(token), token.value
+        person = self._persons.person_of_patient(patient.id, actor)
+        wanted_systems = {t for target in targets for t in split_values(target)}
+        parameters: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for record in person.records:
+            for ident in to_resource(record.patient)["identifier"]:
+                key = (ident["system"], ident["value"])
+                if key == (source_system, source_value) or key in seen:
+                    continue
+                if wanted_systems and ident["system"] not in wanted_systems:
+                    continue
+                seen.add(key)
+                parameters.append({"name": "targetIdentifier", "valueIdentifier": {
+                    k: v for k, v in ident.items() if k in ("use", "type", "system", "value",
+                                                             "assigner")}})
+        for record in person.records:
+            parameters.append({"name": "targetId",
+                               "valueReference": {"reference": base + record.patient.id}})
+        send(resp, {"resourceType": "Parameters", "parameter": parameters})
+
+
+def _pix_error(status: str, code: str, diagnostics: str) -> Problem:
+    return Problem(status, "PIX query failed", diagnostics, extra={"fhir_code": code})

@@ -1,0 +1,295 @@
+"""Exact record search in the database (FHIR/PDQm search): :class:`Criteria` to SQL.
+
+Every term becomes one condition on the live ``patient`` rows: a column comparison, or an
+``EXISTS`` over a child table (names, identifiers, addresses, telecom, the person link),
+so that a record is found once however many of its names match. String terms compare the
+case- and accent-folded columns (``family_norm``, ``given_norm``) by prefix, which the
+``text_pattern_ops`` index serves on PostgreSQL; ``:exact`` compares the stored text.
+Addresses are compared case-insensitively with ``lower()`` (accents count there).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import peewee
+
+from mpi.domain.criteria import Criteria, DateRange, Term, Token
+from mpi.domain.patient import Patient
+from mpi.storage.fields import canonical_json
+from mpi.storage.models import (
+    PatientAddressRow,
+    PatientIdentifierRow,
+    PatientLinkRow,
+    PatientNameRow,
+    PatientRow,
+    PatientTelecomRow,
+    PersonRow,
+)
+from mpi.storage.patients import GIVEN_SEPARATOR, PatientRepository, normalize_name
+
+_ADDRESS_COLUMNS = {
+    "address-city": PatientAddressRow.city, "address-country": PatientAddressRow.country,
+    "address-postalcode": PatientAddressRow.postal_code,
+    "address-state": PatientAddressRow.state,
+}
+
+
+@dataclass(frozen=True)
+class Found:
+    items: list[Patient]
+    # Only when asked for (``_total=accurate`` or a count): a COUNT over every match.
+    total: int | None
+    more: bool
+
+
+class PatientFinder:
+    def __init__(self, patients: PatientRepository):
+        self._patients = patients
+
+    def find(self, criteria: Criteria, *, offset: int, count: int, total: bool,
+             today: date) -> Found:
+        query = self._query(criteria, today)
+        found_total = query.count() if total else None
+        if count == 0:
+            return Found([], found_total, False)
+        ordered = query.order_by(*self._order(criteria), PatientRow.pk)
+        rows: list[PatientRow] = list(ordered.offset(offset).limit(count + 1))
+        more = len(rows) > count
+        return Found(self._patients.load_many(rows[:count]), found_total, more)
+
+    def recognized(self, token: Token) -> bool:
+        """Whether the identifier domain ``token`` names is one this registry knows: a
+        source with a live record, the enterprise identity, or a system some record's
+        identifier is in."""
+        if token.kind == "person":
+            return True
+        if token.kind == "source":
+            return PatientRow.select().where(PatientRow.source == token.system,
+                                             PatientRow.deleted_at.is_null()).exists()
+        return PatientIdentifierRow.select().where(
+            PatientIdentifierRow.system == token.system).exists()
+
+    def _query(self, criteria: Criteria, today: date) -> Any:
+        query = PatientRow.select().where(PatientRow.deleted_at.is_null())
+        for term in criteria.terms:
+            query = query.where(self._term(term, today))
+        return query
+
+    @staticmethod
+    def _order(criteria: Criteria) -> list[Any]:
+        columns = {"_id": PatientRow.id, "_lastUpdated": PatientRow.updated_at,
+                   "birthdate": PatientRow.birth_date, "gender": PatientRow.gender}
+        order = []
+        for subject, descending in criteria.sort:
+            if subject == "family":
+                column: Any = (PatientNameRow.select(peewee.fn.MIN(PatientNameRow.family_norm))
+                               .where(PatientNameRow.patient == PatientRow.pk))
+            else:
+                column = columns[subject]
+            order.append(column.desc() if descending else column.asc())
+        return order
+
+    # --- one term: any of its values -------------------------------------------------------
+
+    def _term(self, term: Term, today: date) -> Any:
+        if term.missing is not None:
+            present = self._present(term)
+            return ~present if term.missing else present
+        conditions = [self._value(term, value, today) for value in term.values]
+        return _any(conditions)
+
+    def _value(self, term: Term, value: Any, today: date) -> Any:
+        subject = term.subject
+        if subject == "_id":
+            try:
+                return PatientRow.id == uuid.UUID(str(value))
+            except ValueError:
+                return _never()
+        if subject == "active":
+            return PatientRow.active == bool(value)
+        if subject == "gender":
+            return PatientRow.gender == value
+        if subject == "birthdate":
+            return _date_condition(PatientRow.birth_date, value, today)
+        if subject == "_lastUpdated":
+            return _date_condition(PatientRow.updated_at, value, today)
+        if subject == "family":
+            return _exists(PatientNameRow, self._family(term, str(value)))
+        if subject == "given":
+            return _exists(PatientNameRow, self._given(term, str(value)))
+        if subject == "name":
+            return _exists(PatientNameRow, self._family(term, str(value))
+                           | self._given(term, str(value)))
+        if subject == "identifier":
+            return self._identifier(value)
+        if subject == "telecom":
+            return self._telecom(value)
+        if subject == "address":
+            parts = [PatientAddressRow.city, PatientAddressRow.district, PatientAddressRow.state,
+                     PatientAddressRow.postal_code, PatientAddressRow.country]
+            cond = _any([_text(p, term, str(value)) for p in parts]
+                        + [_json_text(PatientAddressRow.line, term, str(value))])
+            return _exists(PatientAddressRow, cond)
+        if subject in _ADDRESS_COLUMNS:
+            return _exists(PatientAddressRow, _text(_ADDRESS_COLUMNS[subject], term, str(value)))
+        raise ValueError(f"no such search subject: {subject}")  # pragma: no cover
+
+    def _present(self, term: Term) -> Any:
+        """The element the term names is present (for ``:missing``)."""
+        subject = term.subject
+        columns: dict[str, Any] = {"birthdate": PatientRow.birth_date,
+                                   "gender": PatientRow.gender}
+        if subject in columns:
+            return columns[subject].is_null(False)
+        if subject in ("family", "given", "name"):
+            column: Any = {"family": PatientNameRow.family, "given": PatientNameRow.given_norm,
+                      "name": PatientNameRow.pk}[subject]
+            return _exists(PatientNameRow, column.is_null(False))
+        if subject == "identifier":
+            return _exists(PatientIdentifierRow, PatientIdentifierRow.deleted_at.is_null())
+        if subject == "telecom":
+            return _exists(PatientTelecomRow, PatientTelecomRow.pk.is_null(False))
+        if subject in _ADDRESS_COLUMNS:
+            return _exists(PatientAddressRow, _ADDRESS_COLUMNS[subject].is_null(False))
+        if subject == "address":
+            return _exists(PatientAddressRow, PatientAddressRow.pk.is_null(False))
+        # Every record has an id, a last-updated time and an active flag.
+        return peewee.SQL("1 = 1")
+
+    @staticmethod
+    def _family(term: Term, value: str) -> Any:
+        if term.mode == "exact":
+            return PatientNameRow.family == value
+        return _folded(PatientNameRow.family_norm, normalize_name(value) or "", term.mode)
+
+    @staticmethod
+    def _given(term: Term, value: str) -> Any:
+        if term.mode == "exact":
+            # The stored JSON array holds each given name as a quoted JSON string.
+            needle = canonical_json(value)
+            return _like(PatientNameRow.given, "%" + _escape(needle) + "%")
+        folded = normalize_name(value) or ""
+        column = PatientNameRow.given_norm
+        if term.mode == "contains":
+            return _like(column, "%" + _escape(folded) + "%")
+        return _like(column, "%" + GIVEN_SEPARATOR + _escape(folded) + "%")
+
+    @staticmethod
+    def _identifier(token: Token) -> Any:
+        ident = PatientIdentifierRow
+        live = ident.deleted_at.is_null()
+        if token.kind == "source":
+            cond = PatientRow.source == token.system
+            return cond if token.value is None else cond & (PatientRow.source_id == token.value)
+        if token.kind == "person":
+            try:
+                wanted = uuid.UUID(str(token.value))
+            except ValueError:
+                return _never() if token.value is not None else _exists(
+                    PatientLinkRow, PatientLinkRow.pk.is_null(False))
+            return _exists(PatientLinkRow, PatientLinkRow.person.in_(
+                PersonRow.select(PersonRow.pk).where(PersonRow.id == wanted)))
+        if token.any_system:
+            return (_exists(ident, live & (ident.value == token.value))
+                    | (PatientRow.source_id == token.value))
+        if token.system is None:
+            return _never()  # every stored identifier has a system
+        if token.value is None:
+            return _exists(ident, live & (ident.system == token.system))
+        return _exists(ident, live & (ident.system == token.system)
+                       & (ident.value == token.value))
+
+    @staticmethod
+    def _telecom(token: Token) -> Any:
+        cond = PatientTelecomRow.value == token.value
+        if token.system is not None and not token.any_system:
+            cond &= PatientTelecomRow.system == token.system
+        return _exists(PatientTelecomRow, cond)
+
+
+# --- SQL helpers -----------------------------------------------------------------------------
+
+def _exists(model: type[peewee.Model], condition: Any) -> Any:
+    sub = model.select(peewee.SQL("1")).where(
+        (model.patient == PatientRow.pk) & condition)  # type: ignore[attr-defined]
+    return peewee.fn.EXISTS(sub)
+
+
+def _any(conditions: list[Any]) -> Any:
+    if not conditions:
+        return _never()
+    result = conditions[0]
+    for cond in conditions[1:]:
+        result |= cond
+    return result
+
+
+def _never() -> Any:
+    return peewee.SQL("1 = 0")
+
+
+def _escape(text: str) -> str:
+    """``text`` with LIKE's wildcards made literal (the escape character is backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _like(column: Any, pattern: str) -> Any:
+    """``column LIKE pattern ESCAPE '\\'`` (spelled out: peewee turns its LIKE operator
+    into GLOB on SQLite)."""
+    return peewee.NodeList((column, peewee.SQL("LIKE"), peewee.Value(pattern),
+                            peewee.SQL("ESCAPE '\\'")))
+
+
+def _folded(column: Any, folded: str, mode: str) -> Any:
+    if mode == "contains":
+        return _like(column, "%" + _escape(folded) + "%")
+    return _like(column, _escape(folded) + "%")
+
+
+def _text(column: Any, term: Term, value: str) -> Any:
+    if term.mode == "exact":
+        return column == value
+    lowered = peewee.fn.LOWER(column)
+    needle = _escape(value.lower())
+    return _like(lowered, ("%" if term.mode == "contains" else "") + needle + "%")
+
+
+def _json_text(column: Any, term: Term, value: str) -> Any:
+    """A JSON array of strings (address lines): any element; by substring of its text."""
+    if term.mode == "exact":
+        return _like(column, "%" + _escape(canonical_json(value)) + "%")
+    return _like(peewee.fn.LOWER(column), "%" + _escape(value.lower()) + "%")
+
+
+def _date_condition(column: Any, value: DateRange, today: date) -> Any:
+    """FHIR's date comparisons (search.html 3.1.1.4.1-2) of a stored date or instant with
+    the interval [start, end) the search value stands for."""
+    start, end = value.start, value.end
+    if isinstance(column, peewee.DateField) and isinstance(start, datetime):
+        # An instant against a date: the day(s) the instant's interval touches.
+        start = start.date()
+        end = end.date() + timedelta(days=1) if isinstance(end, datetime) and (
+            end.time() != datetime.min.time()) else end
+    comparator = value.comparator
+    if comparator == "eq":
+        return (column >= start) & (column < end)
+    if comparator == "ne":
+        return (column < start) | (column >= end)
+    if comparator in ("lt", "eb"):
+        return column < start
+    if comparator in ("gt", "sa"):
+        return column >= end
+    if comparator == "ge":
+        return column >= start
+    if comparator == "le":
+        return column < end
+    # ap: within 10 % of the distance from now to the value (at least a day) either side.
+    anchor = today if isinstance(start, date) and not isinstance(start, datetime) else (
+        datetime.combine(today, datetime.min.time()))
+    gap = abs(anchor - start) / 10
+    pad = max(gap, timedelta(days=1))
+    return (column >= start - pad) & (column < end + pad)
