@@ -45,9 +45,20 @@ ROUTES = [
     ("GET", f"{API}/reviews", STEWARD),
     ("GET", f"{API}/reviews/{P}", STEWARD),
     ("POST", f"{API}/reviews/{P}/resolve", STEWARD),
+    ("GET", "/fhir/Patient?family=smith", "system/Patient.s"),
+    ("POST", "/fhir/Patient", "system/Patient.c"),
+    ("PUT", "/fhir/Patient?identifier=x", "system/Patient.u"),
+    ("DELETE", "/fhir/Patient?identifier=x", "system/Patient.d"),
+    ("POST", "/fhir/Patient/_search", "system/Patient.s"),
+    ("POST", "/fhir/Patient/$match", "system/Patient.s"),
+    ("GET", "/fhir/Patient/$ihe-pix?sourceIdentifier=a|b", "system/Patient.r"),
+    ("POST", "/fhir/Patient/$ihe-pix", "system/Patient.r"),
+    ("GET", f"/fhir/Patient/{P}", "system/Patient.r"),
+    ("PUT", f"/fhir/Patient/{P}", "system/Patient.u"),
+    ("DELETE", f"/fhir/Patient/{P}", "system/Patient.d"),
 ]
 OPEN = [f"{API}/health", f"{API}/health/ready", "/openapi.json", f"{API}/openapi.json",
-        f"{API}/docs"]
+        f"{API}/docs", "/fhir/metadata"]
 
 
 def _call(client, method: str, path: str, headers: dict[str, str]):
@@ -63,8 +74,7 @@ def test_every_responder_declares_a_scope_or_is_public(services):
             declared[(method, template)] = declared_scope(getattr(resource, f"on_{method}"))
     assert None not in declared.values()
     public = {template for (_, template), scope in declared.items() if scope == PUBLIC}
-    assert public == {f"{API}/health", f"{API}/health/ready", "/openapi.json",
-                      f"{API}/openapi.json", f"{API}/docs"}
+    assert public == {path.split("?")[0] for path in OPEN}
     assert len([s for s in declared.values() if s != PUBLIC]) == len(ROUTES)
 
 
@@ -90,7 +100,11 @@ def test_no_token_is_a_401_with_a_bearer_challenge(secured, method, path, need):
     resp = _call(secured.client, method, path, {})
     assert resp.status_code == 401
     assert resp.headers["www-authenticate"] == 'Bearer realm="mpi"'
-    assert resp.headers["content-type"] == "application/problem+json"
+    fhir = path.startswith("/fhir/")
+    assert resp.headers["content-type"] == (
+        "application/fhir+json" if fhir else "application/problem+json")
+    if fhir:
+        assert resp.json["issue"][0]["code"] == "login"
 
 
 def test_a_bad_token_is_a_401_saying_invalid_token(secured):
@@ -109,10 +123,16 @@ def test_each_route_needs_exactly_its_scope(secured, method, path, need):
     without = secured.token("without", *everything_else)
     resp = _call(secured.client, method, path, without)
     assert resp.status_code == 403, resp.text
-    assert resp.json["required_scope"] == need
+    if path.startswith("/fhir/"):  # an OperationOutcome naming the scope
+        assert resp.json["issue"][0]["code"] == "forbidden"
+        assert need in resp.json["issue"][0]["diagnostics"]
+    else:
+        assert resp.json["required_scope"] == need
     assert resp.headers["www-authenticate"] == (
         f'Bearer realm="mpi", error="insufficient_scope", scope="{need}"')
-    with_it = secured.token("with", need)
+    # A conditional update that matches nothing creates, which needs the create scope too.
+    creates = ("system/Patient.c",) if method == "PUT" and "?" in path else ()
+    with_it = secured.token("with", need, *creates)
     assert _call(secured.client, method, path, with_it).status_code not in (401, 403)
 
 

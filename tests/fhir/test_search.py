@@ -161,7 +161,7 @@ def test_bad_values_are_400_naming_the_parameter(fhir, registry):
 def test_paging_links_walk_every_match_once(fhir, registry):
     seen, url, pages = [], "/fhir/Patient?_count=1&_sort=birthdate", 0
     while url:
-        path, _, query = url.partition("?")
+        _, _, query = url.partition("?")
         bundle = search(fhir, query)
         assert bundle["total"] == 4
         seen += [e["resource"]["id"] for e in bundle.get("entry", [])]

@@ -541,10 +541,12 @@ class FhirPix:
             patient = self._patients.get(record_id, actor)
             source_system, source_value = None, None
         else:
-            term = parse([("identifier", source)]).criteria.terms[0]
-            token = term.values[0]
-            assert isinstance(token, Token)
-            if (token.system is None and token.kind == "identifier") or token.value is None:
+            try:
+                token = parse([("identifier", source)]).criteria.terms[0].values[0]
+            except (SearchError, IndexError):
+                token = None
+            if not isinstance(token, Token) or token.value is None or (
+                    token.system is None and token.kind == "identifier"):
                 raise _pix_error(falcon.HTTP_400, "code-invalid",
                                  "sourceIdentifier Assigning Authority not found")
             if self._patients.unrecognized([token]):
@@ -552,10 +554,15 @@ class FhirPix:
                                  "sourceIdentifier Assigning Authority not found")
             wanted = [t for target in targets for t in split_values(target)]
             if wanted:
-                unknown = self._patients.unrecognized(
-                    [parse([("identifier", f"{t}|")]).criteria.terms[0].values[0]  # type: ignore[misc]
-                     for t in wanted])
-                if unknown:
+                domains = []
+                for system in wanted:
+                    domain = parse([("identifier", f"{system}|")]).criteria.terms[0].values[0] \
+                        if system and "|" not in system else None
+                    if not isinstance(domain, Token):
+                        raise _pix_error(falcon.HTTP_403, "code-invalid",
+                                         "targetSystem not found")
+                    domains.append(domain)
+                if self._patients.unrecognized(domains):
                     raise _pix_error(falcon.HTTP_403, "code-invalid", "targetSystem not found")
             found = self._patients.find(parse([("identifier", source)]).criteria, actor,
                                         offset=0, count=1, total=False)
