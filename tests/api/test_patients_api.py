@@ -335,3 +335,17 @@ def test_list_rejects_bad_parameters(client, params):
     resp = client.simulate_get(URL, params=params)
     assert resp.status_code == 400
     assert resp.json["errors"][0]["field"] == next(iter(params))
+
+
+def test_relatives_at_one_address_are_never_merged(client):
+    """Registered through the API with the shipped model: a wife and a son at John's
+    address and phone (other given names, birth dates, SSNs) get persons of their own.
+    Before address and phone counted once, both were linked to John with p 0.99999."""
+    john = post(client, patient()).json
+    wife = post(client, patient(source_id="A-2001", gender="female", birth_date="1982-03-09",
+                                names=[{"family": "Smith", "given": ["Grace"]}],
+                                identifiers=[{"system": SSN, "value": "987-65-4321"}])).json
+    son = post(client, patient(source_id="A-3001", birth_date="2009-11-30",
+                               names=[{"family": "Smith", "given": ["Chidi"]}],
+                               identifiers=[])).json
+    assert len({john["person_id"], wife["person_id"], son["person_id"]}) == 3

@@ -12,11 +12,8 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 @pytest.fixture
 def registry(fhir):
-    """Four records: two of one person (two sources), a namesake, a José Müller.
-
-    (The others live elsewhere: the default model links a record sharing only address and
-    phone with John, despite another name, birth date, sex and SSN; that defect is the
-    matching issue's, not search's.)"""
+    """Four records: two of one person (two sources), a namesake, a José Müller, the
+    last two at other addresses (so that address searches tell them apart)."""
     ids = {
         "john": create(fhir, fhir_patient("A-1", mrn="M-1")).json["id"],
         "john-lab": create(fhir, fhir_patient("L-1", source="lab")).json["id"],

@@ -1,3 +1,7 @@
+from datetime import date
+
+import pytest
+
 from mpi.matching.model import Model
 from mpi.matching.scoring import Scorer, score, term_frequencies
 from tests.matching.helpers import prep, rec
@@ -49,3 +53,30 @@ def test_scores_are_symmetric_in_weight():
     b = prep("b", family_name="Okonkow")
     s = Scorer(Model.default())
     assert s.score(a, b).weight == s.score(b, a).weight
+
+
+def test_a_household_is_one_fact_not_five():
+    """A relative at the same address with the same phone (another given name, birth date,
+    sex and SSN) is not the patient: address, city, state, postal code and phone agree
+    together, so their agreement counts once. Summed as independent evidence they made
+    these pairs certain matches (p 0.99999) and the service merged the records."""
+    john = prep("john")
+    wife = prep("wife", given_name="Grace", sex="female", birth_date=date(1982, 3, 9),
+                ssn="987-65-4321")
+    son = prep("son", given_name="Chidi", birth_date=date(2009, 11, 30), ssn=None)
+    assert score(john, wife).probability < 0.5  # not even a review
+    for relative in (wife, son):
+        pair = score(john, relative)
+        # Never a link (0.95); the son, of John's surname and sex, is left to a steward.
+        assert pair.probability < 0.95, (relative.record.record_id, pair.reason)
+        counted = dict(zip([c.comparison for c in pair.comparisons], pair.weights,
+                           strict=True))
+        assert counted["phone"] > 0
+        assert counted["address_line"] == counted["city"] == counted["postal_code"] == 0
+        assert sum(pair.weights) == pytest.approx(pair.weight)
+        assert sum(pair.raw_weights) > pair.weight  # each member on its own still shows
+    # The same patient still matches with certainty, and a move still counts against.
+    assert score(john, prep("again")).probability > 0.999
+    moved = score(john, prep("moved", address_line="9 Elm Road", city="Boston", state="MA",
+                             postal_code="02118", phone="+1 617 555 0199"))
+    assert moved.weight < score(john, prep("again")).weight - 20

@@ -121,19 +121,21 @@ def twin_pattern(scores: Sequence[Score]) -> bool:
 
 
 def person_weight(scores: Sequence[Score]) -> float:
-    """Sum over comparisons of the person's evidence: where every record that has the
+    """Sum over comparisons of the person's evidence (correlated ones counted once, as in
+    ``scoring``): where every record that has the
     field agrees to some degree, the best agreement counts (a strong pair is not dragged
     down by the person's weaker records: an old address, a name with a typo); where some
     record disagrees, the mean over the records counts (so one sparse record cannot
     bridge a person whose other records contradict the newcomer)."""
     if len(scores) == 1:
         return scores[0].weight
-    total = 0.0
+    evidence: list[float | None] = []
     for i in range(len(COMPARISONS)):
-        weights = [sc.weights[i] for sc in scores if sc.levels[i] != NULL]
-        if weights:
-            total += max(weights) if min(weights) >= 0 else sum(weights) / len(weights)
-    return total
+        weights = [sc.raw_weights[i] for sc in scores if sc.levels[i] != NULL]
+        evidence.append((max(weights) if min(weights) >= 0 else sum(weights) / len(weights))
+                        if weights else None)
+    # A correlated group (address and phone) counts once for the person as for a pair.
+    return scores[0].scorer.combine(evidence)
 
 
 def decide(candidates: Mapping[Hashable, Sequence[Score]], link_threshold: float,

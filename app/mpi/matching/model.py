@@ -44,6 +44,11 @@ class Model:
     term_frequencies: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     tf_min_u: float = 1e-4  # the smallest u a TF adjustment may use (caps rare-name weight)
     description: str = ""
+    # Groups of comparisons whose evidence is one fact, counted once (see ``scoring``):
+    # a household shares address, city, state, postal code and home phone, and a move
+    # changes them all; summing them as independent made a relative at the same address
+    # a confident link.
+    correlated: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,7 +64,14 @@ class Model:
                                     f"has {len(c.labels) - 1} non-null levels")
                 elif any(not 0.0 <= v <= 1.0 for v in values):
                     problems.append(f"{kind}[{c.name}] values must be probabilities")
-        unknown = sorted((set(self.m) | set(self.u)) - {c.name for c in COMPARISONS})
+        names = {c.name for c in COMPARISONS}
+        grouped = [c for group in self.correlated for c in group]
+        if set(grouped) - names:
+            problems.append("correlated names unknown comparisons: "
+                            + ", ".join(sorted(set(grouped) - names)))
+        if len(grouped) != len(set(grouped)):
+            problems.append("a comparison is in more than one correlated group")
+        unknown = sorted((set(self.m) | set(self.u)) - names)
         if unknown:
             problems.append(f"unknown comparisons: {', '.join(unknown)}")
         if problems:
@@ -93,7 +105,11 @@ class Model:
     # --- identity and JSON -------------------------------------------------------------
 
     def _content(self, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+        # "correlated" only when there is a group: a model written before groups existed
+        # keeps the version it was written with.
+        groups = {"correlated": [list(g) for g in self.correlated]} if self.correlated else {}
         return {
+            **groups,
             "format": FORMAT,
             "name": self.name,
             "description": self.description,
@@ -153,7 +169,9 @@ class Model:
                         term_frequencies={k: {str(n): float(f) for n, f in v.items()}
                                           for k, v in data.get("term_frequencies", {}).items()},
                         tf_min_u=float(data.get("tf_min_u", 1e-4)),
-                        description=str(data.get("description", "")))
+                        description=str(data.get("description", "")),
+                        correlated=tuple(tuple(str(c) for c in group)
+                                         for group in data.get("correlated", [])))
         except (KeyError, TypeError) as exc:
             raise ModelError(f"malformed model: missing or wrong field {exc}") from exc
         stated = data.get("version")

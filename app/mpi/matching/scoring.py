@@ -7,6 +7,15 @@ weight becomes ``log2(m_exact / max(tf(value), tf_min_u))`` instead of
 ``log2(m_exact / u_exact)``, so "Smith = Smith" counts for less than "Zylberstein =
 Zylberstein". TF tables come from the model or are computed from the records being
 matched (:func:`term_frequencies`).
+
+Correlated comparisons (``Model.correlated``: address line, city, state, postal code and
+phone in the shipped model) agree together, so their agreement counts once: only the
+strongest agreeing member counts, the other agreeing members count 0. Fellegi-Sunter
+assumes comparisons independent; a household breaks that (two relatives share all five)
+and the sum made a relative at the same address a confident link. Disagreements still
+each count: a move also changes all five at once, but counting it once would let a
+namesake with another SSN link through a single sparse record; this way a move can cost
+a link (a review or a duplicate to merge later), never cause a merge.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ class ComparisonResult:
 class Score:
     """The evidence that two records belong to the same person."""
 
-    __slots__ = ("_weights", "left", "levels", "probability", "right", "scorer", "weight")
+    __slots__ = ("_raw", "_weights", "left", "levels", "probability", "right", "scorer",
+                 "weight")
 
     def __init__(self, scorer: Scorer, left: PreparedRecord, right: PreparedRecord,
                  levels: tuple[int, ...], weight: float) -> None:
@@ -46,6 +56,7 @@ class Score:
         self.weight = weight
         self.probability = scorer.model.probability(weight)
         self._weights: tuple[float, ...] | None = None
+        self._raw: tuple[float, ...] | None = None
 
     @property
     def model(self) -> Model:
@@ -60,10 +71,20 @@ class Score:
         return self.right.record.record_id
 
     @property
+    def raw_weights(self) -> tuple[float, ...]:
+        """Match weight per comparison (0 for the null level), TF adjustment included,
+        before correlated comparisons are counted once."""
+        if self._raw is None:
+            self._raw = self.scorer.comparison_weights(self.left, self.levels)
+        return self._raw
+
+    @property
     def weights(self) -> tuple[float, ...]:
-        """Match weight per comparison (0 for the null level), TF adjustment included."""
+        """The weight each comparison counts for: :attr:`raw_weights` with the members of a
+        correlated group other than the one that counts set to 0 (they sum to
+        :attr:`weight`)."""
         if self._weights is None:
-            self._weights = self.scorer.comparison_weights(self.left, self.levels)
+            self._weights = self.scorer.counted(self.raw_weights, self.levels)
         return self._weights
 
     @property
@@ -106,6 +127,8 @@ class Scorer:
                  tf: Mapping[str, Mapping[str, float]] | None = None) -> None:
         self.model = model
         self._plan = tuple((c.compare, model.weights(c.name)) for c in COMPARISONS)
+        index = {c.name: i for i, c in enumerate(COMPARISONS)}
+        self.groups = tuple(tuple(index[name] for name in group) for group in model.correlated)
         tables = tf if tf is not None else model.term_frequencies
         # Per TF comparison: (index in COMPARISONS, attribute, value -> adjusted exact weight)
         self._tf: list[tuple[int, str, dict[str, float]]] = []
@@ -129,7 +152,37 @@ class Scorer:
         for i, attr, adjusted in self._tf:
             if levels[i] == 1:
                 total += adjusted.get(getattr(a, attr), 0.0)
+        for group in self.groups:
+            # (TF adjustments apply to names only, never to a correlated group's members.)
+            present = [self._plan[i][1][levels[i]] for i in group if levels[i] != NULL]
+            if len(present) > 1:
+                total += _counted(present) - sum(present)
         return Score(self, a, b, tuple(levels), total)
+
+    def counted(self, weights: tuple[float, ...], levels: tuple[int, ...]) -> tuple[float, ...]:
+        """``weights`` with the agreeing members of each correlated group but the strongest
+        set to 0."""
+        if not self.groups:
+            return weights
+        out = list(weights)
+        for group in self.groups:
+            members = [i for i in group if levels[i] != NULL]
+            if len(members) > 1:
+                keep = _keeper(members, out)
+                for i in members:
+                    if i != keep and out[i] > 0:
+                        out[i] = 0.0
+        return tuple(out)
+
+    def combine(self, evidence: list[float | None]) -> float:
+        """The total of per-comparison evidence (None: nothing to compare), each
+        correlated group counted once (for a person's evidence, ``linker``)."""
+        total = sum(w for w in evidence if w is not None)
+        for group in self.groups:
+            present = [w for i in group if (w := evidence[i]) is not None]
+            if len(present) > 1:
+                total += _counted(present) - sum(present)
+        return total
 
     def comparison_weights(self, a: PreparedRecord, levels: tuple[int, ...]) -> tuple[float, ...]:
         out = [weights[level] for (_, weights), level in zip(self._plan, levels, strict=True)]
@@ -137,6 +190,17 @@ class Scorer:
             if levels[i] == 1:
                 out[i] += adjusted.get(getattr(a, attr), 0.0)
         return tuple(out)
+
+
+def _counted(weights: list[float]) -> float:
+    """What a correlated group counts for: its strongest agreement (once) and every
+    disagreement."""
+    return max(max(weights), 0.0) + sum(w for w in weights if w < 0)
+
+
+def _keeper(members: list[int], weights: list[float]) -> int:
+    """The agreeing member of a group whose weight counts (the strongest)."""
+    return max(members, key=lambda i: weights[i])
 
 
 @lru_cache(maxsize=1)

@@ -180,6 +180,6 @@ def train(records: Iterable[MatchRecord | PreparedRecord], *, base: Model | None
     say(f"prior (probability two random records match) = {prior:.3g}")
     tf = term_frequencies(prepared) if include_term_frequencies else {}
     return Model(name=name, prior=prior, m=m, u=u, term_frequencies=tf,
-                 tf_min_u=base.tf_min_u,
+                 tf_min_u=base.tf_min_u, correlated=base.correlated,
                  description=f"Trained on {n} records: u from {u_pairs} random pairs, m by EM "
                              f"over {len(passes)} blocking rule(s), starting from {base.version}.")
