@@ -12,8 +12,9 @@ import peewee
 from playhouse.pool import MaxConnectionsExceeded
 
 from mpi.domain import errors as domain
-from mpi.fhir import FHIR_JSON
+from mpi.fhir import FHIR_JSON, FHIR_XML
 from mpi.fhir.outcome import operation_outcome
+from mpi.fhir.xml import to_xml
 
 log = logging.getLogger("mpi.api")
 
@@ -90,8 +91,12 @@ def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
         outcome = operation_outcome(exc.status_code, detail, problems=problems,
                                     severity=extra.get("fhir_severity"),
                                     code=extra.get("fhir_code"))
-        resp.content_type = FHIR_JSON
-        resp.data = json.dumps(outcome).encode()
+        if getattr(req.context, "fhir_format", None) == "xml":
+            resp.content_type = FHIR_XML
+            resp.data = to_xml(outcome)
+        else:
+            resp.content_type = FHIR_JSON
+            resp.data = json.dumps(outcome).encode()
         resp.append_header("Vary", "Accept")
         return
     resp.content_type = PROBLEM_JSON

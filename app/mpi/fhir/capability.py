@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpi.fhir import FHIR_JSON
+from mpi.fhir import FHIR_JSON, FHIR_XML
 from mpi.fhir.search import SEARCH_PARAMS
 
 PDQM = "https://profiles.ihe.net/ITI/PDQm/CapabilityStatement/"
@@ -30,7 +30,7 @@ def capability_statement(base: str, software_version: str) -> dict[str, Any]:
         "software": {"name": "mpi", "version": software_version},
         "implementation": {"description": "Master Patient Index", "url": base},
         "fhirVersion": "4.0.1",
-        "format": [FHIR_JSON, "json"],
+        "format": [FHIR_JSON, FHIR_XML, "json", "xml"],
         "rest": [{
             "mode": "server",
             "security": {

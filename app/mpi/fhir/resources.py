@@ -22,35 +22,39 @@ from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import MAX_BODY_BYTES, json_body
 from mpi.domain.access import smart
 from mpi.domain.criteria import Token
-from mpi.domain.errors import Deleted, FieldProblem
+from mpi.domain.errors import Deleted, FieldProblem, reject_duplicate_keys
 from mpi.domain.patient import Patient, PatientInput
-from mpi.fhir import FHIR_JSON, PERSON_SYSTEM, SOURCE_SYSTEM
+from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM
 from mpi.fhir.capability import capability_statement
+from mpi.fhir.formats import CONTENT_TYPES, Format, named, parse_accept, wanted
 from mpi.fhir.patient import parse_resource, to_resource
 from mpi.fhir.search import Search, SearchError, parse, parse_pairs, split_values
+from mpi.fhir.xml import from_xml, to_xml
 from mpi.identity.match import MatchService
 from mpi.identity.persons import PersonService
 from mpi.patients.service import PatientService
 
 BASE = "/fhir"
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
-_JSON_FORMATS = {"json", FHIR_JSON, "application/json", "application/json+fhir"}
 _TAGS = ["fhir"]
 
 
 # --- formats -------------------------------------------------------------------------------
 
-def negotiate(req: falcon.Request) -> None:
-    """406 unless the answer may be FHIR JSON: ``_format`` overrides ``Accept``."""
-    wanted = req.get_param("_format")
-    if wanted is not None:
-        if wanted.split(";")[0].strip().lower() not in _JSON_FORMATS:
-            raise _not_acceptable(f"_format {wanted[:60]!r} is not supported; use json")
-        return
+def negotiate(req: falcon.Request) -> Format:
+    """The answer's format (kept on ``req.context``); 406 unless JSON or XML will do."""
+    chosen = response_format(req)
+    if chosen is None:
+        raise _not_acceptable("this server answers in application/fhir+json or "
+                              "application/fhir+xml (_format=json or _format=xml)")
+    return chosen
+
+
+def response_format(req: falcon.Request) -> Format | None:
     accept = req.get_header("Accept")
-    if accept and not req.client_accepts(FHIR_JSON) and not req.client_accepts(
-            falcon.MEDIA_JSON):
-        raise _not_acceptable("this server answers in application/fhir+json")
+    chosen = wanted(req.get_param("_format"), accept, parse_accept(accept) if accept else None)
+    req.context.fhir_format = chosen
+    return chosen
 
 
 def _not_acceptable(detail: str) -> Problem:
@@ -60,15 +64,36 @@ def _not_acceptable(detail: str) -> Problem:
 
 def fhir_body(req: falcon.Request, resp: falcon.Response, resource: Any,
               params: dict[str, Any]) -> None:
-    """A FHIR JSON body (``application/fhir+json`` or ``application/json``), 415 else."""
+    """A FHIR body: JSON (``application/fhir+json``, ``application/json``) left as bytes in
+    ``req.context.body``, or XML (``application/fhir+xml``, ``application/xml``) read into
+    its JSON form; 415 for anything else."""
     negotiate(req)
-    json_body(req, resp, resource, params)
+    kind = named(req.content_type)
+    if kind is None:
+        raise Problem(falcon.HTTP_415, "Unsupported media type",
+                      "send the body as application/fhir+json or application/fhir+xml")
+    if kind == "json":
+        json_body(req, resp, resource, params)
+        return
+    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        raise Problem(falcon.HTTP_413, "Content too large",
+                      f"the body may be at most {MAX_BODY_BYTES} bytes")
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    raw = stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise Problem(falcon.HTTP_413, "Content too large",
+                      f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if not raw:
+        raise Problem(falcon.HTTP_400, "Malformed request body", "the body is empty")
+    req.context.body = from_xml(raw)
 
 
-def send(resp: falcon.Response, body: dict[str, Any], status: str = falcon.HTTP_200) -> None:
+def send(req: falcon.Request, resp: falcon.Response, body: dict[str, Any],
+         status: str = falcon.HTTP_200) -> None:
+    kind: Format = getattr(req.context, "fhir_format", None) or "json"
     resp.status = status
-    resp.content_type = FHIR_JSON
-    resp.data = json.dumps(body, ensure_ascii=False).encode()
+    resp.content_type = CONTENT_TYPES[kind]
+    resp.data = to_xml(body) if kind == "xml" else json.dumps(body, ensure_ascii=False).encode()
 
 
 def base_url(req: falcon.Request) -> str:
@@ -121,11 +146,11 @@ def _written(req: falcon.Request, resp: falcon.Response, patient: Patient,
         resp.status = status
         return
     if prefer == "operationoutcome":
-        send(resp, {"resourceType": "OperationOutcome", "issue": [{
+        send(req, resp, {"resourceType": "OperationOutcome", "issue": [{
             "severity": "information", "code": "informational",
             "diagnostics": f"Patient/{patient.id} version {patient.version} stored"}]}, status)
         return
-    send(resp, to_resource(patient), status)
+    send(req, resp, to_resource(patient), status)
 
 
 def _search_of(req: falcon.Request, pairs: list[tuple[str, str]]) -> Search:
@@ -168,7 +193,7 @@ class FhirMetadata:
                responses={200: ("The CapabilityStatement (application/fhir+json)", None)})
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         negotiate(req)
-        send(resp, capability_statement(base_url(req), version()))
+        send(req, resp, capability_statement(base_url(req), version()))
 
 
 class FhirPatientType:
@@ -314,7 +339,7 @@ def search_patients(patients: PatientService, req: falcon.Request, resp: falcon.
                 sorted(set(search.ignored)))[:500]}]}, "search": {"mode": "outcome"}})
     if entries:
         bundle["entry"] = entries
-    send(resp, bundle)
+    send(req, resp, bundle)
 
 
 def _system(token: Token) -> str:
@@ -344,7 +369,7 @@ class FhirPatientInstance:
                         for t in tags.split(",")):
             resp.status = falcon.HTTP_304
             return
-        send(resp, to_resource(patient))
+        send(req, resp, to_resource(patient))
 
     @requires(smart("Patient", "u"))
     @operation("FHIR Patient update", tags=_TAGS,
@@ -375,12 +400,20 @@ class FhirPatientInstance:
 
 # --- operations ------------------------------------------------------------------------------
 
-def _parameters(body: bytes) -> dict[str, list[dict[str, Any]]]:
-    """A ``Parameters`` resource's parameters by name."""
+def _json(body: bytes | dict[str, Any]) -> Any:
+    """A JSON body parsed (an XML one arrives parsed); 400 when it is not JSON."""
+    if isinstance(body, dict):
+        return body
+    reject_duplicate_keys(body)
     try:
-        resource = json.loads(body)
+        return json.loads(body)
     except ValueError as exc:
         raise Problem(falcon.HTTP_400, "Bad request", f"the body is not JSON: {exc}") from None
+
+
+def _parameters(body: bytes | dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A ``Parameters`` resource's parameters by name."""
+    resource = _json(body)
     if not isinstance(resource, dict) or resource.get("resourceType") != "Parameters":
         raise Problem(falcon.HTTP_400, "Bad request", "the body must be a Parameters resource")
     if resource.get("modifierExtension"):
@@ -423,13 +456,9 @@ class FhirMatch:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = req.context.body
         only_certain, count = False, 10
-        try:
-            parsed = json.loads(body)
-        except ValueError as exc:
-            raise Problem(falcon.HTTP_400, "Bad request", f"the body is not JSON: {exc}") \
-                from None
+        parsed = _json(body)
         if isinstance(parsed, dict) and parsed.get("resourceType") == "Parameters":
-            params = _parameters(body)
+            params = _parameters(parsed)
             resources = params.get("resource", [])
             if len(resources) != 1 or not isinstance(resources[0].get("resource"), dict):
                 raise Problem(falcon.HTTP_400, "Bad request",
@@ -472,7 +501,7 @@ class FhirMatch:
                                   "total": len(entries)}
         if entries:
             bundle["entry"] = entries
-        send(resp, bundle)
+        send(req, resp, bundle)
 
 
 def _match_input(resource: dict[str, Any], today: Any) -> PatientInput:
@@ -589,7 +618,7 @@ class FhirPix:
         for record in person.records:
             parameters.append({"name": "targetId",
                                "valueReference": {"reference": base + record.patient.id}})
-        send(resp, {"resourceType": "Parameters", "parameter": parameters})
+        send(req, resp, {"resourceType": "Parameters", "parameter": parameters})
 
 
 def _pix_error(status: str, code: str, diagnostics: str) -> Problem:
