@@ -56,6 +56,8 @@ ROUTES = [
     ("GET", f"/fhir/Patient/{P}", "system/Patient.r"),
     ("PUT", f"/fhir/Patient/{P}", "system/Patient.u"),
     ("DELETE", f"/fhir/Patient/{P}", "system/Patient.d"),
+    ("GET", f"/fhir/Patient/{P}/_history", "system/Patient.r"),
+    ("GET", f"/fhir/Patient/{P}/_history/1", "system/Patient.r"),
 ]
 OPEN = [f"{API}/health", f"{API}/health/ready", "/openapi.json", f"{API}/openapi.json",
         f"{API}/docs", "/fhir/metadata"]

@@ -200,3 +200,24 @@ def test_fhir_writes_and_reads_are_audited_and_in_the_change_feed(fhir):
     assert any(row["action"] == "patient:record:search" for row in recent)
     events = fhir.simulate_get("/api/v1/events").json["events"]
     assert any(e["type"] == "PatientCreated" and e["entity_id"] == pid for e in events)
+
+
+def test_vread_and_history_come_from_the_change_log(fhir):
+    made = create(fhir, fhir_patient()).json
+    pid = made["id"]
+    fhir.simulate_put(f"/fhir/Patient/{pid}", body=json.dumps({**made, "gender": "other"}),
+                      headers={"Content-Type": FHIR_JSON})
+    first = fhir.simulate_get(f"/fhir/Patient/{pid}/_history/1")
+    assert first.status_code == 200 and valid(first.json)["gender"] == "male"
+    assert first.headers["etag"] == 'W/"1"'
+    assert fhir.simulate_get(f"/fhir/Patient/{pid}/_history/2").json["gender"] == "other"
+    assert fhir.simulate_get(f"/fhir/Patient/{pid}/_history/9").status_code == 404
+    fhir.simulate_delete(f"/fhir/Patient/{pid}")
+    history = valid(fhir.simulate_get(f"/fhir/Patient/{pid}/_history").json)
+    assert history["type"] == "history" and history["total"] == 3
+    assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "PUT", "POST"]
+    assert "resource" not in history["entry"][0]
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"][1:]] == ["2", "1"]
+    assert fhir.simulate_get(f"/fhir/Patient/{pid}/_history/3").status_code == 410
+    missing = "00000000-0000-4000-8000-000000000999"
+    assert fhir.simulate_get(f"/fhir/Patient/{missing}/_history").status_code == 404

@@ -5,6 +5,7 @@ and a document type declaration is refused (no entity expansion)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 
@@ -31,7 +32,7 @@ PATIENT_XML = """<?xml version="1.0" encoding="UTF-8"?>
 </Patient>"""
 
 
-def valid_xml(kind: str, body: bytes) -> object:
+def valid_xml(kind: str, body: bytes) -> Any:
     return get_fhir_model_class(kind).model_validate_xml(body)
 
 

@@ -24,9 +24,11 @@ from mpi.api.resources.search import PatientSearch
 from mpi.fhir.resources import (
     FhirMatch,
     FhirMetadata,
+    FhirPatientHistory,
     FhirPatientInstance,
     FhirPatientSearch,
     FhirPatientType,
+    FhirPatientVersion,
     FhirPix,
 )
 from mpi.wiring import Services
@@ -67,6 +69,9 @@ def build_routes(services: Services) -> list[tuple[str, object]]:
         ("/fhir/Patient/$match", FhirMatch(s.matching, s.persons, s.patients.today)),
         ("/fhir/Patient/$ihe-pix", FhirPix(s.patients, s.persons)),
         ("/fhir/Patient/{patient_id:uuid}", FhirPatientInstance(s.patients)),
+        ("/fhir/Patient/{patient_id:uuid}/_history", FhirPatientHistory(s.patients)),
+        ("/fhir/Patient/{patient_id:uuid}/_history/{version_id:int(min=1)}",
+         FhirPatientVersion(s.patients)),
         (f"{PREFIX}/docs", SwaggerPage(spec_url="/openapi.json", static_url=DOCS_STATIC)),
     ]
     spec = OpenApiDocument(lambda: openapi.build(routes, version=version()))

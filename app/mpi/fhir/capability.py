@@ -46,9 +46,10 @@ def capability_statement(base: str, software_version: str) -> dict[str, Any]:
                 "supportedProfile": ["https://profiles.ihe.net/ITI/PDQm/StructureDefinition/"
                                      "IHE.PDQm.Patient"],
                 "interaction": [{"code": c} for c in (
-                    "read", "update", "delete", "search-type", "create")],
+                    "read", "vread", "update", "delete", "history-instance", "search-type",
+                    "create")],
                 "versioning": "versioned-update",
-                "readHistory": False,
+                "readHistory": True,
                 "updateCreate": False,
                 "conditionalCreate": True,
                 "conditionalRead": "not-supported",

@@ -27,7 +27,7 @@ from mpi.domain.patient import Patient, PatientInput
 from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM
 from mpi.fhir.capability import capability_statement
 from mpi.fhir.formats import CONTENT_TYPES, Format, named, parse_accept, wanted
-from mpi.fhir.patient import parse_resource, to_resource
+from mpi.fhir.patient import instant, parse_resource, to_resource
 from mpi.fhir.search import Search, SearchError, parse, parse_pairs, split_values
 from mpi.fhir.xml import from_xml, to_xml
 from mpi.identity.match import MatchService
@@ -396,6 +396,64 @@ class FhirPatientInstance:
             self._patients.delete(str(patient_id), actor_for(req),
                                   expected_version=_if_match(req))
         resp.status = falcon.HTTP_204
+
+
+class FhirPatientVersion:
+    """``[base]/Patient/{id}/_history/{vid}``: vread, from the change log."""
+
+    def __init__(self, patients: PatientService):
+        self._patients = patients
+
+    @requires(smart("Patient", "r"))
+    @operation("FHIR Patient vread", tags=_TAGS,
+               responses={200: ("That version", None), 404: ("No such version", None),
+                          410: ("That version is the deletion", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response, patient_id: object,
+               version_id: int) -> None:
+        negotiate(req)
+        found = self._patients.versions(str(patient_id), actor_for(req), version=version_id)
+        if not found:
+            raise Problem(falcon.HTTP_404, "Not found",
+                          f"Patient/{patient_id} has no version {version_id}")
+        if found[0].patient is None:
+            raise Problem(falcon.HTTP_410, "Gone",
+                          f"version {version_id} of Patient/{patient_id} is its deletion")
+        _version_headers(resp, found[0].patient)
+        send(req, resp, to_resource(found[0].patient))
+
+
+class FhirPatientHistory:
+    """``[base]/Patient/{id}/_history``: every version, newest first."""
+
+    def __init__(self, patients: PatientService):
+        self._patients = patients
+
+    @requires(smart("Patient", "r"))
+    @operation("FHIR Patient history", tags=_TAGS,
+               responses={200: ("A history Bundle, newest first", None),
+                          404: ("No such Patient", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response, patient_id: object) -> None:
+        negotiate(req)
+        versions = self._patients.versions(str(patient_id), actor_for(req))
+        base = f"{base_url(req)}/Patient/{patient_id}"
+        entries = []
+        for v in versions:
+            entry: dict[str, Any] = {"fullUrl": base}
+            if v.patient is not None:
+                entry["resource"] = to_resource(v.patient)
+            method, status = (("DELETE", "204 No Content") if v.deleted else
+                              ("POST", "201 Created") if v.version == 1 else ("PUT", "200 OK"))
+            entry["request"] = {"method": method,
+                                "url": "Patient" if method == "POST" else f"Patient/{patient_id}"}
+            entry["response"] = {"status": status, "etag": f'W/"{v.version}"',
+                                 "lastModified": instant(v.occurred_at)}
+            entries.append(entry)
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history",
+                                  "total": len(entries),
+                                  "link": [{"relation": "self", "url": f"{base}/_history"}]}
+        if entries:
+            bundle["entry"] = entries
+        send(req, resp, bundle)
 
 
 # --- operations ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import NoReturn
 
@@ -13,6 +14,7 @@ from mpi.domain.errors import Conflict, FieldProblem, Forbidden, InvalidInput
 from mpi.domain.events import EventType
 from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.identity.linking import Linking
+from mpi.storage.changes import ChangeRepository
 from mpi.storage.fields import EncodedJSON
 from mpi.storage.finder import Found, PatientFinder
 from mpi.storage.patients import Page, PatientFilter, PatientRepository
@@ -34,6 +36,7 @@ class PatientService:
         self._linking = linking
         self._new_id = new_id
         self._finder = PatientFinder(repository)
+        self._changes = ChangeRepository()
 
     def today(self) -> date:
         return self._work.clock().date()
@@ -170,6 +173,26 @@ class PatientService:
 
         return self._work.read(actor, fetch)
 
+    def versions(self, patient_id: str, actor: Actor, *,
+                 version: int | None = None) -> list[PatientVersion]:
+        """The record's versions, newest first, from the change log (every create, update
+        and delete appends the record as it then was); only ``version`` when given.
+        Audited as a read of the record."""
+        with self._work.begin(actor) as tx:
+            self._repository.require_exists(patient_id)
+            events = self._changes.of_entity("patient", patient_id, _VERSION_EVENTS,
+                                             version=version)
+            tx.audit(AuditTag.PATIENT_READ, patient_id,
+                     new={"history": True} if version is None else {"version": version})
+        out = []
+        for event in events:
+            deleted = event.event_type == EventType.PATIENT_DELETED.value
+            out.append(PatientVersion(
+                version=event.entity_version or 0, occurred_at=event.occurred_at,
+                deleted=deleted,
+                patient=None if deleted else Patient.model_validate(event.payload)))
+        return out
+
     def list_page(self, filters: PatientFilter, actor: Actor, *, after: int | None,
                   limit: int) -> Page:
         with self._work.begin(actor) as tx:
@@ -227,6 +250,18 @@ def _term_summary(term: object) -> dict[str, object]:
     summary = plain(term)
     assert isinstance(summary, dict)
     return summary
+
+
+_VERSION_EVENTS = tuple(e.value for e in (EventType.PATIENT_CREATED, EventType.PATIENT_UPDATED,
+                                          EventType.PATIENT_DELETED))
+
+
+@dataclass(frozen=True)
+class PatientVersion:
+    version: int
+    occurred_at: datetime
+    deleted: bool
+    patient: Patient | None  # None for the deletion
 
 
 class _SourceDenied(Exception):

@@ -48,6 +48,19 @@ class ChangeRepository:
         return [ChangeEvent(r.pk, r.occurred_at, r.event_type, r.entity_type, r.entity_id,
                             r.entity_version, r.actor, r.request_id, r.payload) for r in rows]
 
+    def of_entity(self, entity_type: str, entity_id: str, event_types: Sequence[str], *,
+                  version: int | None = None, limit: int = 1000) -> list[ChangeEvent]:
+        """One entity's events of these types, newest first (the (entity_type, entity_id,
+        pk) index), or only those of one version."""
+        query = ChangeEventRow.select().where(
+            ChangeEventRow.entity_type == entity_type, ChangeEventRow.entity_id == entity_id,
+            ChangeEventRow.event_type.in_(list(event_types)))
+        if version is not None:
+            query = query.where(ChangeEventRow.entity_version == version)
+        rows = query.order_by(ChangeEventRow.pk.desc()).limit(limit)
+        return [ChangeEvent(r.pk, r.occurred_at, r.event_type, r.entity_type, r.entity_id,
+                            r.entity_version, r.actor, r.request_id, r.payload) for r in rows]
+
     def backlog(self, after: int | None) -> tuple[int, datetime | None]:
         """What follows event ``after`` (None: the start): how many events at most (the
         newest id minus ``after``; ids may skip a value, never repeat one) and when the
