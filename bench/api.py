@@ -56,6 +56,7 @@ from pathlib import Path
 from queue import Empty
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 from toolkit import commands
 from toolkit.procs import free_port, log_tail
@@ -71,6 +72,11 @@ POST_PATIENT = "POST /api/v1/patients"
 GET_PATIENT = "GET /api/v1/patients/{id}"
 MATCH = "/api/v1/patients/match"
 MATCH_PATIENT = "POST /api/v1/patients/match"
+FHIR = "/fhir/Patient"
+FHIR_READ = "GET /fhir/Patient/{id}"
+FHIR_SEARCH = "GET /fhir/Patient?family=&birthdate= (PDQm)"
+FHIR_MATCH = "POST /fhir/Patient/$match (PDQm)"
+FHIR_JSON = "application/fhir+json"
 DEFAULT_JSON = Path(".bench/api.json")
 USER_ID = "bench-clerk"
 MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
@@ -372,11 +378,35 @@ def match_body(tag: str, rng: random.Random, known: int) -> dict[str, Any]:
     return body
 
 
+def fhir_patient(body: dict[str, Any]) -> dict[str, Any]:
+    """The FHIR Patient for one of this benchmark's records (names, gender, birth date,
+    address, telecom; the clerk's probes carry no identifier)."""
+    return {
+        "resourceType": "Patient",
+        "name": [{k: v for k, v in n.items() if k in ("use", "family", "given")}
+                 for n in body["names"]],
+        "telecom": [{k: v for k, v in t.items() if k in ("system", "value", "use")}
+                    for t in body["telecom"]],
+        "gender": body["gender"], "birthDate": body["birth_date"],
+        "address": [{"use": a.get("use"), "line": a["line"], "city": a["city"],
+                     "state": a["state"], "postalCode": a["postal_code"],
+                     "country": a["country"]} for a in body["addresses"]],
+    }
+
+
+def fhir_search_query(tag: str, rng: random.Random, known: int) -> str:
+    """A registration clerk's PDQm search: the first three letters of a created record's
+    family name and its birth year (the family-and-birthdate combination PDQm requires)."""
+    body = patient_body(tag, rng.randrange(2), rng.randrange(max(known, 1)))
+    family = body["names"][0]["family"][:3]
+    return f"family={quote(family)}&birthdate={body['birth_date'][:4]}&_count=10"
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """What every load process does; picklable (it crosses into spawned processes)."""
 
-    kind: str  # "hello", "create", "read" or "match"
+    kind: str  # "hello", "create", "read", "match", "fhir-read", "fhir-search", "fhir-match"
     port: int
     duration: float
     warmup: float
@@ -406,6 +436,20 @@ def build_request(
         body = (rng.choice(spec.bodies).encode() if spec.bodies
                 else json.dumps(match_body(spec.tag, rng, spec.known)).encode())
         return "POST", MATCH, body, {**headers, "Content-Type": "application/json"}
+    fhir_headers = {**headers, "Accept": FHIR_JSON}
+    if spec.kind == "fhir-read":
+        if not spec.ids:
+            raise ValueError("the read scenario needs patient ids")
+        return "GET", f"{FHIR}/{rng.choice(spec.ids)}", None, fhir_headers
+    if spec.kind == "fhir-search":
+        return "GET", f"{FHIR}?{fhir_search_query(spec.tag, rng, spec.known)}", None, \
+            fhir_headers
+    if spec.kind == "fhir-match":
+        record = (json.loads(rng.choice(spec.bodies)) if spec.bodies
+                  else match_body(spec.tag, rng, spec.known))
+        body = json.dumps({"resourceType": "Parameters", "parameter": [
+            {"name": "resource", "resource": fhir_patient(record)}]}).encode()
+        return "POST", f"{FHIR}/$match", body, {**fhir_headers, "Content-Type": FHIR_JSON}
     raise ValueError(f"unknown scenario kind {spec.kind!r}")
 
 
@@ -818,6 +862,13 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
             results.append(_measure(GET_PATIENT, spec, args.connections, probes)[0])
             spec = replace(template, kind="match", port=port, known=known, bodies=bodies)
             results.append(_measure(MATCH_PATIENT, spec, args.connections, probes)[0])
+            # The same work through FHIR, next to the REST figures of the same run.
+            spec = replace(template, kind="fhir-read", port=port, ids=tuple(ids + registry_ids))
+            results.append(_measure(FHIR_READ, spec, args.connections, probes)[0])
+            spec = replace(template, kind="fhir-search", port=port, known=known)
+            results.append(_measure(FHIR_SEARCH, spec, args.connections, probes)[0])
+            spec = replace(template, kind="fhir-match", port=port, known=known, bodies=bodies)
+            results.append(_measure(FHIR_MATCH, spec, args.connections, probes)[0])
             server["mpi_workers_seen"] = _child_count(proc.pid)
         context["patients_created"] = len(ids)
     context["server_logs"] = [_log_summary(log_dir / name)

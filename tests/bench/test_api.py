@@ -411,3 +411,25 @@ def test_the_scenarios_wait_for_the_fresh_instances_index() -> None:
         server.shutdown()
     assert figures["index_build_s"] >= 1.0  # two polls half a second apart
     assert figures["index_documents_per_s"] <= 1000
+
+
+def test_fhir_scenarios_send_requests_the_fhir_routes_answer(client) -> None:
+    """The FHIR read, PDQm search and $match requests the benchmark sends, sent to the
+    app itself: each answered 200 with what it asked for (a FHIR Patient, a searchset
+    Bundle that finds the record searched for, a match Bundle)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    created = [client.simulate_post(bench.PATIENTS, json=patient_body("t", w, n)).json
+               for w in range(2) for n in range(3)]
+    rng = random.Random(3)
+    ids = tuple(p["id"] for p in created)
+    for kind, resource_type in (("fhir-read", "Patient"), ("fhir-search", "Bundle"),
+                                ("fhir-match", "Bundle")):
+        spec = LoadSpec(kind, 1, 1.0, 0.0, tag="t", ids=ids, known=3)
+        for n in range(5):
+            method, path, body, headers = build_request(spec, 0, n, rng)
+            answer = client.simulate_request(method, path, body=body, headers=headers)
+            assert answer.status_code == 200, (kind, path, answer.text)
+            get_fhir_model_class(resource_type).model_validate(answer.json)
+            if kind == "fhir-search":
+                assert answer.json["total"] >= 1, path  # the record it was drawn from
