@@ -7,6 +7,7 @@
     mpi version               package version and build commit
     mpi reindex               rebuild the search index beside the live one, then swap
     mpi import | export       load a CSV through the online linking path; write the clusters
+    mpi domain add|list|remove   identity domains (assigning authorities)
     mpi dedupe | link | train | blocking report    matching on files
 
 The command groups live in ``mpi.commands``. argparse rather than a CLI framework:
@@ -27,7 +28,7 @@ EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpi.commands import access, database, matching, registry, search, service
+    from mpi.commands import access, database, domains, matching, registry, search, service
 
     parser = argparse.ArgumentParser(prog="mpi", description="Master Patient Index")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry.register(commands)  # import, export (and train's database source)
     search.register(commands)  # reindex
     access.register(commands)  # token create, list, revoke
+    domains.register(commands)  # domain add, list, remove
     return parser
 
 

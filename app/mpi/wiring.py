@@ -32,6 +32,7 @@ from mpi.identity.persons import PersonService
 from mpi.identity.rekey import Rekeying
 from mpi.identity.stewardship import StewardService
 from mpi.identity.views import IdentityViews
+from mpi.patients.domains import DomainService
 from mpi.patients.service import PatientService, utc_now
 from mpi.search.index import SearchIndex, WhooshSearchIndex
 from mpi.search.indexer import Indexer
@@ -40,6 +41,7 @@ from mpi.storage import migrate
 from mpi.storage.audit import AuditRepository
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import close_database, connection, database_proxy, make_database
+from mpi.storage.domains import DomainRepository
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.patients import PatientRepository
 from mpi.storage.tokens import TokenRepository
@@ -64,6 +66,7 @@ class Services:
     audit_trail: AuditTrail
     change_feed: ChangeFeed
     tokens: ApiTokens
+    domains: DomainService
     authenticator: Authenticator
     rekeying: Rekeying
 
@@ -162,6 +165,7 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         audit_trail=AuditTrail(work, AuditRepository(), patients),
         change_feed=ChangeFeed(work, ChangeRepository()),
         tokens=tokens,
+        domains=DomainService(work, DomainRepository(), new_id=new_id),
         authenticator=authenticator(settings, tokens),
         rekeying=Rekeying(work, identity, engine),
     )

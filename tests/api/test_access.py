@@ -13,7 +13,7 @@ from mpi.api.access import PUBLIC, declared_scope
 from mpi.api.app import create_app
 from mpi.api.openapi import responders
 from mpi.api.routes import build_routes
-from mpi.domain.access import AUDIT, FEED, STEWARD
+from mpi.domain.access import ADMIN, AUDIT, FEED, STEWARD
 from mpi.storage.db import close_database, connection, database_for
 from mpi.storage.models import AuditEventRow, PatientRow
 from mpi.wiring import build
@@ -56,6 +56,9 @@ ROUTES = [
     ("GET", f"/fhir/Patient/{P}", "system/Patient.r"),
     ("PUT", f"/fhir/Patient/{P}", "system/Patient.u"),
     ("DELETE", f"/fhir/Patient/{P}", "system/Patient.d"),
+    ("GET", f"{API}/domains", ADMIN),
+    ("POST", f"{API}/domains", ADMIN),
+    ("DELETE", f"{API}/domains/{P}", ADMIN),
     ("GET", f"/fhir/Patient/{P}/_history", "system/Patient.r"),
     ("GET", f"/fhir/Patient/{P}/_history/1", "system/Patient.r"),
 ]
@@ -120,7 +123,7 @@ def test_a_bad_token_is_a_401_saying_invalid_token(secured):
 @pytest.mark.parametrize(("method", "path", "need"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
 def test_each_route_needs_exactly_its_scope(secured, method, path, need):
     everything_else = [s for s in ("system/Patient.cruds", "system/Person.cruds", AUDIT, FEED,
-                                   STEWARD) if not s.startswith(need.rsplit(".", 1)[0])
+                                   STEWARD, ADMIN) if not s.startswith(need.rsplit(".", 1)[0])
                        and s != need]
     without = secured.token("without", *everything_else)
     resp = _call(secured.client, method, path, without)

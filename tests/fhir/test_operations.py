@@ -148,3 +148,32 @@ def test_pix_failure_cases(fhir, people):
     assert unknown_target.status_code == 403
     assert unknown_target.json["issue"][0]["diagnostics"] == "targetSystem not found"
     assert pix(fhir, "").status_code == 400
+
+
+def test_registered_domains_decide_what_pix_and_pdqm_know(fhir, people):
+    known = pix(fhir, f"sourceIdentifier={MRN}|M-1&targetSystem={SSN}")
+    assert known.status_code == 200  # nothing registered: the systems in use are known
+    fhir.simulate_post("/api/v1/domains", json={"system": MRN, "name": "MRN",
+                                                "sources": ["st-marys-ehr"]})
+    assert pix(fhir, f"sourceIdentifier={MRN}|M-1").status_code == 200
+    assert pix(fhir, f"sourceIdentifier={MRN}|M-1&targetSystem={SSN}").status_code == 403
+    assert pix(fhir, f"sourceIdentifier={SSN}|123-45-6789").status_code == 400
+    pdqm = fhir.simulate_get("/fhir/Patient", query_string=f"identifier={SSN}|")
+    assert pdqm.status_code == 404
+
+
+def test_a_feed_writes_only_in_domains_its_source_may_assign_in(fhir, people):
+    fhir.simulate_post("/api/v1/domains", json={"system": "urn:oid:1.7.7", "name": "Lab",
+                                                "sources": ["lab"]})
+    fhir.simulate_post("/api/v1/domains", json={"system": MRN, "name": "MRN",
+                                                "sources": ["st-marys-ehr"]})
+    # AUTH_MODE=none: the local client may write every source, so both are allowed ...
+    headers = {"Content-Type": FHIR_JSON}
+    answer = fhir.simulate_put(f"/fhir/Patient?identifier={MRN}|M-2",
+                               body=json.dumps(valid(fhir.simulate_get(
+                                   f"/fhir/Patient/{people['mary']}").json)), headers=headers)
+    assert answer.status_code == 200
+    # ... and a domain that is not registered is refused once domains are.
+    refused = fhir.simulate_delete("/fhir/Patient?identifier=urn:oid:9.9|1")
+    assert refused.status_code == 403 and "urn:oid:9.9" in refused.json["issue"][0][
+        "diagnostics"]

@@ -6,6 +6,7 @@ from mpi import version
 from mpi.api import openapi
 from mpi.api.resources.audit import PatientAudit, RecentAudit, UserAudit
 from mpi.api.resources.docs import OpenApiDocument, SwaggerPage
+from mpi.api.resources.domains import DomainCollection, DomainItem
 from mpi.api.resources.events import EventFeed
 from mpi.api.resources.health import HealthResource, ReadyResource
 from mpi.api.resources.match import PatientMatch
@@ -63,11 +64,13 @@ def build_routes(services: Services) -> list[tuple[str, object]]:
         (f"{PREFIX}/audit/recent", RecentAudit(s.audit_trail)),
         (f"{PREFIX}/audit/user", UserAudit(s.audit_trail)),
         (f"{PREFIX}/events", EventFeed(s.change_feed)),
+        (f"{PREFIX}/domains", DomainCollection(s.domains)),
+        (f"{PREFIX}/domains/{{domain_id:uuid}}", DomainItem(s.domains)),
         ("/fhir/metadata", FhirMetadata()),
-        ("/fhir/Patient", FhirPatientType(s.patients)),
-        ("/fhir/Patient/_search", FhirPatientSearch(s.patients)),
+        ("/fhir/Patient", FhirPatientType(s.patients, s.domains)),
+        ("/fhir/Patient/_search", FhirPatientSearch(s.patients, s.domains)),
         ("/fhir/Patient/$match", FhirMatch(s.matching, s.persons, s.patients.today)),
-        ("/fhir/Patient/$ihe-pix", FhirPix(s.patients, s.persons)),
+        ("/fhir/Patient/$ihe-pix", FhirPix(s.patients, s.persons, s.domains)),
         ("/fhir/Patient/{patient_id:uuid}", FhirPatientInstance(s.patients)),
         ("/fhir/Patient/{patient_id:uuid}/_history", FhirPatientHistory(s.patients)),
         ("/fhir/Patient/{patient_id:uuid}/_history/{version_id:int(min=1)}",

@@ -90,6 +90,10 @@ class AuditTag(StrEnum):
     # Administration: API tokens (AUTH_MODE=token).
     TOKEN_CREATE = "access:token:create", "token"
     TOKEN_REVOKE = "access:token:revoke", "token"
+    # Administration: identity domains.
+    DOMAIN_CREATE = "admin:domain:create", "domain"
+    DOMAIN_DELETE = "admin:domain:delete", "domain"
+    DOMAIN_LIST = "admin:domain:list", "domain", READ
 
     @classmethod
     def link(cls, how: str) -> AuditTag:

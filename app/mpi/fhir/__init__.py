@@ -12,8 +12,10 @@ The mapping (``mpi.fhir.patient``):
   (see ``docs`` in DEPLOY.md for why not a golden Patient).
 """
 
-SOURCE_SYSTEM = "urn:mpi:source:"
-PERSON_SYSTEM = "urn:mpi:person"
+from mpi.domain.domains import PERSON_SYSTEM, SOURCE_SYSTEM
+
+__all__ = ["FHIR_JSON", "FHIR_XML", "PERSON_SYSTEM", "SOURCE_SYSTEM", "V2_0203"]
+
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"

@@ -32,6 +32,7 @@ from mpi.fhir.search import Search, SearchError, parse, parse_pairs, split_value
 from mpi.fhir.xml import from_xml, to_xml
 from mpi.identity.match import MatchService
 from mpi.identity.persons import PersonService
+from mpi.patients.domains import DomainService
 from mpi.patients.service import PatientService
 
 BASE = "/fhir"
@@ -199,8 +200,9 @@ class FhirMetadata:
 class FhirPatientType:
     """``[base]/Patient``: search (ITI-78), create, conditional update and delete."""
 
-    def __init__(self, patients: PatientService):
+    def __init__(self, patients: PatientService, domains: DomainService):
         self._patients = patients
+        self._domains = domains
 
     @requires(smart("Patient", "s"))
     @operation("FHIR Patient search (PDQm ITI-78)", tags=_TAGS,
@@ -212,7 +214,7 @@ class FhirPatientType:
                           404: ("An identifier domain is not known (PDQm case 4)", None)})
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         negotiate(req)
-        search_patients(self._patients, req, resp, _query_pairs(req))
+        search_patients(self._patients, self._domains, req, resp, _query_pairs(req))
 
     @requires(smart("Patient", "c"))
     @operation("FHIR Patient create (conditional with If-None-Exist)", tags=_TAGS,
@@ -245,6 +247,7 @@ class FhirPatientType:
     @falcon.before(fhir_body)
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         pairs = _query_pairs(req)
+        self._may_feed(req, pairs)
         existing = _matches(self._patients, req, pairs, "update")
         actor = actor_for(req)
         if not existing:
@@ -269,17 +272,35 @@ class FhirPatientType:
                           412: ("The criteria match several", None)})
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         negotiate(req)
-        existing = _matches(self._patients, req, _query_pairs(req), "delete")
+        pairs = _query_pairs(req)
+        self._may_feed(req, pairs)
+        existing = _matches(self._patients, req, pairs, "delete")
         if existing:
             self._patients.delete(existing[0].id, actor_for(req), expected_version=None)
         resp.status = falcon.HTTP_204
 
 
+    def _may_feed(self, req: falcon.Request, pairs: list[tuple[str, str]]) -> None:
+        """PIXm ITI-104: a source feeds (revises, removes) records only by identifiers in
+        the domains it may assign in; 403 naming the domain otherwise."""
+        actor = actor_for(req)
+        search = _search_of(req, [(k, v) for k, v in pairs if k != "_format"])
+        for term in search.criteria.terms:
+            for token in term.values if term.subject == "identifier" else ():
+                if isinstance(token, Token) and (token.system or token.kind == "person"):
+                    system = _system(token)
+                    if not self._domains.may_feed(system, actor):
+                        raise Problem(falcon.HTTP_403, "Forbidden",
+                                      f"this client's sources may not assign identifiers in "
+                                      f"the domain {system}", extra={"fhir_code": "forbidden"})
+
+
 class FhirPatientSearch:
     """``POST [base]/Patient/_search``: the same search with form-encoded parameters."""
 
-    def __init__(self, patients: PatientService):
+    def __init__(self, patients: PatientService, domains: DomainService):
         self._patients = patients
+        self._domains = domains
 
     @requires(smart("Patient", "s"))
     @operation("FHIR Patient search by POST (PDQm ITI-78)", tags=_TAGS,
@@ -299,18 +320,16 @@ class FhirPatientSearch:
         except (UnicodeDecodeError, SearchError):
             raise Problem(falcon.HTTP_400, "Bad request",
                           "the form is not percent-encoded UTF-8") from None
-        search_patients(self._patients, req, resp, _query_pairs(req) + form)
+        search_patients(self._patients, self._domains, req, resp, _query_pairs(req) + form)
 
 
-def search_patients(patients: PatientService, req: falcon.Request, resp: falcon.Response,
-                    pairs: list[tuple[str, str]]) -> None:
+def search_patients(patients: PatientService, domains: DomainService, req: falcon.Request,
+                    resp: falcon.Response, pairs: list[tuple[str, str]]) -> None:
     search = _search_of(req, pairs)
     if search.domains is not None:
-        asked = [t for term in search.criteria.terms if term.subject == "identifier"
-                 for t in term.values if isinstance(t, Token) and t.value is None]
-        unknown = patients.unrecognized(asked)
+        unknown = domains.unknown(search.domains)
         if unknown:
-            names = ", ".join(sorted(_system(t) for t in unknown))
+            names = ", ".join(unknown)
             raise Problem(falcon.HTTP_404, "Not found", f"targetSystem not found: {names}",
                           extra={"fhir_severity": "warning", "fhir_code": "not-found"})
     found = patients.find(search.criteria, actor_for(req), offset=search.offset,
@@ -580,9 +599,11 @@ class FhirPix:
     """``[base]/Patient/$ihe-pix`` (ITI-83): every identifier of the person a source
     identifier belongs to, and a reference to each of its records."""
 
-    def __init__(self, patients: PatientService, persons: PersonService):
+    def __init__(self, patients: PatientService, persons: PersonService,
+                 domains: DomainService):
         self._patients = patients
         self._persons = persons
+        self._domains = domains
 
     @requires(smart("Patient", "r"))
     @operation("PIXm $ihe-pix (ITI-83)", tags=_TAGS,
@@ -636,7 +657,7 @@ class FhirPix:
                     token.system is None and token.kind == "identifier"):
                 raise _pix_error(falcon.HTTP_400, "code-invalid",
                                  "sourceIdentifier Assigning Authority not found")
-            if self._patients.unrecognized([token]):
+            if self._domains.unknown([_system(token)]):
                 raise _pix_error(falcon.HTTP_400, "code-invalid",
                                  "sourceIdentifier Assigning Authority not found")
             wanted = [t for target in targets for t in split_values(target)]
@@ -649,7 +670,7 @@ class FhirPix:
                         raise _pix_error(falcon.HTTP_403, "code-invalid",
                                          "targetSystem not found")
                     domains.append(domain)
-                if self._patients.unrecognized(domains):
+                if self._domains.unknown([_system(d) for d in domains]):
                     raise _pix_error(falcon.HTTP_403, "code-invalid", "targetSystem not found")
             found = self._patients.find(parse([("identifier", source)]).criteria, actor,
                                         offset=0, count=1, total=False)

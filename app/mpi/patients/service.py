@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from typing import NoReturn
 
 from mpi.domain.audit import Actor, AuditTag
-from mpi.domain.criteria import Criteria, Token
+from mpi.domain.criteria import Criteria
 from mpi.domain.errors import Conflict, FieldProblem, Forbidden, InvalidInput
 from mpi.domain.events import EventType
 from mpi.domain.patient import Patient, PatientInput, parse_patient
@@ -215,12 +215,6 @@ class PatientService:
                 "via": "fhir", "terms": [_term_summary(t) for t in criteria.terms],
                 "offset": offset, "returned": [p.id for p in found.items]})
         return found
-
-    def unrecognized(self, tokens: Sequence[Token]) -> list[Token]:
-        """Which of these identifier domains the registry does not know (PDQm/PIXm answer
-        those with their "not found" errors)."""
-        with self._work.reading():
-            return [t for t in tokens if not self._finder.recognized(t)]
 
     # --- helpers -------------------------------------------------------------------------
 

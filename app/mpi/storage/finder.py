@@ -61,18 +61,6 @@ class PatientFinder:
         more = len(rows) > count
         return Found(self._patients.load_many(rows[:count]), found_total, more)
 
-    def recognized(self, token: Token) -> bool:
-        """Whether the identifier domain ``token`` names is one this registry knows: a
-        source with a live record, the enterprise identity, or a system some record's
-        identifier is in."""
-        if token.kind == "person":
-            return True
-        if token.kind == "source":
-            return PatientRow.select().where(PatientRow.source == token.system,
-                                             PatientRow.deleted_at.is_null()).exists()
-        return PatientIdentifierRow.select().where(
-            PatientIdentifierRow.system == token.system).exists()
-
     def _query(self, criteria: Criteria, today: date) -> Any:
         query = PatientRow.select().where(PatientRow.deleted_at.is_null())
         for term in criteria.terms:

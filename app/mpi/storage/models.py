@@ -335,6 +335,21 @@ class ApiTokenRow(BaseModel):
         table_name = "api_token"
 
 
+class IdentityDomainRow(BaseModel):
+    """An identity domain (assigning authority): an identifier system this registry knows,
+    and which sources may assign identifiers in it."""
+
+    pk = peewee.BigAutoField()
+    id = peewee.UUIDField(unique=True)
+    system = peewee.CharField(max_length=256, unique=True)
+    name = peewee.CharField(max_length=200)
+    sources = peewee.TextField()  # comma-separated source names, or *
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "identity_domain"
+
+
 class SchemaMigrationRow(BaseModel):
     """Applied migrations (written by ``mpi.storage.migrate``)."""
 
@@ -358,5 +373,6 @@ ALL_MODELS = (
     ChangeEventRow,
     *IDENTITY_MODELS,
     ApiTokenRow,
+    IdentityDomainRow,
     SchemaMigrationRow,
 )

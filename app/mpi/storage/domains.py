@@ -1,0 +1,64 @@
+"""Rows of ``identity_domain``: the registered identity domains."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+import peewee
+
+from mpi.domain.domains import IdentityDomain, domain_of
+from mpi.domain.errors import Conflict
+from mpi.storage.models import IdentityDomainRow, PatientIdentifierRow, PatientRow
+
+
+def _domain(row: IdentityDomainRow) -> IdentityDomain:
+    return domain_of(str(row.id), row.system, row.name,
+                     [s for s in row.sources.split(",") if s], row.created_at)
+
+
+class DomainRepository:
+    def all(self) -> list[IdentityDomain]:
+        return [_domain(r) for r in IdentityDomainRow.select().order_by(IdentityDomainRow.system)]
+
+    def by_systems(self, systems: Iterable[str]) -> dict[str, IdentityDomain]:
+        wanted = sorted(set(systems))
+        if not wanted:
+            return {}
+        rows = IdentityDomainRow.select().where(IdentityDomainRow.system.in_(wanted))
+        return {r.system: _domain(r) for r in rows}
+
+    def any_registered(self) -> bool:
+        return IdentityDomainRow.select().exists()
+
+    def insert(self, *, domain_id: uuid.UUID, system: str, name: str, sources: list[str],
+               now: datetime) -> IdentityDomain:
+        try:
+            with IdentityDomainRow._meta.database.atomic():  # type: ignore[attr-defined]
+                row = IdentityDomainRow.create(id=domain_id, system=system, name=name,
+                                               sources=",".join(sources), created_at=now)
+        except peewee.IntegrityError as exc:
+            raise Conflict(f"the domain {system} is registered already",
+                           field="system") from exc
+        return _domain(row)
+
+    def delete(self, domain_id: str) -> IdentityDomain | None:
+        try:
+            wanted = uuid.UUID(domain_id)
+        except ValueError:
+            return None
+        row = IdentityDomainRow.get_or_none(IdentityDomainRow.id == wanted)
+        if row is None:
+            return None
+        row.delete_instance()
+        return _domain(row)
+
+    def in_use(self, systems: Iterable[str]) -> set[str]:
+        """Which of these systems some live identifier is in."""
+        return {s for s in set(systems) if PatientIdentifierRow.select().where(
+            PatientIdentifierRow.system == s, PatientIdentifierRow.deleted_at.is_null()).exists()}
+
+    def source_has_records(self, source: str) -> bool:
+        return PatientRow.select().where(PatientRow.source == source,
+                                         PatientRow.deleted_at.is_null()).exists()
