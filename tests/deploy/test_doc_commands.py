@@ -54,6 +54,37 @@ OTHER_LANGUAGES = {"text", "json", "yaml", "ini", "nginx", "systemd", "python"}
 
 RUN: dict[str, str] = {
     # DEPLOY.md
+    'curl -s localhost:8080/fhir/metadata':
+        "test_fhir_curl_examples",
+    "curl -s -X POST localhost:8080/fhir/Patient -H 'Content-Type: application/fhir+j"
+    "son' -H 'If-None-Exist: identifier=urn:mpi:source:ehr|A-1' --data @patient.json":
+        "test_fhir_curl_examples",
+    "curl -s 'localhost:8080/fhir/Patient?identifier=urn:mpi:source:ehr|A-1'":
+        "test_fhir_curl_examples",
+    "curl -s 'localhost:8080/fhir/Patient?family=smi&birthdate=ge1980&_count=20'":
+        "test_fhir_curl_examples",
+    "curl -s -X POST localhost:8080/fhir/Patient/_search -d 'family=smith&gender=male"
+    "'":
+        "test_fhir_curl_examples",
+    "curl -s -X PUT 'localhost:8080/fhir/Patient?identifier=urn:mpi:source:ehr|A-1' -"
+    "H 'Content-Type: application/fhir+json' --data @patient.json":
+        "test_fhir_curl_examples",
+    'curl -s "localhost:8080/fhir/Patient/$(curl -s \'localhost:8080/fhir/Patient?iden'
+    "tifier=urn:mpi:source:ehr|A-1' | python3 -c 'import json, sys; print(json.load(s"
+    'ys.stdin)["entry"][0]["resource"]["id"])\')/_history"':
+        "test_fhir_curl_examples",
+    "curl -s -X POST 'localhost:8080/fhir/Patient/$match' -H 'Content-Type: applicati"
+    "on/fhir+json' --data @match.json":
+        "test_fhir_curl_examples",
+    "curl -s 'localhost:8080/fhir/Patient/$ihe-pix?sourceIdentifier=urn:oid:2.16.840."
+    "1.113883.4.1|123-45-6789'":
+        "test_fhir_curl_examples",
+    "curl -s -H 'Accept: application/fhir+xml' 'localhost:8080/fhir/Patient?family=sm"
+    "ith'":
+        "test_fhir_curl_examples",
+    "curl -s -X DELETE 'localhost:8080/fhir/Patient?identifier=urn:mpi:source:ehr|A-1"
+    "'":
+        "test_fhir_curl_examples",
     "mpi config check --env-file envs/production.env": "test_config_and_version_commands",
     "mpi config check": "test_config_and_version_commands",
     "mpi version": "test_config_and_version_commands",
@@ -631,6 +662,54 @@ def test_serve_probe_backup_and_restore_on_sqlite(shell: Shell):
     shell.run("cp mpi-backup.db data/mpi.db && rm -f data/mpi.db-wal data/mpi.db-shm")
     assert not (shell.cwd / "data" / "mpi.db-wal").exists()
     assert _patients(shell.cwd / "data" / "mpi.db") == 1
+    shell.done()
+
+
+FHIR_CURL = [c for c, t in RUN.items() if t == "test_fhir_curl_examples"]
+
+
+def test_fhir_curl_examples(shell: Shell):
+    """DEPLOY.md's FHIR examples, in their order, against ``mpi serve`` (curl, JSON files
+    as documented): each answers what the text says it does."""
+    port = free_port()
+    shell.env.update({"SERVER_PORT": str(port), "WORKERS": "1", "GRACEFUL_TIMEOUT": "5"})
+    (shell.cwd / "patient.json").write_text(json.dumps({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:mpi:source:ehr", "value": "A-1"},
+                       {"system": "urn:oid:2.16.840.1.113883.4.1", "value": "123-45-6789"}],
+        "name": [{"family": "Smith", "given": ["John"]}], "gender": "male",
+        "birthDate": "1980-05-17"}))
+    (shell.cwd / "match.json").write_text(json.dumps({
+        "resourceType": "Parameters", "parameter": [
+            {"name": "resource", "resource": {
+                "resourceType": "Patient", "name": [{"family": "Smith", "given": ["John"]}],
+                "birthDate": "1980-05-17"}},
+            {"name": "onlyCertainMatches", "valueBoolean": True}]}))
+    log = (shell.cwd / "server.log").open("wb")
+    server = subprocess.Popen(["bash", "-c", "exec mpi serve"], cwd=shell.cwd, env=shell.env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    outputs = []
+    try:
+        _wait_ready(port, server, shell.cwd / "server.log")
+        for command in FHIR_CURL:
+            outputs.append(shell.run(command, replace={"localhost:8080": f"localhost:{port}"}))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    if any(out is None for out in outputs):
+        return  # curl is not installed (warned)
+    (metadata, created, read, search, posted, updated, history, matched, pix, xml,
+     deleted) = outputs
+    assert json.loads(metadata)["resourceType"] == "CapabilityStatement"
+    assert json.loads(created)["identifier"][0]["value"] == "A-1"
+    assert json.loads(read)["total"] == 1 and json.loads(search)["total"] == 1
+    assert json.loads(posted)["total"] == 1
+    assert json.loads(updated)["meta"]["versionId"] == "2"
+    assert [e["request"]["method"] for e in json.loads(history)["entry"]] == ["PUT", "POST"]
+    assert json.loads(matched)["entry"][0]["search"]["extension"][0]["valueCode"] == "certain"
+    assert any(p["name"] == "targetId" for p in json.loads(pix)["parameter"])
+    assert xml.startswith("<?xml") and "<Bundle" in xml
+    assert deleted == ""
     shell.done()
 
 
