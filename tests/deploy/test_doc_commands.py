@@ -698,8 +698,9 @@ def test_fhir_curl_examples(shell: Shell):
         server.wait(timeout=30)
     if any(out is None for out in outputs):
         return  # curl is not installed (warned)
+    texts = [str(out) for out in outputs]
     (metadata, created, read, search, posted, updated, history, matched, pix, xml,
-     deleted) = outputs
+     deleted) = texts
     assert json.loads(metadata)["resourceType"] == "CapabilityStatement"
     assert json.loads(created)["identifier"][0]["value"] == "A-1"
     assert json.loads(read)["total"] == 1 and json.loads(search)["total"] == 1

@@ -102,7 +102,10 @@ class AuditTag(StrEnum):
 
 
 _LINKS = {"auto": AuditTag.LINK_AUTO, "new": AuditTag.LINK_NEW,
-          "manual": AuditTag.LINK_MANUAL, "review": AuditTag.LINK_REVIEW}
+          "manual": AuditTag.LINK_MANUAL, "review": AuditTag.LINK_REVIEW,
+          # A source merged the record into another (PIXm): a placement by hand, as a
+          # steward's, by the source's authority.
+          "merge": AuditTag.LINK_MANUAL}
 
 
 # One audit row, as the audit trail endpoints return it (named as in the API document; a

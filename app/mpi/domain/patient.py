@@ -191,6 +191,10 @@ class PatientInput(BaseModel):
     updated_at: str | None = Field(default=None, json_schema_extra={"readOnly": True})
     person_id: str | None = Field(default=None, description="read-only; set by matching",
                                   json_schema_extra={"readOnly": True})
+    replaced_by: str | None = Field(default=None, description="read-only",
+                                    json_schema_extra={"readOnly": True})
+    replaces: list[str] | None = Field(default=None, description="read-only",
+                                       json_schema_extra={"readOnly": True})
 
     @field_validator("source")
     @classmethod
@@ -246,7 +250,7 @@ class PatientInput(BaseModel):
     def content(self) -> dict[str, Any]:
         """The record's content without the read-only echo fields."""
         return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at",
-                                                     "person_id"})
+                                                     "person_id", "replaced_by", "replaces"})
 
 
 class Patient(BaseModel):
@@ -271,6 +275,11 @@ class Patient(BaseModel):
     updated_at: datetime
     person_id: str | None = Field(
         default=None, description="The enterprise identity (person) this record belongs to")
+    replaced_by: str | None = Field(
+        default=None, description="The record its source merged this one into (it is then "
+                                  "inactive)")
+    replaces: list[str] | None = Field(
+        default=None, description="The records its source merged into this one")
 
     @field_validator("created_at", "updated_at")
     @classmethod

@@ -26,6 +26,7 @@ class PatientRow(BaseModel):
     """One record as a source system knows it."""
 
     pk = peewee.BigAutoField()
+    replaced_by_pk: Any
     id = peewee.UUIDField(unique=True)
     source = peewee.CharField(max_length=100)
     source_id = peewee.CharField(max_length=200)
@@ -38,6 +39,9 @@ class PatientRow(BaseModel):
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
     deleted_at = peewee.DateTimeField(null=True)
+    # The record a source merged this one into (FHIR link replaced-by), if any.
+    replaced_by = peewee.ForeignKeyField("self", field="pk", column_name="replaced_by_pk",
+                                         null=True, index=True, object_id_name="replaced_by_pk")
 
     class Meta:
         table_name = "patient"

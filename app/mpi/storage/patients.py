@@ -161,6 +161,10 @@ class PatientRepository:
             raise Deleted(f"patient {patient_id} was deleted")
         return row
 
+    def set_replaced_by(self, row: PatientRow, by: PatientRow | None) -> None:
+        PatientRow.update(replaced_by=by.pk if by else None).where(
+            PatientRow.pk == row.pk).execute()
+
     def require_exists(self, patient_id: uuid.UUID | str) -> None:
         """NotFound unless the record exists (deleted or not)."""
         if not PatientRow.select().where(PatientRow.id == patient_id).exists():
@@ -326,16 +330,39 @@ class PatientRepository:
         persons = {ppk: str(pid) for ppk, pid in tuples(
                    PatientLinkRow.select(PatientLinkRow.patient, PersonRow.id)
                    .join(PersonRow).where(PatientLinkRow.patient.in_(pks)))}
+        replaced = self._replaced(rows)
         return [self._assemble(row, {m: children[m].get(row.pk, []) for m in children},
-                               persons.get(row.pk))
+                               persons.get(row.pk), *replaced.get(row.pk, (None, None)))
                 for row in rows]
 
     @staticmethod
+    def _replaced(rows: Sequence[PatientRow]) -> dict[int, tuple[str | None, list[str] | None]]:
+        """For each row: the id of the record it was replaced by, and of those it replaces
+        (two index look-ups for all the rows; nothing when no source ever merged)."""
+        out: dict[int, tuple[str | None, list[str] | None]] = {}
+        targets = {r.replaced_by_pk for r in rows if r.replaced_by_pk is not None}
+        target_ids = {pk: str(i) for pk, i in tuples(
+            PatientRow.select(PatientRow.pk, PatientRow.id).where(PatientRow.pk.in_(
+                list(targets))))} if targets else {}
+        replaces: dict[int, list[str]] = defaultdict(list)
+        for by, rid in tuples(PatientRow.select(PatientRow.replaced_by, PatientRow.id).where(
+                PatientRow.replaced_by.in_([r.pk for r in rows]),
+                PatientRow.deleted_at.is_null())):
+            replaces[by].append(str(rid))
+        for r in rows:
+            by = target_ids.get(r.replaced_by_pk) if r.replaced_by_pk is not None else None
+            out[r.pk] = (by, sorted(replaces[r.pk]) or None)
+        return out
+
+    @staticmethod
     def _assemble(row: PatientRow, kids: dict[type, Iterable[Any]],
-                  person_id: str | None) -> Patient:
+                  person_id: str | None, replaced_by: str | None = None,
+                  replaces: list[str] | None = None) -> Patient:
         return Patient.model_validate({
             "id": str(row.id),
             "person_id": person_id,
+            "replaced_by": replaced_by,
+            "replaces": replaces,
             "version": row.version,
             "source": row.source,
             "source_id": row.source_id,
@@ -424,13 +451,19 @@ def _one_record_sql(postgres: bool) -> str:
         children.append(f'(SELECT {aggregate.format(f"{build_array}({values})")} '  # noqa: S608
                         f'FROM "{table}" c WHERE c."{fk}" = p."{pk}")')
     link, person = PatientLinkRow._meta, PersonRow._meta
+    table, pk, rb = _P._meta.table_name, _P.pk.column_name, _P.replaced_by.column_name
+    replaces = (f'(SELECT {aggregate.format(f"r.{_P.id.column_name}")} '  # noqa: S608
+                f'FROM "{table}" r WHERE r."{rb}" = p."{pk}" AND r."{_P.deleted_at.column_name}" '
+                'IS NULL)')
     sql = (f'SELECT {cols}, ps."{PersonRow.id.column_name}", {", ".join(children)}, '  # noqa: S608
+           f'rbp."{_P.id.column_name}", {replaces}, '
            f'p."{_P.deleted_at.column_name}" '
-           f'FROM "{_P._meta.table_name}" p '
+           f'FROM "{table}" p '
            f'LEFT JOIN "{link.table_name}" l '
-           f'ON l."{PatientLinkRow.patient.column_name}" = p."{_P.pk.column_name}" '
+           f'ON l."{PatientLinkRow.patient.column_name}" = p."{pk}" '
            f'LEFT JOIN "{person.table_name}" ps '
            f'ON ps."{PersonRow.pk.column_name}" = l."{PatientLinkRow.person.column_name}" '
+           f'LEFT JOIN "{table}" rbp ON rbp."{pk}" = p."{rb}" '
            f'WHERE p."{_P.id.column_name}" = {PatientRow._meta.database.param}')
     _SQL_CACHE[postgres] = sql
     return sql
@@ -457,4 +490,14 @@ def _record_from_row(row: Sequence[Any]) -> Patient:
             _CHILD_COLUMNS, ("names", "identifiers", "addresses", "telecom"),
             row[start:start + len(_CHILD_COLUMNS)], strict=True):
         record[key] = _children(value, names)
+    replaced_by, replaces = row[start + len(_CHILD_COLUMNS):start + len(_CHILD_COLUMNS) + 2]
+    record["replaced_by"] = None if replaced_by is None else _uuid_text(replaced_by)
+    ids = json.loads(replaces) if isinstance(replaces, str) else (replaces or [])
+    record["replaces"] = sorted(_uuid_text(i) for i in ids) or None
     return Patient.model_validate(record)
+
+
+def _uuid_text(value: Any) -> str:
+    """A record id as the API writes it, from either backend's column value."""
+    return str(PatientRow.id.python_value(value) if not isinstance(value, str)
+               else uuid.UUID(value))
