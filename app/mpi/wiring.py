@@ -154,11 +154,12 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
     tokens = ApiTokens(work, TokenRepository())
     index = (search_index if search_index is not None
              else WhooshSearchIndex(settings.search_index_path))
+    stewards = StewardService(work, identity, patients, views, new_id=new_id)
     return Services(
         settings=settings, db=db, work=work, engine=engine,
-        patients=PatientService(work, patients, linking, new_id=new_id),
+        patients=PatientService(work, patients, linking, new_id=new_id, stewards=stewards),
         persons=PersonService(work, identity, patients, views),
-        stewards=StewardService(work, identity, patients, views, new_id=new_id),
+        stewards=stewards,
         matching=MatchService(work, linking),
         search=SearchService(work, index, patients, ChangeRepository(),
                              fuzzy=settings.search_fuzzy_distance),

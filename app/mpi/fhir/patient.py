@@ -62,22 +62,32 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
         resource["deceasedDateTime"] = patient.deceased_date.isoformat()
     elif patient.deceased:
         resource["deceasedBoolean"] = True
-    resource["address"] = [_drop_none({
+    address = [_drop_none({
         "use": a.use, "type": a.type, "line": list(a.line), "city": a.city,
         "district": a.district, "state": a.state, "postalCode": a.postal_code,
         "country": a.country}) for a in patient.addresses]
+    resource["address"] = address
+    links = []
+    if patient.replaced_by:
+        links.append({"other": {"reference": f"Patient/{patient.replaced_by}"},
+                      "type": "replaced-by"})
+    links += [{"other": {"reference": f"Patient/{other}"}, "type": "replaces"}
+              for other in patient.replaces or ()]
+    resource["link"] = links
     return _drop_none(resource)
 
 
 # --- input --------------------------------------------------------------------------------
 
 # Patient elements: kept (mapped below), dropped on purpose, or refused (not stored yet).
+# ``link`` is read by the routes (a source's merge, replaced-by) before this module sees
+# the resource; any left here is refused.
 _KEPT = {"resourceType", "id", "meta", "identifier", "active", "name", "telecom", "gender",
          "birthDate", "deceasedBoolean", "deceasedDateTime", "address"}
 _DROPPED = {"text", "language", "extension"}
 _NOT_STORED = {"maritalStatus", "multipleBirthBoolean", "multipleBirthInteger", "photo",
                "contact", "communication", "generalPractitioner", "managingOrganization",
-               "link", "contained", "implicitRules"}
+               "contained", "implicitRules"}
 _PART_DROPPED = {"id", "extension", "period", "text"}
 _PARTS = {
     "name": {"use", "family", "given", "prefix", "suffix"},
@@ -148,6 +158,9 @@ def parse_resource(body: bytes | dict[str, Any], *, today: date,
         if name == "modifierExtension":
             reader.problem("Patient.modifierExtension",
                            "modifier extensions are not understood by this server")
+        elif name == "link":
+            reader.problem("Patient.link", "only a replaced-by link is accepted, on an update "
+                           "(a source's merge)")
         elif name in _NOT_STORED:
             reader.problem(f"Patient.{name}", "is not stored by this server")
         elif name not in _KEPT and name not in _DROPPED:
@@ -255,6 +268,12 @@ def _v2_type(reader: _Reader, path: str, value: Any) -> str | None:
 
 _RENAMES = {"birth_date": "birthDate", "deceased_date": "deceasedDateTime",
             "postal_code": "postalCode", "deceased": "deceasedBoolean"}
+
+
+def fhir_problems(exc: InvalidInput) -> InvalidInput:
+    """A service's field problems (record field names) with FHIRPaths instead."""
+    return InvalidInput([FieldProblem(_fhir_path(p.field, {}), p.reason)
+                         for p in exc.problems], exc.message)
 
 
 def _fhir_path(field: str, paths: dict[str, str]) -> str:

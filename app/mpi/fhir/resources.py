@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 
@@ -21,13 +22,13 @@ from mpi.api.errors import Problem
 from mpi.api.openapi import Param, operation
 from mpi.api.resources.common import MAX_BODY_BYTES, json_body
 from mpi.domain.access import smart
-from mpi.domain.criteria import Token
-from mpi.domain.errors import Deleted, FieldProblem, reject_duplicate_keys
+from mpi.domain.criteria import Criteria, Term, Token
+from mpi.domain.errors import Deleted, FieldProblem, InvalidInput, reject_duplicate_keys
 from mpi.domain.patient import Patient, PatientInput
 from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM
 from mpi.fhir.capability import capability_statement
 from mpi.fhir.formats import CONTENT_TYPES, Format, named, parse_accept, wanted
-from mpi.fhir.patient import instant, parse_resource, to_resource
+from mpi.fhir.patient import fhir_problems, instant, parse_resource, to_resource
 from mpi.fhir.search import Search, SearchError, parse, parse_pairs, split_values
 from mpi.fhir.xml import from_xml, to_xml
 from mpi.identity.match import MatchService
@@ -225,7 +226,12 @@ class FhirPatientType:
                           422: ("An element is invalid (OperationOutcome)", None)})
     @falcon.before(fhir_body)
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data = parse_resource(req.context.body, today=self._patients.today())
+        sent = _sent(req)
+        if sent.survivor is not None:
+            raise InvalidInput([FieldProblem("Patient.link", "a new record cannot replace "
+                                             "another; merge by updating the subsumed one")])
+        _with_source(self._domains, sent.resource, [], actor_for(req))
+        data = parse_resource(sent.resource, today=self._patients.today())
         condition = req.get_header("If-None-Exist")
         if condition is not None:
             try:
@@ -250,21 +256,25 @@ class FhirPatientType:
         self._may_feed(req, pairs)
         existing = _matches(self._patients, req, pairs, "update")
         actor = actor_for(req)
+        sent = _sent(req)
+        _with_source(self._domains, sent.resource, _criteria_identifiers(req, pairs), actor)
         if not existing:
+            if sent.survivor is not None:
+                raise InvalidInput([FieldProblem("Patient.link", "no Patient matches the "
+                                                 "criteria: there is no record to merge")])
             principal = getattr(req.context, "principal", None)
             need = smart("Patient", "c")
             if principal is not None and not principal.may(need):
                 raise Problem(falcon.HTTP_403, "Forbidden",
                               f"no Patient matches, and creating one needs the scope {need}")
-            data = parse_resource(req.context.body, today=self._patients.today())
+            data = parse_resource(sent.resource, today=self._patients.today())
             _written(req, resp, self._patients.create(data, actor), falcon.HTTP_201)
             return
         target = existing[0]
-        data = parse_resource(req.context.body, today=self._patients.today(),
+        data = parse_resource(sent.resource, today=self._patients.today(),
                               resource_id=target.id)
-        patient = self._patients.update(target.id, data, actor,
-                                        expected_version=_if_match(req))
-        _written(req, resp, patient, falcon.HTTP_200)
+        _written(req, resp, _update_or_merge(self._patients, req, target.id, data, sent),
+                 falcon.HTTP_200)
 
     @requires(smart("Patient", "d"))
     @operation("FHIR Patient conditional delete (PIXm ITI-104 remove)", tags=_TAGS,
@@ -293,6 +303,99 @@ class FhirPatientType:
                         raise Problem(falcon.HTTP_403, "Forbidden",
                                       f"this client's sources may not assign identifiers in "
                                       f"the domain {system}", extra={"fhir_code": "forbidden"})
+
+
+@dataclass
+class _Sent:
+    """A Patient body as sent: the resource without its ``link``, and the record a
+    ``replaced-by`` link names (an id, or an identifier to find it by)."""
+
+    resource: Any
+    survivor: str | Token | None
+
+
+def _sent(req: falcon.Request) -> _Sent:
+    resource = _json(req.context.body)
+    if not isinstance(resource, dict) or "link" not in resource:
+        return _Sent(resource, None)
+    resource = dict(resource)
+    links = resource.pop("link")
+    path = "Patient.link"
+    if not isinstance(links, list) or len(links) != 1 or not isinstance(links[0], dict):
+        raise InvalidInput([FieldProblem(path, "give one link, of type replaced-by")])
+    link = links[0]
+    if link.get("type") != "replaced-by":
+        raise InvalidInput([FieldProblem(f"{path}[0].type", "only replaced-by is accepted "
+                                         "from a source (the server writes replaces)")])
+    other = link.get("other")
+    if isinstance(other, dict) and isinstance(other.get("reference"), str):
+        reference = other["reference"]
+        base = base_url(req) + "/"
+        local = reference[len(base):] if reference.startswith(base) else reference
+        kind, _, record_id = local.partition("/")
+        if kind != "Patient" or "/" in record_id or not record_id:
+            raise InvalidInput([FieldProblem(f"{path}[0].other.reference",
+                                             "must be Patient/<id> on this server")])
+        return _Sent(resource, record_id)
+    ident = other.get("identifier") if isinstance(other, dict) else None
+    if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(
+            ident.get("value"), str):
+        token = parse([("identifier", f"{ident['system']}|{ident['value']}")]
+                      ).criteria.terms[0].values[0]
+        assert isinstance(token, Token)
+        return _Sent(resource, token)
+    raise InvalidInput([FieldProblem(f"{path}[0].other", "needs a reference (Patient/<id>) "
+                                     "or an identifier with system and value")])
+
+
+def _update_or_merge(patients: PatientService, req: falcon.Request, record_id: str,
+                     data: PatientInput, sent: _Sent) -> Patient:
+    actor = actor_for(req)
+    if sent.survivor is None:
+        return patients.update(record_id, data, actor, expected_version=_if_match(req))
+    survivor = sent.survivor
+    if isinstance(survivor, Token):
+        found = patients.find(Criteria((Term("identifier", (survivor,)),)), actor, offset=0,
+                              count=2, total=False).items
+        if len(found) != 1:
+            raise InvalidInput([FieldProblem(
+                "Patient.link[0].other.identifier",
+                "matches no live Patient" if not found else "matches several Patients")])
+        survivor = found[0].id
+    try:
+        return patients.merge_into(record_id, data, survivor, actor,
+                                   expected_version=_if_match(req))
+    except InvalidInput as exc:
+        raise fhir_problems(exc) from None
+
+
+def _criteria_identifiers(req: falcon.Request, pairs: list[tuple[str, str]]
+                          ) -> list[tuple[str, str]]:
+    """The (system, value) identifiers a conditional request's criteria name."""
+    search = _search_of(req, [(k, v) for k, v in pairs if k != "_format"])
+    return [(t.system, t.value) for term in search.criteria.terms if term.subject == "identifier"
+            for t in term.values if isinstance(t, Token) and t.kind == "identifier"
+            and t.system and t.value]
+
+
+def _with_source(domains: DomainService, resource: Any, criteria: list[tuple[str, str]],
+                 actor: Any) -> None:
+    """Give a Patient sent without its ``urn:mpi:source:`` identifier one, when the
+    registered domains settle whose record it is (a PIXm source sends only the identifier
+    in its own domain): the criteria's identifier first, then the body's."""
+    if not isinstance(resource, dict) or not isinstance(resource.get("identifier", []), list):
+        return
+    identifiers = resource.get("identifier", [])
+    if any(isinstance(i, dict) and str(i.get("system", "")).startswith(SOURCE_SYSTEM)
+           for i in identifiers):
+        return
+    body = [(i["system"], i["value"]) for i in identifiers if isinstance(i, dict)
+            and isinstance(i.get("system"), str) and isinstance(i.get("value"), str)]
+    found = domains.source_for([*criteria, *body], actor)
+    if found is not None:
+        source, record_id = found
+        resource["identifier"] = [{"system": SOURCE_SYSTEM + source, "value": record_id},
+                                  *identifiers]
 
 
 class FhirPatientSearch:
@@ -398,11 +501,11 @@ class FhirPatientInstance:
                           422: ("An element is invalid (OperationOutcome)", None)})
     @falcon.before(fhir_body)
     def on_put(self, req: falcon.Request, resp: falcon.Response, patient_id: object) -> None:
-        data = parse_resource(req.context.body, today=self._patients.today(),
+        sent = _sent(req)
+        data = parse_resource(sent.resource, today=self._patients.today(),
                               resource_id=str(patient_id))
-        patient = self._patients.update(str(patient_id), data, actor_for(req),
-                                        expected_version=_if_match(req))
-        _written(req, resp, patient, falcon.HTTP_200)
+        _written(req, resp, _update_or_merge(self._patients, req, str(patient_id), data, sent),
+                 falcon.HTTP_200)
 
     @requires(smart("Patient", "d"))
     @operation("FHIR Patient delete", tags=_TAGS,
@@ -679,11 +782,16 @@ class FhirPix:
                                  "sourceIdentifier Patient Identifier not found")
             patient = found.items[0]
             source_system, source_value = _system(token), token.value
+        if patient.replaced_by is not None:
+            # Post-merge policy (ITI-83 2:3.83.4.2.2.5): the subsumed identifier is gone.
+            raise _pix_error(falcon.HTTP_404, "not-found",
+                             "sourceIdentifier Patient Identifier not found")
         person = self._persons.person_of_patient(patient.id, actor)
+        records = [r for r in person.records if r.patient.replaced_by is None]
         wanted_systems = {t for target in targets for t in split_values(target)}
         parameters: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
-        for record in person.records:
+        for record in records:
             for ident in to_resource(record.patient)["identifier"]:
                 key = (ident["system"], ident["value"])
                 if key == (source_system, source_value) or key in seen:
@@ -694,7 +802,7 @@ class FhirPix:
                 parameters.append({"name": "targetIdentifier", "valueIdentifier": {
                     k: v for k, v in ident.items() if k in ("use", "type", "system", "value",
                                                              "assigner")}})
-        for record in person.records:
+        for record in records:
             parameters.append({"name": "targetId",
                                "valueReference": {"reference": base + record.patient.id}})
         send(req, resp, {"resourceType": "Parameters", "parameter": parameters})

@@ -162,6 +162,18 @@ class StewardService:
 
     # --- in an open unit of work -----------------------------------------------------------------
 
+    def join_record(self, tx: Transaction, patient_id: str, other_id: str) -> str:
+        """Put record ``patient_id`` in the person of record ``other_id`` by hand (a
+        source merged it into that record); the person's id. For ``PatientService``'s
+        merge, inside its unit of work."""
+        other = self._patients.get_row(other_id)
+        link = self._repo.link_of(other.pk)
+        if link is None:  # pragma: no cover - every live record is linked on write
+            raise StateConflict(f"patient {other_id} has no person")
+        person = self._active_person(str(self._repo.person_by_pk(link.person_id).id))
+        self._move(tx, patient_id, person, how="merge")
+        return str(person.id)
+
     def _link(self, tx: Transaction, person_id: str, patient_id: str, *, how: str) -> PersonRow:
         person = self._active_person(person_id)
         self._move(tx, patient_id, person, how=how)

@@ -83,6 +83,27 @@ class DomainService:
                     unknown.append(system)
         return unknown
 
+    def source_for(self, candidates: Iterable[tuple[str, str]], actor: Actor
+                   ) -> tuple[str, str] | None:
+        """(source, record id) for a record sent without its ``urn:mpi:source:`` identifier:
+        the first (system, value) of ``candidates`` in a registered domain that exactly one
+        source ``actor`` may write assigns in (a PIXm source sends its own domain's
+        identifier); None when none settles it."""
+        pairs = list(candidates)
+        with self._work.reading():
+            registered = self._repository.by_systems([system for system, _ in pairs])
+        mine = sorted(s for s in actor.sources if s != "*")
+        for system, value in pairs:
+            domain = registered.get(system)
+            if domain is None:
+                continue
+            named = [s for s in domain.sources if s != "*" and actor.may_write(s)]
+            if not named and "*" in domain.sources:
+                named = mine
+            if len(named) == 1:
+                return named[0], value
+        return None
+
     def may_feed(self, system: str, actor: Actor) -> bool:
         """Whether ``actor`` may feed records keyed by an identifier in ``system`` (PIXm
         ITI-104: a source feeds only the domains it may assign in). A source's own

@@ -10,13 +10,15 @@ from typing import NoReturn
 
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.criteria import Criteria
-from mpi.domain.errors import Conflict, FieldProblem, Forbidden, InvalidInput
+from mpi.domain.errors import Conflict, FieldProblem, Forbidden, InvalidInput, StateConflict
 from mpi.domain.events import EventType
 from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.identity.linking import Linking
+from mpi.identity.stewardship import StewardService
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.fields import EncodedJSON
 from mpi.storage.finder import Found, PatientFinder
+from mpi.storage.models import PatientRow
 from mpi.storage.patients import Page, PatientFilter, PatientRepository
 from mpi.storage.work import Transaction, UnitOfWork, retried
 
@@ -30,11 +32,12 @@ class PatientService:
     """Create, read, update and retire patient records, auditing each step."""
 
     def __init__(self, work: UnitOfWork, repository: PatientRepository, linking: Linking, *,
-                 new_id: Callable[[], uuid.UUID]):
+                 new_id: Callable[[], uuid.UUID], stewards: StewardService | None = None):
         self._work = work
         self._repository = repository
         self._linking = linking
         self._new_id = new_id
+        self._stewards = stewards
         self._finder = PatientFinder(repository)
         self._changes = ChangeRepository()
 
@@ -124,6 +127,50 @@ class PatientService:
             raise self._explain(clash, data, exclude_id=patient_id) from None
         except _SourceDenied as denied:
             self._deny(actor, denied.source, patient_id, "update")
+        return patient
+
+    @retried
+    def merge_into(self, patient_id: str, data: PatientInput, survivor_id: str, actor: Actor,
+                   *, expected_version: int | None = None) -> Patient:
+        """A source merged record ``patient_id`` into ``survivor_id`` (PIXm ITI-104 resolve
+        duplicates; FHIR ``link`` replaced-by), in ONE unit of work: the record takes the
+        content sent (inactive), points to the survivor, and joins the survivor's person
+        by hand, so every identifier and cross-reference of it now leads there."""
+        if self._stewards is None:  # pragma: no cover - wired by the composition root
+            raise RuntimeError("merge_into needs the steward service")
+        if data.active:
+            raise InvalidInput([FieldProblem("active", "a record merged into another is "
+                                             "inactive: send active false")])
+        if patient_id == survivor_id:
+            raise InvalidInput([FieldProblem("link", "a record cannot replace itself")])
+        self._may_write(actor, data.source, patient_id, "merge")
+        try:
+            with self._work.begin(actor) as tx:
+                self._linking.hold()
+                row = self._repository.get_row(patient_id, lock="FOR UPDATE")
+                survivor = self._repository.get_row(survivor_id, lock="FOR UPDATE")
+                if survivor.replaced_by_pk is not None:
+                    raise StateConflict(f"patient {survivor_id} was itself merged into "
+                                        "another record; name that one")
+                if not actor.may_write(row.source):
+                    raise _SourceDenied(row.source)
+                old = self._repository.load(row)
+                version = row.version if expected_version is None else expected_version
+                self._repository.update(row, data, expected_version=version, now=tx.now)
+                self._repository.set_replaced_by(row, survivor)
+                person_id = self._stewards.join_record(tx, patient_id, survivor_id)
+                patient = self._repository.load(PatientRow.get_by_id(row.pk))
+                placement = self._linking.place(patient, row.pk)
+                self._linking.link(tx, placement)  # (manual now: refreshes its keys)
+                record = EncodedJSON.of(patient.to_dict())
+                tx.emit(EventType.PATIENT_UPDATED, patient_id, version=patient.version,
+                        payload=record)
+                tx.audit(AuditTag.PATIENT_UPDATE, patient_id, old=old.to_dict(), new=record)
+        except Conflict as clash:
+            raise self._explain(clash, data, exclude_id=patient_id) from None
+        except _SourceDenied as denied:
+            self._deny(actor, denied.source, patient_id, "merge")
+        assert patient.person_id == person_id
         return patient
 
     @retried
