@@ -221,3 +221,25 @@ def test_vread_and_history_come_from_the_change_log(fhir):
     assert fhir.simulate_get(f"/fhir/Patient/{pid}/_history/3").status_code == 410
     missing = "00000000-0000-4000-8000-000000000999"
     assert fhir.simulate_get(f"/fhir/Patient/{missing}/_history").status_code == 404
+
+
+def test_mothers_maiden_name_and_multiple_birth_round_trip_and_search(fhir):
+    mmn = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
+    made = create(fhir, fhir_patient(extension=[{"url": mmn, "valueString": "Okafor"},
+                                                {"url": "http://example.org/x",
+                                                 "valueString": "dropped"}],
+                                     multipleBirthInteger=2))
+    body = valid(made.json)
+    assert made.status_code == 201
+    assert body["extension"] == [{"url": mmn, "valueString": "Okafor"}]
+    assert body["multipleBirthInteger"] == 2
+    rest = fhir.simulate_get(f"/api/v1/patients/{body['id']}").json
+    assert rest["mothers_maiden_name"] == "Okafor" and rest["multiple_birth_order"] == 2
+    assert rest["multiple_birth"] is True
+    found = fhir.simulate_get("/fhir/Patient", query_string="mothersMaidenName=oka").json
+    assert found["total"] == 1
+    assert fhir.simulate_get("/fhir/Patient",
+                             query_string="mothersMaidenName:exact=okafor").json["total"] == 0
+    bad = create(fhir, fhir_patient("A-2", multipleBirthInteger=0, ssn=None))
+    assert bad.status_code == 422
+    assert bad.json["issue"][1]["expression"] == ["Patient.multipleBirthInteger"]

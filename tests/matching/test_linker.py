@@ -220,3 +220,15 @@ def test_given_names_that_agree_only_as_variants_need_more_evidence(variant):
     assert decide({"A": [pair]}, LINK, REVIEW).kind != "link"
     housed = s(prep("b", given_name=variant, ssn=None), prep("a", given_name="John", ssn=None))
     assert decide({"A": [housed]}, LINK, REVIEW).kind == "link"
+
+
+def test_twins_who_say_so_are_never_linked_automatically():
+    """Twins share a family name, a birth date, an address and often a phone; when the
+    records carry their birth orders (FHIR multipleBirthInteger), different orders are
+    two people, whatever else agrees: a review, never a link."""
+    first = prep("t1", given_name="Chidi", ssn=None, birth_order=1)
+    second = prep("t2", given_name="Chidi", ssn=None, birth_order=2)
+    d = decide({"P": [s(second, first)]}, LINK, REVIEW)
+    assert s(second, first).probability >= LINK and d.kind == "review" and d.note
+    same = prep("t3", given_name="Chidi", ssn=None, birth_order=1)
+    assert decide({"P": [s(same, first)]}, LINK, REVIEW).kind == "link"

@@ -80,3 +80,13 @@ def test_a_household_is_one_fact_not_five():
     moved = score(john, prep("moved", address_line="9 Elm Road", city="Boston", state="MA",
                              postal_code="02118", phone="+1 617 555 0199"))
     assert moved.weight < score(john, prep("again")).weight - 20
+
+
+def test_mothers_maiden_name_is_evidence_both_ways():
+    base = score(prep("a", mothers_maiden_name="Adebayo"), prep("b", given_name="Bill",
+                                                              mothers_maiden_name="Adebayo"))
+    other = score(prep("a", mothers_maiden_name="Adebayo"), prep("b", given_name="Bill",
+                                                               mothers_maiden_name="Nwosu"))
+    unknown = score(prep("a"), prep("b", given_name="Bill"))
+    assert other.weight < unknown.weight < base.weight
+    assert "mother's maiden name exact" in base.reason

@@ -16,7 +16,7 @@ from typing import Literal
 Subject = Literal[
     "_id", "_lastUpdated", "active", "family", "given", "name", "identifier", "telecom",
     "birthdate", "gender", "address", "address-city", "address-country",
-    "address-postalcode", "address-state", "source",
+    "address-postalcode", "address-state", "mothersMaidenName", "source",
 ]
 # How a string is compared: FHIR's default (starts with, case and accents ignored),
 # :exact (the whole string, as stored) or :contains (anywhere, case and accents ignored).

@@ -181,6 +181,12 @@ class PatientInput(BaseModel):
     identifiers: list[Identifier] = Field(default_factory=list, max_length=50)
     addresses: list[Address] = Field(default_factory=list, max_length=20)
     telecom: list[ContactPoint] = Field(default_factory=list, max_length=20)
+    mothers_maiden_name: Text | None = Field(
+        default=None, description="The mother's maiden (unmarried) name; also matched on")
+    multiple_birth: bool | None = Field(
+        default=None, description="Part of a multiple birth (twins, triplets, ...)")
+    multiple_birth_order: Annotated[int, Field(ge=1, le=16)] | None = Field(
+        default=None, description="Birth order within a multiple birth (1, 2, ...)")
 
     # Read-only fields a client may echo back from a GET; ignored (``id`` must match on PUT).
     id: str | None = Field(default=None, description="read-only; ignored on input",
@@ -229,6 +235,12 @@ class PatientInput(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _birth_order(self) -> PatientInput:
+        if self.multiple_birth_order is not None and self.multiple_birth is False:
+            raise ValueError("multiple_birth_order is given but multiple_birth is false")
+        return self
+
+    @model_validator(mode="after")
     def _identifiable(self) -> PatientInput:
         # FHIR allows a nameless Patient (an unidentified arrival, a lab sample); a record
         # with nothing to tell who it is could never be matched, so refuse that.
@@ -271,6 +283,9 @@ class Patient(BaseModel):
     identifiers: list[Identifier] = Field(default_factory=list)
     addresses: list[Address] = Field(default_factory=list)
     telecom: list[ContactPoint] = Field(default_factory=list)
+    mothers_maiden_name: str | None = None
+    multiple_birth: bool | None = None
+    multiple_birth_order: int | None = None
     created_at: datetime
     updated_at: datetime
     person_id: str | None = Field(

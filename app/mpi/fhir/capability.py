@@ -76,6 +76,8 @@ _INDIVIDUAL = {"family", "given", "address", "address-city", "address-country",
 def _definition(name: str) -> str:
     """The canonical URL of the core SearchParameter ``name`` implements."""
     core = "http://hl7.org/fhir/SearchParameter/"
+    if name == "mothersMaidenName":
+        return f"{core}patient-extensions-Patient-mothersMaidenName"
     if name.startswith("_"):
         return f"{core}Resource-{name[1:]}"
     return f"{core}{'individual' if name in _INDIVIDUAL else 'Patient'}-{name}"

@@ -17,6 +17,8 @@ from mpi.domain.errors import FieldProblem, InvalidInput, MalformedInput, reject
 from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM, V2_0203
 
+MOTHERS_MAIDEN_NAME = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
+
 
 def instant(value: datetime) -> str:
     """A FHIR ``instant``: UTC with microseconds and ``Z``."""
@@ -48,6 +50,8 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
         "resourceType": "Patient",
         "id": patient.id,
         "meta": {"versionId": str(patient.version), "lastUpdated": instant(patient.updated_at)},
+        "extension": [{"url": MOTHERS_MAIDEN_NAME, "valueString": patient.mothers_maiden_name}]
+        if patient.mothers_maiden_name else None,
         "identifier": identifiers,
         "active": patient.active,
         "name": [_drop_none({"use": n.use, "family": n.family, "given": list(n.given),
@@ -67,6 +71,10 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
         "district": a.district, "state": a.state, "postalCode": a.postal_code,
         "country": a.country}) for a in patient.addresses]
     resource["address"] = address
+    if patient.multiple_birth_order is not None:
+        resource["multipleBirthInteger"] = patient.multiple_birth_order
+    elif patient.multiple_birth is not None:
+        resource["multipleBirthBoolean"] = patient.multiple_birth
     links = []
     if patient.replaced_by:
         links.append({"other": {"reference": f"Patient/{patient.replaced_by}"},
@@ -83,11 +91,11 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
 # ``link`` is read by the routes (a source's merge, replaced-by) before this module sees
 # the resource; any left here is refused.
 _KEPT = {"resourceType", "id", "meta", "identifier", "active", "name", "telecom", "gender",
-         "birthDate", "deceasedBoolean", "deceasedDateTime", "address"}
-_DROPPED = {"text", "language", "extension"}
-_NOT_STORED = {"maritalStatus", "multipleBirthBoolean", "multipleBirthInteger", "photo",
-               "contact", "communication", "generalPractitioner", "managingOrganization",
-               "contained", "implicitRules"}
+         "birthDate", "deceasedBoolean", "deceasedDateTime", "address", "extension",
+         "multipleBirthBoolean", "multipleBirthInteger"}
+_DROPPED = {"text", "language"}
+_NOT_STORED = {"maritalStatus", "photo", "contact", "communication", "generalPractitioner",
+               "managingOrganization", "contained", "implicitRules"}
 _PART_DROPPED = {"id", "extension", "period", "text"}
 _PARTS = {
     "name": {"use", "family", "given", "prefix", "suffix"},
@@ -234,6 +242,21 @@ def parse_resource(body: bytes | dict[str, Any], *, today: date,
             record["deceased"] = True
             record["deceased_date"] = match.group(1)
         paths["deceased_date"] = "Patient.deceasedDateTime"
+    extensions = resource.get("extension", [])
+    if not isinstance(extensions, list):
+        reader.problem("Patient.extension", "must be an array")
+        extensions = []
+    for n, ext in enumerate(extensions):
+        if isinstance(ext, dict) and ext.get("url") == MOTHERS_MAIDEN_NAME:
+            record["mothers_maiden_name"] = ext.get("valueString")
+            paths["mothers_maiden_name"] = f"Patient.extension[{n}].valueString"
+        # Other extensions say nothing this server stores: dropped (not modifiers).
+    if "multipleBirthBoolean" in resource:
+        record["multiple_birth"] = resource["multipleBirthBoolean"]
+        paths["multiple_birth"] = "Patient.multipleBirthBoolean"
+    if "multipleBirthInteger" in resource:
+        record["multiple_birth_order"] = resource["multipleBirthInteger"]
+        paths["multiple_birth_order"] = "Patient.multipleBirthInteger"
     if reader.problems:
         raise InvalidInput(reader.problems, "the Patient is invalid")
     try:

@@ -20,7 +20,7 @@ from mpi.domain.errors import FieldProblem
 from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM
 
 STRING_PARAMS = ("family", "given", "name", "address", "address-city", "address-country",
-                 "address-postalcode", "address-state")
+                 "address-postalcode", "address-state", "mothersMaidenName")
 TOKEN_PARAMS = ("identifier", "telecom", "gender", "active", "_id")
 DATE_PARAMS = ("birthdate", "_lastUpdated")
 #: Every search parameter this server understands, with its FHIR type (CapabilityStatement).

@@ -179,4 +179,6 @@ def to_match_record(data: Mapping[str, Any]) -> Any:
         address_line=data.get("address_line"), city=data.get("city"),
         state=data.get("state"), postal_code=data.get("postal_code"),
         phone=data.get("phone"), ssn=data.get("ssn"),
-        identifiers=tuple((s, v) for s, v in data.get("identifiers") or ()))
+        identifiers=tuple((s, v) for s, v in data.get("identifiers") or ()),
+        mothers_maiden_name=data.get("mothers_maiden_name"),
+        birth_order=data.get("birth_order"))

@@ -50,4 +50,6 @@ def match_data(record: Patient | PatientInput, *, record_id: str | None = None) 
         "ssn": ssn,
         "identifiers": [[i.system, i.value] for i in record.identifiers
                         if not (i.system in SSN_SYSTEMS or (i.type or "") in SSN_TYPES)],
+        "mothers_maiden_name": record.mothers_maiden_name,
+        "birth_order": record.multiple_birth_order,
     }

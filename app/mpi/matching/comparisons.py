@@ -271,6 +271,19 @@ def compare_identifiers(a: PreparedRecord, b: PreparedRecord) -> int:
     return 2 if disagree else 0
 
 
+MMN_LABELS = ("missing", "exact", "similar (Jaro-Winkler >= 0.92)", "different")
+
+
+def compare_mmn(a: PreparedRecord, b: PreparedRecord) -> int:
+    """Mother's maiden name (PDQm's identity check; a registration desk asks for it)."""
+    x, y = a.mmn, b.mmn
+    if not x or not y:
+        return 0
+    if x == y:
+        return 1
+    return 2 if _jw(x, y) >= 0.92 else 3
+
+
 COMPARISONS: tuple[Comparison, ...] = (
     Comparison("given_name", "given name", GIVEN_LABELS, compare_given, "given", True),
     Comparison("middle_name", "middle name", MIDDLE_LABELS, compare_middle, "middle", True),
@@ -284,6 +297,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("phone", "phone", PHONE_LABELS, compare_phone),
     Comparison("ssn", "SSN", SSN_LABELS, compare_ssn),
     Comparison("identifiers", "identifier", IDENTIFIER_LABELS, compare_identifiers),
+    Comparison("mothers_maiden_name", "mother's maiden name", MMN_LABELS, compare_mmn),
 )
 
 BY_NAME = {c.name: c for c in COMPARISONS}

@@ -26,7 +26,8 @@ from pathlib import Path
 from mpi.matching.record import MatchRecord
 
 FIELDS = ("record_id", "source", "given_name", "middle_name", "family_name", "birth_date", "sex",
-          "address_line", "city", "state", "postal_code", "phone", "ssn")
+          "address_line", "city", "state", "postal_code", "phone", "ssn",
+          "mothers_maiden_name")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_FIELD = 500
 

@@ -25,7 +25,8 @@ Decisions:
 - best person at or above ``review_threshold``: **review** (the best is suggested);
 - otherwise **new**.
 - Twin guard: a link whose evidence has the twin pattern — no SSN or identifier in
-  common, and either the given name *different* (not a nickname, typo, initial or swap)
+  common, and either two different birth orders of a multiple birth, or the given name
+  *different* (not a nickname, typo, initial or swap)
   against every record of the person that has one with the date of birth equal, or the
   given name the same and the middle names different (two full names, or two initials,
   that disagree) against every such record, whatever the dates say (a father and son of
@@ -108,16 +109,24 @@ def _names_differ(sc: Score) -> str | None:
 
 
 def twin_pattern(scores: Sequence[Score]) -> bool:
-    """No SSN (exact or one typo) or identifier shared with any record, and against every
-    record with a given name: the same given name and a different middle name, or else
-    names that differ with the same date of birth as some record."""
+    """No SSN (exact or one typo) or identifier shared with any record, and: a different
+    birth order within a multiple birth against some record (twins say so themselves), or
+    against every record with a given name the same given name and a different middle
+    name, or else names that differ with the same date of birth as some record."""
     if any(sc.levels[_SSN] in (1, 2) or sc.levels[_IDS] == 1 for sc in scores):
         return False
+    if any(_birth_orders_differ(sc) for sc in scores):
+        return True
     differ = [d for d in map(_names_differ, scores) if d is not None]
     if not differ or not all(differ):
         return False
     return (all(d in ("middle", "variant") for d in differ)
             or any(sc.levels[_DOB] == 1 for sc in scores))
+
+
+def _birth_orders_differ(sc: Score) -> bool:
+    left, right = sc.left.record.birth_order, sc.right.record.birth_order
+    return left is not None and right is not None and left != right
 
 
 def person_weight(scores: Sequence[Score]) -> float:

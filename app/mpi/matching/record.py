@@ -46,6 +46,9 @@ class MatchRecord:
     ssn: str | None = None
     # (system, value) pairs: medical record numbers, driver's licence, ... (SSN goes in ``ssn``)
     identifiers: tuple[tuple[str, str], ...] = ()
+    mothers_maiden_name: str | None = None
+    # Birth order within a multiple birth (twins: 1 and 2); read by the twin guard.
+    birth_order: int | None = None
 
 
 def normalise_text(value: str | None) -> str:
@@ -92,7 +95,7 @@ class PreparedRecord:
     __slots__ = (
         "address", "city", "dob", "family", "family_meta", "family_nysiis", "family_parts",
         "given", "given_forms", "given_meta", "given_nysiis", "identifiers", "middle",
-        "phone", "postcode", "record", "sex", "ssn", "state",
+        "mmn", "phone", "postcode", "record", "sex", "ssn", "state",
     )
 
     def __init__(self, record: MatchRecord) -> None:
@@ -125,6 +128,7 @@ class PreparedRecord:
             key = system.strip().casefold()
             ids[key] = ids.get(key, frozenset()) | {value.strip().casefold()}
         self.identifiers = ids
+        self.mmn = _unless(normalise_text(record.mothers_maiden_name), blank.name)
 
     @property
     def record_id(self) -> str:

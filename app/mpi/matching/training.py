@@ -153,7 +153,11 @@ def train(records: Iterable[MatchRecord | PreparedRecord], *, base: Model | None
     prepared = [prepare(r) for r in records]
     n = len(prepared)
     say(f"{n} records prepared; estimating u from {u_pairs} random pairs")
-    u, _ = estimate_u(prepared, u_pairs, seed)
+    u, sample = estimate_u(prepared, u_pairs, seed)
+    # A comparison these records never fill (no mother's maiden name in the data) keeps
+    # the base model's u: a uniform guess would make its levels near-meaningless.
+    observed = {name for i, name in enumerate(_NAMES) if any(p[i] != NULL for p in sample)}
+    u = {name: (values if name in observed else base.u[name]) for name, values in u.items()}
     estimates: dict[str, list[tuple[float, ...]]] = {name_: [] for name_ in _NAMES}
     passes: list[tuple[BlockingRule, EMResult]] = []
     for rule in rules:

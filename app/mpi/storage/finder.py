@@ -124,13 +124,16 @@ class PatientFinder:
             return _exists(PatientAddressRow, cond)
         if subject in _ADDRESS_COLUMNS:
             return _exists(PatientAddressRow, _text(_ADDRESS_COLUMNS[subject], term, str(value)))
+        if subject == "mothersMaidenName":
+            return _text(PatientRow.mothers_maiden_name, term, str(value))
         raise ValueError(f"no such search subject: {subject}")  # pragma: no cover
 
     def _present(self, term: Term) -> Any:
         """The element the term names is present (for ``:missing``)."""
         subject = term.subject
         columns: dict[str, Any] = {"birthdate": PatientRow.birth_date,
-                                   "gender": PatientRow.gender}
+                                   "gender": PatientRow.gender,
+                                   "mothersMaidenName": PatientRow.mothers_maiden_name}
         if subject in columns:
             return columns[subject].is_null(False)
         if subject in ("family", "given", "name"):

@@ -126,7 +126,9 @@ class PatientRepository:
             return []
         rows = [dict(id=pid, source=d.source, source_id=d.source_id, active=d.active,
                      gender=d.gender, birth_date=d.birth_date, deceased=d.deceased,
-                     deceased_date=d.deceased_date, version=1, created_at=now, updated_at=now)
+                     deceased_date=d.deceased_date, mothers_maiden_name=d.mothers_maiden_name,
+                     multiple_birth=_multiple(d), multiple_birth_order=d.multiple_birth_order,
+                     version=1, created_at=now, updated_at=now)
                 for d, pid in items]
         with _source_clash():
             bulk_insert(PatientRow, rows)
@@ -221,6 +223,9 @@ class PatientRepository:
                    .update(source=data.source, source_id=data.source_id, active=data.active,
                            gender=data.gender, birth_date=data.birth_date,
                            deceased=data.deceased, deceased_date=data.deceased_date,
+                           mothers_maiden_name=data.mothers_maiden_name,
+                           multiple_birth=_multiple(data),
+                           multiple_birth_order=data.multiple_birth_order,
                            version=PatientRow.version + 1, updated_at=now)
                    .where(PatientRow.pk == row.pk, PatientRow.version == expected_version,
                           PatientRow.deleted_at.is_null())
@@ -312,7 +317,9 @@ class PatientRepository:
             created_at=row.created_at, updated_at=row.updated_at,
             **{k: getattr(data, k) for k in (
                 "source", "source_id", "names", "gender", "birth_date", "deceased",
-                "deceased_date", "identifiers", "addresses", "telecom")},
+                "deceased_date", "identifiers", "addresses", "telecom", "mothers_maiden_name",
+                "multiple_birth_order")},
+            multiple_birth=_multiple(data),
         )
 
     def _load(self, rows: Sequence[PatientRow]) -> list[Patient]:
@@ -371,6 +378,9 @@ class PatientRepository:
             "birth_date": row.birth_date,
             "deceased": row.deceased,
             "deceased_date": row.deceased_date,
+            "mothers_maiden_name": row.mothers_maiden_name,
+            "multiple_birth": row.multiple_birth,
+            "multiple_birth_order": row.multiple_birth_order,
             "created_at": row.created_at,
             "updated_at": row.updated_at,
             "names": [{"use": n.use, "family": n.family, "given": n.given, "prefix": n.prefix,
@@ -418,7 +428,8 @@ _P = PatientRow
 #: The patient columns the one-statement read selects, in order (``_record_from_row``).
 _RECORD_COLUMNS: tuple[Any, ...] = (
     _P.id, _P.version, _P.source, _P.source_id, _P.active, _P.gender, _P.birth_date,
-    _P.deceased, _P.deceased_date, _P.created_at, _P.updated_at)
+    _P.deceased, _P.deceased_date, _P.created_at, _P.updated_at, _P.mothers_maiden_name,
+    _P.multiple_birth, _P.multiple_birth_order)
 #: Each child table's columns, in the order of the arrays its aggregate builds.
 _CHILD_COLUMNS: tuple[tuple[type[peewee.Model], tuple[str, ...]], ...] = (
     (PatientNameRow, ("use", "family", "given", "prefix", "suffix")),
@@ -480,7 +491,8 @@ def _children(value: Any, names: tuple[str, ...]) -> list[dict[str, Any]]:
 def _record_from_row(row: Sequence[Any]) -> Patient:
     values = [f.python_value(v) for f, v in zip(_RECORD_COLUMNS, row, strict=False)]
     record = dict(zip(("id", "version", "source", "source_id", "active", "gender",
-                       "birth_date", "deceased", "deceased_date", "created_at", "updated_at"),
+                       "birth_date", "deceased", "deceased_date", "created_at", "updated_at",
+                       "mothers_maiden_name", "multiple_birth", "multiple_birth_order"),
                       values, strict=True))
     record["id"] = str(record["id"])
     person = row[len(_RECORD_COLUMNS)]
@@ -495,6 +507,11 @@ def _record_from_row(row: Sequence[Any]) -> Patient:
     ids = json.loads(replaces) if isinstance(replaces, str) else (replaces or [])
     record["replaces"] = sorted(_uuid_text(i) for i in ids) or None
     return Patient.model_validate(record)
+
+
+def _multiple(data: PatientInput) -> bool | None:
+    """Part of a multiple birth: as sent, or implied by a birth order."""
+    return True if data.multiple_birth_order is not None else data.multiple_birth
 
 
 def _uuid_text(value: Any) -> str:
