@@ -243,3 +243,33 @@ def test_mothers_maiden_name_and_multiple_birth_round_trip_and_search(fhir):
     bad = create(fhir, fhir_patient("A-2", multipleBirthInteger=0, ssn=None))
     assert bad.status_code == 422
     assert bad.json["issue"][1]["expression"] == ["Patient.multipleBirthInteger"]
+
+
+def test_partial_birth_dates_are_kept_searched_and_matched(fhir):
+    year = create(fhir, fhir_patient("P-1", birth_date="1980", ssn=None, family="Partial"))
+    month = create(fhir, fhir_patient("P-2", birth_date="1975-02", ssn=None, family="Partial",
+                                      given=("Jane",), gender="female"))
+    assert year.status_code == 201 and valid(year.json)["birthDate"] == "1980"
+    assert valid(month.json)["birthDate"] == "1975-02"
+    rest = fhir.simulate_get(f"/api/v1/patients/{year.json['id']}").json
+    assert rest["birth_date_partial"] == "1980" and "birth_date" not in rest
+
+    def ids(query):
+        return {e["resource"]["id"] for e in fhir.simulate_get(
+            "/fhir/Patient", query_string=f"family=partial&{query}").json.get("entry", [])}
+
+    y, m = year.json["id"], month.json["id"]
+    assert ids("birthdate=1980") == {y}  # the year 1980 lies within 1980
+    assert ids("birthdate=1980-05") == set()  # but not within May 1980
+    assert ids("birthdate=1975") == {m} and ids("birthdate=1975-02") == {m}
+    assert ids("birthdate=ge1980-06-01") == {y}  # ends after the value starts
+    assert ids("birthdate=lt1976") == {m} and ids("birthdate=sa1979") == {y}
+    assert ids("birthdate=eb1980") == {m}
+    # $match takes the year as partial evidence: the same person, a year-only birth date.
+    matched = fhir.simulate_post("/fhir/Patient/$match", json={
+        "resourceType": "Patient", "name": [{"family": "Partial", "given": ["John"]}],
+        "birthDate": "1980-05-17", "gender": "male"}, headers={"Content-Type": FHIR_JSON})
+    assert matched.json["entry"][0]["resource"]["id"] == y
+    future = create(fhir, fhir_patient("P-3", birth_date="2999", ssn=None))
+    assert future.status_code == 422
+    assert future.json["issue"][1]["expression"] == ["Patient.birthDate"]

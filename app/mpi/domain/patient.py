@@ -176,6 +176,11 @@ class PatientInput(BaseModel):
         "May be empty (an unidentified patient) if an identifier or birth date is given"))
     gender: Gender | None = None
     birth_date: date | None = None
+    birth_date_partial: Annotated[str, StringConstraints(
+        pattern=r"^[0-9]{4}(-(0[1-9]|1[0-2]))?$")] | None = Field(
+        default=None, description="A birth date known only to the year or the month (YYYY or "
+                                  "YYYY-MM), matched as partial evidence; give birth_date "
+                                  "when the day is known", examples=["1980", "1980-05"])
     deceased: bool = False
     deceased_date: date | None = None
     identifiers: list[Identifier] = Field(default_factory=list, max_length=50)
@@ -234,6 +239,20 @@ class PatientInput(BaseModel):
             raise ValueError("is before birth_date")
         return value
 
+    @field_validator("birth_date_partial")
+    @classmethod
+    def _plausible_partial(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if info.data.get("birth_date") is not None:
+            raise ValueError("give birth_date or birth_date_partial, not both")
+        today = (info.context or {}).get("today") or date.today()
+        if value > today.isoformat()[:len(value)]:
+            raise ValueError("must not be in the future")
+        if int(value[:4]) < EARLIEST_BIRTH_DATE.year:
+            raise ValueError(f"must not be before {EARLIEST_BIRTH_DATE.year}")
+        return value
+
     @model_validator(mode="after")
     def _birth_order(self) -> PatientInput:
         if self.multiple_birth_order is not None and self.multiple_birth is False:
@@ -244,7 +263,7 @@ class PatientInput(BaseModel):
     def _identifiable(self) -> PatientInput:
         # FHIR allows a nameless Patient (an unidentified arrival, a lab sample); a record
         # with nothing to tell who it is could never be matched, so refuse that.
-        if not (self.names or self.identifiers or self.birth_date):
+        if not (self.names or self.identifiers or self.birth_date or self.birth_date_partial):
             raise ValueError("a record needs at least one name, identifier or birth date")
         return self
 
@@ -278,6 +297,7 @@ class Patient(BaseModel):
     names: list[HumanName]
     gender: Gender | None = None
     birth_date: date | None = None
+    birth_date_partial: str | None = None
     deceased: bool = False
     deceased_date: date | None = None
     identifiers: list[Identifier] = Field(default_factory=list)

@@ -60,7 +60,8 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
         "telecom": [_drop_none({"system": t.system, "value": t.value, "use": t.use,
                                 "rank": t.rank}) for t in patient.telecom],
         "gender": patient.gender,
-        "birthDate": patient.birth_date.isoformat() if patient.birth_date else None,
+        "birthDate": patient.birth_date.isoformat() if patient.birth_date
+        else patient.birth_date_partial,
     }
     if patient.deceased_date is not None:
         resource["deceasedDateTime"] = patient.deceased_date.isoformat()
@@ -227,8 +228,10 @@ def parse_resource(body: bytes | dict[str, Any], *, today: date,
         if key in resource:
             record[field] = resource[key]
     if "birthDate" in resource:
-        record["birth_date"] = _date(reader, "Patient.birthDate", resource["birthDate"])
-        paths["birth_date"] = "Patient.birthDate"
+        born = _date(reader, "Patient.birthDate", resource["birthDate"])
+        key = "birth_date" if born is None or len(born) == 10 else "birth_date_partial"
+        record[key] = born
+        paths[key] = "Patient.birthDate"
     if "deceasedBoolean" in resource:
         record["deceased"] = resource["deceasedBoolean"]
         paths["deceased"] = "Patient.deceasedBoolean"
@@ -270,10 +273,6 @@ def _date(reader: _Reader, path: str, value: Any) -> Any:
     if not isinstance(value, str) or not _DATE_RE.match(value):
         reader.problem(path, "must be a date: YYYY, YYYY-MM or YYYY-MM-DD")
         return None
-    if len(value) < 10:
-        reader.problem(path, "a partial birth date (YYYY or YYYY-MM) is not stored yet; "
-                       "send the full date or leave it out")
-        return None
     return value
 
 
@@ -289,8 +288,9 @@ def _v2_type(reader: _Reader, path: str, value: Any) -> str | None:
     return None
 
 
-_RENAMES = {"birth_date": "birthDate", "deceased_date": "deceasedDateTime",
-            "postal_code": "postalCode", "deceased": "deceasedBoolean"}
+_RENAMES = {"birth_date": "birthDate", "birth_date_partial": "birthDate",
+            "deceased_date": "deceasedDateTime", "postal_code": "postalCode",
+            "deceased": "deceasedBoolean"}
 
 
 def fhir_problems(exc: InvalidInput) -> InvalidInput:

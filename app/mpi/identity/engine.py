@@ -181,4 +181,5 @@ def to_match_record(data: Mapping[str, Any]) -> Any:
         phone=data.get("phone"), ssn=data.get("ssn"),
         identifiers=tuple((s, v) for s, v in data.get("identifiers") or ()),
         mothers_maiden_name=data.get("mothers_maiden_name"),
+        birth_partial=data.get("birth_partial"),
         birth_order=data.get("birth_order"))

@@ -41,6 +41,7 @@ def match_data(record: Patient | PatientInput, *, record_id: str | None = None) 
         "middle_name": " ".join(given[1:]) or None,
         "family_name": name.family if name else None,
         "birth_date": record.birth_date.isoformat() if record.birth_date else None,
+        "birth_partial": record.birth_date_partial,
         "sex": sex,
         "address_line": " ".join(address.line) if address and address.line else None,
         "city": address.city if address else None,

@@ -271,6 +271,19 @@ def compare_identifiers(a: PreparedRecord, b: PreparedRecord) -> int:
     return 2 if disagree else 0
 
 
+PARTIAL_DOB_LABELS = ("missing or both full", "agrees as far as it is known", "different")
+
+
+def compare_partial_dob(a: PreparedRecord, b: PreparedRecord) -> int:
+    """A birth date known only to the year or month on one side at least (the full dates
+    are ``birth_date``'s): the known part against the same part of the other."""
+    x, y = a.dob_known, b.dob_known
+    if not x or not y or (len(x) == 8 and len(y) == 8):
+        return 0
+    n = min(len(x), len(y))
+    return 1 if x[:n] == y[:n] else 2
+
+
 MMN_LABELS = ("missing", "exact", "similar (Jaro-Winkler >= 0.92)", "different")
 
 
@@ -298,6 +311,8 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("ssn", "SSN", SSN_LABELS, compare_ssn),
     Comparison("identifiers", "identifier", IDENTIFIER_LABELS, compare_identifiers),
     Comparison("mothers_maiden_name", "mother's maiden name", MMN_LABELS, compare_mmn),
+    Comparison("birth_date_partial", "partial date of birth", PARTIAL_DOB_LABELS,
+               compare_partial_dob),
 )
 
 BY_NAME = {c.name: c for c in COMPARISONS}

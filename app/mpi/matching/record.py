@@ -47,6 +47,8 @@ class MatchRecord:
     # (system, value) pairs: medical record numbers, driver's licence, ... (SSN goes in ``ssn``)
     identifiers: tuple[tuple[str, str], ...] = ()
     mothers_maiden_name: str | None = None
+    # A birth date known only to the year or month ("1980", "1980-05"); birth_date is None.
+    birth_partial: str | None = None
     # Birth order within a multiple birth (twins: 1 and 2); read by the twin guard.
     birth_order: int | None = None
 
@@ -93,7 +95,8 @@ class PreparedRecord:
     """A :class:`MatchRecord` normalised once for scoring and blocking (read-only by use)."""
 
     __slots__ = (
-        "address", "city", "dob", "family", "family_meta", "family_nysiis", "family_parts",
+        "address", "city", "dob", "dob_known", "family", "family_meta", "family_nysiis",
+        "family_parts",
         "given", "given_forms", "given_meta", "given_nysiis", "identifiers", "middle",
         "mmn", "phone", "postcode", "record", "sex", "ssn", "state",
     )
@@ -113,6 +116,8 @@ class PreparedRecord:
         self.family_parts = frozenset(self.family.split()) if " " in self.family else frozenset()
         d = record.birth_date
         self.dob = f"{d.year:04d}{d.month:02d}{d.day:02d}" if d else ""
+        # As much of the birth date as is known, as digits: YYYY, YYYYMM or YYYYMMDD.
+        self.dob_known = self.dob or digits(record.birth_partial)[:6]
         self.sex = _SEX.get(normalise_text(record.sex), "")
         self.address = _unless(normalise_text(record.address_line), blank.address)
         self.city = _unless(normalise_text(record.city), blank.city)

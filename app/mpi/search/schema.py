@@ -157,6 +157,8 @@ def document(record: Mapping[str, Any]) -> dict[str, Any]:
     if born:
         doc["birth_date"] = str(born)
         doc["birth_year"] = str(born)[:4]
+    elif record.get("birth_date_partial"):  # only the year (or month) is known
+        doc["birth_year"] = str(record["birth_date_partial"])[:4]
     if record.get("gender"):
         doc["gender"] = str(record["gender"])
     return {k: v for k, v in doc.items() if v != ""}

@@ -102,7 +102,7 @@ class PatientFinder:
         if subject == "gender":
             return PatientRow.gender == value
         if subject == "birthdate":
-            return _date_condition(PatientRow.birth_date, value, today)
+            return _birthdate_condition(value, today)
         if subject == "_lastUpdated":
             return _date_condition(PatientRow.updated_at, value, today)
         if subject == "family":
@@ -256,7 +256,29 @@ def _json_text(column: Any, term: Term, value: str) -> Any:
     return _like(peewee.fn.LOWER(column), "%" + _escape(value.lower()) + "%")
 
 
-def _date_condition(column: Any, value: DateRange, today: date) -> Any:
+def _birthdate_condition(value: DateRange, today: date) -> Any:
+    """A birth date term against the records' birth dates, each the interval it stands
+    for: a day, or a whole month or year when only that is known (``birth_date`` holds its
+    first day, ``birth_date_precision`` says which)."""
+    precision = PatientRow.birth_date_precision
+    return _any([
+        precision.is_null() & _date_condition(PatientRow.birth_date, value, today),
+        (precision == 7) & _date_condition(PatientRow.birth_date, value, today, span="month"),
+        (precision == 4) & _date_condition(PatientRow.birth_date, value, today, span="year"),
+    ])
+
+
+def _back(day: date, span: str) -> date:
+    """``day`` moved back by one ``span`` (a month or a year; ``day`` may be any day)."""
+    if span == "year":
+        return day.replace(year=day.year - 1) if not (day.month == 2 and day.day == 29) \
+            else day.replace(year=day.year - 1, day=28)
+    year, month = (day.year, day.month - 1) if day.month > 1 else (day.year - 1, 12)
+    return day.replace(year=year, month=month, day=min(day.day, 28))
+
+
+def _date_condition(column: Any, value: DateRange, today: date, *,
+                    span: str = "day") -> Any:
     """FHIR's date comparisons (search.html 3.1.1.4.1-2) of a stored date or instant with
     the interval [start, end) the search value stands for."""
     start, end = value.start, value.end
@@ -266,6 +288,27 @@ def _date_condition(column: Any, value: DateRange, today: date) -> Any:
         end = end.date() + timedelta(days=1) if isinstance(end, datetime) and (
             end.time() != datetime.min.time()) else end
     comparator = value.comparator
+    if span != "day":
+        # The stored value is the first day (t) of a month or year: the interval
+        # [t, t + span). Each comparison of that interval with [start, end), in t alone.
+        assert isinstance(start, date) and isinstance(end, date)
+        inside = (column >= start) & (column <= _back(end, span))  # t + span <= end
+        if comparator == "eq":
+            return inside
+        if comparator == "ne":
+            return ~inside
+        if comparator == "lt":
+            return column < start  # some of it before the value
+        if comparator == "gt":
+            return column > _back(end, span)  # some of it after the value
+        if comparator == "ge":
+            return column > _back(start, span)  # ends after the value starts
+        if comparator == "le":
+            return column < end
+        if comparator == "sa":
+            return column >= end
+        if comparator == "eb":
+            return column <= _back(start, span)  # t + span <= start
     if comparator == "eq":
         return (column >= start) & (column < end)
     if comparator == "ne":

@@ -33,6 +33,9 @@ class PatientRow(BaseModel):
     active = peewee.BooleanField(default=True)
     gender = peewee.CharField(max_length=16, null=True)
     birth_date = peewee.DateField(null=True, index=True)
+    # None: birth_date is the day; 7 or 4: only its month or year is known (birth_date is
+    # then the period's first day), as YYYY-MM or YYYY.
+    birth_date_precision = peewee.SmallIntegerField(null=True)
     deceased = peewee.BooleanField(default=False)
     deceased_date = peewee.DateField(null=True)
     mothers_maiden_name = peewee.CharField(max_length=200, null=True)

@@ -125,7 +125,7 @@ class PatientRepository:
         if not items:
             return []
         rows = [dict(id=pid, source=d.source, source_id=d.source_id, active=d.active,
-                     gender=d.gender, birth_date=d.birth_date, deceased=d.deceased,
+                     gender=d.gender, **_birth_columns(d), deceased=d.deceased,
                      deceased_date=d.deceased_date, mothers_maiden_name=d.mothers_maiden_name,
                      multiple_birth=_multiple(d), multiple_birth_order=d.multiple_birth_order,
                      version=1, created_at=now, updated_at=now)
@@ -221,7 +221,7 @@ class PatientRepository:
                     now: datetime) -> int:
         return int(PatientRow
                    .update(source=data.source, source_id=data.source_id, active=data.active,
-                           gender=data.gender, birth_date=data.birth_date,
+                           gender=data.gender, **_birth_columns(data),
                            deceased=data.deceased, deceased_date=data.deceased_date,
                            mothers_maiden_name=data.mothers_maiden_name,
                            multiple_birth=_multiple(data),
@@ -253,7 +253,8 @@ class PatientRepository:
         if filters.source_id is not None:
             query = query.where(PatientRow.source_id == filters.source_id)
         if filters.birth_date is not None:
-            query = query.where(PatientRow.birth_date == filters.birth_date)
+            query = query.where(PatientRow.birth_date == filters.birth_date,
+                                PatientRow.birth_date_precision.is_null())
         if filters.family is not None:
             names = (PatientNameRow.select(PatientNameRow.patient)
                      .where(PatientNameRow.family_norm == normalize_name(filters.family)))
@@ -316,7 +317,8 @@ class PatientRepository:
             id=str(row.id), version=row.version, active=row.active,
             created_at=row.created_at, updated_at=row.updated_at,
             **{k: getattr(data, k) for k in (
-                "source", "source_id", "names", "gender", "birth_date", "deceased",
+                "source", "source_id", "names", "gender", "birth_date", "birth_date_partial",
+                "deceased",
                 "deceased_date", "identifiers", "addresses", "telecom", "mothers_maiden_name",
                 "multiple_birth_order")},
             multiple_birth=_multiple(data),
@@ -375,7 +377,7 @@ class PatientRepository:
             "source_id": row.source_id,
             "active": row.active,
             "gender": row.gender,
-            "birth_date": row.birth_date,
+            **_birth_fields(row.birth_date, row.birth_date_precision),
             "deceased": row.deceased,
             "deceased_date": row.deceased_date,
             "mothers_maiden_name": row.mothers_maiden_name,
@@ -429,7 +431,7 @@ _P = PatientRow
 _RECORD_COLUMNS: tuple[Any, ...] = (
     _P.id, _P.version, _P.source, _P.source_id, _P.active, _P.gender, _P.birth_date,
     _P.deceased, _P.deceased_date, _P.created_at, _P.updated_at, _P.mothers_maiden_name,
-    _P.multiple_birth, _P.multiple_birth_order)
+    _P.multiple_birth, _P.multiple_birth_order, _P.birth_date_precision)
 #: Each child table's columns, in the order of the arrays its aggregate builds.
 _CHILD_COLUMNS: tuple[tuple[type[peewee.Model], tuple[str, ...]], ...] = (
     (PatientNameRow, ("use", "family", "given", "prefix", "suffix")),
@@ -492,8 +494,9 @@ def _record_from_row(row: Sequence[Any]) -> Patient:
     values = [f.python_value(v) for f, v in zip(_RECORD_COLUMNS, row, strict=False)]
     record = dict(zip(("id", "version", "source", "source_id", "active", "gender",
                        "birth_date", "deceased", "deceased_date", "created_at", "updated_at",
-                       "mothers_maiden_name", "multiple_birth", "multiple_birth_order"),
-                      values, strict=True))
+                       "mothers_maiden_name", "multiple_birth", "multiple_birth_order",
+                       "birth_date_precision"), values, strict=True))
+    record.update(_birth_fields(record["birth_date"], record.pop("birth_date_precision")))
     record["id"] = str(record["id"])
     person = row[len(_RECORD_COLUMNS)]
     record["person_id"] = None if person is None else str(PersonRow.id.python_value(person))
@@ -507,6 +510,23 @@ def _record_from_row(row: Sequence[Any]) -> Patient:
     ids = json.loads(replaces) if isinstance(replaces, str) else (replaces or [])
     record["replaces"] = sorted(_uuid_text(i) for i in ids) or None
     return Patient.model_validate(record)
+
+
+def _birth_columns(data: PatientInput) -> dict[str, Any]:
+    """``birth_date`` and ``birth_date_precision`` for a record: the day, or the first day
+    of the month or year only that is known, with how much of it is."""
+    partial = data.birth_date_partial
+    if partial is None:
+        return {"birth_date": data.birth_date, "birth_date_precision": None}
+    year, month = int(partial[:4]), int(partial[5:7]) if len(partial) == 7 else 1
+    return {"birth_date": date(year, month, 1), "birth_date_precision": len(partial)}
+
+
+def _birth_fields(born: date | None, precision: int | None) -> dict[str, Any]:
+    """The record's ``birth_date`` and ``birth_date_partial`` from the two columns."""
+    if born is None or precision is None:
+        return {"birth_date": born, "birth_date_partial": None}
+    return {"birth_date": None, "birth_date_partial": born.isoformat()[:precision]}
 
 
 def _multiple(data: PatientInput) -> bool | None:
