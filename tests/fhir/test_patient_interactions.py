@@ -273,3 +273,35 @@ def test_partial_birth_dates_are_kept_searched_and_matched(fhir):
     future = create(fhir, fhir_patient("P-3", birth_date="2999", ssn=None))
     assert future.status_code == 422
     assert future.json["issue"][1]["expression"] == ["Patient.birthDate"]
+
+
+def test_marital_status_languages_contacts_and_organization_round_trip(fhir):
+    extra = {
+        "maritalStatus": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]},
+        "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47",
+                                                    "code": "es-MX"}]}, "preferred": True}],
+        "contact": [{"relationship": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N"}]}],
+            "name": {"family": "Smith", "given": ["Mary"]},
+            "telecom": [{"system": "phone", "value": "+1-217-555-0199"}],
+            "address": {"city": "Springfield", "postalCode": "62701"}}],
+        "managingOrganization": {"display": "St Mary's Hospital"},
+    }
+    made = create(fhir, fhir_patient(**extra))
+    assert made.status_code == 201, made.text
+    body = valid(made.json)
+    for key, value in extra.items():
+        assert body[key] == value, key
+    rest = fhir.simulate_get(f"/api/v1/patients/{body['id']}").json
+    assert rest["marital_status"] == "M" and rest["contacts"][0]["relationship"] == ["N"]
+    assert rest["communication"] == [{"language": "es-MX", "preferred": True}]
+    xml = fhir.simulate_get(f"/fhir/Patient/{body['id']}", params={"_format": "xml"})
+    from fhir.resources.R4B import get_fhir_model_class
+    parsed = get_fhir_model_class("Patient").model_validate_xml(xml.content)
+    assert parsed.contact[0].name.given == ["Mary"]
+    bad = create(fhir, fhir_patient("A-9", ssn=None, maritalStatus={"text": "married"},
+                                    communication=[{"language": {"text": "Klingon"}}]))
+    assert bad.status_code == 422
+    paths = [i.get("expression", [None])[0] for i in bad.json["issue"]]
+    assert "Patient.maritalStatus" in paths and "Patient.communication[0].language" in paths

@@ -162,6 +162,47 @@ class ContactPoint(BaseModel):
         return self
 
 
+MaritalStatus = Literal["A", "D", "I", "L", "M", "C", "P", "T", "U", "S", "W", "UNK"]
+ContactRelationship = Literal["C", "E", "EP", "F", "I", "N", "O", "S", "U"]
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+
+
+class Communication(BaseModel):
+    """A language the patient speaks (BCP 47), and whether it is the one to use."""
+
+    model_config = _STRICT
+
+    language: ShortText = Field(examples=["en", "es-MX"])
+    preferred: bool | None = None
+
+    @field_validator("language")
+    @classmethod
+    def _bcp47(cls, value: str) -> str:
+        if not _LANGUAGE_RE.match(value):
+            raise ValueError("must be a BCP 47 language tag such as en or es-MX")
+        return value
+
+
+class Contact(BaseModel):
+    """Someone to contact about the patient: next of kin, emergency contact, guardian."""
+
+    model_config = _STRICT
+
+    relationship: list[ContactRelationship] = Field(
+        default_factory=list, max_length=5,
+        description="HL7 v2 table 0131: C emergency contact, N next of kin, E employer, ...")
+    name: HumanName | None = None
+    telecom: list[ContactPoint] = Field(default_factory=list, max_length=10)
+    address: Address | None = None
+    gender: Gender | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Contact:
+        if self.name is None and not self.telecom and self.address is None:
+            raise ValueError("a contact needs a name, a telecom or an address")
+        return self
+
+
 class PatientInput(BaseModel):
     """A patient record as a source system sends it."""
 
@@ -192,6 +233,12 @@ class PatientInput(BaseModel):
         default=None, description="Part of a multiple birth (twins, triplets, ...)")
     multiple_birth_order: Annotated[int, Field(ge=1, le=16)] | None = Field(
         default=None, description="Birth order within a multiple birth (1, 2, ...)")
+    marital_status: MaritalStatus | None = Field(
+        default=None, description="HL7 v3 MaritalStatus code (M married, S never married, ...)")
+    communication: list[Communication] = Field(default_factory=list, max_length=10)
+    contacts: list[Contact] = Field(default_factory=list, max_length=10)
+    managing_organization: Text | None = Field(
+        default=None, description="The organization that is the custodian of the record")
 
     # Read-only fields a client may echo back from a GET; ignored (``id`` must match on PUT).
     id: str | None = Field(default=None, description="read-only; ignored on input",
@@ -306,6 +353,10 @@ class Patient(BaseModel):
     mothers_maiden_name: str | None = None
     multiple_birth: bool | None = None
     multiple_birth_order: int | None = None
+    marital_status: MaritalStatus | None = None
+    communication: list[Communication] = Field(default_factory=list)
+    contacts: list[Contact] = Field(default_factory=list)
+    managing_organization: str | None = None
     created_at: datetime
     updated_at: datetime
     person_id: str | None = Field(

@@ -18,6 +18,25 @@ from mpi.domain.patient import Patient, PatientInput, parse_patient
 from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM, V2_0203
 
 MOTHERS_MAIDEN_NAME = "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName"
+MARITAL = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+CONTACT_ROLE = "http://terminology.hl7.org/CodeSystem/v2-0131"
+BCP47 = "urn:ietf:bcp:47"
+
+
+def _name(n: Any) -> dict[str, Any]:
+    return _drop_none({"use": n.use, "family": n.family, "given": list(n.given),
+                       "prefix": list(n.prefix), "suffix": list(n.suffix)})
+
+
+def _telecom(t: Any) -> dict[str, Any]:
+    return _drop_none({"system": t.system, "value": t.value, "use": t.use, "rank": t.rank})
+
+
+def _address(a: Any) -> dict[str, Any]:
+    return _drop_none({"use": a.use, "type": a.type, "line": list(a.line), "city": a.city,
+                       "district": a.district, "state": a.state, "postalCode": a.postal_code,
+                       "country": a.country})
 
 
 def instant(value: datetime) -> str:
@@ -54,11 +73,8 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
         if patient.mothers_maiden_name else None,
         "identifier": identifiers,
         "active": patient.active,
-        "name": [_drop_none({"use": n.use, "family": n.family, "given": list(n.given),
-                             "prefix": list(n.prefix), "suffix": list(n.suffix)})
-                 for n in patient.names],
-        "telecom": [_drop_none({"system": t.system, "value": t.value, "use": t.use,
-                                "rank": t.rank}) for t in patient.telecom],
+        "name": [_name(n) for n in patient.names],
+        "telecom": [_telecom(t) for t in patient.telecom],
         "gender": patient.gender,
         "birthDate": patient.birth_date.isoformat() if patient.birth_date
         else patient.birth_date_partial,
@@ -67,15 +83,27 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
         resource["deceasedDateTime"] = patient.deceased_date.isoformat()
     elif patient.deceased:
         resource["deceasedBoolean"] = True
-    address = [_drop_none({
-        "use": a.use, "type": a.type, "line": list(a.line), "city": a.city,
-        "district": a.district, "state": a.state, "postalCode": a.postal_code,
-        "country": a.country}) for a in patient.addresses]
-    resource["address"] = address
+    resource["address"] = [_address(a) for a in patient.addresses]
+    if patient.marital_status:
+        resource["maritalStatus"] = {"coding": [{
+            "system": NULL_FLAVOR if patient.marital_status == "UNK" else MARITAL,
+            "code": patient.marital_status}]}
     if patient.multiple_birth_order is not None:
         resource["multipleBirthInteger"] = patient.multiple_birth_order
     elif patient.multiple_birth is not None:
         resource["multipleBirthBoolean"] = patient.multiple_birth
+    resource["contact"] = [_drop_none({
+        "relationship": [{"coding": [{"system": CONTACT_ROLE, "code": r}]}
+                         for r in c.relationship],
+        "name": _name(c.name) if c.name else None,
+        "telecom": [_telecom(t) for t in c.telecom],
+        "address": _address(c.address) if c.address else None,
+        "gender": c.gender}) for c in patient.contacts]
+    resource["communication"] = [_drop_none({
+        "language": {"coding": [{"system": BCP47, "code": c.language}]},
+        "preferred": c.preferred}) for c in patient.communication]
+    if patient.managing_organization:
+        resource["managingOrganization"] = {"display": patient.managing_organization}
     links = []
     if patient.replaced_by:
         links.append({"other": {"reference": f"Patient/{patient.replaced_by}"},
@@ -93,16 +121,18 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
 # the resource; any left here is refused.
 _KEPT = {"resourceType", "id", "meta", "identifier", "active", "name", "telecom", "gender",
          "birthDate", "deceasedBoolean", "deceasedDateTime", "address", "extension",
-         "multipleBirthBoolean", "multipleBirthInteger"}
+         "multipleBirthBoolean", "multipleBirthInteger", "maritalStatus", "contact",
+         "communication", "managingOrganization"}
 _DROPPED = {"text", "language"}
-_NOT_STORED = {"maritalStatus", "photo", "contact", "communication", "generalPractitioner",
-               "managingOrganization", "contained", "implicitRules"}
+_NOT_STORED = {"photo", "generalPractitioner", "contained", "implicitRules"}
 _PART_DROPPED = {"id", "extension", "period", "text"}
 _PARTS = {
     "name": {"use", "family", "given", "prefix", "suffix"},
     "identifier": {"use", "type", "system", "value", "assigner"},
     "telecom": {"system", "value", "use", "rank"},
     "address": {"use", "type", "line", "city", "district", "state", "postalCode", "country"},
+    "contact": {"relationship", "name", "telecom", "address", "gender"},
+    "communication": {"language", "preferred"},
 }
 _DATE_RE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _DATETIME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T[0-9:.]+(Z|[+-]\d{2}:\d{2}))?$")
@@ -254,6 +284,44 @@ def parse_resource(body: bytes | dict[str, Any], *, today: date,
             record["mothers_maiden_name"] = ext.get("valueString")
             paths["mothers_maiden_name"] = f"Patient.extension[{n}].valueString"
         # Other extensions say nothing this server stores: dropped (not modifiers).
+    if "maritalStatus" in resource:
+        record["marital_status"] = _code(reader, "Patient.maritalStatus",
+                                         resource["maritalStatus"], (MARITAL, NULL_FLAVOR))
+    record["communication"] = []
+    for path, item in reader.items(resource, "communication"):
+        paths[f"communication[{len(record['communication'])}]"] = path
+        entry: dict[str, Any] = {"language": _code(reader, f"{path}.language",
+                                                   item.get("language"), (BCP47,))}
+        if "preferred" in item:
+            entry["preferred"] = item["preferred"]
+        record["communication"].append(entry)
+    record["contacts"] = []
+    for path, item in reader.items(resource, "contact"):
+        paths[f"contacts[{len(record['contacts'])}]"] = path
+        contact: dict[str, Any] = {k: item[k] for k in ("name", "telecom", "gender")
+                                   if k in item}
+        roles = item.get("relationship", [])
+        contact["relationship"] = [_code(reader, f"{path}.relationship[{n}]", r,
+                                         (CONTACT_ROLE,))
+                                   for n, r in enumerate(roles if isinstance(roles, list)
+                                                         else [roles])]
+        if isinstance(item.get("address"), dict):
+            address = {k: v for k, v in item["address"].items() if k in _PARTS["address"]
+                       and k != "postalCode"}
+            if "postalCode" in item["address"]:
+                address["postal_code"] = item["address"]["postalCode"]
+            contact["address"] = address
+        record["contacts"].append(contact)
+    if "managingOrganization" in resource:
+        organization = resource["managingOrganization"]
+        display = organization.get("display") if isinstance(organization, dict) else None
+        if not isinstance(display, str):
+            reader.problem("Patient.managingOrganization",
+                           "needs a display (the organization's name; references to "
+                           "Organization resources are not kept)")
+        else:
+            record["managing_organization"] = display
+            paths["managing_organization"] = "Patient.managingOrganization.display"
     if "multipleBirthBoolean" in resource:
         record["multiple_birth"] = resource["multipleBirthBoolean"]
         paths["multiple_birth"] = "Patient.multipleBirthBoolean"
@@ -276,6 +344,19 @@ def _date(reader: _Reader, path: str, value: Any) -> Any:
     return value
 
 
+def _code(reader: _Reader, path: str, value: Any, systems: tuple[str, ...]) -> str | None:
+    """The code of a CodeableConcept's first coding in one of ``systems``."""
+    codings = value.get("coding") if isinstance(value, dict) else None
+    if isinstance(codings, list):
+        for coding in codings:
+            if isinstance(coding, dict) and coding.get("system") in systems:
+                code = coding.get("code")
+                if isinstance(code, str):
+                    return code
+    reader.problem(path, f"needs a coding from {' or '.join(systems)}")
+    return None
+
+
 def _v2_type(reader: _Reader, path: str, value: Any) -> str | None:
     """An identifier type: one HL7 v2 table 0203 coding (the only kind stored)."""
     codings = value.get("coding") if isinstance(value, dict) else None
@@ -290,7 +371,8 @@ def _v2_type(reader: _Reader, path: str, value: Any) -> str | None:
 
 _RENAMES = {"birth_date": "birthDate", "birth_date_partial": "birthDate",
             "deceased_date": "deceasedDateTime", "postal_code": "postalCode",
-            "deceased": "deceasedBoolean"}
+            "deceased": "deceasedBoolean", "marital_status": "maritalStatus",
+            "managing_organization": "managingOrganization", "contacts": "contact"}
 
 
 def fhir_problems(exc: InvalidInput) -> InvalidInput:
@@ -309,5 +391,6 @@ def _fhir_path(field: str, paths: dict[str, str]) -> str:
         return paths[head] + ("." + tail if tail else "")
     if field == "body":
         return "Patient"
-    top = {"names": "name", "identifiers": "identifier", "addresses": "address"}
+    top = {"names": "name", "identifiers": "identifier", "addresses": "address",
+           "contacts": "contact"}
     return "Patient." + top.get(head, _RENAMES.get(head, head)) + (dot + rest if dot else "")

@@ -34,6 +34,7 @@ _REPEATING: dict[str, frozenset[str]] = {
                           "contained"}),
     "name": frozenset({"given", "prefix", "suffix"}),
     "address": frozenset({"line"}),
+    "contact": frozenset({"relationship", "telecom"}),
     "type": frozenset({"coding"}), "maritalStatus": frozenset({"coding"}),
     "language": frozenset({"coding"}), "relationship": frozenset({"coding"}),
     "meta": frozenset({"profile", "security", "tag"}),

@@ -41,6 +41,11 @@ class PatientRow(BaseModel):
     mothers_maiden_name = peewee.CharField(max_length=200, null=True)
     multiple_birth = peewee.BooleanField(null=True)
     multiple_birth_order = peewee.SmallIntegerField(null=True)
+    marital_status = peewee.CharField(max_length=8, null=True)
+    managing_organization = peewee.CharField(max_length=200, null=True)
+    # Not matched on, never searched: kept as JSON with the record.
+    communication = JSONTextField(null=True)
+    contacts = JSONTextField(null=True)
     version = peewee.IntegerField(default=1)
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()

@@ -128,7 +128,7 @@ class PatientRepository:
                      gender=d.gender, **_birth_columns(d), deceased=d.deceased,
                      deceased_date=d.deceased_date, mothers_maiden_name=d.mothers_maiden_name,
                      multiple_birth=_multiple(d), multiple_birth_order=d.multiple_birth_order,
-                     version=1, created_at=now, updated_at=now)
+                     **_extra_columns(d), version=1, created_at=now, updated_at=now)
                 for d, pid in items]
         with _source_clash():
             bulk_insert(PatientRow, rows)
@@ -226,6 +226,7 @@ class PatientRepository:
                            mothers_maiden_name=data.mothers_maiden_name,
                            multiple_birth=_multiple(data),
                            multiple_birth_order=data.multiple_birth_order,
+                           **_extra_columns(data),
                            version=PatientRow.version + 1, updated_at=now)
                    .where(PatientRow.pk == row.pk, PatientRow.version == expected_version,
                           PatientRow.deleted_at.is_null())
@@ -320,7 +321,8 @@ class PatientRepository:
                 "source", "source_id", "names", "gender", "birth_date", "birth_date_partial",
                 "deceased",
                 "deceased_date", "identifiers", "addresses", "telecom", "mothers_maiden_name",
-                "multiple_birth_order")},
+                "multiple_birth_order", "marital_status", "communication", "contacts",
+                "managing_organization")},
             multiple_birth=_multiple(data),
         )
 
@@ -383,6 +385,10 @@ class PatientRepository:
             "mothers_maiden_name": row.mothers_maiden_name,
             "multiple_birth": row.multiple_birth,
             "multiple_birth_order": row.multiple_birth_order,
+            "marital_status": row.marital_status,
+            "managing_organization": row.managing_organization,
+            "communication": row.communication or [],
+            "contacts": row.contacts or [],
             "created_at": row.created_at,
             "updated_at": row.updated_at,
             "names": [{"use": n.use, "family": n.family, "given": n.given, "prefix": n.prefix,
@@ -431,7 +437,8 @@ _P = PatientRow
 _RECORD_COLUMNS: tuple[Any, ...] = (
     _P.id, _P.version, _P.source, _P.source_id, _P.active, _P.gender, _P.birth_date,
     _P.deceased, _P.deceased_date, _P.created_at, _P.updated_at, _P.mothers_maiden_name,
-    _P.multiple_birth, _P.multiple_birth_order, _P.birth_date_precision)
+    _P.multiple_birth, _P.multiple_birth_order, _P.birth_date_precision, _P.marital_status,
+    _P.managing_organization, _P.communication, _P.contacts)
 #: Each child table's columns, in the order of the arrays its aggregate builds.
 _CHILD_COLUMNS: tuple[tuple[type[peewee.Model], tuple[str, ...]], ...] = (
     (PatientNameRow, ("use", "family", "given", "prefix", "suffix")),
@@ -495,7 +502,10 @@ def _record_from_row(row: Sequence[Any]) -> Patient:
     record = dict(zip(("id", "version", "source", "source_id", "active", "gender",
                        "birth_date", "deceased", "deceased_date", "created_at", "updated_at",
                        "mothers_maiden_name", "multiple_birth", "multiple_birth_order",
-                       "birth_date_precision"), values, strict=True))
+                       "birth_date_precision", "marital_status", "managing_organization",
+                       "communication", "contacts"), values, strict=True))
+    record["communication"] = record["communication"] or []
+    record["contacts"] = record["contacts"] or []
     record.update(_birth_fields(record["birth_date"], record.pop("birth_date_precision")))
     record["id"] = str(record["id"])
     person = row[len(_RECORD_COLUMNS)]
@@ -527,6 +537,15 @@ def _birth_fields(born: date | None, precision: int | None) -> dict[str, Any]:
     if born is None or precision is None:
         return {"birth_date": born, "birth_date_partial": None}
     return {"birth_date": None, "birth_date_partial": born.isoformat()[:precision]}
+
+
+def _extra_columns(data: PatientInput) -> dict[str, Any]:
+    """The record's columns that are only kept and shown (never matched or searched)."""
+    return {"marital_status": data.marital_status,
+            "managing_organization": data.managing_organization,
+            "communication": [c.model_dump(exclude_none=True) for c in data.communication]
+            or None,
+            "contacts": [c.model_dump(exclude_none=True) for c in data.contacts] or None}
 
 
 def _multiple(data: PatientInput) -> bool | None:
