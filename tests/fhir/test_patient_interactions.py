@@ -4,6 +4,7 @@ forms, versions and ETags, Prefer, formats, and OperationOutcome errors; on both
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.fhir.conftest import FHIR_JSON, SSN, create, fhir_patient, valid
 
@@ -276,7 +277,7 @@ def test_partial_birth_dates_are_kept_searched_and_matched(fhir):
 
 
 def test_marital_status_languages_contacts_and_organization_round_trip(fhir):
-    extra = {
+    extra: dict[str, Any] = {
         "maritalStatus": {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]},
         "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47",
@@ -298,7 +299,7 @@ def test_marital_status_languages_contacts_and_organization_round_trip(fhir):
     assert rest["communication"] == [{"language": "es-MX", "preferred": True}]
     xml = fhir.simulate_get(f"/fhir/Patient/{body['id']}", params={"_format": "xml"})
     from fhir.resources.R4B import get_fhir_model_class
-    parsed = get_fhir_model_class("Patient").model_validate_xml(xml.content)
+    parsed: Any = get_fhir_model_class("Patient").model_validate_xml(xml.content)
     assert parsed.contact[0].name.given == ["Mary"]
     bad = create(fhir, fhir_patient("A-9", ssn=None, maritalStatus={"text": "married"},
                                     communication=[{"language": {"text": "Klingon"}}]))

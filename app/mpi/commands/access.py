@@ -27,7 +27,8 @@ def _services() -> Any:
     return wiring.connected(settings)
 
 
-def _actor(args: argparse.Namespace) -> Any:
+def operator(args: argparse.Namespace, command: str) -> Any:
+    """The audit actor of an administration command: ``--by``, else the login name."""
     from mpi.domain.audit import Actor
 
     by = args.by
@@ -36,7 +37,11 @@ def _actor(args: argparse.Namespace) -> Any:
             by = getpass.getuser()
         except (KeyError, OSError):  # a container user without a passwd entry
             by = "unknown"
-    return Actor(user_id=f"mpi token ({by})", user_agent="mpi token")
+    return Actor(user_id=f"{command} ({by})", user_agent=command)
+
+
+def _actor(args: argparse.Namespace) -> Any:
+    return operator(args, "mpi token")
 
 
 def cmd_create(args: argparse.Namespace) -> int:

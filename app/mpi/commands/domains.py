@@ -11,22 +11,12 @@ import json
 import sys
 from typing import Any
 
-from mpi.commands.access import _services
+from mpi.commands.access import _services, operator
 from mpi.commands.service import EXIT_FAILED, EXIT_OK
 
 
 def _actor(args: argparse.Namespace) -> Any:
-    import getpass
-
-    from mpi.domain.audit import Actor
-
-    by = args.by
-    if not by:
-        try:
-            by = getpass.getuser()
-        except (KeyError, OSError):
-            by = "unknown"
-    return Actor(user_id=f"mpi domain ({by})", user_agent="mpi domain")
+    return operator(args, "mpi domain")
 
 
 def cmd_add(args: argparse.Namespace) -> int:

@@ -20,16 +20,23 @@ from mpi import version
 from mpi.api.access import actor_for, public, requires
 from mpi.api.errors import Problem
 from mpi.api.openapi import Param, operation
-from mpi.api.resources.common import MAX_BODY_BYTES, json_body
+from mpi.api.resources.common import MAX_BODY_BYTES, json_body, read_body
 from mpi.domain.access import smart
 from mpi.domain.criteria import Criteria, Term, Token
 from mpi.domain.errors import Deleted, FieldProblem, InvalidInput, reject_duplicate_keys
 from mpi.domain.patient import Patient, PatientInput
-from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM
+from mpi.fhir import SOURCE_SYSTEM
 from mpi.fhir.capability import capability_statement
 from mpi.fhir.formats import CONTENT_TYPES, Format, named, parse_accept, wanted
 from mpi.fhir.patient import fhir_problems, instant, parse_resource, to_resource
-from mpi.fhir.search import Search, SearchError, parse, parse_pairs, split_values
+from mpi.fhir.search import (
+    Search,
+    SearchError,
+    parse,
+    parse_pairs,
+    split_values,
+    system_of,
+)
 from mpi.fhir.xml import from_xml, to_xml
 from mpi.identity.match import MatchService
 from mpi.identity.persons import PersonService
@@ -77,17 +84,7 @@ def fhir_body(req: falcon.Request, resp: falcon.Response, resource: Any,
     if kind == "json":
         json_body(req, resp, resource, params)
         return
-    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
-        raise Problem(falcon.HTTP_413, "Content too large",
-                      f"the body may be at most {MAX_BODY_BYTES} bytes")
-    stream = req.bounded_stream if req.content_length is not None else req.stream
-    raw = stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise Problem(falcon.HTTP_413, "Content too large",
-                      f"the body may be at most {MAX_BODY_BYTES} bytes")
-    if not raw:
-        raise Problem(falcon.HTTP_400, "Malformed request body", "the body is empty")
-    req.context.body = from_xml(raw)
+    req.context.body = from_xml(read_body(req))
 
 
 def send(req: falcon.Request, resp: falcon.Response, body: dict[str, Any],
@@ -298,7 +295,7 @@ class FhirPatientType:
         for term in search.criteria.terms:
             for token in term.values if term.subject == "identifier" else ():
                 if isinstance(token, Token) and (token.system or token.kind == "person"):
-                    system = _system(token)
+                    system = system_of(token)
                     if not self._domains.may_feed(system, actor):
                         raise Problem(falcon.HTTP_403, "Forbidden",
                                       f"this client's sources may not assign identifiers in "
@@ -462,14 +459,6 @@ def search_patients(patients: PatientService, domains: DomainService, req: falco
     if entries:
         bundle["entry"] = entries
     send(req, resp, bundle)
-
-
-def _system(token: Token) -> str:
-    if token.kind == "source":
-        return SOURCE_SYSTEM + (token.system or "")
-    if token.kind == "person":
-        return PERSON_SYSTEM
-    return token.system or ""
 
 
 class FhirPatientInstance:
@@ -760,7 +749,7 @@ class FhirPix:
                     token.system is None and token.kind == "identifier"):
                 raise _pix_error(falcon.HTTP_400, "code-invalid",
                                  "sourceIdentifier Assigning Authority not found")
-            if self._domains.unknown([_system(token)]):
+            if self._domains.unknown([system_of(token)]):
                 raise _pix_error(falcon.HTTP_400, "code-invalid",
                                  "sourceIdentifier Assigning Authority not found")
             wanted = [t for target in targets for t in split_values(target)]
@@ -773,7 +762,7 @@ class FhirPix:
                         raise _pix_error(falcon.HTTP_403, "code-invalid",
                                          "targetSystem not found")
                     domains.append(domain)
-                if self._domains.unknown([_system(d) for d in domains]):
+                if self._domains.unknown([system_of(d) for d in domains]):
                     raise _pix_error(falcon.HTTP_403, "code-invalid", "targetSystem not found")
             found = self._patients.find(parse([("identifier", source)]).criteria, actor,
                                         offset=0, count=1, total=False)
@@ -781,7 +770,7 @@ class FhirPix:
                 raise _pix_error(falcon.HTTP_404, "not-found",
                                  "sourceIdentifier Patient Identifier not found")
             patient = found.items[0]
-            source_system, source_value = _system(token), token.value
+            source_system, source_value = system_of(token), token.value
         if patient.replaced_by is not None:
             # Post-merge policy (ITI-83 2:3.83.4.2.2.5): the subsumed identifier is gone.
             raise _pix_error(falcon.HTTP_404, "not-found",

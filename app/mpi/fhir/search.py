@@ -155,7 +155,7 @@ def parse(pairs: Iterable[tuple[str, str]]) -> Search:
         if base == "identifier" and term.missing is None:
             tokens = [t for t in term.values if isinstance(t, Token)]
             if tokens and all(t.value is None and t.system for t in tokens):
-                domains |= {_system_of(t) for t in tokens}
+                domains |= {system_of(t) for t in tokens}
     count = _integer(controls, "_count", DEFAULT_COUNT, 0, MAX_COUNT, problems)
     offset = _integer(controls, "_offset", 0, 0, MAX_OFFSET, problems)
     total_mode = controls.get("_total", "accurate")
@@ -187,7 +187,8 @@ def parse(pairs: Iterable[tuple[str, str]]) -> Search:
                   domains=frozenset(domains) if domains else None, used=used, ignored=ignored)
 
 
-def _system_of(token: Token) -> str:
+def system_of(token: Token) -> str:
+    """The identifier system a token names, built-in domains spelt out."""
     if token.kind == "source":
         return SOURCE_SYSTEM + (token.system or "")
     if token.kind == "person":

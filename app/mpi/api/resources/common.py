@@ -27,6 +27,12 @@ def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,
     if content_type not in JSON_TYPES and not content_type.endswith("+json"):
         raise Problem(falcon.HTTP_415, "Unsupported media type",
                       "send the body as application/json")
+    req.context.body = read_body(req)
+
+
+def read_body(req: falcon.Request) -> bytes:
+    """The request's body, at most 1 MiB (413 past it, declared or actual), not empty
+    (400)."""
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise Problem(falcon.HTTP_413, "Content too large",
                       f"the body may be at most {MAX_BODY_BYTES} bytes")
@@ -38,7 +44,7 @@ def json_body(req: falcon.Request, resp: falcon.Response, resource: Any,
                       f"the body may be at most {MAX_BODY_BYTES} bytes")
     if not body:
         raise Problem(falcon.HTTP_400, "Malformed request body", "the body is empty")
-    req.context.body = body
+    return body
 
 
 def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200, *,
