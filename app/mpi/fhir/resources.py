@@ -655,14 +655,15 @@ class FhirMatch:
             candidates = certain if len(certain) == 1 else []
         base = f"{base_url(req)}/Patient"
         entries: list[dict[str, Any]] = []
+        records_of = self._persons.records_of([c.person_id for c in candidates], actor) \
+            if candidates else {}
         for candidate in candidates:
-            person = self._persons.person(candidate.person_id, actor)
-            records = sorted(person.records, key=lambda r: r.patient.id != (
-                candidate.best_record_id))
-            for record in records:
+            records = sorted(records_of.get(candidate.person_id, []),
+                             key=lambda p: p.id != candidate.best_record_id)
+            for patient in records:
                 entries.append({
-                    "fullUrl": f"{base}/{record.patient.id}",
-                    "resource": to_resource(record.patient),
+                    "fullUrl": f"{base}/{patient.id}",
+                    "resource": to_resource(patient),
                     "search": {"extension": [{"url": MATCH_GRADE, "valueCode": candidate.grade}],
                                "mode": "match", "score": round(candidate.probability, 6)}})
         entries = entries[:count]
