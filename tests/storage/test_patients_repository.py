@@ -193,3 +193,15 @@ def test_without_prepared_statements_the_read_prepares_nothing(postgres_url):
                                   ).fetchone()[0] == 0
     finally:
         close_database(db)
+
+
+def test_read_many_is_one_statement_in_the_order_asked_without_deleted(db):
+    repo = PatientRepository()
+    made = [repo.insert(_input(source_id=f"R{i}"), patient_id=uuid.uuid4(), now=NOW)
+            for i in range(4)]
+    repo.soft_delete(repo.get_row(made[1].id), expected_version=None, now=NOW)
+    wanted = [made[3].id, made[1].id, made[0].id, str(uuid.uuid4())]
+    with count_queries() as counted:
+        found = repo.read_many(wanted)
+    assert [p.id for p in found] == [made[3].id, made[0].id]
+    assert found[0] == repo.read(made[3].id) and counted.count == 1
