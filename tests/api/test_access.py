@@ -60,6 +60,7 @@ ROUTES = [
     ("POST", f"{API}/domains", ADMIN),
     ("DELETE", f"{API}/domains/{P}", ADMIN),
     ("GET", f"/fhir/Patient/{P}/_history", "system/Patient.r"),
+    ("GET", f"/fhir/Person/{P}", "system/Person.r"),
     ("GET", f"/fhir/Patient/{P}/_history/1", "system/Patient.r"),
 ]
 OPEN = [f"{API}/health", f"{API}/health/ready", "/openapi.json", f"{API}/openapi.json",

@@ -306,3 +306,16 @@ def test_marital_status_languages_contacts_and_organization_round_trip(fhir):
     assert bad.status_code == 422
     paths = [i.get("expression", [None])[0] for i in bad.json["issue"]]
     assert "Patient.maritalStatus" in paths and "Patient.communication[0].language" in paths
+
+
+def test_the_enterprise_identity_is_a_person_linking_its_records(fhir):
+    first = create(fhir, fhir_patient()).json
+    second = create(fhir, fhir_patient("L-1", source="lab")).json
+    person_id = next(i["value"] for i in first["identifier"] if i["system"] == "urn:mpi:person")
+    answer = fhir.simulate_get(f"/fhir/Person/{person_id}")
+    person = valid(answer.json)
+    assert answer.status_code == 200 and person["active"] is True
+    assert {(link["target"]["reference"], link["assurance"]) for link in person["link"]} == {
+        (f"Patient/{first['id']}", "level2"), (f"Patient/{second['id']}", "level3")}
+    assert fhir.simulate_get("/fhir/Person/00000000-0000-4000-8000-000000000999"
+                             ).status_code == 404

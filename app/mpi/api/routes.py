@@ -30,6 +30,7 @@ from mpi.fhir.resources import (
     FhirPatientSearch,
     FhirPatientType,
     FhirPatientVersion,
+    FhirPerson,
     FhirPix,
 )
 from mpi.wiring import Services
@@ -73,6 +74,7 @@ def build_routes(services: Services) -> list[tuple[str, object]]:
         ("/fhir/Patient/$ihe-pix", FhirPix(s.patients, s.persons, s.domains)),
         ("/fhir/Patient/{patient_id:uuid}", FhirPatientInstance(s.patients)),
         ("/fhir/Patient/{patient_id:uuid}/_history", FhirPatientHistory(s.patients)),
+        ("/fhir/Person/{person_id:uuid}", FhirPerson(s.persons)),
         ("/fhir/Patient/{patient_id:uuid}/_history/{version_id:int(min=1)}",
          FhirPatientVersion(s.patients)),
         (f"{PREFIX}/docs", SwaggerPage(spec_url="/openapi.json", static_url=DOCS_STATIC)),

@@ -7,9 +7,10 @@ The mapping (``mpi.fhir.patient``):
 
 - each stored record is a ``Patient``; its id in its source is the identifier
   ``urn:mpi:source:<source>|<source_id>`` (``use=usual``), which a create must carry;
-- the enterprise identity is the identifier ``urn:mpi:person|<person id>`` on each of its
-  records (read-only: ignored on input); searching by it finds every record of a person
-  (see ``docs`` in DEPLOY.md for why not a golden Patient).
+- the enterprise identity is a FHIR ``Person`` linking its records (with an assurance
+  level), and the identifier ``urn:mpi:person|<person id>`` on each of its records
+  (read-only: ignored on input); searching by it finds every record of a person (DEPLOY.md
+  says why not a golden Patient).
 """
 
 from mpi.domain.domains import PERSON_SYSTEM, SOURCE_SYSTEM

@@ -64,6 +64,12 @@ def capability_statement(base: str, software_version: str) -> dict[str, Any]:
                      "definition": "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/"
                                    "IHE.PIXm.pix"},
                 ],
+            }, {
+                "type": "Person",
+                "profile": "http://hl7.org/fhir/StructureDefinition/Person",
+                "documentation": "The enterprise identity: a link to each of its records, "
+                                 "with an identity-assurance level",
+                "interaction": [{"code": "read"}],
             }],
         }],
     }

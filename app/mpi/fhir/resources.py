@@ -25,7 +25,7 @@ from mpi.domain.access import smart
 from mpi.domain.criteria import Criteria, Term, Token
 from mpi.domain.errors import Deleted, FieldProblem, InvalidInput, reject_duplicate_keys
 from mpi.domain.patient import Patient, PatientInput
-from mpi.fhir import SOURCE_SYSTEM
+from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM
 from mpi.fhir.capability import capability_statement
 from mpi.fhir.formats import CONTENT_TYPES, Format, named, parse_accept, wanted
 from mpi.fhir.patient import fhir_problems, instant, parse_resource, to_resource
@@ -565,6 +565,47 @@ class FhirPatientHistory:
         if entries:
             bundle["entry"] = entries
         send(req, resp, bundle)
+
+
+class FhirPerson:
+    """``[base]/Person/{id}``: the enterprise identity, a ``Person`` whose links are its
+    records, with how sure the link is (``assurance``)."""
+
+    def __init__(self, persons: PersonService):
+        self._persons = persons
+
+    @requires(smart("Person", "r"))
+    @operation("FHIR Person read (the enterprise identity)", tags=_TAGS,
+               responses={200: ("The Person", None), 404: ("No such person", None)})
+    def on_get(self, req: falcon.Request, resp: falcon.Response, person_id: object) -> None:
+        negotiate(req)
+        person = self._persons.person(str(person_id), actor_for(req))
+        send(req, resp, person_resource(person))
+
+
+def person_resource(person: Any) -> dict[str, Any]:
+    """A person as FHIR ``Person``: active unless merged into another (then a link to
+    that one), and a link to each live record with an identity-assurance level: level4 a
+    person's hand (steward or source merge), level3 the engine's certain link, level2 a
+    record placed as new or after review."""
+    links: list[dict[str, Any]] = []
+    if person.merged_into:
+        links.append({"target": {"reference": f"Person/{person.merged_into}"},
+                      "assurance": "level4"})
+    for record in person.records:
+        level = ("level4" if record.manual else
+                 "level3" if record.how == "auto" else "level2")
+        links.append({"target": {"reference": f"Patient/{record.patient.id}"},
+                      "assurance": level})
+    resource: dict[str, Any] = {
+        "resourceType": "Person", "id": person.id,
+        "meta": {"lastUpdated": instant(person.updated_at)},
+        "identifier": [{"use": "official", "system": PERSON_SYSTEM, "value": person.id}],
+        "active": person.status == "active",
+    }
+    if links:
+        resource["link"] = links
+    return resource
 
 
 # --- operations ------------------------------------------------------------------------------
