@@ -189,3 +189,15 @@ def test_post_search_takes_form_parameters(fhir, registry):
 def test_deleted_records_are_never_found(fhir, registry):
     fhir.simulate_delete(f"/fhir/Patient/{registry['jane']}")
     assert found(search(fhir, "given=jane")) == set()
+
+
+def test_records_of_one_person_in_a_bundle_link_each_other(fhir, registry):
+    """PDQm Patient profile: several records of one person returned together carry
+    Patient.link (seealso) to each other; a record alone in the Bundle carries none."""
+    bundle = search(fhir, "family=smith&gender=male")
+    links = {e["resource"]["id"]: e["resource"].get("link") for e in bundle["entry"]}
+    john, lab = registry["john"], registry["john-lab"]
+    assert links[john] == [{"other": {"reference": f"Patient/{lab}"}, "type": "seealso"}]
+    assert links[lab] == [{"other": {"reference": f"Patient/{john}"}, "type": "seealso"}]
+    alone = search(fhir, f"_id={john}")
+    assert "link" not in alone["entry"][0]["resource"]

@@ -451,6 +451,7 @@ def search_patients(patients: PatientService, domains: DomainService, req: falco
     bundle["link"] = links
     entries = [{"fullUrl": f"{base}/{p.id}", "resource": to_resource(p, domains=search.domains),
                 "search": {"mode": "match"}} for p in found.items]
+    link_same_person(entries, found.items)
     if search.ignored:
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [{
             "severity": "warning", "code": "not-supported",
@@ -459,6 +460,25 @@ def search_patients(patients: PatientService, domains: DomainService, req: falco
     if entries:
         bundle["entry"] = entries
     send(req, resp, bundle)
+
+
+def link_same_person(entries: list[dict[str, Any]], patients: list[Patient]) -> None:
+    """PDQm Patient profile: a Bundle that returns several records of one person says so
+    with ``Patient.link``: each gets a ``seealso`` link to the others in the Bundle."""
+    person_of = {p.id: p.person_id for p in patients if p.person_id}
+    members: dict[str, list[str]] = {}
+    for entry in entries:
+        rid = entry.get("resource", {}).get("id")
+        if rid in person_of:
+            members.setdefault(person_of[rid], []).append(rid)
+    for entry in entries:
+        resource = entry.get("resource", {})
+        others = [o for o in members.get(person_of.get(resource.get("id"), ""), [])
+                  if o != resource.get("id")]
+        if others:
+            resource["link"] = [*resource.get("link", []),
+                                *({"other": {"reference": f"Patient/{o}"}, "type": "seealso"}
+                                  for o in others)]
 
 
 class FhirPatientInstance:
@@ -708,6 +728,8 @@ class FhirMatch:
                     "search": {"extension": [{"url": MATCH_GRADE, "valueCode": candidate.grade}],
                                "mode": "match", "score": round(candidate.probability, 6)}})
         entries = entries[:count]
+        link_same_person(entries, [patient for c in candidates
+                                   for patient in records_of.get(c.person_id, [])])
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                                   "total": len(entries)}
         if entries:
