@@ -11,7 +11,6 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import format_datetime
 from typing import Any
 
 import falcon
@@ -32,6 +31,7 @@ from mpi.fhir.patient import fhir_problems, instant, parse_resource, to_resource
 from mpi.fhir.search import (
     Search,
     SearchError,
+    identifier_token,
     parse,
     parse_pairs,
     split_values,
@@ -99,15 +99,9 @@ def base_url(req: falcon.Request) -> str:
     return req.prefix + BASE
 
 
-def _weak_etag(patient: Patient) -> str:
-    return f'W/"{patient.version}"'
-
-
 def _version_headers(resp: falcon.Response, patient: Patient) -> None:
-    resp.set_header("ETag", _weak_etag(patient))
-    resp.set_header("Last-Modified", format_datetime(patient.updated_at, usegmt=True)
-                    if patient.updated_at.tzinfo else
-                    format_datetime(patient.updated_at.replace(tzinfo=None), usegmt=False))
+    resp.set_header("ETag", f'W/"{patient.version}"')
+    resp.last_modified = patient.updated_at
 
 
 def _if_match(req: falcon.Request) -> int | None:
@@ -168,10 +162,14 @@ def _query_pairs(req: falcon.Request) -> list[tuple[str, str]]:
                       errors=exc.problems) from None
 
 
-def _matches(patients: PatientService, req: falcon.Request, pairs: list[tuple[str, str]],
+def _conditions(req: falcon.Request, pairs: list[tuple[str, str]]) -> Search:
+    """A conditional request's criteria (``_format`` says how to answer, not what)."""
+    return _search_of(req, [(k, v) for k, v in pairs if k != "_format"])
+
+
+def _matches(patients: PatientService, req: falcon.Request, search: Search,
              what: str) -> list[Patient]:
     """Up to two live records matching a conditional request's criteria (more is 412)."""
-    search = _search_of(req, [(k, v) for k, v in pairs if k != "_format"])
     if not search.criteria.terms:
         raise Problem(falcon.HTTP_412, "Precondition failed",
                       f"a conditional {what} needs search criteria, e.g. "
@@ -236,7 +234,7 @@ class FhirPatientType:
             except SearchError as exc:
                 raise Problem(falcon.HTTP_400, "Bad request", "If-None-Exist is invalid",
                               errors=exc.problems) from None
-            existing = _matches(self._patients, req, pairs, "create")
+            existing = _matches(self._patients, req, _conditions(req, pairs), "create")
             if existing:
                 _written(req, resp, existing[0], falcon.HTTP_200)
                 return
@@ -249,12 +247,12 @@ class FhirPatientType:
                           412: ("The criteria match several", None)})
     @falcon.before(fhir_body)
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        pairs = _query_pairs(req)
-        self._may_feed(req, pairs)
-        existing = _matches(self._patients, req, pairs, "update")
+        conditions = _conditions(req, _query_pairs(req))
+        self._may_feed(req, conditions)
+        existing = _matches(self._patients, req, conditions, "update")
         actor = actor_for(req)
         sent = _sent(req)
-        _with_source(self._domains, sent.resource, _criteria_identifiers(req, pairs), actor)
+        _with_source(self._domains, sent.resource, _criteria_identifiers(conditions), actor)
         if not existing:
             if sent.survivor is not None:
                 raise InvalidInput([FieldProblem("Patient.link", "no Patient matches the "
@@ -279,20 +277,18 @@ class FhirPatientType:
                           412: ("The criteria match several", None)})
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         negotiate(req)
-        pairs = _query_pairs(req)
-        self._may_feed(req, pairs)
-        existing = _matches(self._patients, req, pairs, "delete")
+        conditions = _conditions(req, _query_pairs(req))
+        self._may_feed(req, conditions)
+        existing = _matches(self._patients, req, conditions, "delete")
         if existing:
             self._patients.delete(existing[0].id, actor_for(req), expected_version=None)
         resp.status = falcon.HTTP_204
 
-
-    def _may_feed(self, req: falcon.Request, pairs: list[tuple[str, str]]) -> None:
+    def _may_feed(self, req: falcon.Request, conditions: Search) -> None:
         """PIXm ITI-104: a source feeds (revises, removes) records only by identifiers in
         the domains it may assign in; 403 naming the domain otherwise."""
         actor = actor_for(req)
-        search = _search_of(req, [(k, v) for k, v in pairs if k != "_format"])
-        for term in search.criteria.terms:
+        for term in conditions.criteria.terms:
             for token in term.values if term.subject == "identifier" else ():
                 if isinstance(token, Token) and (token.system or token.kind == "person"):
                     system = system_of(token)
@@ -337,10 +333,7 @@ def _sent(req: falcon.Request) -> _Sent:
     ident = other.get("identifier") if isinstance(other, dict) else None
     if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(
             ident.get("value"), str):
-        token = parse([("identifier", f"{ident['system']}|{ident['value']}")]
-                      ).criteria.terms[0].values[0]
-        assert isinstance(token, Token)
-        return _Sent(resource, token)
+        return _Sent(resource, identifier_token(ident["system"], ident["value"]))
     raise InvalidInput([FieldProblem(f"{path}[0].other", "needs a reference (Patient/<id>) "
                                      "or an identifier with system and value")])
 
@@ -366,11 +359,10 @@ def _update_or_merge(patients: PatientService, req: falcon.Request, record_id: s
         raise fhir_problems(exc) from None
 
 
-def _criteria_identifiers(req: falcon.Request, pairs: list[tuple[str, str]]
-                          ) -> list[tuple[str, str]]:
+def _criteria_identifiers(conditions: Search) -> list[tuple[str, str]]:
     """The (system, value) identifiers a conditional request's criteria name."""
-    search = _search_of(req, [(k, v) for k, v in pairs if k != "_format"])
-    return [(t.system, t.value) for term in search.criteria.terms if term.subject == "identifier"
+    return [(t.system, t.value) for term in conditions.criteria.terms
+            if term.subject == "identifier"
             for t in term.values if isinstance(t, Token) and t.kind == "identifier"
             and t.system and t.value]
 
@@ -797,6 +789,7 @@ class FhirPix:
             raise Problem(falcon.HTTP_400, "Bad request",
                           "give exactly one sourceIdentifier (system|value)")
         source = sources[0]
+        wanted = [t for target in targets for t in split_values(target)]
         base = f"{base_url(req)}/Patient/"
         actor = actor_for(req)
         if source.startswith(base) or source.startswith("Patient/"):
@@ -816,19 +809,10 @@ class FhirPix:
             if self._domains.unknown([system_of(token)]):
                 raise _pix_error(falcon.HTTP_400, "code-invalid",
                                  "sourceIdentifier Assigning Authority not found")
-            wanted = [t for target in targets for t in split_values(target)]
-            if wanted:
-                domains = []
-                for system in wanted:
-                    domain = parse([("identifier", f"{system}|")]).criteria.terms[0].values[0] \
-                        if system and "|" not in system else None
-                    if not isinstance(domain, Token):
-                        raise _pix_error(falcon.HTTP_403, "code-invalid",
-                                         "targetSystem not found")
-                    domains.append(domain)
-                if self._domains.unknown([system_of(d) for d in domains]):
-                    raise _pix_error(falcon.HTTP_403, "code-invalid", "targetSystem not found")
-            found = self._patients.find(parse([("identifier", source)]).criteria, actor,
+            if any(not system or "|" in system for system in wanted) or (
+                    wanted and self._domains.unknown(wanted)):
+                raise _pix_error(falcon.HTTP_403, "code-invalid", "targetSystem not found")
+            found = self._patients.find(Criteria((Term("identifier", (token,)),)), actor,
                                         offset=0, count=1, total=False)
             if not found.items:
                 raise _pix_error(falcon.HTTP_404, "not-found",
@@ -841,7 +825,7 @@ class FhirPix:
                              "sourceIdentifier Patient Identifier not found")
         person = self._persons.person_of_patient(patient.id, actor)
         records = [r for r in person.records if r.patient.replaced_by is None]
-        wanted_systems = {t for target in targets for t in split_values(target)}
+        wanted_systems = set(wanted)
         parameters: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
         for record in records:

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, get_args
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote
 
+from mpi.api.resources.common import form_decode
 from mpi.domain.criteria import SORTABLE, Comparator, Criteria, DateRange, Term, Token
 from mpi.domain.errors import FieldProblem
 from mpi.fhir import PERSON_SYSTEM, SOURCE_SYSTEM
@@ -76,8 +77,7 @@ def parse_pairs(query_string: str) -> list[tuple[str, str]]:
             continue
         raw_name, _, raw_value = part.partition("=")
         try:
-            name = unquote_to_bytes(raw_name.replace("+", " ")).decode("utf-8")
-            value = unquote_to_bytes(raw_value.replace("+", " ")).decode("utf-8")
+            name, value = form_decode(raw_name), form_decode(raw_value)
         except UnicodeDecodeError:
             raise SearchError([FieldProblem(raw_name[:40], "is not valid UTF-8")]) from None
         pairs.append((name, value))
@@ -242,13 +242,15 @@ def _term(base: str, modifier: str, value: str) -> Term:
             system, val, any_system = _split_token(raw)
             if system is None and val is None:
                 raise ValueError("needs a system, a value or both (system|value)")
-            tokens.append(_identifier_token(system, val, any_system) if base == "identifier"
+            tokens.append(identifier_token(system, val, any_system) if base == "identifier"
                           else Token(system, val, any_system))
         return Term(subject, tuple(tokens))
     return Term(subject, tuple(parse_date(v) for v in values))
 
 
-def _identifier_token(system: str | None, value: str | None, any_system: bool) -> Token:
+def identifier_token(system: str | None, value: str | None, any_system: bool = False) -> Token:
+    """An identifier token, the built-in domains (a source's record ids, the enterprise
+    identity) told apart."""
     if system is not None and system.startswith(SOURCE_SYSTEM):
         return Token(system[len(SOURCE_SYSTEM):], value, kind="source")
     if system == PERSON_SYSTEM:

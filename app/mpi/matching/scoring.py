@@ -129,6 +129,9 @@ class Scorer:
         self._plan = tuple((c.compare, model.weights(c.name)) for c in COMPARISONS)
         index = {c.name: i for i, c in enumerate(COMPARISONS)}
         self.groups = tuple(tuple(index[name] for name in group) for group in model.correlated)
+        # Each group's members with their weight tables, for the hot loop in ``score``.
+        self._group_plan = tuple(tuple((i, self._plan[i][1]) for i in group)
+                                 for group in self.groups)
         tables = tf if tf is not None else model.term_frequencies
         # Per TF comparison: (index in COMPARISONS, attribute, value -> adjusted exact weight)
         self._tf: list[tuple[int, str, dict[str, float]]] = []
@@ -152,11 +155,17 @@ class Scorer:
         for i, attr, adjusted in self._tf:
             if levels[i] == 1:
                 total += adjusted.get(getattr(a, attr), 0.0)
-        for group in self.groups:
-            # (TF adjustments apply to names only, never to a correlated group's members.)
-            present = [self._plan[i][1][levels[i]] for i in group if levels[i] != NULL]
-            if len(present) > 1:
-                total += _counted(present) - sum(present)
+        for group in self._group_plan:
+            # Only the strongest agreement counts (:func:`_counted`); the null level weighs 0
+            # and disagreements are kept. (TF adjustments touch names only, no group member.)
+            best = agreeing = 0.0
+            for i, weights in group:
+                w = weights[levels[i]]
+                if w > 0:
+                    agreeing += w
+                    if w > best:
+                        best = w
+            total -= agreeing - best
         return Score(self, a, b, tuple(levels), total)
 
     def counted(self, weights: tuple[float, ...], levels: tuple[int, ...]) -> tuple[float, ...]:

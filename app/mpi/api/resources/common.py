@@ -55,6 +55,12 @@ def send(resp: falcon.Response, model: BaseModel, status: str = falcon.HTTP_200,
     resp.data = model.model_dump_json(exclude_none=omit_nulls).encode()
 
 
+def form_decode(raw: str) -> str:
+    """One component of a query string or form: ``+`` a space, ``%XX`` a byte, the bytes
+    UTF-8 strictly (UnicodeDecodeError otherwise, never replacement characters)."""
+    return unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
+
+
 class Query:
     """Reads query parameters, collecting every problem before failing once (400).
 
@@ -77,12 +83,12 @@ class Query:
                 continue
             raw_name, _, raw_value = part.partition("=")
             try:
-                name = unquote_to_bytes(raw_name.replace("+", " ")).decode("utf-8")
+                name = form_decode(raw_name)
             except UnicodeDecodeError:
                 self._refuse(raw_name, "is not valid UTF-8")
                 continue
             try:
-                value = unquote_to_bytes(raw_value.replace("+", " ")).decode("utf-8")
+                value = form_decode(raw_value)
             except UnicodeDecodeError:
                 self._refuse(name, "is not valid UTF-8 (percent-encode the UTF-8 bytes)")
                 continue
