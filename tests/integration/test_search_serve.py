@@ -76,7 +76,7 @@ def test_deleting_the_index_under_a_running_service_loses_nothing(server, tmp_pa
         assert server.request("DELETE", f"/api/v1/patients/{patient_id}")[0] == 204
     _wait_found(server, live[-1], 30, q="rebuildson", limit="100")
 
-    shutil.rmtree(tmp_path / "index")
+    _delete_under_a_writer(tmp_path / "index")
     # Written while the index is gone: must be searchable too once it is back.
     status, _, late = server.request(
         "POST", "/api/v1/patients",
@@ -98,6 +98,21 @@ def test_deleting_the_index_under_a_running_service_loses_nothing(server, tmp_pa
     # Exactly one process writes the rebuilt directory.
     assert (tmp_path / "index" / "writer.lock").exists()
     assert "Rebuildson" not in server.log()
+
+
+def _delete_under_a_writer(path: Path) -> None:
+    """`rm -rf` of a directory the service may be writing into at that moment: a file
+    created between the walk and the rmdir leaves it "not empty", so walk again, as an
+    operator would run the command again."""
+    for _ in range(50):
+        try:
+            shutil.rmtree(path)
+            return
+        except OSError:  # "not empty", or an entry gone between the walk and the unlink
+            if not path.exists():
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{path} could not be deleted")
 
 
 def _writer_pid(index: Path) -> int:
