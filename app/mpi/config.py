@@ -51,6 +51,22 @@ def _port(raw: str) -> int:
     return value
 
 
+def _optional_port(raw: str) -> int | None:
+    return _port(raw) if raw.strip() else None
+
+
+def _optional_host(raw: str) -> str | None:
+    return _host(raw) if raw.strip() else None
+
+
+def _hd(raw: str) -> str:
+    """An HL7 v2 namespace id (HD-1), as written into the service's own MSH-3/MSH-4."""
+    value = raw.strip()
+    if not value or len(value) > 64 or any(c in value for c in "|^~\\&\r\n"):
+        raise ValueError("must be 1-64 characters, none of | ^ ~ \\ &")
+    return value
+
+
 def _workers(raw: str) -> int:
     if raw.strip().lower() == "auto":
         return min(2 * (os.cpu_count() or 1) + 1, 8)
@@ -461,6 +477,28 @@ SETTINGS: tuple[Setting, ...] = (
             "unset behind a TLS-terminating proxy"),
     Setting("TLS_KEY_FILE", "tls_key_file", _optional_file, "",
             "PEM private key for TLS_CERT_FILE", secret=True),
+    Setting("HL7_MLLP_PORT", "hl7_mllp_port", _optional_port, "",
+            "TCP port of the HL7 v2 MLLP listener (PIX feed, PIX query, PDQ) that mpi serve "
+            "starts beside the HTTP server; empty = no listener"),
+    Setting("HL7_MLLP_HOST", "hl7_mllp_host", _optional_host, "",
+            "Address the MLLP listener binds to; empty = SERVER_HOST"),
+    Setting("HL7_MLLP_THREADS", "hl7_mllp_threads", _positive_int, "4",
+            "Messages the MLLP listener handles at once (one per connection at a time)"),
+    Setting("HL7_MLLP_TLS_CERT_FILE", "hl7_mllp_tls_cert_file", _optional_file, "",
+            "PEM certificate chain: the MLLP listener speaks TLS (with HL7_MLLP_TLS_KEY_FILE)"),
+    Setting("HL7_MLLP_TLS_KEY_FILE", "hl7_mllp_tls_key_file", _optional_file, "",
+            "PEM private key for HL7_MLLP_TLS_CERT_FILE", secret=True),
+    Setting("HL7_MLLP_TLS_CLIENT_CA_FILE", "hl7_mllp_tls_client_ca_file", _optional_file, "",
+            "PEM CA certificates: every MLLP sender must present a client certificate they "
+            "signed, whose subject common name is the one its sender registration names"),
+    Setting("HL7_MLLP_TRUST_NETWORK", "hl7_mllp_trust_network", _switch, "false",
+            "true: on a non-loopback address without client certificates, believe MSH-3 and "
+            "MSH-4 as the sender's identity (a dedicated interface network); false refuses "
+            "to start so"),
+    Setting("HL7_APPLICATION", "hl7_application", _hd, "MPI",
+            "What the service writes as its application (MSH-3) in acknowledgements"),
+    Setting("HL7_FACILITY", "hl7_facility", _hd, "MPI",
+            "What the service writes as its facility (MSH-4) in acknowledgements"),
     Setting("LOG_LEVEL", "log_level", _choice(LOG_LEVELS, upper=True), "INFO",
             "Least severe log level written: DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     Setting("LOG_FORMAT", "log_format", _choice(LOG_FORMATS), "json",
@@ -508,6 +546,15 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     tls_cert_file: Path | None
     tls_key_file: Path | None
+    hl7_mllp_port: int | None
+    hl7_mllp_host: str | None
+    hl7_mllp_threads: int
+    hl7_mllp_tls_cert_file: Path | None
+    hl7_mllp_tls_key_file: Path | None
+    hl7_mllp_tls_client_ca_file: Path | None
+    hl7_mllp_trust_network: bool
+    hl7_application: str
+    hl7_facility: str
     log_level: str
     log_format: str
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -515,6 +562,11 @@ class Settings:
     @property
     def database(self) -> DatabaseTarget:
         return parse_database_url(self.database_url)
+
+    @property
+    def mllp_host(self) -> str:
+        """The MLLP listener's address: HL7_MLLP_HOST, else SERVER_HOST."""
+        return self.hl7_mllp_host or self.server_host
 
     @property
     def embedded(self) -> bool:
@@ -615,6 +667,31 @@ def cross_check(values: Mapping[str, Any]) -> list[str]:
             problems.append("AUTH_MODE=jwt: set exactly one of AUTH_JWKS_URL and AUTH_JWKS_FILE")
     if bool(values.get("tls_cert_file")) != bool(values.get("tls_key_file")):
         problems.append("TLS_CERT_FILE and TLS_KEY_FILE: set both to serve HTTPS, or neither")
+    problems.extend(_mllp_problems(values))
+    return problems
+
+
+def _mllp_problems(values: Mapping[str, Any]) -> list[str]:
+    problems = []
+    cert, key = values.get("hl7_mllp_tls_cert_file"), values.get("hl7_mllp_tls_key_file")
+    if bool(cert) != bool(key):
+        problems.append("HL7_MLLP_TLS_CERT_FILE and HL7_MLLP_TLS_KEY_FILE: set both for "
+                        "MLLP over TLS, or neither")
+    if values.get("hl7_mllp_tls_client_ca_file") and not cert:
+        problems.append("HL7_MLLP_TLS_CLIENT_CA_FILE: client certificates need TLS; set "
+                        "HL7_MLLP_TLS_CERT_FILE and HL7_MLLP_TLS_KEY_FILE too")
+    host = values.get("hl7_mllp_host") or values.get("server_host")
+    if (values.get("hl7_mllp_port") is not None and host is not None
+            and not is_loopback_host(host) and not values.get("hl7_mllp_tls_client_ca_file")
+            and not values.get("hl7_mllp_trust_network")):
+        problems.append(
+            f"HL7_MLLP_PORT: the listener on {host} would take any sender's word (MSH-3, "
+            "MSH-4) for who it is; set HL7_MLLP_TLS_CLIENT_CA_FILE (senders present client "
+            "certificates) or, on a dedicated interface network, HL7_MLLP_TRUST_NETWORK=true")
+    if (values.get("hl7_mllp_port") is not None
+            and values.get("hl7_mllp_port") == values.get("server_port")
+            and host == values.get("server_host")):
+        problems.append("HL7_MLLP_PORT: the same port as SERVER_PORT; pick another")
     return problems
 
 

@@ -10,12 +10,24 @@ and acts within ``every_s`` of the parent going.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import select
+import signal
 import threading
 import time
 from collections.abc import Callable
 
+log = logging.getLogger("mpi.server")
+
 WATCH_EVERY_S = 0.25
+READY_TIMEOUT_S = 10.0
+#: Pause before forking a new child process after one died: doubled each time one dies
+#: within REVIVE_MAX_PAUSE_S of its start, up to that.
+REVIVE_FIRST_PAUSE_S = 1.0
+REVIVE_MAX_PAUSE_S = 60.0
+STOP_TIMEOUT_S = 10.0
 
 
 def when_orphaned(action: Callable[[], None], every_s: float = WATCH_EVERY_S) -> None:
@@ -28,3 +40,115 @@ def when_orphaned(action: Callable[[], None], every_s: float = WATCH_EVERY_S) ->
         action()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class ChildProcess:
+    """A process the gunicorn master forks, stops, and forks again if it dies: the search
+    indexer, the HL7 MLLP listener.
+
+    ``body(ready)`` runs in the child (never returning until it should stop) and calls
+    ``ready()`` once it serves. A bare ``os.fork``, not ``multiprocessing``: the workers the
+    master forks later must not inherit a child registry that they would try to join at
+    exit.
+    """
+
+    def __init__(self, body: Callable[[Callable[[], None]], None], name: str, *,
+                 ready_words: tuple[str, str] = ("is ready", "is not ready yet")):
+        self._body = body
+        self.name = name
+        self._ready_words = ready_words
+        self.pid: int | None = None
+        self._close_fds: tuple[int, ...] = ()
+        self._started_at = 0.0
+        self._pause = REVIVE_FIRST_PAUSE_S / 2  # doubled at the first death
+        self._due = 0.0
+
+    def revive(self) -> bool:
+        """Called from the master's loop (about once a second): if the indexer process has
+        died, fork another, without waiting for it (the master must not block). A process
+        that dies young is revived after a pause that doubles, up to REVIVE_MAX_PAUSE_S.
+        True when one was forked."""
+        pid = self.pid
+        if pid is None:
+            return False  # not started, or stopped on purpose
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped (gunicorn reaps every child)
+            done, status = pid, None
+        if not done:
+            return False
+        now = time.monotonic()
+        if not self._due:
+            lived = now - self._started_at
+            self._pause = (REVIVE_FIRST_PAUSE_S if lived > REVIVE_MAX_PAUSE_S
+                           else min(self._pause * 2, REVIVE_MAX_PAUSE_S))
+            self._due = now + self._pause
+            log.warning("%s process %d died (%s); another in %.0f s", self.name, pid,
+                        "status unknown" if status is None else f"wait status {status}",
+                        self._pause, extra={"child_pid": pid})
+        if now < self._due:
+            return False
+        self._due = 0.0
+        self.start(self._close_fds, wait=False)
+        return True
+
+    def start(self, close_fds: tuple[int, ...] = (), *, wait: bool = True) -> bool:
+        """Fork the process; True when it is ready within READY_TIMEOUT_S (``wait=False``:
+        do not wait, False)."""
+        self._close_fds, self._started_at = close_fds, time.monotonic()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.close(read_end)
+                for fd in close_fds:  # the master's listening sockets: it serves nothing
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                self._body(lambda: _signal_ready(write_end))
+                code = 0
+            except BaseException:
+                log.exception("%s process failed", self.name)
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.pid = pid
+        if not wait:
+            os.close(read_end)
+            log.info("%s process %d started", self.name, pid, extra={"child_pid": pid})
+            return False
+        try:
+            ready, _, _ = select.select([read_end], [], [], READY_TIMEOUT_S)
+            held = bool(ready) and os.read(read_end, 1) == b"1"
+        finally:
+            os.close(read_end)
+        log.info("%s process %d %s", self.name, pid, self._ready_words[0 if held else 1],
+                 extra={"child_pid": pid, "ready": held})
+        return held
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for it (the master may already have reaped it)."""
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return  # reaped elsewhere
+            if done:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _signal_ready(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, b"1")
+        os.close(fd)

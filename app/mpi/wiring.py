@@ -22,6 +22,7 @@ import peewee
 from mpi.audit.trail import AuditTrail
 from mpi.auth import Authenticator, NoAuthentication
 from mpi.auth.oauth import BearerTokens
+from mpi.auth.senders import Hl7Senders
 from mpi.auth.tokens import ApiTokens
 from mpi.config import Settings
 from mpi.events.feed import ChangeFeed
@@ -42,6 +43,7 @@ from mpi.storage.audit import AuditRepository
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import close_database, connection, database_proxy, make_database
 from mpi.storage.domains import DomainRepository
+from mpi.storage.hl7 import ReceiptRepository, SenderRepository
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.patients import PatientRepository
 from mpi.storage.tokens import TokenRepository
@@ -69,6 +71,7 @@ class Services:
     domains: DomainService
     authenticator: Authenticator
     rekeying: Rekeying
+    senders: Hl7Senders
 
     def indexer(self, *, standby: bool = False) -> Indexer:
         """This process's search indexer (it writes only if it takes the directory's lock;
@@ -169,6 +172,7 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         domains=DomainService(work, DomainRepository(), new_id=new_id),
         authenticator=authenticator(settings, tokens),
         rekeying=Rekeying(work, identity, engine),
+        senders=Hl7Senders(work, SenderRepository(), ReceiptRepository()),
     )
 
 

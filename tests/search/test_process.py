@@ -80,7 +80,7 @@ def test_a_dead_indexer_process_is_forked_again_and_the_standby_hands_back(setti
     import os
     import signal
 
-    from mpi.search import process as module
+    from mpi import lifecycle as module
 
     process = IndexerProcess(lambda: build(settings))
     standby = Indexer(db, settings.search_index_path, standby=True)

@@ -21,8 +21,11 @@ def _actor(args: argparse.Namespace) -> Any:
 
 def cmd_add(args: argparse.Namespace) -> int:
     from mpi.domain.errors import Conflict, InvalidInput
-    body = json.dumps({"system": args.system, "name": args.name,
-                       "sources": [s.strip() for s in args.sources.split(",") if s.strip()]})
+    fields = {"system": args.system, "name": args.name,
+              "sources": [s.strip() for s in args.sources.split(",") if s.strip()]}
+    if args.namespace:
+        fields["namespace"] = args.namespace
+    body = json.dumps(fields)
     try:
         with _services() as services:
             made = services.domains.add(services.domains.parse(body.encode()), _actor(args))
@@ -33,15 +36,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     except Conflict as exc:
         print(f"mpi domain add: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{made.id}\t{made.system}\t{made.name}\tsources {','.join(made.sources)}")
+    print(_line(made))
     return EXIT_OK
+
+
+def _line(d: Any) -> str:
+    namespace = f"\tHL7 namespace {d.namespace}" if d.namespace else ""
+    return f"{d.id}\t{d.system}\t{d.name}\tsources {','.join(d.sources)}{namespace}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     with _services() as services:
         found = services.domains.all(_actor(args))
     for d in found:
-        print(f"{d.id}\t{d.system}\t{d.name}\tsources {','.join(d.sources)}")
+        print(_line(d))
     return EXIT_OK
 
 
@@ -66,6 +74,8 @@ def register(commands: Any) -> None:
     add.add_argument("--name", required=True, help="what people call it")
     add.add_argument("--sources", required=True,
                      help="comma-separated sources that may assign in it ('*': any)")
+    add.add_argument("--namespace", help="its HL7 v2 namespace id (HD-1), for messages that "
+                                         "name it without the OID")
     add.add_argument("--by", help="who registers it (audited; default: the login name)")
     add.set_defaults(run=cmd_add)
     listing = verbs.add_parser("list", help="list the registered domains")

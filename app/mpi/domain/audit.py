@@ -94,6 +94,10 @@ class AuditTag(StrEnum):
     DOMAIN_CREATE = "admin:domain:create", "domain"
     DOMAIN_DELETE = "admin:domain:delete", "domain"
     DOMAIN_LIST = "admin:domain:list", "domain", READ
+    # Administration: HL7 v2 senders; and messages refused before they were read.
+    HL7_SENDER_CREATE = "admin:hl7-sender:create", "hl7-sender"
+    HL7_SENDER_DELETE = "admin:hl7-sender:delete", "hl7-sender"
+    HL7_MESSAGE_REJECTED = "hl7:message:rejected", "hl7-sender"
 
     @classmethod
     def link(cls, how: str) -> AuditTag:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from mpi.domain.patient import SourceCode, SystemUri, Text
 from mpi.domain.types import UtcDatetime
 
 _OID_RE = re.compile(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$")
 _SOURCE_RE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._:-]*)$")
+#: An HL7 v2 namespace id: printable, none of the v2 delimiters.
+_NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}$"
 #: The built-in domains: each source's own record ids, and the enterprise identity.
 SOURCE_SYSTEM = "urn:mpi:source:"
 PERSON_SYSTEM = "urn:mpi:person"
@@ -29,6 +32,10 @@ class IdentityDomainInput(BaseModel):
         min_length=1, max_length=100,
         description="The sources that may assign identifiers in it ('*': any)",
         examples=[["st-marys-ehr"]])
+    namespace: Annotated[str, StringConstraints(pattern=_NAMESPACE_PATTERN)] | None = Field(
+        default=None, description="Its HL7 v2 namespace id (HD-1 of an assigning authority), "
+                                  "for messages that name the domain without its OID",
+        examples=["STMARYS"])
 
     @field_validator("system")
     @classmethod
@@ -56,6 +63,7 @@ class IdentityDomain(BaseModel):
     oid: str | None = Field(default=None, description="The OID, when the system is urn:oid:")
     name: str
     sources: list[str]
+    namespace: str | None = Field(default=None, description="Its HL7 v2 namespace id")
     created_at: UtcDatetime
 
     def may_assign(self, source: str) -> bool:
@@ -67,7 +75,7 @@ class IdentityDomainList(BaseModel):
 
 
 def domain_of(id: str, system: str, name: str, sources: list[str],
-              created_at: datetime) -> IdentityDomain:
+              created_at: datetime, namespace: str | None = None) -> IdentityDomain:
     oid = system[len("urn:oid:"):] if system.startswith("urn:oid:") else None
     return IdentityDomain(id=id, system=system, oid=oid, name=name, sources=sources,
-                          created_at=created_at)
+                          namespace=namespace, created_at=created_at)

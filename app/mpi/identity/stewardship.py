@@ -174,6 +174,23 @@ class StewardService:
         self._move(tx, patient_id, person, how="merge")
         return str(person.id)
 
+    def merge_persons_of(self, tx: Transaction, survivor_record_id: str,
+                         merged_record_id: str) -> str:
+        """Merge the person of record ``merged_record_id`` into the person of record
+        ``survivor_record_id`` as a steward's merge (undoable), unless they are one
+        person already; the surviving person's id. For a source's merge of two of its
+        records (HL7 ADT^A40), inside its unit of work."""
+        persons = []
+        for record_id in (survivor_record_id, merged_record_id):
+            row = self._patients.get_row(record_id)
+            link = self._repo.link_of(row.pk)
+            if link is None:  # pragma: no cover - every live record is linked on write
+                raise StateConflict(f"patient {record_id} has no person")
+            persons.append(str(self._repo.person_by_pk(link.person_id).id))
+        if persons[0] != persons[1]:
+            self._merge(tx, persons[0], persons[1])
+        return persons[0]
+
     def _link(self, tx: Transaction, person_id: str, patient_id: str, *, how: str) -> PersonRow:
         person = self._active_person(person_id)
         self._move(tx, patient_id, person, how=how)

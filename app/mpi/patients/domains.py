@@ -51,7 +51,8 @@ class DomainService:
     def add(self, data: IdentityDomainInput, actor: Actor) -> IdentityDomain:
         with self._work.begin(actor) as tx:
             made = self._repository.insert(domain_id=self._new_id(), system=data.system,
-                                           name=data.name, sources=data.sources, now=tx.now)
+                                           name=data.name, sources=data.sources, now=tx.now,
+                                           namespace=data.namespace)
             tx.audit(AuditTag.DOMAIN_CREATE, made.id, new=made.model_dump(mode="json"))
         return made
 
@@ -64,6 +65,17 @@ class DomainService:
                 raise NotFound(f"no identity domain {key}")
             tx.audit(AuditTag.DOMAIN_DELETE, gone.id, old=gone.model_dump(mode="json"))
         return gone
+
+    def by_namespace(self, namespace: str) -> IdentityDomain | None:
+        """The registered domain with this HL7 v2 namespace id (HD-1), if any."""
+        with self._work.reading():
+            return self._repository.by_namespaces([namespace]).get(namespace)
+
+    def namespaces(self, systems: Iterable[str]) -> dict[str, str]:
+        """The HL7 v2 namespace id of each of these systems that has one."""
+        with self._work.reading():
+            found = self._repository.by_systems(systems)
+        return {system: d.namespace for system, d in found.items() if d.namespace}
 
     def unknown(self, systems: Iterable[str]) -> list[str]:
         """The systems among ``systems`` this registry does not know (module docstring)."""

@@ -131,11 +131,16 @@ class PatientService:
 
     @retried
     def merge_into(self, patient_id: str, data: PatientInput, survivor_id: str, actor: Actor,
-                   *, expected_version: int | None = None) -> Patient:
+                   *, expected_version: int | None = None,
+                   whole_person: bool = False) -> Patient:
         """A source merged record ``patient_id`` into ``survivor_id`` (PIXm ITI-104 resolve
         duplicates; FHIR ``link`` replaced-by), in ONE unit of work: the record takes the
         content sent (inactive), points to the survivor, and joins the survivor's person
-        by hand, so every identifier and cross-reference of it now leads there."""
+        by hand, so every identifier and cross-reference of it now leads there.
+
+        ``whole_person`` (HL7 ADT^A40): the record's whole person is merged into the
+        survivor's, as a steward's merge is (one undoable merge), rather than the record
+        alone moving."""
         if self._stewards is None:  # pragma: no cover - wired by the composition root
             raise RuntimeError("merge_into needs the steward service")
         if data.active:
@@ -158,7 +163,9 @@ class PatientService:
                 version = row.version if expected_version is None else expected_version
                 self._repository.update(row, data, expected_version=version, now=tx.now)
                 self._repository.set_replaced_by(row, survivor)
-                person_id = self._stewards.join_record(tx, patient_id, survivor_id)
+                person_id = (
+                    self._stewards.merge_persons_of(tx, survivor_id, patient_id)
+                    if whole_person else self._stewards.join_record(tx, patient_id, survivor_id))
                 patient = self._repository.load(PatientRow.get_by_id(row.pk))
                 placement = self._linking.place(patient, row.pk)
                 self._linking.link(tx, placement)  # (manual now: refreshes its keys)
@@ -219,6 +226,12 @@ class PatientService:
             return patient
 
         return self._work.read(actor, fetch)
+
+    def id_of(self, source: str, source_id: str) -> str | None:
+        """The live record ``source`` holds as ``source_id``, if any (not audited: it reads
+        no record content; what the caller then reads or writes is)."""
+        with self._work.reading():
+            return self._repository.find_live_id_by_source(source, source_id)
 
     def versions(self, patient_id: str, actor: Actor, *,
                  version: int | None = None) -> list[PatientVersion]:

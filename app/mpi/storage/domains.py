@@ -15,7 +15,7 @@ from mpi.storage.models import IdentityDomainRow, PatientIdentifierRow, PatientR
 
 def _domain(row: IdentityDomainRow) -> IdentityDomain:
     return domain_of(str(row.id), row.system, row.name,
-                     [s for s in row.sources.split(",") if s], row.created_at)
+                     [s for s in row.sources.split(",") if s], row.created_at, row.namespace)
 
 
 class DomainRepository:
@@ -29,15 +29,27 @@ class DomainRepository:
         rows = IdentityDomainRow.select().where(IdentityDomainRow.system.in_(wanted))
         return {r.system: _domain(r) for r in rows}
 
+    def by_namespaces(self, namespaces: Iterable[str]) -> dict[str, IdentityDomain]:
+        wanted = sorted(set(namespaces))
+        if not wanted:
+            return {}
+        rows = IdentityDomainRow.select().where(IdentityDomainRow.namespace.in_(wanted))
+        return {r.namespace: _domain(r) for r in rows}
+
     def any_registered(self) -> bool:
         return IdentityDomainRow.select().exists()
 
     def insert(self, *, domain_id: uuid.UUID, system: str, name: str, sources: list[str],
-               now: datetime) -> IdentityDomain:
+               now: datetime, namespace: str | None = None) -> IdentityDomain:
+        if namespace is not None and IdentityDomainRow.select().where(
+                IdentityDomainRow.namespace == namespace).exists():
+            raise Conflict(f"another domain has the HL7 namespace {namespace}",
+                           field="namespace")
         try:
             with IdentityDomainRow._meta.database.atomic():  # type: ignore[attr-defined]
                 row = IdentityDomainRow.create(id=domain_id, system=system, name=name,
-                                               sources=",".join(sources), created_at=now)
+                                               sources=",".join(sources), created_at=now,
+                                               namespace=namespace)
         except peewee.IntegrityError as exc:
             raise Conflict(f"the domain {system} is registered already",
                            field="system") from exc

@@ -360,9 +360,41 @@ class IdentityDomainRow(BaseModel):
     name = peewee.CharField(max_length=200)
     sources = peewee.TextField()  # comma-separated source names, or *
     created_at = peewee.DateTimeField()
+    namespace = peewee.CharField(max_length=64, null=True, unique=True)  # HL7 v2 HD-1
 
     class Meta:
         table_name = "identity_domain"
+
+
+class Hl7SenderRow(BaseModel):
+    """A system that sends HL7 v2 messages (MSH-3 at MSH-4), as a client of its own."""
+
+    pk = peewee.BigAutoField()
+    name = peewee.CharField(max_length=64, unique=True)
+    application = peewee.CharField(max_length=64)
+    facility = peewee.CharField(max_length=64)
+    sources = peewee.TextField()  # comma-separated source names, or *
+    scopes = peewee.TextField()  # space-separated
+    certificate = peewee.CharField(max_length=200, null=True)
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "hl7_sender"
+        indexes = ((("application", "facility"), True),)
+
+
+class Hl7ReceiptRow(BaseModel):
+    """The acknowledgement a sender's message (by MSH-10) got, kept so a resend gets it."""
+
+    pk = peewee.BigAutoField()
+    sender = peewee.CharField(max_length=64)
+    control_id = peewee.CharField(max_length=199)
+    ack = peewee.TextField()
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "hl7_receipt"
+        indexes = ((("sender", "control_id"), True),)
 
 
 class SchemaMigrationRow(BaseModel):

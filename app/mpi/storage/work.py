@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -137,6 +138,18 @@ class UnitOfWork:
         self.clock = clock
         self.synchronous_reads = synchronous_reads
         self._postgres = is_postgres(db)
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def attached(self, write: Callable[[Transaction], None]) -> Iterator[None]:
+        """Run ``write(tx)`` at the end of each unit of work this thread opens meanwhile,
+        in its transaction: what a caller above the services must record with the change
+        or not at all (an HL7 message's acknowledgement, kept for a resend)."""
+        self._local.attached = write
+        try:
+            yield
+        finally:
+            self._local.attached = None
 
     @contextlib.contextmanager
     def begin(self, actor: Actor) -> Iterator[Transaction]:
@@ -247,5 +260,8 @@ class UnitOfWork:
     def _flush(self, tx: Transaction) -> None:
         if self._postgres and not self.synchronous_reads and tx.reads_only:
             self._db.execute_sql(SET_ASYNC_COMMIT)
+        attached = getattr(self._local, "attached", None)
+        if attached is not None and not tx.reads_only:
+            attached(tx)
         write_audit_rows(tx._audits, tx.actor, tx.now)
         append_events(self._db, tx._events, tx.actor, tx.now)

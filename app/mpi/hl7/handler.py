@@ -1,0 +1,668 @@
+"""One HL7 v2 message in, one acknowledgement or response out.
+
+- ITI-8 Patient Identity Feed: ADT^A01, A04, A05, A08 (and A28, A31) create or update the
+  sender's record named by the PID-3 identifier in a domain the sender assigns; ADT^A40
+  merges the record in MRG-1 into the one in PID-3, and the two persons as a steward's
+  merge would (undoable).
+- ITI-9 PIX Query: QBP^Q23 -> RSP^K23.
+- ITI-21 PDQ: QBP^Q22 -> RSP^K22, paged by RCP-2 with a continuation pointer (DSC),
+  cancelled by QCN^J01.
+
+Every message names its sender in MSH-3/MSH-4; an unregistered sender (or one without
+the client certificate its registration names) is refused (AR) and the refusal audited.
+A message that changed something is acknowledged in the same transaction as the change
+(:meth:`mpi.storage.work.UnitOfWork.attached`) and the acknowledgement kept, so the
+same MSH-10 sent again gets it back and changes nothing. Errors are acknowledged with
+MSA-1 AE (or AR) and ERR segments naming the field (ERR-2) and the HL7 table 0357 code
+(ERR-3). Nothing from a message goes into the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+from mpi.auth.senders import principal
+from mpi.domain.access import smart
+from mpi.domain.audit import Actor, AuditTag
+from mpi.domain.criteria import Criteria, Term, Token
+from mpi.domain.domains import PERSON_SYSTEM, SOURCE_SYSTEM
+from mpi.domain.errors import (
+    ConcurrentChange,
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    MalformedInput,
+    NotFound,
+    StateConflict,
+    StorageUnavailable,
+)
+from mpi.domain.patient import Patient, PatientInput
+from mpi.fhir.search import identifier_token, parse_date
+from mpi.hl7 import codec
+from mpi.hl7.codec import Message, MessageError
+from mpi.hl7.pid import (
+    FIELD_LOCATIONS,
+    SSN_SYSTEM,
+    Authority,
+    authority,
+    read_pid,
+    system_of,
+    write_pid,
+)
+from mpi.storage.hl7 import StoredSender
+
+log = logging.getLogger("mpi.hl7")
+
+FEED_EVENTS = frozenset({"A01", "A04", "A05", "A08", "A28", "A31"})
+#: HL7 table 0357 texts.
+CODES = {"0": "Message accepted", "100": "Segment sequence error",
+         "101": "Required field missing", "102": "Data type error",
+         "103": "Table value not found", "200": "Unsupported message type",
+         "201": "Unsupported event code", "204": "Unknown key identifier",
+         "205": "Duplicate key identifier", "206": "Application record locked",
+         "207": "Application internal error"}
+#: RCP-2 when none is given, and the most one response carries.
+DEFAULT_QUANTITY = 50
+MAX_QUANTITY = 200
+#: How long a PDQ continuation pointer stays valid, and how many are kept.
+CONTINUATION_TTL_S = 600.0
+CONTINUATIONS_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One ERR segment."""
+
+    code: str
+    location: tuple[object, ...]
+    reason: str
+    severity: str = "E"
+
+
+class Refusal(Exception):
+    """The message is answered with MSA-1 ``status`` (AE or AR) and these problems."""
+
+    def __init__(self, status: str, problems: Sequence[Problem]):
+        super().__init__(problems[0].reason if problems else status)
+        self.status = status
+        self.problems = list(problems)
+
+
+def refuse(code: str, location: Sequence[object], reason: str, status: str = "AE") -> Refusal:
+    return Refusal(status, [Problem(code, tuple(location), reason)])
+
+
+@dataclass
+class _Continuation:
+    sender: str
+    tag: str
+    criteria: Criteria
+    wanted: frozenset[str] | None
+    offset: int
+    quantity: int
+    expires: float
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of the connection."""
+
+    ip: str | None = None
+    certificate: str | None = None  # the client certificate's subject common name
+
+
+class Hl7Handler:
+    """Answers messages with the services of one process (``mpi.wiring.Services``)."""
+
+    def __init__(self, services: Any, *, application: str, facility: str,
+                 certificates_required: bool, new_control_id: Callable[[], str] | None = None):
+        self._s = services
+        self._application = application
+        self._facility = facility
+        self._certificates_required = certificates_required
+        self._new_control_id = new_control_id or (lambda: secrets.token_hex(10))
+        self._continuations: OrderedDict[str, _Continuation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # --- the entry point -------------------------------------------------------------------
+
+    def handle(self, block: bytes, peer: Peer = Peer()) -> bytes:
+        """The answer to one MLLP block (never raises for what the peer sent)."""
+        try:
+            message = codec.decode(block)
+        except MessageError as exc:
+            return codec.encode(self._ack_unread(exc), "utf-8")
+        try:
+            segments = self._answer(message, peer)
+        except _Resent as resent:
+            segments = resent.segments
+        except Refusal as refused:
+            segments = self._error(message, refused)
+        except DomainError as exc:
+            segments = self._error(message, _domain_refusal(exc))
+        except Exception:
+            log.exception("HL7 message failed", extra={"hl7_type": "^".join(message.type)})
+            segments = self._error(message, refuse("207", ("MSH", 1, 9),
+                                                   "the message could not be processed"))
+        return codec.encode(segments, message.codec)
+
+    def _answer(self, message: Message, peer: Peer) -> list[str]:
+        sender = self._sender(message, peer)
+        code, event, _ = message.type
+        stored = self._s.senders.receipt(sender.name, message.control_id)
+        if stored is not None:
+            return stored.split("\r")
+        actor = Actor(user_id=sender.name, ip=peer.ip,
+                      user_agent=f"HL7 {message.get('MSH', 3)}^{message.get('MSH', 4)}",
+                      request_id=message.control_id[:64], sources=frozenset(sender.sources))
+        if code == "ADT" and event in FEED_EVENTS:
+            return self._feed(message, sender, actor)
+        if code == "ADT" and event == "A40":
+            return self._merge(message, sender, actor)
+        if code == "QBP" and event == "Q23":
+            return self._pix(message, sender, actor)
+        if code == "QBP" and event == "Q22":
+            return self._pdq(message, sender, actor)
+        if code == "QCN" and event == "J01":
+            return self._cancel(message, sender)
+        if code in ("ADT", "QBP", "QCN"):
+            raise refuse("201", ("MSH", 1, 9, 1, 2), f"event {event} of {code} is not "
+                         "supported", status="AR")
+        raise refuse("200", ("MSH", 1, 9, 1, 1), f"message type {code} is not supported",
+                     status="AR")
+
+    # --- who sends -------------------------------------------------------------------------
+
+    def _sender(self, message: Message, peer: Peer) -> StoredSender:
+        application, facility = message.get("MSH", 3), message.get("MSH", 4)
+        sender = self._s.senders.identify(application, facility)
+        reason = None
+        if sender is None:
+            reason = "no sender is registered for this sending application and facility"
+        elif self._certificates_required and sender.certificate != peer.certificate:
+            reason = "the client certificate is not the one registered for this sender"
+        elif sender.certificate is not None and peer.certificate != sender.certificate:
+            reason = "this sender must connect with its client certificate"
+        if reason is None:
+            assert sender is not None
+            return sender
+        actor = Actor(user_id=f"hl7:{application}^{facility}"[:128], ip=peer.ip,
+                      request_id=message.control_id[:64])
+        with self._s.work.begin(actor) as tx:
+            tx.audit(AuditTag.HL7_MESSAGE_REJECTED, None, new={
+                "application": application, "facility": facility,
+                "certificate": peer.certificate, "type": "^".join(message.type),
+                "reason": reason})
+        raise refuse("103", ("MSH", 1, 3), reason, status="AR")
+
+    def _require(self, sender: StoredSender, permission: str, what: str) -> None:
+        if not principal(sender).may(smart("Patient", permission)):
+            raise refuse("207", ("MSH", 1, 9), f"this sender may not {what} (its registration "
+                         f"lacks system/Patient.{permission})", status="AR")
+
+    # --- ITI-8: the feed -------------------------------------------------------------------
+
+    def _feed(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
+        self._require(sender, "c", "create records")
+        self._require(sender, "u", "update records")
+        data = self._record(message, actor)
+        ack = self._ack(message, "AA")
+        with self._receipt(sender, message, ack):
+            self._upsert(data, actor)
+        return ack
+
+    def _record(self, message: Message, actor: Actor, *, segment: str = "PID",
+                active: bool = True) -> PatientInput:
+        if not message.segments(segment):
+            raise refuse("100", (segment,), f"the message has no {segment} segment")
+        demographics = read_pid(message, self._resolve, segment)
+        key = self._s.domains.source_for([(s, v) for _, s, v in demographics.keys], actor)
+        if key is None:
+            raise refuse("204", (segment, 1, 3), "no PID-3 identifier is in a domain this "
+                         "sender assigns (register the domain with the sender's source)")
+        source, source_id = key
+        body = {"source": source, "source_id": source_id, "active": active,
+                **demographics.fields}
+        try:
+            return self._s.patients.parse(json.dumps(body).encode())
+        except InvalidInput as exc:
+            raise Refusal("AE", [_problem(p.field, p.reason, segment) for p in exc.problems]) \
+                from None
+        except MalformedInput as exc:
+            raise refuse("102", (segment,), exc.message) from None
+
+    def _upsert(self, data: PatientInput, actor: Actor) -> Patient:
+        existing = self._s.patients.id_of(data.source, data.source_id)
+        if existing is None:
+            try:
+                return self._s.patients.create(data, actor)  # type: ignore[no-any-return]
+            except Conflict as clash:  # created meanwhile by the same sender: update it
+                if clash.existing_id is None:
+                    raise
+                existing = clash.existing_id
+        return self._s.patients.update(  # type: ignore[no-any-return]
+            existing, data, actor, expected_version=None)
+
+    def _merge(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
+        """ADT^A40: MRG-1's record (in the sender's domain) into PID-3's."""
+        self._require(sender, "u", "merge records")
+        survivor = self._record(message, actor)
+        if not message.segments("MRG"):
+            raise refuse("100", ("MRG",), "ADT^A40 needs an MRG segment")
+        merged_key = None
+        for n, rep in enumerate(message.repetitions("MRG", 1), start=1):
+            value, found = message.part(rep, 1), authority(message, rep)
+            system = self._resolve(found) if not found.empty() else None
+            if value and system is None:
+                raise refuse("204", ("MRG", 1, 1, n, 4), "unknown assigning authority")
+            if value and system:
+                key = self._s.domains.source_for([(system, value)], actor)
+                if key is not None and key[0] == survivor.source:
+                    merged_key = key
+                    break
+        if merged_key is None:
+            raise refuse("204", ("MRG", 1, 1), "MRG-1 names no record of the sender's "
+                         "domain")
+        survivor_id = self._s.patients.id_of(survivor.source, survivor.source_id)
+        if survivor_id is None:
+            raise refuse("204", ("PID", 1, 3), "the surviving record (PID-3) is not known")
+        merged_id = self._s.patients.id_of(*merged_key)
+        if merged_id is None:
+            raise refuse("204", ("MRG", 1, 1), "the record to merge (MRG-1) is not known")
+        if merged_id == survivor_id:
+            raise refuse("205", ("MRG", 1, 1), "MRG-1 and PID-3 name the same record")
+        old = self._s.patients.get(merged_id, actor)
+        content = {k: v for k, v in old.to_dict().items() if k in PatientInput.model_fields
+                   and k not in ("id", "version", "created_at", "updated_at", "person_id",
+                                 "replaced_by", "replaces")}
+        content["active"] = False
+        data = self._s.patients.parse(json.dumps(content).encode())
+        ack = self._ack(message, "AA")
+        with self._receipt(sender, message, ack):
+            self._s.patients.merge_into(merged_id, data, survivor_id, actor, whole_person=True)
+        return ack
+
+    # --- ITI-9: PIX query ------------------------------------------------------------------
+
+    def _pix(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
+        self._require(sender, "r", "read records")
+        tag = message.get("QPD", 2)
+        rep = (message.repetitions("QPD", 3) or [""])[0]
+        value, found = message.part(rep, 1), authority(message, rep)
+        if not value:
+            raise refuse("101", ("QPD", 1, 3, 1, 1), "QPD-3 needs the identifier")
+        system = self._resolve(found) if not found.empty() else None
+        if system is None or self._s.domains.unknown([system]):
+            raise refuse("204", ("QPD", 1, 3, 1, 4), "the assigning authority of QPD-3 is "
+                         "not a known domain")
+        wanted = self._wanted(message, 4)
+        records = self._records_of(system, value, actor)
+        if records is None:
+            raise refuse("204", ("QPD", 1, 3, 1, 1), "the identifier in QPD-3 is not known")
+        identifiers = [i for i in _identifiers(records)
+                       if (i[0], i[1]) != (system, value)
+                       and (wanted is None or i[0] in wanted)]
+        segments = self._head(message, "RSP^K23^RSP_K23", "AA")
+        segments.append(codec.segment("QAK", codec.escape(tag), "OK" if identifiers else "NF"))
+        segments.append(_echo(message, "QPD"))
+        if identifiers:
+            namespaces = self._s.domains.namespaces({i[0] for i in identifiers})
+            pid3 = [_cx(s, v, t, namespaces) for s, v, t in identifiers]
+            segments.append(codec.segment("PID", None, None, pid3, None, "^^^^^^S"))
+        return segments
+
+    def _records_of(self, system: str, value: str, actor: Actor) -> list[Patient] | None:
+        """The live records of the person whose record carries (system, value)."""
+        token = identifier_token(system, value)
+        found = self._s.patients.find(Criteria((Term("identifier", (token,)),)), actor,
+                                      offset=0, count=1, total=False)
+        if not found.items or found.items[0].replaced_by is not None:
+            return None
+        person = self._s.persons.person_of_patient(found.items[0].id, actor)
+        return [r.patient for r in person.records if r.patient.replaced_by is None]
+
+    def _wanted(self, message: Message, number: int) -> frozenset[str] | None:
+        """The domains QPD-``number`` asks for (None: every one)."""
+        systems = []
+        for n, rep in enumerate(message.repetitions("QPD", number), start=1):
+            found = authority(message, rep)
+            if found.empty():
+                continue
+            system = self._resolve(found)
+            if system is None or self._s.domains.unknown([system]):
+                raise refuse("204", ("QPD", 1, number, n), f"the domain {n} in "
+                             f"QPD-{number} is not known")
+            systems.append(system)
+        return frozenset(systems) if systems else None
+
+    # --- ITI-21: PDQ -----------------------------------------------------------------------
+
+    def _pdq(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
+        self._require(sender, "s", "search records")
+        tag = message.get("QPD", 2)
+        pointer = message.get("DSC", 1)
+        if pointer:
+            state = self._take(pointer, sender.name, tag)
+        else:
+            quantity = self._quantity(message)
+            state = _Continuation(sender.name, tag, self._criteria(message),
+                                  self._wanted(message, 8), 0, quantity, 0.0)
+        found = self._s.patients.find(state.criteria, actor, offset=state.offset,
+                                      count=state.quantity, total=True)
+        records = found.items
+        wanted = state.wanted
+        rows = []
+        if records:
+            ids = {p.person_id for p in records if p.person_id}
+            namespaces = self._s.domains.namespaces(
+                {s for p in records for s, _, _ in _identifiers([p])} | {PERSON_SYSTEM})
+            for patient in records:
+                idents = [i for i in _identifiers([patient], with_person=patient.person_id in ids)
+                          if wanted is None or i[0] in wanted]
+                if not idents:
+                    continue
+                rows.append(write_pid(patient, idents, namespaces, set_id=len(rows) + 1))
+        total = found.total if found.total is not None else len(records)
+        shown = state.offset + len(records)
+        segments = self._head(message, "RSP^K22^RSP_K21", "AA")
+        segments.append(codec.segment("QAK", codec.escape(tag), "OK" if rows else "NF",
+                                      codec.value(*message.components(message.raw("QPD", 1))),
+                                      str(total), str(len(rows)), str(max(total - shown, 0))))
+        segments.append(_echo(message, "QPD"))
+        segments.extend(rows)
+        if found.more:
+            segments.append(codec.segment("DSC", self._keep(state, shown), "I"))
+        return segments
+
+    def _quantity(self, message: Message) -> int:
+        raw = message.get("RCP", 2)
+        unit = message.get("RCP", 2, 1, 2).upper()
+        if not raw:
+            return DEFAULT_QUANTITY
+        if not raw.isdigit() or int(raw) < 1 or unit not in ("", "RD"):
+            raise refuse("102", ("RCP", 1, 2), "RCP-2 must be a number of records (RD)")
+        return min(int(raw), MAX_QUANTITY)
+
+    def _criteria(self, message: Message) -> Criteria:
+        terms: list[Term] = []
+        identifier: dict[str, str] = {}
+        for n, rep in enumerate(message.repetitions("QPD", 3), start=1):
+            path = message.part(rep, 1).lstrip("@").upper()
+            value = message.part(rep, 2)
+            location = ("QPD", 1, 3, n)
+            if not path:
+                continue
+            if not value:
+                raise refuse("101", (*location, 2), f"no value for {path}")
+            subject = _PDQ_FIELDS.get(path)
+            if subject == "identifier":
+                identifier["value"] = value
+            elif subject and subject.startswith("authority"):
+                identifier[subject] = value
+            elif subject == "birthdate":
+                terms.append(Term("birthdate", (_date_range(value, location),)))
+            elif subject == "gender":
+                gender = {"M": "male", "F": "female", "O": "other", "A": "other",
+                          "U": "unknown"}.get(value.upper())
+                if gender is None:
+                    raise refuse("103", (*location, 2), "sex must be M, F, O, A or U")
+                terms.append(Term("gender", (gender,)))
+            elif subject == "telecom":
+                terms.append(Term("telecom", (Token(None, value, any_system=True),)))
+            elif subject == "ssn":
+                terms.append(Term("identifier", (identifier_token(SSN_SYSTEM, value),)))
+            elif subject is not None:
+                terms.append(Term(subject, (value.rstrip("*"),)))  # type: ignore[arg-type]
+            else:
+                raise refuse("103", (*location, 1), f"searching by {path} is not supported")
+        if identifier:
+            terms.append(self._identifier_term(identifier))
+        if not terms:
+            raise refuse("101", ("QPD", 1, 3), "QPD-3 needs at least one search parameter")
+        return Criteria(tuple(terms))
+
+    def _identifier_term(self, parts: dict[str, str]) -> Term:
+        found = Authority(parts.get("authority", parts.get("authority1", "")),
+                          parts.get("authority2", ""), parts.get("authority3", "").upper())
+        system = self._resolve(found) if not found.empty() else None
+        if not found.empty() and (system is None or self._s.domains.unknown([system])):
+            raise refuse("204", ("QPD", 1, 3), "the assigning authority searched is not a "
+                         "known domain")
+        value = parts.get("value")
+        return Term("identifier", (identifier_token(system, value, any_system=system is None),))
+
+    def _keep(self, state: _Continuation, offset: int) -> str:
+        pointer = secrets.token_hex(8)
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, c in self._continuations.items() if c.expires < now]:
+                del self._continuations[key]
+            while len(self._continuations) >= CONTINUATIONS_KEPT:
+                self._continuations.popitem(last=False)
+            self._continuations[pointer] = _Continuation(
+                state.sender, state.tag, state.criteria, state.wanted, offset, state.quantity,
+                now + CONTINUATION_TTL_S)
+        return pointer
+
+    def _take(self, pointer: str, sender: str, tag: str) -> _Continuation:
+        with self._lock:
+            state = self._continuations.pop(pointer, None)
+        if (state is None or state.expires < time.monotonic() or state.sender != sender
+                or state.tag != tag):
+            raise refuse("204", ("DSC", 1, 1), "unknown, expired or cancelled continuation "
+                         "pointer (query again without DSC)")
+        return state
+
+    def _cancel(self, message: Message, sender: StoredSender) -> list[str]:
+        """QCN^J01: forget the continuation of the query QID-1 names."""
+        tag = message.get("QID", 1)
+        if not tag:
+            raise refuse("101", ("QID", 1, 1), "QID-1 needs the query tag")
+        with self._lock:
+            for key in [k for k, c in self._continuations.items()
+                        if c.sender == sender.name and c.tag == tag]:
+                del self._continuations[key]
+        return self._ack(message, "AA")
+
+    # --- acknowledgements ------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_with(domains: Any, found: Authority) -> str | None:
+        system = system_of(found)
+        if system is not None:
+            return system
+        if found.namespace:
+            domain = domains.by_namespace(found.namespace)
+            if domain is not None:
+                return str(domain.system)
+        return None
+
+    def _resolve(self, found: Authority) -> str | None:
+        return self._resolve_with(self._s.domains, found)
+
+    def _head(self, message: Message, message_type: str, status: str,
+              text: str | None = None) -> list[str]:
+        return [codec.msh(application=self._application, facility=self._facility,
+                          to_application=codec.value(*message.components(message.raw("MSH", 3))),
+                          to_facility=codec.value(*message.components(message.raw("MSH", 4))),
+                          message_type=message_type, control_id=self._new_control_id(),
+                          charset=message.charset, now=self._s.work.clock()),
+                codec.segment("MSA", status, codec.escape(message.control_id[:199]),
+                              codec.escape(text) if text else None)]
+
+    def _ack(self, message: Message, status: str,
+             problems: Sequence[Problem] = ()) -> list[str]:
+        _code, event, _ = message.type
+        segments = self._head(message, f"ACK^{codec.escape(event)}^ACK", status,
+                              problems[0].reason if problems else None)
+        segments.extend(_err(p) for p in problems)
+        return segments
+
+    def _error(self, message: Message, refused: Refusal) -> list[str]:
+        code, event, _ = message.type
+        if code == "QBP" and event in ("Q22", "Q23"):
+            structure = "RSP^K23^RSP_K23" if event == "Q23" else "RSP^K22^RSP_K21"
+            segments = self._head(message, structure, refused.status,
+                                  refused.problems[0].reason if refused.problems else None)
+            segments.extend(_err(p) for p in refused.problems)
+            segments.append(codec.segment("QAK", codec.escape(message.get("QPD", 2)),
+                                          refused.status))
+            if message.segments("QPD"):
+                segments.append(_echo(message, "QPD"))
+            return segments
+        return self._ack(message, refused.status, refused.problems)
+
+    def _ack_unread(self, exc: MessageError) -> list[str]:
+        """An ACK for a message that could not be read at all (no MSH-10 to name)."""
+        return [codec.msh(application=self._application, facility=self._facility,
+                          to_application="", to_facility="", message_type="ACK",
+                          control_id=self._new_control_id(), charset="",
+                          now=self._s.work.clock()),
+                codec.segment("MSA", "AR", ""),
+                _err(Problem(exc.code, exc.location, exc.reason))]
+
+    def _receipt(self, sender: StoredSender, message: Message, ack: list[str]) -> Any:
+        text = "\r".join(ack)
+        receipts, control_id = self._s.senders.receipts, message.control_id
+        return _Receipt(self._s.work, lambda tx: receipts.insert(
+            sender.name, control_id, text, now=tx.now), self._s.senders, sender.name,
+            control_id)
+
+
+class _Receipt:
+    """The acknowledgement written with the change; a concurrent twin of the same message
+    (the same MSH-10 committed first) is answered with that one's acknowledgement."""
+
+    def __init__(self, work: Any, write: Callable[[Any], None], senders: Any, sender: str,
+                 control_id: str):
+        self._attached = work.attached(write)
+        self._senders, self._sender, self._control_id = senders, sender, control_id
+
+    def __enter__(self) -> None:
+        self._attached.__enter__()
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        self._attached.__exit__(kind, exc, tb)
+        if isinstance(exc, peewee.IntegrityError):
+            stored = self._senders.receipt(self._sender, self._control_id)
+            if stored is not None:
+                raise _Resent(stored.split("\r")) from None
+        return False
+
+
+class _Resent(Refusal):
+    def __init__(self, segments: list[str]):
+        super().__init__("AA", [])
+        self.segments = segments
+
+
+def _domain_refusal(exc: DomainError) -> Refusal:
+    if isinstance(exc, InvalidInput):
+        return Refusal("AE", [_problem(p.field, p.reason, "PID") for p in exc.problems])
+    if isinstance(exc, Forbidden):
+        return refuse("207", ("PID", 1, 3), exc.message, status="AR")
+    if isinstance(exc, NotFound):
+        return refuse("204", ("PID", 1, 3), exc.message)
+    if isinstance(exc, ConcurrentChange):
+        return refuse("206", ("PID", 1, 3), exc.message)
+    if isinstance(exc, Conflict):
+        return refuse("205", ("PID", 1, 3), exc.message)
+    if isinstance(exc, StateConflict):
+        return refuse("207", ("MSH", 1, 9), exc.message)
+    if isinstance(exc, StorageUnavailable):
+        return refuse("207", ("MSH", 1, 9), "the database is unavailable; send again")
+    return refuse("207", ("MSH", 1, 9), exc.message)
+
+
+def _problem(field: str, reason: str, segment: str) -> Problem:
+    top = field.split(".", 1)[0].split("[", 1)[0]
+    number = FIELD_LOCATIONS.get(top, 3)
+    code = "101" if "needs" in reason or "required" in reason.lower() else "102"
+    return Problem(code, (segment, 1, number), f"{field}: {reason}")
+
+
+def _err(problem: Problem) -> str:
+    location = codec.repetition(*(codec.escape(str(x)) for x in problem.location))
+    return codec.segment("ERR", None, location,
+                         codec.value(problem.code, CODES.get(problem.code, ""), "HL70357"),
+                         problem.severity, None, None, codec.escape(problem.reason))
+
+
+def _echo(message: Message, name: str) -> str:
+    """A segment as received, re-encoded with the standard encoding characters."""
+    seg = message.segments(name)[0]
+    fields = []
+    for number in range(1, len(seg)):
+        reps = message.repetitions(name, number)
+        fields.append([codec.repetition(*(
+            codec.component(*(message.unescape(s) for s in c.split(message.separators[4])))
+            for c in rep.split(message.separators[1]))) for rep in reps])
+    return codec.segment(name, *fields)
+
+
+def _identifiers(records: Sequence[Patient], *,
+                 with_person: bool = True) -> list[tuple[str, str, str | None]]:
+    """(system, value, type) of every identifier of these records, each once: the
+    enterprise id, each record's id in its source, and what the records carry."""
+    out: list[tuple[str, str, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(system: str, value: str, kind: str | None) -> None:
+        if (system, value) not in seen:
+            seen.add((system, value))
+            out.append((system, value, kind))
+
+    for patient in records:
+        if with_person and patient.person_id:
+            add(PERSON_SYSTEM, patient.person_id, "PI")
+        add(SOURCE_SYSTEM + patient.source, patient.source_id, "MR")
+        for ident in patient.identifiers:
+            add(ident.system, ident.value, ident.type)
+    return out
+
+
+def _cx(system: str, value: str, kind: str | None, namespaces: dict[str, str]) -> str:
+    from mpi.hl7.pid import cx
+
+    return cx(value, system, namespaces, kind)
+
+
+def _date_range(value: str, location: tuple[object, ...]) -> Any:
+    digits = value[:8]
+    if not digits.isdigit() or len(digits) not in (4, 6, 8):
+        raise refuse("102", (*location, 2), "a birth date is YYYY, YYYYMM or YYYYMMDD")
+    text = "-".join(x for x in (digits[:4], digits[4:6], digits[6:8]) if x)
+    try:
+        return parse_date(text)
+    except ValueError:
+        raise refuse("102", (*location, 2), "not a real date") from None
+
+
+#: QPD-3 field paths (ITI-21) and what they search.
+_PDQ_FIELDS = {
+    "PID.3": "identifier", "PID.3.1": "identifier",
+    "PID.3.4": "authority", "PID.3.4.1": "authority1", "PID.3.4.2": "authority2",
+    "PID.3.4.3": "authority3",
+    "PID.5": "family", "PID.5.1": "family", "PID.5.1.1": "family", "PID.5.2": "given",
+    "PID.5.3": "given",
+    "PID.6": "mothersMaidenName", "PID.6.1": "mothersMaidenName",
+    "PID.6.1.1": "mothersMaidenName",
+    "PID.7": "birthdate", "PID.7.1": "birthdate",
+    "PID.8": "gender",
+    "PID.11": "address", "PID.11.1": "address", "PID.11.1.1": "address",
+    "PID.11.3": "address-city", "PID.11.4": "address-state",
+    "PID.11.5": "address-postalcode", "PID.11.6": "address-country",
+    "PID.13": "telecom", "PID.13.1": "telecom", "PID.14": "telecom", "PID.14.1": "telecom",
+    "PID.19": "ssn",
+}
