@@ -8,6 +8,7 @@
     mpi reindex               rebuild the search index beside the live one, then swap
     mpi import | export       load a CSV through the online linking path; write the clusters
     mpi domain add|list|remove   identity domains (assigning authorities)
+    mpi hl7 sender add|list|remove; mpi hl7 listen   HL7 v2 senders; the MLLP listener alone
     mpi dedupe | link | train | blocking report    matching on files
 
 The command groups live in ``mpi.commands``. argparse rather than a CLI framework:
@@ -28,7 +29,16 @@ EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpi.commands import access, database, domains, matching, registry, search, service
+    from mpi.commands import (
+        access,
+        database,
+        domains,
+        hl7,
+        matching,
+        registry,
+        search,
+        service,
+    )
 
     parser = argparse.ArgumentParser(prog="mpi", description="Master Patient Index")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.register(commands)  # reindex
     access.register(commands)  # token create, list, revoke
     domains.register(commands)  # domain add, list, remove
+    hl7.register(commands)  # hl7 sender add, list, remove; hl7 listen
     return parser
 
 

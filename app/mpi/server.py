@@ -4,6 +4,9 @@ On SIGTERM gunicorn stops accepting, lets in-flight requests finish (up to
 GRACEFUL_TIMEOUT) and exits 0. Workers build their own app, and so their own
 connection pool, after the fork.
 
+With HL7_MLLP_PORT set, the master also forks the HL7 v2 MLLP listener
+(``mpi.hl7.listener``), supervised the same way.
+
 The search index is written by a process of its own (``mpi.search.process``),
 forked by the master once it is ready and before the workers; the master stops
 it on exit, and forks another if it dies (from its loop, about a second later). The
@@ -80,6 +83,14 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
 
         self._settings = settings
         self.indexer = IndexerProcess(lambda: wiring.build(settings))
+        # HL7_MLLP_PORT: the MLLP listener, another child of the master; its socket is
+        # bound here so that a port in use stops the start, as SERVER_PORT's does.
+        self.listener = None
+        if settings.hl7_mllp_port is not None:
+            from mpi.hl7.listener import ListenerProcess, bind
+
+            self.listener = ListenerProcess(settings, lambda: wiring.build(settings),
+                                            bind(settings))
         super().__init__()
 
     def load_config(self) -> None:
@@ -92,26 +103,35 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
 
     def _when_ready(self, arbiter: Any) -> None:
         # Before the workers exist: the indexer process takes the writer lock first.
-        self.indexer.start(close_fds=tuple(s.fileno() for s in arbiter.LISTENERS))
+        http = tuple(s.fileno() for s in arbiter.LISTENERS)
+        mllp = (self.listener.socket.fileno(),) if self.listener is not None else ()
+        self.indexer.start(close_fds=http + mllp)
+        if self.listener is not None:
+            self.listener.start(close_fds=http)
 
     def _post_fork(self, arbiter: Any, worker: Any) -> None:
         # In each new worker: yield the CPU to the indexer process (no privilege needed).
         lower_priority(self._settings.search_worker_niceness)
+        if self.listener is not None:  # the MLLP socket is the listener process's alone
+            self.listener.socket.close()
         when_orphaned(lambda: leave(self._settings.graceful_timeout))
 
     def _on_exit(self, arbiter: Any) -> None:
         self.indexer.stop()
+        if self.listener is not None:
+            self.listener.stop()
 
     def run(self) -> None:
         """gunicorn's master loop, which also forks a new indexer process if it died."""
         from gunicorn.arbiter import Arbiter
 
-        indexer = self.indexer
+        children = [c for c in (self.indexer, self.listener) if c is not None]
 
         class MPIArbiter(Arbiter):  # type: ignore[misc]
             def manage_workers(self) -> None:
                 super().manage_workers()
-                indexer.revive()
+                for child in children:
+                    child.revive()
 
         try:
             MPIArbiter(self).run()

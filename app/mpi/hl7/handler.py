@@ -108,6 +108,7 @@ class _Continuation:
     sender: str
     tag: str
     criteria: Criteria
+    probe: dict[str, Any]
     wanted: frozenset[str] | None
     offset: int
     quantity: int
@@ -311,8 +312,7 @@ class Hl7Handler:
         if records is None:
             raise refuse("204", ("QPD", 1, 3, 1, 1), "the identifier in QPD-3 is not known")
         identifiers = [i for i in _identifiers(records)
-                       if (i[0], i[1]) != (system, value)
-                       and (wanted is None or i[0] in wanted)]
+                       if (i[0], i[1]) != (system, value) and _returned(i[0], wanted)]
         segments = self._head(message, "RSP^K23^RSP_K23", "AA")
         segments.append(codec.segment("QAK", codec.escape(tag), "OK" if identifiers else "NF"))
         segments.append(_echo(message, "QPD"))
@@ -356,29 +356,33 @@ class Hl7Handler:
             state = self._take(pointer, sender.name, tag)
         else:
             quantity = self._quantity(message)
-            state = _Continuation(sender.name, tag, self._criteria(message),
-                                  self._wanted(message, 8), 0, quantity, 0.0)
+            criteria, probe = self._criteria(message)
+            state = _Continuation(sender.name, tag, criteria, probe, self._wanted(message, 8),
+                                  0, quantity, 0.0)
         found = self._s.patients.find(state.criteria, actor, offset=state.offset,
                                       count=state.quantity, total=True)
         records = found.items
         wanted = state.wanted
-        rows = []
+        rows: list[str] = []
         if records:
-            ids = {p.person_id for p in records if p.person_id}
+            confidence = self._confidence(state.probe, actor)
             namespaces = self._s.domains.namespaces(
                 {s for p in records for s, _, _ in _identifiers([p])} | {PERSON_SYSTEM})
             for patient in records:
-                idents = [i for i in _identifiers([patient], with_person=patient.person_id in ids)
-                          if wanted is None or i[0] in wanted]
+                idents = [i for i in _identifiers([patient]) if _returned(i[0], wanted)]
                 if not idents:
                     continue
-                rows.append(write_pid(patient, idents, namespaces, set_id=len(rows) + 1))
+                rows.append(write_pid(patient, idents, namespaces, set_id=len(rows) // 2 + 1))
+                rows.append(codec.segment(
+                    "QRI", f"{confidence.get(patient.person_id or '', 0.0):.4f}", None,
+                    codec.value("MPI-FS", "Fellegi-Sunter match probability", "L",
+                                self._s.engine.model_version)))
         total = found.total if found.total is not None else len(records)
         shown = state.offset + len(records)
         segments = self._head(message, "RSP^K22^RSP_K21", "AA")
         segments.append(codec.segment("QAK", codec.escape(tag), "OK" if rows else "NF",
                                       codec.value(*message.components(message.raw("QPD", 1))),
-                                      str(total), str(len(rows)), str(max(total - shown, 0))))
+                                      str(total), str(len(rows) // 2), str(max(total - shown, 0))))
         segments.append(_echo(message, "QPD"))
         segments.extend(rows)
         if found.more:
@@ -394,8 +398,30 @@ class Hl7Handler:
             raise refuse("102", ("RCP", 1, 2), "RCP-2 must be a number of records (RD)")
         return min(int(raw), MAX_QUANTITY)
 
-    def _criteria(self, message: Message) -> Criteria:
+    def _confidence(self, probe: dict[str, Any], actor: Actor) -> dict[str, float]:
+        """Person id -> the match probability of the query's demographics against it
+        (QRI-1), from the same engine that links records; 0 for one it does not consider
+        a candidate at all."""
+        names = {k: probe[k] for k in ("family", "given") if k in probe}
+        body: dict[str, Any] = {"source": "pdq-query", "source_id": "query",
+                                "names": [{**names, "given": names.get("given", [])}]
+                                if names else []}
+        for key in ("birth_date", "gender", "mothers_maiden_name", "identifiers", "telecom"):
+            if key in probe:
+                body[key] = probe[key]
+        if "address" in probe:
+            body["addresses"] = [probe["address"]]
+        try:
+            data = self._s.matching.parse(json.dumps(body).encode())
+        except DomainError:
+            return {}  # too little to score (a query by city alone, say)
+        result = self._s.matching.match(data, actor, limit=MAX_QUANTITY)
+        return {c.person_id: c.probability for c in result.candidates}
+
+    def _criteria(self, message: Message) -> tuple[Criteria, dict[str, Any]]:
+        """The search QPD-3 asks for, and its demographics as a record (to score)."""
         terms: list[Term] = []
+        probe: dict[str, Any] = {}
         identifier: dict[str, str] = {}
         for n, rep in enumerate(message.repetitions("QPD", 3), start=1):
             path = message.part(rep, 1).lstrip("@").upper()
@@ -406,6 +432,7 @@ class Hl7Handler:
             if not value:
                 raise refuse("101", (*location, 2), f"no value for {path}")
             subject = _PDQ_FIELDS.get(path)
+            _note(probe, subject, value)
             if subject == "identifier":
                 identifier["value"] = value
             elif subject and subject.startswith("authority"):
@@ -427,10 +454,14 @@ class Hl7Handler:
             else:
                 raise refuse("103", (*location, 1), f"searching by {path} is not supported")
         if identifier:
-            terms.append(self._identifier_term(identifier))
+            term = self._identifier_term(identifier)
+            terms.append(term)
+            token = term.values[0]
+            if isinstance(token, Token) and token.system and token.value:
+                probe["identifiers"] = [{"system": token.system, "value": token.value}]
         if not terms:
             raise refuse("101", ("QPD", 1, 3), "QPD-3 needs at least one search parameter")
-        return Criteria(tuple(terms))
+        return Criteria(tuple(terms)), probe
 
     def _identifier_term(self, parts: dict[str, str]) -> Term:
         found = Authority(parts.get("authority", parts.get("authority1", "")),
@@ -451,8 +482,8 @@ class Hl7Handler:
             while len(self._continuations) >= CONTINUATIONS_KEPT:
                 self._continuations.popitem(last=False)
             self._continuations[pointer] = _Continuation(
-                state.sender, state.tag, state.criteria, state.wanted, offset, state.quantity,
-                now + CONTINUATION_TTL_S)
+                state.sender, state.tag, state.criteria, state.probe, state.wanted, offset,
+                state.quantity, now + CONTINUATION_TTL_S)
         return pointer
 
     def _take(self, pointer: str, sender: str, tag: str) -> _Continuation:
@@ -552,13 +583,12 @@ class _Receipt:
     def __enter__(self) -> None:
         self._attached.__enter__()
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         self._attached.__exit__(kind, exc, tb)
         if isinstance(exc, peewee.IntegrityError):
             stored = self._senders.receipt(self._sender, self._control_id)
             if stored is not None:
                 raise _Resent(stored.split("\r")) from None
-        return False
 
 
 class _Resent(Refusal):
@@ -611,8 +641,7 @@ def _echo(message: Message, name: str) -> str:
     return codec.segment(name, *fields)
 
 
-def _identifiers(records: Sequence[Patient], *,
-                 with_person: bool = True) -> list[tuple[str, str, str | None]]:
+def _identifiers(records: Sequence[Patient]) -> list[tuple[str, str, str | None]]:
     """(system, value, type) of every identifier of these records, each once: the
     enterprise id, each record's id in its source, and what the records carry."""
     out: list[tuple[str, str, str | None]] = []
@@ -624,12 +653,21 @@ def _identifiers(records: Sequence[Patient], *,
             out.append((system, value, kind))
 
     for patient in records:
-        if with_person and patient.person_id:
+        if patient.person_id:
             add(PERSON_SYSTEM, patient.person_id, "PI")
         add(SOURCE_SYSTEM + patient.source, patient.source_id, "MR")
         for ident in patient.identifiers:
             add(ident.system, ident.value, ident.type)
     return out
+
+
+def _returned(system: str, wanted: frozenset[str] | None) -> bool:
+    """Whether an identifier in ``system`` is returned: every one when no domain is asked
+    for, except a source's own record ids (``urn:mpi:source:``), which HL7 consumers know
+    by the identifier in the source's domain; those only when asked for by name."""
+    if wanted is None:
+        return not system.startswith(SOURCE_SYSTEM)
+    return system in wanted
 
 
 def _cx(system: str, value: str, kind: str | None, namespaces: dict[str, str]) -> str:
@@ -647,6 +685,32 @@ def _date_range(value: str, location: tuple[object, ...]) -> Any:
         return parse_date(text)
     except ValueError:
         raise refuse("102", (*location, 2), "not a real date") from None
+
+
+def _note(probe: dict[str, Any], subject: str | None, value: str) -> None:
+    """Keep a searched value in the query's record form (for QRI-1)."""
+    value = value.rstrip("*")
+    if subject == "family":
+        probe["family"] = value
+    elif subject == "given":
+        probe.setdefault("given", []).append(value)
+    elif subject == "birthdate" and len(value) >= 8 and value[:8].isdigit():
+        probe["birth_date"] = f"{value[:4]}-{value[4:6]}-{value[6:8]}"
+    elif subject == "gender":
+        gender = {"M": "male", "F": "female", "O": "other", "U": "unknown"}.get(value.upper())
+        if gender:
+            probe["gender"] = gender
+    elif subject == "mothersMaidenName":
+        probe["mothers_maiden_name"] = value
+    elif subject == "telecom":
+        probe["telecom"] = [{"system": "phone", "value": value}]
+    elif subject == "ssn":
+        probe["identifiers"] = [{"system": SSN_SYSTEM, "value": value}]
+    elif subject and subject.startswith("address"):
+        key = {"address": "line", "address-city": "city", "address-state": "state",
+               "address-postalcode": "postal_code", "address-country": "country"}[subject]
+        address = probe.setdefault("address", {})
+        address[key] = [value] if key == "line" else value
 
 
 #: QPD-3 field paths (ITI-21) and what they search.

@@ -303,7 +303,8 @@ def write_pid(patient: Patient, identifiers: Iterable[tuple[str, str, str | None
                              _ADDRESS_USE_OUT.get(a.use or "")
                              or ("M" if a.type == "postal" else None))
                  for a in patient.addresses]
-    home, work = [], []
+    home: list[str] = []
+    work: list[str] = []
     for t in patient.telecom:
         if t.system == "email":
             rep = codec.value(None, "NET", "Internet", t.value)

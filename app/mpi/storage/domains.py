@@ -34,7 +34,7 @@ class DomainRepository:
         if not wanted:
             return {}
         rows = IdentityDomainRow.select().where(IdentityDomainRow.namespace.in_(wanted))
-        return {r.namespace: _domain(r) for r in rows}
+        return {str(r.namespace): _domain(r) for r in rows}
 
     def any_registered(self) -> bool:
         return IdentityDomainRow.select().exists()

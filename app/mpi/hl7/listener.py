@@ -1,0 +1,162 @@
+"""The MLLP listener: HL7 v2 messages framed ``0x0B ... 0x1C 0x0D`` on a TCP (or TLS)
+socket, each answered on the same connection before the next is read.
+
+python-hl7's asyncio streams do the framing; an event loop takes the connections and a
+pool of HL7_MLLP_THREADS threads runs the messages (each on a pooled database
+connection). A connection whose bytes are not MLLP (no start block, a frame larger than
+:data:`MAX_FRAME`, cut off mid-frame) is closed; a frame that is not a message is
+answered with an AR acknowledgement. Under ``mpi serve`` the listener is a process the
+gunicorn master forks and revives, as it does the search indexer; ``mpi hl7 listen``
+runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hl7.mllp import InvalidBlockError, start_hl7_server
+
+from mpi.config import Settings
+from mpi.hl7.handler import Hl7Handler, Peer
+from mpi.lifecycle import ChildProcess, when_orphaned
+
+log = logging.getLogger("mpi.hl7")
+
+#: The largest frame read (a message with many repetitions is a few kilobytes).
+MAX_FRAME = 1 << 20
+#: A connection idle this long between messages is closed.
+IDLE_TIMEOUT_S = 600.0
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket (bound in the master, so a port in use is a start-up error and
+    a revived listener takes the same socket)."""
+    host = settings.mllp_host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, settings.hl7_mllp_port or 0))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"HL7_MLLP_PORT: cannot listen on {host}:"
+                                 f"{settings.hl7_mllp_port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.hl7_mllp_tls_cert_file is None or settings.hl7_mllp_tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(settings.hl7_mllp_tls_cert_file),
+                            str(settings.hl7_mllp_tls_key_file))
+    if settings.hl7_mllp_tls_client_ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(settings.hl7_mllp_tls_client_ca_file))
+    return context
+
+
+def _common_name(peercert: Any) -> str | None:
+    for rdn in (peercert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def listen(settings: Settings, services: Any, sock: socket.socket,
+           ready: Callable[[], None] = lambda: None,
+           stopper: Callable[[Callable[[], None]], None] | None = None) -> None:
+    """Serve MLLP on ``sock`` until SIGTERM/SIGINT; ``stopper`` is handed a function that
+    stops it from any thread (tests, and a host that embeds it)."""
+    handler = Hl7Handler(services, application=settings.hl7_application,
+                         facility=settings.hl7_facility,
+                         certificates_required=settings.hl7_mllp_tls_client_ca_file is not None)
+    pool = ThreadPoolExecutor(settings.hl7_mllp_threads, thread_name_prefix="mllp")
+    asyncio.run(_serve(handler, services.db, settings, sock, pool, ready, stopper))
+    pool.shutdown(wait=True)
+
+
+async def _serve(handler: Hl7Handler, db: Any, settings: Settings, sock: socket.socket,
+                 pool: ThreadPoolExecutor, ready: Callable[[], None],
+                 stopper: Callable[[Callable[[], None]], None] | None) -> None:
+    from mpi.storage.db import connection
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    if stopper is not None:
+        stopper(lambda: loop.call_soon_threadsafe(stop.set))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+
+    def run(block: bytes, peer: Peer) -> bytes:
+        with connection(db):
+            return handler.handle(block, peer)
+
+    async def on_client(reader: Any, writer: Any) -> None:
+        address = writer.get_extra_info("peername")
+        peer = Peer(ip=address[0] if address else None,
+                    certificate=_common_name(writer.get_extra_info("peercert")))
+        try:
+            while not stop.is_set():
+                try:
+                    block = await asyncio.wait_for(reader.readblock(), IDLE_TIMEOUT_S)
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                    break  # closed, cut off mid-frame, or idle
+                except (InvalidBlockError, ValueError):
+                    log.warning("MLLP: not a frame (no start block, or too large); "
+                                "connection closed", extra={"peer": peer.ip})
+                    break
+                answer = await loop.run_in_executor(pool, run, block, peer)
+                writer.writeblock(answer)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    server = await start_hl7_server(on_client, sock=sock, ssl=tls_context(settings),
+                                    limit=MAX_FRAME)
+    log.info("HL7 MLLP listener on %s:%s%s", settings.mllp_host, sock.getsockname()[1],
+             " (TLS)" if settings.hl7_mllp_tls_cert_file else "")
+    ready()
+    async with server:
+        await stop.wait()
+    server.close()
+
+
+class ListenerProcess(ChildProcess):
+    """The listener as a child of the gunicorn master: it builds its own services after
+    the fork and serves the socket bound before it."""
+
+    def __init__(self, settings: Settings, build: Callable[[], Any], sock: socket.socket):
+        def body(ready: Callable[[], None]) -> None:
+            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+                        signal.SIGTTOU, signal.SIGWINCH):
+                signal.signal(sig, signal.SIG_IGN)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            services = build()
+            when_orphaned(lambda: os.kill(os.getpid(), signal.SIGTERM))
+            try:
+                listen(settings, services, sock, ready)
+            finally:
+                with contextlib.suppress(Exception):
+                    services.close()
+
+        super().__init__(body, "HL7 MLLP listener", ready_words=("listens", "is not ready yet"))
+        self.socket = sock
