@@ -157,6 +157,25 @@ def decode(block: bytes) -> Message:
     return message
 
 
+def decode_header(block: bytes) -> Message | None:
+    """The MSH alone, read as Latin-1 (every byte is a character), to acknowledge a
+    message whose body could not be read; None when there is no usable MSH either."""
+    first = block.lstrip(b"\r\n").replace(b"\n", b"\r").split(b"\r", 1)[0]
+    try:
+        header = decode(_without_charset(first))
+    except MessageError:
+        return None
+    header.charset, header.codec = "", "utf-8"
+    return header
+
+
+def _without_charset(msh: bytes) -> bytes:
+    fields = msh.split(msh[3:4]) if len(msh) > 3 else [msh]
+    if len(fields) > 17:
+        fields[17] = b"8859/1"
+    return msh[3:4].join(fields)
+
+
 # --- writing -------------------------------------------------------------------------------
 
 Value = str | Sequence["Value"] | None

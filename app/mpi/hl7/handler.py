@@ -143,11 +143,17 @@ class Hl7Handler:
         try:
             message = codec.decode(block)
         except MessageError as exc:
-            return codec.encode(self._ack_unread(exc), "utf-8")
+            header = codec.decode_header(block)
+            if header is None:
+                return codec.encode(self._ack_unread(exc), "utf-8")
+            return codec.encode(self._ack(header, "AR", [
+                Problem(exc.code, exc.location, exc.reason)]), "utf-8")
         try:
             segments = self._answer(message, peer)
         except _Resent as resent:
             segments = resent.segments
+        except MessageError as exc:
+            segments = self._error(message, refuse(exc.code, exc.location, exc.reason))
         except Refusal as refused:
             segments = self._error(message, refused)
         except DomainError as exc:

@@ -421,5 +421,7 @@ ALL_MODELS = (
     *IDENTITY_MODELS,
     ApiTokenRow,
     IdentityDomainRow,
+    Hl7SenderRow,
+    Hl7ReceiptRow,
     SchemaMigrationRow,
 )
