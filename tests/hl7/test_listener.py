@@ -1,0 +1,168 @@
+"""The listener under concurrency, with TLS client certificates, and under ``mpi serve``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from mpi.wiring import Services
+from tests.integration.test_serve import Server, _free_port
+
+from .conftest import END, ST_MARYS, START, adt, pid, read_frame, register, segments, \
+    strictly_valid
+
+
+def test_the_same_message_sent_twice_at_once_is_applied_once(services: Services, listener):
+    """Two connections deliver one MSH-10 at the same moment (a sender's retry racing its
+    first try): one record, one version, and both get the same acknowledgement."""
+    register(services)
+    mllp = listener(hl7_mllp_threads=4)
+    message = adt("A01", pid("TWIN1"), control_id="RACE-1")
+    answers: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def send() -> None:
+        conn = mllp.connect()
+        barrier.wait()
+        answers.append(mllp.exchange(message, conn))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(answers) == 4 and len(set(answers)) == 1, answers
+    assert segments(answers[0])["MSA"][0][1] == "AA"
+    record_id = services.patients.id_of("st-marys", "TWIN1")
+    assert record_id is not None
+    from mpi.domain.audit import Actor
+    assert services.patients.get(record_id, Actor(user_id="t")).version == 1
+
+
+# --- TLS with client certificates ------------------------------------------------------------
+
+
+def _key_and_cert(name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+                  *, ca: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(issuer[0].subject if issuer else subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=1))
+               .not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost")]), critical=False)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256()), key
+
+
+def _write(folder: Path, stem: str, cert: x509.Certificate,
+           key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_tls_client_certificates_identify_the_sender(services: Services, listener,
+                                                      tmp_path: Path):
+    ca = _key_and_cert("MPI test CA", None, ca=True)
+    server_cert, server_key = _write(tmp_path, "server", *_key_and_cert("localhost", ca))
+    ca_path, _ = _write(tmp_path, "ca", *ca)
+    client = _write(tmp_path, "client", *_key_and_cert("adt1.st-marys.example", ca))
+    intruder = _write(tmp_path, "intruder", *_key_and_cert("someone-else", ca))
+    register(services, certificate="adt1.st-marys.example")
+    mllp = listener(hl7_mllp_tls_cert_file=server_cert, hl7_mllp_tls_key_file=server_key,
+                    hl7_mllp_tls_client_ca_file=ca_path)
+
+    def exchange(identity: tuple[Path, Path] | None, message: str) -> str:
+        context = ssl.create_default_context(cafile=str(ca_path))
+        if identity is not None:
+            context.load_cert_chain(str(identity[0]), str(identity[1]))
+        with socket.create_connection(("127.0.0.1", mllp.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.sendall(START + message.encode() + END)
+            return read_frame(conn).decode()  # type: ignore[arg-type]
+
+    ok = exchange(client, adt("A01", pid("TLS1"), control_id="T1"))
+    strictly_valid(ok)
+    assert segments(ok)["MSA"][0][1] == "AA"
+    # The right MSH-3/MSH-4 from the wrong certificate: refused.
+    wrong = exchange(intruder, adt("A01", pid("TLS2"), control_id="T2"))
+    assert segments(wrong)["MSA"][0][1] == "AR"
+    assert services.patients.id_of("st-marys", "TLS2") is None
+    # No certificate at all: the handshake fails.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        exchange(None, adt("A01", pid("TLS3"), control_id="T3"))
+
+
+# --- under mpi serve ------------------------------------------------------------------------
+
+
+def _mpi(env: dict[str, str], cwd: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "mpi", *args], env={**os.environ, **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _send(port: int, message: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(START + message.encode() + END)
+                return read_frame(conn).decode()
+        except (ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_mpi_serve_runs_the_listener_and_revives_it(tmp_path: Path):
+    port = _free_port()
+    env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
+           "SEARCH_INDEX_PATH": str(tmp_path / "index"), "LOG_FORMAT": "text"}
+    _mpi(env, tmp_path, "migrate")
+    _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
+         "--sources", "st-marys", "--namespace", "STMARYS")
+    listed = _mpi(env, tmp_path, "hl7", "sender", "add", "st-marys-adt", "--application",
+                  "ADT1", "--facility", "STMARYS", "--sources", "st-marys")
+    assert "ADT1^STMARYS" in listed
+    server = Server(env, tmp_path)
+    try:
+        answer = _send(port, adt("A01", pid("SERVE1", family="Servewell"), control_id="S1"))
+        assert segments(answer)["MSA"][0][1] == "AA"
+        status, _, found = server.request("GET", "/api/v1/patients?source=st-marys")
+        assert status == 200 and [p["source_id"] for p in found["items"]] == ["SERVE1"]
+        # kill -9 the listener process: the master forks another on the same socket.
+        pids = re.findall(r"HL7 MLLP listener process (\d+) listens", server.log())
+        assert pids, server.log()
+        os.kill(int(pids[-1]), signal.SIGKILL)
+        answer = _send(port, adt("A01", pid("SERVE2"), control_id="S2"), timeout=30)
+        assert segments(answer)["MSA"][0][1] == "AA"
+        assert "Servewell" not in server.log()  # nothing from a record in the logs
+    finally:
+        server.stop()
