@@ -127,6 +127,13 @@ RUN: dict[str, str] = {
     "psql --command=\"SELECT application_name, state, count(*) FROM pg_stat_activity WHERE "
     "datname = 'mpi' GROUP BY 1, 2\"": "test_postgresql_backup_and_restore",
     "kubectl kustomize deploy/kubernetes": "test_kustomize_renders_every_manifest",
+    'mpi domain add urn:oid:1.2.840.114350.1.13.99.2 --name "St Mary\'s MRN" --sources '
+    "st-marys --namespace STMARYS": "test_hl7_examples",
+    "mpi hl7 sender add st-marys-adt --application ADT1 --facility STMARYS --sources "
+    "st-marys": "test_hl7_examples",
+    "mpi hl7 sender list": "test_hl7_examples",
+    "mllp_send --loose --file adt-a01.hl7 --port 2575 localhost": "test_hl7_examples",
+    "mllp_send --loose --file pix-query.hl7 --port 2575 localhost": "test_hl7_examples",
     # BUILD.md
     "nox -l": "test_nox_lists_the_sessions",
     "skopeo inspect oci-archive:dist/mpi-image.tar": "test_skopeo_reads_the_image_archive",
@@ -711,6 +718,53 @@ def test_fhir_curl_examples(shell: Shell):
     assert any(p["name"] == "targetId" for p in json.loads(pix)["parameter"])
     assert xml.startswith("<?xml") and "<Bundle" in xml
     assert deleted == ""
+    shell.done()
+
+
+HL7_EXAMPLES = [c for c, t in RUN.items() if t == "test_hl7_examples"]
+
+
+def _text_blocks(doc: str, heading: str) -> list[str]:
+    """The ```text blocks of one section of a document, in order."""
+    text = (ROOT / doc).read_text()
+    section = text[text.index(heading):]
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"```text\n(.*?)```", section, flags=re.S)
+
+
+def test_hl7_examples(shell: Shell):
+    """DEPLOY.md's HL7 v2 set-up and its two example messages, sent with python-hl7's
+    stock ``mllp_send`` to ``mpi serve``: the feed is acknowledged AA and the PIX query
+    answers with the person's identifiers."""
+    port, mllp = free_port(), free_port()
+    shell.env.update({"SERVER_PORT": str(port), "WORKERS": "1", "GRACEFUL_TIMEOUT": "5",
+                      "HL7_MLLP_PORT": str(mllp)})
+    adt, query = _text_blocks("DEPLOY.md", "## HL7 v2 over MLLP")
+    (shell.cwd / "adt-a01.hl7").write_text(adt)
+    (shell.cwd / "pix-query.hl7").write_text(query)
+    shell.run("mpi domain add urn:oid:1.2.840.114350.1.13.99.2 --name \"St Mary's MRN\" "
+              "--sources st-marys --namespace STMARYS")
+    shell.run("mpi hl7 sender add st-marys-adt --application ADT1 --facility STMARYS "
+              "--sources st-marys")
+    listed = shell.run("mpi hl7 sender list")
+    assert listed is None or "ADT1^STMARYS" in listed
+    log = (shell.cwd / "server.log").open("wb")
+    server = subprocess.Popen(["bash", "-c", "exec mpi serve"], cwd=shell.cwd, env=shell.env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(port, server, shell.cwd / "server.log")
+        replace = {"--port 2575": f"--port {mllp}"}
+        acked = shell.run("mllp_send --loose --file adt-a01.hl7 --port 2575 localhost",
+                          replace=replace)
+        answered = shell.run("mllp_send --loose --file pix-query.hl7 --port 2575 localhost",
+                             replace=replace)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    if acked is None or answered is None:
+        return  # mllp_send is not installed (warned)
+    assert "MSA|AA|MSG-0001" in acked, acked
+    assert "MSA|AA|Q-0001" in answered and "urn:mpi:person" in answered, answered
     shell.done()
 
 
