@@ -199,7 +199,7 @@ def test_character_sets_escapes_and_newline_terminators(services: Services, list
     assert _record(services, "st-marys", "MRN-E").names[0].family == "O&BRIEN|SMITH"
     # Bytes that are not the character set MSH-18 declares.
     bad = adt("A01", pid("MRN-U", family="MÜLLER"), control_id="CS3").encode("latin-1")
-    status, control, errors = _ack(mllp.exchange(bad, encoding="latin-1"))
+    status, _control, errors = _ack(mllp.exchange(bad, encoding="latin-1"))
     assert (status, errors[0][2], errors[0][3].split("^")[0]) == ("AR", "MSH^1^18", "102")
     assert services.patients.id_of("st-marys", "MRN-U") is None
 

@@ -23,8 +23,7 @@ from cryptography.x509.oid import NameOID
 from mpi.wiring import Services
 from tests.integration.test_serve import Server, _free_port
 
-from .conftest import END, ST_MARYS, START, adt, pid, read_frame, register, segments, \
-    strictly_valid
+from .conftest import END, ST_MARYS, START, adt, pid, read_frame, register, segments, strictly_valid
 
 
 def test_the_same_message_sent_twice_at_once_is_applied_once(services: Services, listener):

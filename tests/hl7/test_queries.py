@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from mpi.wiring import Services
 
-from .conftest import LAB, ST_MARYS, adt, pdq_query, pid, pix_query, register, segments, \
-    strictly_valid
+from .conftest import (
+    LAB,
+    ST_MARYS,
+    adt,
+    pdq_query,
+    pid,
+    pix_query,
+    register,
+    segments,
+    strictly_valid,
+)
 
 MRN = f"^^^STMARYS&{ST_MARYS}&ISO"
 
