@@ -77,6 +77,9 @@ FHIR_READ = "GET /fhir/Patient/{id}"
 FHIR_SEARCH = "GET /fhir/Patient?family=&birthdate= (PDQm)"
 FHIR_MATCH = "POST /fhir/Patient/$match (PDQm)"
 FHIR_JSON = "application/fhir+json"
+ADT_FEED = "ADT^A01 over MLLP (ITI-8 feed)"
+ADT_OID = "1.2.36.146.595.217.0.9"
+ADT_APPLICATION, ADT_FACILITY = "BENCHADT", "BENCH"
 DEFAULT_JSON = Path(".bench/api.json")
 USER_ID = "bench-clerk"
 MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
@@ -406,7 +409,8 @@ def fhir_search_query(tag: str, rng: random.Random, known: int) -> str:
 class LoadSpec:
     """What every load process does; picklable (it crosses into spawned processes)."""
 
-    kind: str  # "hello", "create", "read", "match", "fhir-read", "fhir-search", "fhir-match"
+    kind: str  # "hello", "create", "read", "match", "fhir-read", "fhir-search", "fhir-match",
+    # "adt" (HL7 v2 ADT^A01 messages to the MLLP listener on ``port``)
     port: int
     duration: float
     warmup: float
@@ -463,8 +467,80 @@ class _CountingConnection(http.client.HTTPConnection):
         super().connect()
 
 
+def adt_message(tag: str, worker: int, n: int) -> bytes:
+    """An ADT^A01 for the same new patient ``patient_body`` makes, as an MLLP frame."""
+    body = patient_body(tag, worker, n)
+    name, address = body["names"][0], body["addresses"][0]
+    sex = {"male": "M", "female": "F", "other": "O", "unknown": "U"}[body["gender"]]
+    key = f"{tag}-{worker}-{n}"
+    lines = [
+        f"MSH|^~\\&|{ADT_APPLICATION}|{ADT_FACILITY}|MPI|HOSP|20261204101500||ADT^A01^ADT_A01|"
+        f"A{key}|P|2.5|||AL|NE||UNICODE UTF-8",
+        "EVN|A01|20261204101500",
+        f"PID|1||H-{key}^^^BENCH&{ADT_OID}&ISO^MR||{name['family']}^{name['given'][0]}^"
+        f"{name['given'][1]}^^^^L||{body['birth_date'].replace('-', '')}|{sex}|||"
+        f"{address['line'][0]}^{address['line'][1]}^{address['city']}^{address['state']}^"
+        f"{address['postal_code']}^USA^H||{body['telecom'][0]['value']}^PRN^PH|||||"
+        f"SSN-{key}",
+        "PV1|1|O"]
+    return b"\x0b" + "\r".join(lines).encode() + b"\x1c\r"
+
+
+def run_mllp_worker(spec: LoadSpec, worker: int) -> WorkerResult:
+    """One MLLP connection's closed loop: send an ADT^A01, wait for its ACK, again; a
+    message counts when its ACK says AA."""
+    import socket
+
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    window_start = time.monotonic() + spec.warmup
+    window_end = window_start + spec.duration
+    cpu_before: float | None = None
+    conn = socket.create_connection((HOST, spec.port), timeout=spec.timeout)
+    connects = 1
+    n = 0
+    try:
+        while (now := time.monotonic()) < window_end:
+            measured = now >= window_start
+            if measured and cpu_before is None:
+                cpu_before, connects = time.process_time(), 0
+            frame = adt_message(spec.tag, worker, n)
+            n += 1
+            started = time.perf_counter()
+            try:
+                conn.sendall(frame)
+                answer = b""
+                while not answer.endswith(b"\x1c\r"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("closed")
+                    answer += chunk
+            except OSError as exc:
+                conn.close()
+                if measured:
+                    errors[type(exc).__name__] += 1
+                time.sleep(0.01)
+                conn = socket.create_connection((HOST, spec.port), timeout=spec.timeout)
+                connects += 1
+                continue
+            elapsed = time.perf_counter() - started
+            if b"MSA|AA|" in answer:
+                if measured:
+                    latencies.append(elapsed)
+            elif measured:
+                errors["MSA " + answer.split(b"MSA|", 1)[-1][:2].decode(errors="replace")] += 1
+    finally:
+        conn.close()
+    return WorkerResult(
+        latencies=latencies, errors=dict(errors), started=window_start,
+        finished=time.monotonic(), connects=connects,
+        cpu_s=time.process_time() - (cpu_before or time.process_time()), created=[])
+
+
 def run_worker(spec: LoadSpec, worker: int) -> WorkerResult:
     """One connection's closed loop: warm-up, then requests started within the window count."""
+    if spec.kind == "adt":
+        return run_mllp_worker(spec, worker)
     rng = random.Random(spec.seed * 1_000_003 + worker)
     conn = _CountingConnection(HOST, spec.port, timeout=spec.timeout)
     latencies: list[float] = []
@@ -839,9 +915,16 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
             results.append(_measure(BASELINE, spec, args.connections, probes)[0])
             server["hello_workers_seen"] = _child_count(proc.pid)
 
-        port = free_port()
-        env = server_env(os.environ, pg.url, port)
+        port, mllp_port = free_port(), free_port()
+        env = {**server_env(os.environ, pg.url, port), "HL7_MLLP_PORT": str(mllp_port)}
         commands.run(mpi_command("migrate"), env=env, cwd=workdir, timeout=120)
+        # The ADT feed's sender and the domain its PID-3 numbers are in.
+        commands.run(mpi_command("domain", "add", f"urn:oid:{ADT_OID}", "--name", "Bench ADT",
+                                 "--sources", "bench-adt", "--namespace", "BENCH"),
+                     env=env, cwd=workdir, timeout=120)
+        commands.run(mpi_command("hl7", "sender", "add", "bench-adt", "--application",
+                                 ADT_APPLICATION, "--facility", ADT_FACILITY, "--sources",
+                                 "bench-adt"), env=env, cwd=workdir, timeout=120)
         registry_ids: list[str] = []
         bodies: tuple[str, ...] = ()
         if args.registry:
@@ -856,6 +939,10 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
             spec = replace(template, kind="create", port=port)
             post, ids, known = _measure(POST_PATIENT, spec, args.connections, probes)
             results.append(post)
+            # The same new patients as HL7 v2 ADT^A01 messages over MLLP (ITI-8), linked
+            # by the same engine, next to the REST create of the same run.
+            spec = replace(template, kind="adt", port=mllp_port)
+            results.append(_measure(ADT_FEED, spec, args.connections, probes)[0])
             if not ids:
                 raise RuntimeError("no patient was created: nothing to read")
             # The writers grew the tables from nothing; autovacuum analyzes them within a

@@ -433,3 +433,29 @@ def test_fhir_scenarios_send_requests_the_fhir_routes_answer(client) -> None:
             get_fhir_model_class(resource_type).model_validate(answer.json)
             if kind == "fhir-search":
                 assert answer.json["total"] >= 1, path  # the record it was drawn from
+
+
+def test_adt_scenario_messages_are_accepted_and_create_the_benchmark_people(services) -> None:
+    """The ADT^A01 frames the MLLP scenario sends, to the service's own handler with the
+    sender and domain the benchmark registers: each acknowledged AA and stored as the same
+    person ``patient_body`` describes."""
+    from mpi.domain.audit import Actor
+    from mpi.domain.domains import IdentityDomainInput
+    from mpi.hl7.handler import Hl7Handler
+
+    admin = Actor(user_id="bench-setup")
+    services.domains.add(IdentityDomainInput(system=f"urn:oid:{bench.ADT_OID}", name="Bench ADT",
+                                             sources=["bench-adt"], namespace="BENCH"), admin)
+    services.senders.add("bench-adt", application=bench.ADT_APPLICATION,
+                         facility=bench.ADT_FACILITY, sources="bench-adt", actor=admin)
+    handler = Hl7Handler(services, application="MPI", facility="MPI",
+                         certificates_required=False)
+    for n in range(3):
+        frame = bench.adt_message("t", 0, n)
+        assert frame.startswith(b"\x0b") and frame.endswith(b"\x1c\r")
+        answer = handler.handle(frame[1:-2])
+        assert b"MSA|AA|At-0-" in answer, answer
+        stored = services.patients.get(services.patients.id_of("bench-adt", f"H-t-0-{n}"), admin)
+        body = patient_body("t", 0, n)
+        assert stored.names[0].family == body["names"][0]["family"]
+        assert stored.birth_date.isoformat() == body["birth_date"]
