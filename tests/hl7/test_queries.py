@@ -50,6 +50,12 @@ def test_pix_query_returns_the_persons_other_identifiers(services: Services, lis
     # Only the domains asked for (QPD-4).
     only_lab = _answer(mllp, pix_query(f"MRN1{MRN}", domains=f"^^^LAB&{LAB}&ISO"))
     assert only_lab["PID"][0][3] == f"LAB1^^^LAB&{LAB}&ISO^MR"
+    # Audited as a search by the sender, through HL7.
+    from mpi.domain.audit import Actor
+    rows = services.audit_trail.by_user("st-marys-adt", Actor(user_id="t"), before=None,
+                                        limit=50).items
+    assert any(r.action == "patient:record:search" and r.new_value["via"] == "hl7"
+               for r in rows)
     # By namespace alone, as many senders write it.
     assert _answer(mllp, pix_query("MRN1^^^STMARYS", domains="^^^LAB"))["PID"][0][3] == \
         f"LAB1^^^LAB&{LAB}&ISO^MR"

@@ -24,6 +24,7 @@ import logging
 import secrets
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -158,8 +159,11 @@ class Hl7Handler:
             segments = self._error(message, refused)
         except DomainError as exc:
             segments = self._error(message, _domain_refusal(exc))
-        except Exception:
-            log.exception("HL7 message failed", extra={"hl7_type": "^".join(message.type)})
+        except Exception as exc:
+            # The type and the stack frames only, never the message: an error's text can
+            # quote the patient data it choked on (as the HTTP catch-all does).
+            log.error("HL7 %s failed: %s\n%s", "^".join(message.type[:2]), type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
             segments = self._error(message, refuse("207", ("MSH", 1, 9),
                                                    "the message could not be processed"))
         return codec.encode(segments, message.codec)
@@ -332,7 +336,7 @@ class Hl7Handler:
         """The live records of the person whose record carries (system, value)."""
         token = identifier_token(system, value)
         found = self._s.patients.find(Criteria((Term("identifier", (token,)),)), actor,
-                                      offset=0, count=1, total=False)
+                                      offset=0, count=1, total=False, via="hl7")
         if not found.items or found.items[0].replaced_by is not None:
             return None
         person = self._s.persons.person_of_patient(found.items[0].id, actor)
@@ -366,7 +370,7 @@ class Hl7Handler:
             state = _Continuation(sender.name, tag, criteria, probe, self._wanted(message, 8),
                                   0, quantity, 0.0)
         found = self._s.patients.find(state.criteria, actor, offset=state.offset,
-                                      count=state.quantity, total=True)
+                                      count=state.quantity, total=True, via="hl7")
         records = found.items
         wanted = state.wanted
         rows: list[str] = []

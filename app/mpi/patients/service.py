@@ -264,15 +264,15 @@ class PatientService:
         return page
 
     def find(self, criteria: Criteria, actor: Actor, *, offset: int, count: int,
-             total: bool) -> Found:
-        """Exact search in the database (FHIR/PDQm): every term must hold. Audited with
-        the search's terms (they are what the client asked, as on a list) and the ids
+             total: bool, via: str = "fhir") -> Found:
+        """Exact search in the database (FHIR PDQm, HL7 PDQ and PIX; ``via`` says which):
+        every term must hold. Audited with the search's terms (they are what the client asked, as on a list) and the ids
         returned."""
         with self._work.begin(actor) as tx:
             found = self._finder.find(criteria, offset=offset, count=count, total=total,
                                       today=self.today())
             tx.audit(AuditTag.PATIENT_SEARCH, None, new={
-                "via": "fhir", "terms": [_term_summary(t) for t in criteria.terms],
+                "via": via, "terms": [_term_summary(t) for t in criteria.terms],
                 "offset": offset, "returned": [p.id for p in found.items]})
         return found
 
