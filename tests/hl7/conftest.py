@@ -3,10 +3,12 @@ speaks raw MLLP to it; messages built the way interface engines write them."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
@@ -173,11 +175,9 @@ def listener(services: Services) -> Iterator[Callable[..., Mllp]]:
     started: list[tuple[threading.Thread, list[Callable[[], None]], socket.socket]] = []
     clients: list[Mllp] = []
 
-    def start(**overrides: object) -> Mllp:
-        settings = services.settings.__class__(**{
-            **{k: getattr(services.settings, k) for k in services.settings.__dataclass_fields__
-               if k != "sources"},
-            "hl7_mllp_port": 0, "hl7_mllp_host": "127.0.0.1", **overrides})
+    def start(**overrides: Any) -> Mllp:
+        settings = dataclasses.replace(services.settings, hl7_mllp_port=0,
+                                       hl7_mllp_host="127.0.0.1", **overrides)
         sock = bind(settings)
         ready = threading.Event()
         stoppers: list[Callable[[], None]] = []

@@ -97,7 +97,10 @@ async def _serve(handler: Hl7Handler, db: Any, settings: Settings, sock: socket.
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if stopper is not None:
-        stopper(lambda: loop.call_soon_threadsafe(stop.set))
+        def stop_soon() -> None:
+            loop.call_soon_threadsafe(stop.set)
+
+        stopper(stop_soon)
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)

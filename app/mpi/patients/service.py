@@ -266,8 +266,8 @@ class PatientService:
     def find(self, criteria: Criteria, actor: Actor, *, offset: int, count: int,
              total: bool, via: str = "fhir") -> Found:
         """Exact search in the database (FHIR PDQm, HL7 PDQ and PIX; ``via`` says which):
-        every term must hold. Audited with the search's terms (they are what the client asked, as on a list) and the ids
-        returned."""
+        every term must hold. Audited with the search's terms (they are what the client
+        asked, as on a list) and the ids returned."""
         with self._work.begin(actor) as tx:
             found = self._finder.find(criteria, offset=offset, count=count, total=total,
                                       today=self.today())
