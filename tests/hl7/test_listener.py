@@ -165,3 +165,34 @@ def test_mpi_serve_runs_the_listener_and_revives_it(tmp_path: Path):
         assert "Servewell" not in server.log()  # nothing from a record in the logs
     finally:
         server.stop()
+
+
+@pytest.mark.integration
+def test_mpi_hl7_listen_runs_the_listener_alone_and_stops_on_sigterm(tmp_path: Path):
+    port = _free_port()
+    env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
+           "SEARCH_INDEX_PATH": str(tmp_path / "index"), "LOG_FORMAT": "text"}
+    _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
+         "--sources", "st-marys", "--namespace", "STMARYS")
+    _mpi(env, tmp_path, "hl7", "sender", "add", "st-marys-adt", "--application", "ADT1",
+         "--facility", "STMARYS", "--sources", "st-marys")
+    log = (tmp_path / "listen.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mpi", "hl7", "listen"],
+                            env={**os.environ, **env}, cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        answer = _send(port, adt("A01", pid("ALONE1"), control_id="L1"))
+        assert segments(answer)["MSA"][0][1] == "AA"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    listed = _mpi(env, tmp_path, "hl7", "sender", "list")
+    assert listed.startswith("st-marys-adt\tADT1^STMARYS\tsources st-marys")
+    # Without HL7_MLLP_PORT there is nothing to listen on: a clear error.
+    done = subprocess.run([sys.executable, "-m", "mpi", "hl7", "listen"],
+                          env={**os.environ, **env, "HL7_MLLP_PORT": ""}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "set HL7_MLLP_PORT" in done.stderr
