@@ -164,8 +164,13 @@ def test_refusals_name_the_field_and_the_table_0357_code(services: Services, lis
     ack = mllp.exchange(adt("A01", pid("M1"), control_id="E9").replace("ADT^A01^ADT_A01",
                                                                        "ADT^A17^ADT_A17"), conn)
     assert _ack(ack)[0] == "AR" and segments(ack)["ERR"][0][3].startswith("201^")
-    # Nothing was written by any of them.
+    # Nothing was written by any of them, and each refusal is in the audit trail.
     assert services.patients.id_of("st-marys", "M1") is None
+    refusals = services.audit_trail.by_user("st-marys-adt", ADMIN, before=None, limit=50)
+    rejected = [e.new_value for e in refusals.items if e.action == "hl7:message:rejected"]
+    assert len(rejected) == 9
+    assert any(e["errors"][0]["location"] == "PID^1^7" and e["errors"][0]["code"] == "102"
+               and e["status"] == "AE" for e in rejected)
 
 
 def test_an_unknown_sender_is_refused_and_audited(services: Services, listener):

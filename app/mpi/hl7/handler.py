@@ -170,13 +170,31 @@ class Hl7Handler:
 
     def _answer(self, message: Message, peer: Peer) -> list[str]:
         sender = self._sender(message, peer)
-        code, event, _ = message.type
         stored = self._s.senders.receipt(sender.name, message.control_id)
         if stored is not None:
             return stored.split("\r")
         actor = Actor(user_id=sender.name, ip=peer.ip,
                       user_agent=f"HL7 {message.get('MSH', 3)}^{message.get('MSH', 4)}",
                       request_id=message.control_id[:64], sources=frozenset(sender.sources))
+        try:
+            return self._dispatch(message, sender, actor)
+        except _Resent:
+            raise
+        except (Refusal, DomainError, MessageError) as exc:
+            # A registered sender's message refused: audited with the sender as the actor
+            # (the reason and the field, never the values).
+            refused = (exc if isinstance(exc, Refusal) else _domain_refusal(exc)
+                       if isinstance(exc, DomainError) else
+                       refuse(exc.code, exc.location, exc.reason))
+            with self._s.work.begin(actor) as tx:
+                tx.audit(AuditTag.HL7_MESSAGE_REJECTED, None, new={
+                    "type": "^".join(message.type), "status": refused.status,
+                    "errors": [{"code": p.code, "location": "^".join(map(str, p.location)),
+                                "reason": p.reason} for p in refused.problems]})
+            raise refused from None
+
+    def _dispatch(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
+        code, event, _ = message.type
         if code == "ADT" and event in FEED_EVENTS:
             return self._feed(message, sender, actor)
         if code == "ADT" and event == "A40":
