@@ -237,3 +237,21 @@ def test_malformed_input_never_crashes_the_listener(services: Services, listener
                           + b"\x1c\r" for n in (1, 2)))
     assert segments(read_frame(conn).decode())["MSA"][0][2] == "P1"
     assert segments(read_frame(conn).decode())["MSA"][0][2] == "P2"
+
+
+def test_a47_changes_the_records_identifier(services: Services, listener):
+    register(services)
+    mllp = listener()
+    assert _ack(mllp.exchange(adt("A01", pid("OLD-1", family="KEYES"), control_id="K1")))[0] \
+        == "AA"
+    before = _record(services, "st-marys", "OLD-1")
+    change = adt("A47", pid("NEW-1", family="IGNORED"), control_id="K2",
+                 extra=f"MRG|OLD-1^^^STMARYS&{ST_MARYS}&ISO", structure="ADT_A30")
+    assert _ack(mllp.exchange(change)) == ("AA", "K2", [])
+    after = _record(services, "st-marys", "NEW-1")
+    assert after.id == before.id and after.person_id == before.person_id
+    assert after.names[0].family == "KEYES"  # only the identifier changed
+    assert (f"urn:oid:{ST_MARYS}", "NEW-1") in {(i.system, i.value) for i in after.identifiers}
+    assert (f"urn:oid:{ST_MARYS}", "OLD-1") not in {(i.system, i.value)
+                                                   for i in after.identifiers}
+    assert services.patients.id_of("st-marys", "OLD-1") is None

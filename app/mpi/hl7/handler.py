@@ -199,6 +199,8 @@ class Hl7Handler:
             return self._feed(message, sender, actor)
         if code == "ADT" and event == "A40":
             return self._merge(message, sender, actor)
+        if code == "ADT" and event == "A47":
+            return self._rekey(message, sender, actor)
         if code == "QBP" and event == "Q23":
             return self._pix(message, sender, actor)
         if code == "QBP" and event == "Q22":
@@ -283,13 +285,10 @@ class Hl7Handler:
         return self._s.patients.update(  # type: ignore[no-any-return]
             existing, data, actor, expected_version=None)
 
-    def _merge(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
-        """ADT^A40: MRG-1's record (in the sender's domain) into PID-3's."""
-        self._require(sender, "u", "merge records")
-        survivor = self._record(message, actor)
+    def _prior_key(self, message: Message, source: str, actor: Actor) -> tuple[str, str]:
+        """The sender's record MRG-1 names: (source, source id) in the sender's domain."""
         if not message.segments("MRG"):
-            raise refuse("100", ("MRG",), "ADT^A40 needs an MRG segment")
-        merged_key = None
+            raise refuse("100", ("MRG",), "the message needs an MRG segment")
         for n, rep in enumerate(message.repetitions("MRG", 1), start=1):
             value, found = message.part(rep, 1), authority(message, rep)
             system = self._resolve(found) if not found.empty() else None
@@ -297,12 +296,41 @@ class Hl7Handler:
                 raise refuse("204", ("MRG", 1, 1, n, 4), "unknown assigning authority")
             if value and system:
                 key = self._s.domains.source_for([(system, value)], actor)
-                if key is not None and key[0] == survivor.source:
-                    merged_key = key
-                    break
-        if merged_key is None:
-            raise refuse("204", ("MRG", 1, 1), "MRG-1 names no record of the sender's "
-                         "domain")
+                if key is not None and key[0] == source:
+                    return key
+        raise refuse("204", ("MRG", 1, 1), "MRG-1 names no record of the sender's domain")
+
+    def _rekey(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
+        """ADT^A47: the record MRG-1 names now has the identifier in PID-3 (its other
+        content unchanged)."""
+        self._require(sender, "u", "update records")
+        target = self._record(message, actor)
+        old_key = self._prior_key(message, target.source, actor)
+        record_id = self._s.patients.id_of(*old_key)
+        if record_id is None:
+            raise refuse("204", ("MRG", 1, 1), "the record MRG-1 names is not known")
+        if old_key != (target.source, target.source_id) and self._s.patients.id_of(
+                target.source, target.source_id) is not None:
+            raise refuse("205", ("PID", 1, 3), "another record already has the new identifier")
+        old = self._s.patients.get(record_id, actor)
+        content = _content(old)
+        new = next(i for i in target.identifiers if i.value == target.source_id)
+        kept = [i for i in content.get("identifiers", [])
+                if (i["system"], i["value"]) not in ((new.system, old_key[1]),
+                                                     (new.system, new.value))]
+        content["identifiers"] = [new.model_dump(mode="json", exclude_none=True), *kept]
+        content["source_id"] = target.source_id
+        data = self._s.patients.parse(json.dumps(content).encode())
+        ack = self._ack(message, "AA")
+        with self._receipt(sender, message, ack):
+            self._s.patients.update(record_id, data, actor, expected_version=None)
+        return ack
+
+    def _merge(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
+        """ADT^A40: MRG-1's record (in the sender's domain) into PID-3's."""
+        self._require(sender, "u", "merge records")
+        survivor = self._record(message, actor)
+        merged_key = self._prior_key(message, survivor.source, actor)
         survivor_id = self._s.patients.id_of(survivor.source, survivor.source_id)
         if survivor_id is None:
             raise refuse("204", ("PID", 1, 3), "the surviving record (PID-3) is not known")
@@ -311,10 +339,7 @@ class Hl7Handler:
             raise refuse("204", ("MRG", 1, 1), "the record to merge (MRG-1) is not known")
         if merged_id == survivor_id:
             raise refuse("205", ("MRG", 1, 1), "MRG-1 and PID-3 name the same record")
-        old = self._s.patients.get(merged_id, actor)
-        content = {k: v for k, v in old.to_dict().items() if k in PatientInput.model_fields
-                   and k not in ("id", "version", "created_at", "updated_at", "person_id",
-                                 "replaced_by", "replaces")}
+        content = _content(self._s.patients.get(merged_id, actor))
         content["active"] = False
         data = self._s.patients.parse(json.dumps(content).encode())
         ack = self._ack(message, "AA")
@@ -641,6 +666,13 @@ def _domain_refusal(exc: DomainError) -> Refusal:
     if isinstance(exc, StorageUnavailable):
         return refuse("207", ("MSH", 1, 9), "the database is unavailable; send again")
     return refuse("207", ("MSH", 1, 9), exc.message)
+
+
+def _content(patient: Patient) -> dict[str, Any]:
+    """A stored record's content as a source would send it (JSON, for ``parse``)."""
+    return {k: v for k, v in patient.to_dict().items() if k in PatientInput.model_fields
+            and k not in ("id", "version", "created_at", "updated_at", "person_id",
+                          "replaced_by", "replaces")}
 
 
 def _problem(field: str, reason: str, segment: str) -> Problem:
