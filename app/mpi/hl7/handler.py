@@ -3,7 +3,7 @@
 - ITI-8 Patient Identity Feed: ADT^A01, A04, A05, A08 (and A28, A31) create or update the
   sender's record named by the PID-3 identifier in a domain the sender assigns; ADT^A40
   merges the record in MRG-1 into the one in PID-3, and the two persons as a steward's
-  merge would (undoable).
+  merge would (undoable); ADT^A47 gives the record MRG-1 names the identifier in PID-3.
 - ITI-9 PIX Query: QBP^Q23 -> RSP^K23.
 - ITI-21 PDQ: QBP^Q22 -> RSP^K22, paged by RCP-2 with a continuation pointer (DSC),
   cancelled by QCN^J01.
