@@ -40,6 +40,16 @@ def operator(args: argparse.Namespace, command: str) -> Any:
     return Actor(user_id=f"{command} ({by})", user_agent=command)
 
 
+def refused(command: str, exc: Any) -> int:
+    """Report an administration command's refused input (each bad field, or the conflict)
+    on standard error; the exit status."""
+    for problem in getattr(exc, "problems", None) or ():
+        print(f"{command}: {problem.field}: {problem.reason}", file=sys.stderr)
+    if not getattr(exc, "problems", None):
+        print(f"{command}: {exc.message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def _actor(args: argparse.Namespace) -> Any:
     return operator(args, "mpi token")
 
@@ -49,13 +59,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     try:
         with _services() as services:
             made = services.tokens.create(args.name, args.scopes, args.sources, _actor(args))
-    except InvalidInput as exc:
-        for problem in exc.problems:
-            print(f"mpi token create: {problem.field}: {problem.reason}", file=sys.stderr)
-        return EXIT_FAILED
-    except Conflict as exc:
-        print(f"mpi token create: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+    except (InvalidInput, Conflict) as exc:
+        return refused("mpi token create", exc)
     token = made.token
     print(made.secret)
     print(f"token {token.name!r} created: scopes {' '.join(token.scopes)}; sources "

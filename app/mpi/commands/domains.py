@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from mpi.commands.access import _services, operator
+from mpi.commands.access import _services, operator, refused
 from mpi.commands.service import EXIT_FAILED, EXIT_OK
 
 
@@ -29,13 +29,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     try:
         with _services() as services:
             made = services.domains.add(services.domains.parse(body.encode()), _actor(args))
-    except InvalidInput as exc:
-        for problem in exc.problems:
-            print(f"mpi domain add: {problem.field}: {problem.reason}", file=sys.stderr)
-        return EXIT_FAILED
-    except Conflict as exc:
-        print(f"mpi domain add: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+    except (InvalidInput, Conflict) as exc:
+        return refused("mpi domain add", exc)
     print(_line(made))
     return EXIT_OK
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from mpi.commands.access import _services, operator
+from mpi.commands.access import _services, operator, refused
 from mpi.commands.service import EXIT_FAILED, EXIT_OK, settings_from
 
 
@@ -35,13 +35,8 @@ def cmd_add(args: argparse.Namespace) -> int:
                 args.name, application=args.application, facility=args.facility,
                 sources=args.sources, scopes=args.scope or ("system/Patient.cruds",),
                 certificate=args.certificate, actor=_actor(args))
-    except InvalidInput as exc:
-        for problem in exc.problems:
-            print(f"mpi hl7 sender add: {problem.field}: {problem.reason}", file=sys.stderr)
-        return EXIT_FAILED
-    except Conflict as exc:
-        print(f"mpi hl7 sender add: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+    except (InvalidInput, Conflict) as exc:
+        return refused("mpi hl7 sender add", exc)
     print(_line(made))
     return EXIT_OK
 
