@@ -47,6 +47,16 @@ class Message:
     charset: str  # MSH-18 as sent
     codec: str
     separators: tuple[str, str, str, str, str] = field(default=("|", "^", "~", "\\", "&"))
+    #: Each segment's fields as sent, split once (python-hl7 re-joins a field on every
+    #: str(); a message is read field by field many times).
+    _fields: dict[str, list[list[str]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for seg in self.parsed:
+            fields = str(seg).split(self.separators[0])
+            if fields[0] == "MSH":
+                fields.insert(1, self.separators[0])
+            self._fields.setdefault(fields[0], []).append(fields)
 
     @property
     def control_id(self) -> str:
@@ -57,28 +67,25 @@ class Message:
         """(MSH-9.1 message code, MSH-9.2 trigger event, MSH-9.3 structure)."""
         return (self.get("MSH", 9, 1, 1), self.get("MSH", 9, 1, 2), self.get("MSH", 9, 1, 3))
 
-    def segments(self, name: str) -> list[hl7.Segment]:
-        return [s for s in self.parsed if str(s[0]) == name]
+    def segments(self, name: str) -> list[list[str]]:
+        """Every occurrence of segment ``name``: its fields as sent."""
+        return self._fields.get(name, [])
 
-    def count(self, name: str) -> int:
-        return len(self.segments(name))
-
-    def raw(self, segment: str | hl7.Segment, number: int, occurrence: int = 1) -> str:
+    def raw(self, segment: str, number: int, occurrence: int = 1) -> str:
         """Field ``number`` of the segment as sent (escapes and delimiters kept)."""
-        seg = self._segment(segment, occurrence)
-        if seg is None or number >= len(seg):
+        found = self._fields.get(segment, [])
+        if len(found) < occurrence or number >= len(found[occurrence - 1]):
             return ""
-        return str(seg[number])
+        return found[occurrence - 1][number]
 
-    def repetitions(self, segment: str | hl7.Segment, number: int,
-                    occurrence: int = 1) -> list[str]:
+    def repetitions(self, segment: str, number: int, occurrence: int = 1) -> list[str]:
         """Field ``number``'s repetitions, as sent."""
         text = self.raw(segment, number, occurrence)
         if segment == "MSH" and number in (1, 2):
             return [text]
         return [r for r in text.split(self.separators[2])] if text else []
 
-    def get(self, segment: str | hl7.Segment, number: int, repetition: int = 1,
+    def get(self, segment: str, number: int, repetition: int = 1,
             component: int = 1, subcomponent: int = 1, occurrence: int = 1) -> str:
         """One value, unescaped; "" when absent."""
         if segment == "MSH" and number in (1, 2):
@@ -106,12 +113,6 @@ class Message:
         if self.separators[3] not in value:
             return value.strip()
         return str(self.parsed.unescape(value)).strip()
-
-    def _segment(self, segment: str | hl7.Segment, occurrence: int) -> hl7.Segment | None:
-        if not isinstance(segment, str):
-            return segment
-        found = self.segments(segment)
-        return found[occurrence - 1] if len(found) >= occurrence else None
 
 
 def decode(block: bytes) -> Message:
