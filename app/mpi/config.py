@@ -423,7 +423,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(an instance whose search is incomplete is taken out of rotation); 0 = "
             "readiness only reports the lag"),
     Setting("SEARCH_WORKER_NICENESS", "search_worker_niceness", _niceness, "10",
-            "Niceness the request workers add to themselves (0-19) so that under a full CPU "
+            "Niceness the request workers and the MLLP listener add to themselves (0-19) so "
+            "that under a full CPU "
             "the search indexer process runs first rather than being starved by requests; "
             "0 = same priority"),
     Setting("MATCHING_THRESHOLD", "matching_threshold", _probability, "0.95",

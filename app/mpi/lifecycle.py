@@ -30,6 +30,13 @@ REVIVE_MAX_PAUSE_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 
+def lower_priority(niceness: int) -> None:
+    """Add ``niceness`` to this process's (a request worker's, the MLLP listener's)
+    niceness; 0 leaves it alone."""
+    if niceness > 0:
+        os.nice(niceness)
+
+
 def when_orphaned(action: Callable[[], None], every_s: float = WATCH_EVERY_S) -> None:
     """Run ``action`` (once, in a daemon thread) as soon as this process's parent is gone."""
     parent = os.getppid()

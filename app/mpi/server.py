@@ -27,7 +27,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from mpi.config import Settings
-from mpi.lifecycle import when_orphaned
+from mpi.lifecycle import lower_priority, when_orphaned
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -146,14 +146,6 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         # Each worker also runs an indexer thread: it stands by while the indexer process
         # holds the index's lock, and takes over if that process dies.
         return create_app(wiring.build(self._settings), run_indexer=True)
-
-
-def lower_priority(niceness: int) -> None:
-    """Add ``niceness`` to this process's (a worker's) niceness; 0 leaves it alone."""
-    import os
-
-    if niceness > 0:
-        os.nice(niceness)
 
 
 def leave(graceful_timeout: float) -> None:

@@ -27,7 +27,7 @@ from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from mpi.config import Settings
 from mpi.hl7.handler import Hl7Handler, Peer
-from mpi.lifecycle import ChildProcess, when_orphaned
+from mpi.lifecycle import ChildProcess, lower_priority, when_orphaned
 
 log = logging.getLogger("mpi.hl7")
 
@@ -153,6 +153,9 @@ class ListenerProcess(ChildProcess):
                         signal.SIGTTOU, signal.SIGWINCH):
                 signal.signal(sig, signal.SIG_IGN)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # It serves requests as the workers do: below the search indexer, like them
+            # (SEARCH_WORKER_NICENESS), so a burst of messages cannot starve the index.
+            lower_priority(settings.search_worker_niceness)
             services = build()
             when_orphaned(lambda: os.kill(os.getpid(), signal.SIGTERM))
             try:
