@@ -132,3 +132,27 @@ def test_pdq_continues_and_cancels(services: Services, listener):
                                             tag="PAGE2", pointer=third["DSC"][0][1],
                                             control_id="P4"), conn))
     assert gone["MSA"][0][1] == "AE" and gone["ERR"][0][2] == "DSC^1^1"
+
+
+def test_pdq_is_fuzzy_only_when_asked_by_a_confidence_threshold(services: Services, listener):
+    mllp = _load(services, listener)
+    mllp.exchange(adt("A01", pid("MRN7", family="JOHNSTON", given="KATHERINE",
+                                 birth="19750304", sex="F"), control_id="F7"))
+    # A nickname finds nothing exactly (KATE is no prefix of KATHERINE) ...
+    typo = "@PID.5.1.1^JOHNSTON~@PID.5.2^KATE~@PID.7^19750304"
+    assert "PID" not in _answer(mllp, pdq_query(typo))
+    # ... and the record when QPD-4 asks for candidates of at least that probability.
+    fuzzy = pdq_query(typo).replace("QPD|IHE PDQ Query|T2|" + typo + "|",
+                                    "QPD|IHE PDQ Query|T2|" + typo + "|0.5|")
+    answer = _answer(mllp, fuzzy)
+    assert [p[5].split("^")[0] for p in answer["PID"]] == ["JOHNSTON"]
+    assert float(answer["QRI"][0][1]) >= 0.5
+    # A threshold no candidate reaches finds nothing; a bad one is named.
+    assert "PID" not in _answer(mllp, fuzzy.replace("|0.5|", "|1|"))
+    bad = _answer(mllp, fuzzy.replace("|0.5|", "|high|"))
+    assert bad["MSA"][0][1] == "AE" and bad["ERR"][0][2] == "QPD^1^4"
+    # Too little to match on (a city alone) is refused in fuzzy mode, fine in exact mode.
+    city = "@PID.11.3^GREENSBORO"
+    assert _answer(mllp, pdq_query(city))["QAK"][0][2] == "OK"
+    refused = _answer(mllp, pdq_query(city).replace(city + "|", city + "|0.5|"))
+    assert refused["ERR"][0][2] == "QPD^1^3" and refused["ERR"][0][3].startswith("101^")

@@ -19,6 +19,7 @@ MSA-1 AE (or AR) and ERR segments naming the field (ERR-2) and the HL7 table 035
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -114,6 +115,8 @@ class _Continuation:
     offset: int
     quantity: int
     expires: float
+    #: Fuzzy mode (QPD-4 set): every (record id, probability) found, best first.
+    ranked: list[tuple[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -410,15 +413,34 @@ class Hl7Handler:
         else:
             quantity = self._quantity(message)
             criteria, probe = self._criteria(message)
+            threshold = self._threshold(message)
+            ranked = None
+            if threshold is not None:
+                ranked = [(c.best_record_id, c.probability)
+                          for c in self._candidates(probe, actor, required=True) or []
+                          if c.probability >= threshold]
             state = _Continuation(sender.name, tag, criteria, probe, self._wanted(message, 8),
-                                  0, quantity, 0.0)
-        found = self._s.patients.find(state.criteria, actor, offset=state.offset,
-                                      count=state.quantity, total=True, via="hl7")
-        records = found.items
+                                  0, quantity, 0.0, ranked)
+        if state.ranked is None:  # exact: the FHIR search's rules, in the database
+            found = self._s.patients.find(state.criteria, actor, offset=state.offset,
+                                          count=state.quantity, total=True, via="hl7")
+            records, total, more = found.items, found.total or 0, found.more
+            by_person = {c.person_id: c.probability
+                         for c in self._candidates(state.probe, actor) or []} if records else {}
+
+            def confidence(patient: Patient) -> float:
+                return by_person.get(patient.person_id or "", 0.0)
+        else:  # fuzzy: the match engine's candidates at or above QPD-4, best first
+            page = state.ranked[state.offset:state.offset + state.quantity]
+            records = [self._s.patients.get(record_id, actor) for record_id, _ in page]
+            total, more = len(state.ranked), state.offset + len(page) < len(state.ranked)
+            by_record = dict(page)
+
+            def confidence(patient: Patient) -> float:
+                return by_record.get(patient.id, 0.0)
         wanted = state.wanted
         rows: list[str] = []
         if records:
-            confidence = self._confidence(state.probe, actor)
             namespaces = self._s.domains.namespaces(
                 {s for p in records for s, _, _ in _identifiers([p])} | {PERSON_SYSTEM})
             for patient in records:
@@ -427,10 +449,9 @@ class Hl7Handler:
                     continue
                 rows.append(write_pid(patient, idents, namespaces, set_id=len(rows) // 2 + 1))
                 rows.append(codec.segment(
-                    "QRI", f"{confidence.get(patient.person_id or '', 0.0):.4f}", None,
+                    "QRI", f"{confidence(patient):.4f}", None,
                     codec.value("MPI-FS", "Fellegi-Sunter match probability", "L",
                                 self._s.engine.model_version)))
-        total = found.total if found.total is not None else len(records)
         shown = state.offset + len(records)
         segments = self._head(message, "RSP^K22^RSP_K21", "AA")
         segments.append(codec.segment("QAK", codec.escape(tag), "OK" if rows else "NF",
@@ -438,9 +459,24 @@ class Hl7Handler:
                                       str(total), str(len(rows) // 2), str(max(total - shown, 0))))
         segments.append(_echo(message, "QPD"))
         segments.extend(rows)
-        if found.more:
+        if more:
             segments.append(codec.segment("DSC", self._keep(state, shown), "I"))
         return segments
+
+    def _threshold(self, message: Message) -> float | None:
+        """QPD-4, the search confidence threshold: asks for a fuzzy search (the match
+        engine's candidates whose probability reaches it) instead of the exact one."""
+        raw = message.get("QPD", 4)
+        if not raw:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0.0 < value <= 1.0:
+            raise refuse("102", ("QPD", 1, 4), "QPD-4 (search confidence threshold) is a "
+                         "probability above 0 and at most 1")
+        return value
 
     def _quantity(self, message: Message) -> int:
         raw = message.get("RCP", 2)
@@ -451,10 +487,11 @@ class Hl7Handler:
             raise refuse("102", ("RCP", 1, 2), "RCP-2 must be a number of records (RD)")
         return min(int(raw), MAX_QUANTITY)
 
-    def _confidence(self, probe: dict[str, Any], actor: Actor) -> dict[str, float]:
-        """Person id -> the match probability of the query's demographics against it
-        (QRI-1), from the same engine that links records; 0 for one it does not consider
-        a candidate at all."""
+    def _candidates(self, probe: dict[str, Any], actor: Actor, *,
+                    required: bool = False) -> list[Any] | None:
+        """The match engine's candidate persons for the query's demographics (the same
+        engine that links records), best first; None when they are too few to score (a
+        query by city alone, say): then a fuzzy search is refused, naming QPD-3."""
         names = {k: probe[k] for k in ("family", "given") if k in probe}
         body: dict[str, Any] = {"source": "pdq-query", "source_id": "query",
                                 "names": [{**names, "given": names.get("given", [])}]
@@ -467,9 +504,11 @@ class Hl7Handler:
         try:
             data = self._s.matching.parse(json.dumps(body).encode())
         except DomainError:
-            return {}  # too little to score (a query by city alone, say)
-        result = self._s.matching.match(data, actor, limit=MAX_QUANTITY)
-        return {c.person_id: c.probability for c in result.candidates}
+            if required:
+                raise refuse("101", ("QPD", 1, 3), "a search by confidence needs a name, a "
+                             "full birth date or an identifier to match on") from None
+            return None
+        return list(self._s.matching.match(data, actor, limit=MAX_QUANTITY).candidates)
 
     def _criteria(self, message: Message) -> tuple[Criteria, dict[str, Any]]:
         """The search QPD-3 asks for, and its demographics as a record (to score)."""
@@ -534,9 +573,8 @@ class Hl7Handler:
                 del self._continuations[key]
             while len(self._continuations) >= CONTINUATIONS_KEPT:
                 self._continuations.popitem(last=False)
-            self._continuations[pointer] = _Continuation(
-                state.sender, state.tag, state.criteria, state.probe, state.wanted, offset,
-                state.quantity, now + CONTINUATION_TTL_S)
+            self._continuations[pointer] = dataclasses.replace(
+                state, offset=offset, expires=now + CONTINUATION_TTL_S)
         return pointer
 
     def _take(self, pointer: str, sender: str, tag: str) -> _Continuation:
