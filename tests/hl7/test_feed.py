@@ -119,6 +119,12 @@ def test_a40_merges_the_persons_undoably(services: Services, listener):
     assert merged.active is False and merged.replaced_by == a.id
     # The whole person came along (the lab's record too), as a steward's merge would.
     assert merged.person_id == a.person_id == _record(services, "lab", "LAB-B").person_id
+    # The retired identifier is not fed again by mistake.
+    stale = adt("A08", pid("MRN-B", family="BETA", given="BOB", birth="19800202"),
+                control_id="M9")
+    status, _, errors = _ack(mllp.exchange(stale))
+    assert (status, errors[0][2], errors[0][3][:3]) == ("AE", "PID^1^3", "204")
+    assert services.patients.get(b.id, ADMIN).active is False
     # ... and is undone as one.
     merge_row = PersonMergeRow.get()
     services.stewards.undo_merge(str(merge_row.id), ADMIN)

@@ -277,7 +277,11 @@ class Hl7Handler:
             raise refuse("102", (segment,), exc.message) from None
 
     def _upsert(self, data: PatientInput, actor: Actor) -> Patient:
-        existing = self._s.patients.id_of(data.source, data.source_id)
+        state = self._s.patients.key_state(data.source, data.source_id)
+        if state is not None and state[1]:
+            raise refuse("204", ("PID", 1, 3), "this identifier's record was merged into "
+                         "another (ADT^A40); send the surviving record's identifier")
+        existing = state[0] if state else None
         if existing is None:
             try:
                 return self._s.patients.create(data, actor)  # type: ignore[no-any-return]

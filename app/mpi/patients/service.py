@@ -230,8 +230,14 @@ class PatientService:
     def id_of(self, source: str, source_id: str) -> str | None:
         """The live record ``source`` holds as ``source_id``, if any (not audited: it reads
         no record content; what the caller then reads or writes is)."""
+        found = self.key_state(source, source_id)
+        return found[0] if found else None
+
+    def key_state(self, source: str, source_id: str) -> tuple[str, bool] | None:
+        """(id, merged into another record) of the live record ``source`` holds as
+        ``source_id``, if any (not audited, as :meth:`id_of`)."""
         with self._work.reading():
-            return self._repository.find_live_id_by_source(source, source_id)
+            return self._repository.live_by_source(source, source_id)
 
     def versions(self, patient_id: str, actor: Actor, *,
                  version: int | None = None) -> list[PatientVersion]:

@@ -99,6 +99,15 @@ class PatientRepository:
                .first())
         return str(row.id) if row else None
 
+    def live_by_source(self, source: str, source_id: str) -> tuple[str, bool] | None:
+        """(id, whether its source merged it into another record) of the live record
+        ``source`` holds as ``source_id``."""
+        row = (PatientRow.select(PatientRow.id, PatientRow.replaced_by_pk)
+               .where(PatientRow.source == source, PatientRow.source_id == source_id,
+                      PatientRow.deleted_at.is_null())
+               .first())
+        return (str(row.id), row.replaced_by_pk is not None) if row else None
+
     def live_source_ids(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (source, source_id) pairs a live record already holds."""
         found: set[tuple[str, str]] = set()
