@@ -58,6 +58,7 @@ from mpi.hl7.pid import (
     SSN_SYSTEM,
     Authority,
     authority,
+    cx,
     read_pid,
     system_of,
     write_pid,
@@ -256,8 +257,7 @@ class Hl7Handler:
             self._upsert(data, actor)
         return ack
 
-    def _record(self, message: Message, actor: Actor, *, segment: str = "PID",
-                active: bool = True) -> PatientInput:
+    def _record(self, message: Message, actor: Actor, *, segment: str = "PID") -> PatientInput:
         if not message.segments(segment):
             raise refuse("100", (segment,), f"the message has no {segment} segment")
         demographics = read_pid(message, self._resolve, segment)
@@ -266,8 +266,7 @@ class Hl7Handler:
             raise refuse("204", (segment, 1, 3), "no PID-3 identifier is in a domain this "
                          "sender assigns (register the domain with the sender's source)")
         source, source_id = key
-        body = {"source": source, "source_id": source_id, "active": active,
-                **demographics.fields}
+        body = {"source": source, "source_id": source_id, **demographics.fields}
         try:
             return self._s.patients.parse(json.dumps(body).encode())
         except InvalidInput as exc:
@@ -378,7 +377,7 @@ class Hl7Handler:
         segments.append(_echo(message, "QPD"))
         if identifiers:
             namespaces = self._s.domains.namespaces({i[0] for i in identifiers})
-            pid3 = [_cx(s, v, t, namespaces) for s, v, t in identifiers]
+            pid3 = [cx(v, s, namespaces, t) for s, v, t in identifiers]
             segments.append(codec.segment("PID", None, None, pid3, None, "^^^^^^S"))
         return segments
 
@@ -603,19 +602,17 @@ class Hl7Handler:
 
     # --- acknowledgements ------------------------------------------------------------------
 
-    @staticmethod
-    def _resolve_with(domains: Any, found: Authority) -> str | None:
+    def _resolve(self, found: Authority) -> str | None:
+        """The identifier system an assigning authority names: its OID or URI, else the
+        registered domain of its namespace id; None when it names no known one."""
         system = system_of(found)
         if system is not None:
             return system
         if found.namespace:
-            domain = domains.by_namespace(found.namespace)
+            domain = self._s.domains.by_namespace(found.namespace)
             if domain is not None:
                 return str(domain.system)
         return None
-
-    def _resolve(self, found: Authority) -> str | None:
-        return self._resolve_with(self._s.domains, found)
 
     def _head(self, message: Message, message_type: str, status: str,
               text: str | None = None) -> list[str]:
@@ -770,12 +767,6 @@ def _returned(system: str, wanted: frozenset[str] | None) -> bool:
     if wanted is None:
         return not system.startswith(SOURCE_SYSTEM)
     return system in wanted
-
-
-def _cx(system: str, value: str, kind: str | None, namespaces: dict[str, str]) -> str:
-    from mpi.hl7.pid import cx
-
-    return cx(value, system, namespaces, kind)
 
 
 def _date_range(value: str, location: tuple[object, ...]) -> Any:
