@@ -87,10 +87,33 @@ def _request(port: int, method: str, path: str, body: object = None) -> tuple[in
     return resp.status, json.loads(raw) if raw else None
 
 
+def _mllp(port: int, message: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"\x0b" + message.encode() + b"\x1c\r")
+        answer = b""
+        while not answer.endswith(b"\x1c\r"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode()
+
+
 def test_pex_serves_the_api_on_sqlite(rootfs):
-    port = _free_port()
+    """The PEX alone on a bare interpreter: the HTTP API, and the HL7 v2 listener with a
+    sender registered by the PEX's own command (python-hl7 is inside)."""
+    port, mllp = _free_port(), _free_port()
     env = {**BASE_ENV, "SERVER_PORT": str(port), "WORKERS": "2",
-           "DATABASE_URL": "sqlite:////data/mpi.db", "SEARCH_INDEX_PATH": "/data/index"}
+           "DATABASE_URL": "sqlite:////data/mpi.db", "SEARCH_INDEX_PATH": "/data/index",
+           "HL7_MLLP_PORT": str(mllp)}
+    for args in (("domain", "add", "urn:oid:1.2.3.4", "--name", "Bare", "--sources", "bare",
+                  "--namespace", "BARE"),
+                 ("hl7", "sender", "add", "bare-adt", "--application", "ADT", "--facility",
+                  "BARE", "--sources", "bare")):
+        done = subprocess.run(chroot_cmd(rootfs, "/usr/bin/python3.11", "/mpi.pex", *args,
+                                         env=env), capture_output=True, text=True,
+                              timeout=180)
+        assert done.returncode == 0, done.stderr
     proc = subprocess.Popen(chroot_cmd(rootfs, "/usr/bin/python3.11", "/mpi.pex", "serve",
                                        env=env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -110,5 +133,11 @@ def test_pex_serves_the_api_on_sqlite(rootfs):
         status, read = _request(port, "GET", f"/api/v1/patients/{created['id']}")
         assert status == 200 and read == created
         assert (rootfs / "data" / "mpi.db").exists()
+        ack = _mllp(mllp, "\r".join([
+            "MSH|^~\\&|ADT|BARE|MPI|MPI|20261204101500||ADT^A01^ADT_A01|B1|P|2.5",
+            "PID|1||B-1^^^BARE&1.2.3.4&ISO^MR||DOE^JANE||19700101|F"]))
+        assert "MSA|AA|B1" in ack, ack
+        status, found = _request(port, "GET", "/api/v1/patients?source=bare")
+        assert status == 200 and [p["source_id"] for p in found["items"]] == ["B-1"]
     finally:
         stop_process(proc)
