@@ -261,3 +261,33 @@ def test_a47_changes_the_records_identifier(services: Services, listener):
     assert (f"urn:oid:{ST_MARYS}", "OLD-1") not in {(i.system, i.value)
                                                    for i in after.identifiers}
     assert services.patients.id_of("st-marys", "OLD-1") is None
+
+
+def test_an_update_changes_what_it_sends_deletes_what_it_nulls_keeps_the_rest(
+        services: Services, listener):
+    """HL7's rule for updates: an empty field means "no change", ``""`` means "delete";
+    what PID does not carry at all (contacts, languages) stays."""
+    register(services)
+    mllp = listener()
+    first = adt("A01", pid("UPD-1", ssn="123-45-6789").replace("||SMITH^^^^^^M|", "|")
+                .replace("||19610615|", "|SMITH^^^^^^M|19610615|"), control_id="U1")
+    assert _ack(mllp.exchange(first))[0] == "AA"
+    before = _record(services, "st-marys", "UPD-1")
+    assert before.mothers_maiden_name == "SMITH" and before.addresses and before.telecom
+    # PID-5 and PID-8 sent, PID-6 deleted, everything else empty (no change).
+    partial = adt("A08", f'PID|1||UPD-1^^^STMARYS&{ST_MARYS}&ISO^MR||NEWNAME^ADAM|""||F',
+                  control_id="U2")
+    assert _ack(mllp.exchange(partial))[0] == "AA"
+    after = _record(services, "st-marys", "UPD-1")
+    assert (after.names[0].family, after.gender) == ("NEWNAME", "female")
+    assert after.mothers_maiden_name is None
+    assert after.birth_date == before.birth_date
+    assert after.addresses == before.addresses and after.telecom == before.telecom
+    assert ("urn:oid:2.16.840.1.113883.4.1", "123-45-6789") in {
+        (i.system, i.value) for i in after.identifiers}  # PID-19 empty: the SSN stays
+    # Deleting the address and the phones.
+    cleared = adt("A08", f'PID|1||UPD-1^^^STMARYS&{ST_MARYS}&ISO^MR||||||||""||""|""',
+                  control_id="U3")
+    assert _ack(mllp.exchange(cleared))[0] == "AA"
+    gone = _record(services, "st-marys", "UPD-1")
+    assert gone.addresses == [] and gone.telecom == [] and gone.names[0].family == "NEWNAME"

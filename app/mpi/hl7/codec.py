@@ -51,12 +51,29 @@ class Message:
     #: str(); a message is read field by field many times).
     _fields: dict[str, list[list[str]]] = field(default_factory=dict, repr=False)
 
+    #: Field numbers sent as the explicit null ``""`` ("delete this value"), by segment
+    #: (first occurrence); they read as empty.
+    _nulls: dict[str, set[int]] = field(default_factory=dict, repr=False)
+
     def __post_init__(self) -> None:
         for seg in self.parsed:
             fields = str(seg).split(self.separators[0])
             if fields[0] == "MSH":
                 fields.insert(1, self.separators[0])
+            nulls = {n for n, text in enumerate(fields) if n and text == '""'}
+            for n in nulls:
+                fields[n] = ""
+            if fields[0] not in self._fields:
+                self._nulls[fields[0]] = nulls
             self._fields.setdefault(fields[0], []).append(fields)
+
+    def sent(self, segment: str, number: int) -> bool:
+        """Whether the field has a value (HL7: an empty field means "no change")."""
+        return bool(self.raw(segment, number))
+
+    def null(self, segment: str, number: int) -> bool:
+        """Whether the field was sent as ``""`` (HL7: "delete the value")."""
+        return number in self._nulls.get(segment, set())
 
     @property
     def control_id(self) -> str:

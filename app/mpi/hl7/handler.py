@@ -48,6 +48,7 @@ from mpi.domain.errors import (
     NotFound,
     StateConflict,
     StorageUnavailable,
+    VersionMismatch,
 )
 from mpi.domain.patient import Patient, PatientInput
 from mpi.fhir.search import identifier_token, parse_date
@@ -57,10 +58,12 @@ from mpi.hl7.pid import (
     FIELD_LOCATIONS,
     SSN_SYSTEM,
     Authority,
+    Demographics,
     authority,
     cx,
     read_pid,
     system_of,
+    updated,
     write_pid,
 )
 from mpi.storage.hl7 import StoredSender
@@ -251,13 +254,18 @@ class Hl7Handler:
     def _feed(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
         self._require(sender, "c", "create records")
         self._require(sender, "u", "update records")
-        data = self._record(message, actor)
+        data, sent = self._read(message, actor)
         ack = self._ack(message, "AA")
         with self._receipt(sender, message, ack):
-            self._upsert(data, actor)
+            self._upsert(data, sent, actor)
         return ack
 
     def _record(self, message: Message, actor: Actor, *, segment: str = "PID") -> PatientInput:
+        return self._read(message, actor, segment=segment)[0]
+
+    def _read(self, message: Message, actor: Actor, *,
+              segment: str = "PID") -> tuple[PatientInput, Demographics]:
+        """The record the PID describes, and what the PID sent (for an update)."""
         if not message.segments(segment):
             raise refuse("100", (segment,), f"the message has no {segment} segment")
         demographics = read_pid(message, self._resolve, segment)
@@ -267,6 +275,9 @@ class Hl7Handler:
                          "sender assigns (register the domain with the sender's source)")
         source, source_id = key
         body = {"source": source, "source_id": source_id, **demographics.fields}
+        return self._parse(body, segment), demographics
+
+    def _parse(self, body: dict[str, Any], segment: str = "PID") -> PatientInput:
         try:
             return self._s.patients.parse(json.dumps(body).encode())
         except InvalidInput as exc:
@@ -275,7 +286,9 @@ class Hl7Handler:
         except MalformedInput as exc:
             raise refuse("102", (segment,), exc.message) from None
 
-    def _upsert(self, data: PatientInput, actor: Actor) -> Patient:
+    def _upsert(self, data: PatientInput, sent: Demographics, actor: Actor) -> Patient:
+        """Create the record, or update it by HL7's rules (:func:`mpi.hl7.pid.updated`:
+        empty fields change nothing, ``""`` deletes)."""
         state = self._s.patients.key_state(data.source, data.source_id)
         if state is not None and state[1]:
             raise refuse("204", ("PID", 1, 3), "this identifier's record was merged into "
@@ -288,8 +301,10 @@ class Hl7Handler:
                 if clash.existing_id is None:
                     raise
                 existing = clash.existing_id
+        old = self._s.patients.get(existing, actor)
+        data = self._parse(updated(_content(old), data.content(), sent))
         return self._s.patients.update(  # type: ignore[no-any-return]
-            existing, data, actor, expected_version=None)
+            existing, data, actor, expected_version=old.version)
 
     def _prior_key(self, message: Message, source: str, actor: Actor) -> tuple[str, str]:
         """The sender's record MRG-1 names: (source, source id) in the sender's domain."""
@@ -696,8 +711,8 @@ def _domain_refusal(exc: DomainError) -> Refusal:
         return refuse("207", ("PID", 1, 3), exc.message, status="AR")
     if isinstance(exc, NotFound):
         return refuse("204", ("PID", 1, 3), exc.message)
-    if isinstance(exc, ConcurrentChange):
-        return refuse("206", ("PID", 1, 3), exc.message)
+    if isinstance(exc, (ConcurrentChange, VersionMismatch)):
+        return refuse("206", ("PID", 1, 3), "the record changed meanwhile; send again")
     if isinstance(exc, Conflict):
         return refuse("205", ("PID", 1, 3), exc.message)
     if isinstance(exc, StateConflict):

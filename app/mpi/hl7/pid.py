@@ -81,6 +81,50 @@ class Demographics:
     fields: dict[str, Any] = field(default_factory=dict)
     #: (repetition number, system, value) of every PID-3 identifier.
     keys: list[tuple[int, str, str]] = field(default_factory=list)
+    #: PID field numbers with a value, and those sent as ``""`` (delete).
+    sent: set[int] = field(default_factory=set)
+    cleared: set[int] = field(default_factory=set)
+
+
+#: The record fields each PID field carries (for an update that sends only some); phones
+#: come from PID-13 and PID-14 together.
+PID_FIELDS: dict[int, tuple[str, ...]] = {
+    5: ("names",), 6: ("mothers_maiden_name",), 7: ("birth_date", "birth_date_partial"),
+    8: ("gender",), 11: ("addresses",), 16: ("marital_status",), 24: ("multiple_birth",),
+    25: ("multiple_birth_order",), 29: ("deceased_date",), 30: ("deceased",),
+}
+
+
+def updated(old: dict[str, Any], new: dict[str, Any], pid: Demographics) -> dict[str, Any]:
+    """The content an update gives a record, by HL7's rules: a field sent replaces what
+    the record had, a field sent as ``""`` deletes it, a field left empty changes
+    nothing. ``old`` and ``new`` are record contents (JSON shape). PID-3 is always sent
+    and replaces the identifiers, but an SSN the record had stays unless PID-19 is sent or
+    deleted; the phones are replaced when PID-13 or PID-14 is sent; what PID does not
+    carry (languages, contacts, organization) stays."""
+    out = {**old, "source": new["source"], "source_id": new["source_id"],
+           "active": new.get("active", True)}
+    changes = {**PID_FIELDS, 13: ("telecom",)}  # 13 stands for PID-13 and PID-14 here
+    phones_sent = bool({13, 14} & pid.sent)
+    phones_cleared = not phones_sent and bool({13, 14} & pid.cleared)
+    sent = pid.sent - {14} | ({13} if phones_sent else set())
+    cleared = pid.cleared - {13, 14} | ({13} if phones_cleared else set())
+    for number, keys in changes.items():
+        for key in keys:
+            if number in sent:
+                if key in new:
+                    out[key] = new[key]
+                else:
+                    out.pop(key, None)
+            elif number in cleared:
+                out.pop(key, None)
+    identifiers = list(new.get("identifiers", []))
+    if 19 not in pid.sent and 19 not in pid.cleared:
+        have = {(i["system"], i["value"]) for i in identifiers}
+        identifiers += [i for i in old.get("identifiers", [])
+                        if i["system"] == SSN_SYSTEM and (i["system"], i["value"]) not in have]
+    out["identifiers"] = identifiers
+    return out
 
 
 def authority(message: Message, rep: str, component: int = 4) -> Authority:
@@ -103,6 +147,8 @@ def system_of(found: Authority) -> str | None:
 def read_pid(message: Message, resolve: Resolve, segment: str = "PID") -> Demographics:
     """The PID's demographics; MessageError naming the field when one cannot be read."""
     out = Demographics()
+    out.sent = {n for n in range(4, 31) if message.sent(segment, n)}
+    out.cleared = {n for n in range(4, 31) if message.null(segment, n)}
     f = out.fields
     identifiers: list[dict[str, Any]] = []
     for n, rep in enumerate(message.repetitions(segment, 3), start=1):
