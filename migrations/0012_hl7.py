@@ -5,7 +5,8 @@
   certificates, the certificate subject it must present.
 - ``hl7_receipt``: the acknowledgement of every message that changed something, by
   sender and MSH-10 control id, written in the transaction of the change: a message
-  sent again gets the same acknowledgement and changes nothing.
+  sent again gets the same acknowledgement and changes nothing; kept for
+  HL7_RECEIPT_RETENTION_DAYS (pruned by age, hence the index on ``created_at``).
 - ``identity_domain.namespace``: the HL7 v2 namespace id (HD-1) of a domain, for
   assigning authorities sent without their OID.
 
@@ -45,7 +46,7 @@ def upgrade(db: peewee.Database) -> None:
             database = db
             legacy_table_names = False
             table_name = "hl7_receipt"
-            indexes = ((("sender", "control_id"), True),)
+            indexes = ((("sender", "control_id"), True), (("created_at",), False))
 
     db.create_tables([Hl7Sender, Hl7Receipt], safe=False)
     db.execute_sql("ALTER TABLE identity_domain ADD COLUMN namespace VARCHAR(64)")

@@ -496,6 +496,9 @@ SETTINGS: tuple[Setting, ...] = (
             "true: on a non-loopback address without client certificates, believe MSH-3 and "
             "MSH-4 as the sender's identity (a dedicated interface network); false refuses "
             "to start so"),
+    Setting("HL7_RECEIPT_RETENTION_DAYS", "hl7_receipt_retention_days", _positive_int, "30",
+            "Days the acknowledgement of each HL7 message that changed something is kept, so "
+            "that the same message resent within them changes nothing"),
     Setting("HL7_APPLICATION", "hl7_application", _hd, "MPI",
             "What the service writes as its application (MSH-3) in acknowledgements"),
     Setting("HL7_FACILITY", "hl7_facility", _hd, "MPI",
@@ -554,6 +557,7 @@ class Settings:
     hl7_mllp_tls_key_file: Path | None
     hl7_mllp_tls_client_ca_file: Path | None
     hl7_mllp_trust_network: bool
+    hl7_receipt_retention_days: int
     hl7_application: str
     hl7_facility: str
     log_level: str

@@ -291,3 +291,19 @@ def test_an_update_changes_what_it_sends_deletes_what_it_nulls_keeps_the_rest(
     assert _ack(mllp.exchange(cleared))[0] == "AA"
     gone = _record(services, "st-marys", "UPD-1")
     assert gone.addresses == [] and gone.telecom == [] and gone.names[0].family == "NEWNAME"
+
+
+def test_acknowledgements_are_kept_for_the_retention_days_only(services: Services,
+                                                                 listener, clock):
+    register(services)
+    mllp = listener()
+    message = adt("A01", pid("KEEP-1"), control_id="R1")
+    first = mllp.exchange(message)
+    assert mllp.exchange(message) == first  # within the retention: the same ACK
+    clock.advance(days=29)
+    assert services.senders.prune_receipts(30) == 0
+    clock.advance(days=2)
+    assert services.senders.prune_receipts(30) == 1
+    again = mllp.exchange(message)  # forgotten: processed again, as an update
+    assert _ack(again)[0] == "AA" and again != first
+    assert _record(services, "st-marys", "KEEP-1").version == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import timedelta
 
 from mpi.domain.access import Principal, check_scope, parse_sources
 from mpi.domain.audit import Actor, AuditTag
@@ -91,6 +92,12 @@ class Hl7Senders:
         """The sender registered for MSH-3 at MSH-4, if any."""
         with self._work.reading():
             return self._repository.by_origin(application, facility)
+
+    def prune_receipts(self, days: int) -> int:
+        """Forget acknowledgements older than ``days`` (a message resent later than that
+        is processed again); how many. Housekeeping: nothing is audited."""
+        with self._work.begin(Actor(user_id="mpi:hl7-retention")) as tx:
+            return self.receipts.prune(before=tx.now - timedelta(days=days))
 
     def receipt(self, sender: str, control_id: str) -> str | None:
         """The acknowledgement a message of ``sender`` with this MSH-10 got, if it changed

@@ -146,6 +146,10 @@ class Hl7Handler:
 
     # --- the entry point -------------------------------------------------------------------
 
+    def prune_receipts(self, days: int) -> int:
+        """Forget acknowledgements older than ``days`` (the listener does it hourly)."""
+        return int(self._s.senders.prune_receipts(days))
+
     def handle(self, block: bytes, peer: Peer = Peer()) -> bytes:
         """The answer to one MLLP block (never raises for what the peer sent)."""
         try:

@@ -35,6 +35,8 @@ log = logging.getLogger("mpi.hl7")
 MAX_FRAME = 1 << 20
 #: A connection idle this long between messages is closed.
 IDLE_TIMEOUT_S = 600.0
+#: How often old acknowledgements are pruned (HL7_RECEIPT_RETENTION_DAYS), from the start.
+PRUNE_EVERY_S = 3600.0
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -133,6 +135,23 @@ async def _serve(handler: Hl7Handler, db: Any, settings: Settings, sock: socket.
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def prune() -> None:
+        with connection(db):
+            gone = handler.prune_receipts(settings.hl7_receipt_retention_days)
+        if gone:
+            log.info("HL7: forgot %d acknowledgements older than %d days", gone,
+                     settings.hl7_receipt_retention_days)
+
+    async def housekeeping() -> None:
+        while not stop.is_set():
+            try:
+                await loop.run_in_executor(pool, prune)
+            except Exception as exc:  # the database may be away; try again next time
+                log.warning("HL7: pruning acknowledgements failed: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PRUNE_EVERY_S)
+
+    keeper = asyncio.create_task(housekeeping())
     server = await start_hl7_server(on_client, sock=sock, ssl=tls_context(settings),
                                     limit=MAX_FRAME)
     log.info("HL7 MLLP listener on %s:%s%s", settings.mllp_host, sock.getsockname()[1],
@@ -141,6 +160,7 @@ async def _serve(handler: Hl7Handler, db: Any, settings: Settings, sock: socket.
     async with server:
         await stop.wait()
     server.close()
+    await keeper
 
 
 class ListenerProcess(ChildProcess):

@@ -67,6 +67,10 @@ class ReceiptRepository:
                .first())
         return row.ack if row is not None else None
 
+    def prune(self, *, before: datetime) -> int:
+        """Forget the acknowledgements given before ``before``; how many."""
+        return int(Hl7ReceiptRow.delete().where(Hl7ReceiptRow.created_at < before).execute())
+
     def insert(self, sender: str, control_id: str, ack: str, *, now: datetime) -> None:
         Hl7ReceiptRow.insert(sender=sender, control_id=control_id, ack=ack,
                              created_at=now).execute()

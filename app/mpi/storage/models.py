@@ -394,7 +394,7 @@ class Hl7ReceiptRow(BaseModel):
 
     class Meta:
         table_name = "hl7_receipt"
-        indexes = ((("sender", "control_id"), True),)
+        indexes = ((("sender", "control_id"), True), (("created_at",), False))
 
 
 class SchemaMigrationRow(BaseModel):
