@@ -203,6 +203,11 @@ class Contact(BaseModel):
         return self
 
 
+#: What the server sets on a record and a client may only echo back.
+READ_ONLY = frozenset({"id", "version", "created_at", "updated_at", "person_id", "replaced_by",
+                       "replaces"})
+
+
 class PatientInput(BaseModel):
     """A patient record as a source system sends it."""
 
@@ -327,8 +332,7 @@ class PatientInput(BaseModel):
 
     def content(self) -> dict[str, Any]:
         """The record's content without the read-only echo fields."""
-        return self.model_dump(mode="json", exclude={"id", "version", "created_at", "updated_at",
-                                                     "person_id", "replaced_by", "replaces"})
+        return self.model_dump(mode="json", exclude=set(READ_ONLY))
 
 
 class Patient(BaseModel):
@@ -378,6 +382,12 @@ class Patient(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+    def content(self) -> dict[str, Any]:
+        """The record's content as a source sends it (JSON shape, no read-only fields): to
+        send it back changed (a source's merge, an HL7 update)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k in PatientInput.model_fields and k not in READ_ONLY}
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -146,9 +146,6 @@ class Hl7Handler:
 
     # --- the entry point -------------------------------------------------------------------
 
-    def prune_receipts(self, days: int) -> int:
-        """Forget acknowledgements older than ``days`` (the listener does it hourly)."""
-        return int(self._s.senders.prune_receipts(days))
 
     def handle(self, block: bytes, peer: Peer = Peer()) -> bytes:
         """The answer to one MLLP block (never raises for what the peer sent)."""
@@ -306,7 +303,7 @@ class Hl7Handler:
                     raise
                 existing = clash.existing_id
         old = self._s.patients.get(existing, actor)
-        data = self._parse(updated(_content(old), data.content(), sent))
+        data = self._parse(updated(old.content(), data.content(), sent))
         return self._s.patients.update(  # type: ignore[no-any-return]
             existing, data, actor, expected_version=old.version)
 
@@ -338,7 +335,7 @@ class Hl7Handler:
                 target.source, target.source_id) is not None:
             raise refuse("205", ("PID", 1, 3), "another record already has the new identifier")
         old = self._s.patients.get(record_id, actor)
-        content = _content(old)
+        content = old.content()
         new = next(i for i in target.identifiers if i.value == target.source_id)
         kept = [i for i in content.get("identifiers", [])
                 if (i["system"], i["value"]) not in ((new.system, old_key[1]),
@@ -364,7 +361,7 @@ class Hl7Handler:
             raise refuse("204", ("MRG", 1, 1), "the record to merge (MRG-1) is not known")
         if merged_id == survivor_id:
             raise refuse("205", ("MRG", 1, 1), "MRG-1 and PID-3 name the same record")
-        content = _content(self._s.patients.get(merged_id, actor))
+        content = self._s.patients.get(merged_id, actor).content()
         content["active"] = False
         data = self._s.patients.parse(json.dumps(content).encode())
         ack = self._ack(message, "AA")
@@ -463,10 +460,11 @@ class Hl7Handler:
         wanted = state.wanted
         rows: list[str] = []
         if records:
+            returned = [(p, [i for i in _identifiers([p]) if _returned(i[0], wanted)])
+                        for p in records]
             namespaces = self._s.domains.namespaces(
-                {s for p in records for s, _, _ in _identifiers([p])} | {PERSON_SYSTEM})
-            for patient in records:
-                idents = [i for i in _identifiers([patient]) if _returned(i[0], wanted)]
+                {system for _, idents in returned for system, _, _ in idents})
+            for patient, idents in returned:
                 if not idents:
                     continue
                 rows.append(write_pid(patient, idents, namespaces, set_id=len(rows) // 2 + 1))
@@ -724,13 +722,6 @@ def _domain_refusal(exc: DomainError) -> Refusal:
     if isinstance(exc, StorageUnavailable):
         return refuse("207", ("MSH", 1, 9), "the database is unavailable; send again")
     return refuse("207", ("MSH", 1, 9), exc.message)
-
-
-def _content(patient: Patient) -> dict[str, Any]:
-    """A stored record's content as a source would send it (JSON, for ``parse``)."""
-    return {k: v for k, v in patient.to_dict().items() if k in PatientInput.model_fields
-            and k not in ("id", "version", "created_at", "updated_at", "person_id",
-                          "replaced_by", "replaces")}
 
 
 def _problem(field: str, reason: str, segment: str) -> Problem:

@@ -87,11 +87,11 @@ def listen(settings: Settings, services: Any, sock: socket.socket,
                          facility=settings.hl7_facility,
                          certificates_required=settings.hl7_mllp_tls_client_ca_file is not None)
     pool = ThreadPoolExecutor(settings.hl7_mllp_threads, thread_name_prefix="mllp")
-    asyncio.run(_serve(handler, services.db, settings, sock, pool, ready, stopper))
+    asyncio.run(_serve(handler, services, settings, sock, pool, ready, stopper))
     pool.shutdown(wait=True)
 
 
-async def _serve(handler: Hl7Handler, db: Any, settings: Settings, sock: socket.socket,
+async def _serve(handler: Hl7Handler, services: Any, settings: Settings, sock: socket.socket,
                  pool: ThreadPoolExecutor, ready: Callable[[], None],
                  stopper: Callable[[Callable[[], None]], None] | None) -> None:
     from mpi.storage.db import connection
@@ -106,6 +106,8 @@ async def _serve(handler: Hl7Handler, db: Any, settings: Settings, sock: socket.
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
+
+    db = services.db
 
     def run(block: bytes, peer: Peer) -> bytes:
         with connection(db):
@@ -137,7 +139,7 @@ async def _serve(handler: Hl7Handler, db: Any, settings: Settings, sock: socket.
 
     def prune() -> None:
         with connection(db):
-            gone = handler.prune_receipts(settings.hl7_receipt_retention_days)
+            gone = services.senders.prune_receipts(settings.hl7_receipt_retention_days)
         if gone:
             log.info("HL7: forgot %d acknowledgements older than %d days", gone,
                      settings.hl7_receipt_retention_days)
