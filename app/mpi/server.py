@@ -14,6 +14,10 @@ workers' indexer threads stand by meanwhile and hand the index back, and each
 worker lowers its own priority (SEARCH_WORKER_NICENESS) so that when requests
 fill the CPU the indexer still gets it.
 
+Every process keeps its Prometheus metrics in a directory of this start under a tmpfs
+(``mpi.metrics``), which any worker's ``GET /metrics`` reads whole; the master removes it
+on exit.
+
 If the master is killed outright (``kill -9``), its workers and the indexer process see
 it within a quarter of a second (``mpi.lifecycle``) and stop, freeing the port for the
 restart.
@@ -78,10 +82,12 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         # (about 0.7 s of imports each otherwise), sharing their pages until written.
         # Nothing is built here: no connection, no index, no app instance.
         import mpi.api.app  # noqa: F401
-        from mpi import wiring
+        from mpi import metrics, wiring
         from mpi.search.process import IndexerProcess
 
         self._settings = settings
+        # Before any child exists: the directory every process keeps its metrics in.
+        self.metrics_dir = metrics.start_multiprocess()
         self.indexer = IndexerProcess(lambda: wiring.build(settings))
         # HL7_MLLP_PORT: the MLLP listener, another child of the master; its socket is
         # bound here so that a port in use stops the start, as SERVER_PORT's does.
@@ -100,6 +106,7 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("when_ready", self._when_ready)
         self.cfg.set("post_fork", self._post_fork)
         self.cfg.set("on_exit", self._on_exit)
+        self.cfg.set("child_exit", self._child_exit)
 
     def _when_ready(self, arbiter: Any) -> None:
         # Before the workers exist: the indexer process takes the writer lock first.
@@ -116,10 +123,18 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
             self.listener.socket.close()
         when_orphaned(lambda: leave(self._settings.graceful_timeout))
 
+    def _child_exit(self, arbiter: Any, worker: Any) -> None:
+        from mpi import metrics
+
+        metrics.process_died(worker.pid)  # its gauges stop counting; its counters stay
+
     def _on_exit(self, arbiter: Any) -> None:
+        from mpi import metrics
+
         self.indexer.stop()
         if self.listener is not None:
             self.listener.stop()
+        metrics.stop_multiprocess(self.metrics_dir)
 
     def run(self) -> None:
         """gunicorn's master loop, which also forks a new indexer process if it died."""

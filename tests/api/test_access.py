@@ -13,7 +13,7 @@ from mpi.api.access import PUBLIC, declared_scope
 from mpi.api.app import create_app
 from mpi.api.openapi import responders
 from mpi.api.routes import build_routes
-from mpi.domain.access import ADMIN, AUDIT, FEED, STEWARD
+from mpi.domain.access import ADMIN, AUDIT, FEED, METRICS, STEWARD
 from mpi.storage.db import close_database, connection, database_for
 from mpi.storage.models import AuditEventRow, PatientRow
 from mpi.wiring import build
@@ -38,6 +38,7 @@ ROUTES = [
     ("GET", f"{API}/audit/recent", AUDIT),
     ("GET", f"{API}/audit/user?user_id=x", AUDIT),
     ("GET", f"{API}/events", FEED),
+    ("GET", "/metrics", METRICS),
     ("POST", f"{API}/persons/{P}/links", STEWARD),
     ("DELETE", f"{API}/persons/{P}/links/{P}", STEWARD),
     ("POST", f"{API}/persons/merge", STEWARD),

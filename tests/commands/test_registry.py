@@ -190,3 +190,38 @@ def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_pat
             for table in REGISTRY_TABLES:
                 db.execute_sql(f'ALTER TABLE "{table}" RESET (autovacuum_enabled)')
         close_database(db)
+
+
+def test_an_import_serves_its_metrics_while_it_runs(files: Path, monkeypatch):
+    """``--metrics-port``: a scraper sees records/s as the rate of mpi_import_records_total
+    (run in this process, so that its metrics server can be scraped afterwards)."""
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mpi.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.chdir(files)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{files}/mpi.db")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    monkeypatch.delenv("MATCHING_MODEL_PATH", raising=False)
+
+    def imported() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {s.labels["outcome"]: s.value
+                for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "mpi_import_records_total"}
+
+    assert main(["import", "patients.csv", "--source", "lab-system", "--no-progress",
+                 "--metrics-port", str(port)]) == 0
+    first = imported()
+    assert main(["import", "legacy.csv", "--source", "legacy", "--no-progress",
+                 "--map", "given_name=first,family_name=surname"]) == 1
+    second = imported()
+    assert second["created"] - first.get("created", 0) == 3
+    assert second["rejected"] - first.get("rejected", 0) == 1

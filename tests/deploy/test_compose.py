@@ -109,8 +109,10 @@ def test_resolved_config_matches_the_compose_specification(path: Path, tmp_path:
 
 def test_files_are_complete_stacks():
     dev, prod = _load(DEV), _load(PROD)
-    assert set(dev["services"]) == {"db", "migrate", "mpi", "pgadmin"}
+    assert set(dev["services"]) == {"db", "migrate", "mpi", "pgadmin", "prometheus", "grafana"}
     assert dev["services"]["pgadmin"]["profiles"] == ["tools"]
+    assert dev["services"]["prometheus"]["profiles"] == ["monitoring"]
+    assert dev["services"]["grafana"]["profiles"] == ["monitoring"]
     assert set(prod["services"]) == {"db", "migrate", "mpi", "proxy"}
     for config in (dev, prod):
         services = config["services"]

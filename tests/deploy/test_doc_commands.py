@@ -94,6 +94,7 @@ RUN: dict[str, str] = {
     "mpi token create --name lab-system --scopes system/Patient.crus --sources lab":
         "test_token_commands",
     "mpi token list": "test_token_commands",
+    "mpi token create --name prometheus --scopes mpi:metrics": "test_token_commands",
     "mpi token revoke lab-system": "test_token_commands",
     "mpi serve": "test_serve_probe_backup_and_restore_on_sqlite",
     "mpi healthcheck": "test_serve_probe_backup_and_restore_on_sqlite",
@@ -253,6 +254,10 @@ NOT_RUNNABLE: dict[str, tuple[str, str | None]] = {
     "docker compose -f compose/docker-compose.yml --profile tools up -d pgadmin": (
         "pgAdmin's image comes from Docker Hub, which the build machines cannot reach",
         f"{COMPOSE_TEST}::test_files_are_complete_stacks"),
+    "docker compose -f compose/docker-compose.yml --profile monitoring up -d": (
+        "the Prometheus and Grafana images come from Docker Hub, which the build machines "
+        "cannot reach", "tests/deploy/test_monitoring.py::"
+        "test_every_query_names_metrics_the_service_exposes"),
     "systemd-sysusers deploy/systemd/mpi.sysusers.conf": (
         HOST_CHANGE, f"{SYSTEMD_TEST}::test_sysusers_creates_the_user"),
     "install -D -m 0644 dist/mpi.pex /opt/mpi/mpi.pex": (
@@ -594,8 +599,11 @@ def test_token_commands(shell: Shell):
     secret = shell.run(
         "mpi token create --name lab-system --scopes system/Patient.crus --sources lab")
     assert secret is not None and secret.strip().startswith("mpi_")
+    scraper = shell.run("mpi token create --name prometheus --scopes mpi:metrics")
+    assert scraper is not None and scraper.strip().startswith("mpi_")
     listed = shell.run("mpi token list")
     assert listed is not None and listed.startswith("lab-system\tactive\t")
+    assert "prometheus\tactive\t" in listed and "mpi:metrics" in listed
     assert secret.strip() not in listed
     shell.run("mpi token revoke lab-system")
     listed = shell.run("mpi token list")

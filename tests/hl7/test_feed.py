@@ -307,3 +307,36 @@ def test_acknowledgements_are_kept_for_the_retention_days_only(services: Service
     again = mllp.exchange(message)  # forgotten: processed again, as an update
     assert _ack(again)[0] == "AA" and again != first
     assert _record(services, "st-marys", "KEEP-1").version == 2
+
+
+def test_each_message_is_counted_by_type_and_acknowledgement(services: Services, listener):
+    from prometheus_client import REGISTRY  # the listener runs in this process here
+
+    def count(kind: str, ack: str) -> float:
+        return REGISTRY.get_sample_value("mpi_hl7_messages_total",
+                                         {"message_type": kind, "ack": ack}) or 0.0
+
+    def timed(kind: str) -> float:
+        return REGISTRY.get_sample_value("mpi_hl7_message_duration_seconds_count",
+                                         {"message_type": kind}) or 0.0
+
+    register(services)
+    mllp = listener()
+    before = (count("ADT^A01", "AA"), count("ADT^A01", "AE"), count("other", "AR"),
+              timed("ADT^A01"))
+    assert _ack(mllp.exchange(adt("A01", pid("MRN7001"), control_id="MET-1")))[0] == "AA"
+    bad = adt("A01", pid("MRN7002", birth="19611345"), control_id="MET-2")
+    assert _ack(mllp.exchange(bad))[0] == "AE"
+    assert segments(mllp.exchange("NOT A MESSAGE"))["MSA"][0][1] == "AR"
+    after = (count("ADT^A01", "AA"), count("ADT^A01", "AE"), count("other", "AR"),
+             timed("ADT^A01"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 2]
+
+
+def test_message_type_labels_stay_few_and_free_of_data():
+    from mpi.metrics import hl7_type
+
+    assert hl7_type("ADT^A01^ADT_A01") == "ADT^A01"
+    assert hl7_type("qbp^q22") == "QBP^Q22"
+    assert hl7_type("SMITH^JOHN") == "other"
+    assert hl7_type(None) == "other" and hl7_type("") == "other"

@@ -33,8 +33,8 @@ class Server:
     def __init__(self, env: dict[str, str], cwd: Path):
         self.port = _free_port()
         self.stderr_path = cwd / "server.log"
-        full = {**os.environ, **env, "SERVER_PORT": str(self.port), "WORKERS": "2",
-                "LOG_LEVEL": "DEBUG", "GRACEFUL_TIMEOUT": "10"}
+        full = {**os.environ, "WORKERS": "2", "LOG_LEVEL": "DEBUG", "GRACEFUL_TIMEOUT": "10",
+                **env, "SERVER_PORT": str(self.port)}
         self._log = self.stderr_path.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "mpi", "serve"], env=full, cwd=cwd,
                                      stdout=self._log, stderr=subprocess.STDOUT)

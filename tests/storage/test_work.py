@@ -54,7 +54,7 @@ def test_reads_do_not_wait_for_the_flush_unless_asked(db, backend):
     relaxed, strict = _work(db), _work(db, synchronous_reads=True)
     off, on = ("off", "on") if backend == "postgresql" else ("sqlite", "sqlite")
     reads = [tag for tag in AuditTag if tag.is_read]
-    assert len(reads) == 13
+    assert len(reads) == 14
     for read in reads:
         assert _commit_mode(db, backend, relaxed, read) == off, read
         assert _commit_mode(db, backend, strict, read) == on, read
@@ -80,7 +80,7 @@ def test_durability_is_declared_per_tag_not_spelled():
         "patient:record:read", "patient:record:list", "patient:record:search",
         "identity:review:read", "identity:review:list", "identity:match:query",
         "person:record:read", "person:history:read", "audit:trail:read", "audit:recent:read",
-        "audit:user:read", "events:feed:read", "admin:domain:list"}
+        "audit:user:read", "events:feed:read", "admin:domain:list", "metrics:scrape:read"}
     by_value = AuditTag._value2member_map_  # what AuditTag(value) looks up
     assert by_value["identity:link:auto"] is AuditTag.link("auto")
     assert "patient:record:reed" not in by_value  # a misspelt tag is no tag at all

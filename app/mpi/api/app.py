@@ -6,7 +6,7 @@ from typing import Any
 
 import falcon
 
-from mpi import config
+from mpi import config, metrics
 from mpi.api import errors
 from mpi.api.access import AccessControl
 from mpi.api.middleware import DatabaseConnection, RequestContext
@@ -26,6 +26,7 @@ def create_app(services: Services, *, run_indexer: bool = False) -> falcon.App:
         AccessControl(services.authenticator, services.work,
                       services.settings.trusted_proxies),
     ]
+    metrics.pool_size(services.settings.database_max_connections)
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.register(app)

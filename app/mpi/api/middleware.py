@@ -1,4 +1,5 @@
-"""What every request needs: a request id, an access-log line, a database connection."""
+"""What every request needs: a request id, an access-log line and its metrics, a database
+connection."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from typing import Any
 
 import falcon
 import peewee
+from playhouse.pool import MaxConnectionsExceeded
+
+from mpi import metrics
 
 access_log = logging.getLogger("mpi.access")
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -33,7 +38,13 @@ class RequestContext:
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          req_succeeded: bool) -> None:
         started = getattr(req.context, "started", None)
-        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        elapsed = time.perf_counter() - started if started else None
+        duration_ms = round(elapsed * 1000, 2) if elapsed is not None else None
+        route = req.uri_template or "unmatched"
+        method = req.method if req.method in _METHODS else "other"
+        metrics.HTTP_REQUESTS.labels(route, method, str(resp.status_code)).inc()
+        if elapsed is not None:
+            metrics.HTTP_DURATION.labels(route, method).observe(elapsed)
         access_log.info(
             "%s %s %s", req.method, req.uri_template or "-", resp.status_code,
             extra={
@@ -59,8 +70,14 @@ class DatabaseConnection:
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          params: dict[str, Any]) -> None:
         if resource is not None and getattr(resource, "uses_database", True):
-            self._db.connect(reuse_if_open=True)
+            try:
+                with metrics.pool_wait():
+                    self._db.connect(reuse_if_open=True)
+            except MaxConnectionsExceeded:
+                metrics.POOL_EXHAUSTED.inc()
+                raise
             req.context.db_connected = True
+            metrics.pool_in_use(self._db)
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          req_succeeded: bool) -> None:
@@ -68,3 +85,4 @@ class DatabaseConnection:
             if self._db.in_transaction():  # pragma: no cover - atomic() always closes its own
                 self._db.rollback()
             self._db.close()
+            metrics.pool_in_use(self._db)

@@ -10,6 +10,7 @@ from mpi.api.resources.domains import DomainCollection, DomainItem
 from mpi.api.resources.events import EventFeed
 from mpi.api.resources.health import HealthResource, ReadyResource
 from mpi.api.resources.match import PatientMatch
+from mpi.api.resources.metrics import MetricsResource
 from mpi.api.resources.patients import PatientCollection, PatientItem
 from mpi.api.resources.persons import (
     MergeUndo,
@@ -77,6 +78,9 @@ def build_routes(services: Services) -> list[tuple[str, object]]:
         ("/fhir/Person/{person_id:uuid}", FhirPerson(s.persons)),
         ("/fhir/Patient/{patient_id:uuid}/_history/{version_id:int(min=1)}",
          FhirPatientVersion(s.patients)),
+        ("/metrics", MetricsResource(s.work, s.stewards, s.search, s.engine,
+                                     link_threshold=s.settings.matching_threshold,
+                                     review_threshold=s.settings.matching_review_threshold)),
         (f"{PREFIX}/docs", SwaggerPage(spec_url="/openapi.json", static_url=DOCS_STATIC)),
     ]
     spec = OpenApiDocument(lambda: openapi.build(routes, version=version()))

@@ -11,8 +11,8 @@ Scopes are OAuth 2.0 scope strings (RFC 6749 section 3.3), in two vocabularies:
   with a query (``system/Patient.rs?identifier=...``, SMART v2 granular scopes) is
   narrower than the whole resource and grants no route here.
 - **The MPI's own** for what FHIR has no word for: :data:`STEWARD` (review queue, link,
-  unlink, merge, undo), :data:`AUDIT` (the audit trail), :data:`FEED` (the change feed)
-  and :data:`ADMIN` (administration).
+  unlink, merge, undo), :data:`AUDIT` (the audit trail), :data:`FEED` (the change feed),
+  :data:`METRICS` (the Prometheus metrics) and :data:`ADMIN` (administration).
 
 SMART's grammar is small and there is no maintained Python library for it, so it is
 parsed here (about 40 lines) rather than pulled in.
@@ -29,11 +29,13 @@ STEWARD = "mpi:steward"
 AUDIT = "mpi:audit"
 FEED = "mpi:feed"
 ADMIN = "mpi:admin"
+METRICS = "mpi:metrics"
 MPI_SCOPES = {
     STEWARD: "steward actions: the review queue, link, unlink, merge and undo",
     AUDIT: "read the audit trail",
     FEED: "read the change feed (every version of every record)",
     ADMIN: "administration (reserved; tokens are managed with the mpi command)",
+    METRICS: "scrape the Prometheus metrics (counts and timings, no patient data)",
 }
 #: The FHIR resources the MPI serves, for SMART scopes.
 RESOURCES = ("Patient", "Person")

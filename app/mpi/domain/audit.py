@@ -84,6 +84,8 @@ class AuditTag(StrEnum):
     AUDIT_RECENT_READ = "audit:recent:read", "audit", READ
     AUDIT_USER_READ = "audit:user:read", "user", READ
     EVENTS_FEED_READ = "events:feed:read", "events", READ
+    # Operations: a scrape of the metrics (counts and timings only).
+    METRICS_READ = "metrics:scrape:read", "metrics", READ
     # Refusals: a route the client's scopes do not cover, a source it may not write.
     ACCESS_SCOPE_DENIED = "access:scope:denied", "route"
     ACCESS_SOURCE_DENIED = "access:source:denied", "patient"

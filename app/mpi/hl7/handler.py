@@ -33,6 +33,7 @@ from typing import Any
 
 import peewee
 
+from mpi import metrics
 from mpi.auth.senders import principal
 from mpi.domain.access import smart
 from mpi.domain.audit import Actor, AuditTag
@@ -149,14 +150,24 @@ class Hl7Handler:
 
     def handle(self, block: bytes, peer: Peer = Peer()) -> bytes:
         """The answer to one MLLP block (never raises for what the peer sent)."""
+        started = time.perf_counter()
+        kind, segments, charset = self._handle(block, peer)
+        answer = codec.encode(segments, charset)
+        label = metrics.hl7_type(kind)
+        metrics.HL7_MESSAGES.labels(label, _ack_code(segments)).inc()
+        metrics.HL7_DURATION.labels(label).observe(time.perf_counter() - started)
+        return answer
+
+    def _handle(self, block: bytes, peer: Peer) -> tuple[str | None, list[str], str]:
+        """(the message type, if it could be read; the answer's segments; its charset)."""
         try:
             message = codec.decode(block)
         except MessageError as exc:
             header = codec.decode_header(block)
             if header is None:
-                return codec.encode(self._ack_unread(exc), "utf-8")
-            return codec.encode(self._ack(header, "AR", [
-                Problem(exc.code, exc.location, exc.reason)]), "utf-8")
+                return None, self._ack_unread(exc), "utf-8"
+            return "^".join(header.type[:2]), self._ack(header, "AR", [
+                Problem(exc.code, exc.location, exc.reason)]), "utf-8"
         try:
             segments = self._answer(message, peer)
         except _Resent as resent:
@@ -174,7 +185,7 @@ class Hl7Handler:
                       "".join(traceback.format_tb(exc.__traceback__)))
             segments = self._error(message, refuse("207", ("MSH", 1, 9),
                                                    "the message could not be processed"))
-        return codec.encode(segments, message.codec)
+        return "^".join(message.type[:2]), segments, message.codec
 
     def _answer(self, message: Message, peer: Peer) -> list[str]:
         sender = self._sender(message, peer)
@@ -704,6 +715,14 @@ class _Resent(Refusal):
     def __init__(self, segments: list[str]):
         super().__init__("AA", [])
         self.segments = segments
+
+
+def _ack_code(segments: list[str]) -> str:
+    """MSA-1 of an answer (AA, AE, AR), for the metrics."""
+    for segment in segments:
+        if segment.startswith("MSA"):
+            return segment[4:6] if segment[4:6] in ("AA", "AE", "AR") else "other"
+    return "other"
 
 
 def _domain_refusal(exc: DomainError) -> Refusal:

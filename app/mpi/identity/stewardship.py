@@ -21,6 +21,9 @@ from mpi.storage.models import PatientRow, PersonRow, ReviewItemRow
 from mpi.storage.patients import PatientRepository
 from mpi.storage.work import Transaction, UnitOfWork, retried
 
+#: The kinds of review the engine opens.
+REVIEW_KINDS = ("possible_match", "possible_duplicate")
+
 
 class StewardService:
     def __init__(self, work: UnitOfWork, repo: IdentityRepository, patients: PatientRepository,
@@ -43,6 +46,19 @@ class StewardService:
             items = self._views.reviews(rows)
             tx.audit(AuditTag.REVIEW_LIST, None, new={"returned": [i.id for i in items]})
         return ReviewPage(items=items, next_cursor=str(cursor) if cursor else None)
+
+    def queue_summary(self) -> list[tuple[str, int, float]]:
+        """(kind, open reviews, age in seconds of the oldest) for each kind, both kinds
+        always listed (for metrics: counts only, nothing of a record, so no audit row)."""
+        with self._work.reading():
+            found = {kind: (n, oldest) for kind, n, oldest in self._repo.open_review_summary()}
+        now = self._work.clock()
+        out = []
+        for kind in REVIEW_KINDS:
+            n, oldest = found.get(kind, (0, None))
+            age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+            out.append((kind, n, round(age, 3)))
+        return out
 
     def review(self, review_id: str, actor: Actor) -> ReviewItem:
         with self._work.begin(actor) as tx:

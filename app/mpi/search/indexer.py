@@ -43,6 +43,7 @@ from typing import Any, Literal
 import peewee
 from whoosh import query as wq
 
+from mpi import metrics
 from mpi.domain.events import ChangeEvent, EventType
 from mpi.search.schema import SCHEMA, document, meta_document
 from mpi.search.store import IndexDirectory, IndexState, Opened, PreferredWriter, WriterLock
@@ -340,6 +341,7 @@ class Indexer:
         self.handlers = HANDLERS if handlers is None else handlers
         self.strict = strict  # an unknown event type is an error (tests), not a re-read
         self._opened: Opened | None = None
+        self._rebuild_reason = IndexState.MISSING.value
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -366,6 +368,7 @@ class Indexer:
             return 0
         opened = self._current()
         if opened is None:
+            metrics.INDEX_REBUILDS.labels(self._rebuild_reason).inc()
             _, count, _ = build_generation(self._db, self.directory)
             self._close()
             return max(count, 1)
@@ -400,6 +403,7 @@ class Indexer:
         self._close()
         checked = self.directory.check()
         if checked.state is not IndexState.OK:
+            self._rebuild_reason = checked.state.value
             log.warning("search index %s (%s): rebuilding from the database",
                         checked.state.value, checked.reason,
                         extra={"index_state": checked.state.value})
@@ -439,6 +443,7 @@ class Indexer:
         writer.commit(merge=False)  # searchable now; merging is the next commit's business
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
+        metrics.INDEX_APPLIED.inc(len(events))
         if segments >= MERGE_AT_SEGMENTS and _small_ones_to_merge(opened.index):
             _commit_merge(opened.index, merge_small_segments)
         merged = time.perf_counter()
@@ -515,6 +520,7 @@ class Indexer:
         log.warning("search index damaged (%s): rebuilding from the database", wrong,
                     extra={"index_state": "damaged"})
         self._close()
+        metrics.INDEX_REBUILDS.labels("damaged").inc()
         build_generation(self._db, self.directory)
         return True
 

@@ -74,9 +74,10 @@ class SearchService:
         with self._work.reading():
             behind, since = self._changes.backlog(cursor)
         if not behind or since is None:
-            return Freshness("ok")
+            return Freshness("ok", applied=cursor, newest=cursor)
         seconds = round(max((self._work.clock() - since).total_seconds(), 0.0), 3)
-        return Freshness("behind", behind, seconds)
+        return Freshness("behind", behind, seconds, applied=cursor,
+                         newest=(cursor or 0) + behind)
 
     def _from_database(self, request: SearchRequest, exact: PatientFilter,
                        actor: Actor) -> SearchOutcome:
@@ -130,6 +131,8 @@ class Freshness:
     behind_events: int = 0
     behind_seconds: float | None = None
     reason: str | None = None
+    applied: int | None = None  # the newest change-log event id the index holds
+    newest: int | None = None  # the newest event id in the change log
 
 
 def database_filter(request: SearchRequest) -> PatientFilter | None:

@@ -384,6 +384,16 @@ class IdentityRepository:
         rows = rows[:limit]
         return rows, (rows[-1].pk if more and rows else None)
 
+    def open_review_summary(self) -> list[tuple[str, int, datetime]]:
+        """(kind, how many are open, when the oldest was opened) for each kind with one."""
+        query = (ReviewItemRow
+                 .select(ReviewItemRow.kind, peewee.fn.COUNT(ReviewItemRow.pk).alias("n"),
+                         peewee.fn.MIN(ReviewItemRow.created_at).alias("oldest"))
+                 .where(ReviewItemRow.status == "open")
+                 .group_by(ReviewItemRow.kind).order_by(ReviewItemRow.kind))
+        return [(kind, int(n), ReviewItemRow.created_at.python_value(oldest))
+                for kind, n, oldest in tuples(query)]
+
     def close_reviews_for_patient(self, patient_pk: int, *, resolution: str, actor: str,
                                   now: datetime) -> int:
         return int(ReviewItemRow.update(status="resolved", resolution=resolution,

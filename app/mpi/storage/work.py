@@ -43,6 +43,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import peewee
 
+from mpi import metrics
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import ConcurrentChange, StorageUnavailable
 from mpi.domain.events import EventType
@@ -162,6 +163,7 @@ class UnitOfWork:
                 tx = Transaction(actor, self.clock())
                 yield tx
                 self._flush(tx)
+            metrics.committed(tag for tag, _, _, _ in tx._audits)
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             if sqlstate(exc) in RETRYABLE_SQLSTATES:
                 raise ConcurrentChange("another change to the same records was being made "

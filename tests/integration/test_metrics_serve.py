@@ -1,0 +1,113 @@
+"""``GET /metrics`` of a real ``mpi serve`` with several workers: one scrape, whichever worker
+answers it, counts the traffic every worker served; a killed worker's counts stay; the
+per-start directory is removed when the server stops."""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import patient
+from tests.integration.test_serve import Server, database_url_for
+
+pytestmark = pytest.mark.integration
+
+READ = "/api/v1/patients/{patient_id:uuid}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def server(request, tmp_path) -> Iterator[Server]:
+    srv = Server({"DATABASE_URL": database_url_for(request), "WORKERS": "3"}, tmp_path)
+    yield srv
+    srv.stop()
+
+
+def scrape(port: int) -> tuple[dict[tuple[str, frozenset], float], str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    assert resp.status == 200, text
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found[(s.name, frozenset(s.labels.items()))] = s.value
+    return found, text
+
+
+def value(found, name, **labels) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def children(master: int) -> list[int]:
+    """The master's children: its workers and the indexer process."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(line) for line in out.split()]
+
+
+def metrics_directory(master: int) -> str:
+    (found,) = glob.glob(f"/dev/shm/mpi-metrics-{master}-*")
+    return found
+
+
+def test_one_scrape_counts_every_workers_traffic(server):
+    # Environment variables of the test run must not leak in: the server made its own.
+    scrape(server.port)
+    status, _, created = server.request("POST", "/api/v1/patients", patient())
+    assert status == 201
+    reads = 60
+    for _ in range(reads):  # a new connection each time: the workers take turns
+        assert server.request("GET", f"/api/v1/patients/{created['id']}")[0] == 200
+    directory = metrics_directory(server.proc.pid)
+    counting = {f.rsplit("_", 1)[1] for f in os.listdir(directory) if f.startswith("counter_")}
+    assert len(counting) >= 2, f"one worker served every request: {counting}"
+
+    found, text = scrape(server.port)
+    assert value(found, "mpi_http_requests_total", route=READ, method="GET",
+                 status="200") == reads
+    assert value(found, "mpi_http_request_duration_seconds_count", route=READ,
+                 method="GET") == reads
+    assert value(found, "mpi_records_written_total", operation="create") == 1
+    assert value(found, "mpi_link_decisions_total", outcome="new_person") == 1
+    assert value(found, "mpi_db_pool_connections_max") == 3 * 10  # three live workers
+    assert value(found, "mpi_review_queue_depth", kind="possible_match") == 0
+    assert created["id"] not in text and "Smith" not in text
+
+    # The indexer process counts into the same directory: the record reaches the index.
+    deadline = time.monotonic() + 20
+    while value(found, "mpi_search_index_events_applied_total") < 2:
+        assert time.monotonic() < deadline, "the indexer process's count never showed"
+        time.sleep(0.3)
+        found, _ = scrape(server.port)
+    assert value(found, "mpi_search_index_lag_events") == 0
+
+    # A worker killed outright: gunicorn replaces it; what it counted is still counted.
+    # (Only workers time requests: a histogram file names a worker.)
+    before = children(server.proc.pid)
+    victim = next(int(f.rsplit("_", 1)[1][:-3]) for f in os.listdir(directory)
+                  if f.startswith("histogram_") and int(f.rsplit("_", 1)[1][:-3]) in before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while victim in (now := children(server.proc.pid)) or len(now) < len(before):
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    found, _ = scrape(server.port)
+    assert value(found, "mpi_http_requests_total", route=READ, method="GET",
+                 status="200") == reads
+    assert not glob.glob(f"{directory}/gauge_livesum_{victim}.db")
+    assert value(found, "mpi_db_pool_connections_max") == 3 * 10
+
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    assert not os.path.exists(directory)
