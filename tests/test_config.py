@@ -194,3 +194,20 @@ def test_client_sources_and_proxies_parse():
     assert loaded.auth_client_sources == {"lab-system": {"lab"}, "ehr": {"st-marys-ehr", "adt"},
                                           "e": {"*"}}
     assert [str(n) for n in loaded.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
+
+
+def test_the_steward_pages_settings():
+    drawn = load({}).ui_session_secret
+    assert len(drawn) >= 32 and drawn != load({}).ui_session_secret  # random when unset
+    assert "ui_session_secret" not in repr(load({}))
+    kept = "k" * 40
+    assert load({"UI_SESSION_SECRET": kept}).ui_session_secret == kept
+    with pytest.raises(ConfigError) as err:
+        load({"UI_SESSION_SECRET": "short", "UI_SESSION_HOURS": "48",
+              "UI_OIDC_CLIENT_ID": "mpi-steward-ui"})
+    text = str(err.value)
+    assert "UI_SESSION_SECRET=***: must be at least 32 characters" in text
+    assert "short" not in text
+    assert "UI_SESSION_HOURS='48'" in text
+    assert ("UI_OIDC_CLIENT_ID: the steward pages sign in through the identity provider "
+            "only with AUTH_MODE=jwt") in text

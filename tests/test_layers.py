@@ -2,7 +2,7 @@
 
     entry     mpi.cli, mpi.__main__
     hosts     mpi.server, mpi.commands   (commands import nothing from mpi.api)
-    api       mpi.api, mpi.fhir, mpi.hl7
+    api       mpi.api, mpi.fhir, mpi.hl7, mpi.ui
     root      mpi.wiring                 (the composition root)
     services  mpi.patients, mpi.identity, mpi.search, mpi.audit, mpi.events, mpi.auth
     storage   mpi.storage                (repositories, the unit of work)
@@ -22,7 +22,7 @@ ROOT = Path(mpi.__file__).parent
 LAYERS = {
     "mpi.cli": 6, "mpi.__main__": 6,
     "mpi.server": 5, "mpi.worker": 5, "mpi.commands": 5,
-    "mpi.api": 4, "mpi.fhir": 4, "mpi.hl7": 4,
+    "mpi.api": 4, "mpi.fhir": 4, "mpi.hl7": 4, "mpi.ui": 4,
     "mpi.wiring": 3,
     "mpi.patients": 2, "mpi.identity": 2, "mpi.search": 2, "mpi.audit": 2, "mpi.events": 2,
     "mpi.auth": 2,

@@ -258,6 +258,27 @@ def _client_sources(raw: str) -> dict[str, frozenset[str]]:
     return out
 
 
+def _session_secret(raw: str) -> str:
+    """The key material of the pages' session cookies; empty: a random one, drawn once when
+    the settings are loaded (``mpi serve``'s master, before it forks: its workers share it)."""
+    import secrets
+
+    value = raw.strip()
+    if not value:
+        return secrets.token_urlsafe(32)
+    if len(value) < 32:
+        raise ValueError("must be at least 32 characters (e.g. python3 -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    return value
+
+
+def _session_hours(raw: str) -> int:
+    value = int(raw.strip())
+    if not 1 <= value <= 24:
+        raise ValueError("must be a whole number of hours between 1 and 24")
+    return value
+
+
 def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     nets = []
     for part in (p.strip() for p in raw.split(",")):
@@ -470,6 +491,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AUTH_CLIENT_SOURCES", "auth_client_sources", _client_sources, "",
             "jwt: sources each client may write, e.g. 'lab-system=lab; ehr=st-marys-ehr'; "
             "'*' = any source"),
+    Setting("UI_SESSION_SECRET", "ui_session_secret", _session_secret, "",
+            "Key that seals the steward pages' session cookies (at least 32 characters); "
+            "empty = a random one each start (every steward signs in again after a restart; "
+            "set it when several instances serve the pages)", secret=True),
+    Setting("UI_SESSION_HOURS", "ui_session_hours", _session_hours, "8",
+            "Hours a steward's sign-in to the pages lasts (1-24)"),
+    Setting("UI_OIDC_CLIENT_ID", "ui_oidc_client_id", _optional_text, "",
+            "jwt: the steward pages' client id at the identity provider (a public client "
+            "signing in with the authorization code flow and PKCE); empty = the pages take a "
+            "pasted token instead"),
+    Setting("UI_OIDC_CLIENT_SECRET", "ui_oidc_client_secret", _optional_text, "",
+            "jwt: the client secret, if the identity provider registered the pages as a "
+            "confidential client", secret=True),
+    Setting("UI_OIDC_SCOPES", "ui_oidc_scopes", _optional_text, "openid mpi:steward",
+            "jwt: scopes the pages ask the identity provider for (mpi:steward is needed)"),
     Setting("TRUSTED_PROXIES", "trusted_proxies", _networks, "",
             "Addresses or CIDR networks of reverse proxies whose X-Forwarded-For / "
             "Forwarded headers are believed for the client's address (default: none)"),
@@ -547,6 +583,12 @@ class Settings:
     auth_jwks_cooldown: int
     auth_sources_claim: str
     auth_client_sources: Mapping[str, frozenset[str]]
+    # Drawn at random when unset: two loads of the same environment differ only here.
+    ui_session_secret: str = field(compare=False, repr=False)
+    ui_session_hours: int
+    ui_oidc_client_id: str
+    ui_oidc_client_secret: str
+    ui_oidc_scopes: str
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     tls_cert_file: Path | None
     tls_key_file: Path | None
@@ -673,6 +715,9 @@ def cross_check(values: Mapping[str, Any]) -> list[str]:
     if bool(values.get("tls_cert_file")) != bool(values.get("tls_key_file")):
         problems.append("TLS_CERT_FILE and TLS_KEY_FILE: set both to serve HTTPS, or neither")
     problems.extend(_mllp_problems(values))
+    if values.get("ui_oidc_client_id") and mode != "jwt":
+        problems.append("UI_OIDC_CLIENT_ID: the steward pages sign in through the identity "
+                        "provider only with AUTH_MODE=jwt")
     return problems
 
 

@@ -57,7 +57,10 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "proc_name": "mpi",
         # Heartbeat files in memory, so a read-only root filesystem works.
         "worker_tmp_dir": SHM if _writable(SHM) else None,
-        "forwarded_allow_ips": "127.0.0.1,::1",
+        # X-Forwarded-Proto (https behind a TLS proxy: the pages' redirect URI and cookies)
+        # is believed from loopback and from TRUSTED_PROXIES only.
+        "forwarded_allow_ips": ",".join(["127.0.0.1", "::1",
+                                         *(str(n) for n in settings.trusted_proxies)]),
         "control_socket_disable": True,
     }
 

@@ -87,13 +87,19 @@ class AccessControl:
         need = declared_scope(responder)
         if need == PUBLIC:
             return
+        # A page (mpi.ui) carries its credential in the session cookie, and a browser
+        # without a usable one is sent to sign in; an API client sends a bearer token.
+        credential_of = getattr(resource, "credential", bearer_credential)
+        credential = credential_of(req)
         try:
-            principal = self._authenticator.authenticate(bearer_credential(req))
+            principal = self._authenticator.authenticate(credential)
         except Unauthenticated as exc:
             log.info("unauthenticated request to %s: %s", req.uri_template or "-", exc.detail,
                      extra={"request_id": getattr(req.context, "request_id", None)})
-            raise unauthorized(exc.detail, invalid_token=bearer_credential(req) is not None
-                               ) from None
+            signin = getattr(resource, "signin", None)
+            if signin is not None:
+                raise falcon.HTTPSeeOther(signin(req)) from None
+            raise unauthorized(exc.detail, invalid_token=credential is not None) from None
         req.context.principal = principal
         if need is None or not principal.may(need):
             self._refuse(req, principal, need)
@@ -109,7 +115,8 @@ class AccessControl:
 
 
 def actor_for(req: falcon.Request) -> Actor:
-    """Who is acting: the authenticated client, for whom (``X-User-ID``), from where."""
+    """Who is acting: the authenticated client (on the steward's pages, the steward signed
+    in), for whom (``X-User-ID``), from where."""
     principal: Principal | None = getattr(req.context, "principal", None)
     user = req.get_header("X-User-ID")
     if user is not None and not _USER_ID_RE.match(user):
@@ -117,8 +124,15 @@ def actor_for(req: falcon.Request) -> Actor:
                       "X-User-ID must be 1-128 printable characters without spaces")
     agent = req.user_agent
     ip = getattr(req.context, "client_ip", None) or req.remote_addr
+    steward = getattr(req.context, "steward", None)
+    if principal is not None and steward is not None:
+        # The steward's pages: the person signed in acts (for AUTH_MODE=jwt the identity
+        # provider's user, not the pages' client id), whatever a header says.
+        acting, user = steward, None
+    else:
+        acting = principal.client_id if principal is not None else "anonymous"
     return Actor(
-        user_id=principal.client_id if principal is not None else "anonymous",
+        user_id=acting,
         on_behalf_of=user,
         sources=principal.sources if principal is not None else frozenset(),
         ip=ip,

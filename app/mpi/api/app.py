@@ -11,6 +11,7 @@ from mpi.api import errors
 from mpi.api.access import AccessControl
 from mpi.api.middleware import DatabaseConnection, RequestContext
 from mpi.api.routes import DOCS_STATIC, build_routes
+from mpi.ui import pages as ui
 from mpi.wiring import Services
 
 
@@ -29,12 +30,14 @@ def create_app(services: Services, *, run_indexer: bool = False) -> falcon.App:
     metrics.pool_size(services.settings.database_max_connections)
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
-    errors.register(app)
-    for template, resource in build_routes(services):
+    pages, page_routes = ui.routes(services)
+    errors.register(app, pages={ui.UI: ui.error_renderer(pages)})
+    for template, resource in [*build_routes(services), *page_routes]:
         app.add_route(template, resource)
     from swagger_ui_bundle import swagger_ui_path
 
     app.add_static_route(DOCS_STATIC, str(swagger_ui_path))
+    app.add_static_route(ui.STATIC_ROUTE, str(ui.STATIC))
     return app
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -81,9 +83,18 @@ def _problem_body(req: falcon.Request, exc: falcon.HTTPError) -> dict[str, Any]:
 FHIR_PREFIX = "/fhir"
 
 
-def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+#: Shows an error as a page (the steward's pages).
+PageRenderer = Callable[[falcon.Request, falcon.Response, falcon.HTTPError], None]
+
+
+def serialize_problem(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, *,
+                      pages: dict[str, PageRenderer] | None = None) -> None:
     """Falcon error serializer: every HTTPError becomes problem+json, or under ``/fhir``
-    a FHIR OperationOutcome."""
+    a FHIR OperationOutcome, or under a prefix of ``pages`` a page."""
+    for prefix, render in (pages or {}).items():
+        if req.path == prefix or req.path.startswith(prefix + "/"):
+            render(req, resp, exc)
+            return
     if req.path == FHIR_PREFIX or req.path.startswith(FHIR_PREFIX + "/"):
         problems = exc.errors if isinstance(exc, Problem) else []
         detail = exc.description or exc.title
@@ -164,8 +175,8 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception
     raise Problem(falcon.HTTP_500, "Internal server error")
 
 
-def register(app: falcon.App) -> None:
-    app.set_error_serializer(serialize_problem)
+def register(app: falcon.App, pages: dict[str, PageRenderer] | None = None) -> None:
+    app.set_error_serializer(functools.partial(serialize_problem, pages=pages))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(domain.DomainError, handle_domain_error)
     app.add_error_handler(peewee.OperationalError, handle_unavailable)

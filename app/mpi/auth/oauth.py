@@ -116,10 +116,15 @@ class BearerTokens:
         self._now = now
 
     def authenticate(self, credential: str | None) -> Principal:
-        s = self._settings
         if credential is None:
             raise Unauthenticated("send an access token from the identity provider: "
                                   "Authorization: Bearer <token>")
+        return self.principal(self.verify(credential, audience=self._settings.auth_audience))
+
+    def verify(self, credential: str, *, audience: str) -> dict[str, Any]:
+        """The claims of a token the identity provider signed for ``audience`` (an access
+        token for this service; an ID token for the steward pages' client)."""
+        s = self._settings
         try:
             header = jwt.get_unverified_header(credential)
         except jwt.InvalidTokenError as exc:
@@ -130,7 +135,7 @@ class BearerTokens:
         try:
             claims = jwt.decode(
                 credential, key.key, algorithms=list(s.auth_algorithms),
-                audience=s.auth_audience, issuer=s.auth_issuer, leeway=s.auth_leeway,
+                audience=audience, issuer=s.auth_issuer, leeway=s.auth_leeway,
                 options={"require": ["exp", "iss", "aud"]})
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("the token has expired") from exc
@@ -144,7 +149,7 @@ class BearerTokens:
             raise Unauthenticated(f"the token has no {exc.claim} claim") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated("the token's signature or content is invalid") from exc
-        return self.principal(claims)
+        return dict(claims)
 
     def principal(self, claims: Mapping[str, Any]) -> Principal:
         client = next((claims[c] for c in ("client_id", "azp", "sub")

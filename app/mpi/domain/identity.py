@@ -96,6 +96,8 @@ class ReviewItem(BaseModel):
     resolved_at: UtcDatetime | None = None
     resolved_by: str | None = None
     resolution: str | None = None
+    comment: str | None = Field(default=None,
+                                description="The steward's note on the decision, if any")
 
 
 class ReviewPage(BaseModel):

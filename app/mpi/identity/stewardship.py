@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import FieldProblem, InvalidInput, StateConflict
@@ -20,6 +22,21 @@ from mpi.storage.identity import IdentityRepository
 from mpi.storage.models import PatientRow, PersonRow, ReviewItemRow
 from mpi.storage.patients import PatientRepository
 from mpi.storage.work import Transaction, UnitOfWork, retried
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    review: ReviewItem
+    source: str | None  # of the record the review was raised for
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    entries: list[QueueEntry]
+    total: int  # open reviews matching the filters, on every page
+    next_cursor: int | None
+    sources: list[str]  # every source with an open review (for the filter)
+
 
 #: The kinds of review the engine opens.
 REVIEW_KINDS = ("possible_match", "possible_duplicate")
@@ -47,6 +64,24 @@ class StewardService:
             tx.audit(AuditTag.REVIEW_LIST, None, new={"returned": [i.id for i in items]})
         return ReviewPage(items=items, next_cursor=str(cursor) if cursor else None)
 
+    def queue(self, actor: Actor, *, kind: str | None = None, source: str | None = None,
+              opened_before: datetime | None = None, min_probability: float | None = None,
+              max_probability: float | None = None, after: int | None = None,
+              limit: int = 50) -> QueuePage:
+        """The open reviews a steward works through, oldest first, filtered by kind, the
+        source of the record, age (opened at or before) and score band [min, max)."""
+        with self._work.begin(actor) as tx:
+            rows, total, cursor = self._repo.open_queue(
+                kind=kind, source=source, opened_before=opened_before,
+                min_probability=min_probability, max_probability=max_probability,
+                after=after, limit=limit)
+            items = self._views.reviews([r for r, _ in rows])
+            sources = self._repo.open_review_sources()
+            tx.audit(AuditTag.REVIEW_LIST, None, new={"returned": [i.id for i in items]})
+        return QueuePage(entries=[QueueEntry(item, src) for item, (_, src)
+                                  in zip(items, rows, strict=True)],
+                         total=total, next_cursor=cursor, sources=sources)
+
     def queue_summary(self) -> list[tuple[str, int, float]]:
         """(kind, open reviews, age in seconds of the oldest) for each kind, both kinds
         always listed (for metrics: counts only, nothing of a record, so no audit row)."""
@@ -67,15 +102,18 @@ class StewardService:
         return view
 
     @retried
-    def resolve_review(self, review_id: str, resolution: str, actor: Actor) -> ReviewItem:
+    def resolve_review(self, review_id: str, resolution: str, actor: Actor, *,
+                       comment: str | None = None) -> ReviewItem:
         """``link`` (the same person), ``not_a_match``, or ``new_person`` (a possible match
-        only: the record gets a person of its own, kept apart from the one proposed)."""
+        only: the record gets a person of its own, kept apart from the one proposed);
+        ``comment``, the steward's note, is kept with the review. A review already resolved
+        (by someone else a moment ago, say) is a StateConflict naming who and how."""
         with self._work.begin(actor) as tx:
             self._repo.lock_linking()
             review = self._repo.review(review_id, lock=True)
             if review.status != "open":
                 raise StateConflict(f"review {review_id} is already {review.status} "
-                                    f"({review.resolution})")
+                                    f"({review.resolution}) by {review.resolved_by}")
             if resolution == "link":
                 person_id = str(self._repo.person_by_pk(review.person_id).id)
                 if review.kind == "possible_match":
@@ -99,7 +137,7 @@ class StewardService:
                 self._new_person(tx, review)
             else:  # pragma: no cover - the API validates the resolution
                 raise InvalidInput([FieldProblem("resolution", "unknown resolution")])
-            self._close(tx, review, resolution)
+            self._close(tx, review, resolution, comment)
             view = self._views.reviews([self._repo.review(review_id)])[0]
         return view
 
@@ -252,9 +290,12 @@ class StewardService:
             patient_id = self._repo.patient_ids([review.patient_id])[review.patient_id]
             self._move(tx, patient_id, fresh, how="review")
 
-    def _close(self, tx: Transaction, review: ReviewItemRow, resolution: str) -> None:
-        self._repo.resolve(review, resolution=resolution, actor=tx.actor.user_id, now=tx.now)
-        payload = {"review_id": str(review.id), "kind": review.kind, "resolution": resolution}
+    def _close(self, tx: Transaction, review: ReviewItemRow, resolution: str,
+               comment: str | None = None) -> None:
+        self._repo.resolve(review, resolution=resolution, actor=tx.actor.user_id, now=tx.now,
+                           comment=comment)
+        payload = {"review_id": str(review.id), "kind": review.kind, "resolution": resolution,
+                   "comment": comment}
         tx.audit(AuditTag.REVIEW_RESOLVE, str(review.id), new=payload)
         tx.emit(EventType.REVIEW_RESOLVED, str(review.id), payload=payload)
 

@@ -51,5 +51,5 @@ class IdentityViews:
                            probability=r.probability, model_version=r.model_version,
                            explanation=r.explanation, created_at=r.created_at,
                            resolved_at=r.resolved_at, resolved_by=r.resolved_by,
-                           resolution=r.resolution)
+                           resolution=r.resolution, comment=r.comment)
                 for r in rows]

@@ -384,6 +384,42 @@ class IdentityRepository:
         rows = rows[:limit]
         return rows, (rows[-1].pk if more and rows else None)
 
+    def open_queue(self, *, kind: str | None, source: str | None,
+                   opened_before: datetime | None, min_probability: float | None,
+                   max_probability: float | None, after: int | None, limit: int
+                   ) -> tuple[list[tuple[ReviewItemRow, str | None]], int, int | None]:
+        """Open reviews, oldest first, filtered: each with the source of the record that
+        raised it; how many match in all; the cursor of the next page (None: no more)."""
+        query = (ReviewItemRow.select(ReviewItemRow, PatientRow.source)
+                 .join(PatientRow, peewee.JOIN.LEFT_OUTER,
+                       on=(ReviewItemRow.patient == PatientRow.pk))
+                 .where(ReviewItemRow.status == "open"))
+        if kind:
+            query = query.where(ReviewItemRow.kind == kind)
+        if source:
+            query = query.where(PatientRow.source == source)
+        if opened_before is not None:
+            query = query.where(ReviewItemRow.created_at <= opened_before)
+        if min_probability is not None:
+            query = query.where(ReviewItemRow.probability >= min_probability)
+        if max_probability is not None:
+            query = query.where(ReviewItemRow.probability < max_probability)
+        total = int(query.count())
+        if after is not None:
+            query = query.where(ReviewItemRow.pk > after)
+        rows = list(query.order_by(ReviewItemRow.pk).limit(limit + 1).objects())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return ([(r, getattr(r, "source", None)) for r in rows], total,
+                rows[-1].pk if more and rows else None)
+
+    def open_review_sources(self) -> list[str]:
+        """The sources of the records open reviews were raised for (the queue's filter)."""
+        query = (PatientRow.select(PatientRow.source).distinct()
+                 .join(ReviewItemRow, on=(ReviewItemRow.patient == PatientRow.pk))
+                 .where(ReviewItemRow.status == "open").order_by(PatientRow.source))
+        return [source for (source,) in tuples(query)]
+
     def open_review_summary(self) -> list[tuple[str, int, datetime]]:
         """(kind, how many are open, when the oldest was opened) for each kind with one."""
         query = (ReviewItemRow
@@ -402,9 +438,10 @@ class IdentityRepository:
                    .execute())
 
     def resolve(self, row: ReviewItemRow, *, resolution: str, actor: str,
-                now: datetime) -> None:
+                now: datetime, comment: str | None = None) -> None:
         ReviewItemRow.update(status="resolved", resolution=resolution, resolved_by=actor,
-                             resolved_at=now).where(ReviewItemRow.pk == row.pk).execute()
+                             resolved_at=now, comment=comment
+                             ).where(ReviewItemRow.pk == row.pk).execute()
 
     def patient_ids(self, pks: Iterable[int]) -> dict[int, str]:
         pks = list(set(pks))

@@ -282,6 +282,7 @@ class ReviewItemRow(BaseModel):
     resolved_at = peewee.DateTimeField(null=True)
     resolved_by = peewee.CharField(max_length=128, null=True)
     resolution = peewee.CharField(max_length=24, null=True)
+    comment = peewee.CharField(max_length=1000, null=True)
 
     class Meta:
         table_name = "review_item"

@@ -84,4 +84,5 @@ class ReviewResolve:
     def on_post(self, req: falcon.Request, resp: falcon.Response, review_id: object) -> None:
         body = parse_json(ReviewDecision, req.context.body)
         send(resp, self._stewards.resolve_review(str(review_id), body.resolution,
-                                                 actor_for(req)), omit_nulls=False)
+                                                 actor_for(req), comment=body.comment),
+             omit_nulls=False)
