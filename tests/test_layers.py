@@ -6,7 +6,7 @@
     root      mpi.wiring                 (the composition root)
     services  mpi.patients, mpi.identity, mpi.search, mpi.audit, mpi.events, mpi.auth
     storage   mpi.storage                (repositories, the unit of work)
-    base      mpi, mpi.config, mpi.logs, mpi.metrics, mpi.domain, mpi.matching
+    base      mpi, mpi.config, mpi.logs, mpi.metrics, mpi.tracing, mpi.domain, mpi.matching
 
 Every import counts: at module level, inside functions (lazy) and for type checking.
 """
@@ -27,7 +27,8 @@ LAYERS = {
     "mpi.patients": 2, "mpi.identity": 2, "mpi.search": 2, "mpi.audit": 2, "mpi.events": 2,
     "mpi.auth": 2,
     "mpi.storage": 1,
-    "mpi.config": 0, "mpi.logs": 0, "mpi.metrics": 0, "mpi.lifecycle": 0, "mpi.domain": 0,
+    "mpi.config": 0, "mpi.logs": 0, "mpi.metrics": 0, "mpi.tracing": 0,
+    "mpi.lifecycle": 0, "mpi.domain": 0,
     "mpi.matching": 0,
     "mpi": 0,
 }

@@ -14,6 +14,9 @@ workers' indexer threads stand by meanwhile and hand the index back, and each
 worker lowers its own priority (SEARCH_WORKER_NICENESS) so that when requests
 fill the CPU the indexer still gets it.
 
+With an OTLP endpoint in the standard ``OTEL_*`` variables, each worker traces its
+requests (``mpi.tracing``), set up after the fork.
+
 Every process keeps its Prometheus metrics in a directory of this start under a tmpfs
 (``mpi.metrics``), which any worker's ``GET /metrics`` reads whole; the master removes it
 on exit.
@@ -110,6 +113,7 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("post_fork", self._post_fork)
         self.cfg.set("on_exit", self._on_exit)
         self.cfg.set("child_exit", self._child_exit)
+        self.cfg.set("worker_exit", self._worker_exit)
 
     def _when_ready(self, arbiter: Any) -> None:
         # Before the workers exist: the indexer process takes the writer lock first.
@@ -125,6 +129,16 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         if self.listener is not None:  # the MLLP socket is the listener process's alone
             self.listener.socket.close()
         when_orphaned(lambda: leave(self._settings.graceful_timeout))
+        # OTEL_EXPORTER_OTLP_ENDPOINT: trace this worker's requests (set up after the fork,
+        # before the worker builds its app).
+        from mpi import tracing, version
+
+        tracing.start(version())
+
+    def _worker_exit(self, arbiter: Any, worker: Any) -> None:
+        from mpi import tracing
+
+        tracing.stop()  # export what the worker still holds
 
     def _child_exit(self, arbiter: Any, worker: Any) -> None:
         from mpi import metrics
