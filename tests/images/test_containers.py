@@ -327,6 +327,26 @@ def _create_and_read_patient(port: int, source_id: str,
     return created
 
 
+def _get_text(port: int, path: str, headers: dict[str, str] | None = None) -> str:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def _assert_metrics_and_pages(podman: Podman, service: Service) -> None:
+    """On the read-only root: the workers' metrics directory lives on the tmpfs, and the
+    steward pages' templates and stylesheet are in the image."""
+    secret = podman("exec", service.name, "/opt/mpi/bin/mpi", "token", "create", "--name",
+                    "prometheus", "--scopes", "mpi:metrics", "--by", "smoke")
+    text = _get_text(service.port, "/metrics", {"Authorization": f"Bearer {secret}"})
+    assert 'mpi_records_written_total{operation="create"} 1.0' in text, text[:2000]
+    assert "Your steward token" in _get_text(service.port, "/ui/signin")
+    assert "font" in _get_text(service.port, "/ui/static/ui.css")
+
+
 def _assert_runs_as_nonroot(podman: Podman, service: Service) -> None:
     info = podman.inspect(service.name)
     assert info["Config"]["User"] == f"{UID}:{UID}"
@@ -388,6 +408,7 @@ def test_hardened_container_on_a_sqlite_volume(mpi: Podman, report: _Report, rec
     _assert_runs_as_nonroot(mpi, first)
     auth = _token(mpi, first, "smoke-sqlite")
     created = _create_and_read_patient(first.port, "smoke-sqlite", auth)
+    _assert_metrics_and_pages(mpi, first)
     stopped_in = _stop(mpi, first)
 
     # The record lives on the volume: a new container reads it back.
