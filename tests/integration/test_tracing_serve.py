@@ -47,7 +47,7 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def spans(self) -> list[tuple[dict[str, str], Any]]:
-        out = []
+        out: list[tuple[dict[str, str], Any]] = []
         for request in self.requests:
             for resource_spans in request.resource_spans:
                 resource = {a.key: a.value.string_value

@@ -155,29 +155,27 @@ def _url(value: Any) -> str:
 
 
 def _get_json(url: str) -> dict[str, Any]:
-    try:
-        request = urllib.request.Request(_url(url), headers={"Accept": "application/json"})  # noqa: S310
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310
-            document = json.loads(response.read(1 << 20))
-    except (OSError, ValueError) as exc:
-        raise SignInFailed("the identity provider cannot be reached "
-                           f"({type(exc).__name__})") from exc
-    if not isinstance(document, dict):
-        raise SignInFailed("the identity provider's discovery document is not an object")
-    return document
+    request = urllib.request.Request(_url(url), headers={"Accept": "application/json"})  # noqa: S310
+    return _answer(request, "discovery document")
 
 
 def _post_form(url: str, form: dict[str, str], headers: dict[str, str]) -> dict[str, Any]:
     body = urllib.parse.urlencode(form).encode()
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    return _answer(request, "token answer")
+
+
+def _answer(request: urllib.request.Request, what: str) -> dict[str, Any]:
+    """The provider's JSON object answering ``request`` (at most 1 MiB)."""
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310
             answer = json.loads(response.read(1 << 20))
     except urllib.error.HTTPError as exc:
-        raise SignInFailed(f"the identity provider refused the code ({exc.code})") from None
+        raise SignInFailed(f"the identity provider refused the request ({exc.code})"
+                           ) from None
     except (OSError, ValueError) as exc:
         raise SignInFailed("the identity provider cannot be reached "
                            f"({type(exc).__name__})") from exc
     if not isinstance(answer, dict):
-        raise SignInFailed("the identity provider's token answer is not an object")
+        raise SignInFailed(f"the identity provider's {what} is not an object")
     return answer
