@@ -11,6 +11,8 @@ default workers:
   (one source, high scores) and one review's page, each timed ``--samples`` times
   sequentially, next to the JSON API's first page of the same queue
   (``GET /api/v1/reviews``) measured in the same run: the ratio is the figure to compare;
+  and, where Debian's Chromium is installed, the queue page as the browser loads it
+  (navigation start to the load event);
 - **scrape under load**: ``GET /metrics`` timed idle, then while ``--connections`` load
   processes read patients as fast as they can (the read scenario of ``bench.api``).
 
@@ -112,6 +114,32 @@ def timed_get(port: int, path: str, samples: int) -> dict[str, Any]:
             "max_ms": round(max(times), 2)}
 
 
+def browser_load(port: int, path: str, samples: int) -> dict[str, Any] | None:
+    """The page as a steward's browser loads it: Debian's Chromium (if installed), the
+    navigation's duration from the request to the load event (its stylesheet included),
+    ``samples`` times; None without Chromium."""
+    chromium = "/usr/bin/chromium"
+    if not os.access(chromium, os.X_OK):
+        return None
+    from playwright.sync_api import sync_playwright
+
+    times = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            for _ in range(samples + 1):
+                page.goto(f"http://{HOST}:{port}{path}", wait_until="load")
+                times.append(page.evaluate(
+                    "performance.getEntriesByType('navigation')[0].duration"))
+        finally:
+            browser.close()
+    times = times[1:]  # the first load warms the browser's caches
+    return {"path": path, "samples": samples, "p50_ms": round(statistics.median(times), 1),
+            "p95_ms": round(percentile(times, 95) or 0.0, 1)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(), "reviews_asked": args.reviews,
                               "command": ["python", "-m", "bench.steward", *sys.argv[1:]]}
@@ -162,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for figures in pages.values():
                 figures["p50_vs_json_api"] = round(figures["p50_ms"] / peer, 2) if peer else None
             report["pages"] = pages
+            report["browser"] = browser_load(port, "/ui/reviews", max(n // 2, 5))
             idle = timed_get(port, "/metrics", n)
             # The same scrapes while load processes read patients flat out.
             spec = LoadSpec(kind="read", port=port, duration=args.duration, warmup=2.0,
@@ -191,6 +220,10 @@ def format_table(report: dict[str, Any]) -> str:
     for name, f in report["pages"].items():
         lines.append(f"{name:<44} {f['p50_ms']:>9} {f['p95_ms']:>9} {f['bytes']:>8} "
                      f"{f['p50_vs_json_api']:>8}")
+    if report.get("browser"):
+        b = report["browser"]
+        lines.append(f"{'queue page in Chromium (request to load event)':<44} {b['p50_ms']:>9} "
+                     f"{b['p95_ms']:>9}")
     m = report["metrics"]
     for name in ("idle", "under_load"):
         f = m[name]
