@@ -111,3 +111,39 @@ def test_one_scrape_counts_every_workers_traffic(server):
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(timeout=30)
     assert not os.path.exists(directory)
+
+
+def test_the_mllp_listeners_messages_are_in_the_same_scrape(tmp_path):
+    """The HL7 listener is a process of its own: its counts reach /metrics too."""
+    import socket
+    import sys
+
+    from bench.api import ADT_APPLICATION, ADT_FACILITY, ADT_OID, adt_message
+    from tests.helpers import free_port
+
+    env = {**os.environ, "DATABASE_URL": "sqlite:///data/mpi.db", "LOG_LEVEL": "WARNING"}
+    for argv in (["migrate"],
+                 ["domain", "add", f"urn:oid:{ADT_OID}", "--name", "ADT", "--sources", "adt",
+                  "--namespace", "BENCH"],
+                 ["hl7", "sender", "add", "adt", "--application", ADT_APPLICATION,
+                  "--facility", ADT_FACILITY, "--sources", "adt"]):
+        subprocess.run([sys.executable, "-m", "mpi", *argv], cwd=tmp_path, env=env,
+                       check=True, capture_output=True, timeout=120)
+    mllp = free_port()
+    server = Server({"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(mllp)},
+                    tmp_path)
+    try:
+        for n in range(3):
+            with socket.create_connection(("127.0.0.1", mllp), timeout=20) as conn:
+                conn.sendall(adt_message("metrics", 0, n))
+                answer = b""
+                while not answer.endswith(b"\x1c\r"):
+                    answer += conn.recv(65536)
+            assert b"MSA|AA|" in answer, answer
+        found, _ = scrape(server.port)
+        assert value(found, "mpi_hl7_messages_total", message_type="ADT^A01", ack="AA") == 3
+        assert value(found, "mpi_hl7_message_duration_seconds_count",
+                     message_type="ADT^A01") == 3
+        assert value(found, "mpi_records_written_total", operation="create") == 3
+    finally:
+        server.stop()
