@@ -146,6 +146,8 @@ def test_size_budget(images):
     compressed = sum(len(layer.blob) for layer in images[0].image.layers)
     # 23.8 MB before matching and search; rapidfuzz, jellyfish and whoosh add ~5.4 MB;
     # access control's PyJWT with cryptography (RS256/ES256 signature checks, which must
-    # not be hand-written) ~3.6 MB more (34.9 MB measured).
+    # not be hand-written) ~3.6 MB more (34.9 MB measured); Prometheus metrics and the
+    # optional OpenTelemetry tracing (SDK, Falcon instrumentation, the OTLP exporter with
+    # protobuf and requests) ~4.2 MB more (39.1 MB measured).
     # python:3.11-slim alone is ~47.6 MB compressed.
-    assert compressed <= 36_000_000, f"{compressed / 1e6:.1f} MB compressed"
+    assert compressed <= 40_000_000, f"{compressed / 1e6:.1f} MB compressed"

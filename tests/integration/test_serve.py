@@ -185,7 +185,10 @@ def test_kill_9_of_the_master_frees_the_port_within_about_a_second(tmp_path):
     port for ~15 s, so an immediate restart failed. Workers and the indexer process now
     watch their parent; the port is free, and a new server starts on it, within ~1 s."""
     first = Server({"DATABASE_URL": "sqlite:///data/mpi.db"}, tmp_path)
-    children = _children(first.proc.pid)
+    # Ready as soon as one worker answers; gunicorn forks the next up to 0.1 s apart.
+    deadline = time.monotonic() + 10
+    while len(children := _children(first.proc.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(children) >= 3, children  # two workers and the indexer process
     killed = time.monotonic()
     first.proc.kill()
