@@ -14,6 +14,34 @@ from tests.ui.conftest import STEWARD_TOKEN_NAME, Site, keep_screenshot, sign_in
 
 pytestmark = pytest.mark.integration
 
+#: Every visible text's contrast against its background (WCAG 2.x relative luminance):
+#: what falls below 4.5:1 (3:1 for large text), as [text, ratio].
+CONTRAST_JS = """() => {
+  const lum = (rgb) => {
+    const [r, g, b] = rgb.map(v => { v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const parse = (c) => (c.match(/[0-9.]+/g) || []).map(Number);
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return [255, 255, 255]; };
+  const low = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const box = el.getBoundingClientRect();
+    if (!own || el.closest('svg') || box.width === 0 || box.height === 0) continue;
+    const style = getComputedStyle(el);
+    const fg = lum(parse(style.color).slice(0, 3)), bg = lum(background(el));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    const size = parseFloat(style.fontSize), bold = parseInt(style.fontWeight) >= 700;
+    const large = size >= 24 || (bold && size >= 18.66);
+    if (ratio < (large ? 3 : 4.5)) low.push([el.textContent.trim().slice(0, 40), ratio]);
+  }
+  return low; }"""
+
 
 def test_resolve_a_review_as_the_same_person(page, site: Site):
     a, b, review_id = site.twin_pair()
@@ -138,7 +166,8 @@ def test_signing_in_needs_a_steward_token(page, site: Site):
 
 @pytest.mark.parametrize("viewport", [{"width": 1280, "height": 800},
                                       {"width": 768, "height": 1024}], ids=["desktop", "tablet"])
-def test_every_page_is_labelled_keyboard_reachable_and_fits(browser, site: Site, viewport):
+def test_every_page_is_labelled_legible_keyboard_reachable_and_fits(browser, site: Site,
+                                                                   viewport):
     a, _, review_id = site.twin_pair()
     context = browser.new_context(viewport=viewport)
     page = context.new_page()
@@ -153,6 +182,8 @@ def test_every_page_is_labelled_keyboard_reachable_and_fits(browser, site: Site,
                 .map(el => el.name)""")
             assert unlabelled == [], (path, unlabelled)
             assert page.evaluate("document.documentElement.lang") == "en"
+            low = page.evaluate(CONTRAST_JS)
+            assert low == [], (path, low[:5])
             wide = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
             assert not wide, f"{path} scrolls sideways at {viewport}"
             # The first Tab lands on the skip link, the second on the navigation.
