@@ -6,9 +6,9 @@ one free-text label, an HL7 message type, is checked against a pattern and its c
 capped.
 
 **Several processes, one scrape.** ``mpi serve`` runs gunicorn's workers, the indexer
-process and the MLLP listener. :func:`start_multiprocess` (called by the master before
-anything else imports :mod:`prometheus_client`'s values) gives them a per-start directory
-under a tmpfs (``/dev/shm``; the system's temporary directory where there is none), where
+process and the MLLP listener. :func:`start_multiprocess` (called by the master before it
+forks any of them) gives them a per-start directory under a tmpfs (``/dev/shm``; the
+system's temporary directory where there is none), where
 each process keeps its counters in memory-mapped files (prometheus_client's multiprocess
 mode); a scrape of ``GET /metrics`` on any worker reads them all. A dead worker's live
 gauges are removed (:func:`process_died`, from gunicorn's ``child_exit``); its counters
@@ -170,12 +170,12 @@ def pool_size(max_connections: int) -> None:
 # --- several processes ------------------------------------------------------------------------
 
 
-def start_multiprocess() -> str:
-    """For ``mpi serve``'s master, before it forks: a fresh directory under a tmpfs for every
-    process's metrics, named in ``PROMETHEUS_MULTIPROC_DIR`` (the children inherit it);
-    metrics counted from now on in this process and its children are kept there."""
-    base = ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)  # noqa: S108
-            else tempfile.gettempdir())
+def start_multiprocess(base: str | None) -> str:
+    """For ``mpi serve``'s master, before it forks: a fresh directory under ``base`` (a tmpfs;
+    None: the system's temporary directory) for every process's metrics, named in
+    ``PROMETHEUS_MULTIPROC_DIR`` (the children inherit it); metrics counted from now on in
+    this process and its children are kept there."""
+    base = base or tempfile.gettempdir()
     _remove_orphans(base)
     directory = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
     os.environ[ENV] = directory

@@ -93,7 +93,7 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
 
         self._settings = settings
         # Before any child exists: the directory every process keeps its metrics in.
-        self.metrics_dir = metrics.start_multiprocess()
+        self.metrics_dir = metrics.start_multiprocess(SHM if _writable(SHM) else None)
         self.indexer = IndexerProcess(lambda: wiring.build(settings))
         # HL7_MLLP_PORT: the MLLP listener, another child of the master; its socket is
         # bound here so that a port in use stops the start, as SERVER_PORT's does.

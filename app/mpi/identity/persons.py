@@ -39,16 +39,18 @@ class PersonService:
             tx.audit(AuditTag.PERSON_READ, view.id, new={"via_patient": patient_id})
         return view
 
-    def records_of(self, person_ids: list[str], actor: Actor) -> dict[str, list[Patient]]:
-        """The live records of several persons at once (a match's candidates), each person
-        audited as read; a few statements whatever their number."""
+    def records_of(self, person_ids: list[str], actor: Actor, *,
+                   via: str = "match") -> dict[str, list[Patient]]:
+        """The live records of several persons at once (a match's candidates, a review's
+        persons), each person audited as read ``via`` that; a few statements whatever their
+        number."""
         with self._work.begin(actor) as tx:
             out: dict[str, list[Patient]] = {pid: [] for pid in person_ids}
             for person_id, record_id in self._repo.live_records_of(person_ids):
                 # The one-statement read (its SQL built once, prepared on PostgreSQL).
                 out.setdefault(person_id, []).append(self._patients.read(record_id))
             for person_id in person_ids:
-                tx.audit(AuditTag.PERSON_READ, person_id, new={"via": "match"})
+                tx.audit(AuditTag.PERSON_READ, person_id, new={"via": via})
         return out
 
     def history(self, person_id: str, actor: Actor, *, before: int | None,

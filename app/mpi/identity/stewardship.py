@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import get_args
 
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import FieldProblem, InvalidInput, StateConflict
 from mpi.domain.events import EventType
-from mpi.domain.identity import Merge, Person, ReviewItem, ReviewPage
+from mpi.domain.identity import Merge, Person, ReviewItem, ReviewKind, ReviewPage
 from mpi.identity.records import match_data
 from mpi.identity.views import IdentityViews
 from mpi.storage.identity import IdentityRepository
@@ -39,7 +40,7 @@ class QueuePage:
 
 
 #: The kinds of review the engine opens.
-REVIEW_KINDS = ("possible_match", "possible_duplicate")
+REVIEW_KINDS: tuple[str, ...] = get_args(ReviewKind)
 
 
 class StewardService:

@@ -61,10 +61,6 @@ class OidcClient:
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._settings.ui_oidc_client_id)
-
     def endpoints(self) -> Endpoints:
         with self._lock:
             if self._endpoints is None:

@@ -296,15 +296,19 @@ class Review(Page):
         actor = actor_for(req)
         s = self.p.s
         review = s.stewards.review(review_id, actor)
-        if review.kind == "possible_match" and review.patient_id:
-            left = [s.patients.get(review.patient_id, actor)]
-            left_title = "The record under review"
-        else:
-            left = s.persons.records_of([review.person_id], actor)[review.person_id]
-            left_title = "Person"
+        matching = review.kind == "possible_match" and review.patient_id
         right_id = (review.person_id if review.kind == "possible_match"
                     else review.other_person_id or review.person_id)
-        right = s.persons.records_of([right_id], actor)[right_id]
+        # Both persons' records in one read (one unit of work, each person audited).
+        records = s.persons.records_of(list(dict.fromkeys([review.person_id, right_id])),
+                                       actor, via="review")
+        if matching:
+            left = [s.patients.get(str(review.patient_id), actor)]
+            left_title = "The record under review"
+        else:
+            left = records[review.person_id]
+            left_title = "Person"
+        right = records[right_id]
         if review.kind == "possible_match":
             right = [r for r in right if r.id != review.patient_id]
         reference = left[0] if left else None

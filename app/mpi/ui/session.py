@@ -21,7 +21,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,10 +86,6 @@ class Sessions:
             session = self.new()
             self.write(req, resp, session)
         return session
-
-    @staticmethod
-    def without_flow(session: Session) -> Session:
-        return replace(session, flow={})
 
 
 def _secure(req: falcon.Request) -> bool:

@@ -135,7 +135,6 @@ class Waterfall:
     probability: float
     total: float
     ticks: list[tuple[float, float]]  # (bits, x)
-    zero: float
     lines: list[tuple[str, float]]  # thresholds: (label, x)
     width: int
     row: int
@@ -200,8 +199,7 @@ def waterfall(explanation: dict[str, Any] | None, *, link_threshold: float,
     ticks = [(float(t), x(t)) for t in range(int(low), int(high) + 1, step)]
     lines = [(f"link at {link_threshold:g}", x(link)),
              (f"review from {review_threshold:g}", x(review))]
-    return Waterfall(placed, probability, total, ticks, x(0.0), lines, width, 26, left,
-                     silent)
+    return Waterfall(placed, probability, total, ticks, lines, width, 26, left, silent)
 
 
 # --- the model --------------------------------------------------------------------------------
