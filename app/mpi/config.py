@@ -456,6 +456,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MATCHING_TWIN_GUARD", "matching_twin_guard", _switch, "true",
             "Send twin-like matches (same birth date, different given name, no shared SSN "
             "or identifier) to review instead of linking them; false links them on score"),
+    Setting("MATCHING_AUTO_MERGE", "matching_auto_merge", _switch, "true",
+            "Merge two persons, in the record's transaction, when a record reaches both and "
+            "they match as wholes above MATCHING_THRESHOLD (never persons a steward kept "
+            "apart; undoable); false leaves them to a possible-duplicate review"),
     Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
             "Matching model file written by mpi train; empty = the model shipped in the "
             "package"),
@@ -570,6 +574,7 @@ class Settings:
     matching_threshold: float
     matching_review_threshold: float
     matching_twin_guard: bool
+    matching_auto_merge: bool
     matching_model_path: Path | None
     matching_placeholders_path: Path | None
     audit_synchronous_reads: bool

@@ -60,8 +60,8 @@ HTTP_DURATION = prometheus_client.Histogram(
     "and $match are routes of their own)",
     ["route", "method"], namespace=NAMESPACE, buckets=LATENCY_BUCKETS)
 LINK_DECISIONS = prometheus_client.Counter(
-    "link_decisions", "Where records went, by outcome: auto_link, review, new_person (the "
-    "engine); manual_link, unlink, merge, merge_undone, review_resolved (stewards)",
+    "link_decisions", "Where records went, by outcome: auto_link, review, new_person, "
+    "auto_merge (the engine); manual_link, unlink, merge, merge_undone, review_resolved (stewards)",
     ["outcome"], namespace=NAMESPACE)
 RECORDS_WRITTEN = prometheus_client.Counter(
     "records_written", "Patient records written, by operation (create, import, update, "
@@ -124,6 +124,7 @@ _COUNTED_TAGS: dict[str, tuple[Any, str]] = {
     AuditTag.LINK_MANUAL: (LINK_DECISIONS, "manual_link"),
     AuditTag.UNLINK_MANUAL: (LINK_DECISIONS, "unlink"),
     AuditTag.MERGE_CREATE: (LINK_DECISIONS, "merge"),
+    AuditTag.MERGE_AUTO: (LINK_DECISIONS, "auto_merge"),
     AuditTag.MERGE_UNDO: (LINK_DECISIONS, "merge_undone"),
     AuditTag.REVIEW_RESOLVE: (LINK_DECISIONS, "review_resolved"),
     AuditTag.PATIENT_CREATE: (RECORDS_WRITTEN, "create"),

@@ -29,6 +29,7 @@ from mpi.events.feed import ChangeFeed
 from mpi.identity.engine import Engine, MatchingEngine
 from mpi.identity.linking import Linking
 from mpi.identity.match import MatchService
+from mpi.identity.merging import Merging
 from mpi.identity.persons import PersonService
 from mpi.identity.rekey import Rekeying
 from mpi.identity.stewardship import StewardService
@@ -153,11 +154,13 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         engine = matching_engine(settings)
     patients, identity = PatientRepository(), IdentityRepository(db)
     views = IdentityViews(identity, patients)
-    linking = Linking(engine, identity, new_id=new_id)
+    merging = Merging(identity, new_id=new_id)
+    linking = Linking(engine, identity, merging, new_id=new_id,
+                      auto_merge=settings.matching_auto_merge)
     tokens = ApiTokens(work, TokenRepository())
     index = (search_index if search_index is not None
              else WhooshSearchIndex(settings.search_index_path))
-    stewards = StewardService(work, identity, patients, views, new_id=new_id)
+    stewards = StewardService(work, identity, patients, views, merging, new_id=new_id)
     return Services(
         settings=settings, db=db, work=work, engine=engine,
         patients=PatientService(work, patients, linking, new_id=new_id, stewards=stewards),

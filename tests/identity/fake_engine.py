@@ -1,6 +1,7 @@
 """A small, predictable matcher for the identity tests (the real one is tested in
 tests/matching): records meet on family name; same given name, family name and birth date
-score 0.99, same family name and birth date 0.7, anything else 0.05."""
+score 0.99, same family name and birth date 0.7, anything else 0.05; two persons are one
+when every pair of their records scores at the link threshold."""
 
 from __future__ import annotations
 
@@ -50,3 +51,9 @@ class FakeEngine:
         if top.probability >= self.review_threshold:
             return PersonDecision("review", top.person_id, top.probability, tuple(ranked))
         return PersonDecision("new", None, top.probability, tuple(ranked))
+
+    def same_person(self, left: Sequence[Candidate], right: Sequence[Candidate]
+                    ) -> float | None:
+        scores = [self.score(a.match_data, b.match_data).probability
+                  for a in left for b in right]
+        return min(scores) if scores and min(scores) >= self.link_threshold else None

@@ -126,7 +126,7 @@ def test_linker_excluded_person_starts_a_new_one():
         linker.person_of("3")
 
 
-def test_persons_bridged_by_a_later_record_are_flagged_and_merged_only_as_wholes():
+def test_persons_a_later_record_proves_one_are_merged_when_it_arrives():
     r1 = rec("1", ssn=None, phone=None)
     r2 = rec("2", given_name="Bill", birth_date=None, address_line=None, postal_code=None,
              city=None)
@@ -137,29 +137,42 @@ def test_persons_bridged_by_a_later_record_are_flagged_and_merged_only_as_wholes
     chosen = decisions[2].person_id  # the stronger of the two persons r3 matches
     other = ({"1", "2"} - {chosen}).pop()
     assert [c.person_id for c in decisions[2].duplicates] == [other]
-    assert online.clusters == {"1": "1", "2": "2", "3": chosen}  # online: flagged, not merged
-    merged = online.merge_duplicates()
-    assert len(merged) == 1 and {merged[0][0], merged[0][1]} == {"1", "2"}
-    survivor = merged[0][0]
-    assert set(online.clusters.values()) == {survivor}
+    assert len(online.merges) == 1
+    survivor, merged, probability = online.merges[0]
+    assert survivor == chosen and merged == other and probability >= LINK  # tie: the linked
+    assert online.clusters == {"1": survivor, "2": survivor, "3": survivor}
     assert online.decide(rec("4", given_name="Bill")).person_id == survivor  # index follows
-    batch = dedupe([r1, r2, r3], Model.default(), merge_duplicates=True)
+    batch = dedupe([r1, r2, r3], Model.default())
     assert batch.merged_persons == 1 and len(set(batch.clusters.values())) == 1
-    assert set(dedupe([r1, r2, r3], Model.default()).clusters.values()) == {"1", "2"}
+    kept = dedupe([r1, r2, r3], Model.default(), auto_merge=False)
+    assert kept.merged_persons == 0 and set(kept.clusters.values()) == {"1", "2"}
+    assert kept.possible_duplicates == 1
 
 
-def test_flagged_persons_that_do_not_match_as_wholes_stay_apart():
-    a = rec("a", ssn="111-22-3333", phone=None)
-    b = rec("b", ssn="999-88-7777", phone=None, address_line="9 Elm Road", postal_code="02118",
-            city="Boston")
+def test_the_larger_person_survives_a_merge():
     linker = Linker(Model.default())
-    linker.add(a)
-    linker.add(b, excluded={"a"})  # a steward said: not the same person
-    d = linker.add(rec("c", ssn=None, phone=None, address_line=None, postal_code=None,
-                       city=None))
+    linker.add(rec("1", given_name="Bill", birth_date=None, address_line=None,
+                   postal_code=None, city=None))
+    linker.add(rec("2", given_name="Bill", birth_date=None, address_line=None,
+                   postal_code=None, city=None, phone=None))
+    linker.add(rec("3", ssn=None, phone=None))
+    assert set(linker.clusters.values()) == {"1", "3"}
+    d = linker.add(rec("4"))
+    assert d.kind == "link" and linker.merges and linker.merges[0][0] == "1"
+    assert set(linker.clusters.values()) == {"1"}
+
+
+def test_persons_that_do_not_match_as_wholes_stay_apart():
+    """A record that resembles two people (it lacks what tells them apart) links to the
+    better one; their own records disagree, so they are not merged."""
+    father = rec("f", birth_date=date(1950, 2, 3), ssn="212-33-4444", phone="+1 413 555 0199")
+    son = rec("s", ssn="318-44-5555")
+    linker = Linker(Model.default())
+    linker.add(father)
+    assert linker.add(son).kind == "new"
+    d = linker.add(rec("c", birth_date=None, ssn=None, phone=None))
     assert d.kind == "link" and d.duplicates
-    assert linker.merge_duplicates() == []
-    assert len(set(linker.clusters.values())) == 2
+    assert linker.merges == [] and len(set(linker.clusters.values())) == 2
 
 
 def test_merge_never_overrides_a_steward_exclusion():
@@ -170,7 +183,19 @@ def test_merge_never_overrides_a_steward_exclusion():
     linker.add(r1)
     linker.add(r2, excluded={"1"})
     assert linker.add(rec("3")).duplicates
-    assert linker.merge_duplicates() == []
+    assert linker.merges == [] and len(set(linker.clusters.values())) == 2
+
+
+def test_twins_are_never_merged_as_wholes():
+    """Twins founded as two persons (the guard held the second): a record with both
+    their traits that links to one does not merge the other into it."""
+    twin_a = rec("a", given_name="Chidi", ssn="111-22-3333")
+    twin_b = rec("b", given_name="Amara", ssn="444-55-6666")
+    linker = Linker(Model.default())
+    linker.add(twin_a)
+    assert linker.add(twin_b).kind == "review"
+    linker.add(rec("c", given_name="Chidi", ssn=None))
+    assert linker.merges == [] and len(set(linker.clusters.values())) == 2
 
 
 def test_twin_guard_sends_twin_like_pairs_to_review():

@@ -7,6 +7,7 @@ import pytest
 
 from mpi.domain.audit import Actor
 from mpi.identity.linking import Linking
+from mpi.identity.merging import Merging
 from mpi.patients.service import PatientService
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.models import AuditEventRow, ChangeEventRow, PatientNameRow, PatientRow
@@ -33,7 +34,8 @@ class FailingWork(UnitOfWork):
 def _service(settings, db, clock, work_type=UnitOfWork) -> PatientService:
     """A patient service over ``work_type`` (built by hand: the root builds the real one)."""
     work, ids = work_type(db, clock=clock, synchronous_reads=True), Ids()
-    linking = Linking(matching_engine(settings), IdentityRepository(db), new_id=ids)
+    repo = IdentityRepository(db)
+    linking = Linking(matching_engine(settings), repo, Merging(repo, new_id=ids), new_id=ids)
     return PatientService(work, PatientRepository(), linking, new_id=ids)
 
 

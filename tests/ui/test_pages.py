@@ -226,6 +226,27 @@ def test_merge_undo_and_unlink_from_the_person_page(browser):
     assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
 
 
+def test_an_automatic_merge_is_shown_and_undone_from_the_person_page(browser):
+    """Two fragments of one man (the desk's record without SSN or phone, the lab's with a
+    nickname and no birth date or address), then billing's full record, which proves them
+    one: the person page says so, and its undo keeps them apart."""
+    desk = browser.api("POST", f"{API}/patients", patient(
+        source="desk", source_id="D-1", identifiers=[], telecom=[])).json
+    lab = browser.api("POST", f"{API}/patients", patient(
+        source="lab", source_id="L-1", birth_date=None, addresses=[],
+        names=[{"family": "Smith", "given": ["Johnny", "Paul"]}])).json
+    assert desk["person_id"] != lab["person_id"]
+    full = browser.api("POST", f"{API}/patients", patient(source="billing",
+                                                          source_id="B-1")).json
+    page = browser.get(f"/ui/persons/{full['person_id']}")
+    assert "automatically: record" in page.text and "proved them one" in page.text
+    merge_id = re.findall(r'/ui/merges/([0-9a-f-]{36})/undo', page.text)[0]
+    assert browser.post(f"/ui/merges/{merge_id}/undo", {}).status_code == 303
+    people = {browser.api("GET", f"{API}/patients/{r['id']}").json["person_id"]
+              for r in (desk, lab)}
+    assert len(people) == 2
+
+
 def test_the_model_page_shows_every_comparison_and_the_thresholds(browser, client):
     from mpi.matching.comparisons import COMPARISONS
 

@@ -73,7 +73,7 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
     model = _model(args)
     result = dedupe(_records(args.file, args), model, link_threshold=args.threshold,
                     review_threshold=args.review_threshold,
-                    merge_duplicates=args.merge_duplicates, twin_guard=not args.no_twin_guard,
+                    auto_merge=not args.no_auto_merge, twin_guard=not args.no_twin_guard,
                     progress=_progress(args))
     write_rows(args.output, ("record_id", "cluster_id"), sorted(result.clusters.items()))
     clusters = len(set(result.clusters.values()))
@@ -82,7 +82,7 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
           f"link {d['link']}, review {d['review']} (kept apart; {result.possible_twins} "
           f"possible twins), new {d['new']}; "
           f"{result.possible_duplicates} possible duplicate(s), "
-          f"{result.merged_persons} merged as wholes; "
+          f"{result.merged_persons} persons merged (a record proved them one); "
           f"{result.pairs_scored} pairs scored", file=sys.stderr)
     return EXIT_OK
 
@@ -178,11 +178,12 @@ def register(commands: Any) -> None:
     dd.add_argument("--output", required=True, metavar="CLUSTERS.csv",
                     help="written: record_id, cluster_id")
     dd.add_argument("--threshold", type=float, default=0.95, help="link probability (0.95)")
-    dd.add_argument("--review-threshold", type=float, default=0.80,
-                    help="review probability (0.80); reviews are counted, not merged")
-    dd.add_argument("--merge-duplicates", action="store_true",
-                    help="at the end, merge persons flagged as possible duplicates when they "
-                         "match as wholes (default: keep them apart, as the online path does)")
+    dd.add_argument("--review-threshold", type=float, default=0.5,
+                    help="review probability (0.5, as MATCHING_REVIEW_THRESHOLD); reviews "
+                         "are counted, not merged")
+    dd.add_argument("--no-auto-merge", action="store_true",
+                    help="keep persons a later record proves one apart, as possible "
+                         "duplicates (as MATCHING_AUTO_MERGE=false online)")
     dd.add_argument("--no-twin-guard", action="store_true",
                     help="link twin-like pairs (same birth date, different given name, no "
                          "shared SSN) instead of sending them to review; for synthetic data")

@@ -71,6 +71,7 @@ class AuditTag(StrEnum):
     LINK_REVIEW = "identity:link:review", "patient"
     UNLINK_MANUAL = "identity:unlink:manual", "patient"
     MERGE_CREATE = "identity:merge:create", "person"
+    MERGE_AUTO = "identity:merge:auto", "person"
     MERGE_UNDO = "identity:merge:undo", "person"
     REVIEW_OPEN = "identity:review:open", "review"
     REVIEW_RESOLVE = "identity:review:resolve", "review"

@@ -130,6 +130,9 @@ class MergeRequest(BaseModel):
     merged_id: str = Field(description="The person merged into the survivor")
 
 
+MergeHow = Literal["steward", "source", "auto"]
+
+
 class Merge(BaseModel):
     id: str
     survivor_id: str
@@ -138,6 +141,11 @@ class Merge(BaseModel):
     actor: str
     created_at: UtcDatetime
     undone_at: UtcDatetime | None = None
+    how: MergeHow = Field("steward", description=(
+        "steward (a steward's merge or duplicate review), source (a source merged two of "
+        "its records: HL7 ADT^A40) or auto (a record proved the two persons one)"))
+    probability: float | None = Field(None, description=(
+        "auto: the probability that the two persons are one, compared as wholes"))
 
 
 class MatchCandidate(BaseModel):

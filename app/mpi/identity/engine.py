@@ -88,6 +88,12 @@ class Engine(Protocol):
     def decide(self, data: Mapping[str, Any], candidates: Sequence[Candidate], *,
                excluded: frozenset[str] = frozenset()) -> PersonDecision: ...
 
+    def same_person(self, left: Sequence[Candidate], right: Sequence[Candidate]
+                    ) -> float | None:
+        """The probability that two persons (all their records) are one, when it reaches
+        the link threshold without the twin pattern; otherwise None."""
+        ...
+
 
 def grade(probability: float, *, link_threshold: float, review_threshold: float) -> str:
     """certain (auto-link), probable (review), possible (half-way to review), unlikely."""
@@ -156,6 +162,16 @@ class MatchingEngine:
             decision.kind, str(decision.person_id) if decision.person_id is not None else None,
             decision.probability or (ranked[0].probability if ranked else 0.0), ranked,
             tuple(by_id[str(c.person_id)] for c in decision.duplicates))
+
+
+    def same_person(self, left: Sequence[Candidate], right: Sequence[Candidate]
+                    ) -> float | None:
+        from mpi.matching.linker import same_person
+
+        rights = [self._prepare(b.record_id, b.match_data) for b in right]
+        scores = [self.scorer.score(self._prepare(a.record_id, a.match_data), b)
+                  for a in left for b in rights]
+        return same_person(scores, self.link_threshold, self.twin_guard)
 
 
 def pair_score(score: Any) -> PairScore:

@@ -12,6 +12,13 @@ decided against the persons known before it, including those earlier records of 
 batch joined or founded. Manual decisions win: a record a steward placed is never moved
 by the engine, and a pair declared "not the same person" is never linked or proposed
 again.
+
+Fragments reconcile (``auto_merge``, MATCHING_AUTO_MERGE): when a record links to one
+person and also reaches others at the review threshold or above, each is compared with
+the linked person as wholes (``Engine.same_person``, the rule of
+``mpi.matching.linker``); those that are one person with it are merged in the record's
+transaction (:class:`~mpi.identity.merging.Merging`, ``how: auto``, undoable), unless a
+steward kept them apart. The record joins the merged person that had the most records.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpi.domain.audit import AuditTag
+from mpi.domain.errors import ConcurrentChange
 from mpi.domain.events import EventType
 from mpi.domain.patient import Patient
 from mpi.identity.engine import Candidate, Engine, PersonDecision
+from mpi.identity.merging import Merging
 from mpi.identity.records import match_data
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.models import BlockingKeyRow, LinkEventRow, PatientLinkRow
@@ -32,6 +41,14 @@ from mpi.storage.work import Transaction
 
 # Keys shared by more persons than this are ignored when looking for candidates.
 MAX_BLOCK = 500
+
+
+@dataclass(frozen=True)
+class AutoMerge:
+    """A person a record proved one with the person it joins: merged into it."""
+
+    person_id: str
+    probability: float  # the two persons compared as wholes
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class Placement:
     how: str
     previous_pk: int | None
     decision: PersonDecision | None
+    merges: tuple[AutoMerge, ...] = ()
 
     @property
     def probability(self) -> float | None:
@@ -59,10 +77,12 @@ class Placement:
 
 
 class Linking:
-    def __init__(self, engine: Engine, repo: IdentityRepository, *,
-                 new_id: Callable[[], uuid.UUID]):
+    def __init__(self, engine: Engine, repo: IdentityRepository, merging: Merging, *,
+                 new_id: Callable[[], uuid.UUID], auto_merge: bool = True):
         self.engine = engine
+        self.auto_merge = auto_merge
         self._repo = repo
+        self._merging = merging
         self._new_id = new_id
 
     # --- one record, created or updated ----------------------------------------------------------
@@ -79,11 +99,15 @@ class Linking:
             person_id = str(self._repo.person_by_pk(current.person_id).id)
             return Placement(patient.id, patient_pk, data, keys, person_id, previous,
                              "manual", previous, None)
-        decision = self.decide(data, keys, patient_pk)
+        decision, members = self._decide(data, keys, patient_pk)
         alone = previous is None or self._repo.live_record_pks(previous) == [patient_pk]
+        merges: tuple[AutoMerge, ...] = ()
         if decision.kind == "link" and decision.person_id is not None:
-            person_pk: int | None = self._repo.person(decision.person_id).pk
-            person_id, how = decision.person_id, "auto"
+            incoming = Candidate(patient.id, decision.person_id, data)
+            person_id, merges = self._reconcile(decision, incoming, members,
+                                                self._kept_apart_by_id)
+            person_pk: int | None = self._repo.person(person_id).pk
+            how = "auto"
         elif current is not None and previous is not None and (alone
                                                                or decision.kind == "review"):
             person_pk, how = previous, current.how
@@ -91,7 +115,7 @@ class Linking:
         else:
             person_pk, person_id, how = None, str(self._new_id()), "new"
         return Placement(patient.id, patient_pk, data, keys, person_id, person_pk, how,
-                         previous, decision)
+                         previous, decision, merges)
 
     def link(self, tx: Transaction, placement: Placement) -> None:
         """Write what :meth:`place` decided, in ``tx``."""
@@ -104,11 +128,15 @@ class Linking:
         target = p.person_pk
         if target is None:
             target = self._repo.new_person(person_id=uuid.UUID(p.person_id), now=tx.now).pk
+        merged = {m.person_id: self._repo.person(m.person_id).pk for m in p.merges}
+        if target != p.previous_pk or merged:
+            self._claim([target, *merged.values()], tx)
         self._repo.set_link(p.patient_pk, target, match_data=p.data, manual=False, how=p.how,
                             probability=p.probability, model_version=version, now=tx.now)
         if target != p.previous_pk:
             previous = p.previous_pk
-            self._repo.touch([target] + ([previous] if previous else []), tx.now)
+            if previous is not None:
+                self._repo.touch([previous], tx.now)
             actor = tx.actor.user_id
             detail = ({"reason": p.decision.ranked[0].best.reason} if p.how == "auto"
                       else None)
@@ -123,15 +151,18 @@ class Linking:
                                        patient_pk=p.patient_pk,
                                        detail={"to_person_id": p.person_id})
             self._linked(tx, p, previous_id)
-        self._reviews_for(tx, p.decision, p.patient_id, p.patient_pk, target)
+        self._merge_into(tx, p, target, merged)
+        self._reviews_for(tx, p.decision, p.patient_id, p.patient_pk, target,
+                          set(merged.values()))
 
     # --- a batch of new records ------------------------------------------------------------------
 
     def place_new(self, records: Sequence[tuple[Patient, int]]) -> list[Placement]:
         """Decide, one at a time in order, where each new record goes: against the persons
-        known before it, including those earlier records of the batch joined or founded.
-        Reads are batched (a handful of statements for the whole list), so ``mpi import``
-        is fast. New records carry no steward decision yet, so none is excluded."""
+        known before it, including those earlier records of the batch joined, founded or
+        merged. Reads are batched (a handful of statements for the whole list), so
+        ``mpi import`` is fast. New records carry no steward decision yet, so none is
+        excluded."""
         if not records:
             return []
         datas = [match_data(p) for p, _ in records]
@@ -140,31 +171,50 @@ class Linking:
         index, members, person_pk_ids = self._known_persons(
             sorted({k for ks in keys for k in ks}))
         pk_of = {v: k for k, v in person_pk_ids.items()}
+        stored: dict[str, set[int]] = {v: {k} for k, v in person_pk_ids.items()}
+
+        def kept_apart(a: str, b: str) -> bool:
+            return any(self._repo.persons_kept_apart(x, y)
+                       for x in stored.get(a, ()) for y in stored.get(b, ()))
+
         placed: list[Placement] = []
         for (patient, patient_pk), data, ks in zip(records, datas, keys, strict=True):
             persons = {person for k in ks for person in index.get(k, ())}
             candidates = [c for person in sorted(persons) for c in members.get(person, ())]
             decision = self.engine.decide(data, candidates)
+            merges: tuple[AutoMerge, ...] = ()
             if decision.kind == "link" and decision.person_id is not None:
-                person_id, how = decision.person_id, "auto"
+                incoming = Candidate(patient.id, decision.person_id, data)
+                person_id, merges = self._reconcile(decision, incoming, members, kept_apart)
+                how = "auto"
             else:
                 person_id, how = str(self._new_id()), "new"
             placed.append(Placement(patient.id, patient_pk, data, ks, person_id,
-                                    pk_of.get(person_id), how, None, decision))
+                                    pk_of.get(person_id), how, None, decision, merges))
             members.setdefault(person_id, []).append(Candidate(patient.id, person_id, data))
             for k in ks:
                 index.setdefault(k, set()).add(person_id)
+            for m in merges:  # the merged person's records are the survivor's from now on
+                members[person_id] += [Candidate(c.record_id, person_id, c.match_data)
+                                       for c in members.pop(m.person_id, ())]
+                stored.setdefault(person_id, set()).update(stored.pop(m.person_id, ()))
+                for held in index.values():
+                    if m.person_id in held:
+                        held.discard(m.person_id)
+                        held.add(person_id)
         return placed
 
     def link_new(self, tx: Transaction, placements: Sequence[Placement]) -> None:
-        """Write what :meth:`place_new` decided, in ``tx`` (a few statements in all)."""
+        """Write what :meth:`place_new` decided, in ``tx`` (a few statements in all, and
+        the merges the batch's records proved)."""
         version = self.engine.model_version
         founded = [p.person_id for p in placements if p.how == "new"]
         pk_of: dict[str, int] = {p.person_id: p.person_pk for p in placements
                                  if p.person_pk is not None}
+        pk_of.update({m.person_id: self._repo.person(m.person_id).pk
+                      for p in placements for m in p.merges if m.person_id not in founded})
+        self._claim(sorted(set(pk_of.values())), tx)
         pk_of.update(self._repo.insert_persons(founded, tx.now))
-        self._repo.touch(sorted({pk_of[p.person_id] for p in placements if p.how == "auto"}),
-                         tx.now)
         links, key_rows, history = [], [], []
         for p in placements:
             assert p.decision is not None
@@ -186,7 +236,10 @@ class Linking:
             self._linked(tx, p, None)
         for p in placements:
             assert p.decision is not None
-            self._reviews_for(tx, p.decision, p.patient_id, p.patient_pk, pk_of[p.person_id])
+            merged = {m.person_id: pk_of[m.person_id] for m in p.merges}
+            self._merge_into(tx, p, pk_of[p.person_id], merged)
+            self._reviews_for(tx, p.decision, p.patient_id, p.patient_pk, pk_of[p.person_id],
+                              set(merged.values()))
 
     # --- a record deleted ------------------------------------------------------------------------
 
@@ -213,6 +266,11 @@ class Linking:
                patient_pk: int | None) -> PersonDecision:
         """The engine's decision for ``data`` against the persons its keys select (leaving
         out the record ``patient_pk`` itself and persons a steward kept apart from it)."""
+        return self._decide(data, keys, patient_pk)[0]
+
+    def _decide(self, data: dict[str, Any], keys: list[str], patient_pk: int | None
+                ) -> tuple[PersonDecision, dict[str, list[Candidate]]]:
+        """:meth:`decide`, and every record of each candidate person."""
         index, members, _ = self._known_persons(keys, exclude_patient_pk=patient_pk)
         persons = {person for k in keys for person in index.get(k, ())}
         candidates = [c for person in sorted(persons) for c in members.get(person, ())]
@@ -220,7 +278,63 @@ class Linking:
         if patient_pk is not None:
             excluded = frozenset(self._repo.person_ids(
                 self._repo.excluded_person_pks(patient_pk)).values())
-        return self.engine.decide(data, candidates, excluded=excluded)
+        return self.engine.decide(data, candidates, excluded=excluded), members
+
+    # --- fragments ---------------------------------------------------------------------------
+
+    def _reconcile(self, decision: PersonDecision, incoming: Candidate,
+                   members: dict[str, list[Candidate]],
+                   kept_apart: Callable[[str, str], bool]) -> tuple[str, tuple[AutoMerge, ...]]:
+        """The person a linked record joins, and the persons it proves one with it (merged
+        into it): each other candidate at the review threshold or above, best first,
+        compared as wholes with the group so far (the record among its records); the
+        group's person with the most records survives (on a tie, the one linked to)."""
+        target = decision.person_id
+        assert target is not None
+        if not self.auto_merge:
+            return target, ()
+        group, whole = [target], [*members.get(target, ()), incoming]
+        joined: dict[str, float] = {}
+        for ranked in decision.ranked:
+            other = ranked.person_id
+            if other == target or ranked.probability < self.engine.review_threshold:
+                continue
+            theirs = members.get(other, [])
+            if not theirs or any(kept_apart(g, other) for g in group):
+                continue
+            probability = self.engine.same_person(whole, theirs)
+            if probability is None:
+                continue
+            group.append(other)
+            whole += theirs
+            joined[other] = probability
+        if not joined:
+            return target, ()
+        size = {g: len(members.get(g, ())) + (g == target) for g in group}
+        survivor = max(group, key=lambda g: size[g])  # the first of the largest
+        joined.setdefault(target, joined.get(survivor, 0.0))
+        return survivor, tuple(AutoMerge(g, joined[g]) for g in group if g != survivor)
+
+    def _kept_apart_by_id(self, a: str, b: str) -> bool:
+        return self._repo.persons_kept_apart(self._repo.person(a).pk, self._repo.person(b).pk)
+
+    def _claim(self, person_pks: list[int], tx: Transaction) -> None:
+        """Lock the persons a write links into or merges; give way (the write is retried)
+        when a concurrent merge took one of them away first."""
+        if not self._repo.claim_persons(person_pks, tx.now):
+            raise ConcurrentChange("a person this record joins was merged a moment ago")
+
+    def _merge_into(self, tx: Transaction, p: Placement, survivor_pk: int,
+                    merged: dict[str, int]) -> None:
+        """Merge the persons ``p``'s record proved one with its own into it."""
+        if not merged:
+            return
+        survivor = self._repo.person_by_pk(survivor_pk)
+        for m in p.merges:
+            self._merging.merge(tx, survivor, self._repo.person_by_pk(merged[m.person_id]),
+                                how="auto", probability=m.probability,
+                                model_version=self.engine.model_version,
+                                patient_id=p.patient_id)
 
     def _known_persons(self, keys: list[str], *, exclude_patient_pk: int | None = None
                        ) -> tuple[dict[str, set[str]], dict[str, list[Candidate]],
@@ -255,8 +369,9 @@ class Linking:
         tx.emit(EventType.PATIENT_LINKED, p.patient_id, payload=payload)
 
     def _reviews_for(self, tx: Transaction, decision: PersonDecision, patient_id: str,
-                     patient_pk: int, target_pk: int) -> None:
-        """The reviews a decision calls for: a probable match, or possible duplicates."""
+                     patient_pk: int, target_pk: int, merged: set[int]) -> None:
+        """The reviews a decision calls for: a probable match, or possible duplicates
+        (those not ``merged`` into the record's person)."""
         version = self.engine.model_version
         if decision.kind == "review" and decision.person_id is not None:
             review_pk = self._repo.person(decision.person_id).pk
@@ -270,7 +385,8 @@ class Linking:
                                   explanation=best.best.explanation(version))
         for dup in decision.duplicates:
             dup_pk = self._repo.person(dup.person_id).pk
-            if dup_pk == target_pk or self._repo.persons_kept_apart(target_pk, dup_pk):
+            if (dup_pk == target_pk or dup_pk in merged
+                    or self._repo.persons_kept_apart(target_pk, dup_pk)):
                 continue
             if self._repo.open_review_exists("possible_duplicate", patient_pk=None,
                                              person_pk=target_pk, other_person_pk=dup_pk):

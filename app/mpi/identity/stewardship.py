@@ -16,7 +16,8 @@ from typing import get_args
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import FieldProblem, InvalidInput, StateConflict
 from mpi.domain.events import EventType
-from mpi.domain.identity import Merge, Person, ReviewItem, ReviewKind, ReviewPage
+from mpi.domain.identity import Merge, MergeHow, Person, ReviewItem, ReviewKind, ReviewPage
+from mpi.identity.merging import Merging
 from mpi.identity.records import match_data
 from mpi.identity.views import IdentityViews
 from mpi.storage.identity import IdentityRepository
@@ -45,8 +46,9 @@ REVIEW_KINDS: tuple[str, ...] = get_args(ReviewKind)
 
 class StewardService:
     def __init__(self, work: UnitOfWork, repo: IdentityRepository, patients: PatientRepository,
-                 views: IdentityViews, *, new_id: Callable[[], uuid.UUID]):
+                 views: IdentityViews, merging: Merging, *, new_id: Callable[[], uuid.UUID]):
         self._work = work
+        self._merging = merging
         self._repo = repo
         self._patients = patients
         self._views = views
@@ -122,7 +124,7 @@ class StewardService:
                     self._link(tx, person_id, patient_id, how="review")
                 else:
                     other_id = str(self._repo.person_by_pk(review.other_person_id).id)
-                    self._merge(tx, person_id, other_id)
+                    self._merge(tx, person_id, other_id, resolving=review.pk)
             elif resolution == "not_a_match":
                 if review.kind == "possible_match":
                     left = [review.patient_id]
@@ -183,7 +185,9 @@ class StewardService:
 
     @retried
     def undo_merge(self, merge_id: str, actor: Actor) -> Merge:
-        """Give the merged person back the records the merge moved (those still there)."""
+        """Give the merged person back the records the merge moved (those still there).
+        Undoing the engine's merge is a steward's "not the same person": the returned
+        records are kept apart from the survivor's, so the engine never merges them again."""
         with self._work.begin(actor) as tx:
             now = tx.now
             self._repo.lock_linking()
@@ -197,6 +201,9 @@ class StewardService:
             still = set(self._repo.live_record_pks(row.survivor_id))
             back = [pk for pk in row.moved if pk in still]
             self._repo.move_links(back, merged.pk, how="manual", manual=True, now=now)
+            if row.how == "auto":
+                self._repo.add_non_matches(back, sorted(still - set(back)),
+                                           actor=actor.user_id, now=now)
             self._repo.set_merged_into(merged.pk, None, now)
             self._repo.touch([row.survivor_id], now)
             self._repo.mark_undone(row.pk, now)
@@ -213,7 +220,8 @@ class StewardService:
             moved_ids = self._repo.patient_ids(row.moved)
         return Merge(id=merge_id, survivor_id=ids[row.survivor_id], merged_id=ids[merged.pk],
                      moved_patient_ids=[moved_ids.get(pk, "") for pk in row.moved],
-                     actor=row.actor, created_at=row.created_at, undone_at=now)
+                     actor=row.actor, created_at=row.created_at, undone_at=now,
+                     how=row.how, probability=row.probability)  # type: ignore[arg-type]
 
     # --- in an open unit of work -----------------------------------------------------------------
 
@@ -243,7 +251,7 @@ class StewardService:
                 raise StateConflict(f"patient {record_id} has no person")
             persons.append(str(self._repo.person_by_pk(link.person_id).id))
         if persons[0] != persons[1]:
-            self._merge(tx, persons[0], persons[1])
+            self._merge(tx, persons[0], persons[1], how="source")
         return persons[0]
 
     def _link(self, tx: Transaction, person_id: str, patient_id: str, *, how: str) -> PersonRow:
@@ -251,30 +259,14 @@ class StewardService:
         self._move(tx, patient_id, person, how=how)
         return person
 
-    def _merge(self, tx: Transaction, survivor_id: str, merged_id: str) -> Merge:
-        now, actor = tx.now, tx.actor.user_id
+    def _merge(self, tx: Transaction, survivor_id: str, merged_id: str, *,
+               how: MergeHow = "steward", resolving: int | None = None) -> Merge:
         survivor = self._active_person(survivor_id, field_name="survivor_id")
         merged = self._active_person(merged_id, field_name="merged_id")
         if self._repo.persons_kept_apart(survivor.pk, merged.pk):
             raise StateConflict("a steward recorded that records of these persons are not "
                                 "the same person; unlink or review them first")
-        moved = self._repo.live_record_pks(merged.pk)
-        self._repo.move_links(moved, survivor.pk, how="merge", manual=True, now=now)
-        self._repo.set_merged_into(merged.pk, survivor.pk, now)
-        self._repo.touch([survivor.pk], now)
-        merge_id = self._new_id()
-        row = self._repo.create_merge(merge_id=merge_id, survivor_pk=survivor.pk,
-                                      merged_pk=merged.pk, moved=moved, actor=actor, now=now)
-        pids = self._repo.patient_ids(moved)
-        moved_ids = [pids[pk] for pk in moved]
-        payload = {"merge_id": str(merge_id), "survivor_id": survivor_id,
-                   "merged_id": merged_id, "moved_patient_ids": moved_ids}
-        for pk in (survivor.pk, merged.pk):
-            self._repo.add_history(pk, "merged", actor=actor, now=now, detail=payload)
-        tx.audit(AuditTag.MERGE_CREATE, survivor_id, new=payload)
-        tx.emit(EventType.PERSONS_MERGED, survivor_id, payload=payload)
-        return Merge(id=str(merge_id), survivor_id=survivor_id, merged_id=merged_id,
-                     moved_patient_ids=moved_ids, actor=actor, created_at=row.created_at)
+        return self._merging.merge(tx, survivor, merged, how=how, resolving=resolving)
 
     def _new_person(self, tx: Transaction, review: ReviewItemRow) -> None:
         """The record of a possible match keeps (or gets) a person of its own, placed by

@@ -3,7 +3,8 @@
 ``dedupe`` runs the online :class:`~mpi.matching.linker.Linker` record by record, so a
 batch gives the same answer the identity layer would give for the same arrival order.
 Reviews (probability between the thresholds) are not merged: such a record starts its own
-cluster and is counted. TF tables come from the model when it has them, otherwise from
+cluster and is counted. Persons a record proves one are merged as the service would. TF
+tables come from the model when it has them, otherwise from
 the records being matched.
 """
 
@@ -35,34 +36,32 @@ class DedupeResult:
     decisions: Counter[str] = field(default_factory=Counter)  # link / review / new
     possible_twins: int = 0  # links the twin guard turned into reviews
     possible_duplicates: int = 0  # links where another person also passed the threshold
-    merged_persons: int = 0  # with merge_duplicates: flagged persons merged as wholes
+    merged_persons: int = 0  # persons a record proved one, merged (auto_merge)
     pairs_scored: int = 0
     model_version: str = ""
 
 
 def dedupe(records: Iterable[MatchRecord | PreparedRecord], model: Model | None = None, *,
            link_threshold: float = 0.95, review_threshold: float = 0.80,
-           merge_duplicates: bool = False, twin_guard: bool = True,
+           auto_merge: bool = True, twin_guard: bool = True,
            progress: Progress = _no_progress) -> DedupeResult:
     """Cluster records with the online rule, record by record in the given order.
 
-    With ``merge_duplicates``, persons flagged as possible duplicates (a later record matched
-    both) are merged at the end when they match as wholes (:meth:`Linker.merge_duplicates`);
-    without it the result is exactly what the online path would hold.
+    With ``auto_merge`` (as MATCHING_AUTO_MERGE online), persons a later record proves one
+    are merged when it arrives; the result is what the online path would hold.
     """
     model = model or Model.default()
     prepared = [prepare(r) for r in progress(records, "preparing", 0)]
     tf = model.term_frequencies or term_frequencies(prepared)
     linker = Linker(model, link_threshold=link_threshold, review_threshold=review_threshold,
-                    term_frequencies=tf, twin_guard=twin_guard)
+                    term_frequencies=tf, twin_guard=twin_guard, auto_merge=auto_merge)
     result = DedupeResult({}, model_version=model.version)
     for r in progress(prepared, "deduplicating", len(prepared)):
         decision = linker.add(r)
         result.decisions[decision.kind] += 1
         result.possible_duplicates += bool(decision.duplicates)
         result.possible_twins += bool(decision.note)
-    if merge_duplicates:
-        result.merged_persons = len(linker.merge_duplicates())
+    result.merged_persons = len(linker.merges)
     result.clusters = linker.clusters
     result.pairs_scored = linker.pairs_scored
     return result

@@ -21,7 +21,7 @@ Decisions:
 
 - persons the steward declared "not the same person" (``excluded``) are never chosen;
 - best person at or above ``link_threshold``: **link**, and every other person also at or
-  above it is reported in ``duplicates`` (a possible duplicate for review, never merged);
+  above it is reported in ``duplicates`` (a possible duplicate);
 - best person at or above ``review_threshold``: **review** (the best is suggested);
 - otherwise **new**.
 - Twin guard: a link whose evidence has the twin pattern — no SSN or identifier in
@@ -36,6 +36,16 @@ Decisions:
   (``note`` says why). Twins share a
   family name, a birth date, an address and often a phone; Fellegi-Sunter assumes the
   fields independent and would add those up into a confident link.
+
+Fragments reconcile (:func:`merge_candidates`, :func:`same_person`): after a link, each
+other person the record reached at ``review_threshold`` or above is compared with the
+linked person *as wholes* (the record now among its records); when the two reach
+``link_threshold`` without the twin pattern, and no steward kept them apart, they are one
+person and are merged. A record that bridges two fragments of one person founded before
+it arrived (a lab record with the SSN, an old address and the new) thus joins them; a
+record that merely resembles two different people does not, because their own records
+disagree. Persons are grown one at a time, best-ranked first, and the person with more
+records is kept (on a tie, the one the record linked to).
 
 :class:`Linker` applies exactly this rule record by record over an in-memory index of
 blocking keys: the batch ``dedupe`` uses it, so batch and online give the same answers.
@@ -147,6 +157,31 @@ def person_weight(scores: Sequence[Score]) -> float:
     return scores[0].scorer.combine(evidence)
 
 
+def merge_candidates(decision: Decision, review_threshold: float) -> list[Hashable]:
+    """The persons to compare as wholes with the one a record was linked to: every other
+    candidate the record reached at ``review_threshold`` or above, best first (persons a
+    steward kept apart from the record are not candidates)."""
+    if decision.kind != "link":
+        return []
+    return [c.person_id for c in decision.candidates
+            if c.person_id != decision.person_id and c.probability >= review_threshold]
+
+
+def same_person(scores: Sequence[Score], link_threshold: float,
+                twin_guard: bool = True) -> float | None:
+    """Whether two persons are one, judged as wholes: ``scores`` has every record of one
+    against every record of the other, aggregated as in :func:`person_weight` (a strong
+    pair counts where nothing contradicts it, the mean where something does). The
+    probability when it reaches ``link_threshold`` and (with ``twin_guard``) the scores
+    do not show the twin pattern; otherwise None."""
+    if not scores:
+        return None
+    probability = scores[0].model.probability(person_weight(scores))
+    if probability < link_threshold or (twin_guard and twin_pattern(scores)):
+        return None
+    return probability
+
+
 def decide(candidates: Mapping[Hashable, Sequence[Score]], link_threshold: float,
            review_threshold: float, excluded: Collection[Hashable] = frozenset(),
            twin_guard: bool = True) -> Decision:
@@ -181,7 +216,8 @@ def decide(candidates: Mapping[Hashable, Sequence[Score]], link_threshold: float
 class Linker:
     """Online linking in memory: each added record is decided by :func:`decide` against the
     persons found through a dict index of blocking keys, then joins its person (link) or
-    starts a new one (review and new: the review is reported, nothing is merged).
+    starts a new one (review and new: the review is reported); after a link, with
+    ``auto_merge``, the persons it proves one are merged (see the module docstring).
 
     Person ids are the record id of the person's first record.
     """
@@ -189,8 +225,10 @@ class Linker:
     def __init__(self, model: Model, *, link_threshold: float = 0.95,
                  review_threshold: float = 0.80,
                  term_frequencies: Mapping[str, Mapping[str, float]] | None = None,
-                 max_block: int = 500, twin_guard: bool = True) -> None:
+                 max_block: int = 500, twin_guard: bool = True,
+                 auto_merge: bool = True) -> None:
         self.model = model
+        self.auto_merge = auto_merge
         self.scorer = Scorer(self.model, term_frequencies)
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
@@ -201,8 +239,9 @@ class Linker:
         self._person_of: dict[str, Hashable] = {}
         self.pairs_scored = 0
         self.oversized_keys = 0
-        self._flagged: list[tuple[Hashable, Hashable]] = []  # (linked person, also-strong one)
         self._apart: list[tuple[Hashable, Hashable]] = []  # steward: "not the same person"
+        self._alias: dict[Hashable, Hashable] = {}  # merged person -> the one it went into
+        self.merges: list[tuple[Hashable, Hashable, float]] = []  # (kept, merged, probability)
 
     def candidates(self, record: PreparedRecord) -> set[Hashable]:
         persons: set[Hashable] = set()
@@ -236,49 +275,46 @@ class Linker:
         assert person is not None
         self._members.setdefault(person, []).append(p)
         self._person_of[p.record_id] = person
-        self._flagged.extend((person, c.person_id) for c in decision.duplicates)
         self._apart.extend((person, other) for other in excluded)
         for key in blocking_keys(p):
             bucket = self._index.setdefault(key, [])
             if person not in bucket:
                 bucket.append(person)
+        if self.auto_merge and decision.kind == "link":
+            for other in merge_candidates(decision, self.review_threshold):
+                merged = self._reconcile(person, other)
+                if merged is not None:
+                    self.merges.append(merged)
         return decision
 
-    def merge_duplicates(self) -> list[tuple[Hashable, Hashable, float]]:
-        """Resolve the possible duplicates flagged so far, as a steward's batch job would:
-        two persons are merged when the evidence between them *as wholes* (every record of
-        one against every record of the other, aggregated as in :func:`person_weight`)
-        reaches ``link_threshold`` and does not show the twin pattern.
-        Returns (kept person, merged person, probability).
-        Online, the identity layer queues these pairs for review instead."""
-        merged: list[tuple[Hashable, Hashable, float]] = []
-        alias: dict[Hashable, Hashable] = {}
+    def _reconcile(self, first: Hashable, second: Hashable
+                   ) -> tuple[Hashable, Hashable, float] | None:
+        """Merge the persons ``first`` and ``second`` (or those they were merged into)
+        when :func:`same_person` says they are one and no steward kept them apart: the
+        person with more records is kept (on a tie, ``first``)."""
+        a, b = self._current(first), self._current(second)
+        if a == b or any({self._current(x), self._current(y)} == {a, b}
+                         for x, y in self._apart):
+            return None
+        scores = [self.scorer.score(x, y) for x in self._members[a] for y in self._members[b]]
+        self.pairs_scored += len(scores)
+        probability = same_person(scores, self.link_threshold, self.twin_guard)
+        if probability is None:
+            return None
+        keep, drop = (a, b) if len(self._members[a]) >= len(self._members[b]) else (b, a)
+        for r in self._members.pop(drop):
+            self._members[keep].append(r)
+            self._person_of[r.record_id] = keep
+            for key in blocking_keys(r):
+                self._index[key] = list(dict.fromkeys(
+                    keep if x == drop else x for x in self._index[key]))
+        self._alias[drop] = keep
+        return keep, drop, probability
 
-        def current(person: Hashable) -> Hashable:
-            while person in alias:
-                person = alias[person]
-            return person
-
-        for first, second in self._flagged:
-            a, b = current(first), current(second)
-            if a == b or any({current(x), current(y)} == {a, b} for x, y in self._apart):
-                continue
-            scores = [self.scorer.score(x, y) for x in self._members[a] for y in self._members[b]]
-            self.pairs_scored += len(scores)
-            probability = self.model.probability(person_weight(scores))
-            if probability < self.link_threshold or (self.twin_guard and twin_pattern(scores)):
-                continue
-            keep, drop = (a, b) if len(self._members[a]) >= len(self._members[b]) else (b, a)
-            for r in self._members.pop(drop):
-                self._members[keep].append(r)
-                self._person_of[r.record_id] = keep
-                for key in blocking_keys(r):
-                    self._index[key] = list(dict.fromkeys(
-                        keep if x == drop else x for x in self._index[key]))
-            alias[drop] = keep
-            merged.append((keep, drop, probability))
-        self._flagged.clear()
-        return merged
+    def _current(self, person: Hashable) -> Hashable:
+        while person in self._alias:
+            person = self._alias[person]
+        return person
 
     def person_of(self, record_id: str) -> Hashable:
         return self._person_of[record_id]

@@ -430,6 +430,32 @@ class IdentityRepository:
         return [(kind, int(n), ReviewItemRow.created_at.python_value(oldest))
                 for kind, n, oldest in tuples(query)]
 
+    def open_reviews_within(self, person_pks: Sequence[int], patient_pks: Sequence[int]
+                            ) -> list[ReviewItemRow]:
+        """Open reviews that ask whether things now in one person are one: a possible
+        duplicate between two of ``person_pks``, or a possible match of one of
+        ``patient_pks`` (the person's records) with one of ``person_pks``."""
+        if not person_pks:
+            return []
+        dup = ((ReviewItemRow.kind == "possible_duplicate")
+               & ReviewItemRow.person.in_(list(person_pks))
+               & ReviewItemRow.other_person.in_(list(person_pks)))
+        match = ((ReviewItemRow.kind == "possible_match")
+                 & ReviewItemRow.person.in_(list(person_pks))
+                 & ReviewItemRow.patient.in_(list(patient_pks) or [0]))
+        return list(ReviewItemRow.select().where((ReviewItemRow.status == "open")
+                                                 & (dup | match)).order_by(ReviewItemRow.pk))
+
+    def claim_persons(self, person_pks: Iterable[int], now: datetime) -> bool:
+        """Lock these persons' rows (touching them) while none is merged away; False when
+        one is (a concurrent merge committed first: the caller gives way and retries)."""
+        pks = sorted(set(person_pks))
+        if not pks:
+            return True
+        done = PersonRow.update(updated_at=now).where(
+            PersonRow.pk.in_(pks) & PersonRow.merged_into.is_null()).execute()
+        return int(done) == len(pks)
+
     def close_reviews_for_patient(self, patient_pk: int, *, resolution: str, actor: str,
                                   now: datetime) -> int:
         return int(ReviewItemRow.update(status="resolved", resolution=resolution,
@@ -471,9 +497,12 @@ class IdentityRepository:
         return rows, (rows[-1].pk if more and rows else None)
 
     def create_merge(self, *, merge_id: uuid.UUID, survivor_pk: int, merged_pk: int,
-                     moved: list[int], actor: str, now: datetime) -> PersonMergeRow:
+                     moved: list[int], actor: str, now: datetime, how: str = "steward",
+                     probability: float | None = None,
+                     model_version: str | None = None) -> PersonMergeRow:
         return PersonMergeRow.create(id=merge_id, survivor=survivor_pk, merged=merged_pk,
-                                     moved=moved, actor=actor, created_at=now)
+                                     moved=moved, actor=actor, created_at=now, how=how,
+                                     probability=probability, model_version=model_version)
 
     def merge(self, merge_id: str | uuid.UUID, *, lock: bool = False) -> PersonMergeRow:
         return self._one(PersonMergeRow, merge_id, lock=lock, what="merge")

@@ -312,7 +312,8 @@ class LinkEventRow(BaseModel):
 
 
 class PersonMergeRow(BaseModel):
-    """A merge of ``merged`` into ``survivor``; ``moved`` lists the records it moved."""
+    """A merge of ``merged`` into ``survivor``; ``moved`` lists the records it moved;
+    ``how``: steward, source (HL7 ADT^A40) or auto (the engine, on ``probability``)."""
 
     pk = peewee.BigAutoField()
     survivor_id: Any
@@ -326,6 +327,9 @@ class PersonMergeRow(BaseModel):
     actor = peewee.CharField(max_length=128)
     created_at = peewee.DateTimeField()
     undone_at = peewee.DateTimeField(null=True)
+    how = peewee.CharField(max_length=16, default="steward")
+    probability = peewee.DoubleField(null=True)
+    model_version = peewee.CharField(max_length=80, null=True)
 
     class Meta:
         table_name = "person_merge"
