@@ -32,6 +32,7 @@ from mpi.identity.match import MatchService
 from mpi.identity.merging import Merging
 from mpi.identity.persons import PersonService
 from mpi.identity.rekey import Rekeying
+from mpi.identity.relink import Relinking
 from mpi.identity.stewardship import StewardService
 from mpi.identity.views import IdentityViews
 from mpi.patients.domains import DomainService
@@ -72,6 +73,7 @@ class Services:
     domains: DomainService
     authenticator: Authenticator
     rekeying: Rekeying
+    relinking: Relinking
     senders: Hl7Senders
 
     def indexer(self, *, standby: bool = False) -> Indexer:
@@ -175,6 +177,7 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         domains=DomainService(work, DomainRepository(), new_id=new_id),
         authenticator=authenticator(settings, tokens),
         rekeying=Rekeying(work, identity, engine),
+        relinking=Relinking(work, identity, patients, linking),
         senders=Hl7Senders(work, SenderRepository(), ReceiptRepository()),
     )
 

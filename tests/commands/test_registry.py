@@ -32,12 +32,14 @@ def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:
         writer.writerows(rows)
 
 
-def mpi(cwd: Path, line: str, *, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    """Run one documented command line (``mpi ...``) in ``cwd`` on its own SQLite file."""
+def mpi(cwd: Path, line: str, *, expect: int = 0,
+        **settings: str) -> subprocess.CompletedProcess[str]:
+    """Run one documented command line (``mpi ...``) in ``cwd`` on its own SQLite file
+    (``settings``: more environment)."""
     argv = line.split()
     assert argv[0] == "mpi"
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{cwd}/mpi.db", "LOG_FORMAT": "text",
-           "LOG_LEVEL": "WARNING"}
+           "LOG_LEVEL": "WARNING", **settings}
     env.pop("MATCHING_MODEL_PATH", None)
     done = subprocess.run([sys.executable, "-m", "mpi", *argv[1:]], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -87,6 +89,35 @@ def test_import_and_export(files: Path):
     clusters = _clusters(files / "clusters.csv")
     assert clusters["r1"] == clusters["r2"]  # William / Bill, same birth date and SSN
     assert len({clusters["r1"], clusters["r3"], clusters["r4"]}) == 3
+
+
+def test_relink_merges_fragments_stored_before_auto_merge(files: Path):
+    """The desk's record (no SSN) and the lab's (a nickname, no birth date, no address)
+    found two persons; billing's full record reaches both, but the registry was loaded by
+    a release that did not merge (MATCHING_AUTO_MERGE=false). mpi relink decides the
+    stored records again with the current rules."""
+    _write(files / "fragments.csv", HEADER, [
+        ["d1", "desk", "William", "Okafor", "1971-03-09", "m", "4 Elm Rd", "Peoria", "61602",
+         "", "A"],
+        ["l1", "lab", "Bill", "Okafor", "", "m", "", "", "", "123456789", "A"],
+        ["b1", "billing", "William", "Okafor", "1971-03-09", "m", "4 Elm Rd", "Peoria",
+         "61602", "123456789", "A"]])
+    mpi(files, "mpi import fragments.csv", MATCHING_AUTO_MERGE="false")
+    mpi(files, "mpi export --clusters clusters.csv")
+    before = _clusters(files / "clusters.csv")
+    assert len(set(before.values())) == 2
+    rehearsal = mpi(files, "mpi relink --dry-run --sample 20")
+    assert "checked 3 record(s)" in rehearsal.stdout and "dry run" in rehearsal.stdout
+    assert "would move 1 to another person" in rehearsal.stdout
+    assert "l1" not in rehearsal.stdout and "Okafor" not in rehearsal.stdout  # ids only
+    mpi(files, "mpi export --clusters clusters.csv")
+    assert _clusters(files / "clusters.csv") == before  # nothing written
+    done = mpi(files, "mpi relink")
+    assert "moved 1 to another person" in done.stdout
+    mpi(files, "mpi export --clusters clusters.csv")
+    assert len(set(_clusters(files / "clusters.csv").values())) == 1
+    again = mpi(files, "mpi relink")
+    assert "moved 0 to another person, 0 to a person of their own; merged 0" in again.stdout
 
 
 def test_train_from_the_database_and_from_a_file(files: Path):

@@ -164,6 +164,13 @@ MAPPED: dict[str, tuple[str, str]] = {
 
         f"{IDENTITY_CLI}::test_import_and_export",
         "run on the imported registry: every record checked, none needed new keys"),
+    "mpi relink --dry-run --sample 20": (
+        f"{IDENTITY_CLI}::test_relink_merges_fragments_stored_before_auto_merge",
+        "a dry run on a registry holding two fragments of one man: reported, nothing "
+        "written"),
+    "mpi relink": (
+        f"{IDENTITY_CLI}::test_relink_merges_fragments_stored_before_auto_merge",
+        "the real run merges them; a second run finds nothing to change"),
     "mpi export --clusters clusters.csv": (
 
         f"{IDENTITY_CLI}::test_import_and_export",

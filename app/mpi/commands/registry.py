@@ -62,6 +62,20 @@ def register(commands: Any) -> None:
     rekey.add_argument("--no-progress", action="store_true", help="no progress bar")
     rekey.set_defaults(run=cmd_rekey)
 
+    relink = commands.add_parser(
+        "relink", help="decide stored records' persons again with the current model and "
+                       "rules (after an upgrade or a new model); --dry-run first; resumable")
+    relink.add_argument("--dry-run", action="store_true",
+                        help="report what would change (counts and a sample), write nothing")
+    relink.add_argument("--sample", type=int, default=10, metavar="N",
+                        help="changes to list (default 10; 0: none)")
+    relink.add_argument("--batch", type=int, default=200,
+                        help="records per transaction (default 200)")
+    relink.add_argument("--after", type=int, default=0, metavar="PK",
+                        help="resume after this record (the last one a run reported)")
+    relink.add_argument("--no-progress", action="store_true", help="no progress bar")
+    relink.set_defaults(run=cmd_relink)
+
     exp = commands.add_parser("export", help="write (source, record_id, person_id) of every "
                                              "live record")
     exp.add_argument("--clusters", required=True, metavar="FILE.csv", help="output file")
@@ -352,6 +366,58 @@ def cmd_rekey(args: argparse.Namespace) -> int:
                     analyze(services.db, [BlockingKeyRow._meta.table_name])
     print(f"checked {checked} record(s), new keys for {changed}, in "
           f"{time.perf_counter() - started:.1f} s")
+    return EXIT_OK
+
+
+def cmd_relink(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from mpi import config, logs, wiring
+    from mpi.domain.audit import Actor
+    from mpi.identity.relink import RelinkChange
+
+    if args.batch < 1 or args.after < 0 or args.sample < 0:
+        print("--batch must be at least 1, --after and --sample at least 0", file=sys.stderr)
+        return EXIT_INPUT
+    settings = config.load()
+    logs.configure(settings)
+    actor = Actor(user_id="mpi-relink", user_agent="mpi relink")
+    checked = kept = 0
+    counts: Counter[str] = Counter()
+    sample: list[RelinkChange] = []
+    last = args.after
+    started = time.perf_counter()
+    with wiring.connected(settings) as services:
+        relinking = services.relinking
+        try:
+            with tqdm(desc="relink", unit="rec", total=relinking.total(), file=sys.stderr,
+                      disable=args.no_progress) as bar:
+                while True:
+                    page = relinking.page(last, args.batch, actor, dry_run=args.dry_run)
+                    if page.last_pk is None:
+                        break
+                    checked, kept, last = (checked + page.checked, kept + page.kept,
+                                           page.last_pk)
+                    for change in page.changes:
+                        counts[change.how] += 1
+                        counts["merged"] += len(change.merged)
+                    sample += page.changes[:max(args.sample - len(sample), 0)]
+                    bar.update(page.checked)
+        except KeyboardInterrupt:
+            print(f"interrupted: resume with mpi relink --after {last}", file=sys.stderr)
+            return EXIT_FAILED
+    verb = "would move" if args.dry_run else "moved"
+    print(f"checked {checked} record(s) ({kept} placed by a steward, left as they are): "
+          f"{verb} {counts['auto']} to another person, {counts['new']} to a person of "
+          f"their own; {'would merge' if args.dry_run else 'merged'} {counts['merged']} "
+          f"person(s); in {time.perf_counter() - started:.1f} s"
+          + (" (dry run: nothing written)" if args.dry_run else ""))
+    for c in sample:  # ids and scores only: nothing of the record
+        score = f" p={c.probability:.4f}" if c.probability is not None else ""
+        merged = f", merging {', '.join(c.merged)}" if c.merged else ""
+        print(f"  {c.patient_id}: {c.from_person} -> {c.to_person} ({c.how}{score}{merged})")
     return EXIT_OK
 
 

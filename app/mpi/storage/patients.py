@@ -223,6 +223,13 @@ class PatientRepository:
         return [found[str(uuid.UUID(str(i)))] for i in patient_ids
                 if str(uuid.UUID(str(i))) in found]
 
+    def live_rows_after(self, after_pk: int, limit: int) -> list[PatientRow]:
+        """Up to ``limit`` live records after ``after_pk``, by primary key (a page of
+        ``mpi relink``)."""
+        return list(PatientRow.select()
+                    .where(PatientRow.pk > after_pk, PatientRow.deleted_at.is_null())
+                    .order_by(PatientRow.pk).limit(limit))
+
     def load(self, row: PatientRow) -> Patient:
         """The domain object for a row already read."""
         return self._load([row])[0]
