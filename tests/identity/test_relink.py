@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 
 from mpi.domain.audit import Actor
+from mpi.identity.relink import RelinkChange
 from mpi.storage.models import (
     AuditEventRow,
     ChangeEventRow,
@@ -41,8 +42,9 @@ def _rows() -> tuple[int, ...]:
                                               AuditEventRow, ChangeEventRow))
 
 
-def _everything(service: Services, *, dry_run: bool, limit: int = 2) -> list:
-    changes, after = [], 0
+def _everything(service: Services, *, dry_run: bool, limit: int = 2) -> list[RelinkChange]:
+    changes: list[RelinkChange] = []
+    after = 0
     while True:
         page = service.relinking.page(after, limit, RELINK, dry_run=dry_run)
         if page.last_pk is None:
