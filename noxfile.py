@@ -79,10 +79,12 @@ def lock(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: API next to bare Falcon (default); -- matching (next to Splink);
+    -- multisource (four feeds lacking different fields, online and batch next to Splink);
     -- identity (import and online matching at 100,000 persons); -- search; -- steward
     (the review queue page at 10,000 open reviews, /metrics scrapes under load)."""
     install_locked(session, *DEV_LOCKS, "requirements-bench.lock")
-    suites = {"matching": "bench.matching", "identity": "bench.identity",
+    suites = {"matching": "bench.matching", "multisource": "bench.multisource",
+              "identity": "bench.identity",
               "search": "bench.search", "steward": "bench.steward"}
     if session.posargs[:1] and session.posargs[0] in suites:
         session.run("python", "-m", suites[session.posargs[0]], *session.posargs[1:])
