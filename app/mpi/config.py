@@ -455,7 +455,8 @@ SETTINGS: tuple[Setting, ...] = (
             "MATCHING_THRESHOLD; lower scores start a new person)"),
     Setting("MATCHING_TWIN_GUARD", "matching_twin_guard", _switch, "true",
             "Send twin-like matches (same birth date, different given name, no shared SSN "
-            "or identifier) to review instead of linking them; false links them on score"),
+            "or identifier; or one given name with birth years a generation apart) to "
+            "review instead of linking them; false links them on score"),
     Setting("MATCHING_AUTO_MERGE", "matching_auto_merge", _switch, "true",
             "Merge two persons, in the record's transaction, when a record reaches both and "
             "they match as wholes above MATCHING_THRESHOLD (never persons a steward kept "

@@ -215,6 +215,23 @@ def test_twin_guard_sends_twin_like_pairs_to_review():
                    rec("b", given_name="Amara", ssn="444-55-6666")]).possible_twins == 1
 
 
+def test_a_son_named_after_his_father_goes_to_review():
+    """Same names, address and phone, birth years a generation apart, no SSN in common:
+    the score alone links (p > 0.99); the guard sends it to a steward. A shared SSN, or a
+    year mistyped by less than a generation, is not the pattern."""
+    father = prep("f", birth_date=date(1950, 2, 3), ssn=None)
+    son = prep("s", birth_date=date(1980, 2, 3), ssn=None)
+    pair = s(son, father)
+    assert pair.probability >= LINK
+    d = decide({"F": [pair]}, LINK, REVIEW)
+    assert d.kind == "review" and "relative" in d.note
+    assert decide({"F": [pair]}, LINK, REVIEW, twin_guard=False).kind == "link"
+    same_ssn = s(prep("s2", birth_date=date(1980, 2, 3)), prep("f2", birth_date=date(1950, 2, 3)))
+    assert same_ssn.probability >= LINK and decide({"F": [same_ssn]}, LINK, REVIEW).kind == "link"
+    typo = s(prep("t", birth_date=date(1985, 2, 3), ssn=None), prep("u", ssn=None))
+    assert decide({"F": [typo]}, LINK, REVIEW).kind == "link"  # 1985 for 1980: 5 years
+
+
 def test_the_middle_name_separates_father_and_son_and_guards_twins():
     """A father and son of one given name at one address (no birth date on one side)
     were linked at p = 0.9999; their middle names differ."""

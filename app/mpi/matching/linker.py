@@ -25,7 +25,8 @@ Decisions:
 - best person at or above ``review_threshold``: **review** (the best is suggested);
 - otherwise **new**.
 - Twin guard: a link whose evidence has the twin pattern — no SSN or identifier in
-  common, and either two different birth orders of a multiple birth, or the given name
+  common, and either two different birth orders of a multiple birth, or the same given
+  name with birth years a generation (``GENERATION_YEARS``) apart, or the given name
   *different* (not a nickname, typo, initial or swap)
   against every record of the person that has one with the date of birth equal, or the
   given name the same and the middle names different (two full names, or two initials,
@@ -121,17 +122,31 @@ def _names_differ(sc: Score) -> str | None:
 def twin_pattern(scores: Sequence[Score]) -> bool:
     """No SSN (exact or one typo) or identifier shared with any record, and: a different
     birth order within a multiple birth against some record (twins say so themselves), or
-    against every record with a given name the same given name and a different middle
-    name, or else names that differ with the same date of birth as some record."""
+    the same given name with birth years a generation apart against some record (a son
+    named after his father), or against every record with a given name the same given
+    name and a different middle name, or else names that differ with the same date of
+    birth as some record."""
     if any(sc.levels[_SSN] in (1, 2) or sc.levels[_IDS] == 1 for sc in scores):
         return False
-    if any(_birth_orders_differ(sc) for sc in scores):
+    if any(_birth_orders_differ(sc) or _generation_apart(sc) for sc in scores):
         return True
     differ = [d for d in map(_names_differ, scores) if d is not None]
     if not differ or not all(differ):
         return False
     return (all(d in ("middle", "variant") for d in differ)
             or any(sc.levels[_DOB] == 1 for sc in scores))
+
+
+#: Years between the births of a parent and a child, at least: a pair of one given name
+#: born this far apart is a father and a son (or a mother and a daughter) as often as one
+#: person with a mistyped year, and a wrong link merges two people's records.
+GENERATION_YEARS = 15
+
+
+def _generation_apart(sc: Score) -> bool:
+    left, right = sc.left.record.birth_date, sc.right.record.birth_date
+    return (sc.levels[_GIVEN] == 1 and left is not None and right is not None
+            and abs(left.year - right.year) >= GENERATION_YEARS)
 
 
 def _birth_orders_differ(sc: Score) -> bool:
