@@ -24,6 +24,9 @@ that the usual errors still meet (each line names the error it survives):
           make big blocks; like every key, one shared by more than the cap (500 records
           or persons) is ignored, so this key finds the rarer names and costs nothing on
           the common ones;
+- ``f:``  NYSIIS of the family name + the given name's first letter: the same, when the
+          given name is mistyped (Cathernie / Catherine; clerks rarely miss the first
+          letter), which changes its sound;
 - ``l:``  the address line + NYSIIS of the family name: household and payroll records
           with neither birth date nor postal code, and a mistyped postal code;
 - ``t:``  phone (last 10 digits); ``i:`` every (system, value) identifier.
@@ -77,6 +80,8 @@ def blocking_keys(record: MatchRecord | PreparedRecord) -> list[str]:
             keys.add(f"g:{dob}:{form}")
         if r.postcode:
             keys.add(f"a:{r.dob}:{r.postcode}")
+    if fam and r.given:
+        keys.add(f"f:{fam}:{r.given[0]}")
     if fam and giv:
         keys.add(f"m:{min(fam, giv)}:{max(fam, giv)}")
         if r.dob:
