@@ -232,6 +232,24 @@ def test_a_son_named_after_his_father_goes_to_review():
     assert decide({"F": [typo]}, LINK, REVIEW).kind == "link"  # 1985 for 1980: 5 years
 
 
+def test_what_only_a_household_shares_goes_to_review():
+    """Family name, address and phone place two records in one household. With another
+    given name and no birth date to compare, or no given name (a placeholder) and no
+    agreeing birth date, nothing says they are one person."""
+    home = {"ssn": None, "middle_name": None}
+    wife = s(prep("w", given_name="Grace", birth_date=None, **home), prep("j", **home))
+    assert wife.probability >= LINK
+    assert decide({"J": [wife]}, LINK, REVIEW).kind == "review"
+    resident = s(prep("r", given_name="Resident", birth_date=None, **home), prep("j", **home))
+    assert resident.probability >= LINK
+    assert decide({"J": [resident]}, LINK, REVIEW).kind == "review"
+    # A placeholder name with the birth date, or the same given name, still links.
+    dated = s(prep("d", given_name="Unknown", **home), prep("j", **home))
+    assert decide({"J": [dated]}, LINK, REVIEW).kind == "link"
+    named = s(prep("n", birth_date=None, **home), prep("j", **home))
+    assert decide({"J": [named]}, LINK, REVIEW).kind == "link"
+
+
 def test_the_middle_name_separates_father_and_son_and_guards_twins():
     """A father and son of one given name at one address (no birth date on one side)
     were linked at p = 0.9999; their middle names differ."""

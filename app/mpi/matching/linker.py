@@ -26,7 +26,9 @@ Decisions:
 - otherwise **new**.
 - Twin guard: a link whose evidence has the twin pattern — no SSN or identifier in
   common, and either two different birth orders of a multiple birth, or the same given
-  name with birth years a generation (``GENERATION_YEARS``) apart, or the given name
+  name with birth years a generation (``GENERATION_YEARS``) apart, or only what a
+  household shares (different given names and no birth date to compare, or no given name
+  and no agreeing birth date, against every record), or the given name
   *different* (not a nickname, typo, initial or swap)
   against every record of the person that has one with the date of birth equal, or the
   given name the same and the middle names different (two full names, or two initials,
@@ -88,6 +90,8 @@ class Decision:
 
 _GIVEN = NAMES_INDEX["given_name"]
 _DOB = NAMES_INDEX["birth_date"]
+_DOB_EXACT = 1
+_DOB_AGREES = (1, 2, 3)  # exact, day and month swapped, one digit off
 _SSN = NAMES_INDEX["ssn"]
 _IDS = NAMES_INDEX["identifiers"]
 _GIVEN_DIFFERENT = len(COMPARISONS[_GIVEN].labels) - 1
@@ -123,18 +127,21 @@ def twin_pattern(scores: Sequence[Score]) -> bool:
     """No SSN (exact or one typo) or identifier shared with any record, and: a different
     birth order within a multiple birth against some record (twins say so themselves), or
     the same given name with birth years a generation apart against some record (a son
-    named after his father), or against every record with a given name the same given
+    named after his father), or against every record only what a household shares (see
+    :func:`_household_only`), or against every record with a given name the same given
     name and a different middle name, or else names that differ with the same date of
     birth as some record."""
     if any(sc.levels[_SSN] in (1, 2) or sc.levels[_IDS] == 1 for sc in scores):
         return False
     if any(_birth_orders_differ(sc) or _generation_apart(sc) for sc in scores):
         return True
+    if all(_household_only(sc) for sc in scores):
+        return True
     differ = [d for d in map(_names_differ, scores) if d is not None]
     if not differ or not all(differ):
         return False
     return (all(d in ("middle", "variant") for d in differ)
-            or any(sc.levels[_DOB] == 1 for sc in scores))
+            or any(sc.levels[_DOB] == _DOB_EXACT for sc in scores))
 
 
 #: Years between the births of a parent and a child, at least: a pair of one given name
@@ -147,6 +154,15 @@ def _generation_apart(sc: Score) -> bool:
     left, right = sc.left.record.birth_date, sc.right.record.birth_date
     return (sc.levels[_GIVEN] == 1 and left is not None and right is not None
             and abs(left.year - right.year) >= GENERATION_YEARS)
+
+
+def _household_only(sc: Score) -> bool:
+    """What the pair shares places it in one household, not one person: the given names
+    differ and there is no birth date to compare, or one has no given name (a placeholder
+    such as "Resident" counts as none) and the birth dates do not agree."""
+    given, born = sc.levels[_GIVEN], sc.levels[_DOB]
+    return ((given == _GIVEN_DIFFERENT and born == NULL)
+            or (given == NULL and born not in _DOB_AGREES))
 
 
 def _birth_orders_differ(sc: Score) -> bool:
