@@ -105,8 +105,10 @@ _PHONE = NAMES_INDEX["phone"]
 _GIVEN_VARIANT = frozenset(i for i, label in enumerate(COMPARISONS[_GIVEN].labels)
                            if label.startswith(("nickname", "sounds alike", "fuzzy")))
 _MIDDLE_DIFFERENT = len(COMPARISONS[_MIDDLE].labels) - 1
-TWIN_NOTE = ("possible twin or relative: a different given or middle name, or given names "
-             "that agree only as variants, and no shared SSN, identifier, address or phone")
+TWIN_NOTE = ("possible twin or relative: no shared SSN or identifier, and names and birth "
+             "dates that fit two members of one family (twins, a son named after his "
+             "father, another given or middle name, only a family name, address and phone "
+             "in common) as well as one person")
 
 
 def _names_differ(sc: Score) -> str | None:
