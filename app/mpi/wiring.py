@@ -45,7 +45,7 @@ from mpi.storage.audit import AuditRepository
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import close_database, connection, database_proxy, make_database
 from mpi.storage.domains import DomainRepository
-from mpi.storage.hl7 import ReceiptRepository, SenderRepository
+from mpi.storage.hl7 import ContinuationRepository, ReceiptRepository, SenderRepository
 from mpi.storage.identity import IdentityRepository
 from mpi.storage.patients import PatientRepository
 from mpi.storage.tokens import TokenRepository
@@ -178,7 +178,8 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         authenticator=authenticator(settings, tokens),
         rekeying=Rekeying(work, identity, engine),
         relinking=Relinking(work, identity, patients, linking),
-        senders=Hl7Senders(work, SenderRepository(), ReceiptRepository()),
+        senders=Hl7Senders(work, SenderRepository(), ReceiptRepository(),
+                           ContinuationRepository()),
     )
 
 

@@ -134,6 +134,50 @@ def test_pdq_continues_and_cancels(services: Services, listener):
     assert gone["MSA"][0][1] == "AE" and gone["ERR"][0][2] == "DSC^1^1"
 
 
+def test_a_continuation_pointer_is_answered_by_any_listener_once(services: Services,
+                                                                 listener):
+    """Pointers live in the database: a second listener on it (another instance, or the
+    first one restarted) answers the next page. The continuation must repeat its query,
+    and expired pointers are refused and pruned."""
+    first_listener = _load(services, listener)
+    mllp = first_listener
+    mllp.exchange(adt("A01", pid("MRN3", family="EVERYMAN", given="ADAM"), control_id="F4"))
+    page = segments(mllp.exchange(pdq_query("@PID.5.1^EVERYMAN", quantity="1^RD",
+                                            tag="ANY")))
+    pointer = page["DSC"][0][1]
+    other = listener()
+    changed = segments(other.exchange(pdq_query("@PID.5.1^NOBODY", quantity="1^RD",
+                                                tag="ANY", pointer=pointer,
+                                                control_id="X1")))
+    assert changed["MSA"][0][1] == "AE" and changed["ERR"][0][2] == "DSC^1^1"  # used up
+    page = segments(mllp.exchange(pdq_query("@PID.5.1^EVERYMAN", quantity="1^RD",
+                                            tag="ANY", control_id="X2")))
+    second = other.exchange(pdq_query("@PID.5.1^EVERYMAN", quantity="1^RD", tag="ANY",
+                                      pointer=page["DSC"][0][1], control_id="X3"))
+    strictly_valid(second)
+    assert segments(second)["MSA"][0][1] == "AA"
+    assert segments(second)["PID"][0][3] != page["PID"][0][3]
+    # Expired pointers are refused, and pruned with the acknowledgements.
+    from datetime import timedelta
+
+    from mpi.storage.models import Hl7ContinuationRow
+
+    page = segments(mllp.exchange(pdq_query("@PID.5.1^EVERYMAN", quantity="1^RD",
+                                            tag="OLD", control_id="X4")))
+    Hl7ContinuationRow.update(expires_at=services.work.clock() - timedelta(seconds=1)
+                              ).execute()
+    late = segments(other.exchange(pdq_query("@PID.5.1^EVERYMAN", quantity="1^RD",
+                                             tag="OLD", pointer=page["DSC"][0][1],
+                                             control_id="X5")))
+    assert late["MSA"][0][1] == "AE"
+    segments(mllp.exchange(pdq_query("@PID.5.1^EVERYMAN", quantity="1^RD", tag="NEW",
+                                     control_id="X6")))
+    Hl7ContinuationRow.update(expires_at=services.work.clock() - timedelta(seconds=1)
+                              ).execute()
+    services.senders.prune_receipts(30)
+    assert Hl7ContinuationRow.select().count() == 0
+
+
 def test_pdq_is_fuzzy_only_when_asked_by_a_confidence_threshold(services: Services, listener):
     mllp = _load(services, listener)
     mllp.exchange(adt("A01", pid("MRN7", family="JOHNSTON", given="KATHERINE",

@@ -16,7 +16,13 @@ from datetime import timedelta
 from mpi.domain.access import Principal, check_scope, parse_sources
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import Conflict, FieldProblem, InvalidInput, NotFound
-from mpi.storage.hl7 import ReceiptRepository, SenderRepository, StoredSender
+from mpi.storage.hl7 import (
+    ContinuationRepository,
+    ReceiptRepository,
+    SenderRepository,
+    StoredContinuation,
+    StoredSender,
+)
 from mpi.storage.work import UnitOfWork
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -29,10 +35,11 @@ class Hl7Senders:
     """Register, list and remove senders; identify the sender of a message."""
 
     def __init__(self, work: UnitOfWork, repository: SenderRepository,
-                 receipts: ReceiptRepository):
+                 receipts: ReceiptRepository, continuations: ContinuationRepository):
         self._work = work
         self._repository = repository
         self.receipts = receipts
+        self._continuations = continuations
 
     def add(self, name: str, *, application: str, facility: str, sources: str,
             scopes: Iterable[str] = DEFAULT_SCOPES, certificate: str | None = None,
@@ -95,9 +102,27 @@ class Hl7Senders:
 
     def prune_receipts(self, days: int) -> int:
         """Forget acknowledgements older than ``days`` (a message resent later than that
-        is processed again); how many. Housekeeping: nothing is audited."""
+        is processed again), and expired continuation pointers; how many acknowledgements.
+        Housekeeping: nothing is audited."""
         with self._work.begin(Actor(user_id="mpi:hl7-retention")) as tx:
+            self._continuations.prune(before=tx.now)
             return self.receipts.prune(before=tx.now - timedelta(days=days))
+
+    # --- PDQ continuation pointers (shared by every listener on the database) ---------------
+
+    def keep_continuation(self, pointer: str, state: StoredContinuation) -> None:
+        with self._work.begin(Actor(user_id=f"hl7:{state.sender}")) as tx:
+            self._continuations.prune(before=tx.now)
+            self._continuations.insert(pointer, state)
+
+    def take_continuation(self, pointer: str) -> StoredContinuation | None:
+        """The pointer's state, used up (None: unknown, used or cancelled)."""
+        with self._work.begin(Actor(user_id="mpi:hl7-continuation")):
+            return self._continuations.take(pointer)
+
+    def cancel_continuations(self, sender: str, tag: str) -> int:
+        with self._work.begin(Actor(user_id=f"hl7:{sender}")):
+            return self._continuations.cancel(sender, tag)
 
     def receipt(self, sender: str, control_id: str) -> str | None:
         """The acknowledgement a message of ``sender`` with this MSH-10 got, if it changed

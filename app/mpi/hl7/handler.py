@@ -5,8 +5,8 @@
   merges the record in MRG-1 into the one in PID-3, and the two persons as a steward's
   merge would (undoable); ADT^A47 gives the record MRG-1 names the identifier in PID-3.
 - ITI-9 PIX Query: QBP^Q23 -> RSP^K23.
-- ITI-21 PDQ: QBP^Q22 -> RSP^K22, paged by RCP-2 with a continuation pointer (DSC),
-  cancelled by QCN^J01.
+- ITI-21 PDQ: QBP^Q22 -> RSP^K22, paged by RCP-2 with a continuation pointer (DSC,
+  kept in the database: any listener answers it, once), cancelled by QCN^J01.
 
 Every message names its sender in MSH-3/MSH-4; an unregistered sender (or one without
 the client certificate its registration names) is refused (AR) and the refusal audited.
@@ -19,16 +19,15 @@ MSA-1 AE (or AR) and ERR segments naming the field (ERR-2) and the HL7 table 035
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import logging
 import secrets
-import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import peewee
@@ -67,7 +66,7 @@ from mpi.hl7.pid import (
     updated,
     write_pid,
 )
-from mpi.storage.hl7 import StoredSender
+from mpi.storage.hl7 import StoredContinuation, StoredSender
 
 log = logging.getLogger("mpi.hl7")
 
@@ -82,9 +81,9 @@ CODES = {"0": "Message accepted", "100": "Segment sequence error",
 #: RCP-2 when none is given, and the most one response carries.
 DEFAULT_QUANTITY = 50
 MAX_QUANTITY = 200
-#: How long a PDQ continuation pointer stays valid, and how many are kept.
+#: How long a PDQ continuation pointer stays valid (kept in the database, so any listener
+#: answers it; used once).
 CONTINUATION_TTL_S = 600.0
-CONTINUATIONS_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,6 @@ class _Continuation:
     wanted: frozenset[str] | None
     offset: int
     quantity: int
-    expires: float
     #: Fuzzy mode (QPD-4 set): every (record id, probability) found, best first.
     ranked: list[tuple[str, float]] | None = None
 
@@ -142,8 +140,6 @@ class Hl7Handler:
         self._facility = facility
         self._certificates_required = certificates_required
         self._new_control_id = new_control_id or (lambda: secrets.token_hex(10))
-        self._continuations: OrderedDict[str, _Continuation] = OrderedDict()
-        self._lock = threading.Lock()
 
     # --- the entry point -------------------------------------------------------------------
 
@@ -438,19 +434,23 @@ class Hl7Handler:
         self._require(sender, "s", "search records")
         tag = message.get("QPD", 2)
         pointer = message.get("DSC", 1)
+        # A continuation repeats its query (IHE ITI-21): the criteria are read again from
+        # it; the pointer says how far the answer got (and, fuzzy, what was ranked).
+        criteria, probe = self._criteria(message)
+        wanted = self._wanted(message, 8)
         if pointer:
-            state = self._take(pointer, sender.name, tag)
+            state = self._take(pointer, sender.name, tag, _digest(message), criteria, probe,
+                               wanted)
         else:
             quantity = self._quantity(message)
-            criteria, probe = self._criteria(message)
             threshold = self._threshold(message)
             ranked = None
             if threshold is not None:
                 ranked = [(c.best_record_id, c.probability)
                           for c in self._candidates(probe, actor, required=True) or []
                           if c.probability >= threshold]
-            state = _Continuation(sender.name, tag, criteria, probe, self._wanted(message, 8),
-                                  0, quantity, 0.0, ranked)
+            state = _Continuation(sender.name, tag, criteria, probe, wanted, 0, quantity,
+                                  ranked)
         if state.ranked is None:  # exact: the FHIR search's rules, in the database
             found = self._s.patients.find(state.criteria, actor, offset=state.offset,
                                           count=state.quantity, total=True, via="hl7")
@@ -491,7 +491,8 @@ class Hl7Handler:
         segments.append(_echo(message, "QPD"))
         segments.extend(rows)
         if more:
-            segments.append(codec.segment("DSC", self._keep(state, shown), "I"))
+            segments.append(codec.segment("DSC", self._keep(state, shown, _digest(message)),
+                                          "I"))
         return segments
 
     def _threshold(self, message: Message) -> float | None:
@@ -596,36 +597,35 @@ class Hl7Handler:
         value = parts.get("value")
         return Term("identifier", (identifier_token(system, value, any_system=system is None),))
 
-    def _keep(self, state: _Continuation, offset: int) -> str:
-        pointer = secrets.token_hex(8)
-        now = time.monotonic()
-        with self._lock:
-            for key in [k for k, c in self._continuations.items() if c.expires < now]:
-                del self._continuations[key]
-            while len(self._continuations) >= CONTINUATIONS_KEPT:
-                self._continuations.popitem(last=False)
-            self._continuations[pointer] = dataclasses.replace(
-                state, offset=offset, expires=now + CONTINUATION_TTL_S)
+    def _keep(self, state: _Continuation, offset: int, query: str) -> str:
+        """A pointer to the rest of this answer, in the database (any listener takes it)."""
+        pointer = secrets.token_hex(16)
+        ranked = json.dumps(state.ranked) if state.ranked is not None else None
+        expires = self._s.work.clock() + timedelta(seconds=CONTINUATION_TTL_S)
+        self._s.senders.keep_continuation(pointer, StoredContinuation(
+            state.sender, state.tag, query, offset, state.quantity, ranked, expires))
         return pointer
 
-    def _take(self, pointer: str, sender: str, tag: str) -> _Continuation:
-        with self._lock:
-            state = self._continuations.pop(pointer, None)
-        if (state is None or state.expires < time.monotonic() or state.sender != sender
-                or state.tag != tag):
+    def _take(self, pointer: str, sender: str, tag: str, query: str, criteria: Criteria,
+              probe: dict[str, Any], wanted: frozenset[str] | None) -> _Continuation:
+        """The state a pointer continues, used up; AE 204 on DSC-1 when it is unknown,
+        used, cancelled, expired, another sender's, or continues another query."""
+        stored = self._s.senders.take_continuation(pointer[:32])
+        if (stored is None or stored.expires_at < self._s.work.clock()
+                or (stored.sender, stored.tag, stored.query) != (sender, tag, query)):
             raise refuse("204", ("DSC", 1, 1), "unknown, expired or cancelled continuation "
                          "pointer (query again without DSC)")
-        return state
+        ranked = ([(str(r), float(p)) for r, p in json.loads(stored.ranked)]
+                  if stored.ranked is not None else None)
+        return _Continuation(sender, tag, criteria, probe, wanted, stored.position,
+                             stored.quantity, ranked)
 
     def _cancel(self, message: Message, sender: StoredSender) -> list[str]:
         """QCN^J01: forget the continuation of the query QID-1 names."""
         tag = message.get("QID", 1)
         if not tag:
             raise refuse("101", ("QID", 1, 1), "QID-1 needs the query tag")
-        with self._lock:
-            for key in [k for k, c in self._continuations.items()
-                        if c.sender == sender.name and c.tag == tag]:
-                del self._continuations[key]
+        self._s.senders.cancel_continuations(sender.name, tag)
         return self._ack(message, "AA")
 
     # --- acknowledgements ------------------------------------------------------------------
@@ -767,6 +767,13 @@ def _echo(message: Message, name: str) -> str:
             codec.component(*(message.unescape(s) for s in c.split(message.separators[4])))
             for c in rep.split(message.separators[1]))) for rep in reps])
     return codec.segment(name, *fields)
+
+
+def _digest(message: Message) -> str:
+    """What identifies a query apart from its tag and its pointer: QPD-1 and QPD-3 to
+    QPD-8 (a continuation must repeat them)."""
+    fields = [message.raw("QPD", n) or "" for n in (1, 3, 4, 5, 6, 7, 8)]
+    return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()
 
 
 def _identifiers(records: Sequence[Patient]) -> list[tuple[str, str, str | None]]:

@@ -1,12 +1,13 @@
-"""Rows of ``hl7_sender`` (who may send HL7 v2 messages) and ``hl7_receipt`` (what each
-message that changed something was acknowledged with)."""
+"""Rows of ``hl7_sender`` (who may send HL7 v2 messages), ``hl7_receipt`` (what each
+message that changed something was acknowledged with) and ``hl7_continuation`` (PDQ
+continuation pointers)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from mpi.storage.models import Hl7ReceiptRow, Hl7SenderRow
+from mpi.storage.models import Hl7ContinuationRow, Hl7ReceiptRow, Hl7SenderRow
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,40 @@ class ReceiptRepository:
     def insert(self, sender: str, control_id: str, ack: str, *, now: datetime) -> None:
         Hl7ReceiptRow.insert(sender=sender, control_id=control_id, ack=ack,
                              created_at=now).execute()
+
+
+@dataclass(frozen=True)
+class StoredContinuation:
+    sender: str
+    tag: str
+    query: str  # digest of the query's parameters
+    position: int  # records answered so far
+    quantity: int
+    ranked: str | None  # JSON [[record id, probability], ...] of a fuzzy query
+    expires_at: datetime
+
+
+class ContinuationRepository:
+    def insert(self, pointer: str, state: StoredContinuation) -> None:
+        Hl7ContinuationRow.insert(pointer=pointer, sender=state.sender, tag=state.tag,
+                                  query=state.query, position=state.position,
+                                  quantity=state.quantity, ranked=state.ranked,
+                                  expires_at=state.expires_at).execute()
+
+    def take(self, pointer: str) -> StoredContinuation | None:
+        """The pointer's state, deleted (a pointer is used once); None if there is none."""
+        row = Hl7ContinuationRow.get_or_none(Hl7ContinuationRow.pointer == pointer)
+        if row is None:
+            return None
+        if Hl7ContinuationRow.delete().where(Hl7ContinuationRow.pk == row.pk).execute() != 1:
+            return None  # another listener took it a moment ago
+        return StoredContinuation(row.sender, row.tag, row.query, row.position, row.quantity,
+                                  row.ranked, row.expires_at)
+
+    def cancel(self, sender: str, tag: str) -> int:
+        return int(Hl7ContinuationRow.delete().where(Hl7ContinuationRow.sender == sender,
+                                                     Hl7ContinuationRow.tag == tag).execute())
+
+    def prune(self, *, before: datetime) -> int:
+        return int(Hl7ContinuationRow.delete()
+                   .where(Hl7ContinuationRow.expires_at < before).execute())

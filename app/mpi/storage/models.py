@@ -402,6 +402,25 @@ class Hl7ReceiptRow(BaseModel):
         indexes = ((("sender", "control_id"), True), (("created_at",), False))
 
 
+class Hl7ContinuationRow(BaseModel):
+    """A PDQ continuation pointer (DSC-1): whose, which query (a digest), how far, and
+    for a fuzzy query the ranked record ids; used once, until ``expires_at``."""
+
+    pk = peewee.BigAutoField()
+    pointer = peewee.CharField(max_length=32, unique=True)
+    sender = peewee.CharField(max_length=64)
+    tag = peewee.CharField(max_length=199)
+    query = peewee.CharField(max_length=64)
+    position = peewee.IntegerField()
+    quantity = peewee.IntegerField()
+    ranked = peewee.TextField(null=True)
+    expires_at = peewee.DateTimeField()
+
+    class Meta:
+        table_name = "hl7_continuation"
+        indexes = ((("expires_at",), False),)
+
+
 class SchemaMigrationRow(BaseModel):
     """Applied migrations (written by ``mpi.storage.migrate``)."""
 
@@ -428,5 +447,6 @@ ALL_MODELS = (
     IdentityDomainRow,
     Hl7SenderRow,
     Hl7ReceiptRow,
+    Hl7ContinuationRow,
     SchemaMigrationRow,
 )
