@@ -176,6 +176,11 @@ def test_a_continuation_pointer_is_answered_by_any_listener_once(services: Servi
                               ).execute()
     services.senders.prune_receipts(30)
     assert Hl7ContinuationRow.select().count() == 0
+    # A query tag too long to keep with a pointer is refused, naming QPD-2.
+    long_tag = segments(mllp.exchange(pdq_query("@PID.5.1^EVERYMAN", quantity="1^RD",
+                                                tag="T" * 200, control_id="X7")))
+    assert long_tag["MSA"][0][1] == "AE" and long_tag["ERR"][0][2] == "QPD^1^2"
+    assert long_tag["ERR"][0][3].startswith("102")
 
 
 def test_pdq_is_fuzzy_only_when_asked_by_a_confidence_threshold(services: Services, listener):

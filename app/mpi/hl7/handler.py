@@ -84,6 +84,8 @@ MAX_QUANTITY = 200
 #: How long a PDQ continuation pointer stays valid (kept in the database, so any listener
 #: answers it; used once).
 CONTINUATION_TTL_S = 600.0
+#: The longest query tag (QPD-2) kept with a continuation pointer.
+MAX_TAG = 199
 
 
 @dataclass(frozen=True)
@@ -433,6 +435,9 @@ class Hl7Handler:
     def _pdq(self, message: Message, sender: StoredSender, actor: Actor) -> list[str]:
         self._require(sender, "s", "search records")
         tag = message.get("QPD", 2)
+        if len(tag) > MAX_TAG:
+            raise refuse("102", ("QPD", 1, 2), f"the query tag is longer than {MAX_TAG} "
+                         "characters")
         pointer = message.get("DSC", 1)
         # A continuation repeats its query (IHE ITI-21): the criteria are read again from
         # it; the pointer says how far the answer got (and, fuzzy, what was ranked).
