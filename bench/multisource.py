@@ -55,6 +55,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.api import _make_output_dir
 from bench.matching import cluster_pairs, prf, run_cli
 
 DEFAULT_JSON = Path(".bench/multisource.json")
@@ -485,9 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         print(f"{name:<62} P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f}"
               f"  {r['seconds']:>7.1f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    if args.json.parent.name == ".bench" and not (args.json.parent / ".gitignore").exists():
-        (args.json.parent / ".gitignore").write_text("# created by bench.multisource\n*\n")
+    _make_output_dir(args.json.parent)
     args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(f"report: {args.json}")
     return 0

@@ -138,6 +138,19 @@ class Ids:
 
 
 @pytest.fixture
+def pg(postgres_url: str, tmp_path: Path) -> Iterator[Services]:
+    """Every service on an emptied PostgreSQL with a pool of 8, for tests whose threads
+    race on their own connections."""
+    db = database_for(parse_database_url(postgres_url), max_connections=8)
+    with connection(db):
+        _clean(db)
+    services = build(Settings.defaults(database_url=postgres_url,
+                                       search_index_path=tmp_path / "ix"), db=db)
+    yield services
+    close_database(db)
+
+
+@pytest.fixture
 def services(settings: Settings, db: peewee.Database, clock: Clock) -> Services:
     """Every service, built by the composition root on the test's database."""
     return build(settings, db=db, clock=clock, new_id=Ids())

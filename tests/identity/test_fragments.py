@@ -12,17 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
 import pytest
 
-from mpi.config import Settings, parse_database_url
 from mpi.domain.audit import Actor
 from mpi.domain.errors import DomainError
 from mpi.domain.patient import PatientInput, parse_patient
-from mpi.storage.db import close_database, connection, database_for
+from mpi.storage.db import connection
 from mpi.storage.models import (
     AuditEventRow,
     ChangeEventRow,
@@ -35,7 +33,7 @@ from mpi.storage.models import (
     ReviewItemRow,
 )
 from mpi.wiring import Services, build
-from tests.conftest import Ids, _clean
+from tests.conftest import Ids
 from tests.helpers import SSN, patient
 
 CLERK, STEWARD = Actor("billing-feed"), Actor("steward-1")
@@ -226,17 +224,6 @@ def test_a_write_into_a_person_merged_a_moment_ago_gives_way_and_is_retried(serv
 
 
 # --- PostgreSQL: merges racing writers ---------------------------------------------------------
-
-@pytest.fixture
-def pg(postgres_url: str, tmp_path) -> Iterator[Services]:
-    db = database_for(parse_database_url(postgres_url), max_connections=8)
-    with connection(db):
-        _clean(db)
-    services = build(Settings.defaults(database_url=postgres_url,
-                                       search_index_path=tmp_path / "ix"), db=db)
-    yield services
-    close_database(db)
-
 
 ROUNDS = len(FAMILIES)
 

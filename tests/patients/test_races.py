@@ -14,37 +14,22 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from functools import partial
 from typing import Any
 
-import pytest
-
-from mpi.config import Settings, parse_database_url
 from mpi.domain.audit import Actor
 from mpi.domain.errors import Deleted, DomainError, StateConflict, StorageUnavailable
 from mpi.domain.patient import PatientInput, parse_patient
-from mpi.storage.db import close_database, connection, database_for
+from mpi.storage.db import connection
 from mpi.storage.models import PatientLinkRow
-from mpi.wiring import Services, build
-from tests.conftest import _clean
+from mpi.wiring import Services
 from tests.helpers import patient
 
 ROUNDS_DELETE = 40
 ROUNDS_UPDATE = 30
 CLERK, STEWARD = Actor("ehr"), Actor("steward-tool")
-
-
-@pytest.fixture
-def pg(postgres_url: str, tmp_path) -> Iterator[Services]:
-    db = database_for(parse_database_url(postgres_url), max_connections=8)
-    with connection(db):
-        _clean(db)
-    services = build(Settings.defaults(database_url=postgres_url,
-                                       search_index_path=tmp_path / "ix"), db=db)
-    yield services
-    close_database(db)
 
 
 def _input(**changes: Any) -> PatientInput:

@@ -18,7 +18,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -328,11 +328,33 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_FAILED if rejected else EXIT_OK
 
 
-def cmd_rekey(args: argparse.Namespace) -> int:
+def _paged(command: str, total: int, fetch: Callable[[int], Any], *, after: int,
+           no_progress: bool, each: Callable[[Any], None]) -> bool:
+    """Run a resumable command page by page (``fetch(after)`` returns a page with
+    ``last_pk`` and ``checked``; ``each`` sees every page) with a progress bar; False when
+    interrupted, having printed where to resume."""
     from tqdm import tqdm
 
+    last = after
+    try:
+        with tqdm(desc=command, unit="rec", total=total, file=sys.stderr,
+                  disable=no_progress) as bar:
+            while True:
+                page = fetch(last)
+                if page.last_pk is None:
+                    return True
+                each(page)
+                last = page.last_pk
+                bar.update(page.checked)
+    except KeyboardInterrupt:
+        print(f"interrupted: resume with mpi {command} --after {last}", file=sys.stderr)
+        return False
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
     from mpi import config, logs, wiring
     from mpi.domain.audit import Actor
+    from mpi.identity.rekey import RekeyPage
     from mpi.storage.db import analyze
     from mpi.storage.models import BlockingKeyRow
 
@@ -342,29 +364,26 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     settings = config.load()
     logs.configure(settings)
     actor = Actor(user_id="mpi-rekey", user_agent="mpi rekey")
-    checked = changed = 0
-    last = args.after
+    counts = {"checked": 0, "changed": 0}
     started = time.perf_counter()
+
+    def count(page: RekeyPage) -> None:
+        counts["checked"] += page.checked
+        counts["changed"] += page.changed
+
     with wiring.connected(settings) as services:
         rekeying = services.rekeying
         try:
-            with tqdm(desc="rekey", unit="rec", total=rekeying.total(), file=sys.stderr,
-                      disable=args.no_progress) as bar:
-                while True:
-                    page = rekeying.page(last, args.batch, actor)
-                    if page.last_pk is None:
-                        break
-                    checked, changed, last = (checked + page.checked,
-                                              changed + page.changed, page.last_pk)
-                    bar.update(page.checked)
-        except KeyboardInterrupt:
-            print(f"interrupted: resume with mpi rekey --after {last}", file=sys.stderr)
-            return EXIT_FAILED
+            done = _paged("rekey", rekeying.total(),
+                          lambda after: rekeying.page(after, args.batch, actor),
+                          after=args.after, no_progress=args.no_progress, each=count)
         finally:
-            if changed:  # the blocking keys were rewritten
+            if counts["changed"]:  # the blocking keys were rewritten
                 with contextlib.suppress(Exception):
                     analyze(services.db, [BlockingKeyRow._meta.table_name])
-    print(f"checked {checked} record(s), new keys for {changed}, in "
+    if not done:
+        return EXIT_FAILED
+    print(f"checked {counts['checked']} record(s), new keys for {counts['changed']}, in "
           f"{time.perf_counter() - started:.1f} s")
     return EXIT_OK
 
@@ -372,11 +391,9 @@ def cmd_rekey(args: argparse.Namespace) -> int:
 def cmd_relink(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from tqdm import tqdm
-
     from mpi import config, logs, wiring
     from mpi.domain.audit import Actor
-    from mpi.identity.relink import RelinkChange
+    from mpi.identity.relink import RelinkChange, RelinkPage
 
     if args.batch < 1 or args.after < 0 or args.sample < 0:
         print("--batch must be at least 1, --after and --sample at least 0", file=sys.stderr)
@@ -384,30 +401,26 @@ def cmd_relink(args: argparse.Namespace) -> int:
     settings = config.load()
     logs.configure(settings)
     actor = Actor(user_id="mpi-relink", user_agent="mpi relink")
-    checked = kept = 0
     counts: Counter[str] = Counter()
     sample: list[RelinkChange] = []
-    last = args.after
     started = time.perf_counter()
+
+    def count(page: RelinkPage) -> None:
+        counts["checked"] += page.checked
+        counts["kept"] += page.kept
+        for change in page.changes:
+            counts[change.how] += 1
+            counts["merged"] += len(change.merged)
+        sample.extend(page.changes[:max(args.sample - len(sample), 0)])
+
     with wiring.connected(settings) as services:
         relinking = services.relinking
-        try:
-            with tqdm(desc="relink", unit="rec", total=relinking.total(), file=sys.stderr,
-                      disable=args.no_progress) as bar:
-                while True:
-                    page = relinking.page(last, args.batch, actor, dry_run=args.dry_run)
-                    if page.last_pk is None:
-                        break
-                    checked, kept, last = (checked + page.checked, kept + page.kept,
-                                           page.last_pk)
-                    for change in page.changes:
-                        counts[change.how] += 1
-                        counts["merged"] += len(change.merged)
-                    sample += page.changes[:max(args.sample - len(sample), 0)]
-                    bar.update(page.checked)
-        except KeyboardInterrupt:
-            print(f"interrupted: resume with mpi relink --after {last}", file=sys.stderr)
+        if not _paged("relink", relinking.total(),
+                      lambda after: relinking.page(after, args.batch, actor,
+                                                   dry_run=args.dry_run),
+                      after=args.after, no_progress=args.no_progress, each=count):
             return EXIT_FAILED
+    checked, kept = counts["checked"], counts["kept"]
     verb = "would move" if args.dry_run else "moved"
     print(f"checked {checked} record(s) ({kept} placed by a steward, left as they are): "
           f"{verb} {counts['auto']} to another person, {counts['new']} to a person of "

@@ -99,13 +99,13 @@ class Linking:
             person_id = str(self._repo.person_by_pk(current.person_id).id)
             return Placement(patient.id, patient_pk, data, keys, person_id, previous,
                              "manual", previous, None)
-        decision, members = self._decide(data, keys, patient_pk)
+        decision, members, stored = self._decide(data, keys, patient_pk)
         alone = previous is None or self._repo.live_record_pks(previous) == [patient_pk]
         merges: tuple[AutoMerge, ...] = ()
         if decision.kind == "link" and decision.person_id is not None:
             incoming = Candidate(patient.id, decision.person_id, data)
             person_id, merges = self._reconcile(decision, incoming, members,
-                                                self._kept_apart_by_id)
+                                                self._kept_apart(stored))
             person_pk: int | None = self._repo.person(person_id).pk
             how = "auto"
         elif current is not None and previous is not None and (alone
@@ -172,10 +172,7 @@ class Linking:
             sorted({k for ks in keys for k in ks}))
         pk_of = {v: k for k, v in person_pk_ids.items()}
         stored: dict[str, set[int]] = {v: {k} for k, v in person_pk_ids.items()}
-
-        def kept_apart(a: str, b: str) -> bool:
-            return any(self._repo.persons_kept_apart(x, y)
-                       for x in stored.get(a, ()) for y in stored.get(b, ()))
+        kept_apart = self._kept_apart(stored)  # follows ``stored`` as the batch merges
 
         placed: list[Placement] = []
         for (patient, patient_pk), data, ks in zip(records, datas, keys, strict=True):
@@ -269,16 +266,19 @@ class Linking:
         return self._decide(data, keys, patient_pk)[0]
 
     def _decide(self, data: dict[str, Any], keys: list[str], patient_pk: int | None
-                ) -> tuple[PersonDecision, dict[str, list[Candidate]]]:
-        """:meth:`decide`, and every record of each candidate person."""
-        index, members, _ = self._known_persons(keys, exclude_patient_pk=patient_pk)
+                ) -> tuple[PersonDecision, dict[str, list[Candidate]], dict[str, set[int]]]:
+        """:meth:`decide`, every record of each candidate person, and each candidate
+        person's primary key (as a set, the shape :meth:`_kept_apart` reads)."""
+        index, members, person_pk_ids = self._known_persons(keys,
+                                                            exclude_patient_pk=patient_pk)
         persons = {person for k in keys for person in index.get(k, ())}
         candidates = [c for person in sorted(persons) for c in members.get(person, ())]
         excluded: frozenset[str] = frozenset()
         if patient_pk is not None:
             excluded = frozenset(self._repo.person_ids(
                 self._repo.excluded_person_pks(patient_pk)).values())
-        return self.engine.decide(data, candidates, excluded=excluded), members
+        return (self.engine.decide(data, candidates, excluded=excluded), members,
+                {v: {k} for k, v in person_pk_ids.items()})
 
     # --- fragments ---------------------------------------------------------------------------
 
@@ -315,8 +315,15 @@ class Linking:
         joined.setdefault(target, joined.get(survivor, 0.0))
         return survivor, tuple(AutoMerge(g, joined[g]) for g in group if g != survivor)
 
-    def _kept_apart_by_id(self, a: str, b: str) -> bool:
-        return self._repo.persons_kept_apart(self._repo.person(a).pk, self._repo.person(b).pk)
+    def _kept_apart(self, stored: dict[str, set[int]]) -> Callable[[str, str], bool]:
+        """Whether a steward kept two candidate persons apart; ``stored``: the stored
+        persons each candidate holds (a person founded in the same batch holds none, and
+        no steward decided about it yet)."""
+        def apart(a: str, b: str) -> bool:
+            return any(self._repo.persons_kept_apart(x, y)
+                       for x in stored.get(a, ()) for y in stored.get(b, ()))
+
+        return apart
 
     def _claim(self, person_pks: list[int], tx: Transaction) -> None:
         """Lock the persons a write links into or merges; give way (the write is retried)
