@@ -44,6 +44,14 @@ def test_missing_on_either_side_is_the_null_level(fn, field):
     ("William", "william", "exact"),
     ("William", "Bill", "nickname"),
     ("Elizabeth", "Betty", "nickname"),
+    ("John", "Jon", "nickname"),
+    # One name in two languages (name_variants.json), also where the nicknames package
+    # calls it a nickname (John / Ivan), and through an English nickname (Bill / Guillermo).
+    ("John", "Ivan", "another language's form"),
+    ("Giovanni", "John", "another language's form"),
+    ("Johann", "Hans", "another language's form"),
+    ("Bill", "Guillermo", "another language's form"),
+    ("Mary", "Maria", "another language's form"),
     ("Alexandra", "Alexandria", "similar (Jaro-Winkler >= 0.92)"),
     ("Catherine", "Kathryn", "sounds alike (NYSIIS/metaphone)"),
     ("W", "William", "initial only"),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mpi.matching.comparisons import COMPARISONS
+from mpi.matching.comparisons import COMPARISONS, NAMES_INDEX
 from mpi.matching.model import Model, ModelError
 
 
@@ -63,7 +63,7 @@ def test_a_model_written_before_the_middle_name_was_compared_still_loads():
     loaded = Model.from_json(old)
     shipped = Model.default()
     assert loaded.weights("middle_name") == shipped.weights("middle_name")
-    assert loaded.weights("given_name") == shipped.weights("given_name")
+    assert loaded.weights("family_name") == shipped.weights("family_name")
     edited = json.loads(old)
     edited["prior"] = 0.5
     with pytest.raises(ModelError, match="stated version default-33ab469a105f"):
@@ -75,3 +75,23 @@ def test_probability_and_weight_are_inverse():
     for p in (0.01, 0.5, 0.95, 0.999):
         assert math.isclose(model.probability(model.weight_for(p)), p, rel_tol=1e-9)
     assert model.probability(-model.prior_weight) == pytest.approx(0.5)
+
+
+def test_a_model_written_before_a_level_was_added_scores_as_it_did():
+    """Files written before given names in another language's form had a level of their
+    own scored such pairs as nicknames: they load with their nickname level's m and u
+    on the new level, their stated version checked against what they hold; a file whose
+    levels fit neither the code nor an older code is refused."""
+    old = json.loads((Path(__file__).parent / "model_before_middle_name.json").read_text())
+    (given,) = (c for c in old["comparisons"] if c["name"] == "given_name")
+    assert "another language's form" not in [level["label"] for level in given["levels"]]
+    loaded = Model.from_json(json.dumps(old))
+    labels = COMPARISONS[NAMES_INDEX["given_name"]].labels
+    weights = dict(zip(labels, loaded.weights("given_name"), strict=True))
+    assert weights["another language's form"] == weights["nickname"] > 0
+    shipped = dict(zip(labels, Model.default().weights("given_name"), strict=True))
+    assert 0 < shipped["another language's form"] < shipped["nickname"] < shipped["exact"]
+    given["levels"] = [level for level in given["levels"] if level["label"] != "initial only"]
+    del old["version"]
+    with pytest.raises(ModelError, match="level labels"):
+        Model.from_json(json.dumps(old))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rapidfuzz.distance import Hamming, JaroWinkler, Levenshtein
 
-from mpi.matching.record import PreparedRecord
+from mpi.matching.record import PreparedRecord, other_language_form
 
 _jw = JaroWinkler.normalized_similarity
 _lev = Levenshtein.distance
@@ -64,7 +64,7 @@ def _swapped(given_a: str, family_a: str, given_b: str, family_b: str) -> bool:
 # --- names -------------------------------------------------------------------------------
 
 GIVEN_LABELS = ("missing", "exact", "swapped with family name (Jaro-Winkler >= 0.92)",
-                "nickname",
+                "nickname", "another language's form",
                 "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)",
                 "fuzzy (Jaro-Winkler >= 0.80)", "initial only", "different")
 
@@ -77,19 +77,23 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
         return 1
     if _swapped(x, a.family, y, b.family):
         return 2
+    # One name in two languages (John / Ivan / Johann) before the nickname test: the
+    # nicknames package lists some of those as nicknames, and they are weaker evidence.
+    if other_language_form(a.given_langs, b.given_langs):
+        return 4
     if a.given_forms & b.given_forms:
         return 3
     if len(x) == 1 or len(y) == 1:
-        return 7 if x[0] == y[0] else 8
+        return 8 if x[0] == y[0] else 9
     jw = _jw(x, y)
     if jw >= 0.92:
-        return 4
+        return 5
     if (a.given_nysiis and a.given_nysiis == b.given_nysiis) or (
             a.given_meta and a.given_meta == b.given_meta):
-        return 5
-    if jw >= 0.80:
         return 6
-    return 8
+    if jw >= 0.80:
+        return 7
+    return 9
 
 
 MIDDLE_LABELS = ("missing", "same name (Jaro-Winkler >= 0.92)", "same initial",

@@ -103,7 +103,8 @@ _PHONE = NAMES_INDEX["phone"]
 # same name: with nothing else that places the two records in one life (an address, a
 # phone, an SSN, an identifier) they may be two brothers as well as one man.
 _GIVEN_VARIANT = frozenset(i for i, label in enumerate(COMPARISONS[_GIVEN].labels)
-                           if label.startswith(("nickname", "sounds alike", "fuzzy")))
+                           if label.startswith(("nickname", "another language", "sounds alike",
+                                                    "fuzzy")))
 _MIDDLE_DIFFERENT = len(COMPARISONS[_MIDDLE].labels) - 1
 TWIN_NOTE = ("possible twin or relative: no shared SSN or identifier, and names and birth "
              "dates that fit two members of one family (twins, a son named after his "

@@ -27,6 +27,12 @@ from mpi.matching.comparisons import COMPARISONS
 
 FORMAT = 1
 _FLOOR = 1e-9
+# Levels added to a comparison after model files were written, each with the level of
+# those files that scored such pairs before: a file without the level applies that
+# level's m and u to it, so it scores every pair as it did.
+ADDED_LEVELS: Mapping[tuple[str, str], str] = {
+    ("given_name", "another language's form"): "nickname",
+}
 
 
 class ModelError(ValueError):
@@ -104,7 +110,8 @@ class Model:
 
     # --- identity and JSON -------------------------------------------------------------
 
-    def _content(self, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def _content(self, skip: frozenset[str] = frozenset(),
+                 written: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
         # "correlated" only when there is a group: a model written before groups existed
         # keeps the version it was written with.
         groups = {"correlated": [list(g) for g in self.correlated]} if self.correlated else {}
@@ -118,7 +125,8 @@ class Model:
             "comparisons": [
                 {"name": c.name, "levels": [
                     {"label": label, "m": self.m[c.name][i - 1], "u": self.u[c.name][i - 1]}
-                    for i, label in enumerate(c.labels) if i > 0]}
+                    for i, label in enumerate(c.labels)
+                    if i > 0 and label in (written or {}).get(c.name, c.labels)]}
                 for c in COMPARISONS if c.name not in skip
             ],
             "term_frequencies": {k: dict(sorted(v.items()))
@@ -129,9 +137,11 @@ class Model:
     def version(self) -> str:
         return self._version()
 
-    def _version(self, skip: frozenset[str] = frozenset()) -> str:
-        """``name-hash`` of the content (without the comparisons in ``skip``)."""
-        digest = hashlib.sha256(_canonical(self._content(skip)).encode()).hexdigest()
+    def _version(self, skip: frozenset[str] = frozenset(),
+                 written: Mapping[str, tuple[str, ...]] | None = None) -> str:
+        """``name-hash`` of the content (without the comparisons in ``skip``, and with only
+        the ``written`` levels of the comparisons it names)."""
+        digest = hashlib.sha256(_canonical(self._content(skip, written)).encode()).hexdigest()
         return f"{self.name}-{digest[:12]}"
 
     def to_json(self) -> str:
@@ -148,15 +158,25 @@ class Model:
         try:
             m: dict[str, tuple[float, ...]] = {}
             u: dict[str, tuple[float, ...]] = {}
+            written: dict[str, tuple[str, ...]] = {}
             for comp in data["comparisons"]:
                 name = comp["name"]
                 code = {c.name: c for c in COMPARISONS}.get(name)
-                labels = tuple(level["label"] for level in comp["levels"])
+                levels = {level["label"]: level for level in comp["levels"]}
+                labels = tuple(levels)
                 if code is not None and labels != code.labels[1:]:
-                    raise ModelError(f"comparison {name!r}: level labels {labels} do not match "
-                                     f"this code's {code.labels[1:]}")
-                m[name] = tuple(float(level["m"]) for level in comp["levels"])
-                u[name] = tuple(float(level["u"]) for level in comp["levels"])
+                    # A file written before a level was added: the level it replaces
+                    # scores it. Anything else does not fit this code.
+                    older = tuple(label for label in code.labels[1:]
+                                  if (name, label) not in ADDED_LEVELS)
+                    if labels != older:
+                        raise ModelError(f"comparison {name!r}: level labels {labels} do not "
+                                         f"match this code's {code.labels[1:]}")
+                    written[name] = labels
+                    levels = {label: levels[ADDED_LEVELS.get((name, label), label)]
+                              for label in code.labels[1:]}
+                m[name] = tuple(float(level["m"]) for level in levels.values())
+                u[name] = tuple(float(level["u"]) for level in levels.values())
             # A model written before a comparison existed (the middle name) gets the
             # shipped model's m and u for it, and keeps the version it was written with
             # checked against what it holds; ``mpi train`` learns them for the registry.
@@ -175,10 +195,10 @@ class Model:
         except (KeyError, TypeError) as exc:
             raise ModelError(f"malformed model: missing or wrong field {exc}") from exc
         stated = data.get("version")
-        written = model._version(added)
-        if stated is not None and stated != written:
+        as_written = model._version(added, written)
+        if stated is not None and stated != as_written:
             raise ModelError(f"stated version {stated} does not match the content "
-                             f"({written}); remove 'version' to re-version an edited model")
+                             f"({as_written}); remove 'version' to re-version an edited model")
         return model
 
     @classmethod

@@ -3,7 +3,8 @@
 :class:`MatchRecord` is what the identity layer builds from a stored patient (or a CSV row).
 :func:`prepare` normalises it once: case-folded, accent- and punctuation-free strings,
 digits only for phone and SSN, phonetic codes (NYSIIS and metaphone) and the canonical
-forms of the given name from the ``nicknames`` package; placeholder values ("Unknown",
+forms of the given name from the ``nicknames`` package and its forms in other languages
+(``name_variants.json``: John, Ivan, Juan, Johann); placeholder values ("Unknown",
 "Baby Boy", postal code 00000: :mod:`mpi.matching.placeholders`) become missing. Scoring
 and blocking read only the prepared form, so scoring a pair does no string clean-up at
 all, and every path (service, batch tools, training) treats placeholders alike.
@@ -11,11 +12,13 @@ all, and every path (service, batch tools, training) treats placeholders alike.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
+from importlib import resources
 
 import jellyfish
 
@@ -83,6 +86,45 @@ def name_forms(name: str) -> frozenset[str]:
     return frozenset({first, *canon})
 
 
+@lru_cache(maxsize=1)
+def _language_groups() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """name -> (groups it stands in, groups in which it is another language's form)."""
+    text = resources.files("mpi.matching").joinpath("name_variants.json").read_text("utf-8")
+    groups: dict[str, list[str]] = json.loads(text)["groups"]
+    standing: dict[str, set[str]] = {}
+    foreign: dict[str, set[str]] = {}
+    for english, others in groups.items():
+        standing.setdefault(english, set()).add(english)
+        for other in others:
+            standing.setdefault(other, set()).add(english)
+            foreign.setdefault(other, set()).add(english)
+    return {name: (frozenset(gs), frozenset(foreign.get(name, ()))) for name, gs in
+            standing.items()}
+
+
+@lru_cache(maxsize=65536)
+def language_forms(name: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The groups of ``name_variants.json`` the given name stands in (itself, or an English
+    nickname of a group's name: Bill stands in William's), and those in which it is
+    another language's form (Guillermo); two names share a group and one of them is
+    foreign there: one name in two languages."""
+    if not name:
+        return frozenset(), frozenset()
+    table = _language_groups()
+    first = name.split(" ", 1)[0]
+    own, foreign = table.get(first, (frozenset(), frozenset()))
+    english = frozenset(g for form in name_forms(first) if form in table
+                        for g in table[form][0] if g == form)
+    return own | english, foreign
+
+
+def other_language_form(a: tuple[frozenset[str], frozenset[str]],
+                        b: tuple[frozenset[str], frozenset[str]]) -> bool:
+    """Do two given names (their :func:`language_forms`) write one name in two languages?"""
+    common = a[0] & b[0]
+    return bool(common and (common & a[1] or common & b[1]))
+
+
 @lru_cache(maxsize=65536)
 def _phonetic(name: str) -> tuple[str, str]:
     joined = name.replace(" ", "")
@@ -96,9 +138,8 @@ class PreparedRecord:
 
     __slots__ = (
         "address", "city", "dob", "dob_known", "family", "family_meta", "family_nysiis",
-        "family_parts",
-        "given", "given_forms", "given_meta", "given_nysiis", "identifiers", "middle",
-        "mmn", "phone", "postcode", "record", "sex", "ssn", "state",
+        "family_parts", "given", "given_forms", "given_langs", "given_meta", "given_nysiis",
+        "identifiers", "middle", "mmn", "phone", "postcode", "record", "sex", "ssn", "state",
     )
 
     def __init__(self, record: MatchRecord) -> None:
@@ -113,6 +154,7 @@ class PreparedRecord:
         self.given_nysiis, self.given_meta = _phonetic(self.given)
         self.family_nysiis, self.family_meta = _phonetic(self.family)
         self.given_forms = name_forms(self.given)
+        self.given_langs = language_forms(self.given)
         self.family_parts = frozenset(self.family.split()) if " " in self.family else frozenset()
         d = record.birth_date
         self.dob = f"{d.year:04d}{d.month:02d}{d.day:02d}" if d else ""
