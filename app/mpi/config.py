@@ -124,6 +124,13 @@ def _poll_interval(raw: str) -> float:
     return value
 
 
+def _refresh(raw: str) -> float:
+    value = float(raw.strip())
+    if not (math.isfinite(value) and (value == 0 or 10 <= value <= 86400)):
+        raise ValueError("must be a number of seconds between 10 and 86400, or 0 (off)")
+    return value
+
+
 def _ready_lag(raw: str) -> float:
     value = float(raw.strip())
     if not (math.isfinite(value) and 0 <= value <= 86400):
@@ -461,6 +468,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Merge two persons, in the record's transaction, when a record reaches both and "
             "they match as wholes above MATCHING_THRESHOLD (never persons a steward kept "
             "apart; undoable); false leaves them to a possible-duplicate review"),
+    Setting("MATCHING_FREQUENCIES_REFRESH", "matching_frequencies_refresh", _refresh, "900",
+            "Seconds between counts of how common each name, city, state and postal code is "
+            "in the registry: agreement on a value commoner than the model assumes weighs "
+            "less (everybody in a one-town registry shares its postal code); each serving "
+            "process counts at start and then this often; 0 = never, the model's weights "
+            "alone"),
     Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
             "Matching model file written by mpi train; empty = the model shipped in the "
             "package"),
@@ -576,6 +589,7 @@ class Settings:
     matching_review_threshold: float
     matching_twin_guard: bool
     matching_auto_merge: bool
+    matching_frequencies_refresh: float
     matching_model_path: Path | None
     matching_placeholders_path: Path | None
     audit_synchronous_reads: bool

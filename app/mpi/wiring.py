@@ -27,6 +27,7 @@ from mpi.auth.tokens import ApiTokens
 from mpi.config import Settings
 from mpi.events.feed import ChangeFeed
 from mpi.identity.engine import Engine, MatchingEngine
+from mpi.identity.frequencies import RegistryFrequencies
 from mpi.identity.linking import Linking
 from mpi.identity.match import MatchService
 from mpi.identity.merging import Merging
@@ -75,6 +76,7 @@ class Services:
     rekeying: Rekeying
     relinking: Relinking
     senders: Hl7Senders
+    frequencies: RegistryFrequencies
 
     def indexer(self, *, standby: bool = False) -> Indexer:
         """This process's search indexer (it writes only if it takes the directory's lock;
@@ -84,6 +86,7 @@ class Services:
 
     def close(self) -> None:
         """Close every pooled connection (commands, at the end)."""
+        self.frequencies.stop()
         close_database(self.db)
 
 
@@ -180,6 +183,8 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         relinking=Relinking(work, identity, patients, linking),
         senders=Hl7Senders(work, SenderRepository(), ReceiptRepository(),
                            ContinuationRepository()),
+        frequencies=RegistryFrequencies(work, db, identity, engine,
+                                        interval=settings.matching_frequencies_refresh),
     )
 
 

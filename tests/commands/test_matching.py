@@ -54,13 +54,13 @@ def test_link_with_column_mapping(tmp_path):
     left.write_text(ROWS.replace("1980-17-05", "1980-05-17"))
     right = tmp_path / "b.csv"
     right.write_text("id,first,surname,birth_date,ssn\nx,Bill,Okonkwo,1980-05-17,123456789\n"
-                     "y,Mary,Nguyen,1950-01-01,987654321\nz,Ann,Lee,1999-09-09,\n")
+                     "y,Mary,Nguyen,1950-01-01,512654321\nz,Ann,Lee,1999-09-09,\n")
     out = tmp_path / "pairs.csv"
     assert main(["link", str(left), str(right), "--output", str(out), "--no-progress",
                  "--map", "record_id=id,given_name=first,family_name=surname"]) == 2  # a.csv
     # Mapping applies to both files: give the left file the same layout.
     left.write_text("id,first,surname,birth_date,ssn\na1,William,Okonkwo,1980-05-17,123-45-6789\n"
-                    "b1,Maria,Nguyen,1950-01-01,987-65-4321\n")
+                    "b1,Maria,Nguyen,1950-01-01,512-65-4321\n")
     assert main(["link", str(left), str(right), "--output", str(out), "--no-progress",
                  "--map", "record_id=id,given_name=first,family_name=surname"]) == 0
     pairs = read(out)

@@ -16,6 +16,12 @@ class FakeEngine:
     link_threshold = 0.95
     review_threshold = 0.5
 
+    frequency_fields: tuple[str, ...] = ("family_name",)
+    frequencies: tuple[int, Mapping[str, Mapping[str, int]]] | None = None
+
+    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, int]]) -> None:
+        self.frequencies = (total, counts)  # what the refresher passed: tests read it
+
     def keys(self, data: Mapping[str, Any]) -> list[str]:
         family = (data.get("family_name") or "").lower()
         return [f"fam:{family}"] if family else []

@@ -3,7 +3,16 @@ from datetime import date
 import pytest
 
 from mpi.matching.model import Model
-from mpi.matching.scoring import Scorer, score, term_frequencies
+from mpi.matching.record import field_form
+from mpi.matching.scoring import (
+    REGISTRY_MIN_HOLDERS,
+    REGISTRY_MIN_RECORDS,
+    Scorer,
+    frequencies_from_counts,
+    registry_frequencies,
+    score,
+    term_frequencies,
+)
 from tests.matching.helpers import prep, rec
 
 
@@ -90,3 +99,52 @@ def test_mothers_maiden_name_is_evidence_both_ways():
     unknown = score(prep("a"), prep("b", given_name="Bill"))
     assert other.weight < unknown.weight < base.weight
     assert "mother's maiden name exact" in base.reason
+
+
+def _town(n: int = 1000) -> list:
+    """``n`` different people of one town (postal code 01109), a few on each street."""
+    return [prep(f"t{i}", given_name=f"G{i:04d}x", family_name=f"F{i:04d}y", ssn=None,
+                 phone=None, address_line=f"{i % 300} Elm Street") for i in range(n)]
+
+
+def test_registry_frequencies_lower_common_values_only():
+    """Sharing the town's postal code weighs (almost) nothing once the registry says
+    everybody shares it; a rare value never weighs more than the model says, and a
+    lowered agreement never becomes evidence against."""
+    registry = registry_frequencies(_town())
+    assert registry["postal_code"] == {"01109": 1.0}
+    assert registry["family_name"] == {}  # nobody's family name is held by 10 records
+    model = Model.default()
+    plain, counted = Scorer(model), Scorer(model, registry=registry)
+    a = prep("a", address_line="1 Oak Road", phone=None)
+    b = prep("b", address_line="9 Ash Lane", phone=None)
+    before, after = plain.score(a, b), counted.score(a, b)
+    by_name = {c.comparison: c.weight for c in after.comparisons}
+    assert by_name["postal_code"] == 0.0 and by_name["city"] == 0.0
+    assert by_name["family_name"] == {c.comparison: c.weight
+                                      for c in before.comparisons}["family_name"]
+    assert after.weight < before.weight - 5
+    assert after.weight == pytest.approx(sum(c.weight for c in after.comparisons))
+    rare = Scorer(model, registry={"postal_code": {"01109": 1e-6}})
+    assert rare.score(a, b).weight == before.weight
+
+
+def test_a_small_registry_or_a_few_holders_lower_nothing():
+    """In a small registry every value a person's own records share looks common."""
+    assert registry_frequencies(_town(REGISTRY_MIN_RECORDS - 1)) == {}
+    town = _town() + [prep(f"s{i}", postal_code="99999") for i in range(REGISTRY_MIN_HOLDERS - 1)]
+    assert "99999" not in registry_frequencies(town)["postal_code"]
+
+
+def test_counts_from_the_database_add_up_what_normalises_alike():
+    """The database counts raw values; spellings of one value are one, placeholders none."""
+    counts = {"city": {"Springfield": 600, "SPRINGFIELD": 300, "Unknown": 50, "Salem": 50},
+              "postal_code": {"011 09": 20, "01109": 980}, "mothers_maiden_name": {"X": 9}}
+    tables = frequencies_from_counts(counts, 1000)
+    assert tables == {"city": {"springfield": 0.9, "salem": 0.05},
+                      "postal_code": {"01109": 1.0}}
+    assert frequencies_from_counts(counts, REGISTRY_MIN_RECORDS - 1) == {}
+    for field, raw in (("given_name", "  Mary-Ann "), ("family_name", "O'Brien"),
+                       ("city", "St. Louis"), ("state", "MA"), ("postal_code", "011 09")):
+        attr = {"given_name": "given", "family_name": "family", "postal_code": "postcode"}
+        assert field_form(field, raw) == getattr(prep(**{field: raw}), attr.get(field, field))

@@ -19,9 +19,11 @@ def create_app(services: Services, *, run_indexer: bool = False) -> falcon.App:
     """A ready-to-serve Falcon app over ``services`` (``mpi.wiring.build``). Opens no
     connection by itself; ``run_indexer`` also starts this process's indexer thread,
     which writes the index only if it wins the directory's writer lock (``mpi serve``:
-    it stands by while the indexer process holds it)."""
+    it stands by while the indexer process holds it), and the thread that keeps the
+    registry's value frequencies current for matching (MATCHING_FREQUENCIES_REFRESH)."""
     if run_indexer:
         services.indexer(standby=True).start()
+        services.frequencies.start()
     middleware: list[Any] = [
         RequestContext(), DatabaseConnection(services.db),
         AccessControl(services.authenticator, services.work,

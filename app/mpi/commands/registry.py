@@ -291,6 +291,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         with BatchReader(args.file, args.map, args.source, today, args.batch) as reader, \
                 connection(db), tqdm(desc="import", unit="rec", file=sys.stderr,
                                      disable=args.no_progress) as bar:
+            # Matching weighs values by how common they are in the registry, as the
+            # service does (MATCHING_FREQUENCIES_REFRESH): counted now, and again each
+            # time the statistics are (the registry doubled).
+            services.frequencies.refresh()
             analyzed = 0
             try:
                 for batch, rows, bad, problems, values in reader:
@@ -310,6 +314,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                     if done >= max(ANALYZE_FIRST, 2 * analyzed):
                         analyze(db, REGISTRY_TABLES)  # later batches plan with statistics
                         analyzed = done
+                        services.frequencies.refresh()
             finally:  # an interrupted import leaves rows too
                 if done > analyzed:
                     with contextlib.suppress(Exception):
@@ -414,6 +419,7 @@ def cmd_relink(args: argparse.Namespace) -> int:
         sample.extend(page.changes[:max(args.sample - len(sample), 0)])
 
     with wiring.connected(settings) as services:
+        services.frequencies.refresh()  # decided with the registry's frequencies, as online
         relinking = services.relinking
         if not _paged("relink", relinking.total(),
                       lambda after: relinking.page(after, args.batch, actor,

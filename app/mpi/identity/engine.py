@@ -94,6 +94,16 @@ class Engine(Protocol):
         the link threshold without the twin pattern; otherwise None."""
         ...
 
+    @property
+    def frequency_fields(self) -> tuple[str, ...]:
+        """The matching-form fields whose frequencies in the registry the engine weighs."""
+        ...
+
+    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Weigh agreement on a value by how common it is in the registry: ``counts``
+        of the raw values of :attr:`frequency_fields` among ``total`` live records."""
+        ...
+
 
 def grade(probability: float, *, link_threshold: float, review_threshold: float) -> str:
     """certain (auto-link), probable (review), possible (half-way to review), unlikely."""
@@ -120,6 +130,7 @@ class MatchingEngine:
         self.review_threshold = review_threshold
         self.twin_guard = twin_guard
         self.scorer = Scorer(model)
+        self.frequency_fields: tuple[str, ...] = REGISTRY_FIELDS
         # Prepared forms of stored records, by record id: a person's records are scored
         # again each time a new record meets them. Checked against the data (an update
         # changes it); bounded, oldest dropped first.
@@ -164,6 +175,13 @@ class MatchingEngine:
             tuple(by_id[str(c.person_id)] for c in decision.duplicates))
 
 
+    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, int]]) -> None:
+        from mpi.matching.scoring import Scorer, frequencies_from_counts
+
+        # One reference swapped: a decision in another thread scores with the old
+        # tables or the new, never a mix.
+        self.scorer = Scorer(self.model, registry=frequencies_from_counts(counts, total))
+
     def same_person(self, left: Sequence[Candidate], right: Sequence[Candidate]
                     ) -> float | None:
         from mpi.matching.linker import same_person
@@ -172,6 +190,11 @@ class MatchingEngine:
         scores = [self.scorer.score(self._prepare(a.record_id, a.match_data), b)
                   for a in left for b in rights]
         return same_person(scores, self.link_threshold, self.twin_guard)
+
+
+#: The fields of the matching form whose registry frequencies lower agreement weights
+#: (``mpi.matching.scoring.REGISTRY_ATTRIBUTES``).
+REGISTRY_FIELDS = ("given_name", "family_name", "city", "state", "postal_code")
 
 
 def pair_score(score: Any) -> PairScore:

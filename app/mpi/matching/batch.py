@@ -20,7 +20,7 @@ from mpi.matching.blocking import blocking_keys
 from mpi.matching.linker import Linker
 from mpi.matching.model import Model
 from mpi.matching.record import MatchRecord, PreparedRecord, prepare
-from mpi.matching.scoring import Scorer, term_frequencies
+from mpi.matching.scoring import Scorer, registry_frequencies, term_frequencies
 
 T = TypeVar("T")
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
@@ -53,8 +53,10 @@ def dedupe(records: Iterable[MatchRecord | PreparedRecord], model: Model | None 
     model = model or Model.default()
     prepared = [prepare(r) for r in progress(records, "preparing", 0)]
     tf = model.term_frequencies or term_frequencies(prepared)
+    # The file is the registry: its frequencies lower weights as the service's do.
     linker = Linker(model, link_threshold=link_threshold, review_threshold=review_threshold,
-                    term_frequencies=tf, twin_guard=twin_guard, auto_merge=auto_merge)
+                    term_frequencies=tf, registry=registry_frequencies(prepared),
+                    twin_guard=twin_guard, auto_merge=auto_merge)
     result = DedupeResult({}, model_version=model.version)
     for r in progress(prepared, "deduplicating", len(prepared)):
         decision = linker.add(r)
@@ -88,7 +90,8 @@ def link(left: Iterable[MatchRecord | PreparedRecord],
     model = model or Model.default()
     a = [prepare(r) for r in left]
     b = [prepare(r) for r in right]
-    scorer = Scorer(model, model.term_frequencies or term_frequencies(a + b))
+    scorer = Scorer(model, model.term_frequencies or term_frequencies(a + b),
+                    registry=registry_frequencies(a + b))
     index: dict[str, list[int]] = {}
     for j, r in enumerate(b):
         for key in blocking_keys(r):

@@ -259,11 +259,12 @@ class Linker:
     def __init__(self, model: Model, *, link_threshold: float = 0.95,
                  review_threshold: float = 0.80,
                  term_frequencies: Mapping[str, Mapping[str, float]] | None = None,
+                 registry: Mapping[str, Mapping[str, float]] | None = None,
                  max_block: int = 500, twin_guard: bool = True,
                  auto_merge: bool = True) -> None:
         self.model = model
         self.auto_merge = auto_merge
-        self.scorer = Scorer(self.model, term_frequencies)
+        self.scorer = Scorer(self.model, term_frequencies, registry=registry)
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
         self.max_block = max_block  # keys shared by more records than this are ignored

@@ -185,6 +185,23 @@ class PreparedRecord:
         return f"PreparedRecord({self.record.record_id!r})"
 
 
+def field_form(field: str, raw: str | None) -> str:
+    """One field's value as :class:`PreparedRecord` holds it, for the fields registry
+    frequencies count (``given_name``, ``family_name``, ``city``, ``state``,
+    ``postal_code``): '' when missing or a placeholder."""
+    blank = placeholders.active()
+    value = normalise_text(raw)
+    if field in ("given_name", "family_name"):
+        return _unless(value, blank.name)
+    if field == "city":
+        return _unless(value, blank.city)
+    if field == "postal_code":
+        return _unless(value.replace(" ", ""), blank.postal_code)
+    if field == "state":
+        return value
+    raise ValueError(f"no single-field form for {field!r}")
+
+
 def _unless(value: str, placeholder_values: frozenset[str]) -> str:
     """``value``, or '' when it is a placeholder (:mod:`mpi.matching.placeholders`)."""
     return "" if value in placeholder_values else value

@@ -8,6 +8,14 @@ weight becomes ``log2(m_exact / max(tf(value), tf_min_u))`` instead of
 Zylberstein". TF tables come from the model or are computed from the records being
 matched (:func:`term_frequencies`).
 
+Registry frequencies (:func:`registry_frequencies`: the share of the registry's records
+holding each given name, family name, city, state and postal code) only ever *lower* an
+exact level's weight, to ``log2(m_exact / share)`` where the share is above the model's
+``u_exact`` (and never below 0): the untrained, shipped model assumes a diverse registry,
+and in a one-town registry everybody shares the city, state and postal code, so that
+agreement must weigh nothing; a value rarer here than the model assumes is not taken as
+stronger evidence without a model trained on the registry (``mpi train``).
+
 Correlated comparisons (``Model.correlated``: address line, city, state, postal code and
 phone in the shipped model) agree together, so their agreement counts once: only the
 strongest agreeing member counts, the other agreeing members count 0. Fellegi-Sunter
@@ -28,9 +36,13 @@ from functools import lru_cache
 
 from mpi.matching.comparisons import COMPARISONS, NULL
 from mpi.matching.model import Model
-from mpi.matching.record import MatchRecord, PreparedRecord, prepare
+from mpi.matching.record import MatchRecord, PreparedRecord, field_form, prepare
 
 TF_COMPARISONS = tuple(c.name for c in COMPARISONS if c.tf_attribute)
+# Comparisons whose exact level registry frequencies may lower, and the prepared
+# record's attribute they count.
+REGISTRY_ATTRIBUTES = {"given_name": "given", "family_name": "family", "city": "city",
+                       "state": "state", "postal_code": "postcode"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +117,14 @@ class Score:
                 f"probability={self.probability:.6f})")
 
 
-def term_frequencies(records: Iterable[PreparedRecord]) -> dict[str, dict[str, float]]:
-    """Share of records carrying each normalised given and family name."""
-    counts = {name: Counter[str]() for name in TF_COMPARISONS}
-    attrs = [(c.name, c.tf_attribute) for c in COMPARISONS if c.tf_attribute]
+def term_frequencies(records: Iterable[PreparedRecord],
+                     attributes: Mapping[str, str] | None = None
+                     ) -> dict[str, dict[str, float]]:
+    """Share of records carrying each normalised given and family name (or each value of
+    the ``attributes``: comparison name -> prepared record's attribute)."""
+    attrs = list((attributes or {c.name: c.tf_attribute for c in COMPARISONS
+                                 if c.tf_attribute}).items())
+    counts = {name: Counter[str]() for name, _ in attrs}
     total = 0
     for r in records:
         total += 1
@@ -120,11 +136,57 @@ def term_frequencies(records: Iterable[PreparedRecord]) -> dict[str, dict[str, f
         else {}
 
 
+#: Registry frequencies are counted only in a registry of at least this many records,
+#: and only for values at least this many records hold: in a small one, any value a
+#: person's own two records share is "common", and lowering it would split the person.
+REGISTRY_MIN_RECORDS = 1000
+REGISTRY_MIN_HOLDERS = 10
+
+
+def registry_frequencies(records: Iterable[PreparedRecord]) -> dict[str, dict[str, float]]:
+    """Share of ``records`` holding each value the registry frequencies look at (values
+    of fewer than REGISTRY_MIN_HOLDERS records left out; nothing below
+    REGISTRY_MIN_RECORDS records)."""
+    prepared = list(records)
+    counts = {name: Counter[str]() for name in REGISTRY_ATTRIBUTES}
+    for r in prepared:
+        for name, attr in REGISTRY_ATTRIBUTES.items():
+            value = getattr(r, attr)
+            if value:
+                counts[name][value] += 1
+    return _common(counts, len(prepared))
+
+
+def _common(counts: Mapping[str, Counter[str]], total: int) -> dict[str, dict[str, float]]:
+    if total < REGISTRY_MIN_RECORDS:
+        return {}
+    return {name: {v: n / total for v, n in c.items() if n >= REGISTRY_MIN_HOLDERS}
+            for name, c in counts.items()}
+
+
+def frequencies_from_counts(counts: Mapping[str, Mapping[str, int]], total: int
+                            ) -> dict[str, dict[str, float]]:
+    """:func:`registry_frequencies` from counts of raw values (comparison name -> raw
+    value as stored -> records holding it) among ``total`` records, as a database counts
+    them: values that normalise alike are added up."""
+    summed: dict[str, Counter[str]] = {}
+    for name, raw_counts in counts.items():
+        if name not in REGISTRY_ATTRIBUTES:
+            continue
+        summed[name] = Counter()
+        for raw, n in raw_counts.items():
+            value = field_form(name, raw)
+            if value:
+                summed[name][value] += n
+    return _common(summed, total)
+
+
 class Scorer:
     """A model compiled for fast scoring, with optional TF tables."""
 
     def __init__(self, model: Model,
-                 tf: Mapping[str, Mapping[str, float]] | None = None) -> None:
+                 tf: Mapping[str, Mapping[str, float]] | None = None, *,
+                 registry: Mapping[str, Mapping[str, float]] | None = None) -> None:
         self.model = model
         self._plan = tuple((c.compare, model.weights(c.name)) for c in COMPARISONS)
         index = {c.name: i for i, c in enumerate(COMPARISONS)}
@@ -136,14 +198,20 @@ class Scorer:
         # Per TF comparison: (index in COMPARISONS, attribute, value -> adjusted exact weight)
         self._tf: list[tuple[int, str, dict[str, float]]] = []
         for i, c in enumerate(COMPARISONS):
-            table = tables.get(c.name) if c.tf_attribute else None
-            if not table:
-                continue
-            m_exact = model.m[c.name][0]
             base = model.weights(c.name)[1]
-            adjusted = {v: math.log2(max(m_exact, 1e-9) / max(f, model.tf_min_u, 1e-12)) - base
-                        for v, f in table.items()}
-            self._tf.append((i, c.tf_attribute or "", adjusted))
+            table = tables.get(c.name) if c.tf_attribute else None
+            if table:
+                m_exact = model.m[c.name][0]
+                self._tf.append((i, c.tf_attribute or "", {
+                    v: math.log2(max(m_exact, 1e-9) / max(f, model.tf_min_u, 1e-12)) - base
+                    for v, f in table.items()}))
+                continue
+            table = (registry or {}).get(c.name)
+            u_exact = model.u[c.name][0]
+            lowered = {v: max(math.log2(u_exact / f), -base) for v, f in (table or {}).items()
+                       if f > u_exact and base > 0}
+            if lowered:
+                self._tf.append((i, REGISTRY_ATTRIBUTES[c.name], lowered))
 
     def score(self, a: PreparedRecord, b: PreparedRecord) -> Score:
         levels = []
@@ -152,15 +220,23 @@ class Scorer:
             level = compare(a, b)
             levels.append(level)
             total += weights[level]
+        adjust: dict[int, float] | None = None
         for i, attr, adjusted in self._tf:
             if levels[i] == 1:
-                total += adjusted.get(getattr(a, attr), 0.0)
+                delta = adjusted.get(getattr(a, attr), 0.0)
+                if delta:
+                    total += delta
+                    if adjust is None:
+                        adjust = {}
+                    adjust[i] = delta
         for group in self._group_plan:
             # Only the strongest agreement counts (:func:`_counted`); the null level weighs 0
-            # and disagreements are kept. (TF adjustments touch names only, no group member.)
+            # and disagreements are kept.
             best = agreeing = 0.0
             for i, weights in group:
                 w = weights[levels[i]]
+                if adjust is not None and i in adjust:
+                    w += adjust[i]
                 if w > 0:
                     agreeing += w
                     if w > best:

@@ -145,6 +145,32 @@ class IdentityRepository:
         return int(PatientLinkRow.select().join(PatientRow)
                    .where(PatientRow.deleted_at.is_null()).count())
 
+    def value_counts(self, fields: Sequence[str]) -> tuple[int, dict[str, dict[str, int]]]:
+        """How many live records there are, and how many hold each value of each of the
+        matching form's ``fields`` (as stored, not normalised): one aggregate statement."""
+        # Field names are the matching form's keys, fixed by the caller; the values read
+        # are bound as parameters all the same.
+        if is_postgres(self._db):
+            pairs = ", ".join(["(%s, d.j ->> %s)"] * len(fields))
+            sql = ("SELECT f.name, f.value, count(*) FROM patient_link pl "  # noqa: S608
+                   "JOIN patient p ON p.pk = pl.patient_pk "
+                   "CROSS JOIN LATERAL (SELECT pl.match_data::json AS j) d "
+                   f"CROSS JOIN LATERAL (VALUES {pairs}) AS f(name, value) "
+                   "WHERE p.deleted_at IS NULL AND f.value IS NOT NULL GROUP BY 1, 2")
+            params: list[Any] = [x for f in fields for x in (f, f)]
+        else:
+            one = ("SELECT ? AS name, json_extract(pl.match_data, ?) AS value FROM "
+                   "patient_link pl JOIN patient p ON p.pk = pl.patient_pk "
+                   "WHERE p.deleted_at IS NULL")
+            sql = ("SELECT name, value, count(*) FROM ("  # noqa: S608
+                   + " UNION ALL ".join([one] * len(fields))
+                   + ") WHERE value IS NOT NULL GROUP BY 1, 2")
+            params = [x for f in fields for x in (f, f"$.{f}")]
+        counts: dict[str, dict[str, int]] = {f: {} for f in fields}
+        for name, value, n in self._db.execute_sql(sql, params).fetchall():
+            counts[name][str(value)] = int(n)
+        return self.live_linked_count(), counts
+
     def matching_forms(self) -> list[tuple[str, dict[str, Any] | None]]:
         """(patient id, matching form) of every live record, oldest first."""
         return [(str(pid), data) for pid, data in tuples(

@@ -1,0 +1,130 @@
+"""Registry frequencies (MATCHING_FREQUENCIES_REFRESH), on both backends: in a one-town
+registry, sharing the town's city, state and postal code is no evidence, so a namesake on
+another street is no longer linked to the desk's John Smith; a value that is rare in the
+registry does not weigh more than the model says."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import string
+import threading
+from typing import Any
+
+import pytest
+
+from mpi.domain.audit import Actor
+from mpi.domain.patient import PatientInput
+from mpi.wiring import Services, build
+from tests.conftest import Ids
+from tests.identity.test_fragments import _input
+
+FEED = Actor("feed")
+TOWN = {"city": "Springfield", "state": "IL", "postal_code": "62701", "country": "US"}
+
+
+def _townsfolk(n: int, seed: int = 3) -> list[PatientInput]:
+    """``n`` different people, every one of them in one town (no SSN, no phone)."""
+    rng = random.Random(seed)
+
+    def word() -> str:
+        return "".join(rng.choices(string.ascii_lowercase, k=8)).title()
+
+    return [_input(
+        source="town-ehr", source_id=f"T{i}", identifiers=None, telecom=None,
+        names=[{"family": word(), "given": [word()]}],
+        birth_date=f"19{rng.randrange(30, 99)}-0{rng.randrange(1, 9)}-1{rng.randrange(9)}",
+        addresses=[{"line": [f"{i} {word()} Rd"], **TOWN}])
+        for i in range(n)]
+
+
+def _namesake() -> PatientInput:
+    """Another John Smith of the town: payroll's record, another street, no birth date."""
+    return _input(
+        source="payroll", source_id="P-7", identifiers=None, telecom=None, birth_date=None,
+        gender=None, names=[{"family": "Smith", "given": ["John"]}],
+        addresses=[{"line": ["5 Mill Rd"], **TOWN}])
+
+
+@pytest.fixture
+def town(services: Services) -> Services:
+    services.patients.import_batch(_townsfolk(1200), FEED)
+    services.patients.create(_input(identifiers=None, telecom=None), FEED)
+    return services
+
+
+def _postal_weight(result: Any) -> float:
+    (best,) = result.candidates[:1]
+    return next(c.weight for c in best.explanation.comparisons
+                if c.comparison == "postal_code")
+
+
+def test_sharing_the_one_town_is_no_evidence_once_counted(town):
+    before = town.matching.match(_namesake(), FEED)
+    assert before.decision == "link"  # the shipped model assumes a diverse registry
+    assert _postal_weight(before) > 8
+    assert town.frequencies.refresh() == 1201
+    after = town.matching.match(_namesake(), FEED)
+    assert after.decision == "new"
+    assert after.candidates[0].probability < 0.5
+    assert _postal_weight(after) == pytest.approx(0.0, abs=0.3)
+    # John Smith's names are rare here: they weigh what the model says, no more.
+    names = {c.comparison: c.weight for c in after.candidates[0].explanation.comparisons}
+    shipped = {c.comparison: c.weight for c in before.candidates[0].explanation.comparisons}
+    assert names["family_name"] == shipped["family_name"]
+    assert names["given_name"] == shipped["given_name"]
+
+
+def test_counts_are_of_live_records_as_stored(services):
+    for i, city in enumerate(["Springfield", "SPRINGFIELD", "springfield", "Shelbyville"]):
+        services.patients.create(_input(
+            source_id=f"S{i}", identifiers=None,
+            addresses=[{"line": ["1 Elm St"], "city": city, "postal_code": "62701"}]), FEED)
+    gone = services.patients.create(_input(source_id="S9", identifiers=None), FEED)
+    services.patients.delete(gone.id, FEED, expected_version=None)
+    engine = services.engine
+    seen: dict[str, Any] = {}
+    engine.use_frequencies = lambda total, counts: seen.update(total=total, counts=counts)
+    assert services.frequencies.refresh() == 4
+    assert seen["total"] == 4
+    assert seen["counts"]["city"] == {"Springfield": 1, "SPRINGFIELD": 1, "springfield": 1,
+                                      "Shelbyville": 1}
+    assert seen["counts"]["postal_code"] == {"62701": 4}
+    assert seen["counts"]["family_name"] == {"Smith": 4}
+
+
+def test_off_means_the_model_alone(settings, db, clock):
+    off = build(dataclasses.replace(settings, matching_frequencies_refresh=0), db=db,
+                clock=clock, new_id=Ids())
+    off.patients.import_batch(_townsfolk(1200), FEED)
+    off.patients.create(_input(identifiers=None, telecom=None), FEED)
+    assert off.frequencies.refresh() == 0
+    assert off.frequencies.start()._thread is None
+    assert off.matching.match(_namesake(), FEED).decision == "link"
+
+
+def test_the_background_refresh_keeps_counting_and_survives_a_failure(services, caplog):
+    services.patients.create(_input(identifiers=None), FEED)
+    calls: list[int] = []
+    counted = threading.Event()
+    real = services.engine.use_frequencies
+
+    def failing_once(total: int, counts: Any) -> None:
+        calls.append(total)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        real(total, counts)
+        counted.set()
+
+    services.engine.use_frequencies = failing_once
+    services.frequencies.interval = 0.05  # (the setting allows 10 s and more)
+    with caplog.at_level(logging.WARNING, logger="mpi.identity.frequencies"):
+        services.frequencies.start()
+        try:
+            assert counted.wait(60)
+        finally:
+            services.frequencies.stop()
+    assert calls[:2] == [1, 1]
+    assert "registry frequencies not counted (RuntimeError)" in caplog.text
+    assert "Smith" not in caplog.text
