@@ -17,9 +17,9 @@ class FakeEngine:
     review_threshold = 0.5
 
     frequency_fields: tuple[str, ...] = ("family_name",)
-    frequencies: tuple[int, Mapping[str, Mapping[str, int]]] | None = None
+    frequencies: tuple[int, Mapping[str, Mapping[str, float]]] | None = None
 
-    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, int]]) -> None:
+    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, float]]) -> None:
         self.frequencies = (total, counts)  # what the refresher passed: tests read it
 
     def keys(self, data: Mapping[str, Any]) -> list[str]:

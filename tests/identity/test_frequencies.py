@@ -128,3 +128,21 @@ def test_the_background_refresh_keeps_counting_and_survives_a_failure(services, 
     assert calls[:2] == [1, 1]
     assert "registry frequencies not counted (RuntimeError)" in caplog.text
     assert "Smith" not in caplog.text
+
+
+def test_a_large_registry_is_counted_on_a_fixed_spread_of_its_records(services):
+    """Over ``sample`` records the counts come from a spread of records chosen by primary
+    key (the same each time) and are scaled up to the registry."""
+    services.patients.import_batch([_input(
+        source_id=f"S{i}", identifiers=None, names=[{"family": "Smith" if i % 4 else "Jones",
+                                                     "given": ["Ann"]}],
+        addresses=[{"line": ["1 Elm St"], **TOWN}]) for i in range(400)], FEED)
+    repo = services.frequencies._repo
+    total, full = repo.value_counts(("postal_code", "family_name"))
+    assert total == 400 and full["postal_code"] == {"62701": 400}
+    assert full["family_name"] == {"Smith": 300, "Jones": 100}
+    total, sampled = repo.value_counts(("postal_code", "family_name"), sample=100)
+    assert total == 400 and sampled["postal_code"] == {"62701": pytest.approx(400)}
+    assert sampled["family_name"]["Smith"] == pytest.approx(300, rel=0.35)
+    assert repo.value_counts(("family_name",), sample=100)[1] == {
+        "family_name": sampled["family_name"]}

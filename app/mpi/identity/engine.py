@@ -99,7 +99,7 @@ class Engine(Protocol):
         """The matching-form fields whose frequencies in the registry the engine weighs."""
         ...
 
-    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, int]]) -> None:
+    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, float]]) -> None:
         """Weigh agreement on a value by how common it is in the registry: ``counts``
         of the raw values of :attr:`frequency_fields` among ``total`` live records."""
         ...
@@ -175,7 +175,7 @@ class MatchingEngine:
             tuple(by_id[str(c.person_id)] for c in decision.duplicates))
 
 
-    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, int]]) -> None:
+    def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, float]]) -> None:
         from mpi.matching.scoring import Scorer, frequencies_from_counts
 
         # One reference swapped: a decision in another thread scores with the old

@@ -6,7 +6,9 @@ and postal code, and a common family name is weak evidence anywhere. The engine 
 an agreement's weight by the value's share of the registry's live records
 (``mpi.matching.scoring``: registry frequencies only ever lower a weight), so the service
 needs the current counts: :class:`RegistryFrequencies` reads them with one aggregate
-statement and hands them to the engine, at start and then every
+statement (over at most 50,000 records: a larger registry is counted on a fixed spread of
+its records and scaled up, so a count costs the same at a million) and hands them to the
+engine, at start and then every
 ``MATCHING_FREQUENCIES_REFRESH`` seconds in a background thread of each serving process
 (0: never; the model's weights alone), and ``mpi import`` refreshes them as the registry
 grows. Decisions made before the first count (the first seconds after a start) use the

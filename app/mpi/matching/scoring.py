@@ -157,27 +157,28 @@ def registry_frequencies(records: Iterable[PreparedRecord]) -> dict[str, dict[st
     return _common(counts, len(prepared))
 
 
-def _common(counts: Mapping[str, Counter[str]], total: int) -> dict[str, dict[str, float]]:
+def _common(counts: Mapping[str, Mapping[str, float]], total: int
+            ) -> dict[str, dict[str, float]]:
     if total < REGISTRY_MIN_RECORDS:
         return {}
     return {name: {v: n / total for v, n in c.items() if n >= REGISTRY_MIN_HOLDERS}
             for name, c in counts.items()}
 
 
-def frequencies_from_counts(counts: Mapping[str, Mapping[str, int]], total: int
+def frequencies_from_counts(counts: Mapping[str, Mapping[str, float]], total: int
                             ) -> dict[str, dict[str, float]]:
     """:func:`registry_frequencies` from counts of raw values (comparison name -> raw
     value as stored -> records holding it) among ``total`` records, as a database counts
-    them: values that normalise alike are added up."""
-    summed: dict[str, Counter[str]] = {}
+    them (scaled up from a sample, perhaps): values that normalise alike are added up."""
+    summed: dict[str, dict[str, float]] = {}
     for name, raw_counts in counts.items():
         if name not in REGISTRY_ATTRIBUTES:
             continue
-        summed[name] = Counter()
+        values = summed[name] = {}
         for raw, n in raw_counts.items():
             value = field_form(name, raw)
             if value:
-                summed[name][value] += n
+                values[value] = values.get(value, 0.0) + n
     return _common(summed, total)
 
 

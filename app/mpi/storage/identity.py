@@ -145,31 +145,45 @@ class IdentityRepository:
         return int(PatientLinkRow.select().join(PatientRow)
                    .where(PatientRow.deleted_at.is_null()).count())
 
-    def value_counts(self, fields: Sequence[str]) -> tuple[int, dict[str, dict[str, int]]]:
+    def value_counts(self, fields: Sequence[str], *, sample: int = 50_000
+                     ) -> tuple[int, dict[str, dict[str, float]]]:
         """How many live records there are, and how many hold each value of each of the
-        matching form's ``fields`` (as stored, not normalised): one aggregate statement."""
-        # Field names are the matching form's keys, fixed by the caller; the values read
-        # are bound as parameters all the same.
-        if is_postgres(self._db):
+        matching form's ``fields`` (as stored, not normalised). Over ``sample`` records
+        or fewer: a registry larger than that is counted on a fixed spread of its records
+        (by primary key, so the same registry gives the same counts) and the counts are
+        scaled up; the matching form's JSON is parsed only for those."""
+        total = self.live_linked_count()
+        # Keep a record when a hash of its primary key falls under ``keep`` in 10,000.
+        keep = min(10_000, -(-10_000 * sample // max(total, 1)))
+        postgres = is_postgres(self._db)
+        mod, mark = ("%%", "%s") if postgres else ("%", "?")
+        spread = f"((pl.patient_pk * 2654435761) {mod} 10000) < {mark}"
+        live = ("FROM patient_link pl JOIN patient p ON p.pk = pl.patient_pk "
+                f"WHERE p.deleted_at IS NULL AND {spread}")
+        # Field names are the matching form's keys, fixed by the caller, and bound as
+        # parameters all the same.
+        if postgres:
             pairs = ", ".join(["(%s, d.j ->> %s)"] * len(fields))
             sql = ("SELECT f.name, f.value, count(*) FROM patient_link pl "  # noqa: S608
                    "JOIN patient p ON p.pk = pl.patient_pk "
                    "CROSS JOIN LATERAL (SELECT pl.match_data::json AS j) d "
                    f"CROSS JOIN LATERAL (VALUES {pairs}) AS f(name, value) "
-                   "WHERE p.deleted_at IS NULL AND f.value IS NOT NULL GROUP BY 1, 2")
-            params: list[Any] = [x for f in fields for x in (f, f)]
+                   f"WHERE p.deleted_at IS NULL AND {spread} AND f.value IS NOT NULL "
+                   "GROUP BY 1, 2")
+            params: list[Any] = [*(x for f in fields for x in (f, f)), keep]
         else:
-            one = ("SELECT ? AS name, json_extract(pl.match_data, ?) AS value FROM "
-                   "patient_link pl JOIN patient p ON p.pk = pl.patient_pk "
-                   "WHERE p.deleted_at IS NULL")
+            one = f"SELECT ? AS name, json_extract(pl.match_data, ?) AS value {live}"
             sql = ("SELECT name, value, count(*) FROM ("  # noqa: S608
                    + " UNION ALL ".join([one] * len(fields))
                    + ") WHERE value IS NOT NULL GROUP BY 1, 2")
-            params = [x for f in fields for x in (f, f"$.{f}")]
-        counts: dict[str, dict[str, int]] = {f: {} for f in fields}
+            params = [x for f in fields for x in (f, f"$.{f}", keep)]
+        counted = int(self._db.execute_sql(f"SELECT count(*) {live}",
+                                           (keep,)).fetchone()[0])
+        scale = total / counted if counted else 0.0
+        counts: dict[str, dict[str, float]] = {f: {} for f in fields}
         for name, value, n in self._db.execute_sql(sql, params).fetchall():
-            counts[name][str(value)] = int(n)
-        return self.live_linked_count(), counts
+            counts[name][str(value)] = int(n) * scale
+        return total, counts
 
     def matching_forms(self) -> list[tuple[str, dict[str, Any] | None]]:
         """(patient id, matching form) of every live record, oldest first."""
