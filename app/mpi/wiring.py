@@ -27,7 +27,6 @@ from mpi.auth.tokens import ApiTokens
 from mpi.config import Settings
 from mpi.events.feed import ChangeFeed
 from mpi.identity.engine import Engine, MatchingEngine
-from mpi.identity.frequencies import RegistryFrequencies
 from mpi.identity.linking import Linking
 from mpi.identity.match import MatchService
 from mpi.identity.merging import Merging
@@ -35,6 +34,7 @@ from mpi.identity.persons import PersonService
 from mpi.identity.rekey import Rekeying
 from mpi.identity.relink import Relinking
 from mpi.identity.stewardship import StewardService
+from mpi.identity.upkeep import MatchingUpkeep
 from mpi.identity.views import IdentityViews
 from mpi.patients.domains import DomainService
 from mpi.patients.service import PatientService, utc_now
@@ -76,7 +76,7 @@ class Services:
     rekeying: Rekeying
     relinking: Relinking
     senders: Hl7Senders
-    frequencies: RegistryFrequencies
+    upkeep: MatchingUpkeep
 
     def indexer(self, *, standby: bool = False) -> Indexer:
         """This process's search indexer (it writes only if it takes the directory's lock;
@@ -86,7 +86,7 @@ class Services:
 
     def close(self) -> None:
         """Close every pooled connection (commands, at the end)."""
-        self.frequencies.stop()
+        self.upkeep.stop()
         close_database(self.db)
 
 
@@ -138,7 +138,7 @@ def matching_engine(settings: Settings) -> MatchingEngine:
     model = Model.load(path) if path is not None else Model.default()
     return MatchingEngine(model, link_threshold=settings.matching_threshold,
                           review_threshold=settings.matching_review_threshold,
-                          twin_guard=settings.matching_twin_guard)
+                          twin_guard=settings.matching_twin_guard, model_file=path)
 
 
 def build(settings: Settings, *, db: peewee.Database | None = None,
@@ -183,8 +183,8 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         relinking=Relinking(work, identity, patients, linking),
         senders=Hl7Senders(work, SenderRepository(), ReceiptRepository(),
                            ContinuationRepository()),
-        frequencies=RegistryFrequencies(work, db, identity, engine,
-                                        interval=settings.matching_frequencies_refresh),
+        upkeep=MatchingUpkeep(work, db, identity, engine,
+                              interval=settings.matching_frequencies_refresh),
     )
 
 

@@ -209,32 +209,59 @@ def _systemd_analyze() -> str:
     return tool
 
 
-def test_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("names", [("mpi.service",),
+                                   ("mpi-train.service", "mpi-train.timer")])
+def test_systemd_analyze_verify(tmp_path, names):
     tool = _systemd_analyze()
     if not os.access("/usr/bin/python3", os.X_OK):
         pytest.skip("verify checks that ExecStart's program exists; this machine has no "
                     "/usr/bin/python3")
-    unit = tmp_path / "mpi.service"
-    shutil.copy(UNIT, unit)
-    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
+    units = [tmp_path / name for name in names]
+    for unit in units:
+        shutil.copy(SYSTEMD / unit.name, unit)
+    result = subprocess.run([tool, "verify", *map(str, units)], capture_output=True,
+                            text=True, timeout=60)
     if result.returncode != 0 and ("Failed to" in result.stderr and "bus" in result.stderr):
         pytest.skip(f"systemd-analyze verify cannot run here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
-    assert "mpi.service" not in result.stderr, result.stderr  # no warning about the unit
+    for name in names:
+        assert name not in result.stderr, result.stderr  # no warning about the unit
 
 
-def test_systemd_analyze_security(tmp_path):
+@pytest.mark.parametrize("name", ["mpi.service", "mpi-train.service"])
+def test_systemd_analyze_security(tmp_path, name):
     """The sandbox scores "OK" (exposure 2.0 or lower out of 10) in systemd's own review."""
     tool = _systemd_analyze()
-    unit = tmp_path / "mpi.service"
-    shutil.copy(UNIT, unit)
+    unit = tmp_path / name
+    shutil.copy(SYSTEMD / name, unit)
     result = subprocess.run([tool, "security", "--offline=yes", "--threshold=20", str(unit)],
                             capture_output=True, text=True, timeout=60)
     if "--offline" in result.stderr or "unrecognized option" in result.stderr:
         pytest.skip(f"this systemd-analyze cannot review a unit file offline (systemd < 250): "
                     f"{result.stderr.strip()}")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
+def test_the_model_is_retrained_on_a_schedule_into_the_state_directory():
+    """mpi-train.timer runs mpi-train.service weekly: `mpi train` on the registry, as user
+    mpi with the service's settings and credential, writing the file MATCHING_MODEL_PATH
+    names, from the shipped model (not the one in use), in the same sandbox."""
+    train = parse_unit((SYSTEMD / "mpi-train.service").read_text(encoding="utf-8"))
+    timer = parse_unit((SYSTEMD / "mpi-train.timer").read_text(encoding="utf-8"))
+    service = train["Service"]
+    assert _value("Type", service) == "oneshot"
+    assert _value("User", service) == "mpi"
+    assert _value("ExecStart", service).split() == [
+        *PEX.split(), "train", "--output", "/var/lib/mpi/model.json", "--name", "registry",
+        "--no-progress"]
+    assert _value("StateDirectory", service) == "mpi"
+    assert "MATCHING_MODEL_PATH=" in service["Environment"]
+    for key in ("EnvironmentFile", "LoadCredential", "ProtectSystem", "NoNewPrivileges",
+                "SystemCallFilter", "MemoryDenyWriteExecute", "CapabilityBoundingSet"):
+        assert service[key] == SERVICE[key], key
+    assert _value("OnCalendar", timer["Timer"]).startswith("Sun")
+    assert _value("Persistent", timer["Timer"]) == "true"
+    assert _value("WantedBy", timer["Install"]) == "timers.target"
 
 
 # --- MemoryDenyWriteExecute=yes against the real service -----------------------------------

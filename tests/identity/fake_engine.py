@@ -17,6 +17,10 @@ class FakeEngine:
     review_threshold = 0.5
 
     frequency_fields: tuple[str, ...] = ("family_name",)
+    model_file = None
+
+    def reload_model(self) -> str | None:
+        return None
     frequencies: tuple[int, Mapping[str, Mapping[str, float]]] | None = None
 
     def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, float]]) -> None:

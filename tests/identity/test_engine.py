@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mpi.config import load
 from mpi.identity.engine import Candidate
+from mpi.matching.model import Model, ModelError
 from mpi.wiring import matching_engine as engine_for
 
 
@@ -33,3 +36,31 @@ def test_a_shared_ssn_is_not_the_twin_pattern():
     first = Candidate("r1", "p1", record("r1", "Chidinma", "111-22-3333"))
     decision = engine_for(load({})).decide(record("r2", "Amara", "111-22-3333"), [first])
     assert decision.kind == "link"
+
+
+def test_a_retrained_model_file_is_used_from_the_next_decision(tmp_path):
+    """``mpi train`` writes the file anew (one rename): the engine reads it again only
+    when it changed, each decision reports the version that made it, and a file that
+    does not load leaves the model in use as it was."""
+    path = tmp_path / "model.json"
+    first = Model.default().evolve(name="first")
+    first.save(path)
+    engine = engine_for(load({"MATCHING_MODEL_PATH": str(path)}))
+    assert engine.model_file == path and engine.model_version == first.version
+    candidate = Candidate("r1", "p1", record("r1", "Chidinma", "111-22-3333"))
+    assert engine.decide(record("r2", "Chidinma", "111-22-3333"),
+                         [candidate]).model_version == first.version
+    assert engine.reload_model() is None  # unchanged
+    second = first.evolve(name="second", prior=first.prior * 2)
+    second.save(path)
+    assert engine.reload_model() == second.version
+    assert engine.model_version == second.version
+    decision = engine.decide(record("r2", "Chidinma", "111-22-3333"), [candidate])
+    assert decision.model_version == second.version
+    assert engine.reload_model() is None
+    path.write_text('{"format": 1, "truncated')
+    with pytest.raises(ModelError):
+        engine.reload_model()
+    assert engine.model_version == second.version
+    shipped = engine_for(load({}))
+    assert shipped.model_file is None and shipped.reload_model() is None

@@ -23,7 +23,7 @@ def create_app(services: Services, *, run_indexer: bool = False) -> falcon.App:
     registry's value frequencies current for matching (MATCHING_FREQUENCIES_REFRESH)."""
     if run_indexer:
         services.indexer(standby=True).start()
-        services.frequencies.start()
+        services.upkeep.start()
     middleware: list[Any] = [
         RequestContext(), DatabaseConnection(services.db),
         AccessControl(services.authenticator, services.work,

@@ -294,7 +294,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             # Matching weighs values by how common they are in the registry, as the
             # service does (MATCHING_FREQUENCIES_REFRESH): counted now, and again each
             # time the statistics are (the registry doubled).
-            services.frequencies.refresh()
+            services.upkeep.refresh()
             analyzed = 0
             try:
                 for batch, rows, bad, problems, values in reader:
@@ -314,7 +314,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                     if done >= max(ANALYZE_FIRST, 2 * analyzed):
                         analyze(db, REGISTRY_TABLES)  # later batches plan with statistics
                         analyzed = done
-                        services.frequencies.refresh()
+                        services.upkeep.refresh()
             finally:  # an interrupted import leaves rows too
                 if done > analyzed:
                     with contextlib.suppress(Exception):
@@ -419,7 +419,7 @@ def cmd_relink(args: argparse.Namespace) -> int:
         sample.extend(page.changes[:max(args.sample - len(sample), 0)])
 
     with wiring.connected(settings) as services:
-        services.frequencies.refresh()  # decided with the registry's frequencies, as online
+        services.upkeep.refresh()  # decided with the registry's frequencies, as online
         relinking = services.relinking
         if not _paged("relink", relinking.total(),
                       lambda after: relinking.page(after, args.batch, actor,

@@ -87,7 +87,7 @@ def listen(settings: Settings, services: Any, sock: socket.socket,
                          facility=settings.hl7_facility,
                          certificates_required=settings.hl7_mllp_tls_client_ca_file is not None)
     pool = ThreadPoolExecutor(settings.hl7_mllp_threads, thread_name_prefix="mllp")
-    services.frequencies.start()  # it links records as the workers do
+    services.upkeep.start()  # it links records as the workers do
     asyncio.run(_serve(handler, services, settings, sock, pool, ready, stopper))
     pool.shutdown(wait=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 
@@ -67,6 +68,7 @@ class PersonDecision:
     probability: float
     ranked: tuple[RankedPerson, ...] = ()
     duplicates: tuple[RankedPerson, ...] = field(default=())
+    model_version: str = ""  # of the model that decided ("": the engine's)
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,13 @@ class Candidate:
 
 
 class Engine(Protocol):
-    model_version: str
     link_threshold: float
     review_threshold: float
+
+    @property
+    def model_version(self) -> str:
+        """The version of the model in use."""
+        ...
 
     def keys(self, data: Mapping[str, Any]) -> list[str]: ...
 
@@ -104,6 +110,17 @@ class Engine(Protocol):
         of the raw values of :attr:`frequency_fields` among ``total`` live records."""
         ...
 
+    @property
+    def model_file(self) -> Path | None:
+        """The model file the engine reads again when it changes (None: never)."""
+        ...
+
+    def reload_model(self) -> str | None:
+        """Read :attr:`model_file` again if it changed since it was read; the new model's
+        version when one is now in use, else None. Raises when the file does not load
+        (the model in use stays)."""
+        ...
+
 
 def grade(probability: float, *, link_threshold: float, review_threshold: float) -> str:
     """certain (auto-link), probable (review), possible (half-way to review), unlikely."""
@@ -121,21 +138,33 @@ class MatchingEngine:
     with records in their stored JSON matching form."""
 
     def __init__(self, model: Any, *, link_threshold: float = 0.95,
-                 review_threshold: float = 0.5, twin_guard: bool = True):
+                 review_threshold: float = 0.5, twin_guard: bool = True,
+                 model_file: Path | None = None):
         from mpi.matching.scoring import Scorer
 
-        self.model = model
-        self.model_version: str = model.version
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
         self.twin_guard = twin_guard
-        self.scorer = Scorer(model)
         self.frequency_fields: tuple[str, ...] = REGISTRY_FIELDS
+        self.model_file = model_file
+        self._file_seen = _signature(model_file)
+        self._registry: dict[str, dict[str, float]] = {}
+        # The model and its compiled scorer are replaced together (one reference): a
+        # decision takes the scorer once and reports its model's version.
+        self.scorer = Scorer(model)
         # Prepared forms of stored records, by record id: a person's records are scored
         # again each time a new record meets them. Checked against the data (an update
         # changes it); bounded, oldest dropped first.
         self._prepared: dict[str, tuple[Mapping[str, Any], Any]] = {}
         self.cache_size = 200_000
+
+    @property
+    def model(self) -> Any:
+        return self.scorer.model
+
+    @property
+    def model_version(self) -> str:
+        return str(self.scorer.model.version)
 
     def _prepare(self, record_id: str, data: Mapping[str, Any]) -> Any:
         from mpi.matching.record import prepare
@@ -158,11 +187,12 @@ class MatchingEngine:
                excluded: frozenset[str] = frozenset()) -> PersonDecision:
         from mpi.matching.linker import decide
 
+        scorer = self.scorer
         incoming = self._prepare(str(data.get("record_id") or ""), data)
         grouped: dict[Any, list[Any]] = {}
         for c in candidates:
             grouped.setdefault(c.person_id, []).append(
-                self.scorer.score(incoming, self._prepare(c.record_id, c.match_data)))
+                scorer.score(incoming, self._prepare(c.record_id, c.match_data)))
         decision = decide(grouped, self.link_threshold, self.review_threshold, excluded,
                           self.twin_guard)
         ranked = tuple(RankedPerson(str(c.person_id), c.probability, c.best.right_id,
@@ -172,7 +202,8 @@ class MatchingEngine:
         return PersonDecision(
             decision.kind, str(decision.person_id) if decision.person_id is not None else None,
             decision.probability or (ranked[0].probability if ranked else 0.0), ranked,
-            tuple(by_id[str(c.person_id)] for c in decision.duplicates))
+            tuple(by_id[str(c.person_id)] for c in decision.duplicates),
+            model_version=str(scorer.model.version))
 
 
     def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, float]]) -> None:
@@ -180,7 +211,24 @@ class MatchingEngine:
 
         # One reference swapped: a decision in another thread scores with the old
         # tables or the new, never a mix.
-        self.scorer = Scorer(self.model, registry=frequencies_from_counts(counts, total))
+        self._registry = frequencies_from_counts(counts, total)
+        self.scorer = Scorer(self.model, registry=self._registry)
+
+    def reload_model(self) -> str | None:
+        from mpi.matching.model import Model
+        from mpi.matching.scoring import Scorer
+
+        if self.model_file is None:
+            return None
+        seen = _signature(self.model_file)
+        if seen == self._file_seen:
+            return None
+        model = Model.load(self.model_file)  # raises: the model in use stays
+        self._file_seen = seen
+        if model.version == self.model_version:
+            return None
+        self.scorer = Scorer(model, registry=self._registry)
+        return str(model.version)
 
     def same_person(self, left: Sequence[Candidate], right: Sequence[Candidate]
                     ) -> float | None:
@@ -190,6 +238,18 @@ class MatchingEngine:
         scores = [self.scorer.score(self._prepare(a.record_id, a.match_data), b)
                   for a in left for b in rights]
         return same_person(scores, self.link_threshold, self.twin_guard)
+
+
+def _signature(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells a rewritten file (a rename over it, as ``mpi train`` writes, or a
+    Kubernetes ConfigMap's swap) from the one read."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 #: The fields of the matching form whose registry frequencies lower agreement weights

@@ -124,7 +124,7 @@ class Linking:
         if p.decision is None:
             self._repo.refresh_match_data(p.patient_pk, p.data)
             return
-        version = self.engine.model_version
+        version = self._version(p.decision)
         target = p.person_pk
         if target is None:
             target = self._repo.new_person(person_id=uuid.UUID(p.person_id), now=tx.now).pk
@@ -204,7 +204,6 @@ class Linking:
     def link_new(self, tx: Transaction, placements: Sequence[Placement]) -> None:
         """Write what :meth:`place_new` decided, in ``tx`` (a few statements in all, and
         the merges the batch's records proved)."""
-        version = self.engine.model_version
         founded = [p.person_id for p in placements if p.how == "new"]
         pk_of: dict[str, int] = {p.person_id: p.person_pk for p in placements
                                  if p.person_pk is not None}
@@ -215,6 +214,7 @@ class Linking:
         links, key_rows, history = [], [], []
         for p in placements:
             assert p.decision is not None
+            version = self._version(p.decision)
             links.append(dict(patient=p.patient_pk, person=pk_of[p.person_id],
                               match_data=p.data, manual=False, how=p.how,
                               probability=p.probability, model_version=version,
@@ -340,7 +340,7 @@ class Linking:
         for m in p.merges:
             self._merging.merge(tx, survivor, self._repo.person_by_pk(merged[m.person_id]),
                                 how="auto", probability=m.probability,
-                                model_version=self.engine.model_version,
+                                model_version=self._version(p.decision),
                                 patient_id=p.patient_id)
 
     def _known_persons(self, keys: list[str], *, exclude_patient_pk: int | None = None
@@ -368,10 +368,16 @@ class Linking:
 
     # --- what linking records --------------------------------------------------------------------
 
+    def _version(self, decision: PersonDecision | None) -> str:
+        """The version of the model that made ``decision`` (the engine's model may be
+        replaced by a retrained one while a decision is in flight)."""
+        return (decision.model_version if decision is not None else "") \
+            or self.engine.model_version
+
     def _linked(self, tx: Transaction, p: Placement, previous_person_id: str | None) -> None:
         payload = {"patient_id": p.patient_id, "person_id": p.person_id,
                    "previous_person_id": previous_person_id, "how": p.how,
-                   "probability": p.probability, "model_version": self.engine.model_version}
+                   "probability": p.probability, "model_version": self._version(p.decision)}
         tx.audit(AuditTag.link(p.how), p.patient_id, new=payload)
         tx.emit(EventType.PATIENT_LINKED, p.patient_id, payload=payload)
 
@@ -379,7 +385,7 @@ class Linking:
                      patient_pk: int, target_pk: int, merged: set[int]) -> None:
         """The reviews a decision calls for: a probable match, or possible duplicates
         (those not ``merged`` into the record's person)."""
-        version = self.engine.model_version
+        version = self._version(decision)
         if decision.kind == "review" and decision.person_id is not None:
             review_pk = self._repo.person(decision.person_id).pk
             if review_pk != target_pk and not self._repo.open_review_exists(
@@ -389,7 +395,7 @@ class Linking:
                 self._open_review(tx, "possible_match", patient_pk=patient_pk,
                                   patient_id=patient_id, person_pk=review_pk,
                                   other_person_pk=None, probability=best.probability,
-                                  explanation=best.best.explanation(version))
+                                  explanation=best.best.explanation(version), version=version)
         for dup in decision.duplicates:
             dup_pk = self._repo.person(dup.person_id).pk
             if (dup_pk == target_pk or dup_pk in merged
@@ -401,13 +407,12 @@ class Linking:
             self._open_review(tx, "possible_duplicate", patient_pk=patient_pk,
                               patient_id=patient_id, person_pk=target_pk,
                               other_person_pk=dup_pk, probability=dup.probability,
-                              explanation=dup.best.explanation(version))
+                              explanation=dup.best.explanation(version), version=version)
 
     def _open_review(self, tx: Transaction, kind: str, *, patient_pk: int | None,
                      patient_id: str | None, person_pk: int, other_person_pk: int | None,
-                     probability: float, explanation: dict[str, Any]) -> None:
+                     probability: float, explanation: dict[str, Any], version: str) -> None:
         review_id = str(self._new_id())
-        version = self.engine.model_version
         self._repo.create_review(review_id=uuid.UUID(review_id), kind=kind,
                                  patient_pk=patient_pk, person_pk=person_pk,
                                  other_person_pk=other_person_pk, probability=probability,

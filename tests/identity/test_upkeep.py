@@ -64,7 +64,7 @@ def test_sharing_the_one_town_is_no_evidence_once_counted(town):
     before = town.matching.match(_namesake(), FEED)
     assert before.decision == "link"  # the shipped model assumes a diverse registry
     assert _postal_weight(before) > 8
-    assert town.frequencies.refresh() == 1201
+    assert town.upkeep.refresh() == 1201
     after = town.matching.match(_namesake(), FEED)
     assert after.decision == "new"
     assert after.candidates[0].probability < 0.5
@@ -86,7 +86,7 @@ def test_counts_are_of_live_records_as_stored(services):
     engine = services.engine
     seen: dict[str, Any] = {}
     engine.use_frequencies = lambda total, counts: seen.update(total=total, counts=counts)
-    assert services.frequencies.refresh() == 4
+    assert services.upkeep.refresh() == 4
     assert seen["total"] == 4
     assert seen["counts"]["city"] == {"Springfield": 1, "SPRINGFIELD": 1, "springfield": 1,
                                       "Shelbyville": 1}
@@ -99,8 +99,8 @@ def test_off_means_the_model_alone(settings, db, clock):
                 clock=clock, new_id=Ids())
     off.patients.import_batch(_townsfolk(1200), FEED)
     off.patients.create(_input(identifiers=None, telecom=None), FEED)
-    assert off.frequencies.refresh() == 0
-    assert off.frequencies.start()._thread is None
+    assert off.upkeep.refresh() == 0
+    assert off.upkeep.start()._thread is None
     assert off.matching.match(_namesake(), FEED).decision == "link"
 
 
@@ -118,13 +118,13 @@ def test_the_background_refresh_keeps_counting_and_survives_a_failure(services, 
         counted.set()
 
     services.engine.use_frequencies = failing_once
-    services.frequencies.interval = 0.05  # (the setting allows 10 s and more)
-    with caplog.at_level(logging.WARNING, logger="mpi.identity.frequencies"):
-        services.frequencies.start()
+    services.upkeep.interval = 0.05  # (the setting allows 10 s and more)
+    with caplog.at_level(logging.WARNING, logger="mpi.identity.upkeep"):
+        services.upkeep.start()
         try:
             assert counted.wait(60)
         finally:
-            services.frequencies.stop()
+            services.upkeep.stop()
     assert calls[:2] == [1, 1]
     assert "registry frequencies not counted (RuntimeError)" in caplog.text
     assert "Smith" not in caplog.text
@@ -137,7 +137,7 @@ def test_a_large_registry_is_counted_on_a_fixed_spread_of_its_records(services):
         source_id=f"S{i}", identifiers=None, names=[{"family": "Smith" if i % 4 else "Jones",
                                                      "given": ["Ann"]}],
         addresses=[{"line": ["1 Elm St"], **TOWN}]) for i in range(400)], FEED)
-    repo = services.frequencies._repo
+    repo = services.upkeep._repo
     total, full = repo.value_counts(("postal_code", "family_name"))
     assert total == 400 and full["postal_code"] == {"62701": 400}
     assert full["family_name"] == {"Smith": 300, "Jones": 100}
@@ -146,3 +146,48 @@ def test_a_large_registry_is_counted_on_a_fixed_spread_of_its_records(services):
     assert sampled["family_name"]["Smith"] == pytest.approx(300, rel=0.35)
     assert repo.value_counts(("family_name",), sample=100)[1] == {
         "family_name": sampled["family_name"]}
+
+
+def test_a_retrained_model_is_picked_up_and_recorded_on_each_decision(settings, db, clock,
+                                                                       tmp_path, caplog):
+    """A schedule runs ``mpi train`` and writes MATCHING_MODEL_PATH anew; the serving
+    process's upkeep thread uses it from its next check, each link records the version
+    that decided it, and a file that does not load leaves the model in use."""
+    from mpi.matching.model import Model
+    from mpi.storage.models import PatientLinkRow
+
+    path = tmp_path / "model.json"
+    first = Model.default().evolve(name="first")
+    first.save(path)
+    services = build(dataclasses.replace(settings, matching_model_path=path), db=db,
+                     clock=clock, new_id=Ids())
+    before = services.patients.create(_input(source_id="M1"), FEED)
+    second = first.evolve(name="second", prior=first.prior * 2)
+    second.save(path)
+    picked = threading.Event()
+    upkeep = services.upkeep
+    upkeep.model_check = 0.05
+    real = upkeep.reload_model
+
+    def watched() -> str | None:
+        version = real()
+        if version is not None:
+            picked.set()
+        return version
+
+    upkeep.reload_model = watched  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="mpi.identity.upkeep"):
+        upkeep.start()
+        try:
+            assert picked.wait(60)
+        finally:
+            upkeep.stop()
+    after = services.patients.create(_input(source_id="M2"), FEED)
+    versions = {str(row.patient.id): row.model_version for row in PatientLinkRow.select()}
+    assert versions == {before.id: first.version, after.id: second.version}
+    assert f"matching model {second.version} in use" in caplog.text
+    path.write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="mpi.identity.upkeep"):
+        assert upkeep.reload_model() is None
+    assert "the matching model file does not load (ModelError" in caplog.text
+    assert services.engine.model_version == second.version

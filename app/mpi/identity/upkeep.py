@@ -1,0 +1,124 @@
+"""Keeping a serving process's matching current: the registry's value frequencies, and the
+model file once it is retrained.
+
+**How common each value is.** The shipped, untrained model assumes a diverse registry:
+two records sharing a postal code is strong evidence there. In a one-town registry
+everybody shares the city, state and postal code, and a common family name is weak
+evidence anywhere. The engine lowers an agreement's weight by the value's share of the
+registry's live records (``mpi.matching.scoring``: registry frequencies only ever lower a
+weight), so the service needs the current counts: :meth:`MatchingUpkeep.refresh` reads
+them with one aggregate statement (over at most 50,000 records: a larger registry is
+counted on a fixed spread of its records and scaled up, so a count costs the same at a
+million) and hands them to the engine, at start and then every
+``MATCHING_FREQUENCIES_REFRESH`` seconds (0: never; the model's weights alone).
+``mpi import`` refreshes them as the registry grows. Decisions made before the first
+count (the first second after a start) use the model's weights alone.
+
+**A retrained model.** ``mpi train`` against the registry, run on a schedule (a systemd
+timer, a Kubernetes CronJob: DEPLOY.md), writes a new model file in one rename; with
+``MATCHING_MODEL_PATH`` naming that file, each serving process checks it every
+``MODEL_CHECK_SECONDS`` and uses the new model from its next decision (its version is
+recorded on every decision, as always). A file that does not load leaves the model in use
+as it is, and says so in the log.
+
+Both run in one background thread of each serving process (worker, MLLP listener).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import peewee
+
+from mpi.identity.engine import Engine
+from mpi.storage.db import connection
+from mpi.storage.identity import IdentityRepository
+from mpi.storage.work import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+#: How often a serving process looks at MATCHING_MODEL_PATH for a retrained model.
+MODEL_CHECK_SECONDS = 30.0
+#: How soon counting is tried again after the database did not answer.
+RETRY_SECONDS = 30.0
+
+
+class MatchingUpkeep:
+    def __init__(self, work: UnitOfWork, db: peewee.Database, repo: IdentityRepository,
+                 engine: Engine, *, interval: float,
+                 model_check: float = MODEL_CHECK_SECONDS):
+        self._work = work
+        self._db = db
+        self._repo = repo
+        self._engine = engine
+        self.interval = interval  # between counts; 0: never
+        self.model_check = model_check
+        self.refreshed_at: float | None = None  # time.monotonic() of the last count
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval > 0
+
+    def refresh(self) -> int:
+        """Count the values now and give them to the engine; the live records counted."""
+        if not self.enabled:
+            return 0
+        started = time.perf_counter()
+        with connection(self._db), self._work.reading():
+            total, counts = self._repo.value_counts(self._engine.frequency_fields)
+        self._engine.use_frequencies(total, counts)
+        self.refreshed_at = time.monotonic()
+        log.info("registry frequencies counted over %d record(s) in %.2f s", total,
+                 time.perf_counter() - started, extra={"records": total})
+        return total
+
+    def reload_model(self) -> str | None:
+        """Use the model file again if it changed; the new version, or None."""
+        try:
+            version = self._engine.reload_model()
+        except Exception as exc:  # a half-written or wrong file: keep the model in use
+            log.warning("the matching model file does not load (%s: %s); still using %s",
+                        type(exc).__name__, exc, self._engine.model_version)
+            return None
+        if version is not None:
+            log.info("matching model %s in use from now on", version,
+                     extra={"model_version": version})
+        return version
+
+    def start(self) -> MatchingUpkeep:
+        """Count now and every ``interval`` seconds, and look for a retrained model every
+        ``model_check`` seconds, in a daemon thread (only if there is anything to do)."""
+        if self._thread is None and (self.enabled or self._engine.model_file is not None):
+            self._thread = threading.Thread(target=self._run, name="matching-upkeep",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        now = time.monotonic()
+        count_at = now if self.enabled else float("inf")
+        check_at = now + self.model_check if self._engine.model_file is not None \
+            else float("inf")
+        while not self._stop.wait(max(0.0, min(count_at, check_at) - time.monotonic())):
+            now = time.monotonic()
+            if now >= check_at:
+                self.reload_model()
+                check_at = now + self.model_check
+            if now >= count_at:
+                try:
+                    self.refresh()
+                    count_at = now + self.interval
+                except Exception as exc:  # the database is away: the last counts stay
+                    count_at = now + min(self.interval, RETRY_SECONDS)
+                    log.warning("registry frequencies not counted (%s); trying again in "
+                                "%.0f s", type(exc).__name__, count_at - now)
