@@ -140,12 +140,13 @@ class MatchingEngine:
     def __init__(self, model: Any, *, link_threshold: float = 0.95,
                  review_threshold: float = 0.5, twin_guard: bool = True,
                  model_file: Path | None = None):
-        from mpi.matching.scoring import Scorer
+        from mpi.matching.scoring import REGISTRY_ATTRIBUTES, Scorer
 
         self.link_threshold = link_threshold
         self.review_threshold = review_threshold
         self.twin_guard = twin_guard
-        self.frequency_fields: tuple[str, ...] = REGISTRY_FIELDS
+        # The matching form's fields are the comparisons' names.
+        self.frequency_fields: tuple[str, ...] = tuple(REGISTRY_ATTRIBUTES)
         self.model_file = model_file
         self._file_seen = _signature(model_file)
         self._registry: dict[str, dict[str, float]] = {}
@@ -205,7 +206,6 @@ class MatchingEngine:
             tuple(by_id[str(c.person_id)] for c in decision.duplicates),
             model_version=str(scorer.model.version))
 
-
     def use_frequencies(self, total: int, counts: Mapping[str, Mapping[str, float]]) -> None:
         from mpi.matching.scoring import Scorer, frequencies_from_counts
 
@@ -250,11 +250,6 @@ def _signature(path: Path | None) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-#: The fields of the matching form whose registry frequencies lower agreement weights
-#: (``mpi.matching.scoring.REGISTRY_ATTRIBUTES``).
-REGISTRY_FIELDS = ("given_name", "family_name", "city", "state", "postal_code")
 
 
 def pair_score(score: Any) -> PairScore:

@@ -117,14 +117,10 @@ class Score:
                 f"probability={self.probability:.6f})")
 
 
-def term_frequencies(records: Iterable[PreparedRecord],
-                     attributes: Mapping[str, str] | None = None
-                     ) -> dict[str, dict[str, float]]:
-    """Share of records carrying each normalised given and family name (or each value of
-    the ``attributes``: comparison name -> prepared record's attribute)."""
-    attrs = list((attributes or {c.name: c.tf_attribute for c in COMPARISONS
-                                 if c.tf_attribute}).items())
-    counts = {name: Counter[str]() for name, _ in attrs}
+def term_frequencies(records: Iterable[PreparedRecord]) -> dict[str, dict[str, float]]:
+    """Share of records carrying each normalised given and family name."""
+    counts = {name: Counter[str]() for name in TF_COMPARISONS}
+    attrs = [(c.name, c.tf_attribute) for c in COMPARISONS if c.tf_attribute]
     total = 0
     for r in records:
         total += 1
