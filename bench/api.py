@@ -13,7 +13,10 @@ machine's CPUs, so the figure to compare across machines and commits is the rati
 of each scenario's req/s to ``hello`` measured in the same run. ``--registry N`` first
 loads N synthetic people with ``mpi import`` (its rate is reported) so that reads and
 matches run against a registry of that size; the scenarios start once the instance's
-search index is built (its build time is reported too).
+search index is built (its build time is reported too). After the scenarios the
+service's memory is read (PSS and RSS of every process of ``mpi serve``, from /proc),
+and ``mpi serve`` is started ``--startups`` times more on the same database and index:
+the time from the command to its readiness answering 200 (median, min, max).
 
 - The PostgreSQL server is durable (fsync and synchronous_commit on) unless
   ``--fast-postgres``; the one actually used is described in the report.
@@ -258,15 +261,26 @@ def format_markdown(results: Sequence[ScenarioResult], context: Mapping[str, Any
 
 
 def _registry_lines(context: Mapping[str, Any]) -> list[str]:
+    lines = []
+    startup = context.get("startup")
+    if startup and startup["starts"]:
+        lines.append(f"startup: `mpi serve` ready ({startup['path']}) in {startup['median_s']}"
+                     f" s median (min {startup['min_s']}, max {startup['max_s']}) over "
+                     f"{startup['starts']} starts, at {startup['records']} records")
+    memory = context.get("memory")
+    if memory:
+        lines.append(f"memory after the scenarios: {memory['process_count']} processes of "
+                     f"`mpi serve`, PSS {memory['pss_mib']} MiB in all (RSS "
+                     f"{memory['rss_mib']} MiB)")
     registry = context.get("registry")
     if not registry:
-        return []
+        return lines
     line = (f"registry: {registry['records']} people loaded by mpi import in "
             f"{registry['import_s']} s ({registry['import_records_per_s']} records/s)")
     if "index_build_s" in registry:
         line += (f"; the fresh instance's search index built in {registry['index_build_s']} "
                  f"s ({registry['index_documents_per_s']} documents/s), before measuring")
-    return [line]
+    return [line, *lines]
 
 
 def format_summary(results: Sequence[ScenarioResult], context: Mapping[str, Any]) -> str:
@@ -392,9 +406,11 @@ def fhir_patient(body: dict[str, Any]) -> dict[str, Any]:
         "telecom": [{k: v for k, v in t.items() if k in ("system", "value", "use")}
                     for t in body["telecom"]],
         "gender": body["gender"], "birthDate": body["birth_date"],
-        "address": [{"use": a.get("use"), "line": a["line"], "city": a["city"],
-                     "state": a["state"], "postalCode": a["postal_code"],
-                     "country": a["country"]} for a in body["addresses"]],
+        # (a registry run's probes, bench.identity's bodies, carry no country or use)
+        "address": [{k: v for k, v in {
+            "use": a.get("use"), "line": a.get("line"), "city": a.get("city"),
+            "state": a.get("state"), "postalCode": a.get("postal_code"),
+            "country": a.get("country")}.items() if v} for a in body.get("addresses", [])],
     }
 
 
@@ -708,7 +724,8 @@ def running_server(
             _stop(proc)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, log: Path) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, log: Path,
+                interval: float = 0.1) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -722,7 +739,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, log: Path) 
             pass
         finally:
             conn.close()
-        time.sleep(0.1)
+        time.sleep(interval)
     raise RuntimeError(f"server not ready on {path} after {START_TIMEOUT:g} s:\n{_tail(log)}")
 
 
@@ -761,6 +778,56 @@ def _group_cpu(pgid: int) -> float:
 def _tree_cpu(pid: int) -> float:
     """CPU seconds used so far by ``pid`` and its live children (a postmaster and backends)."""
     return sum(cpu for p, ppid, _, cpu in _proc_stats() if pid in (p, ppid))
+
+
+def process_memory(pgid: int) -> dict[str, Any]:
+    """Memory of the live processes of process group ``pgid`` (a server: its master,
+    workers and helper processes), from /proc: RSS counts a page shared by several
+    processes in each; PSS splits it among them, so the PSS total is what the group costs
+    the machine. MiB; ``processes`` lists each by its title, largest PSS first."""
+    rows: list[dict[str, Any]] = []
+    for pid, _ppid, group, _cpu in _proc_stats():
+        if group != pgid:
+            continue
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup")
+                          .read_text().splitlines()[1:] if ":" in line)
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            rows.append({"pid": pid, "title": title.decode(errors="replace").strip()[:80],
+                         "rss_mib": round(int(fields["Rss"].split()[0]) / 1024, 1),
+                         "pss_mib": round(int(fields["Pss"].split()[0]) / 1024, 1)})
+    rows.sort(key=lambda r: -r["pss_mib"])
+    return {"process_count": len(rows),
+            "pss_mib": round(sum(r["pss_mib"] for r in rows), 1),
+            "rss_mib": round(sum(r["rss_mib"] for r in rows), 1),
+            "processes": rows}
+
+
+def measure_startups(cmd: Sequence[str], env: Mapping[str, str], *, cwd: Path, log: Path,
+                     times: int, ready_path: str,
+                     ports: Callable[[], dict[str, str]]) -> dict[str, Any]:
+    """Start ``cmd`` ``times`` times, one at a time: seconds from the command to
+    ``ready_path`` answering 200 (polled every 10 ms), then stopped. ``ports`` gives each
+    start its own port settings."""
+    seconds = []
+    for _ in range(times):
+        settings = ports()
+        port = int(settings["SERVER_PORT"])
+        with log.open("ab") as out:
+            started = time.perf_counter()
+            proc = subprocess.Popen(list(cmd), env={**env, **settings}, cwd=cwd, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                _wait_ready(proc, port, ready_path, log, interval=0.01)
+                seconds.append(time.perf_counter() - started)
+            finally:
+                _stop(proc)
+    ordered = sorted(seconds)
+    return {"starts": len(seconds), "path": ready_path,
+            "median_s": round(percentile(ordered, 50) or 0.0, 3),
+            "min_s": round(ordered[0], 3) if ordered else None,
+            "max_s": round(ordered[-1], 3) if ordered else None,
+            "seconds": [round(x, 3) for x in seconds]}
 
 
 def machine_cpu(kind: str = "busy") -> float:
@@ -965,7 +1032,19 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
             spec = replace(template, kind="fhir-match", port=port, known=known, bodies=bodies)
             results.append(_measure(FHIR_MATCH, spec, args.connections, probes)[0])
             server["mpi_workers_seen"] = _child_count(proc.pid)
+            context["memory"] = process_memory(proc.pid)
         context["patients_created"] = len(ids)
+        if args.startups:
+            print(f"mpi serve: {args.startups} start(s) to ready", file=sys.stderr, flush=True)
+
+            def fresh_ports() -> dict[str, str]:
+                return {"SERVER_PORT": str(free_port()), "HL7_MLLP_PORT": str(free_port())}
+
+            context["startup"] = {
+                **measure_startups(mpi_command("serve"), env, cwd=workdir,
+                                   log=log_dir / "mpi-startups.log", times=args.startups,
+                                   ready_path=READY, ports=fresh_ports),
+                "records": args.registry + len(ids)}
     context["server_logs"] = [_log_summary(log_dir / name)
                               for name in ("hello-server.log", "mpi-server.log")]
     return results, context
@@ -1061,6 +1140,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--registry", type=_non_negative_int, default=0, metavar="N",
                         help="first load N synthetic people with mpi import (timed); reads "
                              "and matches then run against that registry (default 0)")
+    parser.add_argument("--startups", type=_non_negative_int, default=5, metavar="N",
+                        help="after the scenarios, start mpi serve N times and time each "
+                             "start to ready (default 5; 0 skips)")
     parser.add_argument("--fast-postgres", action="store_true",
                         help="a local PostgreSQL with fsync and synchronous_commit off")
     return parser.parse_args(argv)

@@ -9,6 +9,7 @@ import random
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def test_server_env_leaves_only_defaults_and_the_benchmark_settings() -> None:
 def test_arguments_are_checked() -> None:
     args = bench.parse_args([])
     assert (args.duration, args.connections, args.json) == (10.0, 8, Path(".bench/api.json"))
-    assert not args.fast_postgres
+    assert not args.fast_postgres and args.startups == 5
     for bad in (["--duration", "0"], ["--connections", "0"], ["--warmup", "-1"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
@@ -331,6 +332,39 @@ def test_load_against_the_hello_app(tmp_path: Path) -> None:
     assert result.seconds >= 1.0 and result.cpu_s["server"] > 0
 
 
+def test_startups_are_timed_to_ready_and_memory_is_read_from_proc(tmp_path: Path) -> None:
+    """Start-up: ``mpi serve`` (here on its embedded SQLite) started three times, each on
+    its own ports, timed from the command to readiness, stopped after; memory: every
+    process of a server's group, PSS and RSS from /proc."""
+    env = {**server_env(os.environ, f"sqlite:///{tmp_path / 'mpi.db'}", 0),
+           "SEARCH_INDEX_PATH": str(tmp_path / "index"), "WORKERS": "2"}
+    ports: list[str] = []
+
+    def fresh() -> dict[str, str]:
+        ports.append(str(bench.free_port()))
+        return {"SERVER_PORT": ports[-1]}
+
+    log = tmp_path / "starts.log"
+    startup = bench.measure_startups(bench.mpi_command("serve"), env, cwd=tmp_path, log=log,
+                                     times=3, ready_path=bench.READY, ports=fresh)
+    assert startup["starts"] == 3 and len(set(ports)) == 3, log.read_text()
+    assert 0 < startup["min_s"] <= startup["median_s"] <= startup["max_s"] < 30
+    port = bench.free_port()
+    options = gunicorn_options(Settings.defaults(server_port=port, workers=2,
+                                                 log_level="WARNING"))
+    with bench.running_server(gunicorn_command(options), env=env, cwd=bench.ROOT,
+                              log=tmp_path / "hello.log", port=port,
+                              ready_path=bench.HELLO) as proc:
+        memory = bench.process_memory(proc.pid)
+    assert memory["process_count"] == 3  # the master and two workers
+    assert 0 < memory["pss_mib"] <= memory["rss_mib"]
+    assert all("gunicorn" in p["title"] for p in memory["processes"])
+    lines = bench._registry_lines({"startup": {**startup, "records": 7}, "memory": memory})
+    assert lines[0].startswith("startup: `mpi serve` ready (/api/v1/health/ready) in ")
+    assert "over 3 starts, at 7 records" in lines[0]
+    assert lines[1].startswith("memory after the scenarios: 3 processes")
+
+
 def test_durable_local_postgres_keeps_fsync_on(tmp_path: Path) -> None:
     """The benchmark's PostgreSQL: start_postgres(durable=True), chosen as the tests' is."""
     from toolkit.postgres import start_postgres
@@ -371,6 +405,19 @@ def test_a_registry_sized_run_reads_and_matches_what_it_loaded() -> None:
     rng = random.Random(0)
     sent = {build_request(spec, 0, n, rng)[2] for n in range(20)}
     assert sent == {b.encode() for b in bodies}
+    # The FHIR $match scenario sends the same probes (bench.identity's bodies: no country)
+    from bench.identity import patient_body as registry_body
+
+    probe = registry_body({"family_name": "Okafor", "given_name": "Ada", "birth_date":
+                           "1980-01-02", "sex": "f", "address_line": "1 Elm St", "city": "X",
+                           "state": "NSW", "postal_code": "2000", "phone": "0400 000 000",
+                           "ssn": ""}, "p1")
+    _, _, body, _ = build_request(replace(spec, kind="fhir-match",
+                                          bodies=(json.dumps(probe),)), 0, 0, rng)
+    assert body is not None
+    (parameter,) = json.loads(body)["parameter"]
+    assert parameter["resource"]["address"] == [{"line": ["1 Elm St"], "city": "X",
+                                                 "state": "NSW", "postalCode": "2000"}]
     context = {"postgres": {"description": "pg", "fsync": "on", "synchronous_commit": "on"},
                "server": {"workers": 5, "threads": 1, "worker_class": "x"},
                "load": {"connections": 4, "warmup_s": 1.0, "duration_s": 1.0},
