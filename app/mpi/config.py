@@ -472,7 +472,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between counts of how common each name, city, state and postal code is "
             "in the registry: agreement on a value commoner than the model assumes weighs "
             "less (everybody in a one-town registry shares its postal code); each serving "
-            "process counts at start and then this often; 0 = never, the model's weights "
+            "process counts 5-10 s after it starts and then this often; 0 = never, the model's weights "
             "alone"),
     Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
             "Matching model file written by mpi train; empty = the model shipped in the "
