@@ -711,14 +711,15 @@ def server_env(base: Mapping[str, str], database_url: str, port: int) -> dict[st
 @contextlib.contextmanager
 def running_server(
     cmd: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path, port: int,
-    ready_path: str,
+    ready_path: str, interval: float = 0.1,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server in its own session until ``ready_path`` answers 200; stop it after."""
+    """Run a server in its own session until ``ready_path`` answers 200 (asked every
+    ``interval`` seconds); stop it after."""
     with log.open("wb") as out:
         proc = subprocess.Popen(list(cmd), env=dict(env), cwd=cwd, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            _wait_ready(proc, port, ready_path, log)
+            _wait_ready(proc, port, ready_path, log, interval)
             yield proc
         finally:
             _stop(proc)
@@ -808,20 +809,15 @@ def measure_startups(cmd: Sequence[str], env: Mapping[str, str], *, cwd: Path, l
                      ports: Callable[[], dict[str, str]]) -> dict[str, Any]:
     """Start ``cmd`` ``times`` times, one at a time: seconds from the command to
     ``ready_path`` answering 200 (polled every 10 ms), then stopped. ``ports`` gives each
-    start its own port settings."""
+    start its own port settings; ``log`` keeps the last start's output."""
     seconds = []
     for _ in range(times):
         settings = ports()
-        port = int(settings["SERVER_PORT"])
-        with log.open("ab") as out:
-            started = time.perf_counter()
-            proc = subprocess.Popen(list(cmd), env={**env, **settings}, cwd=cwd, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                _wait_ready(proc, port, ready_path, log, interval=0.01)
-                seconds.append(time.perf_counter() - started)
-            finally:
-                _stop(proc)
+        started = time.perf_counter()
+        with running_server(cmd, env={**env, **settings}, cwd=cwd, log=log,
+                            port=int(settings["SERVER_PORT"]), ready_path=ready_path,
+                            interval=0.01):
+            seconds.append(time.perf_counter() - started)
     ordered = sorted(seconds)
     return {"starts": len(seconds), "path": ready_path,
             "median_s": round(percentile(ordered, 50) or 0.0, 3),

@@ -117,25 +117,23 @@ def _fuzzy_distance(raw: str) -> int:
     return value
 
 
-def _poll_interval(raw: str) -> float:
-    value = float(raw.strip())
-    if not (math.isfinite(value) and 0.05 <= value <= 10):
-        raise ValueError("must be a number of seconds between 0.05 and 10")
-    return value
+def _seconds(low: float, high: float, *, off: bool = False) -> Callable[[str], float]:
+    """A parser for a number of seconds from ``low`` to ``high`` (or 0, meaning off, when
+    ``off``)."""
+    words = f"between {low:g} and {high:g}" + (", or 0 (off)" if off else "")
+
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not (math.isfinite(value) and (low <= value <= high or (off and value == 0))):
+            raise ValueError(f"must be a number of seconds {words}")
+        return value
+
+    return parse
 
 
-def _refresh(raw: str) -> float:
-    value = float(raw.strip())
-    if not (math.isfinite(value) and (value == 0 or 10 <= value <= 86400)):
-        raise ValueError("must be a number of seconds between 10 and 86400, or 0 (off)")
-    return value
-
-
-def _ready_lag(raw: str) -> float:
-    value = float(raw.strip())
-    if not (math.isfinite(value) and 0 <= value <= 86400):
-        raise ValueError("must be a number of seconds between 0 (off) and 86400")
-    return value
+_poll_interval = _seconds(0.05, 10)
+_refresh = _seconds(10, 86400, off=True)
+_ready_lag = _seconds(0, 86400)  # 0: readiness only reports the lag
 
 
 def _switch(raw: str) -> bool:
@@ -472,8 +470,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between counts of how common each name, city, state and postal code is "
             "in the registry: agreement on a value commoner than the model assumes weighs "
             "less (everybody in a one-town registry shares its postal code); each serving "
-            "process counts 5-10 s after it starts and then this often; 0 = never, the model's weights "
-            "alone"),
+            "process counts 5-10 s after it starts and then this often; 0 = never, the "
+            "model's weights alone"),
     Setting("MATCHING_MODEL_PATH", "matching_model_path", _model_path, "",
             "Matching model file written by mpi train; empty = the model shipped in the "
             "package"),

@@ -55,11 +55,7 @@ def register(commands: Any) -> None:
     rekey = commands.add_parser(
         "rekey", help="recompute stored records' blocking keys with the current rules "
                       "(after an upgrade that changes them); resumable")
-    rekey.add_argument("--batch", type=int, default=1000,
-                       help="records per transaction (default 1000)")
-    rekey.add_argument("--after", type=int, default=0, metavar="PK",
-                       help="resume after this record (the last one a run reported)")
-    rekey.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _resumable(rekey, batch=1000)
     rekey.set_defaults(run=cmd_rekey)
 
     relink = commands.add_parser(
@@ -69,11 +65,7 @@ def register(commands: Any) -> None:
                         help="report what would change (counts and a sample), write nothing")
     relink.add_argument("--sample", type=int, default=10, metavar="N",
                         help="changes to list (default 10; 0: none)")
-    relink.add_argument("--batch", type=int, default=200,
-                        help="records per transaction (default 200)")
-    relink.add_argument("--after", type=int, default=0, metavar="PK",
-                        help="resume after this record (the last one a run reported)")
-    relink.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _resumable(relink, batch=200)
     relink.set_defaults(run=cmd_relink)
 
     exp = commands.add_parser("export", help="write (source, record_id, person_id) of every "
@@ -84,6 +76,15 @@ def register(commands: Any) -> None:
     train = commands.choices.get("train")  # ``mpi train`` without --from-csv: the registry
     if train is not None:
         train.set_defaults(database_records=database_records)
+
+
+def _resumable(parser: argparse.ArgumentParser, *, batch: int) -> None:
+    """The options of a command that walks the stored records page by page (``_paged``)."""
+    parser.add_argument("--batch", type=int, default=batch,
+                        help=f"records per transaction (default {batch})")
+    parser.add_argument("--after", type=int, default=0, metavar="PK",
+                        help="resume after this record (the last one a run reported)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def database_records() -> Iterator[MatchRecord]:

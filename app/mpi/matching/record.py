@@ -162,10 +162,9 @@ class PreparedRecord:
         self.dob_known = self.dob or digits(record.birth_partial)[:6]
         self.sex = _SEX.get(normalise_text(record.sex), "")
         self.address = _unless(normalise_text(record.address_line), blank.address)
-        self.city = _unless(normalise_text(record.city), blank.city)
-        self.state = normalise_text(record.state)
-        self.postcode = _unless(normalise_text(record.postal_code).replace(" ", ""),
-                                blank.postal_code)
+        self.city = field_form("city", record.city, blank)
+        self.state = field_form("state", record.state, blank)
+        self.postcode = field_form("postal_code", record.postal_code, blank)
         phone = digits(record.phone)
         self.phone = _unless(phone[-10:] if len(phone) >= 7 else "", blank.phone)
         ssn = digits(record.ssn)
@@ -185,11 +184,12 @@ class PreparedRecord:
         return f"PreparedRecord({self.record.record_id!r})"
 
 
-def field_form(field: str, raw: str | None) -> str:
+def field_form(field: str, raw: str | None,
+               blank: placeholders.Placeholders | None = None) -> str:
     """One field's value as :class:`PreparedRecord` holds it, for the fields registry
     frequencies count (``given_name``, ``family_name``, ``city``, ``state``,
-    ``postal_code``): '' when missing or a placeholder."""
-    blank = placeholders.active()
+    ``postal_code``): '' when missing or a placeholder (``blank``: the active list)."""
+    blank = blank or placeholders.active()
     value = normalise_text(raw)
     if field in ("given_name", "family_name"):
         return _unless(value, blank.name)

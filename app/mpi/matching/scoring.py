@@ -192,8 +192,10 @@ class Scorer:
         self._group_plan = tuple(tuple((i, self._plan[i][1]) for i in group)
                                  for group in self.groups)
         tables = tf if tf is not None else model.term_frequencies
-        # Per TF comparison: (index in COMPARISONS, attribute, value -> adjusted exact weight)
-        self._tf: list[tuple[int, str, dict[str, float]]] = []
+        # Per TF comparison: (index in COMPARISONS, attribute, value -> adjusted exact
+        # weight, whether it is a member of a correlated group)
+        grouped = {i for group in self.groups for i in group}
+        self._tf: list[tuple[int, str, dict[str, float], bool]] = []
         for i, c in enumerate(COMPARISONS):
             base = model.weights(c.name)[1]
             table = tables.get(c.name) if c.tf_attribute else None
@@ -201,14 +203,14 @@ class Scorer:
                 m_exact = model.m[c.name][0]
                 self._tf.append((i, c.tf_attribute or "", {
                     v: math.log2(max(m_exact, 1e-9) / max(f, model.tf_min_u, 1e-12)) - base
-                    for v, f in table.items()}))
+                    for v, f in table.items()}, i in grouped))
                 continue
             table = (registry or {}).get(c.name)
             u_exact = model.u[c.name][0]
             lowered = {v: max(math.log2(u_exact / f), -base) for v, f in (table or {}).items()
                        if f > u_exact and base > 0}
             if lowered:
-                self._tf.append((i, REGISTRY_ATTRIBUTES[c.name], lowered))
+                self._tf.append((i, REGISTRY_ATTRIBUTES[c.name], lowered, i in grouped))
 
     def score(self, a: PreparedRecord, b: PreparedRecord) -> Score:
         levels = []
@@ -217,15 +219,16 @@ class Scorer:
             level = compare(a, b)
             levels.append(level)
             total += weights[level]
-        adjust: dict[int, float] | None = None
-        for i, attr, adjusted in self._tf:
+        adjust: dict[int, float] | None = None  # of correlated group members (city, ...)
+        for i, attr, adjusted, in_group in self._tf:
             if levels[i] == 1:
                 delta = adjusted.get(getattr(a, attr), 0.0)
                 if delta:
                     total += delta
-                    if adjust is None:
-                        adjust = {}
-                    adjust[i] = delta
+                    if in_group:
+                        if adjust is None:
+                            adjust = {}
+                        adjust[i] = delta
         for group in self._group_plan:
             # Only the strongest agreement counts (:func:`_counted`); the null level weighs 0
             # and disagreements are kept.
@@ -268,7 +271,7 @@ class Scorer:
 
     def comparison_weights(self, a: PreparedRecord, levels: tuple[int, ...]) -> tuple[float, ...]:
         out = [weights[level] for (_, weights), level in zip(self._plan, levels, strict=True)]
-        for i, attr, adjusted in self._tf:
+        for i, attr, adjusted, _ in self._tf:
             if levels[i] == 1:
                 out[i] += adjusted.get(getattr(a, attr), 0.0)
         return tuple(out)
