@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date
@@ -355,7 +356,12 @@ def test_startups_are_timed_to_ready_and_memory_is_read_from_proc(tmp_path: Path
     with bench.running_server(gunicorn_command(options), env=env, cwd=bench.ROOT,
                               log=tmp_path / "hello.log", port=port,
                               ready_path=bench.HELLO) as proc:
+        # ready means one worker answers; the master may not have forked the other yet
+        deadline = time.monotonic() + 20
         memory = bench.process_memory(proc.pid)
+        while memory["process_count"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            memory = bench.process_memory(proc.pid)
     assert memory["process_count"] == 3  # the master and two workers
     assert 0 < memory["pss_mib"] <= memory["rss_mib"]
     assert all("gunicorn" in p["title"] for p in memory["processes"])

@@ -88,8 +88,11 @@ def listen(settings: Settings, services: Any, sock: socket.socket,
                          certificates_required=settings.hl7_mllp_tls_client_ca_file is not None)
     pool = ThreadPoolExecutor(settings.hl7_mllp_threads, thread_name_prefix="mllp")
     services.upkeep.start()  # it links records as the workers do
-    asyncio.run(_serve(handler, services, settings, sock, pool, ready, stopper))
-    pool.shutdown(wait=True)
+    try:
+        asyncio.run(_serve(handler, services, settings, sock, pool, ready, stopper))
+    finally:
+        pool.shutdown(wait=True)
+        services.upkeep.stop()
 
 
 async def _serve(handler: Hl7Handler, services: Any, settings: Settings, sock: socket.socket,

@@ -101,6 +101,7 @@ class MatchingUpkeep:
         """Count now and every ``interval`` seconds, and look for a retrained model every
         ``model_check`` seconds, in a daemon thread (only if there is anything to do)."""
         if self._thread is None and (self.enabled or self._engine.model_file is not None):
+            self._stop.clear()  # (started again after a stop)
             self._thread = threading.Thread(target=self._run, name="matching-upkeep",
                                             daemon=True)
             self._thread.start()
