@@ -64,6 +64,16 @@ ROUTES = [
     ("GET", f"/fhir/Person/{P}", "system/Person.r"),
     ("GET", f"/fhir/Patient/{P}/_history/1", "system/Patient.r"),
 ]
+#: IHE IUA scopes: the routes of the transaction each authorizes in full (PDQm ITI-78 search
+#: and read, ITI-119 $match; PIXm ITI-83 $ihe-pix, ITI-104 conditional update and delete).
+TRANSACTIONS = {
+    "ITI-78": {("GET", "/fhir/Patient?family=smith"), ("POST", "/fhir/Patient/_search"),
+               ("GET", f"/fhir/Patient/{P}")},
+    "ITI-119": {("POST", "/fhir/Patient/$match")},
+    "ITI-83": {("GET", "/fhir/Patient/$ihe-pix?sourceIdentifier=a|b"),
+               ("POST", "/fhir/Patient/$ihe-pix")},
+    "ITI-104": {("PUT", "/fhir/Patient?identifier=x"), ("DELETE", "/fhir/Patient?identifier=x")},
+}
 OPEN = [f"{API}/health", f"{API}/health/ready", "/openapi.json", f"{API}/openapi.json",
         f"{API}/docs", "/fhir/metadata"]
 
@@ -141,6 +151,37 @@ def test_each_route_needs_exactly_its_scope(secured, method, path, need):
     creates = ("system/Patient.c",) if method == "PUT" and "?" in path else ()
     with_it = secured.token("with", need, *creates)
     assert _call(secured.client, method, path, with_it).status_code not in (401, 403)
+
+
+@pytest.mark.parametrize("transaction", sorted(TRANSACTIONS))
+def test_an_iua_scope_opens_exactly_its_transactions_routes(secured, transaction):
+    """A token with nothing but an IHE IUA scope: every route of that transaction answers,
+    every other route is a 403 naming the SMART scope it needs (and the transaction, when
+    the route is part of one)."""
+    headers = secured.token(f"iua-{transaction}", transaction)
+    allowed = TRANSACTIONS[transaction]
+    part_of = {route: t for t, routes in TRANSACTIONS.items() for route in routes}
+    for method, path, need in ROUTES:
+        resp = _call(secured.client, method, path, headers)
+        if (method, path) in allowed:
+            assert resp.status_code not in (401, 403), (method, path, resp.text)
+            continue
+        assert resp.status_code == 403, (method, path, resp.status_code)
+        assert resp.headers["www-authenticate"].endswith(f'scope="{need}"')
+        said = (resp.json["issue"][0]["diagnostics"] if path.startswith("/fhir/")
+                else resp.json["detail"])
+        other = part_of.get((method, path))
+        assert need in said and (other is None or f"IHE IUA scope {other}" in said), said
+
+
+def test_the_api_document_lists_the_iua_scope_as_the_alternative(client):
+    doc = client.simulate_get("/openapi.json").json
+    ops = {(m.upper(), p): op for p, item in doc["paths"].items() for m, op in item.items()}
+    assert ops[("POST", "/fhir/Patient/$match")]["security"] == [
+        {"bearer": ["system/Patient.s"]}, {"bearer": ["ITI-119"]}]
+    assert ops[("GET", "/fhir/Patient/{patient_id}/_history")]["security"] == [
+        {"bearer": ["system/Patient.r"]}]
+    assert "ITI-104" in doc["components"]["securitySchemes"]["bearer"]["description"]
 
 
 def test_a_refused_scope_is_audited(secured):

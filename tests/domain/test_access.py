@@ -56,7 +56,8 @@ def test_smart_names_one_permission_of_a_served_resource():
 
 
 @pytest.mark.parametrize("scope", ["system/Patient.cruds", "system/*.read", "system/Person.r",
-                                   "mpi:audit", "mpi:feed", "mpi:steward", "mpi:admin"])
+                                   "mpi:audit", "mpi:feed", "mpi:steward", "mpi:admin",
+                                   "ITI-78", "ITI-119", "ITI-83", "ITI-104"])
 def test_check_scope_accepts_what_grants_something(scope):
     assert check_scope(scope) == scope
 
@@ -67,6 +68,8 @@ def test_check_scope_accepts_what_grants_something(scope):
     ("system/Observation.r", "serves Patient, Person"),
     ("system/Patient.sr", "in that order"),
     ("openid", "unknown scope"),
+    ("ITI-8", "unknown scope"),
+    ("iti-78", "unknown scope"),
     ('bad"scope', "not an OAuth scope token"),
 ])
 def test_check_scope_says_why_not(scope, reason):
@@ -84,3 +87,15 @@ def test_sources():
     assert lab.may_write("lab") and not lab.may_write("st-marys-ehr")
     assert lab.may("system/Patient.c") and not lab.may("system/Patient.r")
     assert LOCAL.may_write("anything") and LOCAL.may(STEWARD) and LOCAL.may("system/Person.r")
+
+
+def test_an_iua_scope_grants_its_transaction_and_nothing_else():
+    """IHE IUA: ``ITI-78`` "authorizes the full [ITI-78] transaction": a route that is part
+    of it (its declared transaction) and no SMART need as such."""
+    pdqm = Principal("pdq-consumer", frozenset({"ITI-78"}))
+    assert pdqm.may("system/Patient.s", "ITI-78")
+    assert not pdqm.may("system/Patient.s")  # a route of no IHE transaction
+    assert not pdqm.may("system/Patient.s", "ITI-119")
+    assert not grants(["ITI-78"], "system/Patient.r")
+    smart_client = Principal("ehr", frozenset({"system/Patient.rs"}))
+    assert smart_client.may("system/Patient.s", "ITI-78")  # either grants the route

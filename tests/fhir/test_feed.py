@@ -110,3 +110,49 @@ def test_remove_by_conditional_delete(red):
     gone = red.simulate_delete("/fhir/Patient", query_string=f"identifier={RED}|R-1")
     assert gone.status_code == 204
     assert red.simulate_get(f"/fhir/Patient/{made['id']}").status_code == 410
+
+
+def test_iua_scopes_a_pixm_source_and_a_pdqm_consumer(secured):
+    """IHE IUA: a Patient Identity Source whose token holds only ``ITI-104`` (and its own
+    source) adds, revises and removes; it cannot search, read or feed another source's
+    domain. A consumer holding only ``ITI-78`` searches and reads, and writes nothing;
+    ``ITI-83`` cross-references."""
+    client = secured.client
+    admin = secured.token("admin", "mpi:admin")
+    for system, name, source in ((RED, "Red", "red-ehr"), ("urn:oid:1.7.7", "Lab", "lab")):
+        made = client.simulate_post("/api/v1/domains", headers=admin,
+                                    json={"system": system, "name": name, "sources": [source]})
+        assert made.status_code == 201, made.text
+    source = {**HEADERS, **secured.token("red-feed", "ITI-104", sources="red-ehr")}
+    put = {"path": "/fhir/Patient", "query_string": f"identifier={RED}|IU-1", "headers": source}
+    added = client.simulate_put(**put, body=json.dumps(alice("IU-1", "ALICE")))
+    assert added.status_code == 201, added.text  # ITI-104 adds without system/Patient.c
+    revised = client.simulate_put(**put, body=json.dumps(alice("IU-1", "ALICIA")))
+    assert revised.status_code == 200 and revised.json["id"] == added.json["id"]
+    other_domain = client.simulate_put("/fhir/Patient", query_string="identifier=urn:oid:1.7.7|L",
+                                       body=json.dumps(alice("L", "X")), headers=source)
+    assert other_domain.status_code == 403
+    for call in (client.simulate_get("/fhir/Patient", query_string="family=mohr",
+                                     headers=source),
+                 client.simulate_get(f"/fhir/Patient/{added.json['id']}", headers=source),
+                 client.simulate_post("/fhir/Patient", body=json.dumps(alice("IU-2", "A")),
+                                      headers=source)):
+        assert call.status_code == 403, call.text
+    consumer = secured.token("pdq-consumer", "ITI-78")
+    found = client.simulate_get("/fhir/Patient", query_string="family=mohr", headers=consumer)
+    assert found.status_code == 200 and [e["resource"]["id"] for e in found.json["entry"]] \
+        == [added.json["id"]]
+    assert valid(found.json)["entry"][0]["resource"]["name"][0]["given"] == ["ALICIA"]
+    read = client.simulate_get(f"/fhir/Patient/{added.json['id']}", headers=consumer)
+    assert read.status_code == 200
+    assert client.simulate_put(**{**put, "headers": {**HEADERS, **consumer}},
+                               body=json.dumps(alice("IU-1", "EVE"))).status_code == 403
+    pix = client.simulate_get("/fhir/Patient/$ihe-pix",
+                              query_string=f"sourceIdentifier={RED}|IU-1",
+                              headers=secured.token("pix-consumer", "ITI-83"))
+    assert pix.status_code == 200 and valid(pix.json)["resourceType"] == "Parameters"
+    removed = client.simulate_delete("/fhir/Patient", query_string=f"identifier={RED}|IU-1",
+                                     headers=source)
+    assert removed.status_code == 204
+    assert client.simulate_get(f"/fhir/Patient/{added.json['id']}",
+                               headers=consumer).status_code == 410

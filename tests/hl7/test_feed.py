@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from mpi.domain.audit import Actor
+from mpi.domain.errors import InvalidInput
 from mpi.storage.models import PersonMergeRow
 from mpi.wiring import Services
 
@@ -194,6 +197,11 @@ def test_an_unknown_sender_is_refused_and_audited(services: Services, listener):
     status, _, errors = _ack(mllp.exchange(adt("A01", pid("MRN9"), control_id="X2",
                                                application="PORTAL")))
     assert status == "AR" and "system/Patient.c" in errors[0][7]
+    # The IHE IUA scopes name FHIR transactions; a v2 sender is not given one.
+    with pytest.raises(InvalidInput, match="the sender cannot be registered") as refused:
+        services.senders.add("iua", application="IUA", facility="STMARYS",
+                             sources="st-marys", scopes=("ITI-78",), actor=ADMIN)
+    assert [p.field for p in refused.value.problems] == ["scopes"]
 
 
 def test_character_sets_escapes_and_newline_terminators(services: Services, listener):

@@ -23,7 +23,7 @@ import falcon
 
 from mpi.api.errors import Problem, forbidden, unauthorized
 from mpi.auth import Authenticator, Unauthenticated
-from mpi.domain.access import Principal
+from mpi.domain.access import IHE_SCOPES, Principal
 from mpi.domain.audit import Actor, AuditTag
 from mpi.storage.work import UnitOfWork
 
@@ -36,10 +36,15 @@ _USER_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 _BEARER_RE = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
 
 
-def requires(scope: str) -> Callable[[F], F]:
-    """Declare the scope a responder needs."""
+def requires(scope: str, *, transaction: str | None = None) -> Callable[[F], F]:
+    """Declare the scope a responder needs; ``transaction``, the IHE transaction it is
+    part of, whose IUA scope (``mpi.domain.access.IHE_SCOPES``) grants it as well."""
+    if transaction is not None and transaction not in IHE_SCOPES:
+        raise ValueError(f"no IUA scope for {transaction!r}")
+
     def mark(fn: F) -> F:
         fn.__scope__ = scope  # type: ignore[attr-defined]
+        fn.__transaction__ = transaction  # type: ignore[attr-defined]
         return fn
     return mark
 
@@ -53,6 +58,11 @@ def public(fn: F) -> F:
 def declared_scope(responder: Callable[..., Any]) -> str | None:
     """What ``responder`` declared: a scope, :data:`PUBLIC`, or None (nothing: refused)."""
     return getattr(responder, "__scope__", None)
+
+
+def declared_transaction(responder: Callable[..., Any]) -> str | None:
+    """The IHE transaction ``responder`` is part of (its IUA scope grants it), or None."""
+    return getattr(responder, "__transaction__", None)
 
 
 def bearer_credential(req: falcon.Request) -> str | None:
@@ -101,16 +111,21 @@ class AccessControl:
                 raise falcon.HTTPSeeOther(signin(req)) from None
             raise unauthorized(exc.detail, invalid_token=credential is not None) from None
         req.context.principal = principal
-        if need is None or not principal.may(need):
-            self._refuse(req, principal, need)
+        transaction = declared_transaction(responder)
+        if need is None or not principal.may(need, transaction):
+            self._refuse(req, principal, need, transaction)
 
-    def _refuse(self, req: falcon.Request, principal: Principal, need: str | None) -> None:
+    def _refuse(self, req: falcon.Request, principal: Principal, need: str | None,
+                transaction: str | None) -> None:
+        denied = {"method": req.method, "route": req.uri_template, "scope": need}
+        if transaction is not None:
+            denied["transaction"] = transaction
         with self._work.begin(actor_for(req)) as tx:
-            tx.audit(AuditTag.ACCESS_SCOPE_DENIED, None,
-                     new={"method": req.method, "route": req.uri_template, "scope": need})
+            tx.audit(AuditTag.ACCESS_SCOPE_DENIED, None, new=denied)
         if need is None:
             raise Problem(falcon.HTTP_403, "Forbidden", "this route declares no scope")
-        raise forbidden(f"this needs the scope {need}, which the token does not grant",
+        either = f" (or the IHE IUA scope {transaction})" if transaction else ""
+        raise forbidden(f"this needs the scope {need}{either}, which the token does not grant",
                         need)
 
 

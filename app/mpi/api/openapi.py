@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from mpi.api.access import PUBLIC, declared_scope
-from mpi.domain.access import MPI_SCOPES, RESOURCES
+from mpi.api.access import PUBLIC, declared_scope, declared_transaction
+from mpi.domain.access import IHE_SCOPES, MPI_SCOPES, RESOURCES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,6 +101,8 @@ BEARER_SCHEME: dict[str, Any] = {
         "provider (AUTH_MODE=jwt). Each operation lists the scope it needs. SMART on FHIR "
         f"system scopes cover {' and '.join(RESOURCES)}: v2 system/Patient.cruds (any "
         "in-order subset of c, r, u, d, s), v1 system/Patient.read (= rs), .write (= cud); "
+        "IHE IUA scopes, each the whole of one IHE transaction (an operation lists it as "
+        "an alternative): " + "; ".join(f"{k}: {v}" for k, v in IHE_SCOPES.items()) + "; "
         "the MPI's own: " + "; ".join(f"{k}: {v}" for k, v in MPI_SCOPES.items()) + "."),
 }
 
@@ -171,8 +173,9 @@ def build(routes: Iterable[tuple[str, object]], *, version: str) -> dict[str, An
             }
             if doc:
                 entry["description"] = doc
-            scope = declared_scope(fn)
-            entry["security"] = [] if scope == PUBLIC else [{"bearer": [scope]}]
+            scope, transaction = declared_scope(fn), declared_transaction(fn)
+            entry["security"] = [] if scope == PUBLIC else [
+                {"bearer": [s]} for s in (scope, transaction) if s is not None]
             if op.request is not None:
                 entry["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _ref(op.request)}}}

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from datetime import timedelta
 
-from mpi.domain.access import Principal, check_scope, parse_sources
+from mpi.domain.access import IHE_SCOPES, Principal, check_scope, parse_sources
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from mpi.storage.hl7 import (
@@ -57,6 +57,10 @@ class Hl7Senders:
                 checked.append(check_scope(scope))
             except ValueError as exc:
                 problems.append(FieldProblem("scopes", str(exc)))
+            if scope in IHE_SCOPES:  # FHIR transactions: an HL7 v2 sender's are SMART scopes
+                problems.append(FieldProblem("scopes", f"{scope} is an IHE IUA scope for the "
+                                                       "FHIR routes; HL7 v2 needs "
+                                                       "system/Patient.<cruds>"))
         try:
             allowed = tuple(sorted(parse_sources(sources)))
         except ValueError as exc:

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from mpi.commands.service import EXIT_FAILED, EXIT_OK, settings_from
-from mpi.domain.access import MPI_SCOPES
+from mpi.domain.access import IHE_SCOPES, MPI_SCOPES
 
 
 def _services() -> Any:
@@ -96,7 +96,8 @@ def register(commands: Any) -> None:
     token = commands.add_parser("token", help="API tokens (AUTH_MODE=token)")
     verbs = token.add_subparsers(dest="verb", required=True, metavar="VERB")
     scopes_help = ("scopes it grants: SMART system scopes such as system/Patient.cruds, "
-                   "system/Patient.rs, system/Person.r, system/*.read, and "
+                   "system/Patient.rs, system/Person.r, system/*.read; the IHE IUA "
+                   "transaction scopes " + ", ".join(IHE_SCOPES) + "; and "
                    + ", ".join(sorted(MPI_SCOPES)))
     create = verbs.add_parser("create", help="make a token and print it (once)")
     create.add_argument("--name", required=True, help="the client's name (the audit actor)")

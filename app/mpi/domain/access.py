@@ -10,6 +10,11 @@ Scopes are OAuth 2.0 scope strings (RFC 6749 section 3.3), in two vocabularies:
   and ``patient/`` or ``user/`` scopes need a launch context it does not have. A scope
   with a query (``system/Patient.rs?identifier=...``, SMART v2 granular scopes) is
   narrower than the whole resource and grants no route here.
+- **IHE IUA transaction scopes** (:data:`IHE_SCOPES`): ``ITI-78``, ``ITI-119``, ``ITI-83``
+  and ``ITI-104``, each as its transaction's "Use with the Internet User Authorization
+  (IUA) Profile" section defines it: the scope "authorizes the full transaction", here the
+  routes that make it up and nothing else (a route names its transaction next to its SMART
+  scope, and either grants it).
 - **The MPI's own** for what FHIR has no word for: :data:`STEWARD` (review queue, link,
   unlink, merge, undo), :data:`AUDIT` (the audit trail), :data:`FEED` (the change feed),
   :data:`METRICS` (the Prometheus metrics) and :data:`ADMIN` (administration).
@@ -36,6 +41,17 @@ MPI_SCOPES = {
     FEED: "read the change feed (every version of every record)",
     ADMIN: "administration (reserved; tokens are managed with the mpi command)",
     METRICS: "scrape the Prometheus metrics (counts and timings, no patient data)",
+}
+#: IHE IUA scopes: the IHE transaction each authorizes in full (PDQm 3.x ITI-78 and
+#: ITI-119, PIXm 3.x ITI-83 and ITI-104, "Security Considerations").
+IHE_SCOPES = {
+    "ITI-78": "PDQm Mobile Patient Demographics Query: Patient search (GET and POST "
+              "_search) and read",
+    "ITI-119": "PDQm Patient Demographics Match: Patient $match",
+    "ITI-83": "PIXm Mobile Patient Identifier Cross-reference Query: Patient $ihe-pix",
+    "ITI-104": "PIXm Patient Identity Feed FHIR: conditional update (add, revise, merge) and "
+               "conditional delete (remove) of Patient by identifier, within the client's "
+               "sources",
 }
 #: The FHIR resources the MPI serves, for SMART scopes.
 RESOURCES = ("Patient", "Person")
@@ -89,11 +105,12 @@ def check_scope(scope: str) -> str:
     """``scope`` if this service knows what it grants; ValueError saying why not."""
     if not _SCOPE_TOKEN_RE.match(scope):
         raise ValueError(f"{scope!r} is not an OAuth scope token")
-    if scope in MPI_SCOPES:
+    if scope in MPI_SCOPES or scope in IHE_SCOPES:
         return scope
     match = _SMART_RE.match(scope)
     if match is None:
-        raise ValueError(f"unknown scope {scope!r} (SMART system/<Resource>.<cruds> or one of "
+        raise ValueError(f"unknown scope {scope!r} (SMART system/<Resource>.<cruds>, an IHE "
+                         f"transaction {', '.join(IHE_SCOPES)}, or one of "
                          f"{', '.join(sorted(MPI_SCOPES))})")
     if match["context"] != "system":
         raise ValueError(f"{scope!r}: only system/ scopes grant anything here")
@@ -127,8 +144,10 @@ class Principal:
     sources: frozenset[str] = frozenset()
     method: str = "none"
 
-    def may(self, need: str) -> bool:
-        return grants(self.scopes, need)
+    def may(self, need: str, transaction: str | None = None) -> bool:
+        """Whether a scope grants ``need``, or the IHE ``transaction`` it is part of."""
+        return grants(self.scopes, need) or (transaction is not None
+                                              and transaction in self.scopes)
 
     def may_write(self, source: str) -> bool:
         return ANY_SOURCE in self.sources or source in self.sources
@@ -154,6 +173,7 @@ __all__ = [
     "ANY_SOURCE",
     "AUDIT",
     "FEED",
+    "IHE_SCOPES",
     "LOCAL",
     "MPI_SCOPES",
     "STEWARD",

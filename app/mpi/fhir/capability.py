@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mpi.domain.access import IHE_SCOPES
 from mpi.fhir import FHIR_JSON, FHIR_XML
 from mpi.fhir.search import SEARCH_PARAMS
 
@@ -38,7 +39,9 @@ def capability_statement(base: str, software_version: str) -> dict[str, Any]:
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                     "code": "SMART-on-FHIR"}]}],
                 "description": "Bearer tokens (OIDC JWT or the service's API tokens) with "
-                               "SMART v2 scopes system/Patient.[cruds]",
+                               "SMART v2 scopes system/Patient.[cruds], or the IHE IUA "
+                               "scopes of the transactions: " + "; ".join(
+                                   f"{k} ({v})" for k, v in IHE_SCOPES.items()),
             },
             "resource": [{
                 "type": "Patient",

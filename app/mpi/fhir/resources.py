@@ -200,7 +200,7 @@ class FhirPatientType:
         self._patients = patients
         self._domains = domains
 
-    @requires(smart("Patient", "s"))
+    @requires(smart("Patient", "s"), transaction="ITI-78")
     @operation("FHIR Patient search (PDQm ITI-78)", tags=_TAGS,
                params=tuple(Param(p, "query", f"FHIR search parameter {p}")
                             for p in ("family", "given", "identifier", "birthdate",
@@ -241,7 +241,7 @@ class FhirPatientType:
         patient = self._patients.create(data, actor_for(req))
         _written(req, resp, patient, falcon.HTTP_201)
 
-    @requires(smart("Patient", "u"))
+    @requires(smart("Patient", "u"), transaction="ITI-104")
     @operation("FHIR Patient conditional update (PIXm ITI-104 add/revise)", tags=_TAGS,
                responses={200: ("Updated", None), 201: ("No match: created", None),
                           412: ("The criteria match several", None)})
@@ -259,9 +259,10 @@ class FhirPatientType:
                                                  "criteria: there is no record to merge")])
             principal = getattr(req.context, "principal", None)
             need = smart("Patient", "c")
-            if principal is not None and not principal.may(need):
+            if principal is not None and not principal.may(need, "ITI-104"):
                 raise Problem(falcon.HTTP_403, "Forbidden",
-                              f"no Patient matches, and creating one needs the scope {need}")
+                              f"no Patient matches, and creating one needs the scope {need} "
+                              "(or ITI-104)")
             data = parse_resource(sent.resource, today=self._patients.today())
             _written(req, resp, self._patients.create(data, actor), falcon.HTTP_201)
             return
@@ -271,7 +272,7 @@ class FhirPatientType:
         _written(req, resp, _update_or_merge(self._patients, req, target.id, data, sent),
                  falcon.HTTP_200)
 
-    @requires(smart("Patient", "d"))
+    @requires(smart("Patient", "d"), transaction="ITI-104")
     @operation("FHIR Patient conditional delete (PIXm ITI-104 remove)", tags=_TAGS,
                responses={204: ("Deleted, or nothing matched", None),
                           412: ("The criteria match several", None)})
@@ -394,7 +395,7 @@ class FhirPatientSearch:
         self._patients = patients
         self._domains = domains
 
-    @requires(smart("Patient", "s"))
+    @requires(smart("Patient", "s"), transaction="ITI-78")
     @operation("FHIR Patient search by POST (PDQm ITI-78)", tags=_TAGS,
                responses={200: ("A searchset Bundle", None),
                           415: ("Not application/x-www-form-urlencoded", None)})
@@ -479,7 +480,7 @@ class FhirPatientInstance:
     def __init__(self, patients: PatientService):
         self._patients = patients
 
-    @requires(smart("Patient", "r"))
+    @requires(smart("Patient", "r"), transaction="ITI-78")
     @operation("FHIR Patient read", tags=_TAGS,
                responses={200: ("The Patient", None), 304: ("Not modified", None),
                           404: ("No such Patient", None), 410: ("Deleted", None)})
@@ -669,7 +670,7 @@ class FhirMatch:
         self._persons = persons
         self._today = today
 
-    @requires(smart("Patient", "s"))
+    @requires(smart("Patient", "s"), transaction="ITI-119")
     @operation("FHIR Patient $match (PDQm ITI-119)", tags=_TAGS,
                responses={200: ("A searchset Bundle, most likely first", None),
                           400: ("Not a Parameters or Patient; unknown modifier", None),
@@ -753,7 +754,7 @@ class FhirPix:
         self._persons = persons
         self._domains = domains
 
-    @requires(smart("Patient", "r"))
+    @requires(smart("Patient", "r"), transaction="ITI-83")
     @operation("PIXm $ihe-pix (ITI-83)", tags=_TAGS,
                params=(Param("sourceIdentifier", "query", "system|value", required=True),
                        Param("targetSystem", "query", "A domain to return (repeatable)")),
@@ -767,7 +768,7 @@ class FhirPix:
         self._answer(req, resp, [v for k, v in pairs if k == "sourceIdentifier"],
                      [v for k, v in pairs if k == "targetSystem"])
 
-    @requires(smart("Patient", "r"))
+    @requires(smart("Patient", "r"), transaction="ITI-83")
     @operation("PIXm $ihe-pix by POST (ITI-83)", tags=_TAGS,
                responses={200: ("Parameters with targetIdentifier and targetId", None)})
     @falcon.before(fhir_body)
