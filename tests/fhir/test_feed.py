@@ -119,9 +119,9 @@ def test_iua_scopes_a_pixm_source_and_a_pdqm_consumer(secured):
     ``ITI-83`` cross-references."""
     client = secured.client
     admin = secured.token("admin", "mpi:admin")
-    for system, name, source in ((RED, "Red", "red-ehr"), ("urn:oid:1.7.7", "Lab", "lab")):
+    for system, name, owner in ((RED, "Red", "red-ehr"), ("urn:oid:1.7.7", "Lab", "lab")):
         made = client.simulate_post("/api/v1/domains", headers=admin,
-                                    json={"system": system, "name": name, "sources": [source]})
+                                    json={"system": system, "name": name, "sources": [owner]})
         assert made.status_code == 201, made.text
     source = {**HEADERS, **secured.token("red-feed", "ITI-104", sources="red-ehr")}
     put = {"path": "/fhir/Patient", "query_string": f"identifier={RED}|IU-1", "headers": source}
