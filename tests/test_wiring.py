@@ -133,6 +133,7 @@ def test_one_unit_of_work_and_one_database_for_everything(settings: Settings, cl
     assert services.work.clock is clock
     assert services.work.synchronous_reads == settings.audit_synchronous_reads
     assert services.indexer().poll_interval == settings.search_poll_interval
+    assert services.indexer().commit_interval == settings.search_commit_interval == 1.0
     assert services.engine.link_threshold == settings.matching_threshold
     close_database(db)
 

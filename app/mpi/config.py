@@ -132,6 +132,7 @@ def _seconds(low: float, high: float, *, off: bool = False) -> Callable[[str], f
 
 
 _poll_interval = _seconds(0.05, 10)
+_commit_interval = _seconds(0.05, 30)
 _refresh = _seconds(10, 86400, off=True)
 _ready_lag = _seconds(0, 86400)  # 0: readiness only reports the lag
 
@@ -444,6 +445,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Edit distance allowed for name words in searches (0 = exact, at most 2)"),
     Setting("SEARCH_POLL_INTERVAL", "search_poll_interval", _poll_interval, "0.2",
             "Seconds between the search indexer's polls of the change log"),
+    Setting("SEARCH_COMMIT_INTERVAL", "search_commit_interval", _commit_interval, "1",
+            "Shortest seconds between two search-index commits while records keep arriving "
+            "(a write to a quiet registry is indexed at the next poll)"),
     Setting("SEARCH_READY_MAX_LAG", "search_ready_max_lag", _ready_lag, "0",
             "Seconds the search index may lag the change log before readiness answers 503 "
             "(an instance whose search is incomplete is taken out of rotation); 0 = "
@@ -581,6 +585,7 @@ class Settings:
     search_index_path: Path
     search_fuzzy_distance: int
     search_poll_interval: float
+    search_commit_interval: float
     search_ready_max_lag: float
     search_worker_niceness: int
     matching_threshold: float

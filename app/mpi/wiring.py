@@ -82,7 +82,8 @@ class Services:
         """This process's search indexer (it writes only if it takes the directory's lock;
         ``standby``, a worker's thread, only while no indexer process lives)."""
         return Indexer(self.db, self.settings.search_index_path,
-                       poll_interval=self.settings.search_poll_interval, standby=standby)
+                       poll_interval=self.settings.search_poll_interval,
+                       commit_interval=self.settings.search_commit_interval, standby=standby)
 
     def close(self) -> None:
         """Close every pooled connection (commands, at the end)."""

@@ -371,3 +371,41 @@ def test_workers_lower_their_own_priority(monkeypatch):
     server.lower_priority(0)
     server.lower_priority(10)
     assert calls == [10]
+
+
+def test_commits_are_paced_while_records_keep_arriving(tmp_path, monkeypatch):
+    """The run loop's pauses, recorded rather than slept: after a step that indexed records
+    the next waits out the commit interval (fewer, larger commits while writes stream in);
+    after an empty step only the poll interval (a write to a quiet registry is indexed at
+    the next poll); a backlog of a full batch does not pause at all."""
+    running = Indexer(None, tmp_path, poll_interval=0.2, commit_interval=1.0,  # type: ignore[arg-type]
+                      batch_size=100)
+    monkeypatch.setattr(running.directory, "discard_stale_builds", lambda: None)
+    monkeypatch.setattr(running.lock, "held", lambda: True)
+    monkeypatch.setattr(running, "compact", lambda: False)
+    monkeypatch.setattr(running, "verify_and_repair", lambda: False)
+    script = iter([100, 7, 3, 0, 0, 5])
+    steps: list[int] = []
+    waits: list[float] = []
+
+    def step() -> int:
+        steps.append(next(script, -1))
+        if steps[-1] < 0:
+            running.request_stop()
+            return 0
+        return steps[-1]
+
+    class Recorded(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(round(timeout or 0.0, 1))
+            return self.is_set()
+
+    running._stop = Recorded()
+    monkeypatch.setattr(running, "step", step)
+    running.run()
+    assert steps == [100, 7, 3, 0, 0, 5, -1]
+    # 100 (a full batch): none; 7 and 3: the commit interval (less the step's own time);
+    # 0 and 0: the poll interval; 5: the commit interval; the last, empty: the poll.
+    assert waits == [1.0, 1.0, 0.2, 0.2, 1.0, 0.2]
+    quiet = Indexer(None, tmp_path, poll_interval=0.2)  # type: ignore[arg-type]
+    assert quiet.commit_interval == 0.2  # tests' and tools' indexers: as before
