@@ -88,3 +88,38 @@ def test_fhirclient_reads_the_capability_statement_creates_reads_and_searches(fh
     found = SmartPatient.where(struct={"family": "clientson"}).perform_resources(smart.server)
     assert [p.id for p in found] == [created["id"]]
     assert smart.server.capabilityStatement.fhirVersion == "4.0.1"
+
+
+@POSTGRES
+def test_fhirpy_read_change_save_of_a_persons_other_record(fhir_base):
+    """Two sources' records of one person: the younger is shown active=false with a refer
+    link (PDQm: one active Patient per person). fhirpy reads it, changes it and saves it
+    back whole: the server's links are ignored and the record stays as its source keeps it
+    (active); the older one, saved back with its seealso link, too. Deleting the older
+    makes the younger the person's active Patient."""
+    client = SyncFHIRClient(fhir_base)
+    first = client.resource("Patient", **fhir_patient("A-1"))
+    first.save()
+    second = client.resource("Patient", **fhir_patient("L-1", source="lab"))
+    second.save()
+    lab = client.reference("Patient", second.id).to_resource()
+    assert lab["active"] is False
+    assert [(x["type"], x["other"].reference) for x in lab["link"]] == [
+        ("refer", f"Patient/{first.id}")]  # fhirpy makes the reference an object
+    lab["gender"] = "other"
+    lab.save()  # PUT of everything it read, links and active=false included
+    again = client.reference("Patient", second.id).to_resource()
+    assert (again["gender"], again["active"], again["meta"]["versionId"]) == ("other", False, "2")
+    ehr = client.reference("Patient", first.id).to_resource()
+    assert ehr["active"] is True and ehr["link"][0]["type"] == "seealso"
+    ehr["birthDate"] = "1980-05-18"
+    ehr.save()
+    actives = [e["resource"]["active"] for e in client.execute(
+        "Patient/$match", method="post", data={"resourceType": "Parameters", "parameter": [
+            {"name": "resource", "resource": {"resourceType": "Patient",
+                                              "name": [{"family": "Smith", "given": ["John"]}],
+                                              "birthDate": "1980-05-17"}}]})["entry"]]
+    assert sorted(actives) == [False, True]  # one person, one active Patient
+    first.delete()
+    promoted = client.reference("Patient", second.id).to_resource()
+    assert promoted["active"] is True and "link" not in promoted

@@ -126,7 +126,9 @@ def test_and_across_parameters_or_within_one(fhir, registry):
 
 def test_other_parameters(fhir, registry):
     assert found(search(fhir, "gender=female")) == {registry["jane"]}
-    assert len(found(search(fhir, "active=true"))) == 4
+    # John's lab record is not his person's active Patient (PDQm: one per person).
+    assert found(search(fhir, "active=true")) == {registry[k] for k in ("john", "jane", "jose")}
+    assert found(search(fhir, "active=false")) == {registry["john-lab"]}
     assert len(found(search(fhir, "address-city=spring&address-state=il"))) == 3
     assert len(found(search(fhir, "address-city=spring&address-state=ma,il"))) == 4
     assert len(found(search(fhir, "address=62701"))) == 2
@@ -191,13 +193,21 @@ def test_deleted_records_are_never_found(fhir, registry):
     assert found(search(fhir, "given=jane")) == set()
 
 
-def test_records_of_one_person_in_a_bundle_link_each_other(fhir, registry):
-    """PDQm Patient profile: several records of one person returned together carry
-    Patient.link (seealso) to each other; a record alone in the Bundle carries none."""
-    bundle = search(fhir, "family=smith&gender=male")
-    links = {e["resource"]["id"]: e["resource"].get("link") for e in bundle["entry"]}
+def test_one_active_patient_per_person_and_links_between_its_records(fhir, registry):
+    """PDQm Patient profile: "no more than one Patient Resource referencing a Patient
+    Identity contains active=true", and Patient.link relates a person's records: the
+    oldest live record is active with a seealso link to each other record, the others
+    are active=false with a refer link to it; in a search, a read, alone or together."""
     john, lab = registry["john"], registry["john-lab"]
-    assert links[john] == [{"other": {"reference": f"Patient/{lab}"}, "type": "seealso"}]
-    assert links[lab] == [{"other": {"reference": f"Patient/{john}"}, "type": "seealso"}]
-    alone = search(fhir, f"_id={john}")
-    assert "link" not in alone["entry"][0]["resource"]
+    refer = [{"other": {"reference": f"Patient/{john}"}, "type": "refer"}]
+    seealso = [{"other": {"reference": f"Patient/{lab}"}, "type": "seealso"}]
+    bundle = valid(search(fhir, "family=smith&gender=male"))
+    shown = {e["resource"]["id"]: (e["resource"]["active"], e["resource"].get("link"))
+             for e in bundle["entry"]}
+    assert shown == {john: (True, seealso), lab: (False, refer)}
+    alone = search(fhir, f"_id={lab}")["entry"][0]["resource"]
+    assert (alone["active"], alone["link"]) == (False, refer)
+    read = valid(fhir.simulate_get(f"/fhir/Patient/{john}").json)
+    assert (read["active"], read["link"]) == (True, seealso)
+    single = fhir.simulate_get(f"/fhir/Patient/{registry['jane']}").json
+    assert single["active"] is True and "link" not in single

@@ -71,7 +71,7 @@ def build_routes(services: Services) -> list[tuple[str, object]]:
         ("/fhir/metadata", FhirMetadata()),
         ("/fhir/Patient", FhirPatientType(s.patients, s.domains)),
         ("/fhir/Patient/_search", FhirPatientSearch(s.patients, s.domains)),
-        ("/fhir/Patient/$match", FhirMatch(s.matching, s.persons, s.patients.today)),
+        ("/fhir/Patient/$match", FhirMatch(s.matching, s.persons, s.patients)),
         ("/fhir/Patient/$ihe-pix", FhirPix(s.patients, s.persons, s.domains)),
         ("/fhir/Patient/{patient_id:uuid}", FhirPatientInstance(s.patients)),
         ("/fhir/Patient/{patient_id:uuid}/_history", FhirPatientHistory(s.patients)),

@@ -46,6 +46,11 @@ def capability_statement(base: str, software_version: str) -> dict[str, Any]:
             "resource": [{
                 "type": "Patient",
                 "profile": "http://hl7.org/fhir/StructureDefinition/Patient",
+                "documentation": "Each stored record of a source. One Patient per person is "
+                                 "active (its oldest live record, with seealso links to "
+                                 "the others; they are active=false with a refer link to "
+                                 "it); a record merged by its source is replaced-by its "
+                                 "survivor",
                 "supportedProfile": ["https://profiles.ihe.net/ITI/PDQm/StructureDefinition/"
                                      "IHE.PDQm.Patient"],
                 "interaction": [{"code": c} for c in (

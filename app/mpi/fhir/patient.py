@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -49,9 +50,16 @@ def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in value.items() if v not in (None, [], {})}
 
 
-def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> dict[str, Any]:
+def to_resource(patient: Patient, *, domains: frozenset[str] | None = None,
+                person_records: Sequence[str] | None = None) -> dict[str, Any]:
     """The record as a Patient resource. ``domains``, when given, keeps only identifiers
-    in those systems (PDQm "which domains are returned")."""
+    in those systems (PDQm "which domains are returned"). ``person_records``, the ids of
+    its person's live, active records oldest first (``PatientService.person_records``),
+    makes it obey the PDQm Patient profile: no more than one Patient of a person is
+    ``active``. The oldest is, with a ``seealso`` link to each other record; every other
+    is ``active: false`` with a ``refer`` link to it ("in use and valid but not considered
+    the main source of information"). Without it (a version from the history), the
+    record is as its source keeps it."""
     identifiers: list[dict[str, Any]] = [{
         "use": "usual", "system": SOURCE_SYSTEM + patient.source, "value": patient.source_id,
         "assigner": {"display": patient.source}}]
@@ -72,7 +80,7 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
         "extension": [{"url": MOTHERS_MAIDEN_NAME, "valueString": patient.mothers_maiden_name}]
         if patient.mothers_maiden_name else None,
         "identifier": identifiers,
-        "active": patient.active,
+        "active": patient.active and _is_primary(patient, person_records),
         "name": [_name(n) for n in patient.names],
         "telecom": [_telecom(t) for t in patient.telecom],
         "gender": patient.gender,
@@ -110,8 +118,23 @@ def to_resource(patient: Patient, *, domains: frozenset[str] | None = None) -> d
                       "type": "replaced-by"})
     links += [{"other": {"reference": f"Patient/{other}"}, "type": "replaces"}
               for other in patient.replaces or ()]
+    links += _person_links(patient, person_records)
     resource["link"] = links
     return _drop_none(resource)
+
+
+def _is_primary(patient: Patient, records: Sequence[str] | None) -> bool:
+    """Whether the record is its person's one active Patient (see :func:`to_resource`)."""
+    return not records or patient.id not in records or records[0] == patient.id
+
+
+def _person_links(patient: Patient, records: Sequence[str] | None) -> list[dict[str, Any]]:
+    if not patient.active or not records or patient.id not in records or len(records) < 2:
+        return []
+    if records[0] != patient.id:
+        return [{"other": {"reference": f"Patient/{records[0]}"}, "type": "refer"}]
+    return [{"other": {"reference": f"Patient/{other}"}, "type": "seealso"}
+            for other in records[1:]]
 
 
 # --- input --------------------------------------------------------------------------------

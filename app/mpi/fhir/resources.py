@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,8 +126,18 @@ def _prefer_return(req: falcon.Request) -> str:
     return "representation"
 
 
-def _written(req: falcon.Request, resp: falcon.Response, patient: Patient,
-             status: str) -> None:
+def rendered(patients: PatientService, records: Sequence[Patient], *,
+             domains: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """``records`` as Patient resources with their person's links: one statement finds
+    each person's live, active records, so that no more than one Patient of a person is
+    active (PDQm Patient profile; :func:`mpi.fhir.patient.to_resource`)."""
+    persons = patients.person_records({p.person_id for p in records if p.person_id})
+    return [to_resource(p, domains=domains, person_records=persons.get(p.person_id or ""))
+            for p in records]
+
+
+def _written(req: falcon.Request, resp: falcon.Response, patients: PatientService,
+             patient: Patient, status: str) -> None:
     """The answer to a create or update: headers, and the body ``Prefer`` asks for."""
     location = f"{base_url(req)}/Patient/{patient.id}/_history/{patient.version}"
     resp.location = location if status == falcon.HTTP_201 else None
@@ -143,7 +153,7 @@ def _written(req: falcon.Request, resp: falcon.Response, patient: Patient,
             "severity": "information", "code": "informational",
             "diagnostics": f"Patient/{patient.id} version {patient.version} stored"}]}, status)
         return
-    send(req, resp, to_resource(patient), status)
+    send(req, resp, rendered(patients, [patient])[0], status)
 
 
 def _search_of(req: falcon.Request, pairs: list[tuple[str, str]]) -> Search:
@@ -236,10 +246,10 @@ class FhirPatientType:
                               errors=exc.problems) from None
             existing = _matches(self._patients, req, _conditions(req, pairs), "create")
             if existing:
-                _written(req, resp, existing[0], falcon.HTTP_200)
+                _written(req, resp, self._patients, existing[0], falcon.HTTP_200)
                 return
         patient = self._patients.create(data, actor_for(req))
-        _written(req, resp, patient, falcon.HTTP_201)
+        _written(req, resp, self._patients, patient, falcon.HTTP_201)
 
     @requires(smart("Patient", "u"), transaction="ITI-104")
     @operation("FHIR Patient conditional update (PIXm ITI-104 add/revise)", tags=_TAGS,
@@ -264,13 +274,14 @@ class FhirPatientType:
                               f"no Patient matches, and creating one needs the scope {need} "
                               "(or ITI-104)")
             data = parse_resource(sent.resource, today=self._patients.today())
-            _written(req, resp, self._patients.create(data, actor), falcon.HTTP_201)
+            _written(req, resp, self._patients, self._patients.create(data, actor),
+                     falcon.HTTP_201)
             return
         target = existing[0]
         data = parse_resource(sent.resource, today=self._patients.today(),
                               resource_id=target.id)
-        _written(req, resp, _update_or_merge(self._patients, req, target.id, data, sent),
-                 falcon.HTTP_200)
+        merged = _update_or_merge(self._patients, req, target.id, data, sent)
+        _written(req, resp, self._patients, merged, falcon.HTTP_200)
 
     @requires(smart("Patient", "d"), transaction="ITI-104")
     @operation("FHIR Patient conditional delete (PIXm ITI-104 remove)", tags=_TAGS,
@@ -315,12 +326,28 @@ def _sent(req: falcon.Request) -> _Sent:
     resource = dict(resource)
     links = resource.pop("link")
     path = "Patient.link"
-    if not isinstance(links, list) or len(links) != 1 or not isinstance(links[0], dict):
+    if not isinstance(links, list) or not links or not all(isinstance(x, dict) for x in links):
         raise InvalidInput([FieldProblem(path, "give one link, of type replaced-by")])
-    link = links[0]
+    # The links the server writes (replaces, and its person's seealso and refer), sent back
+    # by a client that read, changed and updated the record, are not the source's to set.
+    sent = [(n, x) for n, x in enumerate(links) if x.get("type") not in SERVER_LINKS]
+    if not sent:
+        if resource.get("active") is False:
+            if any(x.get("type") == "refer" for x in links):
+                # The server's own answer for a record that is not its person's active
+                # Patient: the record stays as its source keeps it (active).
+                resource["active"] = True
+            else:
+                raise InvalidInput([FieldProblem(f"{path}[0].type", "a merge names its "
+                                                 "survivor with a replaced-by link")])
+        return _Sent(resource, None)
+    if len(sent) != 1:
+        raise InvalidInput([FieldProblem(path, "give one link, of type replaced-by")])
+    n, link = sent[0]
     if link.get("type") != "replaced-by":
-        raise InvalidInput([FieldProblem(f"{path}[0].type", "only replaced-by is accepted "
-                                         "from a source (the server writes replaces)")])
+        raise InvalidInput([FieldProblem(f"{path}[{n}].type", "only replaced-by is accepted "
+                                         "from a source (the server writes replaces, seealso "
+                                         "and refer)")])
     other = link.get("other")
     if isinstance(other, dict) and isinstance(other.get("reference"), str):
         reference = other["reference"]
@@ -328,15 +355,19 @@ def _sent(req: falcon.Request) -> _Sent:
         local = reference[len(base):] if reference.startswith(base) else reference
         kind, _, record_id = local.partition("/")
         if kind != "Patient" or "/" in record_id or not record_id:
-            raise InvalidInput([FieldProblem(f"{path}[0].other.reference",
+            raise InvalidInput([FieldProblem(f"{path}[{n}].other.reference",
                                              "must be Patient/<id> on this server")])
         return _Sent(resource, record_id)
     ident = other.get("identifier") if isinstance(other, dict) else None
     if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(
             ident.get("value"), str):
         return _Sent(resource, identifier_token(ident["system"], ident["value"]))
-    raise InvalidInput([FieldProblem(f"{path}[0].other", "needs a reference (Patient/<id>) "
-                                     "or an identifier with system and value")])
+    raise InvalidInput([FieldProblem(f"{path}[{n}].other", "needs a reference "
+                                     "(Patient/<id>) or an identifier with system and value")])
+
+
+#: Patient.link types the server writes; sent back, they are ignored.
+SERVER_LINKS = ("replaces", "seealso", "refer")
 
 
 def _update_or_merge(patients: PatientService, req: falcon.Request, record_id: str,
@@ -442,9 +473,10 @@ def search_patients(patients: PatientService, domains: DomainService, req: falco
     if found.total is not None:
         bundle["total"] = found.total
     bundle["link"] = links
-    entries = [{"fullUrl": f"{base}/{p.id}", "resource": to_resource(p, domains=search.domains),
-                "search": {"mode": "match"}} for p in found.items]
-    link_same_person(entries, found.items)
+    entries = [{"fullUrl": f"{base}/{p.id}", "resource": resource, "search": {"mode": "match"}}
+               for p, resource in zip(found.items, rendered(patients, found.items,
+                                                            domains=search.domains),
+                                      strict=True)]
     if search.ignored:
         entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [{
             "severity": "warning", "code": "not-supported",
@@ -453,25 +485,6 @@ def search_patients(patients: PatientService, domains: DomainService, req: falco
     if entries:
         bundle["entry"] = entries
     send(req, resp, bundle)
-
-
-def link_same_person(entries: list[dict[str, Any]], patients: list[Patient]) -> None:
-    """PDQm Patient profile: a Bundle that returns several records of one person says so
-    with ``Patient.link``: each gets a ``seealso`` link to the others in the Bundle."""
-    person_of = {p.id: p.person_id for p in patients if p.person_id}
-    members: dict[str, list[str]] = {}
-    for entry in entries:
-        rid = entry.get("resource", {}).get("id")
-        if rid in person_of:
-            members.setdefault(person_of[rid], []).append(rid)
-    for entry in entries:
-        resource = entry.get("resource", {})
-        others = [o for o in members.get(person_of.get(resource.get("id"), ""), [])
-                  if o != resource.get("id")]
-        if others:
-            resource["link"] = [*resource.get("link", []),
-                                *({"other": {"reference": f"Patient/{o}"}, "type": "seealso"}
-                                  for o in others)]
 
 
 class FhirPatientInstance:
@@ -493,7 +506,7 @@ class FhirPatientInstance:
                         for t in tags.split(",")):
             resp.status = falcon.HTTP_304
             return
-        send(req, resp, to_resource(patient))
+        send(req, resp, rendered(self._patients, [patient])[0])
 
     @requires(smart("Patient", "u"))
     @operation("FHIR Patient update", tags=_TAGS,
@@ -506,8 +519,8 @@ class FhirPatientInstance:
         sent = _sent(req)
         data = parse_resource(sent.resource, today=self._patients.today(),
                               resource_id=str(patient_id))
-        _written(req, resp, _update_or_merge(self._patients, req, str(patient_id), data, sent),
-                 falcon.HTTP_200)
+        updated = _update_or_merge(self._patients, req, str(patient_id), data, sent)
+        _written(req, resp, self._patients, updated, falcon.HTTP_200)
 
     @requires(smart("Patient", "d"))
     @operation("FHIR Patient delete", tags=_TAGS,
@@ -665,10 +678,10 @@ class FhirMatch:
     """``POST [base]/Patient/$match`` (ITI-119): ranked, graded records of likely persons."""
 
     def __init__(self, matching: MatchService, persons: PersonService,
-                 today: Callable[[], Any]):
+                 patients: PatientService):
         self._matching = matching
         self._persons = persons
-        self._today = today
+        self._patients = patients
 
     @requires(smart("Patient", "s"), transaction="ITI-119")
     @operation("FHIR Patient $match (PDQm ITI-119)", tags=_TAGS,
@@ -700,7 +713,7 @@ class FhirMatch:
                 count = value
         else:
             patient_json = parsed
-        data = _match_input(patient_json, self._today())
+        data = _match_input(patient_json, self._patients.today())
         actor = actor_for(req)
         result = self._matching.match(data, actor, limit=max(count, 10))
         candidates = [c for c in result.candidates if c.grade != "unlikely"]
@@ -711,18 +724,17 @@ class FhirMatch:
         entries: list[dict[str, Any]] = []
         records_of = self._persons.records_of([c.person_id for c in candidates], actor) \
             if candidates else {}
-        for candidate in candidates:
-            records = sorted(records_of.get(candidate.person_id, []),
-                             key=lambda p: p.id != candidate.best_record_id)
-            for patient in records:
-                entries.append({
-                    "fullUrl": f"{base}/{patient.id}",
-                    "resource": to_resource(patient),
-                    "search": {"extension": [{"url": MATCH_GRADE, "valueCode": candidate.grade}],
-                               "mode": "match", "score": round(candidate.probability, 6)}})
-        entries = entries[:count]
-        link_same_person(entries, [patient for c in candidates
-                                   for patient in records_of.get(c.person_id, [])])
+        ranked = [(candidate, patient) for candidate in candidates
+                  for patient in sorted(records_of.get(candidate.person_id, []),
+                                        key=lambda p: p.id != candidate.best_record_id)]
+        ranked = ranked[:count]
+        for (candidate, patient), resource in zip(
+                ranked, rendered(self._patients, [p for _, p in ranked]), strict=True):
+            entries.append({
+                "fullUrl": f"{base}/{patient.id}",
+                "resource": resource,
+                "search": {"extension": [{"url": MATCH_GRADE, "valueCode": candidate.grade}],
+                           "mode": "match", "score": round(candidate.probability, 6)}})
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                                   "total": len(entries)}
         if entries:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import NoReturn
@@ -226,6 +226,12 @@ class PatientService:
             return patient
 
         return self._work.read(actor, fetch)
+
+    def person_records(self, person_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Each person's live, active records' ids, oldest first (not audited: ids only,
+        of records the caller's reads already name through their person)."""
+        with self._work.reading():
+            return self._repository.person_records(person_ids)
 
     def id_of(self, source: str, source_id: str) -> str | None:
         """The live record ``source`` holds as ``source_id``, if any (not audited: it reads

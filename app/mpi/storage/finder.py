@@ -100,7 +100,10 @@ class PatientFinder:
             except ValueError:
                 return _never()
         if subject == "active":
-            return PatientRow.active == bool(value)
+            # As the resources say it (PDQm): active is the person's oldest live, active
+            # record; a younger one of the same person is not.
+            primary = (PatientRow.active == True) & ~_younger_sibling()  # noqa: E712
+            return primary if value else ~primary
         if subject == "gender":
             return PatientRow.gender == value
         if subject == "birthdate":
@@ -205,6 +208,19 @@ class PatientFinder:
 
 
 # --- SQL helpers -----------------------------------------------------------------------------
+
+def _younger_sibling() -> Any:
+    """The record has an older live, active record in its person (so FHIR shows it
+    ``active: false`` with a ``refer`` link to that one: ``mpi.fhir.patient``)."""
+    mine, theirs = PatientLinkRow.alias("mine"), PatientLinkRow.alias("theirs")
+    older = PatientRow.alias("older")
+    sub = (mine.select(peewee.SQL("1"))
+           .join(theirs, on=theirs.person == mine.person)
+           .join(older, on=older.pk == theirs.patient)
+           .where((mine.patient == PatientRow.pk) & (older.pk < PatientRow.pk)
+                  & older.deleted_at.is_null() & (older.active == True)))  # noqa: E712
+    return peewee.fn.EXISTS(sub)
+
 
 def _exists(model: type[peewee.Model], condition: Any) -> Any:
     sub = model.select(peewee.SQL("1")).where(

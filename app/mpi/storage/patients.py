@@ -223,6 +223,25 @@ class PatientRepository:
         return [found[str(uuid.UUID(str(i)))] for i in patient_ids
                 if str(uuid.UUID(str(i))) in found]
 
+    def person_records(self, person_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Each person's live records that their sources keep active, oldest first (by
+        primary key), in one statement: the first is the person's one active FHIR Patient
+        (PDQm), the others refer to it."""
+        keys = {PersonRow.id.db_value(uuid.UUID(str(i))) for i in person_ids}
+        if not keys:
+            return {}
+        rows = (PatientLinkRow.select(PersonRow.id, PatientRow.id)
+                .join(PersonRow, on=PatientLinkRow.person == PersonRow.pk)
+                .switch(PatientLinkRow)
+                .join(PatientRow, on=PatientLinkRow.patient == PatientRow.pk)
+                .where(PersonRow.id.in_(list(keys)), PatientRow.deleted_at.is_null(),
+                       PatientRow.active == True)  # noqa: E712 - peewee's SQL comparison
+                .order_by(PatientRow.pk))
+        out: dict[str, list[str]] = {}
+        for person, record in tuples(rows):
+            out.setdefault(str(person), []).append(str(record))
+        return out
+
     def live_rows_after(self, after_pk: int, limit: int) -> list[PatientRow]:
         """Up to ``limit`` live records after ``after_pk``, by primary key (a page of
         ``mpi relink``)."""
