@@ -109,6 +109,17 @@ def test_workers_auto():
     assert load({"WORKERS": "3"}).workers == 3
 
 
+def test_listener_processes_auto_is_the_cores_at_most_four(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert load({}).hl7_mllp_processes == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert load({"HL7_MLLP_PROCESSES": "auto"}).hl7_mllp_processes == 4
+    assert load({"HL7_MLLP_PROCESSES": "6"}).hl7_mllp_processes == 6
+    for bad in ("0", "33", "two"):
+        with pytest.raises(ConfigError, match="HL7_MLLP_PROCESSES"):
+            load({"HL7_MLLP_PROCESSES": bad})
+
+
 @pytest.mark.parametrize(("raw", "value"), [("true", True), ("On", True), ("1", True),
                                              ("false", False), ("off", False), ("0", False)])
 def test_twin_guard_switch(raw, value):

@@ -44,6 +44,15 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _listener_processes(raw: str) -> int:
+    if raw.strip().lower() == "auto":
+        return min(os.cpu_count() or 1, 4)
+    value = _positive_int(raw)
+    if value > 32:
+        raise ValueError("must be at most 32, or auto")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw.strip())
     if not 1 <= value <= 65535:
@@ -540,7 +549,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HL7_MLLP_HOST", "hl7_mllp_host", _optional_host, "",
             "Address the MLLP listener binds to; empty = SERVER_HOST"),
     Setting("HL7_MLLP_THREADS", "hl7_mllp_threads", _positive_int, "4",
-            "Messages the MLLP listener handles at once (one per connection at a time)"),
+            "Messages each MLLP listener process handles at once (one per connection at a "
+            "time)"),
+    Setting("HL7_MLLP_PROCESSES", "hl7_mllp_processes", _listener_processes, "auto",
+            "MLLP listener processes sharing the port (1-32; auto = CPU cores, at most 4): "
+            "one process uses at most one core; each has HL7_MLLP_THREADS threads and its "
+            "own database connections"),
     Setting("HL7_MLLP_TLS_CERT_FILE", "hl7_mllp_tls_cert_file", _optional_file, "",
             "PEM certificate chain: the MLLP listener speaks TLS (with HL7_MLLP_TLS_KEY_FILE)"),
     Setting("HL7_MLLP_TLS_KEY_FILE", "hl7_mllp_tls_key_file", _optional_file, "",
@@ -618,6 +632,7 @@ class Settings:
     hl7_mllp_port: int | None
     hl7_mllp_host: str | None
     hl7_mllp_threads: int
+    hl7_mllp_processes: int
     hl7_mllp_tls_cert_file: Path | None
     hl7_mllp_tls_key_file: Path | None
     hl7_mllp_tls_client_ca_file: Path | None

@@ -95,14 +95,21 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         # Before any child exists: the directory every process keeps its metrics in.
         self.metrics_dir = metrics.start_multiprocess(SHM if _writable(SHM) else None)
         self.indexer = IndexerProcess(lambda: wiring.build(settings))
-        # HL7_MLLP_PORT: the MLLP listener, another child of the master; its socket is
-        # bound here so that a port in use stops the start, as SERVER_PORT's does.
-        self.listener = None
+        # HL7_MLLP_PORT: the MLLP listener, HL7_MLLP_PROCESSES more children of the master
+        # taking connections from one socket; it is bound here so that a port in use stops
+        # the start, as SERVER_PORT's does.
+        self.listeners: list[Any] = []
+        self.mllp_socket = None
         if settings.hl7_mllp_port is not None:
             from mpi.hl7.listener import ListenerProcess, bind
 
-            self.listener = ListenerProcess(settings, lambda: wiring.build(settings),
-                                            bind(settings))
+            self.mllp_socket = bind(settings)
+            count = settings.hl7_mllp_processes
+            self.listeners = [
+                ListenerProcess(settings, lambda: wiring.build(settings), self.mllp_socket,
+                                name=f"HL7 MLLP listener {n + 1}/{count}" if count > 1
+                                else "HL7 MLLP listener")
+                for n in range(count)]
         super().__init__()
 
     def load_config(self) -> None:
@@ -118,16 +125,16 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
     def _when_ready(self, arbiter: Any) -> None:
         # Before the workers exist: the indexer process takes the writer lock first.
         http = tuple(s.fileno() for s in arbiter.LISTENERS)
-        mllp = (self.listener.socket.fileno(),) if self.listener is not None else ()
+        mllp = (self.mllp_socket.fileno(),) if self.mllp_socket is not None else ()
         self.indexer.start(close_fds=http + mllp)
-        if self.listener is not None:
-            self.listener.start(close_fds=http)
+        for listener in self.listeners:
+            listener.start(close_fds=http)
 
     def _post_fork(self, arbiter: Any, worker: Any) -> None:
         # In each new worker: yield the CPU to the indexer process (no privilege needed).
         lower_priority(self._settings.search_worker_niceness)
-        if self.listener is not None:  # the MLLP socket is the listener process's alone
-            self.listener.socket.close()
+        if self.mllp_socket is not None:  # the MLLP socket is the listener processes' alone
+            self.mllp_socket.close()
         when_orphaned(lambda: leave(self._settings.graceful_timeout))
         # OTEL_EXPORTER_OTLP_ENDPOINT: trace this worker's requests (set up after the fork,
         # before the worker builds its app).
@@ -149,15 +156,15 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         from mpi import metrics
 
         self.indexer.stop()
-        if self.listener is not None:
-            self.listener.stop()
+        for listener in self.listeners:
+            listener.stop()
         metrics.stop_multiprocess(self.metrics_dir)
 
     def run(self) -> None:
         """gunicorn's master loop, which also forks a new indexer process if it died."""
         from gunicorn.arbiter import Arbiter
 
-        children = [c for c in (self.indexer, self.listener) if c is not None]
+        children = [self.indexer, *self.listeners]
 
         class MPIArbiter(Arbiter):  # type: ignore[misc]
             def manage_workers(self) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,8 @@ def _send(port: int, message: str, timeout: float = 20) -> str:
 def test_mpi_serve_runs_the_listener_and_revives_it(tmp_path: Path):
     port = _free_port()
     env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
-           "SEARCH_INDEX_PATH": str(tmp_path / "index"), "LOG_FORMAT": "text"}
+           "HL7_MLLP_PROCESSES": "1", "SEARCH_INDEX_PATH": str(tmp_path / "index"),
+           "LOG_FORMAT": "text"}
     _mpi(env, tmp_path, "migrate")
     _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
          "--sources", "st-marys", "--namespace", "STMARYS")
@@ -171,7 +173,8 @@ def test_mpi_serve_runs_the_listener_and_revives_it(tmp_path: Path):
 def test_mpi_hl7_listen_runs_the_listener_alone_and_stops_on_sigterm(tmp_path: Path):
     port = _free_port()
     env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
-           "SEARCH_INDEX_PATH": str(tmp_path / "index"), "LOG_FORMAT": "text"}
+           "HL7_MLLP_PROCESSES": "1", "SEARCH_INDEX_PATH": str(tmp_path / "index"),
+           "LOG_FORMAT": "text"}
     _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
          "--sources", "st-marys", "--namespace", "STMARYS")
     _mpi(env, tmp_path, "hl7", "sender", "add", "st-marys-adt", "--application", "ADT1",
@@ -196,3 +199,57 @@ def test_mpi_hl7_listen_runs_the_listener_alone_and_stops_on_sigterm(tmp_path: P
                           env={**os.environ, **env, "HL7_MLLP_PORT": ""}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "set HL7_MLLP_PORT" in done.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["serve", "hl7 listen"])
+def test_several_listener_processes_share_the_port(tmp_path: Path, command: str):
+    """HL7_MLLP_PROCESSES=2, under ``mpi serve`` and ``mpi hl7 listen`` alike: two
+    processes take connections from one socket; messages on concurrent connections are
+    all acknowledged; with one killed the other goes on answering while the supervisor
+    forks its replacement; SIGTERM stops them all."""
+    port = _free_port()
+    env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
+           "HL7_MLLP_PROCESSES": "2", "SEARCH_INDEX_PATH": str(tmp_path / "index"),
+           "LOG_FORMAT": "text"}
+    _mpi(env, tmp_path, "migrate")
+    _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
+         "--sources", "st-marys", "--namespace", "STMARYS")
+    _mpi(env, tmp_path, "hl7", "sender", "add", "st-marys-adt", "--application", "ADT1",
+         "--facility", "STMARYS", "--sources", "st-marys")
+    log_path = tmp_path / "mpi.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mpi", *command.split()],
+                                env={**os.environ, **env, "SERVER_PORT": str(_free_port())},
+                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def listening() -> list[int]:
+        return [int(p) for p in re.findall(
+            r"HL7 MLLP listener [12]/2 process (\d+) (?:listens|started)", log_path.read_text())]
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(listening()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = listening()
+        assert len(set(first)) == 2, log_path.read_text()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda n: _send(port, adt(
+                "A01", pid(f"MP{n}"), control_id=f"MP{n}")), range(8)))
+        assert [segments(a)["MSA"][0][1] for a in answers] == ["AA"] * 8
+        os.kill(first[0], signal.SIGKILL)
+        answer = _send(port, adt("A01", pid("MP-AFTER"), control_id="MP-AFTER"))
+        assert segments(answer)["MSA"][0][1] == "AA"  # the other process, at once
+        while len(listening()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(listening()) == 3, log_path.read_text()  # the killed one, forked again
+        proc.send_signal(signal.SIGTERM)  # the supervisor alone: it stops its children
+        assert proc.wait(timeout=30) == 0
+        survivors = [p for p in listening() if Path(f"/proc/{p}").exists()
+                     and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+        assert survivors == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

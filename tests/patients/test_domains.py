@@ -4,6 +4,7 @@ systems PDQm/PIXm know, and which domains a source may feed (PIXm ITI-104)."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -104,3 +105,24 @@ def test_the_command_line(tmp_path):
     assert run("domain", "list", env=env).stdout == ""
     bad = run("domain", "add", "urn:oid:1..2", "--name", "x", "--sources", "lab", env=env)
     assert bad.returncode == 1 and "system:" in bad.stderr
+
+
+def test_person_records_are_the_live_active_ones_oldest_first(services):
+    """What FHIR's one-active-Patient-per-person rests on: a person's live records that
+    their sources keep active, by age; a deleted or inactive record is not one of them."""
+    def made(**changes):
+        body = json.dumps(patient(**changes)).encode()
+        return services.patients.create(services.patients.parse(body), ADMIN)
+
+    first = made(source="ehr", source_id="E-1")
+    second = made(source="lab", source_id="L-1")
+    inactive = made(source="clinic", source_id="C-1", active=False)
+    assert first.person_id == second.person_id == inactive.person_id
+    with connection(services.db):
+        records = services.patients.person_records([first.person_id, str(uuid.uuid4())])
+    assert records == {first.person_id: [first.id, second.id]}
+    services.patients.delete(first.id, ADMIN, expected_version=None)
+    with connection(services.db):
+        assert services.patients.person_records({first.person_id}) == {
+            first.person_id: [second.id]}
+        assert services.patients.person_records([]) == {}

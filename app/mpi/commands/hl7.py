@@ -75,12 +75,45 @@ def cmd_listen(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"mpi hl7 listen: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
+    if settings.hl7_mllp_processes > 1:
+        try:
+            return _supervise(settings, sock)
+        finally:
+            sock.close()
     services = wiring.build(settings)
     try:
         listen(settings, services, sock)
     finally:
         services.close()
         sock.close()
+    return EXIT_OK
+
+
+def _supervise(settings: Any, sock: Any) -> int:
+    """HL7_MLLP_PROCESSES listener processes on one socket, forked and revived (as the
+    gunicorn master does under ``mpi serve``) until SIGTERM or SIGINT stops them all."""
+    import signal
+    import threading
+
+    from mpi import wiring
+    from mpi.hl7.listener import ListenerProcess
+
+    count = settings.hl7_mllp_processes
+    children = [ListenerProcess(settings, lambda: wiring.build(settings), sock,
+                                name=f"HL7 MLLP listener {n + 1}/{count}")
+                for n in range(count)]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        for child in children:
+            child.start()
+        while not stop.wait(1.0):
+            for child in children:
+                child.revive()
+    finally:
+        for child in children:
+            child.stop()
     return EXIT_OK
 
 

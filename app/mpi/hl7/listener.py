@@ -173,7 +173,8 @@ class ListenerProcess(ChildProcess):
     """The listener as a child of the gunicorn master: it builds its own services after
     the fork and serves the socket bound before it."""
 
-    def __init__(self, settings: Settings, build: Callable[[], Any], sock: socket.socket):
+    def __init__(self, settings: Settings, build: Callable[[], Any], sock: socket.socket, *,
+                 name: str = "HL7 MLLP listener"):
         def body(ready: Callable[[], None]) -> None:
             for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
                         signal.SIGTTOU, signal.SIGWINCH):
@@ -190,5 +191,5 @@ class ListenerProcess(ChildProcess):
                 with contextlib.suppress(Exception):
                     services.close()
 
-        super().__init__(body, "HL7 MLLP listener", ready_words=("listens", "is not ready yet"))
+        super().__init__(body, name, ready_words=("listens", "is not ready yet"))
         self.socket = sock

@@ -22,7 +22,7 @@ import peewee
 
 from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
 from mpi.domain.patient import Patient, PatientInput
-from mpi.storage.bulk import bulk_insert
+from mpi.storage.bulk import any_of, bulk_insert
 from mpi.storage.db import execute_prepared, is_postgres, tuples
 from mpi.storage.fields import JSONTextField
 from mpi.storage.models import (
@@ -225,21 +225,23 @@ class PatientRepository:
 
     def person_records(self, person_ids: Iterable[str]) -> dict[str, list[str]]:
         """Each person's live records that their sources keep active, oldest first (by
-        primary key), in one statement: the first is the person's one active FHIR Patient
-        (PDQm), the others refer to it."""
-        keys = {PersonRow.id.db_value(uuid.UUID(str(i))) for i in person_ids}
+        primary key), in one prepared statement (a FHIR read pays it on every request: built
+        by peewee and planned each time it cost more than the read itself): the first is
+        the person's one active FHIR Patient (PDQm), the others refer to it."""
+        field = PersonRow._meta.fields["id"]  # type: ignore[attr-defined]
+        keys = sorted({field.db_value(uuid.UUID(str(i))) for i in person_ids})
         if not keys:
             return {}
-        rows = (PatientLinkRow.select(PersonRow.id, PatientRow.id)
-                .join(PersonRow, on=PatientLinkRow.person == PersonRow.pk)
-                .switch(PatientLinkRow)
-                .join(PatientRow, on=PatientLinkRow.patient == PatientRow.pk)
-                .where(PersonRow.id.in_(list(keys)), PatientRow.deleted_at.is_null(),
-                       PatientRow.active == True)  # noqa: E712 - peewee's SQL comparison
-                .order_by(PatientRow.pk))
+        db = PatientRow._meta.database
+        clause, params = any_of(db, keys)
+        # ``clause`` is fixed SQL text from any_of; the ids are bound as one parameter.
+        sql = ("SELECT ps.id, p.id FROM patient_link pl "  # noqa: S608
+               "JOIN person ps ON ps.pk = pl.person_pk "
+               "JOIN patient p ON p.pk = pl.patient_pk "
+               f"WHERE p.deleted_at IS NULL AND p.active AND ps.id {clause} ORDER BY p.pk")
         out: dict[str, list[str]] = {}
-        for person, record in tuples(rows):
-            out.setdefault(str(person), []).append(str(record))
+        for person, record in execute_prepared(db, sql, params).fetchall():
+            out.setdefault(str(uuid.UUID(str(person))), []).append(str(uuid.UUID(str(record))))
         return out
 
     def live_rows_after(self, after_pk: int, limit: int) -> list[PatientRow]:
