@@ -101,14 +101,16 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         self.listeners: list[Any] = []
         self.mllp_socket = None
         if settings.hl7_mllp_port is not None:
-            from mpi.hl7.listener import ListenerProcess, bind
+            from mpi.hl7.listener import AcceptShare, ListenerProcess, bind
 
             self.mllp_socket = bind(settings)
             count = settings.hl7_mllp_processes
+            share = AcceptShare(count) if count > 1 else None
             self.listeners = [
                 ListenerProcess(settings, lambda: wiring.build(settings), self.mllp_socket,
                                 name=f"HL7 MLLP listener {n + 1}/{count}" if count > 1
-                                else "HL7 MLLP listener")
+                                else "HL7 MLLP listener",
+                                share=share.slot(n) if share is not None else None)
                 for n in range(count)]
         super().__init__()
 

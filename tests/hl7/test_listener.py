@@ -238,6 +238,19 @@ def test_several_listener_processes_share_the_port(tmp_path: Path, command: str)
             answers = list(pool.map(lambda n: _send(port, adt(
                 "A01", pid(f"MP{n}"), control_id=f"MP{n}")), range(8)))
         assert [segments(a)["MSA"][0][1] for a in answers] == ["AA"] * 8
+        # Four interfaces that stay connected: two each (the process holding fewer takes
+        # the next), whichever process the kernel woke first.
+        time.sleep(0.5)  # the eight closed connections are given back first
+        feeds = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        try:
+            for n, feed in enumerate(feeds):
+                feed.sendall(START + adt("A01", pid(f"MF{n}"), control_id=f"MF{n}").encode()
+                             + END)
+                assert segments(read_frame(feed).decode())["MSA"][0][1] == "AA"
+            assert sorted(_connections_of(p, port) for p in first) == [2, 2]
+        finally:
+            for feed in feeds:
+                feed.close()
         os.kill(first[0], signal.SIGKILL)
         answer = _send(port, adt("A01", pid("MP-AFTER"), control_id="MP-AFTER"))
         assert segments(answer)["MSA"][0][1] == "AA"  # the other process, at once
@@ -253,3 +266,44 @@ def test_several_listener_processes_share_the_port(tmp_path: Path, command: str)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _connections_of(pid: int, port: int) -> int:
+    """Established TCP connections process ``pid`` holds on local ``port`` (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    held = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:  # ESTABLISHED
+                held += 1
+    return held
+
+
+def test_the_listener_process_holding_fewest_connections_takes_the_next():
+    """AcceptShare: in shared memory, each process's pid and connections; a process may
+    accept while no live sibling holds fewer; a dead sibling's count does not hold it up."""
+    from mpi.hl7.listener import AcceptShare
+
+    share = AcceptShare(3)
+    one, two, gone = share.slot(0), share.slot(1), share.slot(2)
+    one.claim()
+    two.claim()  # (both this process here: alive)
+    assert one.may_accept() and two.may_accept()
+    one.add(1)
+    assert not one.may_accept() and two.may_accept()
+    two.add(1)
+    assert one.may_accept() and two.may_accept()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    share._slots[4], share._slots[5] = int(finished.stdout), 0  # a dead process's slot
+    assert one.may_accept() and two.may_accept()
+    gone.claim()  # revived: holds nothing yet, so it takes the next
+    assert not one.may_accept() and gone.may_accept()
+    one.add(-1)
+    assert one.may_accept()

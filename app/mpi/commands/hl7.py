@@ -96,11 +96,13 @@ def _supervise(settings: Any, sock: Any) -> int:
     import threading
 
     from mpi import wiring
-    from mpi.hl7.listener import ListenerProcess
+    from mpi.hl7.listener import AcceptShare, ListenerProcess
 
     count = settings.hl7_mllp_processes
+    share = AcceptShare(count)
     children = [ListenerProcess(settings, lambda: wiring.build(settings), sock,
-                                name=f"HL7 MLLP listener {n + 1}/{count}")
+                                name=f"HL7 MLLP listener {n + 1}/{count}",
+                                share=share.slot(n))
                 for n in range(count)]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

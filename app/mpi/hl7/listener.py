@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hl7.mllp import InvalidBlockError, start_hl7_server
+from hl7.mllp import HL7StreamProtocol, HL7StreamReader, InvalidBlockError
 
 from mpi.config import Settings
 from mpi.hl7.handler import Hl7Handler, Peer
@@ -78,18 +78,77 @@ def _common_name(peercert: Any) -> str | None:
     return None
 
 
+class AcceptShare:
+    """How many connections each of the listener processes on one socket holds, in memory
+    they all share (made before they are forked), so that the one holding fewest takes
+    the next. MLLP connections last hours (one per interface), and left to the kernel,
+    whichever process woke first took it: with two processes and four feeds, one held
+    three (measured), and its core bounded the feed while the other idled."""
+
+    def __init__(self, processes: int):
+        from multiprocessing.sharedctypes import RawArray
+
+        self.processes = processes
+        self._slots: Any = RawArray("q", 2 * processes)  # per process: pid, connections
+
+    def slot(self, n: int) -> AcceptSlot:
+        return AcceptSlot(self, n)
+
+
+class AcceptSlot:
+    """One listener process's place in an :class:`AcceptShare`."""
+
+    def __init__(self, share: AcceptShare, n: int):
+        self._share, self._n = share, n
+
+    def claim(self) -> None:
+        """In the (new) process: its pid, and no connections yet."""
+        slots = self._share._slots
+        slots[2 * self._n], slots[2 * self._n + 1] = os.getpid(), 0
+
+    def add(self, delta: int) -> None:
+        self._share._slots[2 * self._n + 1] += delta
+
+    def may_accept(self) -> bool:
+        """Whether no live sibling holds fewer connections than this process."""
+        slots = self._share._slots
+        mine = slots[2 * self._n + 1]
+        for n in range(self._share.processes):
+            pid, held = slots[2 * n], slots[2 * n + 1]
+            if n != self._n and held < mine and pid > 0 and _alive(pid):
+                return False
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: How often a listener process that should not take the next connection looks again.
+ACCEPT_RECHECK_S = 0.02
+
+
 def listen(settings: Settings, services: Any, sock: socket.socket,
            ready: Callable[[], None] = lambda: None,
-           stopper: Callable[[Callable[[], None]], None] | None = None) -> None:
+           stopper: Callable[[Callable[[], None]], None] | None = None,
+           share: AcceptSlot | None = None) -> None:
     """Serve MLLP on ``sock`` until SIGTERM/SIGINT; ``stopper`` is handed a function that
-    stops it from any thread (tests, and a host that embeds it)."""
+    stops it from any thread (tests, and a host that embeds it); ``share``, this
+    process's place among several on the socket (it then takes a connection only while
+    no sibling holds fewer)."""
     handler = Hl7Handler(services, application=settings.hl7_application,
                          facility=settings.hl7_facility,
                          certificates_required=settings.hl7_mllp_tls_client_ca_file is not None)
     pool = ThreadPoolExecutor(settings.hl7_mllp_threads, thread_name_prefix="mllp")
     services.upkeep.start()  # it links records as the workers do
     try:
-        asyncio.run(_serve(handler, services, settings, sock, pool, ready, stopper))
+        asyncio.run(_serve(handler, services, settings, sock, pool, ready, stopper, share))
     finally:
         pool.shutdown(wait=True)
         services.upkeep.stop()
@@ -97,7 +156,8 @@ def listen(settings: Settings, services: Any, sock: socket.socket,
 
 async def _serve(handler: Hl7Handler, services: Any, settings: Settings, sock: socket.socket,
                  pool: ThreadPoolExecutor, ready: Callable[[], None],
-                 stopper: Callable[[Callable[[], None]], None] | None) -> None:
+                 stopper: Callable[[Callable[[], None]], None] | None,
+                 share: AcceptSlot | None) -> None:
     from mpi.storage.db import connection
 
     loop = asyncio.get_running_loop()
@@ -137,9 +197,47 @@ async def _serve(handler: Hl7Handler, services: Any, settings: Settings, sock: s
         except (ConnectionError, ssl.SSLError):
             pass
         finally:
+            if share is not None:
+                share.add(-1)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    tls = tls_context(settings)
+    handshakes: set[asyncio.Task[None]] = set()
+
+    def protocol() -> HL7StreamProtocol:  # as python-hl7's start_hl7_server makes it
+        return HL7StreamProtocol(HL7StreamReader(limit=MAX_FRAME), on_client)
+
+    async def connected(conn: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(protocol, conn, ssl=tls)
+        except (OSError, ssl.SSLError):  # a failed TLS handshake, a client gone
+            conn.close()
+            if share is not None:
+                share.add(-1)  # (on_client, which gives it back otherwise, never runs)
+
+    async def accepting() -> None:
+        """Take connections (the one process of several holding fewest takes the next)
+        and hand each to python-hl7's stream protocol."""
+        while True:
+            if share is not None and not share.may_accept():
+                await asyncio.sleep(ACCEPT_RECHECK_S)
+                continue
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except (BlockingIOError, InterruptedError):
+                continue  # a sibling took it
+            except OSError as exc:  # out of file descriptors, say: not the listener's end
+                log.warning("MLLP: accepting a connection failed: %s", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if share is not None:
+                share.add(1)  # now, before the next look: it is this process's to serve
+            conn.setblocking(False)
+            task = loop.create_task(connected(conn))
+            handshakes.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(handshakes.discard)
 
     def prune() -> None:
         with connection(db):
@@ -158,14 +256,17 @@ async def _serve(handler: Hl7Handler, services: Any, settings: Settings, sock: s
                 await asyncio.wait_for(stop.wait(), PRUNE_EVERY_S)
 
     keeper = asyncio.create_task(housekeeping())
-    server = await start_hl7_server(on_client, sock=sock, ssl=tls_context(settings),
-                                    limit=MAX_FRAME)
+    sock.setblocking(False)
+    if share is not None:
+        share.claim()
+    acceptor = asyncio.create_task(accepting())
     log.info("HL7 MLLP listener on %s:%s%s", settings.mllp_host, sock.getsockname()[1],
              " (TLS)" if settings.hl7_mllp_tls_cert_file else "")
     ready()
-    async with server:
-        await stop.wait()
-    server.close()
+    await stop.wait()
+    acceptor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await acceptor
     await keeper
 
 
@@ -174,7 +275,7 @@ class ListenerProcess(ChildProcess):
     the fork and serves the socket bound before it."""
 
     def __init__(self, settings: Settings, build: Callable[[], Any], sock: socket.socket, *,
-                 name: str = "HL7 MLLP listener"):
+                 name: str = "HL7 MLLP listener", share: AcceptSlot | None = None):
         def body(ready: Callable[[], None]) -> None:
             for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
                         signal.SIGTTOU, signal.SIGWINCH):
@@ -186,7 +287,7 @@ class ListenerProcess(ChildProcess):
             services = build()
             when_orphaned(lambda: os.kill(os.getpid(), signal.SIGTERM))
             try:
-                listen(settings, services, sock, ready)
+                listen(settings, services, sock, ready, share=share)
             finally:
                 with contextlib.suppress(Exception):
                     services.close()
