@@ -86,10 +86,14 @@ class AcceptShare:
     three (measured), and its core bounded the feed while the other idled."""
 
     def __init__(self, processes: int):
-        from multiprocessing.sharedctypes import RawArray
+        import mmap
 
         self.processes = processes
-        self._slots: Any = RawArray("q", 2 * processes)  # per process: pid, connections
+        # An anonymous shared mapping, inherited by every process forked after it (no file,
+        # so it works on a read-only root and without /dev/shm): per process, its pid and
+        # how many connections it holds.
+        self._memory = mmap.mmap(-1, 16 * processes)
+        self._slots: Any = memoryview(self._memory).cast("q")
 
     def slot(self, n: int) -> AcceptSlot:
         return AcceptSlot(self, n)
