@@ -49,6 +49,17 @@ def when_orphaned(action: Callable[[], None], every_s: float = WATCH_EVERY_S) ->
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a signal 0 reaches it, or would if we were allowed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ChildProcess:
     """A process the gunicorn master forks, stops, and forks again if it dies: the search
     indexer, the HL7 MLLP listener.

@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from mpi.domain.audit import AuditTag
+from mpi.lifecycle import process_alive
 
 # No ``_created`` series: multiprocess mode has none, so one process alone shows none either.
 prometheus_client.disable_created_metrics()
@@ -208,18 +209,8 @@ def _remove_orphans(base: str) -> None:
         if not name.startswith(_PREFIX):
             continue
         pid = name[len(_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop_multiprocess(directory: str) -> None:

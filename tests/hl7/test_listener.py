@@ -127,6 +127,21 @@ def _mpi(env: dict[str, str], cwd: Path, *args: str) -> str:
     return done.stdout
 
 
+def _registered(cwd: Path, port: int, *, processes: int) -> dict[str, str]:
+    """Settings for a listener on ``port`` over SQLite in ``cwd``, the database migrated
+    and St Mary's domain and ADT sender registered by the mpi command."""
+    env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
+           "HL7_MLLP_PROCESSES": str(processes), "SEARCH_INDEX_PATH": str(cwd / "index"),
+           "LOG_FORMAT": "text"}
+    _mpi(env, cwd, "migrate")
+    _mpi(env, cwd, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
+         "--sources", "st-marys", "--namespace", "STMARYS")
+    listed = _mpi(env, cwd, "hl7", "sender", "add", "st-marys-adt", "--application", "ADT1",
+                  "--facility", "STMARYS", "--sources", "st-marys")
+    assert "ADT1^STMARYS" in listed
+    return env
+
+
 def _send(port: int, message: str, timeout: float = 20) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -143,15 +158,7 @@ def _send(port: int, message: str, timeout: float = 20) -> str:
 @pytest.mark.integration
 def test_mpi_serve_runs_the_listener_and_revives_it(tmp_path: Path):
     port = _free_port()
-    env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
-           "HL7_MLLP_PROCESSES": "1", "SEARCH_INDEX_PATH": str(tmp_path / "index"),
-           "LOG_FORMAT": "text"}
-    _mpi(env, tmp_path, "migrate")
-    _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
-         "--sources", "st-marys", "--namespace", "STMARYS")
-    listed = _mpi(env, tmp_path, "hl7", "sender", "add", "st-marys-adt", "--application",
-                  "ADT1", "--facility", "STMARYS", "--sources", "st-marys")
-    assert "ADT1^STMARYS" in listed
+    env = _registered(tmp_path, port, processes=1)
     server = Server(env, tmp_path)
     try:
         answer = _send(port, adt("A01", pid("SERVE1", family="Servewell"), control_id="S1"))
@@ -172,13 +179,7 @@ def test_mpi_serve_runs_the_listener_and_revives_it(tmp_path: Path):
 @pytest.mark.integration
 def test_mpi_hl7_listen_runs_the_listener_alone_and_stops_on_sigterm(tmp_path: Path):
     port = _free_port()
-    env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
-           "HL7_MLLP_PROCESSES": "1", "SEARCH_INDEX_PATH": str(tmp_path / "index"),
-           "LOG_FORMAT": "text"}
-    _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
-         "--sources", "st-marys", "--namespace", "STMARYS")
-    _mpi(env, tmp_path, "hl7", "sender", "add", "st-marys-adt", "--application", "ADT1",
-         "--facility", "STMARYS", "--sources", "st-marys")
+    env = _registered(tmp_path, port, processes=1)
     log = (tmp_path / "listen.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "mpi", "hl7", "listen"],
                             env={**os.environ, **env}, cwd=tmp_path, stdout=log,
@@ -209,14 +210,7 @@ def test_several_listener_processes_share_the_port(tmp_path: Path, command: str)
     all acknowledged; with one killed the other goes on answering while the supervisor
     forks its replacement; SIGTERM stops them all."""
     port = _free_port()
-    env = {"DATABASE_URL": "sqlite:///data/mpi.db", "HL7_MLLP_PORT": str(port),
-           "HL7_MLLP_PROCESSES": "2", "SEARCH_INDEX_PATH": str(tmp_path / "index"),
-           "LOG_FORMAT": "text"}
-    _mpi(env, tmp_path, "migrate")
-    _mpi(env, tmp_path, "domain", "add", f"urn:oid:{ST_MARYS}", "--name", "St Mary's MRN",
-         "--sources", "st-marys", "--namespace", "STMARYS")
-    _mpi(env, tmp_path, "hl7", "sender", "add", "st-marys-adt", "--application", "ADT1",
-         "--facility", "STMARYS", "--sources", "st-marys")
+    env = _registered(tmp_path, port, processes=2)
     log_path = tmp_path / "mpi.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mpi", *command.split()],

@@ -27,7 +27,7 @@ from hl7.mllp import HL7StreamProtocol, HL7StreamReader, InvalidBlockError
 
 from mpi.config import Settings
 from mpi.hl7.handler import Hl7Handler, Peer
-from mpi.lifecycle import ChildProcess, lower_priority, when_orphaned
+from mpi.lifecycle import ChildProcess, lower_priority, process_alive, when_orphaned
 
 log = logging.getLogger("mpi.hl7")
 
@@ -119,19 +119,9 @@ class AcceptSlot:
         mine = slots[2 * self._n + 1]
         for n in range(self._share.processes):
             pid, held = slots[2 * n], slots[2 * n + 1]
-            if n != self._n and held < mine and pid > 0 and _alive(pid):
+            if n != self._n and held < mine and pid > 0 and process_alive(pid):
                 return False
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 #: How often a listener process that should not take the next connection looks again.
