@@ -18,6 +18,23 @@ def test_normalisation_strips_case_accents_and_punctuation():
     assert normalise_text(None) == ""
 
 
+@pytest.mark.parametrize("value", [
+    "Smith", "  O'Brien-Smith  ", "MÜLLER", "José", "Ångström", "ﬁeld", "Straße", "İstanbul",
+    "Ωmega", "ß", "Dž", "\uff11\uff12\uff13 Main St", "ÆRØ", "e\u0301", "\u00a0Ann\u2019s", "",
+])
+def test_normalisation_is_the_decompose_and_strip_it_always_was(value):
+    """The ASCII fast path and the cache change nothing: the same text as NFKD of the
+    case-folded value with its combining marks dropped, for any input."""
+    import re
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    expected = re.sub(r"[^0-9a-z]+", " ", stripped.replace("'", "")).strip()
+    assert normalise_text(value) == expected
+    assert normalise_text(value) == expected  # (cached)
+
+
 def test_prepare_normalises_once():
     p = prep(given_name="Bill", family_name="Smith-Jones", phone="+1 (413) 555-0101",
              ssn="123-45-6789", sex="F", birth_date=date(1980, 1, 2),
