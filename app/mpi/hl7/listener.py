@@ -287,4 +287,3 @@ class ListenerProcess(ChildProcess):
                     services.close()
 
         super().__init__(body, name, ready_words=("listens", "is not ready yet"))
-        self.socket = sock
