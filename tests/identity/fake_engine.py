@@ -42,7 +42,7 @@ class FakeEngine:
                excluded: frozenset[str] = frozenset()) -> PersonDecision:
         best: dict[str, RankedPerson] = {}
         for c in candidates:
-            s = self.score(data, c.match_data)
+            s = self.score(data, c.parsed())
             seen = best.get(c.person_id)
             n = (seen.records_compared if seen else 0) + 1
             if seen is None or s.probability > seen.probability:
@@ -64,6 +64,6 @@ class FakeEngine:
 
     def same_person(self, left: Sequence[Candidate], right: Sequence[Candidate]
                     ) -> float | None:
-        scores = [self.score(a.match_data, b.match_data).probability
+        scores = [self.score(a.parsed(), b.parsed()).probability
                   for a in left for b in right]
         return min(scores) if scores and min(scores) >= self.link_threshold else None

@@ -206,3 +206,33 @@ def test_a_failure_while_linking_leaves_nothing(settings, db, clock):
         _create(service, "A-1")
     assert (PersonRow.select().count(), PatientLinkRow.select().count(),
             BlockingKeyRow.select().count(), ChangeEventRow.select().count()) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one-at-a-time", "import-batch"])
+def test_a_key_held_by_more_persons_than_the_cap_selects_nothing(service, monkeypatch, batch):
+    """Three Smiths born apart found three persons; with the cap at two, the family key
+    then selects nothing, so a fourth record (the first Smith again) meets no one:
+    record by record, and as the import's batch decides it (where the batch's own
+    records take the key past the cap)."""
+    from mpi.identity import linking
+
+    monkeypatch.setattr(linking, "MAX_BLOCK", 2)
+    people = [("Ann", "1990-01-02"), ("Bob", "1980-03-04"), ("Cid", "1970-05-06"),
+              ("Ann", "1990-01-02")]
+    bodies = [patient(source_id=f"S-{i}", birth_date=born,
+                      names=[{"use": "official", "family": "Smith", "given": [given]}])
+              for i, (given, born) in enumerate(people)]
+    inputs = [service.patients.parse(json.dumps(b).encode()) for b in bodies]
+    if batch:
+        created = service.patients.import_batch(inputs, Actor())
+    else:
+        created = [service.patients.create(i, Actor()) for i in inputs]
+    assert len({c.person_id for c in created if c}) == 4
+    # With the cap above the four persons, the same record joins one of the Anns.
+    monkeypatch.setattr(linking, "MAX_BLOCK", 4)
+    again = service.patients.create(service.patients.parse(json.dumps(
+        patient(source_id="S-9", birth_date="1990-01-02",
+                names=[{"use": "official", "family": "Smith", "given": ["Ann"]}])).encode()),
+        Actor())
+    assert created[0] is not None and again.person_id in {created[0].person_id,
+                                                           created[3] and created[3].person_id}

@@ -7,6 +7,7 @@ The composition root (``mpi.wiring``) builds it from the settings and the model 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -77,7 +78,14 @@ class Candidate:
 
     record_id: str
     person_id: str
-    match_data: Mapping[str, Any]
+    # The matching form, or its JSON text as stored (parsed only when the engine has no
+    # prepared form of it yet).
+    match_data: Mapping[str, Any] | str
+
+    def parsed(self) -> Mapping[str, Any]:
+        """The matching form (parsed, when it is the stored text)."""
+        data = self.match_data
+        return json.loads(data) if isinstance(data, str) else data
 
 
 class Engine(Protocol):
@@ -156,7 +164,7 @@ class MatchingEngine:
         # Prepared forms of stored records, by record id: a person's records are scored
         # again each time a new record meets them. Checked against the data (an update
         # changes it); bounded, oldest dropped first.
-        self._prepared: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        self._prepared: dict[str, tuple[Mapping[str, Any] | str, Any]] = {}
         self.cache_size = 200_000
 
     @property
@@ -167,15 +175,18 @@ class MatchingEngine:
     def model_version(self) -> str:
         return str(self.scorer.model.version)
 
-    def _prepare(self, record_id: str, data: Mapping[str, Any]) -> Any:
+    def _prepare(self, record_id: str, data: Mapping[str, Any] | str) -> Any:
         from mpi.matching.record import prepare
 
         hit = self._prepared.get(record_id)
         if hit is not None and hit[0] == data:
             return hit[1]
-        prepared = prepare(to_match_record(data))
+        parsed = json.loads(data) if isinstance(data, str) else data
+        prepared = prepare(to_match_record(parsed))
         if len(self._prepared) >= self.cache_size:
             self._prepared.pop(next(iter(self._prepared)))
+        # Kept with what it was made from (the stored text, mostly: a string compare, and
+        # a fraction of a parsed dict's memory) to tell an updated record from the same.
         self._prepared[record_id] = (data, prepared)
         return prepared
 

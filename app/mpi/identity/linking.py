@@ -168,7 +168,7 @@ class Linking:
         datas = [match_data(p) for p, _ in records]
         keys = [self.engine.keys(d) for d in datas]
         self._repo.lock_keys(sorted({k for ks in keys for k in ks}))
-        index, members, person_pk_ids = self._known_persons(
+        index, members, person_pk_ids, oversized = self._known_persons(
             sorted({k for ks in keys for k in ks}))
         pk_of = {v: k for k, v in person_pk_ids.items()}
         stored: dict[str, set[int]] = {v: {k} for k, v in person_pk_ids.items()}
@@ -176,7 +176,10 @@ class Linking:
 
         placed: list[Placement] = []
         for (patient, patient_pk), data, ks in zip(records, datas, keys, strict=True):
-            persons = {person for k in ks for person in index.get(k, ())}
+            # As one record at a time would see them: a key the batch's records take
+            # past MAX_BLOCK persons selects nothing from then on.
+            persons = {person for k in ks if k not in oversized
+                       for person in index.get(k, ())}
             candidates = [c for person in sorted(persons) for c in members.get(person, ())]
             decision = self.engine.decide(data, candidates)
             merges: tuple[AutoMerge, ...] = ()
@@ -190,7 +193,10 @@ class Linking:
                                     pk_of.get(person_id), how, None, decision, merges))
             members.setdefault(person_id, []).append(Candidate(patient.id, person_id, data))
             for k in ks:
-                index.setdefault(k, set()).add(person_id)
+                held = index.setdefault(k, set())
+                held.add(person_id)
+                if len(held) > MAX_BLOCK:
+                    oversized.add(k)
             for m in merges:  # the merged person's records are the survivor's from now on
                 members[person_id] += [Candidate(c.record_id, person_id, c.match_data)
                                        for c in members.pop(m.person_id, ())]
@@ -269,8 +275,8 @@ class Linking:
                 ) -> tuple[PersonDecision, dict[str, list[Candidate]], dict[str, set[int]]]:
         """:meth:`decide`, every record of each candidate person, and each candidate
         person's primary key (as a set, the shape :meth:`_kept_apart` reads)."""
-        index, members, person_pk_ids = self._known_persons(keys,
-                                                            exclude_patient_pk=patient_pk)
+        index, members, person_pk_ids, _ = self._known_persons(keys,
+                                                               exclude_patient_pk=patient_pk)
         persons = {person for k in keys for person in index.get(k, ())}
         candidates = [c for person in sorted(persons) for c in members.get(person, ())]
         excluded: frozenset[str] = frozenset()
@@ -345,12 +351,13 @@ class Linking:
 
     def _known_persons(self, keys: list[str], *, exclude_patient_pk: int | None = None
                        ) -> tuple[dict[str, set[str]], dict[str, list[Candidate]],
-                                  dict[int, str]]:
+                                  dict[int, str], set[str]]:
         """The persons holding a live record that shares one of ``keys``: which persons
-        each key selects, every live record of each (a person is judged as a whole), and
-        person ids by primary key. Keys shared by more than MAX_BLOCK persons (a
-        placeholder birth date, say) select nothing useful and are ignored."""
-        hits = self._repo.key_persons(keys)
+        each key selects, every live record of each (a person is judged as a whole),
+        person ids by primary key, and the keys left out: those shared by more than
+        MAX_BLOCK persons (a placeholder birth date, a common name's code) select
+        nothing useful, and their persons are not even read."""
+        hits, oversized = self._repo.key_persons(keys, cap=MAX_BLOCK)
         members: dict[str, list[Candidate]] = {}
         person_pk_ids: dict[int, str] = {}
         for c in self._repo.members({p for _, p in hits}):
@@ -362,9 +369,7 @@ class Linking:
         for key, person_pk in hits:
             if person_pk in person_pk_ids:
                 index.setdefault(key, set()).add(person_pk_ids[person_pk])
-        for key in [k for k, persons in index.items() if len(persons) > MAX_BLOCK]:
-            del index[key]
-        return index, members, person_pk_ids
+        return index, members, person_pk_ids, oversized
 
     # --- what linking records --------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class CandidateRecord:
     patient_id: str
     person_pk: int
     person_id: str
-    match_data: dict[str, Any]
+    match_data: str  # JSON text, as stored
 
 
 def _lock_id(key: str) -> int:
@@ -288,26 +288,55 @@ class IdentityRepository:
     def delete_keys(self, patient_pk: int) -> None:
         BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
 
-    def key_persons(self, keys: Sequence[str]) -> list[tuple[str, int]]:
-        """(key, person) for every live record holding one of ``keys``."""
+    def key_persons(self, keys: Sequence[str], *, cap: int) -> tuple[list[tuple[str, int]],
+                                                                     set[str]]:
+        """(key, person) for every live record holding one of ``keys``, leaving out keys
+        held by more than ``cap`` persons; and those keys (they select nothing useful).
+
+        A common key (a frequent name's phonetic code with a given initial, at a million
+        records) is held by thousands of records: only ``4 * cap`` of its rows are read,
+        so the cost follows the keys asked for, not the registry's size. A key whose
+        rows were cut short yet name at most ``cap`` persons (persons with many records
+        each) is read again whole, so the rule stays exact."""
         if not keys:
-            return []
+            return [], set()
         wanted = sorted(set(keys))
+        rows = self._key_rows(wanted, limit=4 * cap)
+        held: dict[str, set[int]] = {}
+        counted: dict[str, int] = {}
+        for key, person_pk in rows:
+            held.setdefault(key, set()).add(person_pk)
+            counted[key] = counted.get(key, 0) + 1
+        short = [k for k, n in counted.items() if n >= 4 * cap and len(held[k]) <= cap]
+        for key, person_pk in self._key_rows(short, limit=None) if short else ():
+            held[key].add(person_pk)
+        oversized = {k for k, persons in held.items() if len(persons) > cap}
+        return ([(k, p) for k, persons in held.items() if k not in oversized for p in persons],
+                oversized)
+
+    def _key_rows(self, keys: list[str], *, limit: int | None) -> list[tuple[str, int]]:
+        """(key, person) per live record holding one of ``keys``, at most ``limit``
+        records per key."""
         if is_postgres(self._db):
             # One index probe per key: the cost follows the keys asked for, not the
             # registry's size. Given thousands of keys, as an import batch has, the planner
             # would rather hash the whole blocking_key table for every batch; a LATERAL
-            # subquery kept apart by OFFSET 0 makes it loop over the keys instead. That
-            # plan does not depend on the keys: planned once per connection (prepared).
-            sql = ("SELECT DISTINCT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
+            # subquery kept apart by LIMIT (or OFFSET 0) makes it loop over the keys
+            # instead. That plan does not depend on the keys: planned once per connection
+            # (prepared).
+            bound = "LIMIT %s" if limit is not None else "OFFSET 0"
+            sql = ("SELECT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
                    "CROSS JOIN LATERAL (SELECT b.patient_pk FROM blocking_key b "
-                   "WHERE b.key = k.key OFFSET 0) bk "
+                   f"WHERE b.key = k.key {bound}) bk "
                    "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk")
-            cursor = execute_prepared(self._db, sql, (wanted,))
+            params: tuple[Any, ...] = (keys, limit) if limit is not None else (keys,)
+            cursor = execute_prepared(self._db, sql, params)
         else:
-            clause, params = any_of(self._db, wanted)
+            # The embedded database holds a hospital's registry, not a region's: every
+            # row of the keys is read (no per-key limit in one SQLite statement).
+            clause, params = any_of(self._db, keys)
             # ``clause`` is fixed SQL text from any_of; the keys are bound as one parameter.
-            sql = ("SELECT DISTINCT bk.key, pl.person_pk FROM blocking_key bk "
+            sql = ("SELECT bk.key, pl.person_pk FROM blocking_key bk "
                    "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk WHERE bk.key ")
             cursor = self._db.execute_sql(sql + clause, params)
         return [(k, p) for k, p in cursor.fetchall()]
@@ -324,8 +353,10 @@ class IdentityRepository:
                "WHERE p.deleted_at IS NULL AND pl.person_pk ")
         cursor = self._db.execute_sql(sql + clause + " ORDER BY pl.person_pk, pl.patient_pk",
                                       params)
+        # The matching form stays JSON text: the engine parses it only when its cache has
+        # no prepared form of that text (most candidates, in a busy registry).
         return [CandidateRecord(ppk, str(uuid.UUID(str(pid))), perpk, str(uuid.UUID(str(perid))),
-                                json.loads(data))
+                                data)
                 for ppk, pid, perpk, perid, data in cursor.fetchall()]
 
     def insert_persons(self, person_ids: Sequence[str], now: datetime) -> dict[str, int]:
