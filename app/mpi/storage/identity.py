@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -321,15 +320,14 @@ class IdentityRepository:
             # One index probe per key: the cost follows the keys asked for, not the
             # registry's size. Given thousands of keys, as an import batch has, the planner
             # would rather hash the whole blocking_key table for every batch; a LATERAL
-            # subquery kept apart by LIMIT (or OFFSET 0) makes it loop over the keys
-            # instead. That plan does not depend on the keys: planned once per connection
-            # (prepared).
-            bound = "LIMIT %s" if limit is not None else "OFFSET 0"
+            # subquery kept apart by its LIMIT (LIMIT NULL: none) makes it loop over the
+            # keys instead. That plan does not depend on the keys: planned once per
+            # connection (prepared).
             sql = ("SELECT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
                    "CROSS JOIN LATERAL (SELECT b.patient_pk FROM blocking_key b "
-                   f"WHERE b.key = k.key {bound}) bk "
+                   "WHERE b.key = k.key LIMIT %s) bk "
                    "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk")
-            params: tuple[Any, ...] = (keys, limit) if limit is not None else (keys,)
+            params: tuple[Any, ...] = (keys, limit)
             cursor = execute_prepared(self._db, sql, params)
         else:
             # The embedded database holds a hospital's registry, not a region's: every
