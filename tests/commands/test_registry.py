@@ -216,6 +216,19 @@ def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_pat
                 "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk", (keys,)).fetchall())
             assert "Seq Scan on patient_link" not in plan, plan
             assert "patient_link_patient_pk" in plan and "blocking_key_pkey" in plan, plan
+        # A further import into the registry, now with statistics, analyzes once, at its
+        # end: 1,500 records do not double 31,500 (counted from the run's own records,
+        # it analyzed after 1,000 of them as well).
+        _write(tmp_path / "more.csv", HEADER, [[f"t{r[0]}", *r[1:]] for r in rows])
+        done = subprocess.run([sys.executable, "-m", "mpi", "import", str(tmp_path / "more.csv"),
+                               "--no-progress", "--batch", "500", "--source", "ehr"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with db.connection_context():
+            again = dict(db.execute_sql("SELECT relname, analyze_count "
+                                        "FROM pg_stat_user_tables").fetchall())
+            assert again["patient_link"] == after["patient_link"] + 1
     finally:
         with db.connection_context():
             for table in REGISTRY_TABLES:

@@ -30,7 +30,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INPUT = 2
 #: ``mpi import`` analyzes the tables it loads once this many records are in, then each
-#: time the registry doubles, and at its end: the planner never works without statistics.
+#: time the registry doubles past what the statistics know, and at its end: the planner
+#: never works without statistics.
 ANALYZE_FIRST = 1000
 SSN_SYSTEM = "urn:oid:2.16.840.1.113883.4.1"
 
@@ -268,7 +269,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from mpi import config, logs, metrics, wiring
     from mpi.domain.audit import Actor
     from mpi.matching.csvio import BadValues, CsvError
-    from mpi.storage.db import analyze, connection
+    from mpi.storage.db import analyze, connection, planned_rows
     from mpi.storage.identity import IdentityRepository
     from mpi.storage.models import REGISTRY_TABLES
 
@@ -295,14 +296,24 @@ def cmd_import(args: argparse.Namespace) -> int:
                                      disable=args.no_progress) as bar:
             # Matching weighs values by how common they are in the registry, as the
             # service does (MATCHING_FREQUENCIES_REFRESH): counted now, and again each
-            # time the statistics are: when the registry has doubled since they were
-            # last taken (records already there have theirs: an earlier import or
-            # migration analyzed them). Counting the doubling from this run's records
-            # alone analyzed a 300,000-record registry five times in a 10,000-record
-            # import: 6 of its 33 s.
+            # time the statistics are taken. Those are taken when the registry holds
+            # twice the rows the planner's statistics know of (none: at ANALYZE_FIRST),
+            # before the first batch too (rows loaded in bulk without statistics), and
+            # at the end. Counting the doubling from this run's records alone analyzed a
+            # 300,000-record registry five times in a 10,000-record import: 6 of its 33 s.
             registry = services.upkeep.refresh() or IdentityRepository(db).live_linked_count()
-            analyzed = 0
+            known = planned_rows(db, "patient_link")
+
+            def analyzed_if_due() -> int:
+                if registry + done < max(ANALYZE_FIRST, 2 * known):
+                    return known
+                analyze(db, REGISTRY_TABLES)  # later batches plan with statistics
+                if done:
+                    services.upkeep.refresh()
+                return registry + done
+
             try:
+                known = analyzed_if_due()
                 for batch, rows, bad, problems, values in reader:
                     for line in problems:
                         print(line, file=sys.stderr)
@@ -317,12 +328,9 @@ def cmd_import(args: argparse.Namespace) -> int:
                         metrics.IMPORTED.labels("created").inc(created)
                         metrics.IMPORTED.labels("skipped").inc(len(results) - created)
                     bar.update(rows)
-                    if registry + done >= max(ANALYZE_FIRST, 2 * (registry + analyzed)):
-                        analyze(db, REGISTRY_TABLES)  # later batches plan with statistics
-                        analyzed = done
-                        services.upkeep.refresh()
+                    known = analyzed_if_due()
             finally:  # an interrupted import leaves rows too
-                if done > analyzed:
+                if registry + done > known:
                     with contextlib.suppress(Exception):
                         analyze(db, REGISTRY_TABLES)
     except CsvError as exc:

@@ -180,6 +180,22 @@ def analyze(db: peewee.Database, tables: Sequence[str] | None = None) -> None:
             target.execute_sql(f'ANALYZE "{table}"' if table else "ANALYZE")
 
 
+def planned_rows(db: peewee.Database, table: str) -> int:
+    """How many rows the planner's statistics say ``table`` has (0: none taken)."""
+    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    if isinstance(target, peewee.PostgresqlDatabase):
+        # reltuples: -1 until the table is first analyzed or vacuumed (PostgreSQL 14+).
+        row = target.execute_sql("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                                 (table,)).fetchone()
+        return max(0, int(row[0])) if row else 0
+    if not target.table_exists("sqlite_stat1"):
+        return 0
+    # Each of the table's rows there starts with the rows counted ("30000 1 1").
+    counted = [int(str(stat).split()[0]) for (stat,) in target.execute_sql(
+        "SELECT stat FROM sqlite_stat1 WHERE tbl = ?", (table,)).fetchall()]
+    return max(counted, default=0)
+
+
 def tuples(query: Any) -> list[tuple[Any, ...]]:
     """A query's rows as plain tuples (typed for callers; peewee is untyped)."""
     return list(query.tuples())
