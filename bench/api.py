@@ -1000,33 +1000,40 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
             probes = {"server": partial(_group_cpu, proc.pid), **pg_probe, **machine}
             if args.registry:  # the fresh instance indexes the registry first: not measured
                 context["registry"].update(wait_for_search(port, args.registry))
-            spec = replace(template, kind="create", port=port)
-            post, ids, known = _measure(POST_PATIENT, spec, args.connections, probes)
-            results.append(post)
-            # The writers grew the tables from nothing; autovacuum analyzes them within a
-            # minute or so. Analyze now, so that every later scenario (REST and FHIR alike)
-            # is planned on the same, current statistics, not some on stale ones.
-            _analyze(pg.url)
-            # The feed over HL7 v2 (ADT^A01 over MLLP, ITI-8: the same new people, linked
-            # by the same engine) next to the REST create on the same analyzed tables.
-            spec = replace(template, kind="create", port=port, tag=template.tag + "b")
-            post2, more_ids, _ = _measure(POST_ANALYZED, spec, args.connections, probes)
-            results.append(post2)
-            ids += more_ids
-            _analyze(pg.url)
-            spec = replace(template, kind="adt", port=mllp_port)
-            results.append(_measure(ADT_FEED, spec, args.connections, probes)[0])
-            spec = replace(template, kind="read", port=port, ids=tuple(ids + registry_ids))
-            results.append(_measure(GET_PATIENT, spec, args.connections, probes)[0])
-            spec = replace(template, kind="match", port=port, known=known, bodies=bodies)
-            results.append(_measure(MATCH_PATIENT, spec, args.connections, probes)[0])
-            # The same work through FHIR, next to the REST figures of the same run.
-            spec = replace(template, kind="fhir-read", port=port, ids=tuple(ids + registry_ids))
-            results.append(_measure(FHIR_READ, spec, args.connections, probes)[0])
-            spec = replace(template, kind="fhir-search", port=port, known=known)
-            results.append(_measure(FHIR_SEARCH, spec, args.connections, probes)[0])
-            spec = replace(template, kind="fhir-match", port=port, known=known, bodies=bodies)
-            results.append(_measure(FHIR_MATCH, spec, args.connections, probes)[0])
+            wanted = set(args.only or SCENARIOS)
+            ids: list[str] = []
+            known = 0
+            if wanted & {"create", *NEED_RECORDS}:  # (NEED_RECORDS: adt too, so that it
+                # runs on a registry of the same size and statistics as in a full run)
+                spec = replace(template, kind="create", port=port)
+                post, ids, known = _measure(POST_PATIENT, spec, args.connections, probes)
+                results.append(post)
+                # The writers grew the tables from nothing; autovacuum analyzes them within
+                # a minute or so. Analyze now, so that every later scenario (REST and FHIR
+                # alike) is planned on the same, current statistics, not some on stale ones.
+                _analyze(pg.url)
+            if "create" in wanted:
+                # The REST create again, on analyzed tables: the peer of the ADT feed.
+                spec = replace(template, kind="create", port=port, tag=template.tag + "b")
+                post2, more_ids, _ = _measure(POST_ANALYZED, spec, args.connections, probes)
+                results.append(post2)
+                ids += more_ids
+                _analyze(pg.url)
+            if "adt" in wanted:
+                # The feed over HL7 v2 (ADT^A01 over MLLP, ITI-8: the same new people,
+                # linked by the same engine) next to the REST create on analyzed tables.
+                spec = replace(template, kind="adt", port=mllp_port)
+                results.append(_measure(ADT_FEED, spec, args.connections, probes)[0])
+            later = ((GET_PATIENT, "read", {"ids": tuple(ids + registry_ids)}),
+                     (MATCH_PATIENT, "match", {"known": known, "bodies": bodies}),
+                     # The same work through FHIR, next to the REST figures of the same run.
+                     (FHIR_READ, "fhir-read", {"ids": tuple(ids + registry_ids)}),
+                     (FHIR_SEARCH, "fhir-search", {"known": known}),
+                     (FHIR_MATCH, "fhir-match", {"known": known, "bodies": bodies}))
+            for name, kind, extra in later:
+                if kind in wanted:
+                    spec = replace(template, kind=kind, port=port, **extra)
+                    results.append(_measure(name, spec, args.connections, probes)[0])
             server["mpi_workers_seen"] = _child_count(proc.pid)
             context["memory"] = process_memory(proc.pid)
         context["patients_created"] = len(ids)
@@ -1121,6 +1128,22 @@ def _log_summary(log: Path) -> dict[str, Any]:
     return {"path": str(log), "lines": len(lines), "tail": lines[-10:]}
 
 
+#: The scenarios ``--only`` can name; those in NEED_RECORDS read what a create wrote (or,
+#: for the ADT feed, write next to it), so the first create runs before them.
+SCENARIOS = ("create", "adt", "read", "match", "fhir-read", "fhir-search", "fhir-match")
+NEED_RECORDS = frozenset({"adt", "read", "match", "fhir-read", "fhir-search", "fhir-match"})
+
+
+def _scenarios(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{', '.join(SCENARIOS)}")
+    return names
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.api",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -1133,6 +1156,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help=f"where to write the JSON report (default {DEFAULT_JSON})")
     parser.add_argument("--seed", type=int, default=0, help="seed for the read scenario's picks")
+    parser.add_argument("--only", type=_scenarios, default=None, metavar="NAMES",
+                        help="measure only these scenarios, next to the bare route "
+                             f"(comma-separated: {', '.join(SCENARIOS)}; default all)")
     parser.add_argument("--registry", type=_non_negative_int, default=0, metavar="N",
                         help="first load N synthetic people with mpi import (timed); reads "
                              "and matches then run against that registry (default 0)")

@@ -259,8 +259,10 @@ def test_server_env_leaves_only_defaults_and_the_benchmark_settings() -> None:
 def test_arguments_are_checked() -> None:
     args = bench.parse_args([])
     assert (args.duration, args.connections, args.json) == (10.0, 8, Path(".bench/api.json"))
-    assert not args.fast_postgres and args.startups == 5
-    for bad in (["--duration", "0"], ["--connections", "0"], ["--warmup", "-1"]):
+    assert not args.fast_postgres and args.startups == 5 and args.only is None
+    assert bench.parse_args(["--only", "adt, read"]).only == ("adt", "read")
+    for bad in (["--duration", "0"], ["--connections", "0"], ["--warmup", "-1"],
+                ["--only", "adt,nonsense"], ["--only", ","]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
 

@@ -232,9 +232,8 @@ class Linking:
                                 probability=p.probability, model_version=version,
                                 detail={"reason": p.decision.ranked[0].best.reason}
                                 if p.how == "auto" else None))
-        self._repo.insert_rows(PatientLinkRow, links)
-        self._repo.insert_rows(BlockingKeyRow, key_rows)
-        self._repo.insert_rows(LinkEventRow, history)
+        self._repo.insert_rows((PatientLinkRow, links), (BlockingKeyRow, key_rows),
+                               (LinkEventRow, history))
         for p in placements:
             self._linked(tx, p, None)
         for p in placements:

@@ -10,12 +10,17 @@ import peewee
 
 from mpi.domain.domains import IdentityDomain, domain_of
 from mpi.domain.errors import Conflict
+from mpi.storage.db import PreparedSelect
 from mpi.storage.models import IdentityDomainRow, PatientIdentifierRow, PatientRow
 
 
 def _domain(row: IdentityDomainRow) -> IdentityDomain:
     return domain_of(str(row.id), row.system, row.name,
                      [s for s in row.sources.split(",") if s], row.created_at, row.namespace)
+
+
+_BY_SYSTEM = PreparedSelect(IdentityDomainRow, lambda: IdentityDomainRow.select().where(
+    IdentityDomainRow.system == ""))
 
 
 class DomainRepository:
@@ -26,7 +31,8 @@ class DomainRepository:
         wanted = sorted(set(systems))
         if not wanted:
             return {}
-        rows = IdentityDomainRow.select().where(IdentityDomainRow.system.in_(wanted))
+        rows = (_BY_SYSTEM.rows(wanted[0]) if len(wanted) == 1  # a message's one domain
+                else IdentityDomainRow.select().where(IdentityDomainRow.system.in_(wanted)))
         return {r.system: _domain(r) for r in rows}
 
     def by_namespaces(self, namespaces: Iterable[str]) -> dict[str, IdentityDomain]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from mpi.storage.db import PreparedSelect
 from mpi.storage.models import Hl7ContinuationRow, Hl7ReceiptRow, Hl7SenderRow
 
 
@@ -25,6 +26,13 @@ def _stored(row: Hl7SenderRow) -> StoredSender:
     return StoredSender(row.name, row.application, row.facility,
                         tuple(s for s in row.sources.split(",") if s), tuple(row.scopes.split()),
                         row.certificate, row.created_at)
+
+
+# Every message looks up its sender and its earlier acknowledgement (both unique keys).
+_BY_ORIGIN = PreparedSelect(Hl7SenderRow, lambda: Hl7SenderRow.select().where(
+    Hl7SenderRow.application == "", Hl7SenderRow.facility == ""))
+_RECEIPT = PreparedSelect(Hl7ReceiptRow, lambda: Hl7ReceiptRow.select(
+    Hl7ReceiptRow.ack).where(Hl7ReceiptRow.sender == "", Hl7ReceiptRow.control_id == ""))
 
 
 class SenderRepository:
@@ -46,9 +54,8 @@ class SenderRepository:
         return None
 
     def by_origin(self, application: str, facility: str) -> StoredSender | None:
-        row = Hl7SenderRow.get_or_none(Hl7SenderRow.application == application,
-                                       Hl7SenderRow.facility == facility)
-        return _stored(row) if row is not None else None
+        rows = _BY_ORIGIN.rows(application, facility)
+        return _stored(rows[0]) if rows else None
 
     def all(self) -> list[StoredSender]:
         return [_stored(r) for r in Hl7SenderRow.select().order_by(Hl7SenderRow.name)]
@@ -63,10 +70,8 @@ class SenderRepository:
 
 class ReceiptRepository:
     def find(self, sender: str, control_id: str) -> str | None:
-        row = (Hl7ReceiptRow.select(Hl7ReceiptRow.ack)
-               .where(Hl7ReceiptRow.sender == sender, Hl7ReceiptRow.control_id == control_id)
-               .first())
-        return row.ack if row is not None else None
+        rows = _RECEIPT.rows(sender, control_id)
+        return str(rows[0].ack) if rows else None
 
     def prune(self, *, before: datetime) -> int:
         """Forget the acknowledgements given before ``before``; how many."""

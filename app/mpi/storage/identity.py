@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import peewee
 
 from mpi.domain.errors import NotFound
-from mpi.storage.bulk import any_of, bulk_insert
+from mpi.storage.bulk import any_of, bulk_insert, insert_returning, insert_together
 from mpi.storage.db import execute_prepared, is_postgres, tuples
 from mpi.storage.models import (
     BlockingKeyRow,
@@ -362,7 +362,11 @@ class IdentityRepository:
         if not person_ids:
             return {}
         ids = [uuid.UUID(p) for p in person_ids]
-        bulk_insert(PersonRow, [{"id": i, "created_at": now, "updated_at": now} for i in ids])
+        returned = insert_returning(
+            PersonRow, [{"id": i, "created_at": now, "updated_at": now} for i in ids],
+            ("id", "pk"))
+        if returned is not None:
+            return {str(uuid.UUID(str(pid))): pk for pid, pk in returned}
         field = PersonRow._meta.fields["id"]  # type: ignore[attr-defined]
         clause, params = any_of(self._db, [field.db_value(i) for i in ids])
         sql = "SELECT pk, id FROM person WHERE id "  # + fixed SQL from any_of; ids bound
@@ -370,8 +374,9 @@ class IdentityRepository:
         return {str(uuid.UUID(str(pid))): pk for pk, pid in cursor.fetchall()}
 
     @staticmethod
-    def insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
-        bulk_insert(model, rows)
+    def insert_rows(*batches: tuple[type[peewee.Model], Sequence[dict[str, Any]]]) -> None:
+        """Rows into several tables (a few of each: one statement), in order."""
+        insert_together(batches)
 
     # --- steward constraints -------------------------------------------------------------
 

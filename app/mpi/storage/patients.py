@@ -22,8 +22,8 @@ import peewee
 
 from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
 from mpi.domain.patient import Patient, PatientInput
-from mpi.storage.bulk import any_of, bulk_insert
-from mpi.storage.db import execute_prepared, is_postgres, tuples
+from mpi.storage.bulk import any_of, insert_returning, insert_together
+from mpi.storage.db import PreparedSelect, execute_prepared, is_postgres, tuples
 from mpi.storage.fields import JSONTextField
 from mpi.storage.models import (
     PATIENT_CHILD_MODELS,
@@ -91,6 +91,12 @@ class Page:
     next_cursor: int | None
 
 
+# The record a source holds as one of its ids: each record an HL7 feed sends is looked up.
+_LIVE_BY_SOURCE = PreparedSelect(PatientRow, lambda: PatientRow.select(
+    PatientRow.id, PatientRow.replaced_by_pk).where(
+        PatientRow.source == "", PatientRow.source_id == "", PatientRow.deleted_at.is_null()))
+
+
 class PatientRepository:
     def find_live_id_by_source(self, source: str, source_id: str) -> str | None:
         row = (PatientRow.select(PatientRow.id)
@@ -102,11 +108,8 @@ class PatientRepository:
     def live_by_source(self, source: str, source_id: str) -> tuple[str, bool] | None:
         """(id, whether its source merged it into another record) of the live record
         ``source`` holds as ``source_id``."""
-        row = (PatientRow.select(PatientRow.id, PatientRow.replaced_by_pk)
-               .where(PatientRow.source == source, PatientRow.source_id == source_id,
-                      PatientRow.deleted_at.is_null())
-               .first())
-        return (str(row.id), row.replaced_by_pk is not None) if row else None
+        rows = _LIVE_BY_SOURCE.rows(source, source_id)  # (unique among live records)
+        return (str(rows[0].id), rows[0].replaced_by_pk is not None) if rows else None
 
     def live_source_ids(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (source, source_id) pairs a live record already holds."""
@@ -140,9 +143,9 @@ class PatientRepository:
                      **_extra_columns(d), version=1, created_at=now, updated_at=now)
                 for d, pid in items]
         with _source_clash():
-            bulk_insert(PatientRow, rows)
-        ids = [pid for _, pid in items]
-        pks: dict[uuid.UUID, int] = {}
+            returned = insert_returning(PatientRow, rows, ("id", "pk"))
+        ids = [pid for _, pid in items] if returned is None else []
+        pks: dict[uuid.UUID, int] = {uuid.UUID(str(i)): pk for i, pk in returned or ()}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             pks.update({pid: pk for pk, pid in tuples(
@@ -362,9 +365,8 @@ class PatientRepository:
                              rank=x.rank)
                         for n, x in enumerate(data.telecom)]
         try:
-            for model, rows in ((PatientNameRow, names), (PatientIdentifierRow, idents),
-                                (PatientAddressRow, addresses), (PatientTelecomRow, telecom)):
-                bulk_insert(model, rows)
+            insert_together([(PatientNameRow, names), (PatientIdentifierRow, idents),
+                             (PatientAddressRow, addresses), (PatientTelecomRow, telecom)])
         except peewee.IntegrityError as exc:  # pragma: no cover - no unique child index
             raise Conflict("a child row clashes with another record",
                            field="identifiers") from exc
