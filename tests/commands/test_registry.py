@@ -166,6 +166,7 @@ def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_pat
 
     from mpi.config import parse_database_url
     from mpi.storage.db import close_database, database_for
+    from mpi.storage.identity import KEY_ROWS_SQL
     from mpi.storage.models import REGISTRY_TABLES
 
     rng = random.Random(3)
@@ -210,10 +211,7 @@ def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_pat
             keys = [k for (k,) in db.execute_sql(
                 "SELECT key FROM blocking_key ORDER BY patient_pk, key LIMIT 12").fetchall()]
             plan = "\n".join(line for (line,) in db.execute_sql(
-                "EXPLAIN SELECT DISTINCT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
-                "CROSS JOIN LATERAL (SELECT b.patient_pk FROM blocking_key b "
-                "WHERE b.key = k.key OFFSET 0) bk "
-                "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk", (keys,)).fetchall())
+                "EXPLAIN " + KEY_ROWS_SQL, (keys, 2000)).fetchall())
             assert "Seq Scan on patient_link" not in plan, plan
             assert "patient_link_patient_pk" in plan and "blocking_key_pkey" in plan, plan
         # A further import into the registry, now with statistics, analyzes once, at its

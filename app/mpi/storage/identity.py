@@ -41,6 +41,14 @@ MAX_KEY_LOCKS = 256
 _Row = TypeVar("_Row", PersonRow, ReviewItemRow, PersonMergeRow)
 
 
+#: (key, person) of the live records holding each key (PostgreSQL; bound: the keys, and
+#: the most rows read per key, or NULL for all): see IdentityRepository._key_rows.
+KEY_ROWS_SQL = ("SELECT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
+                "CROSS JOIN LATERAL (SELECT b.patient_pk FROM blocking_key b "
+                "WHERE b.key = k.key LIMIT %s) bk "
+                "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk")
+
+
 @dataclass(frozen=True)
 class CandidateRecord:
     patient_pk: int
@@ -323,12 +331,7 @@ class IdentityRepository:
             # subquery kept apart by its LIMIT (LIMIT NULL: none) makes it loop over the
             # keys instead. That plan does not depend on the keys: planned once per
             # connection (prepared).
-            sql = ("SELECT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
-                   "CROSS JOIN LATERAL (SELECT b.patient_pk FROM blocking_key b "
-                   "WHERE b.key = k.key LIMIT %s) bk "
-                   "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk")
-            params: tuple[Any, ...] = (keys, limit)
-            cursor = execute_prepared(self._db, sql, params)
+            cursor = execute_prepared(self._db, KEY_ROWS_SQL, (keys, limit))
         else:
             # The embedded database holds a hospital's registry, not a region's: every
             # row of the keys is read (no per-key limit in one SQLite statement).
