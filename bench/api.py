@@ -13,10 +13,14 @@ machine's CPUs, so the figure to compare across machines and commits is the rati
 of each scenario's req/s to ``hello`` measured in the same run. ``--registry N`` first
 loads N synthetic people with ``mpi import`` (its rate is reported) so that reads and
 matches run against a registry of that size; the scenarios start once the instance's
-search index is built (its build time is reported too). After the scenarios the
-service's memory is read (PSS and RSS of every process of ``mpi serve``, from /proc),
-and ``mpi serve`` is started ``--startups`` times more on the same database and index:
-the time from the command to its readiness answering 200 (median, min, max).
+search index is built (its build time is reported too). On a kept database
+(``MPI_TEST_POSTGRES=external``, ``MPI_TEST_DATABASE_URL``) that already holds N records
+from an earlier run, the registry is used as it is, not loaded again (a million records
+take an hour to load here), and ``--only`` picks the scenarios to measure at that size.
+After the scenarios the service's memory is read (PSS and RSS of every process of
+``mpi serve``, from /proc), and ``mpi serve`` is started ``--startups`` times more on the
+same database and index: the time from the command to its readiness answering 200
+(median, min, max).
 
 - The PostgreSQL server is durable (fsync and synchronous_commit on) unless
   ``--fast-postgres``; the one actually used is described in the report.
@@ -276,7 +280,10 @@ def _registry_lines(context: Mapping[str, Any]) -> list[str]:
     if not registry:
         return lines
     line = (f"registry: {registry['records']} people loaded by mpi import in "
-            f"{registry['import_s']} s ({registry['import_records_per_s']} records/s)")
+            f"{registry['import_s']} s ({registry['import_records_per_s']} records/s)"
+            if "import_s" in registry else
+            f"registry: {registry['records']} people already in the database (kept from "
+            "an earlier load)")
     if "index_build_s" in registry:
         line += (f"; the fresh instance's search index built in {registry['index_build_s']} "
                  f"s ({registry['index_documents_per_s']} documents/s), before measuring")
@@ -982,18 +989,24 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
         port, mllp_port = free_port(), free_port()
         env = {**server_env(os.environ, pg.url, port), "HL7_MLLP_PORT": str(mllp_port)}
         commands.run(mpi_command("migrate"), env=env, cwd=workdir, timeout=120)
-        # The ADT feed's sender and the domain its PID-3 numbers are in.
-        commands.run(mpi_command("domain", "add", f"urn:oid:{ADT_OID}", "--name", "Bench ADT",
-                                 "--sources", "bench-adt", "--namespace", "BENCH"),
-                     env=env, cwd=workdir, timeout=120)
-        commands.run(mpi_command("hl7", "sender", "add", "bench-adt", "--application",
-                                 ADT_APPLICATION, "--facility", ADT_FACILITY, "--sources",
-                                 "bench-adt"), env=env, cwd=workdir, timeout=120)
+        # The ADT feed's sender and the domain its PID-3 numbers are in (a kept database
+        # has them from its earlier run).
+        if not _one(pg.url, "SELECT count(*) FROM identity_domain WHERE system = %s",
+                    (f"urn:oid:{ADT_OID}",)):
+            commands.run(mpi_command("domain", "add", f"urn:oid:{ADT_OID}", "--name",
+                                     "Bench ADT", "--sources", "bench-adt", "--namespace",
+                                     "BENCH"), env=env, cwd=workdir, timeout=120)
+        if not _one(pg.url, "SELECT count(*) FROM hl7_sender WHERE name = %s", ("bench-adt",)):
+            commands.run(mpi_command("hl7", "sender", "add", "bench-adt", "--application",
+                                     ADT_APPLICATION, "--facility", ADT_FACILITY, "--sources",
+                                     "bench-adt"), env=env, cwd=workdir, timeout=120)
         registry_ids: list[str] = []
         bodies: tuple[str, ...] = ()
         if args.registry:
-            context["registry"], registry_ids, bodies = load_registry(
-                args.registry, env, workdir, pg.url)
+            present = _one(pg.url, "SELECT count(*) FROM patient WHERE deleted_at IS NULL")
+            context["registry"], registry_ids, bodies = (
+                kept_registry(args.registry, present, pg.url) if present >= args.registry
+                else load_registry(args.registry, env, workdir, pg.url))
         print("mpi serve", file=sys.stderr, flush=True)
         with running_server(mpi_command("serve"), env=env, cwd=workdir,
                             log=log_dir / "mpi-server.log", port=port, ready_path=READY) as proc:
@@ -1107,6 +1120,31 @@ def load_registry(records: int, env: Mapping[str, str], workdir: Path, url: str
               "import_records_per_s": round(records / seconds) if seconds else None,
               "tool_says": done.stdout.strip().splitlines()[-1] if done.stdout else ""}
     return report, ids, tuple(json.dumps(b) for b in probes(first, 2000))
+
+
+def kept_registry(records: int, present: int, url: str
+                  ) -> tuple[dict[str, Any], list[str], tuple[str, ...]]:
+    """A registry an earlier run loaded (``present`` live records, the first ``records``
+    of them synthetic people of ``synthetic_registry``): as :func:`load_registry` gives,
+    without loading anything."""
+    import psycopg
+
+    from bench.identity import probes, synthetic_registry
+
+    first, _ = synthetic_registry(records)
+    with psycopg.connect(url) as conn:
+        ids = [str(i) for (i,) in conn.execute(
+            "SELECT id FROM patient TABLESAMPLE SYSTEM (1) WHERE deleted_at IS NULL "
+            "LIMIT 5000").fetchall()]
+    return {"records": present}, ids, tuple(json.dumps(b) for b in probes(first, 2000))
+
+
+def _one(url: str, sql: str, params: Sequence[Any] = ()) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql, params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _stop_postgres(pg: Any) -> None:
