@@ -156,6 +156,13 @@ def test_rows_that_are_not_records_are_skipped_and_reported(files: Path):
     assert "Ada" not in done.stderr  # reported by line and field, never by value
 
 
+def _import(cwd: Path, env: dict[str, str], name: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "mpi", "import", str(cwd / name),
+                           "--no-progress", "--batch", "500", "--source", "ehr"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_path: Path):
     """Right after ``mpi import`` (autovacuum off: nobody else analyzes), every table it
@@ -197,11 +204,7 @@ def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_pat
     try:
         env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
                "SEARCH_INDEX_PATH": str(tmp_path / "index")}
-        done = subprocess.run([sys.executable, "-m", "mpi", "import", str(tmp_path / "many.csv"),
-                               "--no-progress", "--batch", "500", "--source", "ehr"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
+        _import(tmp_path, env, "many.csv")
         with db.connection_context():
             # pg_stat counters reach the view within a moment (the stats collector)
             after = dict(db.execute_sql("SELECT relname, analyze_count "
@@ -218,11 +221,7 @@ def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_pat
         # end: 1,500 records do not double 31,500 (counted from the run's own records,
         # it analyzed after 1,000 of them as well).
         _write(tmp_path / "more.csv", HEADER, [[f"t{r[0]}", *r[1:]] for r in rows])
-        done = subprocess.run([sys.executable, "-m", "mpi", "import", str(tmp_path / "more.csv"),
-                               "--no-progress", "--batch", "500", "--source", "ehr"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
+        _import(tmp_path, env, "more.csv")
         with db.connection_context():
             again = dict(db.execute_sql("SELECT relname, analyze_count "
                                         "FROM pg_stat_user_tables").fetchall())
