@@ -263,6 +263,22 @@ class BatchReader:
             yield item
 
 
+def settle_heap() -> None:
+    """After a batch: collect its cyclic garbage, then leave everything alive out of later
+    collections (``gc.freeze``).
+
+    An import keeps a large, growing heap: the engine's cache of prepared records (up
+    to 200,000) and what each batch leaves behind. Python's full collections scan all of
+    it, and each batch's survivors (a thousand records' objects) set the next one off:
+    in a 100,000-record import, 116 full collections took 36 of its 116 s, more with
+    every record. Frozen objects are still freed when their last reference goes (a
+    record dropped from the cache); a collection now scans one batch's objects."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -322,6 +338,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                     dropped.merge(values)
                     if batch:
                         results = service.import_batch(batch, actor)
+                        settle_heap()
                         created = sum(r is not None for r in results)
                         done += created
                         skipped += len(results) - created
