@@ -64,3 +64,24 @@ def test_a_retrained_model_file_is_used_from_the_next_decision(tmp_path):
     assert engine.model_version == second.version
     shipped = engine_for(load({}))
     assert shipped.model_file is None and shipped.reload_model() is None
+
+
+def test_prepared_records_are_cached_least_recently_used_first_out_and_by_their_text():
+    """The engine keeps prepared forms of the records it scored, up to ``cache_size``:
+    a record met again is not prepared again (its stored JSON text compared), one whose
+    text changed (an update) is, and the least recently used goes first when full."""
+    import json
+
+    engine = engine_for(load({}))
+    engine.cache_size = 3
+    texts = {f"r{i}": json.dumps(record(f"r{i}", "Amara", f"111-22-{3330 + i}"))
+             for i in range(5)}
+    made = {rid: engine._prepare(rid, text) for rid, text in list(texts.items())[:3]}
+    assert engine._prepare("r0", texts["r0"]) is made["r0"]  # r0 used again: now newest
+    engine._prepare("r3", texts["r3"])  # full: r1, the least recently used, goes
+    assert list(engine._prepared) == ["r2", "r0", "r3"]
+    assert engine._prepare("r2", texts["r2"]) is made["r2"]
+    changed = json.dumps(record("r2", "Amarachi", "111-22-3332"))
+    again = engine._prepare("r2", changed)
+    assert again is not made["r2"] and again.given == "amarachi"
+    assert len(engine._prepared) == 3
