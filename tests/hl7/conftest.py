@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,15 +47,24 @@ class Mllp:
             conn.close()
 
 
+# Bytes read past a frame's end (the next answer, when two arrive in one read), by socket.
+_AHEAD: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_frame(conn: socket.socket) -> bytes:
-    buf = b""
-    while not buf.endswith(END):
+    """The next frame's content. Two answers may arrive in one read (pipelined
+    messages): the second is kept for the next call."""
+    buf = _AHEAD.pop(conn, b"")
+    while END not in buf:
         chunk = conn.recv(65536)
         if not chunk:
             raise ConnectionError(f"closed after {buf!r}")
         buf += chunk
-    assert buf.startswith(START), buf
-    return buf[1:-2]
+    frame, _, rest = buf.partition(END)
+    if rest:
+        _AHEAD[conn] = rest
+    assert frame.startswith(START), frame
+    return frame[1:]
 
 
 def segments(answer: str) -> dict[str, list[list[str]]]:

@@ -348,3 +348,17 @@ def test_message_type_labels_stay_few_and_free_of_data():
     assert hl7_type("qbp^q22") == "QBP^Q22"
     assert hl7_type("SMITH^JOHN") == "other"
     assert hl7_type(None) == "other" and hl7_type("") == "other"
+
+
+def test_the_test_client_reads_two_answers_that_arrive_in_one_read():
+    """Pipelined answers can reach the client in one ``recv``: each is its own frame
+    (the pipelining test above waited for a second answer it had already read)."""
+    import socket
+
+    from .conftest import END, START
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(START + b"MSA|AA|P1" + END + START + b"MSA|AA|P2" + END)
+        assert read_frame(ours) == b"MSA|AA|P1"
+        assert read_frame(ours) == b"MSA|AA|P2"

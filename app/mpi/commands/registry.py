@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import sys
 import time
@@ -273,8 +274,6 @@ def settle_heap() -> None:
     in a 100,000-record import, 116 full collections took 36 of its 116 s, more with
     every record. Frozen objects are still freed when their last reference goes (a
     record dropped from the cache); a collection now scans one batch's objects."""
-    import gc
-
     gc.collect()
     gc.freeze()
 
@@ -355,6 +354,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     finally:
         services.close()
+        gc.unfreeze()  # (settle_heap's freezing ends with the import: a caller goes on)
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
     for line in dropped.summary(args.file):
