@@ -16,6 +16,7 @@ from typing import Any
 
 import peewee
 
+from mpi.storage.db import unwrapped
 from mpi.storage.fields import JSONTextField
 
 COPY_MIN_ROWS = 8
@@ -27,8 +28,7 @@ Rows = Sequence[dict[str, Any]]
 
 
 def _database(model: type[peewee.Model]) -> peewee.Database:
-    db = model._meta.database  # type: ignore[attr-defined]
-    return db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    return unwrapped(model._meta.database)  # type: ignore[attr-defined]
 
 
 def _few_on_postgres(db: peewee.Database, *batches: Rows, limit: int = COPY_MIN_ROWS - 1
@@ -156,9 +156,7 @@ def insert_statement(model: type[peewee.Model], rows: Sequence[dict[str, Any]], 
 def any_of(db: peewee.Database, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
     """SQL for "column is one of ``values``" as ONE parameter (``= ANY(%s)`` on PostgreSQL,
     ``IN (SELECT value FROM json_each(?))`` on SQLite): thousands of keys cost one bind."""
-    if isinstance(db, peewee.DatabaseProxy):
-        db = db.obj
-    if isinstance(db, peewee.PostgresqlDatabase):
+    if isinstance(unwrapped(db), peewee.PostgresqlDatabase):
         return "= ANY(%s)", (list(values),)
     import json
 

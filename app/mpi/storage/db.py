@@ -114,9 +114,13 @@ def close_database(db: peewee.Database) -> None:
         db.close()
 
 
+def unwrapped(db: peewee.Database) -> peewee.Database:
+    """The database itself behind the models' proxy (or ``db`` as it is)."""
+    return db.obj if isinstance(db, peewee.DatabaseProxy) else db
+
+
 def is_postgres(db: peewee.Database) -> bool:
-    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
-    return isinstance(target, peewee.PostgresqlDatabase)
+    return isinstance(unwrapped(db), peewee.PostgresqlDatabase)
 
 
 @contextlib.contextmanager
@@ -127,7 +131,7 @@ def write_transaction(db: peewee.Database) -> Iterator[None]:
     queue on ``busy_timeout`` instead of one failing when it upgrades a read
     lock. Nested calls become savepoints.
     """
-    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    target = unwrapped(db)
     if isinstance(target, peewee.SqliteDatabase) and not target.in_transaction():
         with target.atomic(lock_type="IMMEDIATE"):
             yield
@@ -153,7 +157,7 @@ def execute_prepared(db: peewee.Database, sql: str, params: Sequence[Any]) -> An
     depend on the values, such as a record by its unique id, where planning was 0.47 ms
     of a 0.65 ms statement. The cursor, as ``execute_sql`` returns it. On SQLite, a plain
     ``execute_sql``."""
-    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    target = unwrapped(db)
     if not isinstance(target, peewee.PostgresqlDatabase):
         return target.execute_sql(sql, params)
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
@@ -171,7 +175,7 @@ def analyze(db: peewee.Database, tables: Sequence[str] | None = None) -> None:
     the whole link table). Whatever loads or rebuilds rows in bulk calls this: ``mpi
     import`` (as it goes and at its end), ``mpi rekey``, the migrations.
     """
-    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    target = unwrapped(db)
     if isinstance(target, peewee.PostgresqlDatabase):
         names = ", ".join(f'"{t}"' for t in tables or ())
         target.execute_sql(f"ANALYZE {names}".rstrip())
@@ -200,7 +204,7 @@ class PreparedSelect:
         field's ``db_value``, where that differs) for its placeholders."""
         model = self._model
         db = model._meta.database  # type: ignore[attr-defined]
-        target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+        target = unwrapped(db)
         compiled = self._compiled.get(type(target))
         if compiled is None:
             query = self._build()
@@ -217,7 +221,7 @@ class PreparedSelect:
 
 def planned_rows(db: peewee.Database, table: str) -> int:
     """How many rows the planner's statistics say ``table`` has (0: none taken)."""
-    target = db.obj if isinstance(db, peewee.DatabaseProxy) else db
+    target = unwrapped(db)
     if isinstance(target, peewee.PostgresqlDatabase):
         # reltuples: -1 until the table is first analyzed or vacuumed (PostgreSQL 14+).
         row = target.execute_sql("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
