@@ -113,3 +113,63 @@ def _walk(q):
     yield q
     for child in q.children():
         yield from _walk(child)
+
+
+FAMILY_NAMES = ["Smith", "Smyth", "Smithe", "Smit", "Schmidt", "Sith", "Smithson", "Jones",
+                "Joness", "Jonas", "Müller", "Muller", "Mueller", "O'Brien", "OBrian", "Ng",
+                "Nguyen", "Nguyễn", "Zhang", "Zheng", "Żak", "Ådahl", "Aadahl"]
+
+
+@pytest.fixture(scope="module")
+def two_segments(tmp_path_factory):
+    """An index of FAMILY_NAMES in two segments (two commits)."""
+    from mpi.search.schema import document
+    from mpi.search.store import IndexDirectory
+
+    directory = IndexDirectory(tmp_path_factory.mktemp("fuzzy"))
+    built = directory.new_build()
+    ix = directory.create_index(built)
+    for part in (FAMILY_NAMES[::2], FAMILY_NAMES[1::2]):
+        writer = ix.writer()
+        for i, family in enumerate(part):
+            writer.add_document(**document({"id": f"{family}-{i}", "names": [
+                {"family": family, "given": [family[::-1]]}]}))
+        writer.commit(merge=False)
+    yield ix
+    ix.close()
+
+
+@pytest.mark.parametrize("word", ["smith", "smiht", "smth", "jonnes", "muller", "obrien",
+                                  "nguyen", "zhang", "adahl", "aadahl", "zak", "x", "mith"])
+@pytest.mark.parametrize(("maxdist", "prefixlength"), [(1, 1), (2, 1), (1, 0), (2, 2)])
+def test_fuzzy_words_are_the_words_whoosh_finds(two_segments, word, maxdist, prefixlength):
+    from whoosh import query as wq
+
+    from mpi.search.query import FuzzyWord
+
+    if len(word) < prefixlength:  # whoosh's automaton fails (IndexError); ours finds none
+        assert FuzzyWord("family", word, maxdist=maxdist, prefixlength=prefixlength)._btexts(
+            two_segments.reader().leaf_readers()[0][0]) == []
+        return
+    with two_segments.searcher() as searcher:
+        assert len(searcher.leaf_searchers()) == 2
+        for field in ("family", "given", "name"):
+            for leaf, _ in searcher.leaf_searchers():
+                ours = FuzzyWord(field, word, maxdist=maxdist, prefixlength=prefixlength)
+                whooshs = wq.FuzzyTerm(field, word, maxdist=maxdist, prefixlength=prefixlength)
+                assert sorted(ours._btexts(leaf.reader())) == \
+                    sorted(whooshs._btexts(leaf.reader())), (field, word)
+            found = {hit["id"] for hit in searcher.search(
+                FuzzyWord(field, word, maxdist=maxdist, prefixlength=prefixlength), limit=None)}
+            assert found == {hit["id"] for hit in searcher.search(
+                wq.FuzzyTerm(field, word, maxdist=maxdist, prefixlength=prefixlength),
+                limit=None)}
+
+
+def test_a_fuzzy_family_name_finds_its_neighbours(two_segments):
+    from mpi.search.query import FuzzyWord
+
+    with two_segments.searcher() as searcher:
+        found = {hit["id"].split("-")[0] for hit in searcher.search(
+            FuzzyWord("family", "smith", maxdist=1, prefixlength=1), limit=None)}
+    assert found == {"Smith", "Smyth", "Smithe", "Smit", "Sith"}  # not Schmidt, Smithson

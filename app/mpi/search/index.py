@@ -61,7 +61,6 @@ class NullSearchIndex:
         return None
 
 
-_MASK = wq.Term("kind", KIND_META)
 
 
 class WhooshSearchIndex:
@@ -74,6 +73,7 @@ class WhooshSearchIndex:
         self._index: Any = None
         self._searcher: Any = None
         self._cursor: int | None = None
+        self._mask: set[int] = set()  # the cursor document's number in the searcher
 
     def search(self, query: wq.Query, *, offset: int, limit: int) -> Results:
         with self._lock:
@@ -83,7 +83,10 @@ class WhooshSearchIndex:
                 # from the same pass; with skipping, whoosh re-runs the query to count.
                 query = prune_infixes(query, lambda word: searcher.doc_frequency(
                     "name", word) > 0)
-                results = searcher.search(query, limit=offset + limit, mask=_MASK,
+                # The mask (the cursor document, never a hit) as a set of its document
+                # number: whoosh turns a mask query into a bit array of every document, a
+                # Python loop over 125,000 bytes (17 ms) per search at 1,000,000 records.
+                results = searcher.search(query, limit=offset + limit, mask=self._mask,
                                           terms=False, optimize=False)
                 hits = [Hit(hit["id"], round(float(hit.score or 0.0), 4), hit.get("person_id"))
                         for hit in results[offset:offset + limit]]
@@ -126,6 +129,7 @@ class WhooshSearchIndex:
             self._searcher = self._index.searcher()
             self._name = name
             self._cursor = checked.opened.cursor
+            self._mask = _meta_numbers(self._searcher)
             return self._searcher
         try:
             changed = self._index.latest_generation() != self._searcher.reader().generation()
@@ -143,6 +147,7 @@ class WhooshSearchIndex:
             self._searcher = fresh
             meta = fresh.document(id=META_ID)
             self._cursor = int(meta["cursor"]) if meta else None
+            self._mask = _meta_numbers(fresh)
         return self._searcher
 
     def _reset(self) -> None:
@@ -152,7 +157,13 @@ class WhooshSearchIndex:
                 with contextlib.suppress(Exception):
                     thing.close()
         self._searcher = self._index = self._name = self._cursor = None
+        self._mask = set()
 
     def close(self) -> None:
         with self._lock:
             self._reset()
+
+
+def _meta_numbers(searcher: Any) -> set[int]:
+    """The document numbers of the cursor document (one; none in a damaged index)."""
+    return set(searcher.docs_for_query(wq.Term("kind", KIND_META)))
