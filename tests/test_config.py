@@ -120,6 +120,17 @@ def test_listener_processes_auto_is_the_cores_at_most_four(monkeypatch):
             load({"HL7_MLLP_PROCESSES": bad})
 
 
+def test_rebuild_processes_auto_is_the_cores_at_most_eight(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert load({}).search_rebuild_processes == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    assert load({"SEARCH_REBUILD_PROCESSES": "auto"}).search_rebuild_processes == 8
+    assert load({"SEARCH_REBUILD_PROCESSES": "1"}).search_rebuild_processes == 1
+    for bad in ("0", "65", "all"):
+        with pytest.raises(ConfigError, match="SEARCH_REBUILD_PROCESSES"):
+            load({"SEARCH_REBUILD_PROCESSES": bad})
+
+
 @pytest.mark.parametrize(("raw", "value"), [("true", True), ("On", True), ("1", True),
                                              ("false", False), ("off", False), ("0", False)])
 def test_twin_guard_switch(raw, value):

@@ -44,13 +44,19 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _listener_processes(raw: str) -> int:
-    if raw.strip().lower() == "auto":
-        return min(os.cpu_count() or 1, 4)
-    value = _positive_int(raw)
-    if value > 32:
-        raise ValueError("must be at most 32, or auto")
-    return value
+def _processes(auto_at_most: int, at_most: int) -> Callable[[str], int]:
+    """A parser for a number of processes: ``auto`` = one per CPU core, at most
+    ``auto_at_most``; otherwise 1 to ``at_most``."""
+
+    def parse(raw: str) -> int:
+        if raw.strip().lower() == "auto":
+            return min(os.cpu_count() or 1, auto_at_most)
+        value = _positive_int(raw)
+        if value > at_most:
+            raise ValueError(f"must be at most {at_most}, or auto")
+        return value
+
+    return parse
 
 
 def _port(raw: str) -> int:
@@ -461,6 +467,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds the search index may lag the change log before readiness answers 503 "
             "(an instance whose search is incomplete is taken out of rotation); 0 = "
             "readiness only reports the lag"),
+    Setting("SEARCH_REBUILD_PROCESSES", "search_rebuild_processes", _processes(8, 64), "auto",
+            "Processes that build a new search index from PostgreSQL (fresh instance, damaged "
+            "index, mpi reindex), each indexing a share of the records at the lowest CPU "
+            "priority; auto = one per CPU core, at most 8; 1 = in the indexer process (always "
+            "so on SQLite)"),
     Setting("SEARCH_WORKER_NICENESS", "search_worker_niceness", _niceness, "10",
             "Niceness the request workers and the MLLP listener add to themselves (0-19) so "
             "that under a full CPU "
@@ -551,7 +562,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HL7_MLLP_THREADS", "hl7_mllp_threads", _positive_int, "4",
             "Messages each MLLP listener process handles at once (one per connection at a "
             "time)"),
-    Setting("HL7_MLLP_PROCESSES", "hl7_mllp_processes", _listener_processes, "auto",
+    Setting("HL7_MLLP_PROCESSES", "hl7_mllp_processes", _processes(4, 32), "auto",
             "MLLP listener processes sharing the port (1-32; auto = CPU cores, at most 4): "
             "one process uses at most one core; each has HL7_MLLP_THREADS threads and its "
             "own database connections"),
@@ -601,6 +612,7 @@ class Settings:
     search_poll_interval: float
     search_commit_interval: float
     search_ready_max_lag: float
+    search_rebuild_processes: int
     search_worker_niceness: int
     matching_threshold: float
     matching_review_threshold: float

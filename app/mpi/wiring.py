@@ -83,7 +83,8 @@ class Services:
         ``standby``, a worker's thread, only while no indexer process lives)."""
         return Indexer(self.db, self.settings.search_index_path,
                        poll_interval=self.settings.search_poll_interval,
-                       commit_interval=self.settings.search_commit_interval, standby=standby)
+                       commit_interval=self.settings.search_commit_interval, standby=standby,
+                       rebuild_processes=self.settings.search_rebuild_processes)
 
     def close(self) -> None:
         """Close every pooled connection (commands, at the end)."""

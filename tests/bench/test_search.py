@@ -29,7 +29,10 @@ def test_typical_searches_cover_every_sql_comparison():
 def test_table_lists_every_kind():
     stats = {"p50_ms": 1.0, "p99_ms": 2.0}
     report = {
-        "patients": 10, "index_build": {"seconds": 1.0, "patients_per_s": 10.0, "bytes": 1e6},
+        "patients": 10,
+        "index_build": {"seconds": 1.0, "patients_per_s": 10.0, "bytes": 1e6, "processes": 2},
+        "index_build_one_process": {"seconds": 1.8, "patients_per_s": 5.6, "bytes": 1e6,
+                                    "processes": 1},
         "search_index": {"identifier": stats}, "search_service": {"identifier": stats},
         "search_sql": {"identifier": {"method": "equality (btree)", **stats}},
         "write_to_searchable": [{"writers": 2, "concurrent_writes_per_s": 5.0, "p50_ms": 200,
@@ -37,6 +40,7 @@ def test_table_lists_every_kind():
     }
     table = searchbench.format_table(report)
     assert "identifier" in table and "equality (btree)" in table and "p99 300 ms" in table
+    assert "2 processes" in table and "1.80x" in table
 
 
 def test_writer_counts_parse():

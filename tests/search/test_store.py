@@ -70,3 +70,34 @@ def test_search_modules_and_whoosh_run_without_warnings(tmp_path):
         checked = directory.check()
         assert checked.state is IndexState.OK and checked.opened is not None
         checked.opened.index.close()
+
+
+def test_a_bulk_segment_gets_the_field_lengths_whoosh_itself_reads(tmp_path):
+    """The bulk writer reads each lengths column whole instead of one byte per posting; the
+    lengths (and so the segment) are the ones whoosh's own reader gives."""
+    from mpi.search.schema import SCHEMA, document
+    from mpi.search.store import _WholeLengths, segment_writer
+
+    directory = IndexDirectory(tmp_path)
+    built = directory.new_build()
+    ix = directory.create_index(built)
+    writer = segment_writer(ix, limitmb=16)
+    records = [{"id": f"p{i}", "version": 1, "source": "A", "source_id": str(i),
+                "names": [{"family": "Smith" + "-Jones" * (i % 3), "given": ["Ada"] * (i % 4)}],
+                "addresses": [{"line": [f"{i} Main St"] * (1 + i % 2)}] if i % 5 else []}
+               for i in range(300)]
+    for record in records:
+        writer.add_document(**document(record))
+    writer.commit()
+    ix = directory.open_index(built)
+    reader = ix.reader()  # one segment
+    whoosh_own = reader._perdoc
+    whole = _WholeLengths(reader._codec.per_document_reader(reader._storage, reader.segment()))
+    for field in SCHEMA.names():
+        for docnum in range(reader.doc_count_all()):
+            assert whole.doc_field_length(docnum, field) == \
+                whoosh_own.doc_field_length(docnum, field), (field, docnum)
+    assert whole.doc_field_length(299, "name") == whoosh_own.doc_field_length(299, "name") > 0
+    whole.close()
+    reader.close()
+    ix.close()

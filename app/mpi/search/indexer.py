@@ -31,7 +31,11 @@ log from that cursor brings it up to date.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import queue
 import random
+import re
 import shutil
 import threading
 import time
@@ -46,15 +50,25 @@ from whoosh import query as wq
 from mpi import metrics
 from mpi.domain.events import ChangeEvent, EventType
 from mpi.search.schema import SCHEMA, document, meta_document
-from mpi.search.store import IndexDirectory, IndexState, Opened, PreferredWriter, WriterLock
+from mpi.search.store import (
+    IndexDirectory,
+    IndexState,
+    Opened,
+    PreferredWriter,
+    WriterLock,
+    segment_writer,
+)
 from mpi.storage.changes import ChangeRepository
-from mpi.storage.db import connection, is_postgres
+from mpi.storage.db import connection, is_postgres, unwrapped
 from mpi.storage.patients import PatientFilter, PatientRepository
 
 log = logging.getLogger("mpi.search")
 
 BATCH_SIZE = 500
 REBUILD_PAGE = 1000
+#: A rebuild shares the records out between processes from this many (fewer are indexed
+#: faster than the processes start).
+PARALLEL_FROM = 20_000
 #: Segments the index may have before a step merges the small ones, in a commit of its own
 #: after the step's documents are committed (so they are searchable before the merge).
 #: Merging on every commit (whoosh's default) rewrites recent segments again and again.
@@ -258,48 +272,194 @@ def live_records(db: peewee.Database, ids: Iterable[str]) -> dict[str, dict[str,
 
 
 def build_generation(db: peewee.Database, directory: IndexDirectory, *,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[Path, int, int]:
+                     progress: Callable[[int, int], None] | None = None,
+                     processes: int = 1) -> tuple[Path, int, int]:
     """Build a complete generation from the database and publish it.
 
     Returns (path, patients indexed, cursor). ``progress(done, total)`` is called
     after each page. Readers keep using the current generation until the end.
+
+    On PostgreSQL, with ``processes`` > 1 and at least :data:`PARALLEL_FROM` records, the
+    records are shared out between that many child processes (:func:`_index_in_processes`).
     """
     started = time.monotonic()
     built = directory.new_build()
     try:
         ix = directory.create_index(built)
-        repository = PatientRepository()
-        count = 0
         with connection(db), snapshot(db):
             cursor = ChangeRepository().last_id()
             total = _count(db)
-            writer = ix.writer(limitmb=256)
-            try:
-                after: int | None = None
-                while True:
-                    page = repository.list_page(PatientFilter(), after=after, limit=REBUILD_PAGE)
-                    for patient in page.items:
-                        writer.add_document(**document(patient.to_dict()))
-                    count += len(page.items)
-                    if progress is not None:
-                        progress(count, total)
-                    if page.next_cursor is None:
-                        break
-                    after = page.next_cursor
-                writer.add_document(**meta_document(cursor))
-            except BaseException:
-                writer.cancel()
-                raise
-        writer.commit()
+            if processes > 1 and is_postgres(db) and total >= PARALLEL_FROM:
+                count = _index_in_processes(db, ix, built, cursor, total, processes, progress)
+            else:
+                count = _index_here(ix, cursor, total, progress)
         ix.close()
         final = directory.publish(built)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
-    log.info("search index rebuilt: %d patients through event %d in %.1f s",
-             count, cursor, time.monotonic() - started,
-             extra={"patients": count, "cursor": cursor})
+    elapsed = time.monotonic() - started
+    log.info("search index rebuilt: %d patients through event %d in %.1f s (%d processes)",
+             count, cursor, elapsed, processes if total >= PARALLEL_FROM else 1,
+             extra={"patients": count, "cursor": cursor, "seconds": round(elapsed, 1)})
     return final, count, cursor
+
+
+def _index_here(ix: Any, cursor: int, total: int,
+                progress: Callable[[int, int], None] | None) -> int:
+    """Index every live record in this process, inside the caller's snapshot."""
+    repository = PatientRepository()
+    count = 0
+    writer = segment_writer(ix, limitmb=256)
+    try:
+        after: int | None = None
+        while True:
+            page = repository.list_page(PatientFilter(), after=after, limit=REBUILD_PAGE)
+            for patient in page.items:
+                writer.add_document(**document(patient.to_dict()))
+            count += len(page.items)
+            if progress is not None:
+                progress(count, total)
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        writer.add_document(**meta_document(cursor))
+    except BaseException:
+        writer.cancel()
+        raise
+    writer.commit()
+    return count
+
+
+class IndexBuildFailed(RuntimeError):
+    """A process building a share of a new generation failed (its error type is named)."""
+
+
+def _index_in_processes(db: peewee.Database, ix: Any, path: Path, cursor: int, total: int,
+                        processes: int, progress: Callable[[int, int], None] | None) -> int:
+    """Index the live records in ``processes`` forked children, each a share of the keys
+    into a whoosh segment of its own, all reading the caller's snapshot; then commit one
+    table of contents naming every segment (and the cursor document). Whoosh is pure
+    Python, so one process indexes on one core: at 1,000,000 records it read and indexed
+    ~1,400 a second and left the other core idle.
+
+    The children read in a transaction that imports the caller's exported snapshot
+    (``pg_export_snapshot``), so the generation is exactly as consistent as a one-process
+    build: the caller's transaction stays open until they are done. They run at the lowest
+    CPU priority (niceness 19), below the request workers, so a rebuild takes the CPU the
+    service leaves idle rather than the service's latency.
+    """
+    from whoosh.writing import SegmentWriter
+
+    exported = str(unwrapped(db).execute_sql("SELECT pg_export_snapshot()").fetchone()[0])
+    shares = _shares(total, processes)
+    context = multiprocessing.get_context("fork")
+    messages: Any = context.Queue()
+    children = [context.Process(target=_index_share, name=f"search-index-build-{i}",
+                                args=(db, path, exported, after, through, i, messages),
+                                daemon=True)
+                for i, (after, through) in enumerate(shares)]
+    segments: dict[int, Any] = {}
+    count = 0
+    try:
+        for child in children:
+            child.start()
+        while len(segments) < len(children):
+            try:
+                kind, share, value = messages.get(timeout=1.0)
+            except queue.Empty:
+                failed = [c.name for c in children if c.exitcode not in (None, 0)]
+                if failed:
+                    raise IndexBuildFailed(f"{', '.join(failed)} exited without its segment") \
+                        from None
+                continue
+            if kind == "error":
+                raise IndexBuildFailed(f"share {share} failed: {value}")
+            if kind == "progress":
+                count += value
+                if progress is not None:
+                    progress(count, total)
+            else:
+                segments[share] = value
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+        messages.close()
+    writer = SegmentWriter(ix, limitmb=16)  # takes the build directory's whoosh lock
+    try:
+        writer.add_document(**meta_document(cursor))
+        # As whoosh's own multi-process writer commits (whoosh.multiproc.MpWriter): the
+        # children's finished segments and this one in one table of contents.
+        done = [segments[i] for i in sorted(segments) if segments[i] is not None]
+        writer._commit_toc([*done, writer._finalize_segment()])
+    except BaseException:
+        writer.cancel()
+        raise
+    writer._finish()
+    return count
+
+
+def _shares(total: int, processes: int) -> list[tuple[int | None, int | None]]:
+    """``processes`` key ranges (after, through] of about equal numbers of live records
+    (in the caller's snapshot); the first starts at the beginning, the last runs to the end."""
+    from mpi.storage.models import PatientRow
+
+    cuts: list[int | None] = [None]
+    # The last key of each share but the last: the (total * k / processes)-th live record.
+    for position in sorted({total * k // processes for k in range(1, processes)} - {0}):
+        row = (PatientRow.select(PatientRow.pk).where(PatientRow.deleted_at.is_null())
+               .order_by(PatientRow.pk).offset(position - 1).limit(1).first())
+        if row is not None:
+            cuts.append(row.pk)
+    return [(cuts[i], cuts[i + 1] if i + 1 < len(cuts) else None) for i in range(len(cuts))]
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+def _index_share(db: peewee.Database, path: Path, exported: str, after: int | None,
+                 through: int | None, share: int, messages: Any) -> None:
+    """A child's body: index the live records with keys in (after, through] into one new
+    segment, reading the snapshot ``exported``; put ("progress", n) after each page and
+    ("done", segment) at the end, or ("error", type) and exit 1."""
+    from mpi.storage.db import database_proxy, reopened
+
+    try:
+        os.nice(19 - os.nice(0))
+        fresh = reopened(db)
+        database_proxy.initialize(fresh)  # the models read through it, never the parent's
+        if not _SNAPSHOT_ID.fullmatch(exported):
+            raise ValueError("not a snapshot id")
+        ix = IndexDirectory.open_index(path)
+        writer = segment_writer(ix, limitmb=128, locked=False)
+        repository = PatientRepository()
+        added = 0
+        with connection(fresh), fresh.atomic(isolation_level="REPEATABLE READ"):
+            # Must come first in the transaction; a utility statement takes no parameters.
+            fresh.execute_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
+            while True:
+                page = repository.list_page(PatientFilter(), after=after, limit=REBUILD_PAGE,
+                                            through=through)
+                for patient in page.items:
+                    writer.add_document(**document(patient.to_dict()))
+                added += len(page.items)
+                messages.put(("progress", share, len(page.items)))
+                if page.next_cursor is None:
+                    break
+                after = page.next_cursor
+        # Not cancel() or _finish(): they remove the index's temporary directory, which
+        # every writer of the index shares (the parent's writer removes it at the end).
+        segment = writer._finalize_segment() if added else writer._close_segment()
+        messages.put(("done", share, segment))
+    except BaseException as exc:
+        # The type only: a database error message can quote patient data.
+        messages.put(("error", share, type(exc).__name__))
+        raise SystemExit(1) from None
+    finally:
+        messages.close()
+        messages.join_thread()
 
 
 def _count(db: peewee.Database) -> int:
@@ -330,7 +490,7 @@ class Indexer:
     def __init__(self, db: peewee.Database, root: Path, *, poll_interval: float = 0.2,
                  commit_interval: float | None = None, batch_size: int = BATCH_SIZE,
                  handlers: dict[str, Handler] | None = None, strict: bool = False,
-                 standby: bool = False):
+                 standby: bool = False, rebuild_processes: int = 1):
         self._db = db
         self.directory = IndexDirectory(root)
         self.lock = WriterLock(root)
@@ -342,6 +502,8 @@ class Indexer:
         # (SEARCH_COMMIT_INTERVAL; None: the poll interval).
         self.commit_interval = poll_interval if commit_interval is None else commit_interval
         self.batch_size = batch_size
+        # Processes a rebuild shares the records out to (PostgreSQL; see build_generation).
+        self.rebuild_processes = rebuild_processes
         self.handlers = HANDLERS if handlers is None else handlers
         self.strict = strict  # an unknown event type is an error (tests), not a re-read
         self._opened: Opened | None = None
@@ -373,7 +535,8 @@ class Indexer:
         opened = self._current()
         if opened is None:
             metrics.INDEX_REBUILDS.labels(self._rebuild_reason).inc()
-            _, count, _ = build_generation(self._db, self.directory)
+            _, count, _ = build_generation(self._db, self.directory,
+                                           processes=self.rebuild_processes)
             self._close()
             return max(count, 1)
         with connection(self._db):
@@ -391,7 +554,8 @@ class Indexer:
                 ) -> tuple[Path, int, int]:
         """Build a new generation from the database beside the current one and publish it
         (``mpi reindex``); see :func:`build_generation`."""
-        return build_generation(self._db, self.directory, progress=progress)
+        return build_generation(self._db, self.directory, progress=progress,
+                                processes=self.rebuild_processes)
 
     def catch_up(self, max_steps: int = 10_000) -> None:
         """Step until the index has every committed event (tests and tools)."""
@@ -525,7 +689,7 @@ class Indexer:
                     extra={"index_state": "damaged"})
         self._close()
         metrics.INDEX_REBUILDS.labels("damaged").inc()
-        build_generation(self._db, self.directory)
+        build_generation(self._db, self.directory, processes=self.rebuild_processes)
         return True
 
     def _close(self) -> None:

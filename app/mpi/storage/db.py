@@ -119,6 +119,19 @@ def unwrapped(db: peewee.Database) -> peewee.Database:
     return db.obj if isinstance(db, peewee.DatabaseProxy) else db
 
 
+def reopened(db: peewee.Database) -> peewee.Database:
+    """A new, unconnected PostgreSQL database with ``db``'s connection settings and none of
+    its connections: what a forked child process uses. A child must never use or close a
+    connection its parent opened (they share the socket: closing it in the child would end
+    the parent's session)."""
+    target = unwrapped(db)
+    if not isinstance(target, PostgresPool):
+        raise TypeError("only a PostgreSQL database can be reopened in a child process")
+    return PostgresPool(target.database, max_connections=2, stale_timeout=600,
+                        timeout=30, autoconnect=False, prefer_psycopg3=True,
+                        **target.connect_params)
+
+
 def is_postgres(db: peewee.Database) -> bool:
     return isinstance(unwrapped(db), peewee.PostgresqlDatabase)
 

@@ -306,7 +306,10 @@ class PatientRepository:
          .where(PatientIdentifierRow.patient == row.pk).execute())
         return int(row.version) + 1
 
-    def list_page(self, filters: PatientFilter, *, after: int | None, limit: int) -> Page:
+    def list_page(self, filters: PatientFilter, *, after: int | None, limit: int,
+                  through: int | None = None) -> Page:
+        """Live records in key order after the key ``after``, and up to the key ``through``
+        when given (a share of the registry: a parallel index build)."""
         query = PatientRow.select().where(PatientRow.deleted_at.is_null())
         if filters.source is not None:
             query = query.where(PatientRow.source == filters.source)
@@ -328,6 +331,8 @@ class PatientRepository:
             query = query.where(PatientRow.pk.in_(idents))
         if after is not None:
             query = query.where(PatientRow.pk > after)
+        if through is not None:
+            query = query.where(PatientRow.pk <= through)
         rows = list(query.order_by(PatientRow.pk).limit(limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
