@@ -109,26 +109,21 @@ def test_workers_auto():
     assert load({"WORKERS": "3"}).workers == 3
 
 
-def test_listener_processes_auto_is_the_cores_at_most_four(monkeypatch):
+@pytest.mark.parametrize(("name", "attribute", "at_most_auto", "at_most"), [
+    ("HL7_MLLP_PROCESSES", "hl7_mllp_processes", 4, 32),
+    ("SEARCH_REBUILD_PROCESSES", "search_rebuild_processes", 8, 64),
+])
+def test_processes_auto_is_the_cores_with_a_cap(monkeypatch, name, attribute, at_most_auto,
+                                                at_most):
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert load({}).hl7_mllp_processes == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert load({"HL7_MLLP_PROCESSES": "auto"}).hl7_mllp_processes == 4
-    assert load({"HL7_MLLP_PROCESSES": "6"}).hl7_mllp_processes == 6
-    for bad in ("0", "33", "two"):
-        with pytest.raises(ConfigError, match="HL7_MLLP_PROCESSES"):
-            load({"HL7_MLLP_PROCESSES": bad})
-
-
-def test_rebuild_processes_auto_is_the_cores_at_most_eight(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert load({}).search_rebuild_processes == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 32)
-    assert load({"SEARCH_REBUILD_PROCESSES": "auto"}).search_rebuild_processes == 8
-    assert load({"SEARCH_REBUILD_PROCESSES": "1"}).search_rebuild_processes == 1
-    for bad in ("0", "65", "all"):
-        with pytest.raises(ConfigError, match="SEARCH_REBUILD_PROCESSES"):
-            load({"SEARCH_REBUILD_PROCESSES": bad})
+    assert getattr(load({}), attribute) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 100)
+    assert getattr(load({name: "auto"}), attribute) == at_most_auto
+    assert getattr(load({name: "1"}), attribute) == 1
+    assert getattr(load({name: str(at_most)}), attribute) == at_most
+    for bad in ("0", str(at_most + 1), "two"):
+        with pytest.raises(ConfigError, match=name):
+            load({name: bad})
 
 
 @pytest.mark.parametrize(("raw", "value"), [("true", True), ("On", True), ("1", True),
