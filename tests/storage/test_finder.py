@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date, datetime
 
+import peewee
 import pytest
 
 from mpi.domain.criteria import Criteria, Term
 from mpi.domain.patient import PatientInput
+from mpi.fhir.search import parse_date
 from mpi.storage.finder import PatientFinder
 from mpi.storage.patients import PatientRepository
 from tests.helpers import patient
@@ -23,7 +26,7 @@ def test_a_family_prefix_search_uses_the_family_name_index(db):
     sequential scans discouraged, as on a large table) rather than read every name."""
     repo = PatientRepository()
     for i in range(50):
-        data = PatientInput.model_validate_json(__import__("json").dumps(patient(
+        data = PatientInput.model_validate_json(json.dumps(patient(
             source_id=f"F{i}", names=[{"family": f"Fam{i:03d}", "given": ["A"]}],
             identifiers=[])))
         repo.insert(data, patient_id=uuid.uuid4(), now=NOW)
@@ -33,7 +36,42 @@ def test_a_family_prefix_search_uses_the_family_name_index(db):
     sql, params = query.sql()
     db.execute_sql("SET enable_seqscan = off")
     plan = "\n".join(r[0] for r in db.execute_sql(f"EXPLAIN {sql}", params).fetchall())
-    assert "patient_name_family_norm" in plan, plan
+    assert "patient_name_family_norm_patient_pk" in plan, plan
     found = finder.find(Criteria((Term("family", ("fam01",)),)), offset=0, count=50,
                         total=True, today=date(2026, 1, 1))
     assert found.total == 10 and len(found.items) == 10
+
+
+def _registry_of(repo: PatientRepository, n: int) -> None:
+    for i in range(n):
+        data = PatientInput.model_validate_json(json.dumps(patient(
+            source_id=f"T{i}", names=[{"family": "Totalson", "given": ["A"]}],
+            birth_date=f"1980-01-{1 + i:02d}", identifiers=[])))
+        repo.insert(data, patient_id=uuid.uuid4(), now=NOW)
+
+
+@pytest.mark.parametrize(("offset", "count", "counted"), [
+    (0, 10, False),  # one page: its length is the total
+    (5, 10, False),  # the last page: offset + its length
+    (0, 3, True),  # more pages: counted
+    (20, 3, True),  # past the end: an empty page says nothing, counted
+    (0, 0, True),  # _summary=count
+])
+def test_the_total_is_counted_only_when_the_page_cannot_say_it(db, monkeypatch, offset, count,
+                                                                 counted):
+    repo = PatientRepository()
+    _registry_of(repo, 7)
+    counts: list[int] = []
+    real_count = peewee.SelectBase.count
+
+    def count_spy(self, *args, **kwargs):
+        counts.append(1)
+        return real_count(self, *args, **kwargs)
+
+    monkeypatch.setattr(peewee.SelectBase, "count", count_spy)
+    criteria = Criteria((Term("family", ("totals",)), Term("birthdate", (parse_date("1980"),))))
+    found = PatientFinder(repo).find(criteria, offset=offset, count=count, total=True,
+                                     today=date(2026, 1, 1))
+    assert found.total == 7
+    assert len(found.items) == max(0, min(count, 7 - offset))
+    assert bool(counts) is counted

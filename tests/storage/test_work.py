@@ -280,13 +280,18 @@ def test_a_reads_audit_is_one_statement_that_commits_by_itself(db, monkeypatch,
 
     unflushed = 0
     for _ in range(20):
+        # The WAL written so far: the audit's commit goes after it, so once the commit is
+        # flushed the flush position is past it. (Comparing with the WAL written after the
+        # commit instead failed now and then: the server's own background records, such as
+        # a standby snapshot, may land in between, not yet flushed.)
+        before = db.execute_sql("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
         monkeypatch.setattr(db, "execute_sql", spy)
         seen.clear()
         work.read(ACTOR, fetch)
         monkeypatch.setattr(db, "execute_sql", execute)
         assert seen == [("SELECT", False), ("INSERT", False)]
-        unflushed += db.execute_sql("SELECT pg_current_wal_flush_lsn() < "
-                                    "pg_current_wal_insert_lsn()").fetchone()[0]
+        unflushed += not db.execute_sql("SELECT pg_current_wal_flush_lsn() > %s::pg_lsn",
+                                        (before,)).fetchone()[0]
     assert AuditEventRow.select().count() == 40
     # Asynchronous: nearly always unflushed (the WAL writer may flush in between);
     # synchronous: never.

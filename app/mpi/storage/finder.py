@@ -53,13 +53,18 @@ class PatientFinder:
     def find(self, criteria: Criteria, *, offset: int, count: int, total: bool,
              today: date) -> Found:
         query = self._query(criteria, today)
-        found_total = query.count() if total else None
         if count == 0:
-            return Found([], found_total, False)
+            return Found([], query.count() if total else None, False)
         ordered = (query.select(PatientRow.id)
-                   .order_by(*self._order(criteria), PatientRow.pk))
+                   .order_by(*self._order(criteria), _tiebreak(criteria)))
         ids = [str(i) for (i,) in ordered.offset(offset).limit(count + 1).tuples()]
         more = len(ids) > count
+        found_total = None
+        if total:
+            # The last page (a clerk's search usually has one) says the total itself: a
+            # COUNT repeats the whole search, as costly as the page (35 ms each at 1,000,000
+            # records for a family prefix and a birth year).
+            found_total = query.count() if more or (offset and not ids) else offset + len(ids)
         # The page's records in one statement (the one-statement read, for several ids).
         return Found(self._patients.read_many(ids[:count]), found_total, more)
 
@@ -274,16 +279,55 @@ def _json_text(column: Any, term: Term, value: str) -> Any:
     return _like(peewee.fn.LOWER(column), "%" + _escape(value.lower()) + "%")
 
 
+def _narrows(term: Term) -> bool:
+    """Whether an index finds the term's few records directly: a family or any name by
+    prefix or exactly, an identifier, an id, a birth date (the day, month or year)."""
+    if term.missing is not None:
+        return False
+    if term.subject in ("family", "name"):
+        return term.mode != "contains"
+    if term.subject == "birthdate":
+        return all(isinstance(v, DateRange) and v.comparator == "eq" for v in term.values)
+    return term.subject in ("_id", "identifier")
+
+
+def _tiebreak(criteria: Criteria) -> Any:
+    """The record's key, last in the order (and first without ``_sort``).
+
+    When a term narrows the search to few records (:func:`_narrows`), the key is ordered as
+    an expression (``pk + 0``), which no index serves: PostgreSQL then finds the matches
+    through the term's index and sorts them. Ordered by the bare key with a LIMIT, it
+    walked the whole patient table in key order instead whenever it misjudged how many
+    records match (a family prefix: it cannot tell), checking each for the terms: a family
+    prefix and a birth year took 100 ms, two parallel workers each, at 1,000,000 records,
+    and 4 to 20 ms through the indexes. A search with no narrowing term (``gender=female``)
+    keeps the bare key: its matches are everywhere, and walking the key index finds the
+    first page at once.
+    """
+    if any(_narrows(term) for term in criteria.terms):
+        return PatientRow.pk + 0
+    return PatientRow.pk
+
+
 def _birthdate_condition(value: DateRange, today: date) -> Any:
     """A birth date term against the records' birth dates, each the interval it stands
     for: a day, or a whole month or year when only that is known (``birth_date`` holds its
     first day, ``birth_date_precision`` says which)."""
     precision = PatientRow.birth_date_precision
-    return _any([
-        precision.is_null() & _date_condition(PatientRow.birth_date, value, today),
+    day = _date_condition(PatientRow.birth_date, value, today)
+    branches = _any([
+        precision.is_null() & day,
         (precision == 7) & _date_condition(PatientRow.birth_date, value, today, span="month"),
         (precision == 4) & _date_condition(PatientRow.birth_date, value, today, span="year"),
     ])
+    if value.comparator == "eq":
+        # Every branch lies inside [start, end), the day condition: said once more on its
+        # own, the planner sees one range on birth_date (its index and its statistics)
+        # rather than guessing at the OR. Guessing, it took a year for a quarter of the
+        # registry, and walked the whole patient table in key order for a family + birth
+        # year search: 82 ms at 1,000,000 records.
+        return day & branches
+    return branches
 
 
 def _back(day: date, span: str) -> date:

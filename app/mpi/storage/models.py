@@ -78,7 +78,7 @@ class PatientNameRow(BaseModel):
     position = peewee.SmallIntegerField()
     use = peewee.CharField(max_length=16, null=True)
     family = peewee.CharField(max_length=200, null=True)
-    family_norm = peewee.CharField(max_length=200, null=True, index=True)
+    family_norm = peewee.CharField(max_length=200, null=True)
     given = JSONTextField()
     # The given names folded for search (``storage.patients.given_norm``).
     given_norm = peewee.TextField(null=True)
@@ -87,6 +87,8 @@ class PatientNameRow(BaseModel):
 
     class Meta:
         table_name = "patient_name"
+        # A family-name prefix search reads the records' keys from the index alone.
+        indexes = ((("family_norm", "patient"), False),)
 
 
 class PatientIdentifierRow(BaseModel):
