@@ -424,19 +424,22 @@ def _index_share(db: peewee.Database, path: Path, exported: str, after: int | No
     """A child's body: index the live records with keys in (after, through] into one new
     segment, reading the snapshot ``exported``; put ("progress", n) after each page and
     ("done", segment) at the end, or ("error", type) and exit 1."""
-    from mpi.storage.db import database_proxy, reopened
+    from mpi.storage.db import reopened
+    from mpi.storage.models import ALL_MODELS
 
     try:
         os.nice(19 - os.nice(0))
         fresh = reopened(db)
-        database_proxy.initialize(fresh)  # the models read through it, never the parent's
         if not _SNAPSHOT_ID.fullmatch(exported):
             raise ValueError("not a snapshot id")
         ix = IndexDirectory.open_index(path)
         writer = segment_writer(ix, limitmb=128, locked=False)
         repository = PatientRepository()
         added = 0
-        with connection(fresh), fresh.atomic(isolation_level="REPEATABLE READ"):
+        # The models read through the child's own database, never the parent's (the
+        # composition root alone binds the shared proxy).
+        with (fresh.bind_ctx(ALL_MODELS), connection(fresh),
+              fresh.atomic(isolation_level="REPEATABLE READ")):
             # Must come first in the transaction; a utility statement takes no parameters.
             fresh.execute_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
             while True:
