@@ -68,6 +68,25 @@ def test_given_and_family_swapped():
     assert label(compare_family, a, b).startswith("swapped")
 
 
+@pytest.mark.parametrize("a, b, expected", [
+    # One record's names swapped, then one of them changed: the given name is found as
+    # the other's family name, either way round, a typo allowed.
+    (("Raquel", "Lodge"), ("Garnett", "Raquel"), "matches the other's family name"),
+    (("Lodge", "Raquel"), ("Raquel", "Garnett"), "matches the other's family name"),
+    (("Raquel", "Lodge"), ("Garnett", "Raquell"), "matches the other's family name"),
+    # Both swapped is its own, stronger level; nothing in common stays different; an
+    # initial is never taken for a family name.
+    (("Raquel", "Lodge"), ("Lodge", "Raquel"), "swapped with family name"),
+    (("Raquel", "Lodge"), ("Garnett", "Smith"), "different"),
+    (("R", "Lodge"), ("Garnett", "R"), "different"),
+])
+def test_a_given_name_found_as_the_others_family_name(a, b, expected):
+    first = prep(given_name=a[0], family_name=a[1])
+    second = prep(given_name=b[0], family_name=b[1])
+    assert label(compare_given, first, second).startswith(expected)
+    assert label(compare_given, second, first).startswith(expected)
+
+
 @pytest.mark.parametrize("x, y, expected", [
     ("Smith", "SMITH", "exact"),
     ("Okonkwo", "Okonkow", "similar (Jaro-Winkler >= 0.92)"),

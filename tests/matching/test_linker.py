@@ -3,6 +3,7 @@ from datetime import date
 import pytest
 
 from mpi.matching.batch import dedupe
+from mpi.matching.comparisons import NAMES_INDEX
 from mpi.matching.linker import Linker, decide, person_weight
 from mpi.matching.model import Model
 from mpi.matching.scoring import Scorer
@@ -91,6 +92,40 @@ def test_a_strong_pair_is_not_dragged_down_by_the_persons_weaker_records():
     x = prep("X")
     assert person_weight([s(x, a), s(x, b)]) == pytest.approx(s(x, a).weight)
     assert decide({"P": [s(x, a), s(x, b)]}, LINK, REVIEW).kind == "link"
+
+
+def test_a_strong_pair_counts_when_most_of_the_person_agrees():
+    """A person = {A, B, C (its given name replaced by a clerk's error)}. X is A again:
+    two of the person's three records agree with X on the given name, and the majority's
+    evidence counts (the median); the mean let the one odd record pull X under the
+    threshold. When most of the person disagrees, the disagreement counts."""
+    a, b = prep("A"), prep("B", phone=None)
+    odd = prep("C", given_name="Zoltan", phone=None)
+    x = prep("X", ssn=None)
+    person = [s(x, a), s(x, b), s(x, odd)]
+    given = NAMES_INDEX["given_name"]
+    same, different = s(x, a).raw_weights[given], s(x, odd).raw_weights[given]
+    assert same > 0 > different
+    # The given name counts as the two agreeing records say (the mean: a third of it).
+    assert person_weight(person) == pytest.approx(person_weight([s(x, a), s(x, b)]))
+    assert decide({"P": person}, LINK, REVIEW).kind == "link"
+    outvoted = [s(x, a), s(x, prep("D", given_name="Zoltan")), s(x, odd)]
+    assert person_weight(outvoted) == pytest.approx(s(x, a).weight - same + different)
+
+
+def test_a_name_found_only_in_the_others_other_field_needs_more_evidence():
+    """"Raquel Lodge" and "Garnett Raquel" born on one day, nothing else in common: the
+    given name agrees only across fields (weak evidence, a variant for the twin guard):
+    not linked. With the address in common as well, linked."""
+    bare = {"address_line": None, "city": None, "state": None, "postal_code": None,
+            "phone": None, "ssn": None, "sex": None}
+    raquel = dict(given_name="Raquel", family_name="Lodge")
+    crossed = dict(given_name="Garnett", family_name="Raquel")
+    pair = s(prep("b", **crossed, **bare), prep("a", **raquel, **bare))
+    assert decide({"A": [pair]}, LINK, REVIEW).kind != "link"
+    housed = s(prep("b", **crossed, ssn=None), prep("a", **raquel, ssn=None))
+    assert housed.comparisons[NAMES_INDEX["given_name"]].label.startswith("matches the other")
+    assert decide({"A": [housed]}, LINK, REVIEW).kind == "link"
 
 
 def test_thresholds_are_checked():

@@ -80,8 +80,10 @@ def test_probability_and_weight_are_inverse():
 def test_a_model_written_before_a_level_was_added_scores_as_it_did():
     """Files written before given names in another language's form had a level of their
     own scored such pairs as nicknames: they load with their nickname level's m and u
-    on the new level, their stated version checked against what they hold; a file whose
-    levels fit neither the code nor an older code is refused."""
+    on the new level (and a given name found as the other's family name, which they
+    scored as different, with their different level's), their stated version checked
+    against what they hold; a file whose levels fit neither the code nor an older code
+    is refused."""
     old = json.loads((Path(__file__).parent / "model_before_middle_name.json").read_text())
     (given,) = (c for c in old["comparisons"] if c["name"] == "given_name")
     assert "another language's form" not in [level["label"] for level in given["levels"]]
@@ -89,8 +91,11 @@ def test_a_model_written_before_a_level_was_added_scores_as_it_did():
     labels = COMPARISONS[NAMES_INDEX["given_name"]].labels
     weights = dict(zip(labels, loaded.weights("given_name"), strict=True))
     assert weights["another language's form"] == weights["nickname"] > 0
+    cross = "matches the other's family name (Jaro-Winkler >= 0.92)"
+    assert weights[cross] == weights["different"] < 0
     shipped = dict(zip(labels, Model.default().weights("given_name"), strict=True))
     assert 0 < shipped["another language's form"] < shipped["nickname"] < shipped["exact"]
+    assert 0 < shipped[cross] < shipped["similar (Jaro-Winkler >= 0.92)"]
     given["levels"] = [level for level in given["levels"] if level["label"] != "initial only"]
     del old["version"]
     with pytest.raises(ModelError, match="level labels"):

@@ -66,7 +66,16 @@ def _swapped(given_a: str, family_a: str, given_b: str, family_b: str) -> bool:
 GIVEN_LABELS = ("missing", "exact", "swapped with family name (Jaro-Winkler >= 0.92)",
                 "nickname", "another language's form",
                 "similar (Jaro-Winkler >= 0.92)", "sounds alike (NYSIIS/metaphone)",
-                "fuzzy (Jaro-Winkler >= 0.80)", "initial only", "different")
+                "fuzzy (Jaro-Winkler >= 0.80)", "initial only",
+                "matches the other's family name (Jaro-Winkler >= 0.92)", "different")
+
+
+def _crossed(a: PreparedRecord, b: PreparedRecord) -> bool:
+    """One record's given name is the other's family name (JW >= 0.92), either way round:
+    the names were swapped on one record and one of them then mistyped or replaced, or a
+    clerk put a name in the wrong field."""
+    return ((len(a.given) > 1 and len(b.family) > 1 and _jw(a.given, b.family) >= 0.92)
+            or (len(a.family) > 1 and len(b.given) > 1 and _jw(a.family, b.given) >= 0.92))
 
 
 def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
@@ -84,7 +93,7 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
     if a.given_forms & b.given_forms:
         return 3
     if len(x) == 1 or len(y) == 1:
-        return 8 if x[0] == y[0] else 9
+        return 8 if x[0] == y[0] else 10
     jw = _jw(x, y)
     if jw >= 0.92:
         return 5
@@ -93,7 +102,7 @@ def compare_given(a: PreparedRecord, b: PreparedRecord) -> int:
         return 6
     if jw >= 0.80:
         return 7
-    return 9
+    return 9 if _crossed(a, b) else 10
 
 
 MIDDLE_LABELS = ("missing", "same name (Jaro-Winkler >= 0.92)", "same initial",

@@ -4,18 +4,23 @@
 grouped by person, it says link / review / new.
 
 How a record is scored against a *person* (several records): for each comparison, the
-weights of the incoming record against every one of that person's records are averaged
-over the records where the comparison is not null, and the averages are summed::
+weights of the incoming record against that person's records where the comparison is
+not null are combined, and the results summed: the best of them where all agree to some
+degree, their median where some disagree::
 
-    W(person) = sum over comparisons c of  mean_{r in person, level_c(x, r) != null} w_c(x, r)
+    W(person) = sum over comparisons c of  best or median_{r in person, level_c(x, r) != null}
+                                           w_c(x, r)
 
 That is Fellegi-Sunter against the person as a whole, with each of the person's records
-an equal witness of what the person's values are: a record that agrees with one of the
-person's records but contradicts the others gets the contradiction counted, so a person
-is never reached through one weak (or one lucky) pair — no chaining. A record that lacks
-a field (a lab record without an address) does not dilute that field, so sparse records
-do not split a person. The identity layer should pass the scores against *all* records
-of each candidate person (not only those found by blocking).
+a witness of what the person's values are: a record that agrees with one of the
+person's records but is contradicted by most of them gets the contradiction counted, so
+a person is never reached through one weak (or one lucky) pair — no chaining (with two
+records, the median is their mean: one agreeing record does not outvote the other). A
+strong pair is not drowned by one odd record of a person whose other records agree with
+it (a clerk's replaced given name on one of five records). A record that lacks a field
+(a lab record without an address) does not dilute that field, so sparse records do not
+split a person. The identity layer should pass the scores against *all* records of each
+candidate person (not only those found by blocking).
 
 Decisions:
 
@@ -56,6 +61,7 @@ blocking keys: the batch ``dedupe`` uses it, so batch and online give the same a
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -104,7 +110,7 @@ _PHONE = NAMES_INDEX["phone"]
 # phone, an SSN, an identifier) they may be two brothers as well as one man.
 _GIVEN_VARIANT = frozenset(i for i, label in enumerate(COMPARISONS[_GIVEN].labels)
                            if label.startswith(("nickname", "another language", "sounds alike",
-                                                    "fuzzy")))
+                                                    "fuzzy", "matches the other's family")))
 _MIDDLE_DIFFERENT = len(COMPARISONS[_MIDDLE].labels) - 1
 TWIN_NOTE = ("possible twin or relative: no shared SSN or identifier, and names and birth "
              "dates that fit two members of one family (twins, a son named after his "
@@ -178,14 +184,15 @@ def person_weight(scores: Sequence[Score]) -> float:
     ``scoring``): where every record that has the
     field agrees to some degree, the best agreement counts (a strong pair is not dragged
     down by the person's weaker records: an old address, a name with a typo); where some
-    record disagrees, the mean over the records counts (so one sparse record cannot
-    bridge a person whose other records contradict the newcomer)."""
+    record disagrees, the median over the records counts (so one sparse record cannot
+    bridge a person whose other records contradict the newcomer, and one odd record
+    cannot outweigh the others that agree)."""
     if len(scores) == 1:
         return scores[0].weight
     evidence: list[float | None] = []
     for i in range(len(COMPARISONS)):
         weights = [sc.raw_weights[i] for sc in scores if sc.levels[i] != NULL]
-        evidence.append((max(weights) if min(weights) >= 0 else sum(weights) / len(weights))
+        evidence.append((max(weights) if min(weights) >= 0 else statistics.median(weights))
                         if weights else None)
     # A correlated group (address and phone) counts once for the person as for a pair.
     return scores[0].scorer.combine(evidence)
@@ -205,9 +212,14 @@ def same_person(scores: Sequence[Score], link_threshold: float,
                 twin_guard: bool = True) -> float | None:
     """Whether two persons are one, judged as wholes: ``scores`` has every record of one
     against every record of the other, aggregated as in :func:`person_weight` (a strong
-    pair counts where nothing contradicts it, the mean where something does). The
+    pair counts where nothing contradicts it, the median where something does). The
     probability when it reaches ``link_threshold`` and (with ``twin_guard``) the scores
-    do not show the twin pattern; otherwise None."""
+    do not show the twin pattern; otherwise None.
+
+    Wholes, not the arriving record alone: merging whenever a record cleared the link
+    threshold against two persons (each on its own) lowered the multi-source benchmark's
+    online precision from 0.992 to 0.989 (batch 0.985 to 0.978) for 0.001 of recall: a
+    sparse record fits two relatives as well as one person."""
     if not scores:
         return None
     probability = scores[0].model.probability(person_weight(scores))

@@ -33,6 +33,7 @@ _FLOOR = 1e-9
 # level's m and u to it, so it scores every pair as it did.
 ADDED_LEVELS: Mapping[tuple[str, str], str] = {
     ("given_name", "another language's form"): "nickname",
+    ("given_name", "matches the other's family name (Jaro-Winkler >= 0.92)"): "different",
 }
 
 
