@@ -32,6 +32,7 @@ import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from mpi.config import Settings
 from mpi.lifecycle import lower_priority, when_orphaned
@@ -54,6 +55,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "graceful_timeout": settings.graceful_timeout,
         "keepalive": 5,
         "accesslog": None,
+        "logger_class": "mpi.server.NoAccessLogger",
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "logconfig_dict": logging_config(settings),
@@ -66,6 +68,21 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
                                          *(str(n) for n in settings.trusted_proxies)]),
         "control_socket_disable": True,
     }
+
+
+class NoAccessLogger(Logger):
+    """gunicorn's logger with its access log off for good: the service writes its own
+    (``mpi.api.middleware.RequestContext``: the route template, never the path or query).
+    gunicorn counts its access log as on whenever a ``logconfig_dict`` is given, and then
+    built every request's log atoms (the environ and headers, a dict each) only for the
+    ``gunicorn.access`` logger to drop them: 4 % of a read's CPU."""
+
+    @property
+    def access_log_enabled(self) -> bool:
+        return False
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
 
 
 SHM = "/dev/shm"  # noqa: S108 - gunicorn's documented heartbeat location, not a temp file

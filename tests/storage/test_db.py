@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from mpi.storage.db import analyze, planned_rows
+from mpi.storage.db import analyze, planned_rows, uuid_text
 from mpi.storage.models import PersonRow
 
 NOW = datetime(2026, 1, 1, 12, 0)
@@ -61,3 +61,18 @@ def test_rows_inserted_together_and_keys_returned(db, persons):
     links = {r.patient_id: r for r in PatientLinkRow.select()}
     assert [links[p.pk].match_data for p in patients] == [{"n": n} for n in range(persons)]
     assert BlockingKeyRow.select().count() == persons
+
+
+def test_uuid_text_reads_either_backends_column_value():
+    value = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
+    canonical = "12345678-9abc-def0-1234-56789abcdef0"
+    assert uuid_text(value) == canonical  # psycopg
+    assert uuid_text(value.hex) == canonical  # SQLite, as peewee stores it
+    assert uuid_text(canonical.upper()) == canonical
+
+
+def test_uuid_text_of_stored_ids_is_what_the_api_writes(db):
+    """Both backends: a person's id read back raw is the id it was created with."""
+    made = PersonRow.create(id=uuid.uuid4(), created_at=NOW, updated_at=NOW)
+    raw = db.execute_sql(f"SELECT id FROM person WHERE pk = {db.param}", (made.pk,)).fetchone()
+    assert uuid_text(raw[0]) == str(made.id)

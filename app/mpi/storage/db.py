@@ -10,6 +10,7 @@ first ``connect()`` rather than deep inside a query.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,14 @@ def reopened(db: peewee.Database) -> peewee.Database:
     return PostgresPool(target.database, max_connections=2, stale_timeout=600,
                         timeout=30, autoconnect=False, prefer_psycopg3=True,
                         **target.connect_params)
+
+
+def uuid_text(value: Any) -> str:
+    """A uuid column's value as the API writes it (``8-4-4-4-12`` hex): psycopg gives a
+    ``uuid.UUID``, SQLite the text peewee stored. Candidate look-ups convert thousands of
+    them per decision at a million records: a ``UUID`` is not parsed again from its text
+    (2.7 us against 0.7 us each)."""
+    return str(value) if isinstance(value, uuid.UUID) else str(uuid.UUID(str(value)))
 
 
 def is_postgres(db: peewee.Database) -> bool:

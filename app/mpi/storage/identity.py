@@ -18,7 +18,7 @@ import peewee
 
 from mpi.domain.errors import NotFound
 from mpi.storage.bulk import any_of, bulk_insert, insert_returning, insert_together
-from mpi.storage.db import execute_prepared, is_postgres, tuples
+from mpi.storage.db import execute_prepared, is_postgres, tuples, uuid_text
 from mpi.storage.models import (
     BlockingKeyRow,
     LinkEventRow,
@@ -356,8 +356,7 @@ class IdentityRepository:
                                       params)
         # The matching form stays JSON text: the engine parses it only when its cache has
         # no prepared form of that text (most candidates, in a busy registry).
-        return [CandidateRecord(ppk, str(uuid.UUID(str(pid))), perpk, str(uuid.UUID(str(perid))),
-                                data)
+        return [CandidateRecord(ppk, uuid_text(pid), perpk, uuid_text(perid), data)
                 for ppk, pid, perpk, perid, data in cursor.fetchall()]
 
     def insert_persons(self, person_ids: Sequence[str], now: datetime) -> dict[str, int]:
@@ -369,12 +368,12 @@ class IdentityRepository:
             PersonRow, [{"id": i, "created_at": now, "updated_at": now} for i in ids],
             ("id", "pk"))
         if returned is not None:
-            return {str(uuid.UUID(str(pid))): pk for pid, pk in returned}
+            return {uuid_text(pid): pk for pid, pk in returned}
         field = PersonRow._meta.fields["id"]  # type: ignore[attr-defined]
         clause, params = any_of(self._db, [field.db_value(i) for i in ids])
         sql = "SELECT pk, id FROM person WHERE id "  # + fixed SQL from any_of; ids bound
         cursor = self._db.execute_sql(sql + clause, params)
-        return {str(uuid.UUID(str(pid))): pk for pk, pid in cursor.fetchall()}
+        return {uuid_text(pid): pk for pk, pid in cursor.fetchall()}
 
     @staticmethod
     def insert_rows(*batches: tuple[type[peewee.Model], Sequence[dict[str, Any]]]) -> None:

@@ -23,7 +23,7 @@ import peewee
 from mpi.domain.errors import Conflict, Deleted, NotFound, VersionMismatch
 from mpi.domain.patient import Patient, PatientInput
 from mpi.storage.bulk import any_of, insert_returning, insert_together
-from mpi.storage.db import PreparedSelect, execute_prepared, is_postgres, tuples
+from mpi.storage.db import PreparedSelect, execute_prepared, is_postgres, tuples, uuid_text
 from mpi.storage.fields import JSONTextField
 from mpi.storage.models import (
     PATIENT_CHILD_MODELS,
@@ -244,7 +244,7 @@ class PatientRepository:
                f"WHERE p.deleted_at IS NULL AND p.active AND ps.id {clause} ORDER BY p.pk")
         out: dict[str, list[str]] = {}
         for person, record in execute_prepared(db, sql, params).fetchall():
-            out.setdefault(str(uuid.UUID(str(person))), []).append(str(uuid.UUID(str(record))))
+            out.setdefault(uuid_text(person), []).append(uuid_text(record))
         return out
 
     def live_rows_after(self, after_pk: int, limit: int) -> list[PatientRow]:
@@ -579,9 +579,9 @@ def _record_from_row(row: Sequence[Any]) -> Patient:
             row[start:start + len(_CHILD_COLUMNS)], strict=True):
         record[key] = _children(value, names)
     replaced_by, replaces = row[start + len(_CHILD_COLUMNS):start + len(_CHILD_COLUMNS) + 2]
-    record["replaced_by"] = None if replaced_by is None else _uuid_text(replaced_by)
+    record["replaced_by"] = None if replaced_by is None else uuid_text(replaced_by)
     ids = json.loads(replaces) if isinstance(replaces, str) else (replaces or [])
-    record["replaces"] = sorted(_uuid_text(i) for i in ids) or None
+    record["replaces"] = sorted(uuid_text(i) for i in ids) or None
     return Patient.model_validate(record)
 
 
@@ -614,9 +614,3 @@ def _extra_columns(data: PatientInput) -> dict[str, Any]:
 def _multiple(data: PatientInput) -> bool | None:
     """Part of a multiple birth: as sent, or implied by a birth order."""
     return True if data.multiple_birth_order is not None else data.multiple_birth
-
-
-def _uuid_text(value: Any) -> str:
-    """A record id as the API writes it, from either backend's column value."""
-    return str(PatientRow.id.python_value(value) if not isinstance(value, str)
-               else uuid.UUID(value))
