@@ -5,10 +5,10 @@ from __future__ import annotations
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.identity import ComparisonOut, Explanation, MatchCandidate, MatchResult
 from mpi.domain.patient import PatientInput, parse_patient
-from mpi.identity.engine import PairScore, grade
+from mpi.identity.engine import PairScore, PersonDecision, grade
 from mpi.identity.linking import Linking
 from mpi.identity.records import match_data
-from mpi.storage.work import UnitOfWork
+from mpi.storage.work import Transaction, UnitOfWork
 
 
 class MatchService:
@@ -25,10 +25,19 @@ class MatchService:
         engine = self._linking.engine
         record = match_data(data, record_id="candidate")
         keys = engine.keys(record)
-        with self._work.begin(actor) as tx:
+
+        def score(tx: Transaction) -> PersonDecision:
             decision = self._linking.decide(record, keys, None)
-            ranked = decision.ranked[:limit]
-            tx.audit(AuditTag.MATCH_QUERY, None, new={"returned": [r.person_id for r in ranked]})
+            tx.audit(AuditTag.MATCH_QUERY, None,
+                     new={"returned": [r.person_id for r in decision.ranked[:limit]]})
+            return decision
+
+        # A read, not a unit of work: no transaction around the look-ups (on PostgreSQL
+        # each statement had its own snapshot inside one as well, at READ COMMITTED; on
+        # SQLite the unit held the write lock while it scored) and the audit row in one
+        # statement of its own, committed before the answer is returned.
+        decision = self._work.read(actor, score)
+        ranked = decision.ranked[:limit]
         version = engine.model_version
         return MatchResult(
             decision=decision.kind, person_id=decision.person_id, model_version=version,
