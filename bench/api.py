@@ -24,7 +24,9 @@ same database and index: the time from the command to its readiness answering 20
 
 - The PostgreSQL server is durable (fsync and synchronous_commit on) unless
   ``--fast-postgres``; the one actually used is described in the report.
-- One server runs at a time: hello first, then the service.
+- One server runs at a time: hello first, then the service, then hello again (the
+  ratios divide by the mean of the two hello runs; the summary warns when they differ
+  by more than 10 %: the machine's speed drifted).
 - The load generator runs in separate processes (spawned, one HTTP/1.1 connection
   each, keep-alive when the server allows it), with a warm-up, then a fixed window.
   Only successful (2xx) responses count in req/s and latencies; anything else is an error.
@@ -75,6 +77,14 @@ READY = "/api/v1/health/ready"
 HELLO = "/hello"
 HELLO_APP = "bench.api:hello_app()"
 BASELINE = "GET /hello (bare Falcon)"
+#: The bare route again, once the service's scenarios are done: the machine's speed drifts
+#: between runs and within one (the bare route alone varied 3,445-5,168 req/s in one
+#: session), so ratios divide by the mean of the two and the summary says how far apart
+#: they were.
+BASELINE_AFTER = "GET /hello (bare Falcon, after)"
+#: The drift between the two bare-route runs (as a fraction of their mean) above which
+#: the summary warns that the ratios are that uncertain.
+BASELINE_DRIFT_WARNING = 0.10
 POST_PATIENT = "POST /api/v1/patients"
 POST_ANALYZED = "POST /api/v1/patients (analyzed tables)"
 GET_PATIENT = "GET /api/v1/patients/{id}"
@@ -165,6 +175,28 @@ class ScenarioResult:
         return {**asdict(self), "ratio_vs_hello": None if share is None else round(share, 4)}
 
 
+def baseline_rps(results: Sequence[ScenarioResult], baseline: str = BASELINE
+                 ) -> float | None:
+    """The req/s ratios divide by: ``baseline``'s, or the mean of it and its run after
+    the service's scenarios (:data:`BASELINE_AFTER`) when there is one."""
+    runs = [r.rps for r in results if r.name in _baseline_names(baseline) and r.rps > 0]
+    return sum(runs) / len(runs) if runs else None
+
+
+def baseline_drift(results: Sequence[ScenarioResult], baseline: str = BASELINE
+                   ) -> float | None:
+    """How far apart the bare route's two runs were, as a fraction of their mean (None
+    with fewer than two)."""
+    runs = [r.rps for r in results if r.name in _baseline_names(baseline) and r.rps > 0]
+    if len(runs) < 2:
+        return None
+    return (max(runs) - min(runs)) / (sum(runs) / len(runs))
+
+
+def _baseline_names(baseline: str) -> tuple[str, str]:
+    return (baseline, BASELINE_AFTER if baseline == BASELINE else f"{baseline} (after)")
+
+
 def ratio(rps: float, baseline_rps: float | None) -> float | None:
     """``rps`` as a fraction of the baseline's; None when there is no usable baseline."""
     return rps / baseline_rps if baseline_rps else None
@@ -212,8 +244,9 @@ def aggregate(
 
 
 def format_table(results: Sequence[ScenarioResult], baseline: str = BASELINE) -> str:
-    """The results as a fixed-width text table; ratio is req/s over ``baseline``'s req/s."""
-    base = next((r.rps for r in results if r.name == baseline), None)
+    """The results as a fixed-width text table; ratio is req/s over ``baseline``'s req/s
+    (:func:`baseline_rps`)."""
+    base = baseline_rps(results, baseline)
     header = ("scenario", "requests", "errors", "req/s", "p50 ms", "p99 ms", "ratio")
     rows = [header]
     for r in results:
@@ -243,7 +276,7 @@ def format_markdown(results: Sequence[ScenarioResult], context: Mapping[str, Any
                     baseline: str = BASELINE) -> str:
     """The results as a Markdown table (for a closing note or a pull request), with the
     set-up it was measured on; ratio is req/s over ``baseline``'s req/s in the same run."""
-    base = next((r.rps for r in results if r.name == baseline), None)
+    base = baseline_rps(results, baseline)
     pg, server, load = context["postgres"], context["server"], context["load"]
     lines = [
         f"`{' '.join(context.get('command', ['python', '-m', 'bench.api']))}` at "
@@ -318,6 +351,10 @@ def format_summary(results: Sequence[ScenarioResult], context: Mapping[str, Any]
     if busy:
         lines.append("warning: something else kept the CPUs busy (CPU 'other') during: "
                      + "; ".join(busy) + "; rerun on a quiet machine")
+    drift = baseline_drift(results)
+    if drift is not None and drift > BASELINE_DRIFT_WARNING:
+        lines.append(f"warning: the bare route's two runs differ by {drift:.0%} of their "
+                     "mean: the machine's speed drifted, and the ratios are that uncertain")
     closing = [r.name for r in results if r.requests and r.connects >= r.requests * 0.9]
     if closing:
         lines.append("no keep-alive (a new connection per request) in: " + "; ".join(closing))
@@ -334,8 +371,10 @@ def report_json(
     results: Sequence[ScenarioResult], context: Mapping[str, Any], baseline: str = BASELINE
 ) -> str:
     """The JSON report: ``context`` (machine, servers, options) plus every scenario."""
-    base = next((r.rps for r in results if r.name == baseline), None)
-    document = {**context, "baseline": baseline,
+    base = baseline_rps(results, baseline)
+    drift = baseline_drift(results, baseline)
+    document = {**context, "baseline": baseline, "baseline_rps": base,
+                "baseline_drift": None if drift is None else round(drift, 4),
                 "scenarios": [r.to_dict(base) for r in results]}
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -1050,6 +1089,17 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
             server["mpi_workers_seen"] = _child_count(proc.pid)
             context["memory"] = process_memory(proc.pid)
         context["patients_created"] = len(ids)
+        # The bare route again, on the same machine a few minutes later: ratios divide by
+        # the mean of its two runs, and the summary says how far apart they were.
+        port = free_port()
+        env = server_env(os.environ, pg.url, port)
+        again = gunicorn_command({**gunicorn_options(load(env)), "proc_name": "bench-hello"})
+        with running_server(again, env=env, cwd=ROOT,
+                            log=log_dir / "hello-server-after.log", port=port,
+                            ready_path=HELLO) as proc:
+            probes = {"server": partial(_group_cpu, proc.pid), **machine}
+            spec = replace(template, port=port)
+            results.append(_measure(BASELINE_AFTER, spec, args.connections, probes)[0])
         if args.startups:
             print(f"mpi serve: {args.startups} start(s) to ready", file=sys.stderr, flush=True)
 
@@ -1062,7 +1112,8 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
                                    ready_path=READY, ports=fresh_ports),
                 "records": args.registry + len(ids)}
     context["server_logs"] = [_log_summary(log_dir / name)
-                              for name in ("hello-server.log", "mpi-server.log")]
+                              for name in ("hello-server.log", "mpi-server.log",
+                                           "hello-server-after.log")]
     return results, context
 
 

@@ -21,10 +21,13 @@ from gunicorn.config import Config
 import bench.api as bench
 from bench.api import (
     BASELINE,
+    BASELINE_AFTER,
     LoadSpec,
     ScenarioResult,
     WorkerResult,
     aggregate,
+    baseline_drift,
+    baseline_rps,
     build_request,
     format_markdown,
     format_summary,
@@ -154,6 +157,29 @@ def test_summary_names_setup_errors_cpu_and_missing_keep_alive() -> None:
     assert "warning: something else kept the CPUs busy (CPU 'other') during: POST" in text
     assert "no keep-alive (a new connection per request) in: POST /api/v1/patients" in text
     assert "mpi-server.log: 3 line(s)" in text and "h.log" not in text
+
+
+def test_ratios_divide_by_the_mean_of_the_bare_routes_two_runs_and_drift_is_reported(
+) -> None:
+    """The bare route measured before and after the service: the ratio is to their mean
+    (the machine drifted between them), and a drift above 10 % is a warning."""
+    results = [_result(BASELINE, 1100.0), _result("GET /api/v1/patients/{id}", 450.0),
+               _result(BASELINE_AFTER, 900.0)]
+    assert baseline_rps(results) == 1000.0 and baseline_drift(results) == 0.2
+    rows = format_table(results).splitlines()[2:]
+    assert [r.split()[-1] for r in rows] == ["1.100", "0.450", "0.900"]
+    data = json.loads(report_json(results, {"machine": {"cpu_count": 2}}))
+    assert (data["baseline_rps"], data["baseline_drift"]) == (1000.0, 0.2)
+    assert [s["ratio_vs_hello"] for s in data["scenarios"]] == [1.1, 0.45, 0.9]
+    context = {"postgres": {"description": "pg", "fsync": "on", "synchronous_commit": "on"},
+               "server": {"workers": 5, "threads": 1, "worker_class": "sync"},
+               "load": {"connections": 4, "warmup_s": 2.0, "duration_s": 10.0},
+               "machine": {"cpu_count": 2}}
+    assert "the bare route's two runs differ by 20% of their mean" in format_summary(
+        results, context)
+    steady = [results[0], results[1], _result(BASELINE_AFTER, 1050.0)]
+    assert "two runs differ" not in format_summary(steady, context)
+    assert baseline_drift(results[:2]) is None and baseline_rps(results[1:2]) is None
 
 
 # --------------------------------------------------------------------------- requests
