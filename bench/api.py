@@ -179,7 +179,7 @@ def baseline_rps(results: Sequence[ScenarioResult], baseline: str = BASELINE
                  ) -> float | None:
     """The req/s ratios divide by: ``baseline``'s, or the mean of it and its run after
     the service's scenarios (:data:`BASELINE_AFTER`) when there is one."""
-    runs = [r.rps for r in results if r.name in _baseline_names(baseline) and r.rps > 0]
+    runs = _baseline_runs(results, baseline)
     return sum(runs) / len(runs) if runs else None
 
 
@@ -187,14 +187,13 @@ def baseline_drift(results: Sequence[ScenarioResult], baseline: str = BASELINE
                    ) -> float | None:
     """How far apart the bare route's two runs were, as a fraction of their mean (None
     with fewer than two)."""
-    runs = [r.rps for r in results if r.name in _baseline_names(baseline) and r.rps > 0]
-    if len(runs) < 2:
-        return None
-    return (max(runs) - min(runs)) / (sum(runs) / len(runs))
+    runs = _baseline_runs(results, baseline)
+    return (max(runs) - min(runs)) / (sum(runs) / len(runs)) if len(runs) > 1 else None
 
 
-def _baseline_names(baseline: str) -> tuple[str, str]:
-    return (baseline, BASELINE_AFTER if baseline == BASELINE else f"{baseline} (after)")
+def _baseline_runs(results: Sequence[ScenarioResult], baseline: str) -> list[float]:
+    names = (baseline, BASELINE_AFTER) if baseline == BASELINE else (baseline,)
+    return [r.rps for r in results if r.name in names and r.rps > 0]
 
 
 def ratio(rps: float, baseline_rps: float | None) -> float | None:
@@ -1005,25 +1004,32 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
         machine: dict[str, Callable[[], float]] = {
             "machine": machine_cpu, "steal": partial(machine_cpu, "steal")}
 
-        port = free_port()
-        env = server_env(os.environ, pg.url, port)
-        settings = load(env)
-        hello_cmd = gunicorn_command({**gunicorn_options(settings), "proc_name": "bench-hello"})
+        settings = load(server_env(os.environ, pg.url, free_port()))
         server: dict[str, Any] = {
             "workers": settings.workers, "threads": settings.threads,
             "worker_class": gunicorn_options(settings)["worker_class"].rsplit(".", 1)[-1],
             "database_max_connections": settings.database_max_connections,
-            "hello_command": hello_cmd[1:], "mpi_command": mpi_command("serve")[1:],
+            "mpi_command": mpi_command("serve")[1:],
         }
         context["server"] = server
-        print(f"hello: {' '.join(hello_cmd[1:])}", file=sys.stderr, flush=True)
-        with running_server(hello_cmd, env=env, cwd=ROOT, log=log_dir / "hello-server.log",
-                            port=port, ready_path=HELLO) as proc:
-            probes: dict[str, Callable[[], float]] = {
-                "server": partial(_group_cpu, proc.pid), **machine}
-            spec = replace(template, port=port)
-            results.append(_measure(BASELINE, spec, args.connections, probes)[0])
-            server["hello_workers_seen"] = _child_count(proc.pid)
+
+        def measure_bare(name: str, log: str) -> list[str]:
+            """The bare route on gunicorn with the service's options, on a port of its own;
+            the command it ran."""
+            port = free_port()
+            env = server_env(os.environ, pg.url, port)
+            cmd = gunicorn_command({**gunicorn_options(load(env)), "proc_name": "bench-hello"})
+            print(f"hello: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+            with running_server(cmd, env=env, cwd=ROOT, log=log_dir / log, port=port,
+                                ready_path=HELLO) as proc:
+                probes: dict[str, Callable[[], float]] = {
+                    "server": partial(_group_cpu, proc.pid), **machine}
+                spec = replace(template, port=port)
+                results.append(_measure(name, spec, args.connections, probes)[0])
+                server["hello_workers_seen"] = _child_count(proc.pid)
+            return cmd
+
+        server["hello_command"] = measure_bare(BASELINE, "hello-server.log")[1:]
 
         port, mllp_port = free_port(), free_port()
         env = {**server_env(os.environ, pg.url, port), "HL7_MLLP_PORT": str(mllp_port)}
@@ -1049,7 +1055,8 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
         print("mpi serve", file=sys.stderr, flush=True)
         with running_server(mpi_command("serve"), env=env, cwd=workdir,
                             log=log_dir / "mpi-server.log", port=port, ready_path=READY) as proc:
-            probes = {"server": partial(_group_cpu, proc.pid), **pg_probe, **machine}
+            probes: dict[str, Callable[[], float]] = {
+                "server": partial(_group_cpu, proc.pid), **pg_probe, **machine}
             if args.registry:  # the fresh instance indexes the registry first: not measured
                 context["registry"].update(wait_for_search(port, args.registry))
             wanted = set(args.only or SCENARIOS)
@@ -1091,15 +1098,7 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
         context["patients_created"] = len(ids)
         # The bare route again, on the same machine a few minutes later: ratios divide by
         # the mean of its two runs, and the summary says how far apart they were.
-        port = free_port()
-        env = server_env(os.environ, pg.url, port)
-        again = gunicorn_command({**gunicorn_options(load(env)), "proc_name": "bench-hello"})
-        with running_server(again, env=env, cwd=ROOT,
-                            log=log_dir / "hello-server-after.log", port=port,
-                            ready_path=HELLO) as proc:
-            probes = {"server": partial(_group_cpu, proc.pid), **machine}
-            spec = replace(template, port=port)
-            results.append(_measure(BASELINE_AFTER, spec, args.connections, probes)[0])
+        measure_bare(BASELINE_AFTER, "hello-server-after.log")
         if args.startups:
             print(f"mpi serve: {args.startups} start(s) to ready", file=sys.stderr, flush=True)
 

@@ -78,11 +78,8 @@ class NoAccessLogger(Logger):
     ``gunicorn.access`` logger to drop them: 4 % of a read's CPU."""
 
     @property
-    def access_log_enabled(self) -> bool:
+    def access_log_enabled(self) -> bool:  # read by Logger.access before it builds atoms
         return False
-
-    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
-        return None
 
 
 SHM = "/dev/shm"  # noqa: S108 - gunicorn's documented heartbeat location, not a temp file
