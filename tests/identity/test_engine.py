@@ -85,3 +85,19 @@ def test_prepared_records_are_cached_least_recently_used_first_out_and_by_their_
     again = engine._prepare("r2", changed)
     assert again is not made["r2"] and again.given == "amarachi"
     assert len(engine._prepared) == 3
+
+
+def test_a_record_met_first_arriving_is_not_prepared_again_as_a_candidate():
+    """An arriving record is prepared from its matching form (a dict); met later as a
+    candidate, its stored JSON text of that same form reuses it, and a text that says
+    something else (the record changed since) is prepared afresh."""
+    import json
+
+    engine = engine_for(load({}))
+    arriving = record("r1", "Amara", "111-22-3331")
+    first = engine._prepare("r1", arriving)
+    assert engine._prepare("r1", json.dumps(arriving)) is first
+    assert engine._prepared["r1"][0] == json.dumps(arriving)  # kept by its text from now on
+    engine._prepare("r2", record("r2", "Amara", "111-22-3332"))
+    changed = engine._prepare("r2", json.dumps(record("r2", "Amarachi", "111-22-3332")))
+    assert changed.given == "amarachi"

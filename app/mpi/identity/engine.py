@@ -193,7 +193,13 @@ class MatchingEngine:
                     cache.move_to_end(record_id)
             return hit[1]
         parsed = json.loads(data) if isinstance(data, str) else data
-        prepared = prepare(to_match_record(parsed))
+        if (hit is not None and isinstance(data, str) and not isinstance(hit[0], str)
+                and hit[0] == parsed):
+            # A record met first as an arriving record (its matching form a dict), now as
+            # a candidate (the stored text of that same form): the same record, prepared.
+            prepared = hit[1]
+        else:
+            prepared = prepare(to_match_record(parsed))
         with self._prepared_lock:
             # Kept with what it was made from (the stored text, mostly: a string compare,
             # and a fraction of a parsed dict's memory) to tell an updated record apart.
