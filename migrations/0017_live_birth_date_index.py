@@ -1,0 +1,24 @@
+"""Live records by birth date, with their precision, key and id in the index:
+``patient (birth_date, birth_date_precision, pk, id) WHERE deleted_at IS NULL``.
+
+A FHIR/PDQm search by family-name prefix and birth year (``family=wal&birthdate=1969``)
+joins the records born that year with those holding such a name. The birth-date index
+alone gave their places in the table, and PostgreSQL then visited each of them (about
+9,500 pages for one year at 1,300,000 records) to read whether it is live, how precise
+its birth date is and its id: 27 ms a search with every page in memory, 188 ms with some
+read from disk. From this index alone (an index-only scan) it took 4.5 ms.
+
+Building it reads the table once and blocks writes to it meanwhile (under a second at
+1,300,000 records). An older release leaves it unused.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+
+def upgrade(db: peewee.Database) -> None:
+    db.execute_sql("CREATE INDEX patient_live_birth_date ON patient "
+                   "(birth_date, birth_date_precision, pk, id) WHERE (\"deleted_at\" IS NULL)")
+    if isinstance(db, peewee.PostgresqlDatabase):
+        db.execute_sql("ANALYZE patient")
