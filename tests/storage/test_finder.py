@@ -64,7 +64,7 @@ def test_a_family_and_birth_year_search_reads_the_live_birth_dates_from_the_inde
     plan = "\n".join(r[0] for r in db.execute_sql(f"EXPLAIN {sql}", params).fetchall())
     assert "Index Only Scan using patient_live_birth_date" in plan, plan
     found = finder.find(criteria, offset=0, count=10, total=True, today=date(2026, 1, 1))
-    assert found.total == 3 and {p.birth_date.year for p in found.items} == {1969}
+    assert found.total == 3 and {str(p.birth_date)[:4] for p in found.items} == {"1969"}
 
 
 def _registry_of(repo: PatientRepository, n: int) -> None:
