@@ -32,7 +32,7 @@ class PatientRow(BaseModel):
     source_id = peewee.CharField(max_length=200)
     active = peewee.BooleanField(default=True)
     gender = peewee.CharField(max_length=16, null=True)
-    birth_date = peewee.DateField(null=True, index=True)
+    birth_date = peewee.DateField(null=True)  # indexed for live records: below
     # None: birth_date is the day; 7 or 4: only its month or year is known (birth_date is
     # then the period's first day), as YYYY-MM or YYYY.
     birth_date_precision = peewee.SmallIntegerField(null=True)
@@ -65,7 +65,8 @@ PatientRow.add_index(
     .where(PatientRow.deleted_at.is_null())
 )
 # A search by birth date (PDQm: family name and birth year) finds its live records, their
-# keys and ids in this index alone, without visiting the table (migration 0017).
+# keys and ids in this index alone, without visiting the table (migration 0017). Every
+# search by birth date is of live records, so this is the column's only index.
 PatientRow.add_index(
     PatientRow.index(PatientRow.birth_date, PatientRow.birth_date_precision, PatientRow.pk,
                      PatientRow.id, name="patient_live_birth_date")
