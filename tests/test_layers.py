@@ -28,7 +28,7 @@ LAYERS = {
     "mpi.auth": 2,
     "mpi.storage": 1,
     "mpi.config": 0, "mpi.logs": 0, "mpi.metrics": 0, "mpi.tracing": 0,
-    "mpi.lifecycle": 0, "mpi.domain": 0,
+    "mpi.lifecycle": 0, "mpi.heap": 0, "mpi.domain": 0,
     "mpi.matching": 0,
     "mpi": 0,
 }

@@ -34,6 +34,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
+from mpi import heap
 from mpi.config import Settings
 from mpi.lifecycle import lower_priority, when_orphaned
 
@@ -126,6 +127,9 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
                                 else "HL7 MLLP listener",
                                 share=share.slot(n) if share is not None else None)
                 for n in range(count)]
+        # Last before the children are forked: what the master holds, out of their
+        # collections (mpi.heap).
+        heap.freeze_imported()
         super().__init__()
 
     def load_config(self) -> None:
@@ -149,6 +153,8 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
     def _post_fork(self, arbiter: Any, worker: Any) -> None:
         # In each new worker: yield the CPU to the indexer process (no privilege needed).
         lower_priority(self._settings.search_worker_niceness)
+        # The matching engine's cache of prepared records out of full collections.
+        heap.hold_long_lived()
         if self.mllp_socket is not None:  # the MLLP socket is the listener processes' alone
             self.mllp_socket.close()
         when_orphaned(lambda: leave(self._settings.graceful_timeout))

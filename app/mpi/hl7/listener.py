@@ -25,6 +25,7 @@ from typing import Any
 
 from hl7.mllp import HL7StreamProtocol, HL7StreamReader, InvalidBlockError
 
+from mpi import heap
 from mpi.config import Settings
 from mpi.hl7.handler import Hl7Handler, Peer
 from mpi.lifecycle import ChildProcess, lower_priority, process_alive, when_orphaned
@@ -278,6 +279,7 @@ class ListenerProcess(ChildProcess):
             # It serves requests as the workers do: below the search indexer, like them
             # (SEARCH_WORKER_NICENESS), so a burst of messages cannot starve the index.
             lower_priority(settings.search_worker_niceness)
+            heap.hold_long_lived()  # its matching engine's cache, as in a worker
             services = build()
             when_orphaned(lambda: os.kill(os.getpid(), signal.SIGTERM))
             try:

@@ -1,0 +1,90 @@
+"""Keeping a serving process's long-lived objects out of Python's full collections.
+
+A worker keeps up to 200,000 prepared records (the matching engine's cache, about four
+objects each that the cyclic garbage collector tracks) besides the ~135,000 objects of
+its loaded modules. Python's full (generation 2) collection walks every tracked object,
+and it runs whenever the objects that survived younger collections since the last one
+reach a quarter of those that survived it: at 1,300,000 records, under a stream of
+matches, each worker ran one every ten seconds or so, and each stopped every thread of
+that worker for 160 to 820 ms (a request's latency, whatever it was doing).
+
+:func:`hold_long_lived` lets a full collection walk only what arrived since the last
+one: right after each, everything that survived it is frozen (``gc.freeze``: moved to a
+generation no collection visits). Frozen objects are still freed as soon as nothing
+refers to them (a record dropped from the cache goes as before); what a collection would
+have found is garbage in reference cycles among objects frozen while they were alive.
+So that this cannot grow without bound, once the frozen objects are more than twice as
+many as after the last complete collection (and at least ``RECLAIM_FLOOR`` more), they
+are unfrozen, and the next full collection walks everything once and finds it.
+
+The master freezes what it imported before forking (:func:`freeze_imported`): as the
+``gc`` documentation advises for processes forked without exec, so that no child's
+collections walk (and copy, by writing their reference counts' pages) what they share.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+#: Unfreeze when the frozen objects are this many times as many as after the last
+#: complete collection ...
+RECLAIM_FACTOR = 2.0
+#: ... and at least this many more (a small heap doubles as a cache fills).
+RECLAIM_FLOOR = 500_000
+
+
+class HeapPolicy:
+    """The ``gc`` callback; its counts say what it did (tests, a debugger)."""
+
+    def __init__(self) -> None:
+        # Frozen objects after the last collection that walked everything (None: the
+        # next full collection is one such).
+        self.baseline: int | None = None
+        self.frozen_after = 0  # full collections whose survivors were frozen
+        self.reclaims = 0  # times everything was unfrozen for a complete collection
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase != "stop" or info.get("generation") != 2:
+            return
+        frozen = gc.get_freeze_count()
+        if self.baseline is not None and frozen > max(self.baseline * RECLAIM_FACTOR,
+                                                      self.baseline + RECLAIM_FLOOR):
+            gc.unfreeze()  # the next full collection walks everything, once
+            self.baseline = None
+            self.reclaims += 1
+            return
+        complete = self.baseline is None
+        gc.freeze()
+        self.frozen_after += 1
+        if complete:
+            self.baseline = gc.get_freeze_count()
+
+
+_policy: HeapPolicy | None = None
+
+
+def hold_long_lived() -> HeapPolicy:
+    """In a serving process (a worker, an MLLP listener): freeze what survives each full
+    collection from now on. Idempotent; the policy in force."""
+    global _policy
+    if _policy is None:
+        _policy = HeapPolicy()
+        gc.callbacks.append(_policy)
+    return _policy
+
+
+def release() -> None:
+    """Back to Python's own collections (everything unfrozen): tests, and a process that
+    goes on to other work."""
+    global _policy
+    if _policy is not None:
+        gc.callbacks.remove(_policy)
+        _policy = None
+    gc.unfreeze()
+
+
+def freeze_imported() -> None:
+    """In the master, before it forks: collect, then freeze everything it holds."""
+    gc.collect()
+    gc.freeze()
