@@ -173,3 +173,32 @@ def test_a_fuzzy_family_name_finds_its_neighbours(two_segments):
         found = {hit["id"].split("-")[0] for hit in searcher.search(
             FuzzyWord("family", "smith", maxdist=1, prefixlength=1), limit=None)}
     assert found == {"Smith", "Smyth", "Smithe", "Smit", "Sith"}  # not Schmidt, Smithson
+
+
+def test_all_of_finds_and_scores_as_whoosh_and_with_the_smallest_part_first(tmp_path):
+    """``AllOf`` is whoosh's ``And`` intersected smallest part first (nested ones
+    flattened): the same documents with the same scores, and the rarest part leads the
+    intersection, whatever order the parts were written in."""
+    from whoosh import fields, index
+    from whoosh import query as wq
+
+    from mpi.search.query import AllOf
+
+    schema = fields.Schema(id=fields.ID(stored=True), word=fields.KEYWORD)
+    ix = index.create_in(str(tmp_path), schema)
+    with ix.writer() as w:
+        for i in range(300):
+            words = ["common"] + (["often"] if i % 3 else []) + (["rare"] if i % 50 == 7 else [])
+            w.add_document(id=str(i), word=" ".join(words))
+    parts = [wq.Or([wq.Term("word", "common"), wq.Term("word", "often", boost=2.0)]),
+             wq.And([wq.Term("word", "often"), wq.Term("word", "rare")]),
+             wq.Not(wq.Term("word", "missing"))]
+    with ix.searcher() as s:
+        ours = [(h["id"], round(h.score, 9)) for h in s.search(AllOf(parts), limit=None)]
+        theirs = [(h["id"], round(h.score, 9)) for h in s.search(wq.And(parts), limit=None)]
+        assert ours == theirs and len(ours) == 4  # 7, 107, 157, 257: "rare" and "often"
+        matcher = AllOf(parts).matcher(s)
+        while hasattr(matcher, "a"):  # the intersection's first, innermost part
+            matcher = matcher.a
+        leading = sorted(int(s.reader().stored_fields(d)["id"]) for d in matcher.all_ids())
+        assert leading == [7, 57, 107, 157, 207, 257]  # "rare"
