@@ -16,9 +16,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import peewee
 
+from mpi import metrics
 from mpi.audit.trail import AuditTrail
 from mpi.auth import Authenticator, NoAuthentication
 from mpi.auth.oauth import BearerTokens
@@ -186,8 +188,17 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
         senders=Hl7Senders(work, SenderRepository(), ReceiptRepository(),
                            ContinuationRepository()),
         upkeep=MatchingUpkeep(work, db, identity, engine,
-                              interval=settings.matching_frequencies_refresh),
+                              interval=settings.matching_frequencies_refresh,
+                              share=_shared_directory()),
     )
+
+
+def _shared_directory() -> Path | None:
+    """Under ``mpi serve``: the instance's private run-time directory (made afresh at each
+    start; its processes keep their metrics there), where they share the registry's
+    value counts (``mpi.identity.upkeep``). None in a command: it counts for itself."""
+    directory = metrics.multiprocess_directory()
+    return Path(directory) if directory else None
 
 
 @contextlib.contextmanager

@@ -94,6 +94,57 @@ def test_counts_are_of_live_records_as_stored(services):
     assert seen["counts"]["family_name"] == {"Smith": 4}
 
 
+def test_the_processes_of_an_instance_count_once_and_share_the_counts(services, tmp_path,
+                                                                      caplog):
+    """Under ``mpi serve`` the processes share a private directory: the first whose turn
+    comes counts and leaves the counts there; the others read them (no query) until they
+    are half an interval old, then the next one counts again. A file that does not read
+    is counted again. The file is the service user's alone."""
+    import json
+    import os
+    import stat
+
+    from mpi.identity.upkeep import FREQUENCIES_FILE, MatchingUpkeep
+
+    for i, city in enumerate(["Springfield", "Shelbyville"]):
+        services.patients.create(_input(
+            source_id=f"S{i}", identifiers=None,
+            addresses=[{"line": ["1 Elm St"], "city": city, "postal_code": "62701"}]), FEED)
+    repo = services.upkeep._repo
+    queries: list[int] = []
+    counting = repo.value_counts
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        queries.append(1)
+        return counting(*args, **kwargs)
+
+    repo.value_counts = counted  # type: ignore[method-assign]
+    seen: list[dict[str, Any]] = []
+    services.engine.use_frequencies = (  # type: ignore[method-assign]
+        lambda total, counts: seen.append({"total": total, "counts": counts}))
+
+    def process() -> MatchingUpkeep:
+        return MatchingUpkeep(services.work, services.db, repo, services.engine,
+                              interval=900, share=tmp_path)
+
+    with caplog.at_level(logging.INFO, logger="mpi.identity.upkeep"):
+        first, second = process(), process()
+        assert first.refresh() == 2 and second.refresh() == 2
+    assert len(queries) == 1 and seen[0] == seen[1]
+    assert seen[0]["counts"]["city"] == {"Springfield": 1, "Shelbyville": 1}
+    assert "read (counted by another process)" in caplog.text
+    assert "Springfield" not in caplog.text
+    path = tmp_path / FREQUENCIES_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    data = json.loads(path.read_text())
+    data["counted_at"] -= 451  # more than half the interval ago
+    path.write_text(json.dumps(data))
+    assert second.refresh() == 2 and len(queries) == 2
+    path.write_text("{not json")
+    assert first.refresh() == 2 and len(queries) == 3
+    assert process().refresh() == 2 and len(queries) == 3
+
+
 def test_off_means_the_model_alone(settings, db, clock):
     off = build(dataclasses.replace(settings, matching_frequencies_refresh=0), db=db,
                 clock=clock, new_id=Ids())
