@@ -114,9 +114,10 @@ def _registry_of(repo: PatientRepository, n: int) -> None:
 
 
 @pytest.mark.parametrize(("offset", "count", "counted"), [
-    (0, 10, False),  # one page: its length is the total
-    (5, 10, False),  # the last page: offset + its length
-    (0, 3, True),  # more pages: counted
+    (0, 10, False),  # one page: its rows carry the total
+    (5, 10, False),  # the last page
+    (0, 3, False),  # more pages: the rows carry it all the same (a window count)
+    (4, 3, False),
     (20, 3, True),  # past the end: an empty page says nothing, counted
     (0, 0, True),  # _summary=count
 ])
