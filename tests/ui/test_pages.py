@@ -261,6 +261,11 @@ def test_search_reports_an_unready_index_as_a_page(browser):
     page = browser.get("/ui/search?name=smith")
     assert page.status_code == 503 and "Search is unavailable" in page.text
     assert browser.get("/ui/search?birth_date=17/05/1980").status_code == 400
+    # While the index is built, an identifier is searched in the database, which refuses
+    # a NUL: a control character is the asker's mistake (400, naming the field), not a 500.
+    bad = browser.get("/ui/search?name=&identifier=0%00")
+    assert bad.status_code == 400 and "identifier" in bad.text
+    assert browser.get("/ui/search?name=a%09b").status_code == 400
 
 
 # --- AUTH_MODE=token: a pasted token -------------------------------------------------------------

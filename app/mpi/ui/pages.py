@@ -412,6 +412,11 @@ class Search(Page):
             if len(name) > MAX_QUERY_LENGTH or len(identifier) > 400:
                 raise bad("name" if len(name) > MAX_QUERY_LENGTH else "identifier",
                               "is too long")
+            for field_name, value in asked.items():
+                # As the API's search: no record holds one (PostgreSQL refuses NUL), and
+                # the database answers an identifier search while the index is built.
+                if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                    raise bad(field_name, "must not contain control characters")
             try:
                 born = datetime.strptime(birth, "%Y-%m-%d").date() if birth else None
             except ValueError:
