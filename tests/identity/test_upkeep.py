@@ -143,6 +143,9 @@ def test_the_processes_of_an_instance_count_once_and_share_the_counts(services, 
     path.write_text("{not json")
     assert first.refresh() == 2 and len(queries) == 3
     assert process().refresh() == 2 and len(queries) == 3
+    gone = MatchingUpkeep(services.work, services.db, repo, services.engine, interval=900,
+                          share=tmp_path / "removed")  # counts alone, as without a share
+    assert gone.refresh() == 2 and len(queries) == 4
 
 
 def test_off_means_the_model_alone(settings, db, clock):

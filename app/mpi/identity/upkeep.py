@@ -115,14 +115,20 @@ class MatchingUpkeep:
         process whose turn comes while one counts waits for its counts)."""
         assert self.share is not None
         path = self.share / FREQUENCIES_FILE
-        with open(self.share / f"{FREQUENCIES_FILE}.lock", "a") as lock:
+        try:
+            lock = open(self.share / f"{FREQUENCIES_FILE}.lock", "a")  # noqa: SIM115
+        except OSError:  # the directory is gone or not writable: count alone
+            total, counts = self._count()
+            return total, counts, "counted"
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 kept = _read(path)
                 if kept is not None and time.time() - kept[0] < self.interval / 2:
                     return kept[1], kept[2], "read (counted by another process)"
                 total, counts = self._count()
-                _write(path, total, counts)
+                with contextlib.suppress(OSError):  # not kept: the others count themselves
+                    _write(path, total, counts)
                 return total, counts, "counted"
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
