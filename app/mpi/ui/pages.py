@@ -23,6 +23,7 @@ import jinja2
 
 from mpi.api.access import actor_for, public, requires
 from mpi.api.errors import Problem
+from mpi.api.resources.common import has_control_characters
 from mpi.auth import Unauthenticated
 from mpi.domain.access import STEWARD
 from mpi.domain.errors import FieldProblem, StateConflict
@@ -413,9 +414,9 @@ class Search(Page):
                 raise bad("name" if len(name) > MAX_QUERY_LENGTH else "identifier",
                               "is too long")
             for field_name, value in asked.items():
-                # As the API's search: no record holds one (PostgreSQL refuses NUL), and
-                # the database answers an identifier search while the index is built.
-                if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                # As the API's search (the database answers an identifier search while
+                # the index is built, and PostgreSQL refuses NUL).
+                if has_control_characters(value):
                     raise bad(field_name, "must not contain control characters")
             try:
                 born = datetime.strptime(birth, "%Y-%m-%d").date() if birth else None

@@ -61,6 +61,12 @@ def form_decode(raw: str) -> str:
     return unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
 
 
+def has_control_characters(value: str) -> bool:
+    """Whether a query value holds a C0 control character or DEL: none belongs in a search,
+    and PostgreSQL refuses NUL."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
 class Query:
     """Reads query parameters, collecting every problem before failing once (400).
 
@@ -114,7 +120,7 @@ class Query:
         if len(value) > max_length:
             self.problems.append(FieldProblem(name, f"must be at most {max_length} characters"))
             return None
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        if has_control_characters(value):
             self.problems.append(FieldProblem(name, "must not contain control characters"))
             return None
         return value.strip()
