@@ -202,3 +202,52 @@ def test_all_of_finds_and_scores_as_whoosh_and_with_the_smallest_part_first(tmp_
             matcher = matcher.a
         leading = sorted(int(s.reader().stored_fields(d)["id"]) for d in matcher.all_ids())
         assert leading == [7, 57, 107, 157, 207, 257]  # "rare"
+
+
+def _matchers(m):
+    yield m
+    for child in m.children():
+        yield from _matchers(child)
+
+
+def _postings(matcher):
+    out = []
+    while matcher.is_active():
+        out.append((matcher.id(), round(matcher.score(), 9)))
+        matcher.next()
+    return out
+
+
+def test_any_of_is_whoosh_union_tree_in_segments_of_every_size(two_segments):
+    """Inside another query, whoosh's ``Or`` pre-loads its parts into an
+    ``ArrayUnionMatcher`` in a segment of at most 5,000 documents (0.44 ms to set up,
+    whatever the segment's size) and uses its tree of union matchers in larger ones.
+    ``AnyOf``, and the words of a ``FuzzyWord``, always take the tree: the documents and
+    scores of whoosh's tree, with no pre-loading, in small segments too."""
+    from whoosh import matching
+    from whoosh import query as wq
+
+    from mpi.search.query import AllOf, AnyOf, FuzzyWord, Options, Shortcuts, build
+
+    def union(cls):
+        return AllOf([cls([wq.Term("family", "smith", boost=3.0),
+                           wq.Term("family", "jones"), wq.Term("given", "htims")]),
+                      wq.Not(wq.Term("family", "zhang"))])
+
+    def preloads(q, leaf):
+        return any(isinstance(m, matching.ArrayUnionMatcher)
+                   for m in _matchers(q.matcher(leaf, leaf.context())))
+
+    pairs = [(union(AnyOf), union(wq.Or)),
+             (AllOf([FuzzyWord("family", "smith", boost=1.5, maxdist=2), wq.Every()]),
+              wq.And([wq.FuzzyTerm("family", "smith", boost=1.5, maxdist=2), wq.Every()]))]
+    with two_segments.searcher() as searcher:
+        for ours, theirs in pairs:
+            assert searcher.search(ours, limit=None)
+            for leaf, _ in searcher.leaf_searchers():
+                tree = theirs.matcher(leaf, leaf.context(needs_current=True))
+                assert _postings(ours.matcher(leaf, leaf.context())) == _postings(tree)
+                assert not preloads(ours, leaf)
+            assert any(preloads(theirs, leaf) for leaf, _ in searcher.leaf_searchers())
+        name = build(None, Shortcuts(name="smith jonas", birth_year=1980), Options(fuzzy=1))
+        assert not any(preloads(name, leaf) for leaf, _ in searcher.leaf_searchers())
