@@ -314,17 +314,17 @@ def test_re_reads_of_a_step_cost_the_same_few_queries_for_any_number(db, patient
 
 
 def test_small_commits_do_not_pile_up_segments(db, patients, indexer, index_root):
-    from mpi.search.indexer import MERGE_AT_SEGMENTS
+    from mpi.search.indexer import MERGE_FACTOR
 
     indexer.catch_up()
-    for n in range(MERGE_AT_SEGMENTS * 2):
+    for n in range(MERGE_FACTOR * 2):
         patients.create(source_id=f"M-{n}", identifiers=[],
                         names=[{"family": f"Segment{chr(97 + n % 26)}", "given": ["Al"]}])
         indexer.catch_up()  # one commit each
     path = IndexDirectory(index_root).current_path()
     ix = whoosh_index.open_dir(str(path), indexname=INDEX_NAME)
     try:
-        assert len(ix._segments()) <= MERGE_AT_SEGMENTS
+        assert len(ix._segments()) <= MERGE_FACTOR
     finally:
         ix.close()
 
@@ -334,7 +334,7 @@ def test_compaction_when_idle_merges_segments_and_keeps_every_answer(db, patient
                                                                     monkeypatch):
     import mpi.search.indexer as indexer_module
 
-    monkeypatch.setattr(indexer_module, "MERGE_MAX_DOCS", 0)  # no merge on the hot path
+    monkeypatch.setattr(indexer_module, "STEP_MERGE_DOCS", 0)  # no merge on the hot path
     indexer.catch_up()
     made = []
     for n in range(indexer_module.COMPACT_AT_SEGMENTS + 2):
@@ -359,8 +359,71 @@ def test_compaction_when_idle_merges_segments_and_keeps_every_answer(db, patient
         assert segments() < before
         before = segments()
     assert segments() < indexer_module.COMPACT_AT_SEGMENTS
+    assert indexer.compact() is False  # nothing left to do: the idle loop sleeps
     assert sorted(ids(reader, "compactson")) == sorted(p.id for p in made[1:])
     assert indexer.cursor == ChangeRepository().last_id()
+
+
+def _stream(commit: int, commits: int, large: tuple[int, ...] = (650_000, 650_000)):
+    """Segment sizes after ``commits`` steps of ``commit`` documents each, merged as a
+    step merges (:func:`merge_plan`): (the sizes, the most segments seen, every merge's
+    size)."""
+    from mpi.search.indexer import merge_plan
+
+    sizes, most, merges = list(large), 0, []
+    for _ in range(commits):
+        sizes.append(commit)
+        picked = merge_plan(sizes)
+        if picked:
+            merges.append(sum(sizes[i] for i in picked))
+            sizes = [n for i, n in enumerate(sizes) if i not in picked] + [merges[-1]]
+        most = max(most, len(sizes))
+    return sizes, most, merges
+
+
+@pytest.mark.parametrize(("commit", "commits"), [(1, 5_000), (20, 5_000), (200, 1_000),
+                                                 (500, 400)])
+def test_a_stream_of_commits_keeps_few_segments_and_merges_each_document_rarely(
+        commit, commits):
+    """Under a steady stream of writes (never idle), a step merges a level's segments once
+    it holds MERGE_FACTOR of them: segments stay few (at most MERGE_FACTOR - 1 a level,
+    plus those too large for a step to merge), each merge stays within STEP_MERGE_DOCS,
+    and a document is merged about once per level it climbs. The policy before merged
+    only while the 10 smallest segments held 200 documents in all: commits of 200 (a
+    stream of creates at 200 a second) were never merged, a segment a second."""
+    from mpi.search.indexer import MERGE_FACTOR, STEP_MERGE_DOCS
+
+    sizes, most, merges = _stream(commit, commits)
+    documents = commit * commits
+    assert sum(sizes) == documents + 1_300_000
+    assert all(m <= STEP_MERGE_DOCS for m in merges)
+    top, levels = commit, 0  # the largest segment steps make, and the levels below it
+    while top * MERGE_FACTOR <= STEP_MERGE_DOCS:
+        top, levels = top * MERGE_FACTOR, levels + 1
+    assert most <= 2 + (MERGE_FACTOR - 1) * levels + documents // top + 1
+    assert sum(merges) / documents <= levels + 0.5  # merges per document
+
+
+def test_an_idle_index_compacts_what_steps_could_not_merge():
+    from mpi.search.indexer import (
+        COMPACT_AT_SEGMENTS,
+        COMPACT_MERGE_DOCS,
+        MERGE_FACTOR,
+        compaction_plan,
+    )
+
+    sizes, _, _ = _stream(500, 1_000)  # 500,000 documents: 10 segments of 50,000
+    assert len(sizes) >= COMPACT_AT_SEGMENTS
+    rounds = 0
+    while picked := compaction_plan(sizes):
+        merged = sum(sizes[i] for i in picked)
+        assert 2 <= len(picked) <= MERGE_FACTOR and merged <= COMPACT_MERGE_DOCS
+        assert sorted(sizes)[:len(picked)] == sorted(sizes[i] for i in picked)  # the smallest
+        sizes = [n for i, n in enumerate(sizes) if i not in picked] + [merged]
+        rounds += 1
+    assert rounds and len(sizes) < COMPACT_AT_SEGMENTS
+    assert compaction_plan([COMPACT_MERGE_DOCS] * 20) == []  # none small enough: no merge
+    assert compaction_plan([1] * (COMPACT_AT_SEGMENTS - 1)) == []
 
 
 def test_workers_lower_their_own_priority(monkeypatch):
