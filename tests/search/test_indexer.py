@@ -364,6 +364,41 @@ def test_compaction_when_idle_merges_segments_and_keeps_every_answer(db, patient
     assert indexer.cursor == ChangeRepository().last_id()
 
 
+def test_a_backlog_is_caught_up_before_segments_are_merged(db, patients, index_root,
+                                                          monkeypatch):
+    """Steps that read a full batch (more events wait) only index and commit; the merge
+    waits until the index has caught up, so a backlog is searchable sooner."""
+    import mpi.search.indexer as indexer_module
+    from mpi.search.indexer import MERGE_FACTOR, Indexer
+
+    merges: list[int] = []
+    real = indexer_module._commit_merge
+
+    def counted(index, mergetype):
+        merges.append(len(index._segments()))
+        real(index, mergetype)
+
+    monkeypatch.setattr(indexer_module, "_commit_merge", counted)
+    behind = Indexer(db, index_root, poll_interval=0.05, strict=True, batch_size=2)
+    try:
+        behind.catch_up()
+        for n in range(MERGE_FACTOR * 2 + 2):
+            patients.create(source_id=f"B-{n}", identifiers=[],
+                            names=[{"family": "Backlogson", "given": [f"B{n}"]}])
+        steps = 0
+        while behind.step() == behind.batch_size:  # a full batch each step: behind
+            steps += 1
+        assert steps >= MERGE_FACTOR and merges == []
+        behind.catch_up()
+        assert merges == []
+        behind.batch_size = 100
+        patients.create(source_id="B-last", identifiers=[],
+                        names=[{"family": "Backlogson", "given": ["Last"]}])
+        assert 0 < behind.step() < behind.batch_size and merges  # caught up: merged
+    finally:
+        behind.stop()
+
+
 def _stream(commit: int, commits: int, large: tuple[int, ...] = (650_000, 650_000)):
     """Segment sizes after ``commits`` steps of ``commit`` documents each, merged as a
     step merges (:func:`merge_plan`): (the sizes, the most segments seen, every merge's

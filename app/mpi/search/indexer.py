@@ -654,7 +654,11 @@ class Indexer:
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         metrics.INDEX_APPLIED.inc(len(events))
-        if segments >= MERGE_FACTOR and merge_plan(_segment_sizes(opened.index)):
+        # Behind (a full batch: more events wait), catching up comes first: a merge now
+        # would hold the backlog for seconds, and its segments are merged once caught up.
+        behind = len(events) >= self.batch_size
+        if (not behind and segments >= MERGE_FACTOR
+                and merge_plan(_segment_sizes(opened.index))):
             _commit_merge(opened.index, step_merge)
         merged = time.perf_counter()
         lag_ms = None
