@@ -37,3 +37,67 @@ def test_expect_100_continue_is_noticed():
     head = GET + b"Content-Length: 3\r\nExpect: 100-continue\r\n\r\n"
     assert request_complete(head) == (False, True)
     assert request_complete(head + b"abc") == (True, True)
+
+
+_STOPPED_WHILE_FORKING = r"""
+import sys, time
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from mpi.worker import spawn_holding_signals
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def post_fork(arbiter, worker):  # the worker still runs the master's signal handlers here
+    print("forked", flush=True)
+    time.sleep(1.5)
+
+
+class App(BaseApplication):
+    def load_config(self):
+        for key, value in {"bind": "127.0.0.1:0", "workers": 1, "graceful_timeout": 30,
+                           "worker_class": "mpi.worker.BufferingThreadWorker",
+                           "post_fork": post_fork}.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return app
+
+
+class Master(Arbiter):
+    def spawn_worker(self):
+        return spawn_holding_signals(super().spawn_worker)  # as mpi.server's arbiter
+
+
+Master(App()).run()
+"""
+
+
+def test_a_stop_sent_while_a_worker_is_forked_stops_it(tmp_path):
+    """SIGTERM to the master while its new worker is still between fork and its own signal
+    handlers: the worker handles it once they are in place, and the master exits then,
+    not after GRACEFUL_TIMEOUT (30 s here) with the worker killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _STOPPED_WHILE_FORKING], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "forked":
+                break
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        proc.wait(timeout=45)
+        assert time.monotonic() - stopped < 10, proc.stdout.read()
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -39,9 +39,11 @@ import contextlib
 import io
 import re
 import selectors
+import signal
 import time
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -56,6 +58,12 @@ REQUEST_READ_TIMEOUT_S = 15.0
 #: The worker stops reporting itself alive while a request in a thread is older than this
 #: (so gunicorn restarts it about REQUEST_TIMEOUT + this after the request began).
 REPORT_GRACE_S = 1.0
+#: The signals gunicorn's master handles (and SIGCHLD): held while it forks a worker, and
+#: released by the worker once its own handlers are in place (:func:`spawn_holding_signals`).
+MASTER_SIGNALS = frozenset({signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM,
+                            signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
+                            signal.SIGWINCH, signal.SIGCHLD})
+T = TypeVar("T")
 _RECV = 65536
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r?$", re.I | re.M)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.I | re.M)
@@ -89,8 +97,40 @@ def request_complete(buffer: bytes | bytearray) -> tuple[bool, bool]:
     return body >= min(int(lengths[0]), MAX_BUFFERED_BODY), expects
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """MASTER_SIGNALS held (blocked, not lost) inside the block, in this thread."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def spawn_holding_signals(spawn: Callable[[], T]) -> T:
+    """gunicorn's ``Arbiter.spawn_worker`` with the master's signals held over the fork.
+
+    A new worker runs the master's signal handlers until it installs its own
+    (``init_signals``, after the ``post_fork`` hook); the master's handler only queues a
+    signal for the master's loop, so in the worker it is lost. A SIGTERM that the master
+    passed on while it was forking a worker was therefore ignored by that worker: it went
+    on serving, the master waited GRACEFUL_TIMEOUT for it and then killed it (found by
+    ``tests/deploy/test_systemd.py`` in CI: a stop sent 85 ms after the start). Held
+    across the fork, such a signal stays pending in the worker until
+    :meth:`BufferingThreadWorker.init_signals` releases it to the worker's own handler,
+    and in the master until the fork returns."""
+    with signals_held():
+        return spawn()
+
+
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker, reading each request whole in its event loop first."""
+
+    def init_signals(self) -> None:
+        """gunicorn's handlers, then the signals the master held over the fork released
+        (:func:`spawn_holding_signals`): one that arrived meanwhile is handled now."""
+        super().init_signals()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
