@@ -85,7 +85,8 @@ def test_accents_apostrophes_and_case_fold():
 def test_shortcuts_combine_with_q():
     q = build("smith", Shortcuts(name="john", birth_year=1980), Options())
     text = str(q)
-    assert "birth_year:1980" in text and "name:john^3.0" in text and "name:smith^3.0" in text
+    assert "birth_year:1980" in text and "name:smith^3.0" in text
+    assert "name_year:1980|john^3.0" in text  # the name shortcut, among 1980's records
 
 
 def test_nothing_to_search_for_is_an_error():
@@ -251,3 +252,59 @@ def test_any_of_is_whoosh_union_tree_in_segments_of_every_size(two_segments):
             assert any(preloads(theirs, leaf) for leaf, _ in searcher.leaf_searchers())
         name = build(None, Shortcuts(name="smith jonas", birth_year=1980), Options(fuzzy=1))
         assert not any(preloads(name, leaf) for leaf, _ in searcher.leaf_searchers())
+
+
+GIVEN_NAMES = ["Kirra", "Kira", "Kyra", "Cara", "John", "Jon", "Johan", "Amelia", "Emilia",
+               "Chloe", "Hernán", "Ernan", "Sean", "Shaun", "Ann", "Anne", "Jo"]
+
+
+def test_name_and_birth_year_find_what_name_and_year_apart_find(tmp_path):
+    """``name`` + ``birth_year`` reads the year's own terms (``name_year``,
+    ``name_phonetic_year``, part of a name with the year): exactly the documents that the
+    name's alternatives and the year find together (exact, fuzzy, phonetic, part of a
+    name; a record born that year, or only its year known; none without a year)."""
+    import random
+
+    from whoosh import query as wq
+
+    from mpi.search.query import AllOf, Options, Shortcuts, build, prune_infixes
+    from mpi.search.schema import document
+    from mpi.search.store import IndexDirectory
+
+    rng = random.Random(5)
+    directory = IndexDirectory(tmp_path)
+    ix = directory.create_index(directory.new_build())
+    for part in range(2):  # two segments
+        writer = ix.writer()
+        for i in range(150):
+            record = {"id": f"{part}-{i}", "names": [
+                {"family": rng.choice(FAMILY_NAMES), "given": [rng.choice(GIVEN_NAMES)]}]}
+            kind = i % 5
+            if kind < 3:
+                record["birth_date"] = f"{rng.choice((1967, 1968, 1980))}-0{kind + 1}-1{kind}"
+            elif kind == 3:
+                record["birth_date_partial"] = str(rng.choice((1967, 1980)))
+            writer.add_document(**document(record))
+        writer.commit(merge=False)
+    names = ["kirra smith", "kira smyth", "kyra", "jon jones", "johan joness", "amelia",
+             "emilia mueller", "chlou", "ernan", "hernan ng", "shaun", "ann obrien", "jo",
+             "smithx", "zzzz"]
+    options = Options(fuzzy=1)
+    found_any = 0
+    with ix.searcher() as searcher:
+        def known(word):
+            return searcher.doc_frequency("name", word) > 0
+
+        def ids(q):
+            return {h["id"] for h in searcher.search(prune_infixes(q, known), limit=None)}
+
+        for name in names:
+            for year in (1967, 1968, 1980, 1999):
+                dated = build(None, Shortcuts(name=name, birth_year=year), options)
+                apart = AllOf([build(None, Shortcuts(name=name), options),
+                               wq.Term("birth_year", str(year))])
+                assert ids(dated) == ids(apart), (name, year)
+                found_any += bool(ids(dated))
+        assert "name_year" in str(build(None, Shortcuts(name="kirra", birth_year=1967),
+                                        options))
+    assert found_any >= 20

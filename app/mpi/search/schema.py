@@ -4,7 +4,10 @@ Every name of a record goes into ``name`` (and ``family`` / ``given`` for
 field searches), plus derived forms: double-metaphone codes
 (``name_phonetic``: Smyth finds Smith), character trigrams (``name_ngram``:
 "ernan" finds Hernández) and leading n-grams (``name_prefix``,
-``family_prefix``: "smi*" is one term, not an expansion). Names, addresses and the other text
+``family_prefix``: "smi*" is one term, not an expansion), and the names and codes
+again prefixed with the birth year (``name_year``, ``name_phonetic_year``: "1967|rees",
+"1967|RS"), so that a name + birth year search reads only that year's records of each
+name instead of intersecting everyone's with the year's. Names, addresses and the other text
 fields are folded the same way at index and at query time: lower case, accents
 removed, apostrophes dropped (O'Brien = obrien), hyphens split.
 
@@ -30,7 +33,7 @@ from whoosh.analysis import (
 from whoosh.analysis.morph import DoubleMetaphoneFilter
 from whoosh.support.charset import accent_map
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INDEX_NAME = "patients"
 META_ID = "__meta__"  # the one document holding the cursor (kind "meta", never a hit)
 KIND_PATIENT = "patient"
@@ -59,6 +62,9 @@ PREFIX_MAX = 8
 PREFIX_ANALYZER = _folded() | _DropEmpty() | NgramFilter(minsize=1, maxsize=PREFIX_MAX,
                                                          at="start")
 TOKEN_ANALYZER = RegexTokenizer(r"\S+") | LowercaseFilter()
+# Terms made here, kept as they are (names folded and codes computed before joining).
+KEPT_ANALYZER = RegexTokenizer(r"\S+")
+YEAR_SEPARATOR = "|"
 
 
 class _Normalize(Filter):
@@ -89,6 +95,8 @@ SCHEMA = fields.Schema(
     name_phonetic=fields.TEXT(analyzer=PHONETIC_ANALYZER, phrase=False),
     name_ngram=fields.TEXT(analyzer=NGRAM_ANALYZER, phrase=False),
     name_prefix=fields.TEXT(analyzer=PREFIX_ANALYZER, phrase=False),
+    name_year=fields.TEXT(analyzer=KEPT_ANALYZER, phrase=False),
+    name_phonetic_year=fields.TEXT(analyzer=KEPT_ANALYZER, phrase=False),
     family_prefix=fields.TEXT(analyzer=PREFIX_ANALYZER, phrase=False),
     birth_date=fields.ID(),
     birth_year=fields.ID(),
@@ -159,6 +167,12 @@ def document(record: Mapping[str, Any]) -> dict[str, Any]:
         doc["birth_year"] = str(born)[:4]
     elif record.get("birth_date_partial"):  # only the year (or month) is known
         doc["birth_year"] = str(record["birth_date_partial"])[:4]
+    if doc.get("birth_year") and all_names:
+        key = doc["birth_year"] + YEAR_SEPARATOR
+        doc["name_year"] = " ".join(
+            key + t.text for t in NAME_ANALYZER(all_names, mode="index") if t.text)
+        doc["name_phonetic_year"] = " ".join(
+            key + t.text for t in PHONETIC_ANALYZER(all_names, mode="index") if t.text)
     if record.get("gender"):
         doc["gender"] = str(record["gender"])
     return {k: v for k, v in doc.items() if v != ""}
