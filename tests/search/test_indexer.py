@@ -507,3 +507,37 @@ def test_commits_are_paced_while_records_keep_arriving(tmp_path, monkeypatch):
     assert waits == [1.0, 1.0, 0.2, 0.2, 1.0, 0.2]
     quiet = Indexer(None, tmp_path, poll_interval=0.2)  # type: ignore[arg-type]
     assert quiet.commit_interval == 0.2  # tests' and tools' indexers: as before
+
+
+def test_a_stop_does_not_release_the_lock_under_a_step_still_running(tmp_path, monkeypatch):
+    """``stop`` gives up waiting after its timeout while the thread is still in a step (a
+    rebuild, a merge): the lock stays with the thread, which still writes, and the thread
+    releases it when the step is over; no other writer gets in meanwhile."""
+    from mpi.search.indexer import Indexer
+    from mpi.search.store import WriterLock
+
+    busy = Indexer(None, tmp_path, poll_interval=0.01)  # type: ignore[arg-type]
+    in_step, go_on = threading.Event(), threading.Event()
+
+    def step() -> int:
+        assert busy.lock.acquire()
+        in_step.set()
+        go_on.wait(10)
+        return 0
+
+    monkeypatch.setattr(busy, "step", step)
+    monkeypatch.setattr(busy, "compact", lambda: False)
+    monkeypatch.setattr(busy, "verify_and_repair", lambda: False)
+    monkeypatch.setattr(busy.directory, "discard_stale_builds", lambda: None)
+    busy.start()
+    assert in_step.wait(5)
+    busy.stop(timeout=0.1)
+    other = WriterLock(tmp_path)
+    assert busy.lock.held() and not other.acquire()  # still the busy thread's
+    go_on.set()
+    thread = busy._thread
+    assert thread is not None
+    thread.join(5)
+    assert not thread.is_alive()
+    assert not busy.lock.held() and other.acquire()  # released when its step ended
+    other.release()

@@ -760,6 +760,14 @@ class Indexer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                # Still in a step (a rebuild, a merge): the thread closes the index and
+                # releases the lock itself when the step ends. Releasing here would let
+                # another process write while this one still does, and close the lock's
+                # file descriptor under the thread.
+                log.warning("search indexer still busy after %.0f s; it stops after its "
+                            "current step", timeout)
+                return
         self._close()
         self.lock.release()
 
@@ -815,3 +823,4 @@ class Indexer:
                                     type(exc).__name__, extra={"error": type(exc).__name__})
             self._stop.wait(backoff if self.lock.held() else max(backoff, 1.0))
         self._close()
+        self.lock.release()

@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,8 @@ class WriterLock:
         self.path = Path(root) / LOCK
         self._fd: int | None = None
         self._id: tuple[int, int] | None = None
+        # One release closes the descriptor, whichever threads release at once.
+        self._releasing = threading.Lock()
 
     def acquire(self) -> bool:
         """Take the lock if it is free; True when this object holds it (now or already)."""
@@ -306,7 +309,8 @@ class WriterLock:
         return (st.st_dev, st.st_ino) == self._id
 
     def release(self) -> None:
-        fd, self._fd, self._id = self._fd, None, None
+        with self._releasing:
+            fd, self._fd, self._id = self._fd, None, None
         if fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
