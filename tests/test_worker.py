@@ -43,7 +43,7 @@ _STOPPED_WHILE_FORKING = r"""
 import sys, time
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from mpi.worker import spawn_holding_signals
+from mpi.worker import signals_held
 
 
 def app(environ, start_response):
@@ -69,7 +69,8 @@ class App(BaseApplication):
 
 class Master(Arbiter):
     def spawn_worker(self):
-        return spawn_holding_signals(super().spawn_worker)  # as mpi.server's arbiter
+        with signals_held():  # as mpi.server's arbiter
+            return super().spawn_worker()
 
 
 Master(App()).run()

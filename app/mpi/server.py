@@ -188,11 +188,12 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
 
         children = [self.indexer, *self.listeners]
 
-        from mpi.worker import spawn_holding_signals
+        from mpi.worker import signals_held
 
         class MPIArbiter(Arbiter):  # type: ignore[misc]
             def spawn_worker(self) -> Any:
-                return spawn_holding_signals(super().spawn_worker)
+                with signals_held():
+                    return super().spawn_worker()
 
             def manage_workers(self) -> None:
                 super().manage_workers()

@@ -41,9 +41,9 @@ import re
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -59,11 +59,10 @@ REQUEST_READ_TIMEOUT_S = 15.0
 #: (so gunicorn restarts it about REQUEST_TIMEOUT + this after the request began).
 REPORT_GRACE_S = 1.0
 #: The signals gunicorn's master handles (and SIGCHLD): held while it forks a worker, and
-#: released by the worker once its own handlers are in place (:func:`spawn_holding_signals`).
+#: released by the worker once its own handlers are in place (:func:`signals_held`).
 MASTER_SIGNALS = frozenset({signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM,
                             signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
                             signal.SIGWINCH, signal.SIGCHLD})
-T = TypeVar("T")
 _RECV = 65536
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r?$", re.I | re.M)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.I | re.M)
@@ -99,16 +98,8 @@ def request_complete(buffer: bytes | bytearray) -> tuple[bool, bool]:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """MASTER_SIGNALS held (blocked, not lost) inside the block, in this thread."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def spawn_holding_signals(spawn: Callable[[], T]) -> T:
-    """gunicorn's ``Arbiter.spawn_worker`` with the master's signals held over the fork.
+    """MASTER_SIGNALS held (blocked, not lost) inside the block, in this thread: gunicorn's
+    master forks its workers inside it (``mpi.server``).
 
     A new worker runs the master's signal handlers until it installs its own
     (``init_signals``, after the ``post_fork`` hook); the master's handler only queues a
@@ -119,8 +110,11 @@ def spawn_holding_signals(spawn: Callable[[], T]) -> T:
     across the fork, such a signal stays pending in the worker until
     :meth:`BufferingThreadWorker.init_signals` releases it to the worker's own handler,
     and in the master until the fork returns."""
-    with signals_held():
-        return spawn()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -128,7 +122,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def init_signals(self) -> None:
         """gunicorn's handlers, then the signals the master held over the fork released
-        (:func:`spawn_holding_signals`): one that arrived meanwhile is handled now."""
+        (:func:`signals_held`): one that arrived meanwhile is handled now."""
         super().init_signals()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 

@@ -268,8 +268,8 @@ def _all(parts: Sequence[wq.Query]) -> wq.Query:
 
 
 class AnyOf(wq.Or):
-    """Whoosh's ``Or`` (the same documents and scores), always matched as whoosh's tree of
-    union matchers.
+    """Whoosh's ``Or`` (the same documents), always matched as whoosh's tree of union
+    matchers.
 
     Left to choose (``AUTO_MATCHER``), whoosh pre-loads an ``Or`` inside another query
     into an ``ArrayUnionMatcher`` in every segment of at most 5,000 documents. That
@@ -391,15 +391,13 @@ class DatedFuzzyWord(FuzzyWord):
     in ``name_year``, whose lexicon (one word per name and year) is never read whole."""
 
     def __init__(self, word: str, year: str, *, boost: float, maxdist: int):
-        key = f"{year}{YEAR_SEPARATOR}"
-        super().__init__("name_year", key + word, boost=boost, maxdist=maxdist,
-                         prefixlength=len(key) + 1)
-        self.key = key
+        self.key = f"{year}{YEAR_SEPARATOR}"
+        super().__init__("name_year", self.key + word, boost=boost, maxdist=maxdist,
+                         prefixlength=len(self.key) + 1)
+        self.in_name = FuzzyWord("name", word, maxdist=maxdist, prefixlength=1)
 
     def _btexts(self, ixreader: Any) -> Any:
-        found = FuzzyWord("name", self.text[len(self.key):], maxdist=self.maxdist,
-                          prefixlength=self.prefixlength - len(self.key))._btexts(ixreader)
-        return [self.key + word for word in found]
+        return [self.key + word for word in self.in_name._btexts(ixreader)]
 
 
 #: The sorted words of a field in a segment, by (segment id, documents, field): the most
@@ -464,8 +462,8 @@ def _name_token(fieldname: str, token: str, options: Options, fuzzy: int | None,
         return wq.Prefix(fieldname, token)
     dated = year is not None and fieldname == "name" and fuzzy is None
     key = f"{year}{YEAR_SEPARATOR}" if dated else ""
-    words = "name_year" if dated else fieldname
-    alternatives: list[wq.Query] = [wq.Term(words, key + token, boost=3.0)]
+    alternatives: list[wq.Query] = [wq.Term("name_year" if dated else fieldname,
+                                            key + token, boost=3.0)]
     distance = options.fuzzy if fuzzy is None else fuzzy
     if len(token) < 4:
         distance = 0
