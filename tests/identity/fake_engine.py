@@ -31,6 +31,10 @@ class FakeEngine:
         return [f"fam:{family}"] if family else []
 
     @staticmethod
+    def probes(keys: Sequence[str]) -> list[str]:
+        return list(keys)
+
+    @staticmethod
     def score(a: Mapping[str, Any], b: Mapping[str, Any]) -> PairScore:
         same = [k for k in ("given_name", "family_name", "birth_date") if a.get(k) == b.get(k)]
         p = 0.99 if len(same) == 3 else 0.7 if len(same) == 2 and "given_name" not in same \

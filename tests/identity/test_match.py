@@ -50,3 +50,27 @@ def test_a_match_that_fails_records_nothing(services, db, monkeypatch):
     with pytest.raises(LookupError):
         services.matching.match(probe, CLERK)
     assert AuditEventRow.select().count() == 0 and not db.in_transaction()
+
+
+def test_a_dated_record_finds_an_undated_one_by_family_name_and_initial(services):
+    """A payroll record (no birth date) and a registration (a birth date; the given name
+    mistyped, so its sound differs) share only the family name and initial: the
+    registration looks it up among the records without a birth date (``u:``), and a
+    dated record with the same name and initial is no candidate by that key."""
+    def stored(source_id: str, given: str, **fields: object) -> str:
+        body = patient(source="payroll", source_id=source_id,
+                       names=[{"family": "Mokoena", "given": [given]}], identifiers=None,
+                       telecom=None, **fields)
+        return services.patients.create(services.patients.parse(json.dumps(body)),
+                                        Actor("feed")).person_id or ""
+
+    undated = stored("p1", "Thandiwe", birth_date=None,
+                     addresses=[{"line": ["4 Quarry Lane"], "city": "Springfield"}])
+    dated = stored("p2", "Themba", birth_date="1990-02-03", addresses=None)
+    probe = patient(source="desk", source_id="d1", identifiers=None, telecom=None,
+                    addresses=None, names=[{"family": "Mokoena", "given": ["Thnadiwe"]}],
+                    birth_date="1971-03-09")
+    found = services.matching.match(services.patients.parse(json.dumps(probe)), CLERK)
+    persons = {c.person_id for c in found.candidates}
+    assert undated in persons
+    assert dated not in persons

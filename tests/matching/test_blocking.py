@@ -2,13 +2,14 @@ from datetime import date
 
 import pytest
 
-from mpi.matching.blocking import EM_RULES, MAX_KEY, blocking_keys
+from mpi.matching.blocking import EM_RULES, MAX_KEY, blocking_keys, probe_keys
 from mpi.matching.record import MatchRecord
 from tests.matching.helpers import prep, rec
 
 
 def meet(a, b) -> bool:
-    return bool(set(blocking_keys(a)) & set(blocking_keys(b)))
+    """Whether linking makes them candidates: what one looks up, the other holds."""
+    return bool(set(probe_keys(blocking_keys(a))) & set(blocking_keys(b)))
 
 
 @pytest.mark.parametrize("changes", [
@@ -93,3 +94,33 @@ def test_records_missing_different_fields_still_meet():
 def test_name_keys_need_both_names():
     assert not [k for k in blocking_keys(MatchRecord("x", family_name="Mokoena"))
                 if k.startswith(("m:", "l:"))]
+
+
+def test_the_family_name_and_initial_find_only_records_without_a_birth_date():
+    """The ``f:`` key (family name and initial) is for pairs where one side has no birth
+    date. Two dated records meet through the keys holding the date; looked up by every
+    record, this key brought three quarters of each record's candidates at 700,000."""
+    dated = MatchRecord("a", given_name="Thandiwe", family_name="Mokoena",
+                        birth_date=date(1971, 3, 9))
+    other_dated = MatchRecord("b", given_name="Thembi", family_name="Mokoena",
+                              birth_date=date(1985, 1, 2))
+    undated = MatchRecord("c", given_name="Thabo", family_name="Mokoena",
+                          address_line="4 Quarry Lane")
+    other_undated = MatchRecord("d", given_name="Themba", family_name="Mokoena")
+    f = [k for k in blocking_keys(dated) if k.startswith("f:")]
+    assert len(f) == 1 and not [k for k in blocking_keys(dated) if k.startswith("u:")]
+    # Both kept by a record without a birth date; each record looks up one of them.
+    assert {k[:2] for k in blocking_keys(undated)} >= {"f:", "u:"}
+    assert f"u:{f[0][2:]}" in probe_keys(blocking_keys(dated))
+    assert f[0] not in probe_keys(blocking_keys(dated))
+    assert f[0] in probe_keys(blocking_keys(undated))
+    assert not [k for k in probe_keys(blocking_keys(undated)) if k.startswith("u:")]
+    assert not meet(dated, other_dated) and not meet(other_dated, dated)
+    for a, b in ((dated, undated), (undated, other_undated), (other_dated, other_undated)):
+        assert meet(a, b) and meet(b, a), (a.record_id, b.record_id)
+
+
+def test_probe_keys_change_nothing_else():
+    keys = blocking_keys(rec("a"))
+    assert [k for k in probe_keys(keys) if not k.startswith("u:")] == \
+        [k for k in keys if not k.startswith("f:")]

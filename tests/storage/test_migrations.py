@@ -266,3 +266,39 @@ def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_ser
             others = BlockingKeyRow.select().where(BlockingKeyRow.patient << pks[1:3]).count()
             assert others == 0, url  # deleted record, and a record with no matching form
         close_database(db)
+
+
+def test_0019_gives_records_without_a_birth_date_their_undated_name_key(tmp_path,
+                                                                         postgres_server):
+    """From 0019 a record with a birth date looks up the family name and initial among
+    the records without one (``u:``): the records stored before get that key, derived
+    from their ``f:`` key; a record with a ``d:`` key (a birth date) gets none."""
+    from mpi.storage.models import BlockingKeyRow, PatientRow
+
+    base = database_for(parse_database_url(postgres_server.url))
+    with connection(base):
+        base.execute_sql("DROP DATABASE IF EXISTS undated")
+        base.execute_sql("CREATE DATABASE undated")
+    close_database(base)
+    now = datetime(2026, 1, 1)
+    held = {"dated": ["d:19710309:MACAN", "f:MACAN:t", "m:MACAN:TANDAV"],
+            "undated": ["f:MACAN:t", "l:4 quarry lane:MACAN"], "nameless": ["t:5550199"]}
+    for url in (f"sqlite:///{tmp_path}/undated.db",
+                postgres_server.url.rsplit("/", 1)[0] + "/undated"):
+        db = database_for(parse_database_url(url))
+        shipped = migrate.discover()
+        with connection(db), db.bind_ctx(ALL_MODELS):
+            migrate.apply(db, [m for m in shipped if m.version <= "0018"])
+            pks = {}
+            for i, (name, keys) in enumerate(held.items()):
+                pks[name] = PatientRow.insert(
+                    id=f"00000000-0000-4000-8000-00000000000{i}", source="ehr",
+                    source_id=name, active=True, deceased=False, version=1,
+                    created_at=now, updated_at=now).execute()
+                BlockingKeyRow.insert_many([{"key": k, "patient": pks[name]}
+                                            for k in keys]).execute()
+            migrate.apply(db, shipped)
+            after = {name: sorted(row.key for row in BlockingKeyRow.select().where(
+                BlockingKeyRow.patient == pk)) for name, pk in pks.items()}
+        close_database(db)
+        assert after == {**held, "undated": sorted([*held["undated"], "u:MACAN:t"])}, url

@@ -101,6 +101,10 @@ class Engine(Protocol):
 
     def keys(self, data: Mapping[str, Any]) -> list[str]: ...
 
+    def probes(self, keys: Sequence[str]) -> list[str]:
+        """The keys a record holding ``keys`` looks its candidates up by."""
+        ...
+
     def decide(self, data: Mapping[str, Any], candidates: Sequence[Candidate], *,
                excluded: frozenset[str] = frozenset()) -> PersonDecision: ...
 
@@ -213,6 +217,11 @@ class MatchingEngine:
         from mpi.matching.blocking import blocking_keys
 
         return blocking_keys(self._prepare(str(data.get("record_id") or ""), data))
+
+    def probes(self, keys: Sequence[str]) -> list[str]:
+        from mpi.matching.blocking import probe_keys
+
+        return probe_keys(keys)
 
     def decide(self, data: Mapping[str, Any], candidates: Sequence[Candidate], *,
                excluded: frozenset[str] = frozenset()) -> PersonDecision:

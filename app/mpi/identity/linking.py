@@ -91,7 +91,9 @@ class Linking:
         """Decide where a record just written goes (locks its keys and its link)."""
         data = match_data(patient)
         keys = self.engine.keys(data)
-        self._repo.lock_keys(keys)
+        # The keys it holds and those it looks up: a record arriving at once that either
+        # would find shares one of them.
+        self._repo.lock_keys(sorted(set(keys) | set(self.engine.probes(keys))))
         current = self._repo.link_of(patient_pk, lock=True)
         previous = current.person_id if current is not None else None
         if current is not None and current.manual:
@@ -166,19 +168,21 @@ class Linking:
         if not records:
             return []
         datas = [match_data(p) for p, _ in records]
-        keys = [self.engine.keys(d) for d in datas]
-        self._repo.lock_keys(sorted({k for ks in keys for k in ks}))
+        keys = [self.engine.keys(d) for d in datas]  # each record's, as stored
+        probes = [self.engine.probes(ks) for ks in keys]  # what each looks up
+        self._repo.lock_keys(sorted({k for ks in keys + probes for k in ks}))
         index, members, person_pk_ids, oversized = self._known_persons(
-            sorted({k for ks in keys for k in ks}))
+            sorted({k for ks in probes for k in ks}))
         pk_of = {v: k for k, v in person_pk_ids.items()}
         stored: dict[str, set[int]] = {v: {k} for k, v in person_pk_ids.items()}
         kept_apart = self._kept_apart(stored)  # follows ``stored`` as the batch merges
 
         placed: list[Placement] = []
-        for (patient, patient_pk), data, ks in zip(records, datas, keys, strict=True):
+        for (patient, patient_pk), data, ks, looks in zip(records, datas, keys, probes,
+                                                          strict=True):
             # As one record at a time would see them: a key the batch's records take
             # past MAX_BLOCK persons selects nothing from then on.
-            persons = {person for k in ks if k not in oversized
+            persons = {person for k in looks if k not in oversized
                        for person in index.get(k, ())}
             candidates = [c for person in sorted(persons) for c in members.get(person, ())]
             decision = self.engine.decide(data, candidates)
@@ -274,9 +278,10 @@ class Linking:
                 ) -> tuple[PersonDecision, dict[str, list[Candidate]], dict[str, set[int]]]:
         """:meth:`decide`, every record of each candidate person, and each candidate
         person's primary key (as a set, the shape :meth:`_kept_apart` reads)."""
-        index, members, person_pk_ids, _ = self._known_persons(keys,
+        looks = self.engine.probes(keys)
+        index, members, person_pk_ids, _ = self._known_persons(looks,
                                                                exclude_patient_pk=patient_pk)
-        persons = {person for k in keys for person in index.get(k, ())}
+        persons = {person for k in looks for person in index.get(k, ())}
         candidates = [c for person in sorted(persons) for c in members.get(person, ())]
         excluded: frozenset[str] = frozenset()
         if patient_pk is not None:

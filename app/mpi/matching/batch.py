@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mpi.matching.blocking import blocking_keys
+from mpi.matching.blocking import blocking_keys, probe_keys
 from mpi.matching.linker import Linker
 from mpi.matching.model import Model
 from mpi.matching.record import MatchRecord, PreparedRecord, prepare
@@ -100,7 +100,7 @@ def link(left: Iterable[MatchRecord | PreparedRecord],
     found = []
     for r in progress(a, "linking", len(a)):
         seen: set[int] = set()
-        for key in blocking_keys(r):
+        for key in probe_keys(blocking_keys(r)):
             seen.update(index.get(key, ()))
         for j in seen:
             s = scorer.score(r, b[j])
@@ -142,7 +142,7 @@ def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
     counts = []
     key_counts = []
     pairs: set[tuple[int, int]] = set()
-    own_keys = keys_of if other is None else [set(blocking_keys(r)) for r in base]
+    own_keys = [set(probe_keys(blocking_keys(r))) for r in base]
     for i, keys in enumerate(own_keys):
         key_counts.append(len(keys))
         cand: set[int] = set()

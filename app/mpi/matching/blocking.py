@@ -26,7 +26,13 @@ that the usual errors still meet (each line names the error it survives):
           the common ones;
 - ``f:``  NYSIIS of the family name + the given name's first letter: the same, when the
           given name is mistyped (Cathernie / Catherine; clerks rarely miss the first
-          letter), which changes its sound;
+          letter), which changes its sound. Looked up only by records WITHOUT a birth
+          date; a record with one looks up ``u:``, the same key that only records without
+          a birth date hold (:func:`probe_keys`). Two records that both have a birth date
+          meet through the keys that hold it (or an address, phone, SSN, ``m:``): this
+          key is for the pairs where one has none. Looked up by every record, it was the
+          key that grew with the registry: at 700,000 synthetic records three quarters of
+          every record's candidates (22 of 29), each scored in vain;
 - ``l:``  the address line + NYSIIS of the family name: household and payroll records
           with neither birth date nor postal code, and a mistyped postal code;
 - ``t:``  phone (last 10 digits); ``i:`` every (system, value) identifier.
@@ -42,7 +48,7 @@ comparisons it holds fixed (those are switched off in that EM pass).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mpi.matching.record import MatchRecord, PreparedRecord, prepare
@@ -82,6 +88,8 @@ def blocking_keys(record: MatchRecord | PreparedRecord) -> list[str]:
             keys.add(f"a:{r.dob}:{r.postcode}")
     if fam and r.given:
         keys.add(f"f:{fam}:{r.given[0]}")
+        if not dob:
+            keys.add(f"u:{fam}:{r.given[0]}")
     if fam and giv:
         keys.add(f"m:{min(fam, giv)}:{max(fam, giv)}")
         if r.dob:
@@ -104,6 +112,17 @@ def blocking_keys(record: MatchRecord | PreparedRecord) -> list[str]:
         for value in values:
             keys.add(f"i:{system}:{value}")
     return sorted(_fit(k) for k in keys)
+
+
+def probe_keys(keys: Sequence[str]) -> list[str]:
+    """The keys a record with these :func:`blocking_keys` looks its candidates up by: its
+    own, except that one with a birth date looks up ``u:`` (records without a birth date)
+    where it holds ``f:``, and one without looks up ``f:`` alone (every record). Two
+    records meet when either's probe keys hold a key of the other's: the same pairs
+    either way round."""
+    if any(k.startswith("u:") for k in keys):  # no birth date
+        return [k for k in keys if not k.startswith("u:")]
+    return sorted(f"u:{k[2:]}" if k.startswith("f:") else k for k in keys)
 
 
 @dataclass(frozen=True)

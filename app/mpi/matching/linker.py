@@ -66,7 +66,7 @@ from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mpi.matching.blocking import blocking_keys
+from mpi.matching.blocking import blocking_keys, probe_keys
 from mpi.matching.comparisons import COMPARISONS, NAMES_INDEX, NULL
 from mpi.matching.model import Model
 from mpi.matching.record import MatchRecord, PreparedRecord, prepare
@@ -292,7 +292,7 @@ class Linker:
 
     def candidates(self, record: PreparedRecord) -> set[Hashable]:
         persons: set[Hashable] = set()
-        for key in blocking_keys(record):
+        for key in probe_keys(blocking_keys(record)):
             bucket = self._index.get(key)
             if bucket:
                 if len(bucket) > self.max_block:
