@@ -9,8 +9,8 @@ before theirs, so a record arriving after the upgrade still finds them.
 
 A record has a birth date exactly when it holds a ``d:`` key (every record with an
 ``f:`` key has a name for one). The keys are derived in SQL from those stored: no record
-is read or changed, no link changes. At 1,300,000 records with a tenth of them undated,
-it reads the ``f:`` keys once and writes about 130,000 rows.
+is read or changed, no link changes. It reads the ``f:`` keys once and writes one row
+per record without a birth date.
 """
 
 from __future__ import annotations

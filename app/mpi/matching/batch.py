@@ -142,11 +142,11 @@ def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
     counts = []
     key_counts = []
     pairs: set[tuple[int, int]] = set()
-    own_keys = [set(probe_keys(blocking_keys(r))) for r in base]
+    own_keys = keys_of if other is None else [set(blocking_keys(r)) for r in base]
     for i, keys in enumerate(own_keys):
         key_counts.append(len(keys))
         cand: set[int] = set()
-        for k in keys:
+        for k in probe_keys(list(keys)):  # as linking looks candidates up
             cand.update(index.get(k, ()))
         if other is None:
             cand.discard(i)
