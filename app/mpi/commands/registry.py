@@ -286,7 +286,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from mpi.matching.csvio import BadValues, CsvError
     from mpi.storage.db import analyze, connection, planned_rows
     from mpi.storage.identity import IdentityRepository
-    from mpi.storage.models import REGISTRY_TABLES
+    from mpi.storage.models import LOOKUP_TABLES, REGISTRY_TABLES
 
     if args.batch < 1:
         print("--batch must be at least 1", file=sys.stderr)
@@ -322,7 +322,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             def analyzed_if_due() -> int:
                 if registry + done < max(ANALYZE_FIRST, 2 * known):
                     return known
-                analyze(db, REGISTRY_TABLES)  # later batches plan with statistics
+                # later batches plan with statistics and read the look-up's indexes alone
+                analyze(db, REGISTRY_TABLES, vacuum=LOOKUP_TABLES)
                 if done:
                     services.upkeep.refresh()
                 return registry + done
@@ -348,7 +349,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             finally:  # an interrupted import leaves rows too
                 if registry + done > known:
                     with contextlib.suppress(Exception):
-                        analyze(db, REGISTRY_TABLES)
+                        analyze(db, REGISTRY_TABLES, vacuum=LOOKUP_TABLES)
     except CsvError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INPUT

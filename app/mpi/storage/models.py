@@ -229,6 +229,10 @@ class PatientLinkRow(BaseModel):
 
     class Meta:
         table_name = "patient_link"
+        # A record's person from the index alone (an index-only scan): the candidate
+        # look-up turns each blocking key's records into persons, and visiting the row for
+        # it read the table's pages, wide with match_data, one per candidate (migration 0020).
+        indexes = ((("patient", "person"), False),)
 
 
 class BlockingKeyRow(BaseModel):
@@ -447,6 +451,11 @@ PATIENT_CHILD_MODELS = (PatientNameRow, PatientIdentifierRow, PatientAddressRow,
 #: The tables a bulk load of records writes (``mpi import``): analyzed as it goes.
 REGISTRY_TABLES = tuple(m._meta.table_name for m in (  # type: ignore[attr-defined]
     PatientRow, *PATIENT_CHILD_MODELS, *IDENTITY_MODELS, AuditEventRow, ChangeEventRow))
+#: Of those, the tables the candidate look-up reads from their indexes alone (blocking
+#: keys, then each record's person): a bulk load vacuums them as well, on PostgreSQL, so
+#: the pages it wrote are marked all-visible and the look-up does not visit them.
+LOOKUP_TABLES = tuple(m._meta.table_name for m in (  # type: ignore[attr-defined]
+    BlockingKeyRow, PatientLinkRow))
 ALL_MODELS = (
     PatientRow,
     *PATIENT_CHILD_MODELS,
