@@ -22,5 +22,4 @@ import peewee
 def upgrade(db: peewee.Database) -> None:
     db.execute_sql("CREATE INDEX patient_link_patient_pk_person_pk "
                    "ON patient_link (patient_pk, person_pk)")
-    if isinstance(db, peewee.PostgresqlDatabase):
-        db.execute_sql("ANALYZE patient_link")
+    # (mpi.storage.migrate analyzes every table that holds rows once the migrations ran.)
