@@ -116,6 +116,68 @@ def test_an_error_in_the_unit_writes_nothing(db):
     assert AuditEventRow.select().count() == 0 and ChangeEventRow.select().count() == 0
 
 
+@POSTGRES_ONLY
+def test_a_writes_audit_rows_and_events_go_in_one_round_trip(db, monkeypatch):
+    """A write's few audit rows, the change log's lock and its events are sent together,
+    in one pipeline, and answered together at its end (psycopg syncs a pipeline once, on
+    leaving it): one round trip where there were three. The lock is still taken after
+    the audit rows and before the events, in the unit's transaction, held to COMMIT."""
+    from psycopg import Cursor, pq
+
+    sent: list[tuple[str, bool]] = []
+    execute = Cursor.execute
+
+    def spy(self, query, *args, **kwargs):
+        piped = self.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
+        sent.append((" ".join(str(query).split()[:3]), piped))
+        return execute(self, query, *args, **kwargs)
+
+    work = _work(db)
+    with work.begin(ACTOR) as tx:
+        tx.audit(AuditTag.PATIENT_CREATE, "p1")
+        tx.audit(AuditTag.LINK_NEW, "p1")
+        tx.emit(EventType.PATIENT_CREATED, "p1", version=1)
+        tx.emit(EventType.PATIENT_LINKED, "p1")
+        monkeypatch.setattr(Cursor, "execute", spy)
+        work._flush(tx)
+        monkeypatch.setattr(Cursor, "execute", execute)
+        held = db.execute_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                              "AND pid = pg_backend_pid() AND granted").fetchone()[0]
+        tx._audits.clear()
+        tx._events.clear()
+    assert sent == [('INSERT INTO "audit_event"', True),
+                    ("SELECT pg_advisory_xact_lock(%s)", True),
+                    ('INSERT INTO "change_event"', True)]
+    assert held == 1  # the change log's lock, until COMMIT
+    assert [a.action for a in AuditEventRow.select().order_by(AuditEventRow.pk)] == [
+        "patient:record:create", "identity:link:new"]
+    assert [e.event_type for e in ChangeEventRow.select().order_by(ChangeEventRow.pk)] == [
+        "PatientCreated", "PatientLinked"]
+
+
+@POSTGRES_ONLY
+def test_a_failed_statement_of_a_writes_flush_writes_nothing(db):
+    """An audit row that does not fit fails the whole unit at the flush's one round trip:
+    the unit's own rows roll back with it, and the connection is clean for the next."""
+    from psycopg import pq
+
+    work = _work(db)
+    with pytest.raises(peewee.DataError), work.begin(ACTOR) as tx:
+        db.execute_sql("INSERT INTO person (id, created_at, updated_at) "
+                       "VALUES (gen_random_uuid(), now(), now())")
+        tx.audit(AuditTag.PATIENT_CREATE, "x" * 200)  # entity_id is varchar(128)
+        tx.emit(EventType.PATIENT_CREATED, "p1", version=1)
+    assert db.connection().pgconn.transaction_status == pq.TransactionStatus.IDLE
+    counts = db.execute_sql("SELECT (SELECT count(*) FROM person), "
+                            "(SELECT count(*) FROM audit_event), "
+                            "(SELECT count(*) FROM change_event)").fetchone()
+    assert counts == (0, 0, 0)
+    with work.begin(ACTOR) as tx:
+        tx.audit(AuditTag.PATIENT_CREATE, "p1")
+        tx.emit(EventType.PATIENT_CREATED, "p1", version=1)
+    assert ChangeEventRow.select().count() == 1
+
+
 def test_units_do_not_nest(db):
     work = _work(db)
     with work.begin(ACTOR), pytest.raises(RuntimeError, match="already open"), \

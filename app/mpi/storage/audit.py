@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from mpi.domain.audit import Actor, AuditEntryOut, AuditTag
-from mpi.storage.bulk import bulk_insert, insert_statement
+from mpi.storage.bulk import bulk_insert, insert_values
 from mpi.storage.models import AuditEventRow
 
 
@@ -25,10 +25,7 @@ def audit_insert(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor
                  now: datetime, *, param: str) -> tuple[str, list[Any]]:
     """ONE INSERT of those rows (a VALUES list) and its flat parameters, for a caller that
     sends it itself."""
-    sql, _, rows = insert_statement(AuditEventRow, audit_rows(entries, actor, now),
-                                    param=param)
-    head, values = sql.split(" VALUES ", 1)
-    return f"{head} VALUES {', '.join([values] * len(rows))}", [v for r in rows for v in r]
+    return insert_values(AuditEventRow, audit_rows(entries, actor, now), param)
 
 
 def audit_rows(entries: Sequence[tuple[AuditTag, str | None, Any, Any]], actor: Actor,

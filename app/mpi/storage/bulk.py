@@ -39,7 +39,7 @@ def _few_on_postgres(db: peewee.Database, *batches: Rows, limit: int = COPY_MIN_
             and all(len(rows) <= limit for rows in batches))
 
 
-def _values(model: type[peewee.Model], rows: Rows, param: str) -> tuple[str, list[Any]]:
+def insert_values(model: type[peewee.Model], rows: Rows, param: str) -> tuple[str, list[Any]]:
     """One multi-row ``INSERT ... VALUES (...), (...)`` for ``rows``, and its flat parameters."""
     sql, _, params = insert_statement(model, rows, param=param)
     head, marks = sql.split(" VALUES ", 1)
@@ -55,7 +55,7 @@ def insert_returning(model: type[peewee.Model], rows: Rows, columns: Sequence[st
     if not rows or not _few_on_postgres(db, rows):
         bulk_insert(model, rows)
         return None
-    sql, params = _values(model, rows, db.param)
+    sql, params = insert_values(model, rows, db.param)
     # Column names come from the caller's code, never from input.
     returning = ", ".join(f'"{c}"' for c in columns)
     with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
@@ -84,7 +84,7 @@ def insert_together(batches: Sequence[tuple[type[peewee.Model], Rows]]) -> None:
     parts: list[str] = []
     params: list[Any] = []
     for model, rows in todo:
-        sql, values = _values(model, rows, db.param)
+        sql, values = insert_values(model, rows, db.param)
         parts.append(sql)
         params += values
     withs = ", ".join(f"t{i} AS ({sql})" for i, sql in enumerate(parts[:-1]))

@@ -19,24 +19,41 @@ import peewee
 
 from mpi.domain.audit import Actor
 from mpi.domain.events import ChangeEvent, EventType
-from mpi.storage.bulk import bulk_insert
+from mpi.storage.bulk import bulk_insert, insert_values
 from mpi.storage.db import LOCK_CHANGE_LOG, is_postgres
 from mpi.storage.models import ChangeEventRow
 
+Events = Sequence[tuple[EventType, str, int | None, Any]]
+#: The appending transaction's lock on the change log (PostgreSQL; module docstring).
+LOCK_SQL = "SELECT pg_advisory_xact_lock(%s)"
 
-def append_events(db: peewee.Database, events: Sequence[tuple[EventType, str, int | None, Any]],
-                  actor: Actor, now: datetime) -> None:
+
+def append_events(db: peewee.Database, events: Events, actor: Actor, now: datetime) -> None:
     """Append (type, entity id, entity version, payload) events, in order, for ``actor``.
     Call it as the transaction's last write (module docstring)."""
     if not events:
         return
     if is_postgres(db):
-        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_CHANGE_LOG,))
-    bulk_insert(ChangeEventRow, [
-        dict(occurred_at=now, event_type=kind.value, entity_type=kind.entity_type,
-             entity_id=entity_id, entity_version=version, actor=actor.user_id,
-             request_id=actor.request_id, payload=payload)
-        for kind, entity_id, version, payload in events])
+        db.execute_sql(LOCK_SQL, (LOCK_CHANGE_LOG,))
+    bulk_insert(ChangeEventRow, change_rows(events, actor, now))
+
+
+def append_statements(events: Events, actor: Actor, now: datetime
+                      ) -> list[tuple[str, list[Any]]]:
+    """What :func:`append_events` sends on PostgreSQL, as (SQL, parameters) for a caller
+    that sends them with its other statements in one round trip: the change log's lock,
+    then ONE INSERT of the events (a VALUES list), in this order."""
+    if not events:
+        return []
+    return [(LOCK_SQL, [LOCK_CHANGE_LOG]),
+            insert_values(ChangeEventRow, change_rows(events, actor, now), "%s")]
+
+
+def change_rows(events: Events, actor: Actor, now: datetime) -> list[dict[str, Any]]:
+    return [dict(occurred_at=now, event_type=kind.value, entity_type=kind.entity_type,
+                 entity_id=entity_id, entity_version=version, actor=actor.user_id,
+                 request_id=actor.request_id, payload=payload)
+            for kind, entity_id, version, payload in events]
 
 
 class ChangeRepository:
