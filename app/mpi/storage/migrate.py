@@ -183,8 +183,8 @@ def _tables_with_rows(db: peewee.Database) -> list[str]:
     table stays empty", and plans by them until autovacuum looks again (a minute later,
     after 50 rows). A fresh database then planned the candidate look-up, once per
     connection (prepared), as a scan of the whole blocking-key table per key: 10 ms a
-    record after 1,000 records, growing with each one. Never analyzed, a table is
-    planned as one of some pages, and the look-up walks the indexes."""
+    record after 1,000 records, growing with each one. A table never analyzed is
+    planned as one of at least ten pages, and the look-up walks the indexes."""
     if not is_postgres(db):
         return db.get_tables()
     # Table names come from the database's own catalogue, never from input.
