@@ -211,9 +211,10 @@ def analyze(db: peewee.Database, tables: Sequence[str] | None = None, *,
         vacuumed = [t for t in tables or () if t in vacuum]
         if vacuumed:
             target.execute_sql("VACUUM (ANALYZE) " + ", ".join(f'"{t}"' for t in vacuumed))
-            if not (tables := [t for t in tables or () if t not in vacuum]):
-                return
-        names = ", ".join(f'"{t}"' for t in tables or ())
+        rest = [t for t in tables or () if t not in vacuumed]
+        if tables and not rest:
+            return
+        names = ", ".join(f'"{t}"' for t in rest)  # none given: every table
         target.execute_sql(f"ANALYZE {names}".rstrip())
     else:  # SQLite: its ANALYZE fills sqlite_stat1 for the query planner
         for table in tables or [""]:
