@@ -61,6 +61,27 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     return postgres_server.url
 
 
+@pytest.fixture(autouse=True)
+def _reads_audit_rows_written_at_the_end(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every unit of work a test made writes its reads' waiting audit rows when the test
+    ends (AUDIT_READ_WINDOW), as a process does at its end: none is left writing into a
+    later test's database."""
+    from mpi.storage import readaudit, work
+
+    made: list[work.UnitOfWork] = []
+    init = work.UnitOfWork.__init__
+
+    def recorded(self: work.UnitOfWork, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(work.UnitOfWork, "__init__", recorded)
+    monkeypatch.setattr(readaudit, "CLOSE_PAUSE_S", 0.0)
+    yield
+    for unit_of_work in made:
+        unit_of_work.close()
+
+
 class Clock:
     """A settable clock: tests move time explicitly."""
 
@@ -151,25 +172,30 @@ def pg(postgres_url: str, tmp_path: Path) -> Iterator[Services]:
 
 
 @pytest.fixture
-def services(settings: Settings, db: peewee.Database, clock: Clock) -> Services:
-    """Every service, built by the composition root on the test's database."""
-    return build(settings, db=db, clock=clock, new_id=Ids())
+def services(settings: Settings, db: peewee.Database, clock: Clock) -> Iterator[Services]:
+    """Every service, built by the composition root on the test's database (the reads'
+    audit rows that wait are written at the end, as a process's are)."""
+    built = build(settings, db=db, clock=clock, new_id=Ids())
+    yield built
+    built.work.close()
 
 
 @pytest.fixture
 def client(settings: Settings, clock: Clock) -> Iterator[falcon.testing.TestClient]:
     database = database_for(settings.database, max_connections=4)
-    app = create_app(build(settings, db=database, clock=clock, new_id=Ids()))
-    yield falcon.testing.TestClient(app)
+    built = build(settings, db=database, clock=clock, new_id=Ids())
+    yield falcon.testing.TestClient(create_app(built))
+    built.work.close()
     close_database(database)
 
 
 class Secured:
     """An app with AUTH_MODE=token and a way to mint its tokens."""
 
-    def __init__(self, client: falcon.testing.TestClient, services: Services):
+    def __init__(self, client: falcon.testing.TestClient, services: Services, clock: Clock):
         self.client = client
         self.services = services
+        self.clock = clock
 
     def token(self, name: str, *scopes: str, sources: str = "*") -> dict[str, str]:
         """Headers carrying a new token ``name`` with ``scopes`` (default: everything)."""
@@ -188,7 +214,8 @@ def secured(settings: Settings, clock: Clock) -> Iterator[Secured]:
     database = database_for(settings.database, max_connections=4)
     services = build(dataclasses.replace(settings, auth_mode="token"), db=database,
                      clock=clock, new_id=Ids())
-    yield Secured(falcon.testing.TestClient(create_app(services)), services)
+    yield Secured(falcon.testing.TestClient(create_app(services)), services, clock)
+    services.work.close()
     close_database(database)
 
 

@@ -145,6 +145,24 @@ def test_env_file(tmp_path):
     assert s.server_port == 9001 and s.log_format == "text"
 
 
+def test_reads_audit_rows_wait_a_fifth_of_a_second_by_default_and_never_when_synchronous():
+    assert load({}).audit_read_window == 0.2
+    assert load({"AUDIT_READ_WINDOW": "0"}).audit_read_window == 0.0
+    assert load({"AUDIT_READ_WINDOW": "1.5"}).audit_read_window == 1.5
+    # Synchronous reads (each row on disk before its answer) leave the default unused...
+    assert load({"AUDIT_SYNCHRONOUS_READS": "true"}).audit_synchronous_reads
+    assert load({"AUDIT_SYNCHRONOUS_READS": "true", "AUDIT_READ_WINDOW": "0"})
+    # ...and refuse a window asked for with them.
+    with pytest.raises(ConfigError, match=r"AUDIT_READ_WINDOW=0\.5: .*AUDIT_SYNCHRONOUS_READS"):
+        load({"AUDIT_SYNCHRONOUS_READS": "true", "AUDIT_READ_WINDOW": "0.5"})
+
+
+@pytest.mark.parametrize("value", ["-0.1", "5.1", "nan", "inf", "soon"])
+def test_the_read_audit_window_is_bounded(value):
+    with pytest.raises(ConfigError, match="AUDIT_READ_WINDOW"):
+        load({"AUDIT_READ_WINDOW": value})
+
+
 def test_every_setting_is_documented_once():
     names = [s.env for s in config.SETTINGS]
     assert len(names) == len(set(names))

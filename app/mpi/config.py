@@ -88,6 +88,13 @@ def _workers(raw: str) -> int:
     return _positive_int(raw)
 
 
+def _read_audit_window(raw: str) -> float:
+    value = float(raw.strip())
+    if not (math.isfinite(value) and 0 <= value <= 5):
+        raise ValueError("must be a number of seconds between 0 and 5")
+    return value
+
+
 def _timeout(raw: str) -> float:
     value = float(raw.strip())
     if not (math.isfinite(value) and 0.1 <= value <= 3600):
@@ -504,9 +511,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Boy, postal code 00000, ...); replaces the list shipped in the package; empty = "
             "that list"),
     Setting("AUDIT_SYNCHRONOUS_READS", "audit_synchronous_reads", _switch, "false",
-            "true: a read's audit row is flushed to disk before the answer (PostgreSQL); "
-            "false: it follows within a second and a database crash may lose the newest "
-            "ones (writes and their audit rows are always flushed first)"),
+            "true: a read's audit row is written and flushed to disk before the answer "
+            "(PostgreSQL; AUDIT_READ_WINDOW is then not used); false: it reaches the disk "
+            "within a second of being written and a database crash may lose the newest ones "
+            "(writes and their audit rows are always flushed first)"),
+    Setting("AUDIT_READ_WINDOW", "audit_read_window", _read_audit_window, "0.2",
+            "Seconds a read's audit row may wait to be written with others in one "
+            "transaction (0-5; 0 = each before its answer, as with AUDIT_SYNCHRONOUS_READS); "
+            "a clean shutdown writes them all, a crash of the process loses at most this "
+            "window's"),
     Setting("AUTH_MODE", "auth_mode", _choice(AUTH_MODES), "none",
             "none (no credentials; refused unless SERVER_HOST is loopback), token (API "
             "tokens made with mpi token create) or jwt (OAuth 2.0 bearer tokens from the "
@@ -622,6 +635,7 @@ class Settings:
     matching_model_path: Path | None
     matching_placeholders_path: Path | None
     audit_synchronous_reads: bool
+    audit_read_window: float
     auth_mode: str
     auth_issuer: str
     auth_audience: str
@@ -741,6 +755,11 @@ def load(env: Mapping[str, str] | None = None, *, origin: str = "environment") -
         problems.append(f"MATCHING_REVIEW_THRESHOLD={review}: must not exceed "
                         f"MATCHING_THRESHOLD={link}")
     problems.extend(cross_check(values))
+    if (values.get("audit_synchronous_reads") and values.get("audit_read_window")
+            and sources.get("AUDIT_READ_WINDOW", "default") != "default"):
+        problems.append(f"AUDIT_READ_WINDOW={values['audit_read_window']}: reads' audit rows "
+                        "cannot wait with AUDIT_SYNCHRONOUS_READS=true (each is on disk "
+                        "before its answer); set AUDIT_READ_WINDOW=0 or leave it unset")
     if problems:
         raise ConfigError(problems)
     return Settings(**values, sources=sources)

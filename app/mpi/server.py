@@ -107,6 +107,7 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
         from mpi.search.process import IndexerProcess
 
         self._settings = settings
+        self._services: wiring.Services | None = None  # a worker's, once it loaded the app
         # Before any child exists: the directory every process keeps its metrics in.
         self.metrics_dir = metrics.start_multiprocess(SHM if _writable(SHM) else None)
         self.indexer = IndexerProcess(lambda: wiring.build(settings))
@@ -167,6 +168,10 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
     def _worker_exit(self, arbiter: Any, worker: Any) -> None:
         from mpi import tracing
 
+        # After the worker's last request (SIGTERM, a restart): the reads' audit rows
+        # that wait are written (AUDIT_READ_WINDOW).
+        if self._services is not None:
+            self._services.work.close()
         tracing.stop()  # export what the worker still holds
 
     def _child_exit(self, arbiter: Any, worker: Any) -> None:
@@ -212,7 +217,8 @@ class MPIServer(BaseApplication):  # type: ignore[misc]
 
         # Each worker also runs an indexer thread: it stands by while the indexer process
         # holds the index's lock, and takes over if that process dies.
-        return create_app(wiring.build(self._settings), run_indexer=True)
+        self._services = wiring.build(self._settings)
+        return create_app(self._services, run_indexer=True)
 
 
 def leave(graceful_timeout: float) -> None:

@@ -89,8 +89,10 @@ class Services:
                        rebuild_processes=self.settings.search_rebuild_processes)
 
     def close(self) -> None:
-        """Close every pooled connection (commands, at the end)."""
+        """Write the reads' audit rows that wait, then close every pooled connection
+        (commands and serving processes, at the end)."""
         self.upkeep.stop()
+        self.work.close()
         close_database(self.db)
 
 
@@ -158,7 +160,8 @@ def build(settings: Settings, *, db: peewee.Database | None = None,
     """
     db = db if db is not None else open_database(settings)
     database_proxy.initialize(db)
-    work = UnitOfWork(db, clock=clock, synchronous_reads=settings.audit_synchronous_reads)
+    work = UnitOfWork(db, clock=clock, synchronous_reads=settings.audit_synchronous_reads,
+                      read_audit_window=settings.audit_read_window)
     if engine is None:
         engine = matching_engine(settings)
     patients, identity = PatientRepository(), IdentityRepository(db)

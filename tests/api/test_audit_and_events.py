@@ -28,9 +28,14 @@ def _lifecycle(secured) -> str:
     secured.auditor = token("auditor", "mpi:audit", "mpi:feed")
     created = client.simulate_post(URL, json=patient(), headers={**CLERK, **desk}).json
     pid = created["id"]
+    # Time moves between the steps: the trail is in the order they happened (a read's
+    # audit row may be written after the update's).
+    secured.clock.advance(seconds=1)
     client.simulate_get(f"{URL}/{pid}", headers={"X-User-ID": "nurse-1", **ward})
+    secured.clock.advance(seconds=1)
     client.simulate_put(f"{URL}/{pid}", json=patient(gender="unknown"),
                         headers={**CLERK, **desk, "If-Match": '"1"'})
+    secured.clock.advance(seconds=1)
     client.simulate_delete(f"{URL}/{pid}", headers=admin)
     return pid
 

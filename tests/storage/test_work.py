@@ -4,6 +4,7 @@ read-only units may skip the disk flush; database errors become StorageUnavailab
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -491,3 +492,86 @@ def test_a_unit_on_a_connection_broken_while_pooled_opens_again_on_a_new_one(pos
     finally:
         close_database(db)
         close_database(admin)
+
+
+# --- AUDIT_READ_WINDOW: reads' audit rows written behind them (mpi.storage.readaudit) -----
+
+
+def _windowed(db, window: float, *, synchronous_reads: bool = False) -> UnitOfWork:
+    return UnitOfWork(db, clock=lambda: NOW, synchronous_reads=synchronous_reads,
+                      read_audit_window=window)
+
+
+def _read(work: UnitOfWork, entity_id: str, actor: Actor = ACTOR) -> str:
+    def fetch(tx):
+        tx.audit(AuditTag.PATIENT_READ, entity_id)
+        return "the record"
+
+    return work.read(actor, fetch)
+
+
+def test_with_a_window_a_read_answers_first_and_its_rows_follow_in_one_write(db):
+    work = _windowed(db, 60)
+    other = Actor("u2", on_behalf_of="nurse-9", ip="10.0.0.2", request_id="req-2")
+    assert _read(work, "p1") == "the record"
+    assert _read(work, "p2", other) == "the record"
+    assert AuditEventRow.select().count() == 0  # waiting, not lost
+    work.flush_reads()
+    rows = list(AuditEventRow.select().order_by(AuditEventRow.pk))
+    assert [(r.entity_id, r.actor, r.on_behalf_of, r.ip, r.request_id, r.occurred_at)
+            for r in rows] == [("p1", "u1", None, "10.0.0.1", "req-1", NOW),
+                               ("p2", "u2", "nurse-9", "10.0.0.2", "req-2", NOW)]
+    assert not db.in_transaction()
+    work.close()
+
+
+def test_with_a_window_the_rows_are_written_within_it_and_at_close(db):
+    work = _windowed(db, 0.2)
+    _read(work, "p1")
+    deadline = time.monotonic() + 5
+    while AuditEventRow.select().count() == 0:
+        assert time.monotonic() < deadline, "the row was not written within the window"
+        time.sleep(0.02)
+    closing = _windowed(db, 60)
+    _read(closing, "p2")
+    closing.close()
+    assert sorted(str(r.entity_id) for r in AuditEventRow.select()) == ["p1", "p2"]
+    work.close()
+
+
+def test_synchronous_reads_never_wait(db):
+    work = _windowed(db, 60, synchronous_reads=True)
+    _read(work, "p1")
+    assert [r.entity_id for r in AuditEventRow.select()] == ["p1"]
+
+
+def test_a_read_whose_rows_do_not_fit_writes_them_itself(db, backend):
+    """Rows that cannot go in a batch (one refused would hold up the others) are written
+    by their read, before it answers, as without a window."""
+    work = _windowed(db, 60)
+    _read(work, "p1")
+    long = "x" * 200  # entity_id is varchar(128)
+    if backend == "postgresql":
+        with pytest.raises(peewee.DataError):
+            _read(work, long)
+    else:  # SQLite keeps any length: written at once, by the read itself
+        _read(work, long)
+        assert [r.entity_id for r in AuditEventRow.select()] == [long]
+    work.flush_reads()
+    assert sorted(str(r.entity_id) for r in AuditEventRow.select()) == sorted(
+        ["p1"] + ([long] if backend == "sqlite" else []))
+    work.close()
+
+
+@POSTGRES_ONLY
+def test_a_row_the_database_refuses_does_not_hold_up_the_other_reads(db, caplog):
+    from mpi.storage.audit import audit_rows
+
+    work = _windowed(db, 60)
+    units = [audit_rows([(AuditTag.PATIENT_READ, entity_id, None, None)], ACTOR, NOW)
+             for entity_id in ("p1", "x" * 200, "p3")]
+    work._write_reads(units)
+    assert sorted(str(r.entity_id) for r in AuditEventRow.select()) == ["p1", "p3"]
+    assert "the audit rows of 1 read(s) were refused by the database (DataError)" in caplog.text
+    assert "x" * 20 not in caplog.text
+    work.close()

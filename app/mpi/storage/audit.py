@@ -1,7 +1,9 @@
 """The audit rows: written by the unit of work (:mod:`mpi.storage.work`), read back here.
 
 Rows are written inside the caller's transaction, so an audited change and its audit
-rows commit or roll back together. The trail is read newest first, a page at a time.
+rows commit or roll back together (reads' rows may follow their reads:
+``mpi.storage.readaudit``). The trail is read newest first, by the time each thing
+happened, a page at a time.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+import peewee
 
 from mpi.domain.audit import Actor, AuditEntryOut, AuditTag
 from mpi.storage.bulk import bulk_insert, insert_values
@@ -59,11 +63,19 @@ class AuditRepository:
 
     @staticmethod
     def _page(query: Any, before: int | None, limit: int) -> list[AuditEntryOut]:
+        """A page of ``query``'s rows in the order things happened, newest first (a read's
+        row may be written after a later write's: ``mpi.storage.readaudit``); ``before``
+        is the last row of the previous page (its ``pk``, as the API's cursor)."""
+        order = peewee.Tuple(AuditEventRow.occurred_at, AuditEventRow.pk)
         if before is not None:
-            query = query.where(AuditEventRow.pk < before)
+            at = (AuditEventRow.select(AuditEventRow.occurred_at)
+                  .where(AuditEventRow.pk == before).scalar())
+            query = query.where(order < peewee.Tuple(at, before) if at is not None
+                                else AuditEventRow.pk < before)
+        query = query.order_by(AuditEventRow.occurred_at.desc(), AuditEventRow.pk.desc())
         return [AuditEntryOut(id=r.pk, occurred_at=r.occurred_at, action=r.action, actor=r.actor,
                               on_behalf_of=r.on_behalf_of, entity_type=r.entity_type,
                               entity_id=r.entity_id, request_id=r.request_id, ip=r.ip,
                               user_agent=r.user_agent, old_value=r.old_value,
                               new_value=r.new_value)
-                for r in query.order_by(AuditEventRow.pk.desc()).limit(limit)]
+                for r in query.limit(limit)]

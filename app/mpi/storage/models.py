@@ -155,7 +155,7 @@ class AuditEventRow(BaseModel):
     """Who did what to which record: one row per action, reads included."""
 
     pk = peewee.BigAutoField()
-    occurred_at = peewee.DateTimeField(index=True)
+    occurred_at = peewee.DateTimeField()
     action = peewee.CharField(max_length=64)
     actor = peewee.CharField(max_length=128)
     on_behalf_of = peewee.CharField(max_length=128, null=True)
@@ -169,10 +169,12 @@ class AuditEventRow(BaseModel):
 
     class Meta:
         table_name = "audit_event"
+        # The trail's pages, newest first (mpi.storage.audit), each read from an index.
         indexes = (
-            (("entity_type", "entity_id", "pk"), False),
-            (("actor", "pk"), False),
-            (("on_behalf_of", "pk"), False),
+            (("entity_type", "entity_id", "occurred_at", "pk"), False),
+            (("actor", "occurred_at", "pk"), False),
+            (("on_behalf_of", "occurred_at", "pk"), False),
+            (("occurred_at", "pk"), False),
         )
 
 

@@ -27,17 +27,20 @@ in the write-ahead log at once and on disk within ``wal_writer_delay`` (200 ms b
 default) x 3. A crash of the *database server* in that window can lose the newest
 read-audit rows; it never corrupts anything and never touches a write's durability.
 Measured on these machines, waiting for the flush was most of a lookup's tail latency
-(``nox -s bench -- identity``).
+(``nox -s bench -- identity``). A record read's rows may also wait in the process to be
+written with other reads' rows, in one transaction (``AUDIT_READ_WINDOW``:
+:mod:`mpi.storage.readaudit`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -47,12 +50,15 @@ from mpi import metrics
 from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import ConcurrentChange, StorageUnavailable
 from mpi.domain.events import EventType
-from mpi.storage.audit import audit_insert, write_audit_rows
-from mpi.storage.bulk import COPY_MIN_ROWS
+from mpi.storage.audit import audit_insert, audit_rows, write_audit_rows
+from mpi.storage.bulk import COPY_MIN_ROWS, bulk_insert
 from mpi.storage.changes import append_events, append_statements
-from mpi.storage.db import execute_prepared, is_postgres, unwrapped, write_transaction
+from mpi.storage.db import connection, execute_prepared, is_postgres, unwrapped, write_transaction
+from mpi.storage.models import AuditEventRow
+from mpi.storage.readaudit import ReadAudits
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 #: SQLSTATEs after which the same unit of work may simply run again: a serialization
 #: failure and a detected deadlock (PostgreSQL's class 40, "transaction rollback").
@@ -85,6 +91,19 @@ def sqlstate(exc: BaseException) -> str | None:
             return code
         todo.extend([*err.args[:1], err.__cause__, err.__context__])
     return None
+
+
+def _fits(rows: list[dict[str, Any]]) -> bool:
+    """Whether every text value of these audit rows fits its column (what a batch of many
+    reads' rows must not fail on); a read whose rows do not fit writes them itself, and
+    fails alone."""
+    return all(value is None or len(value) <= _AUDIT_TEXT_LIMITS[name]
+               for row in rows for name, value in row.items() if name in _AUDIT_TEXT_LIMITS)
+
+
+_AUDIT_TEXT_LIMITS = {name: field.max_length
+                      for name, field in AuditEventRow._meta.fields.items()  # type: ignore[attr-defined]
+                      if isinstance(field, peewee.CharField)}
 
 
 def retried(method: Callable[P, R]) -> Callable[P, R]:
@@ -135,12 +154,17 @@ class Transaction:
 class UnitOfWork:
     """Opens units of work on ``db`` (see the module docstring)."""
 
-    def __init__(self, db: peewee.Database, *, clock: Clock, synchronous_reads: bool):
+    def __init__(self, db: peewee.Database, *, clock: Clock, synchronous_reads: bool,
+                 read_audit_window: float = 0.0):
         self._db = db
         self.clock = clock
         self.synchronous_reads = synchronous_reads
         self._postgres = is_postgres(db)
         self._local = threading.local()
+        # AUDIT_READ_WINDOW: reads' audit rows written behind them, in batches
+        # (mpi.storage.readaudit); never with synchronous reads (each on disk first).
+        self._behind = (ReadAudits(self._write_reads, window=read_audit_window)
+                        if read_audit_window > 0 and not synchronous_reads else None)
 
     @contextlib.contextmanager
     def attached(self, write: Callable[[Transaction], None]) -> Iterator[None]:
@@ -200,8 +224,10 @@ class UnitOfWork:
         """A read and its audit rows: ``fetch(tx)`` reads (without a transaction around
         it, so each statement is its own snapshot: give it ONE statement to read, then
         it costs one round trip and locks nothing) and records what it read with
-        ``tx.audit``; the audit rows commit before the result is returned (nothing is
-        returned unaudited), in one more round trip (:meth:`_record_reads`).
+        ``tx.audit``. With a read-audit window (AUDIT_READ_WINDOW) the rows wait to be
+        written with other reads' rows (:mod:`mpi.storage.readaudit` says what that
+        promises); without one, or when they cannot wait, they commit before the result
+        is returned, in one more round trip (:meth:`_record_reads`).
 
         A connection found broken while reading (the database restarted since it was
         pooled: the pool does not test connections before lending them) is replaced and
@@ -223,8 +249,54 @@ class UnitOfWork:
                 raise StorageUnavailable("the database is unavailable") from exc
         if tx._events or not tx.reads_only:
             raise RuntimeError("a read unit records reads, and nothing else")
+        if self._behind is not None:
+            rows = audit_rows(tx._audits, tx.actor, tx.now)
+            if _fits(rows) and self._behind.add(rows):
+                return result
         self._record_reads(tx)
         return result
+
+    def flush_reads(self) -> None:
+        """Write the audit rows of this process's reads that wait (AUDIT_READ_WINDOW) now:
+        before the audit trail is read."""
+        if self._behind is not None:
+            with self.reading():
+                self._behind.flush()
+
+    def close(self) -> None:
+        """At the process's end: write what waits (:meth:`ReadAudits.close`)."""
+        if self._behind is not None:
+            self._behind.close()
+
+    def _write_reads(self, units: Sequence[list[dict[str, Any]]]) -> None:
+        """The audit rows of many reads (each read's list) in ONE transaction; on
+        PostgreSQL without waiting for the disk flush (``synchronous_reads`` is never set
+        here). The database away: they all wait for the next try. A row the database
+        refuses (they were checked to fit: it should not happen) does not hold up the
+        others: each read's rows are then written alone, and a read's rows refused again
+        are dropped, counted in the log (never their content)."""
+        try:
+            self._insert_reads([row for rows in units for row in rows])
+            return
+        except (peewee.OperationalError, peewee.InterfaceError):
+            raise
+        except peewee.DatabaseError as exc:
+            refused = type(exc).__name__
+        dropped = 0
+        for rows in units:
+            try:
+                self._insert_reads(rows)
+            except peewee.DatabaseError:
+                dropped += 1
+        if dropped:
+            log.error("the audit rows of %d read(s) were refused by the database (%s) and "
+                      "dropped", dropped, refused)
+
+    def _insert_reads(self, rows: list[dict[str, Any]]) -> None:
+        with connection(self._db), write_transaction(self._db):
+            if self._postgres:
+                self._db.execute_sql(SET_ASYNC_COMMIT)
+            bulk_insert(AuditEventRow, rows)
 
     def _record_reads(self, tx: Transaction) -> None:
         """Commit ``tx``'s read-audit rows. On PostgreSQL that is ONE statement outside any
