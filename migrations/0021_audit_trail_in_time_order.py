@@ -5,7 +5,8 @@ transaction), after rows of writes that came later.
 
 The three indexes the trail pages through (by record, by acting client, by the user a
 client acted for) and the one on ``occurred_at`` get ``occurred_at, pk`` as their last
-columns, so each page is still read from an index in order; the old ones go.
+columns, so a record's page and the most recent page are still read in order from an
+index (a user's page combines two of them, as before); the old ones go.
 
 Building them reads the audit table once per index and blocks writes to it meanwhile
 (and so every audited request): about 2 s per million rows on these machines. An older

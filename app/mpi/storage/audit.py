@@ -63,19 +63,23 @@ class AuditRepository:
 
     @staticmethod
     def _page(query: Any, before: int | None, limit: int) -> list[AuditEntryOut]:
-        """A page of ``query``'s rows in the order things happened, newest first (a read's
-        row may be written after a later write's: ``mpi.storage.readaudit``); ``before``
-        is the last row of the previous page (its ``pk``, as the API's cursor)."""
-        order = peewee.Tuple(AuditEventRow.occurred_at, AuditEventRow.pk)
-        if before is not None:
-            at = (AuditEventRow.select(AuditEventRow.occurred_at)
-                  .where(AuditEventRow.pk == before).scalar())
-            query = query.where(order < peewee.Tuple(at, before) if at is not None
-                                else AuditEventRow.pk < before)
-        query = query.order_by(AuditEventRow.occurred_at.desc(), AuditEventRow.pk.desc())
         return [AuditEntryOut(id=r.pk, occurred_at=r.occurred_at, action=r.action, actor=r.actor,
                               on_behalf_of=r.on_behalf_of, entity_type=r.entity_type,
                               entity_id=r.entity_id, request_id=r.request_id, ip=r.ip,
                               user_agent=r.user_agent, old_value=r.old_value,
                               new_value=r.new_value)
-                for r in query.limit(limit)]
+                for r in page_query(query, before, limit)]
+
+
+def page_query(query: Any, before: int | None, limit: int) -> Any:
+    """A page of ``query``'s rows in the order things happened, newest first (a read's row
+    may be written after a later write's: ``mpi.storage.readaudit``); ``before`` is the
+    last row of the previous page (its ``pk``, as the API's cursor)."""
+    order = peewee.Tuple(AuditEventRow.occurred_at, AuditEventRow.pk)
+    if before is not None:
+        at = (AuditEventRow.select(AuditEventRow.occurred_at)
+              .where(AuditEventRow.pk == before).scalar())
+        query = query.where(order < peewee.Tuple(at, before) if at is not None
+                            else AuditEventRow.pk < before)
+    return query.order_by(AuditEventRow.occurred_at.desc(),
+                          AuditEventRow.pk.desc()).limit(limit)
