@@ -550,6 +550,8 @@ def test_a_read_whose_rows_do_not_fit_writes_them_itself(db, backend):
     by their read, before it answers, as without a window."""
     work = _windowed(db, 60)
     _read(work, "p1")
+    assert not work_module._fits([{"entity_id": "p\x00"}])  # PostgreSQL refuses NUL
+    assert work_module._fits([{"entity_id": "p1", "old_value": "x" * 1000, "ip": None}])
     long = "x" * 200  # entity_id is varchar(128)
     if backend == "postgresql":
         with pytest.raises(peewee.DataError):

@@ -94,11 +94,13 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 def _fits(rows: list[dict[str, Any]]) -> bool:
-    """Whether every text value of these audit rows fits its column (what a batch of many
-    reads' rows must not fail on); a read whose rows do not fit writes them itself, and
-    fails alone."""
-    return all(value is None or len(value) <= _AUDIT_TEXT_LIMITS[name]
-               for row in rows for name, value in row.items() if name in _AUDIT_TEXT_LIMITS)
+    """Whether every text value of these audit rows fits its column, without a NUL
+    (PostgreSQL refuses it): what a batch of many reads' rows must not fail on. A read
+    whose rows do not fit writes them itself, and fails alone."""
+    return not any(isinstance(value, str)
+                   and (len(value) > _AUDIT_TEXT_LIMITS[name] or "\x00" in value)
+                   for row in rows for name, value in row.items()
+                   if name in _AUDIT_TEXT_LIMITS)
 
 
 _AUDIT_TEXT_LIMITS = {name: field.max_length
