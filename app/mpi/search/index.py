@@ -136,7 +136,7 @@ class WhooshSearchIndex:
             # A new reader, not searcher.refresh(): whoosh 2.7's refresh re-uses segment
             # readers whose deletions have since changed, and would find deleted records.
             # Opening one is cheap (~1 ms at 100,000 patients) because the storage does not
-            # copy the segments into memory (see mpi.search.store._storage).
+            # copy the segments into memory (see mpi.search.store.storage_at).
             fresh = self._index.searcher() if changed else self._searcher
         except Exception as exc:
             self._reset()

@@ -49,6 +49,7 @@ from whoosh import query as wq
 
 from mpi import metrics
 from mpi.domain.events import ChangeEvent, EventType
+from mpi.search.merging import BackgroundMerge, discard_stale
 from mpi.search.schema import SCHEMA, document, meta_document
 from mpi.search.store import (
     IndexDirectory,
@@ -79,15 +80,21 @@ PARALLEL_FROM = 20_000
 #: year search 1.7 times as slow as the same documents in 3 segments. A document is
 #: merged about once per level it climbs (log10 of the merged size over the commits').
 MERGE_FACTOR = 10
-#: At most this many documents are merged by a step: whoosh merges about 1,000 documents
-#: a second (as fast as it indexes them), and the changes that arrive meanwhile wait for
-#: the next step. Levels whose merge would be larger are left to :meth:`Indexer.compact`.
+#: At most this many documents are merged by a step. Levels whose merge would be larger
+#: are left to :meth:`Indexer.compact`.
 STEP_MERGE_DOCS = 50_000
+#: A step merges up to this many documents itself, in a commit of its own (a second or
+#: so); a larger merge runs beside the indexer (:mod:`mpi.search.merging`): whoosh merges
+#: 250-1,000 documents a second, and a merge in the indexer's way holds every change that
+#: arrives meanwhile out of search (76 s for 19,000 documents).
+INLINE_MERGE_DOCS = 1_000
 #: When the log is quiet and the index has this many segments, the smallest of them (at
-#: most MERGE_FACTOR, and COMPACT_MERGE_DOCS documents) are merged, whatever their level,
-#: until fewer are left or none can be.
+#: most MERGE_FACTOR, and COMPACT_MERGE_DOCS documents) are merged beside the indexer,
+#: whatever their level, until fewer are left or none can be.
 COMPACT_AT_SEGMENTS = MERGE_FACTOR + 2
 COMPACT_MERGE_DOCS = 100_000
+#: After a merge beside the indexer failed, none is started again for this long.
+MERGE_RETRY_S = 60.0
 # While idle, the writer verifies the index this often: its document count against the
 # database's live records, and a sample of records read back through the index (each
 # found by its id and by its names, its stored version current). A damaged index
@@ -246,17 +253,22 @@ def compaction_plan(sizes: Sequence[int]) -> list[int]:
     return chosen if len(chosen) > 1 else []
 
 
-def _policy(plan: Callable[[Sequence[int]], list[int]]) -> Callable[[Any, list[Any]], list[Any]]:
+def _policy(plan: Callable[[Sequence[int]], list[int]], busy: frozenset[str] = frozenset()
+            ) -> Callable[[Any, list[Any]], list[Any]]:
     """A whoosh merge policy (``commit(mergetype=...)``) that merges what ``plan`` picks
-    from the segments' document counts; returns the segments kept as they are."""
+    from the document counts of the segments not in ``busy`` (ids of segments a merge
+    beside the indexer is reading); returns the segments kept as they are."""
     def merge(writer: Any, segments: list[Any]) -> list[Any]:
-        picked = plan([segment.doc_count_all() for segment in segments])
-        return _merge(writer, segments, [segments[i] for i in picked]) if picked else segments
+        chosen = _picked(plan, segments, busy)
+        return _merge(writer, segments, chosen) if chosen else segments
     return merge
 
 
-step_merge = _policy(merge_plan)
-compaction_merge = _policy(compaction_plan)
+def _picked(plan: Callable[[Sequence[int]], list[int]], segments: Sequence[Any],
+            busy: frozenset[str] = frozenset()) -> list[Any]:
+    """The segments ``plan`` picks among ``segments`` not in ``busy``."""
+    free = [s for s in segments if s.segment_id() not in busy]
+    return [free[i] for i in plan([s.doc_count_all() for s in free])]
 
 
 def _commit_merge(index: Any, mergetype: Callable[..., Any]) -> None:
@@ -546,6 +558,8 @@ class Indexer:
         self._rebuild_reason = IndexState.MISSING.value
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._merging: BackgroundMerge | None = None  # a merge beside the indexer
+        self._merge_failed_at = float("-inf")
 
     @property
     def cursor(self) -> int | None:
@@ -575,6 +589,7 @@ class Indexer:
                                            processes=self.rebuild_processes)
             self._close()
             return max(count, 1)
+        self._finish_merge(opened)
         with connection(self._db):
             events = ChangeRepository().read(after=opened.cursor, limit=self.batch_size)
             if not events:
@@ -657,9 +672,8 @@ class Indexer:
         # Behind (a full batch: more events wait), catching up comes first: a merge now
         # would hold the backlog for seconds, and its segments are merged once caught up.
         behind = len(events) >= self.batch_size
-        if (not behind and segments >= MERGE_FACTOR
-                and merge_plan(_segment_sizes(opened.index))):
-            _commit_merge(opened.index, step_merge)
+        if not behind and segments >= MERGE_FACTOR:
+            self._merge_step(opened)
         merged = time.perf_counter()
         lag_ms = None
         occurred = events[-1].occurred_at
@@ -677,26 +691,60 @@ class Indexer:
                   " ".join(f"{k}={v}" for k, v in timings.items()),
                   extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms, **timings})
 
-    def compact(self) -> bool:
-        """Merge segments when there are COMPACT_AT_SEGMENTS or more (call it when idle).
+    def compact(self, *, wait: bool = False) -> bool:
+        """Start merging segments beside the indexer when there are COMPACT_AT_SEGMENTS or
+        more (call it when idle); ``wait``: also wait for the merge and put it in the index.
 
         A step merges at most STEP_MERGE_DOCS documents, so under steady writes segments
-        of the levels above pile up; this brings their number down while nothing waits.
-        True when it merged.
+        of the levels above pile up; this brings their number down. True when it started
+        a merge (False while one runs).
         """
         opened = self._opened
-        if opened is None or not self.lock.held():
+        if opened is None or not self.lock.held() or self._merging is not None:
             return False
-        sizes = _segment_sizes(opened.index)
-        if not compaction_plan(sizes):
+        chosen = _picked(compaction_plan, opened.index._segments())
+        if not chosen or not self._start_merge(opened, chosen):
             return False
-        segments = len(sizes)
-        started = time.perf_counter()
-        _commit_merge(opened.index, compaction_merge)
-        log.info("search index: %d segments compacted in %.1f s", segments,
-                 time.perf_counter() - started,
-                 extra={"segments": segments, "seconds": round(time.perf_counter() - started, 1)})
+        if wait and self._merging is not None:
+            self._merging.wait()
+            self._finish_merge(opened)
         return True
+
+    def _merge_step(self, opened: Opened) -> None:
+        """After a commit: merge a full level of segments (:func:`merge_plan`), here if it
+        is small (INLINE_MERGE_DOCS), else beside the indexer (one such merge at a time)."""
+        busy = self._merging.ids if self._merging is not None else frozenset()
+        chosen = _picked(merge_plan, opened.index._segments(), busy)
+        if not chosen:
+            return
+        if sum(s.doc_count_all() for s in chosen) <= INLINE_MERGE_DOCS:
+            _commit_merge(opened.index, _policy(merge_plan, busy))
+        elif self._merging is None:
+            self._start_merge(opened, chosen)
+
+    def _start_merge(self, opened: Opened, segments: list[Any]) -> bool:
+        if time.monotonic() - self._merge_failed_at < MERGE_RETRY_S:
+            return False
+        discard_stale(self.directory.root)  # no merge of ours runs: any staging is left over
+        self._merging = BackgroundMerge(opened.path, segments,
+                                        keep_fd=self.lock.fileno()).start()
+        return True
+
+    def _finish_merge(self, opened: Opened) -> None:
+        """Put a finished merge beside the indexer into the index (holding the lock)."""
+        merge = self._merging
+        if merge is None or not merge.done():
+            return
+        self._merging = None
+        if merge.generation != opened.path:
+            merge.discard()
+            return
+        try:
+            merge.install(opened.index)
+        except Exception as exc:
+            self._merge_failed_at = time.monotonic()
+            log.warning("search index merge failed: %s", type(exc).__name__,
+                        extra={"error": type(exc).__name__})
 
     # --- verification ---------------------------------------------------------------------
 
@@ -740,6 +788,9 @@ class Indexer:
         return True
 
     def _close(self) -> None:
+        if self._merging is not None:
+            self._merging.discard()
+            self._merging = None
         if self._opened is not None:
             self._opened.index.close()
             self._opened = None

@@ -5,6 +5,7 @@
         writer.lock        flock()ed by the one process that writes this directory
         gen-<id>/          a complete whoosh index (documents + the change-log cursor)
         building-<id>/     a generation being built; renamed to gen-<id> when complete
+        merging-<gen>-…/   a segment being merged beside the indexer (mpi.search.merging)
 
 A rebuild writes a new generation beside the current one and then replaces
 ``CURRENT`` atomically (write a temporary file, ``os.replace``): readers keep
@@ -97,7 +98,7 @@ class IndexDirectory:
         if path is None or not path.is_dir():
             return Checked(IndexState.MISSING, reason="no current generation")
         try:
-            ix = _storage(path).open_index(INDEX_NAME)
+            ix = storage_at(path).open_index(INDEX_NAME)
             with ix.searcher() as searcher:
                 meta = searcher.document(id=META_ID)
             stored_fields = set(ix.schema.names())
@@ -122,19 +123,19 @@ class IndexDirectory:
         return path
 
     def create_index(self, path: Path) -> Any:
-        return _storage(path).create_index(SCHEMA, indexname=INDEX_NAME)
+        return storage_at(path).create_index(SCHEMA, indexname=INDEX_NAME)
 
     @staticmethod
     def open_index(path: Path) -> Any:
         """The whoosh index of a generation (built or being built) at ``path``."""
-        return _storage(path).open_index(INDEX_NAME)
+        return storage_at(path).open_index(INDEX_NAME)
 
     def publish(self, built: Path) -> Path:
         """Make a fully built generation current; remove all but it and the one it replaces."""
         final = self.root / (GEN_PREFIX + built.name.removeprefix(BUILD_PREFIX))
-        _fsync_dir(built)  # its files were fsynced as whoosh closed them (_DurableStorage)
+        fsync_dir(built)  # its files were fsynced as whoosh closed them (_DurableStorage)
         os.replace(built, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         previous = self.current_name()
         tmp = self.root / f"{CURRENT}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         with open(tmp, "w", encoding="ascii") as fh:
@@ -142,7 +143,7 @@ class IndexDirectory:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.root / CURRENT)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         keep = {final.name, previous}
         for child in self.root.iterdir():
             if child.name.startswith(GEN_PREFIX) and child.name not in keep:
@@ -209,7 +210,7 @@ class _WholeLengths:
         self._reader.close()
 
 
-def _storage(path: Path) -> Any:
+def storage_at(path: Path) -> Any:
     """The whoosh storage for a generation: plain file reads, no ``mmap``.
 
     With ``mmap`` (whoosh's default, what ``open_dir``/``create_in`` use), a segment in
@@ -251,10 +252,10 @@ class _DurableStorage(FileStorage):  # type: ignore[misc]
 
     def rename_file(self, frm: str, to: str, safe: bool = False) -> None:
         super().rename_file(frm, to, safe=safe)
-        _fsync_dir(Path(self.folder))
+        fsync_dir(Path(self.folder))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -307,6 +308,11 @@ class WriterLock:
         except OSError:
             return False
         return (st.st_dev, st.st_ino) == self._id
+
+    def fileno(self) -> int | None:
+        """The locked file's descriptor (None when not held): a forked child that must
+        not keep the lock closes its copy."""
+        return self._fd
 
     def release(self) -> None:
         with self._releasing:
