@@ -69,8 +69,7 @@ def test_changes_made_during_a_merge_survive_it(db, patients, indexer, reader, i
     indexer.catch_up()
     made = _many_segments(patients, indexer, 6, "Mergeton")
     segments = _segments(index_root)
-    merge = BackgroundMerge(_generation(index_root), segments,
-                            keep_fd=indexer.lock.fileno()).start()
+    merge = BackgroundMerge(_generation(index_root), segments).start()
     assert merge.wait(60) and merge.staging.is_dir()
     # While the merge ran: one record updated (its old document deleted from a merged
     # segment), one deleted, one created (a new segment, not merged).
@@ -97,8 +96,7 @@ def test_a_merge_whose_segments_were_merged_meanwhile_is_discarded(
     indexer.catch_up()
     made = _many_segments(patients, indexer, 4, "Discardson")
     segments = _segments(index_root)
-    merge = BackgroundMerge(_generation(index_root), segments,
-                            keep_fd=indexer.lock.fileno()).start()
+    merge = BackgroundMerge(_generation(index_root), segments).start()
     assert merge.wait(60)
     opened = indexer._current()
     assert opened is not None
@@ -165,7 +163,8 @@ def test_a_merge_child_does_not_keep_the_writer_lock(db, patients, indexer, inde
     assert merge is not None and merge._process.is_alive()
     _until((tmp_path / "release.waiting").exists)  # the child is merging
     # The indexer process dies while its child runs: its descriptor closes, unreleased.
-    os.close(indexer.lock.fileno())
+    assert indexer.lock._fd is not None
+    os.close(indexer.lock._fd)
     indexer.lock._fd = None
     other = WriterLock(index_root)
     try:

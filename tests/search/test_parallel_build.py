@@ -154,3 +154,34 @@ def test_the_meta_document_holds_the_cursor(db, patients, backend, tmp_path,
     ix.close()
     with connection(db):
         assert cursor == ChangeRepository().last_id()
+
+
+@POSTGRESQL_ONLY
+def test_a_failed_share_stops_the_others_even_under_the_indexer_process_handlers(
+        db, patients, parallel_from_one, monkeypatch, index_root):
+    """The children come from the indexer process, whose SIGTERM handler only asks its loop
+    to stop: a child must not keep it (terminate() would not end it, and the failed
+    rebuild would wait for every other share to finish)."""
+    import signal
+    import time
+
+    made = _registry(patients, 10)
+    real_document = indexer_module.document
+
+    def document(record: dict[str, Any]) -> dict[str, Any]:
+        if record["id"] == made[7].id:
+            raise ValueError("cannot index this one")
+        if record["id"] in {p.id for p in made[:5]}:
+            time.sleep(15)  # a share still busy
+        return real_document(record)
+
+    monkeypatch.setattr(indexer_module, "document", document)  # forked children see it
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    started = time.monotonic()
+    try:
+        with pytest.raises(IndexBuildFailed, match="ValueError"):
+            build_generation(db, IndexDirectory(index_root), processes=3)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert time.monotonic() - started < 10
+    assert not multiprocessing.active_children()

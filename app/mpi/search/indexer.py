@@ -57,6 +57,7 @@ from mpi.search.store import (
     Opened,
     PreferredWriter,
     WriterLock,
+    detach_forked_child,
     segment_writer,
 )
 from mpi.storage.changes import ChangeRepository
@@ -473,6 +474,7 @@ def _index_share(db: peewee.Database, path: Path, exported: str, after: int | No
     from mpi.storage.models import ALL_MODELS
 
     try:
+        detach_forked_child(path.parent)
         os.nice(19 - os.nice(0))
         fresh = reopened(db)
         if not _SNAPSHOT_ID.fullmatch(exported):
@@ -726,8 +728,7 @@ class Indexer:
         if time.monotonic() - self._merge_failed_at < MERGE_RETRY_S:
             return False
         discard_stale(self.directory.root)  # no merge of ours runs: any staging is left over
-        self._merging = BackgroundMerge(opened.path, segments,
-                                        keep_fd=self.lock.fileno()).start()
+        self._merging = BackgroundMerge(opened.path, segments).start()
         return True
 
     def _finish_merge(self, opened: Opened) -> None:

@@ -34,7 +34,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 
 from mpi.lifecycle import when_orphaned
 from mpi.search.schema import INDEX_NAME, SCHEMA
-from mpi.search.store import fsync_dir, segment_writer, storage_at
+from mpi.search.store import detach_forked_child, fsync_dir, segment_writer, storage_at
 
 log = logging.getLogger("mpi.search")
 
@@ -67,7 +66,7 @@ class BackgroundMerge:
     """One merge of ``segments`` (whoosh Segment objects from the generation's table of
     contents) in a child process; :meth:`install` puts its result in the index."""
 
-    def __init__(self, generation: Path, segments: Sequence[Any], *, keep_fd: int | None = None):
+    def __init__(self, generation: Path, segments: Sequence[Any]):
         self.generation = Path(generation)
         self.segments = tuple(segments)
         self.ids = frozenset(s.segment_id() for s in self.segments)
@@ -77,7 +76,6 @@ class BackgroundMerge:
         self.staging = self.generation.parent / (
             f"{MERGE_PREFIX}{self.generation.name}-{os.getpid()}-{time.monotonic_ns()}")
         self.started = time.monotonic()
-        self._close_in_child = keep_fd  # the writer lock's descriptor: not the child's
         self._process: Any = None
         self._receive: Any = None
         self._outcome: tuple[str, Any] | None = None
@@ -88,7 +86,7 @@ class BackgroundMerge:
         receive, send = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_merge_segments, name="search-index-merge", daemon=True,
-            args=(self.generation, self.staging, self.segments, send, self._close_in_child))
+            args=(self.generation, self.staging, self.segments, send))
         self._process.start()
         send.close()
         self._receive = receive
@@ -186,23 +184,14 @@ def discard_stale(root: Path) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def _merge_segments(generation: Path, staging: Path, segments: Sequence[Any], send: Any,
-                    close_fd: int | None) -> None:
+def _merge_segments(generation: Path, staging: Path, segments: Sequence[Any], send: Any
+                    ) -> None:
     """The child's body: the live documents of ``segments`` into one new segment in
     ``staging``; sends ("done", segment) or ("error", type) and exits."""
     from whoosh.reading import SegmentReader
 
     try:
-        # The forking process's handlers came with the fork (the indexer process's SIGTERM
-        # only asks its loop to stop): this child ends when it is told to.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        if close_fd is not None:
-            # The writer lock's descriptor came with the fork: closing the child's copy
-            # keeps the lock the parent's alone (a lock outliving a dead parent in this
-            # child would stop another process from taking over the index).
-            with contextlib.suppress(OSError):
-                os.close(close_fd)
+        detach_forked_child(generation.parent)
         when_orphaned(lambda: os._exit(1))
         os.nice(19 - os.nice(0))
         source = storage_at(generation)

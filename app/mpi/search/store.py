@@ -28,6 +28,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -309,11 +310,6 @@ class WriterLock:
             return False
         return (st.st_dev, st.st_ino) == self._id
 
-    def fileno(self) -> int | None:
-        """The locked file's descriptor (None when not held): a forked child that must
-        not keep the lock closes its copy."""
-        return self._fd
-
     def release(self) -> None:
         with self._releasing:
             fd, self._fd, self._id = self._fd, None, None
@@ -321,6 +317,25 @@ class WriterLock:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def detach_forked_child(root: Path) -> None:
+    """First thing in a child process forked by the writer of the index directory ``root``
+    (a rebuild's share, a merge): stop when told to, and leave the writer lock to the parent.
+
+    The parent's signal handlers came with the fork (the indexer process's SIGTERM only
+    asks its loop to stop, so ``terminate()`` would not end the child). So did the lock's
+    descriptor: an ``flock`` belongs to the open file, so a copy left open here would keep
+    the lock after the parent died, and no other process could take over the index until
+    this child ended.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    lock = os.path.realpath(Path(root) / LOCK)
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError, ValueError):
+            if os.readlink(f"/proc/self/fd/{name}") == lock:
+                os.close(int(name))
 
 
 class PreferredWriter:
