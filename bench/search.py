@@ -21,6 +21,11 @@
    the rate stops growing), and a probe that posts a patient with a unique name and
    polls the search endpoint until it is found. Each line gives the write rate as a share
    of the highest rate measured, so "under load" is a number.
+5. Measures the same lag while the index merges segments (``--merge-probes``): the index
+   is built again in :data:`MERGE_SHARES` processes (as many segments, what a rebuild on a
+   large machine leaves), so the service's indexer starts by merging them while the
+   probes, one every :data:`MERGE_PROBE_EVERY_S`, are written and searched for. The
+   merges the server logged are reported beside the lag.
 
 Output: a table on stdout and ``.bench/search.json`` (keys sorted).
 """
@@ -330,8 +335,8 @@ def _writer(port: int, stop_at: float, tag: str, seed: int, counter: Any) -> Non
                 counter.value += 1
 
 
-def measure_lag(port: int, *, probes: int, writers: int, timeout: float = 10.0
-                ) -> dict[str, Any]:
+def measure_lag(port: int, *, probes: int, writers: int, timeout: float = 10.0,
+                pause: float = 0.2) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("i", 0)
     stop_at = time.time() + 3600
@@ -371,7 +376,7 @@ def measure_lag(port: int, *, probes: int, writers: int, timeout: float = 10.0
                     missed += 1
                     break
                 time.sleep(0.01)
-            time.sleep(0.2)
+            time.sleep(pause)
     finally:
         elapsed = time.monotonic() - started
         for p in procs:
@@ -384,6 +389,41 @@ def measure_lag(port: int, *, probes: int, writers: int, timeout: float = 10.0
 
 
 # --------------------------------------------------------------------------- main
+
+
+#: Processes (and so segments) of the index the merge scenario starts from: above the
+#: indexer's COMPACT_AT_SEGMENTS, so it starts by merging them.
+MERGE_SHARES = 12
+MERGE_PROBE_EVERY_S = 1.0
+
+
+def measure_lag_while_merging(db: Any, workdir: Path, url: str, log: Path, *, probes: int
+                              ) -> dict[str, Any]:
+    """Write -> searchable while the indexer merges: a fresh index of MERGE_SHARES segments,
+    ``mpi serve`` on it, ``probes`` probes (no other writers); and the merges the server
+    logged (documents and seconds)."""
+    from mpi.search.indexer import build_generation
+    from mpi.search.store import IndexDirectory
+
+    root = workdir / "search-index-segmented"
+    build_generation(db, IndexDirectory(root), processes=MERGE_SHARES)
+    port = free_port()
+    env = server_env(os.environ, url, port)
+    env.update(SEARCH_INDEX_PATH=str(root), LOG_LEVEL="INFO")
+    with running_server(mpi_command("serve"), env=env, cwd=workdir, log=log, port=port,
+                        ready_path="/api/v1/health/ready"):
+        lag = measure_lag(port, probes=probes, writers=0, timeout=600,
+                          pause=MERGE_PROBE_EVERY_S)
+    merges = []
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            message = entry.get("message", "") if isinstance(entry, dict) else ""
+            # "merged beside the indexer" (a merge in a child), "compacted" (in the indexer)
+            if "segments" in entry and ("merged beside" in message or "compacted" in message):
+                merges.append({"segments": entry["segments"], "seconds": entry["seconds"],
+                               "documents": entry.get("documents")})
+    return {**lag, "segments_at_start": MERGE_SHARES + 1, "merges": merges}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -469,6 +509,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["server_workers"] = load(env).workers
                 report["write_to_searchable"] = [
                     measure_lag(port, probes=args.lag_probes, writers=n) for n in args.writers]
+        if args.merge_probes:
+            print(f"mpi serve on an index of {MERGE_SHARES + 1} segments; "
+                  f"{args.merge_probes} probes ...", file=sys.stderr, flush=True)
+            report["write_to_searchable_while_merging"] = measure_lag_while_merging(
+                db, workdir, pg.url, args.json.parent / "search-merge-server.log",
+                probes=args.merge_probes)
     return report
 
 
@@ -500,6 +546,14 @@ def format_table(report: dict[str, Any]) -> str:
                      f"p50 {lag['p50_ms']} ms, "
                      f"p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms over {lag['n']} probes"
                      f" ({lag['missed']} missed)")
+    merging = report.get("write_to_searchable_while_merging")
+    if merging:
+        merges = "; ".join(f"{m['segments']} segments in {m['seconds']} s"
+                           for m in merging["merges"]) or "none logged"
+        lines.append(f"write -> searchable while the index merges (from "
+                     f"{merging['segments_at_start']} segments): p50 {merging['p50_ms']} ms, "
+                     f"p99 {merging['p99_ms']} ms, max {merging['max_ms']} ms over "
+                     f"{merging['n']} probes ({merging['missed']} missed); merges: {merges}")
     return "\n".join(lines)
 
 
@@ -513,6 +567,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--writers", type=_counts, default=[1, 2, 4, 8], metavar="N[,N...]",
                         help="concurrent writer processes; one lag measurement per number "
                              "(default 1,2,4,8)")
+    parser.add_argument("--merge-probes", type=int, default=30,
+                        help="write->searchable probes while the index merges (0 skips)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--fast-postgres", action="store_true",

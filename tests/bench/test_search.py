@@ -41,7 +41,17 @@ def test_table_lists_every_kind():
     table = searchbench.format_table(report)
     assert "identifier" in table and "equality (btree)" in table and "p99 300 ms" in table
     assert "2 processes" in table and "1.80x" in table
+    assert "while the index merges" not in table
+    report["write_to_searchable_while_merging"] = {
+        "p50_ms": 700, "p99_ms": 1200, "max_ms": 1250, "n": 30, "missed": 0,
+        "segments_at_start": 13, "merges": [{"segments": 10, "seconds": 36.4,
+                                             "documents": 17047}]}
+    table = searchbench.format_table(report)
+    assert ("while the index merges (from 13 segments): p50 700 ms, p99 1200 ms, "
+            "max 1250 ms over 30 probes (0 missed); merges: 10 segments in 36.4 s") in table
 
 
 def test_writer_counts_parse():
     assert searchbench.parse_args(["--writers", "1,4"]).writers == [1, 4]
+    assert searchbench.parse_args([]).merge_probes == 30
+    assert searchbench.parse_args(["--merge-probes", "0"]).merge_probes == 0
