@@ -355,3 +355,32 @@ def test_without_an_index_exact_searches_are_answered_by_the_database(api):
     assert searches[-1]["new_value"]["returned"] == [p["maria"]["id"]]
     indexed = api.search(identifier="MRN-00042").json  # once the index is built
     assert indexed["served_by"] == "index" and indexed["index_complete"] is True
+
+
+def test_a_search_is_audited_as_a_read_whose_row_may_wait(settings, clock):
+    """A search is a read: its audit row waits with other reads' rows (AUDIT_READ_WINDOW)
+    instead of committing before the answer, and is written when they are."""
+    from mpi.storage.db import connection
+    from mpi.storage.models import AuditEventRow
+
+    database = database_for(settings.database, max_connections=4)
+    services = build(Settings.defaults(**{**vars(settings), "audit_read_window": 5.0}),
+                     db=database, clock=clock, new_id=Ids())
+    indexer = Indexer(database, settings.search_index_path)
+    try:
+        api = Api(falcon.testing.TestClient(create_app(services)), indexer)
+        _people(api)
+
+        def searches() -> int:
+            with connection(database):
+                return AuditEventRow.select().where(
+                    AuditEventRow.action == "patient:record:search").count()
+
+        assert api.found(q="smith")
+        assert searches() == 0  # waiting in this process, within the window
+        services.work.flush_reads()
+        assert searches() == 1
+    finally:
+        indexer.stop()
+        services.close()
+        close_database(database)

@@ -205,3 +205,15 @@ def test_read_many_is_one_statement_in_the_order_asked_without_deleted(db):
         found = repo.read_many(wanted)
     assert [p.id for p in found] == [made[3].id, made[0].id]
     assert found[0] == repo.read(made[3].id) and counted.count == 1
+
+
+def test_get_live_many_is_the_one_statement_read_by_id(db):
+    repo = PatientRepository()
+    made = [repo.insert(_input(source_id=f"L{i}"), patient_id=uuid.uuid4(), now=NOW)
+            for i in range(3)]
+    repo.soft_delete(repo.get_row(made[1].id), expected_version=None, now=NOW)
+    with count_queries() as counted:
+        found = repo.get_live_many([made[2].id, made[1].id, "not-a-uuid", made[0].id])
+    assert counted.count == 1
+    assert found == {made[2].id: repo.read(made[2].id), made[0].id: repo.read(made[0].id)}
+    assert repo.get_live_many(["not-a-uuid"]) == {}

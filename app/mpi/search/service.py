@@ -1,11 +1,12 @@
 """Searching patients: the index finds and ranks, the database answers.
 
 The index only chooses ids and scores. The records returned are read from the
-database in the same transaction as the audit row, so a result is always the
-record's current version and a record deleted since the index last caught up
-is dropped rather than shown. Searching is access to health information: every
-search is audited (``patient:record:search``) with what was asked and which
-records were returned.
+database (in one statement, then how far the index is behind in another), so a result
+is always the record's current version and a record deleted since the index last
+caught up is dropped rather than shown. Searching is access to health information:
+every search is audited (``patient:record:search``) with what was asked and which
+records were returned, as a read (``UnitOfWork.read``: the row may wait, within
+AUDIT_READ_WINDOW, to be written with other reads' rows).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mpi.search.index import Hit, SearchIndex, SearchUnavailable
 from mpi.search.query import Options, Shortcuts, build
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.patients import PatientFilter, PatientRepository
-from mpi.storage.work import UnitOfWork
+from mpi.storage.work import Transaction, UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,13 @@ class SearchService:
             if exact is None:
                 raise
             return self._from_database(request, exact, actor)
-        with self._work.begin(actor) as tx:
+
+        def fetch(tx: Transaction) -> tuple[list[Found], int, float | None]:
             live = self._repository.get_live_many([h.id for h in results.hits])
             items = [Found(h, live[h.id]) for h in results.hits if h.id in live]
             # An index that is behind may miss records: the answer says so (a clerk who sees
-            # no result would register a duplicate), and so does the audit row.
+            # no result would register a duplicate), and so does the audit row. Read after
+            # the records: a change committed between the two shows as behind.
             behind, since = self._changes.backlog(results.cursor)
             seconds = None if since is None else round(
                 max((tx.now - since).total_seconds(), 0.0), 3)
@@ -117,6 +120,9 @@ class SearchService:
             if behind:
                 asked["index_behind_events"] = behind
             tx.audit(AuditTag.PATIENT_SEARCH, None, new=asked)
+            return items, behind, seconds
+
+        items, behind, seconds = self._work.read(actor, fetch)
         dropped = len(results.hits) - len(items)
         return SearchOutcome(items, max(results.total - dropped, len(items)), results.cursor,
                              dropped, behind, seconds)

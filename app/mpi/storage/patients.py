@@ -481,16 +481,14 @@ class PatientRepository:
         return list(ids)
 
     def get_live_many(self, ids: Sequence[str]) -> dict[str, Patient]:
-        """The live records among ``ids``, by id (one query per table; unknown ids left out)."""
+        """The live records among ``ids``, by id, in ONE statement (:meth:`read_many`;
+        unknown ids and ids that are no UUID left out). A search reads its page of records
+        so: one query per table, built by peewee, was three quarters of a search's time."""
         wanted = []
         for value in ids:
             with contextlib.suppress(ValueError):
-                wanted.append(uuid.UUID(str(value)))
-        if not wanted:
-            return {}
-        rows = list(PatientRow.select().where(PatientRow.id.in_(wanted),
-                                              PatientRow.deleted_at.is_null()))
-        return {p.id: p for p in self._load(rows)}
+                wanted.append(str(uuid.UUID(str(value))))
+        return {p.id: p for p in self.read_many(wanted)}
 
 
 # --------------------------------------------------------------------------- one-statement read
