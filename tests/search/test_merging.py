@@ -190,7 +190,7 @@ def test_a_failed_merge_leaves_the_index_as_it_was_and_waits_before_the_next(
     monkeypatch.setattr(merging, "_merge_segments", failing)
     with caplog.at_level(logging.WARNING, logger="mpi.search"):
         assert indexer.compact(wait=True) is True
-    assert "search index merge failed: MergeFailed" in caplog.text
+    assert "search index merge failed: MergeFailed: OSError" in caplog.text
     assert [s.segment_id() for s in _segments(index_root)] == before
     assert not any(p.name.startswith(MERGE_PREFIX) for p in index_root.iterdir())
     assert indexer.compact() is False  # not again before MERGE_RETRY_S
@@ -255,3 +255,19 @@ def test_a_step_merge_too_large_to_make_inline_runs_beside_the_indexer(
     assert len(_segments(index_root)) < indexer_module.MERGE_FACTOR
     assert sorted(ids(reader, "stepson")) == sorted(p.id for p in made)
     assert indexer.verify() is None
+
+
+def test_a_merge_that_cannot_start_is_not_tried_again_at_every_poll(
+        db, patients, indexer, index_root, monkeypatch, no_step_merges):
+    monkeypatch.setattr(indexer_module, "COMPACT_AT_SEGMENTS", 3)
+    indexer.catch_up()
+    _many_segments(patients, indexer, 3, "Forkless")
+
+    def cannot_fork(self: BackgroundMerge) -> BackgroundMerge:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(BackgroundMerge, "start", cannot_fork)
+    with pytest.raises(OSError):
+        indexer.compact()  # the idle loop logs it (search index compaction failed)
+    assert indexer._merging is None
+    assert indexer.compact() is False  # not again before MERGE_RETRY_S

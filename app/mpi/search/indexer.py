@@ -49,7 +49,7 @@ from whoosh import query as wq
 
 from mpi import metrics
 from mpi.domain.events import ChangeEvent, EventType
-from mpi.search.merging import BackgroundMerge, discard_stale
+from mpi.search.merging import BackgroundMerge, MergeFailed, discard_stale
 from mpi.search.schema import SCHEMA, document, meta_document
 from mpi.search.store import (
     IndexDirectory,
@@ -280,11 +280,6 @@ def _commit_merge(index: Any, mergetype: Callable[..., Any]) -> None:
     except BaseException:
         writer.cancel()
         raise
-
-
-def _segment_sizes(index: Any) -> list[int]:
-    """Each segment's document count, from the TOC (opens no segment)."""
-    return [segment.doc_count_all() for segment in index._segments()]
 
 
 def _merge(writer: Any, segments: list[Any], chosen: list[Any]) -> list[Any]:
@@ -728,7 +723,11 @@ class Indexer:
         if time.monotonic() - self._merge_failed_at < MERGE_RETRY_S:
             return False
         discard_stale(self.directory.root)  # no merge of ours runs: any staging is left over
-        self._merging = BackgroundMerge(opened.path, segments).start()
+        try:
+            self._merging = BackgroundMerge(opened.path, segments).start()
+        except Exception:
+            self._merge_failed_at = time.monotonic()  # not again at every idle poll
+            raise
         return True
 
     def _finish_merge(self, opened: Opened) -> None:
@@ -744,8 +743,10 @@ class Indexer:
             merge.install(opened.index)
         except Exception as exc:
             self._merge_failed_at = time.monotonic()
-            log.warning("search index merge failed: %s", type(exc).__name__,
-                        extra={"error": type(exc).__name__})
+            # The type only (a MergeFailed says the child's error type or exit code).
+            why = f"{type(exc).__name__}: {exc}" if isinstance(exc, MergeFailed) \
+                else type(exc).__name__
+            log.warning("search index merge failed: %s", why, extra={"error": why})
 
     # --- verification ---------------------------------------------------------------------
 
