@@ -420,7 +420,7 @@ def measure_lag_while_merging(db: Any, workdir: Path, url: str, log: Path, *, pr
             entry = json.loads(line)
             message = entry.get("message", "") if isinstance(entry, dict) else ""
             # "merged beside the indexer" (a merge in a child), "compacted" (in the indexer)
-            if "segments" in entry and ("merged beside" in message or "compacted" in message):
+            if "merged beside" in message or "compacted" in message:
                 merges.append({"segments": entry["segments"], "seconds": entry["seconds"],
                                "documents": entry.get("documents")})
     return {**lag, "segments_at_start": MERGE_SHARES + 1, "merges": merges}

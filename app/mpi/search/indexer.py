@@ -49,7 +49,7 @@ from whoosh import query as wq
 
 from mpi import metrics
 from mpi.domain.events import ChangeEvent, EventType
-from mpi.search.merging import BackgroundMerge, MergeFailed, discard_stale
+from mpi.search.merging import BackgroundMerge, MergeFailed
 from mpi.search.schema import SCHEMA, document, meta_document
 from mpi.search.store import (
     IndexDirectory,
@@ -722,7 +722,7 @@ class Indexer:
     def _start_merge(self, opened: Opened, segments: list[Any]) -> bool:
         if time.monotonic() - self._merge_failed_at < MERGE_RETRY_S:
             return False
-        discard_stale(self.directory.root)  # no merge of ours runs: any staging is left over
+        self.directory.discard_stale_merges()  # none of ours runs: any staging is left over
         try:
             self._merging = BackgroundMerge(opened.path, segments).start()
         except Exception:

@@ -40,12 +40,18 @@ from pathlib import Path
 from typing import Any
 
 from mpi.lifecycle import when_orphaned
-from mpi.search.schema import INDEX_NAME, SCHEMA
-from mpi.search.store import detach_forked_child, fsync_dir, segment_writer, storage_at
+from mpi.search.schema import SCHEMA
+from mpi.search.store import (
+    MERGE_PREFIX,
+    IndexDirectory,
+    detach_forked_child,
+    fsync_dir,
+    segment_writer,
+    storage_at,
+)
 
 log = logging.getLogger("mpi.search")
 
-MERGE_PREFIX = "merging-"
 #: Memory (MB) whoosh's posting pool holds before it spills to a temporary file.
 LIMIT_MB = 128
 
@@ -175,15 +181,6 @@ class BackgroundMerge:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def discard_stale(root: Path) -> None:
-    """Remove the staging directories of merges no process runs any more (call it holding
-    the writer lock, with no merge of one's own running)."""
-    with contextlib.suppress(OSError):
-        for child in Path(root).iterdir():
-            if child.name.startswith(MERGE_PREFIX):
-                shutil.rmtree(child, ignore_errors=True)
-
-
 def _merge_segments(generation: Path, staging: Path, segments: Sequence[Any], send: Any
                     ) -> None:
     """The child's body: the live documents of ``segments`` into one new segment in
@@ -195,7 +192,7 @@ def _merge_segments(generation: Path, staging: Path, segments: Sequence[Any], se
         when_orphaned(lambda: os._exit(1))
         os.nice(19 - os.nice(0))
         source = storage_at(generation)
-        target = storage_at(staging).create_index(SCHEMA, indexname=INDEX_NAME)
+        target = IndexDirectory.create_index(staging)
         writer = segment_writer(target, limitmb=LIMIT_MB, locked=False)
         for segment in segments:
             reader = SegmentReader(source, SCHEMA, segment)

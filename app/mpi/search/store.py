@@ -49,6 +49,7 @@ LOCK = "writer.lock"
 PREFERRED = "writer.preferred"
 GEN_PREFIX = "gen-"
 BUILD_PREFIX = "building-"
+MERGE_PREFIX = "merging-"
 
 
 class IndexState(enum.Enum):
@@ -123,7 +124,9 @@ class IndexDirectory:
         path.mkdir()
         return path
 
-    def create_index(self, path: Path) -> Any:
+    @staticmethod
+    def create_index(path: Path) -> Any:
+        """An empty whoosh index at ``path`` (a generation being built, a merge's staging)."""
         return storage_at(path).create_index(SCHEMA, indexname=INDEX_NAME)
 
     @staticmethod
@@ -153,13 +156,21 @@ class IndexDirectory:
 
     def discard_stale_builds(self, older_than_s: float = 3600) -> None:
         """Remove half-built generations left by a crash (old enough not to be in progress)."""
+        self._discard(BUILD_PREFIX, older_than_s)
+
+    def discard_stale_merges(self) -> None:
+        """Remove the staging directories of merges no process runs any more (call it
+        holding the writer lock, with no merge of one's own running)."""
+        self._discard(MERGE_PREFIX, older_than_s=None)
+
+    def _discard(self, prefix: str, older_than_s: float | None) -> None:
         if not self.root.is_dir():
             return
         now = time.time()
         for child in self.root.iterdir():
-            if child.name.startswith(BUILD_PREFIX):
+            if child.name.startswith(prefix):
                 with contextlib.suppress(OSError):
-                    if now - child.stat().st_mtime > older_than_s:
+                    if older_than_s is None or now - child.stat().st_mtime > older_than_s:
                         shutil.rmtree(child, ignore_errors=True)
 
 
