@@ -888,11 +888,36 @@ def machine_cpu(kind: str = "busy") -> float:
 
 
 def _postmaster_pid(pg: Any) -> int | None:
-    """The local server's postmaster pid (None for container and external servers)."""
-    if pg.tempdir is None:
+    """The server's postmaster pid when it runs on this machine, so that its CPU is counted
+    as PostgreSQL's and not as "other": a local server's from its data directory, an
+    external one's from the backend serving a connection of ours (None for a container
+    and for a server elsewhere)."""
+    if pg.tempdir is not None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((pg.tempdir / "data" / "postmaster.pid").read_text().split()[0])
         return None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int((pg.tempdir / "data" / "postmaster.pid").read_text().split()[0])
+    return _external_postmaster(pg.url) if pg.kind == "external" else None
+
+
+def _external_postmaster(url: str) -> int | None:
+    """The parent of the backend process serving one connection to ``url``, if that
+    backend is a process of this machine: its command line names the connection's own
+    client port (a server in a container or elsewhere has no such process here)."""
+    import socket
+
+    import psycopg
+
+    with contextlib.suppress(psycopg.Error, OSError, ValueError, IndexError), \
+            psycopg.connect(url, connect_timeout=5) as conn:
+        backend = conn.info.backend_pid
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            name = sock.getsockname()
+        port = name[1] if isinstance(name, tuple) else None
+        proc = Path(f"/proc/{backend}")
+        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        if port is None or f"({port})" not in command:  # a Unix socket: no port to check
+            return None
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     return None
 
 

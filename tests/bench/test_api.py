@@ -544,3 +544,25 @@ def test_adt_scenario_messages_are_accepted_and_create_the_benchmark_people(serv
         body = patient_body("t", 0, n)
         assert stored.names[0].family == body["names"][0]["family"]
         assert stored.birth_date.isoformat() == body["birth_date"]
+
+
+def test_an_external_server_on_this_machine_has_its_cpu_counted(postgres_server,
+                                                                tmp_path: Path) -> None:
+    """A kept server named by MPI_TEST_DATABASE_URL is found by the backend serving one of
+    the benchmark's connections: its CPU is PostgreSQL's, not "something else" in the
+    summary. A server in a container or on another machine is not looked for here."""
+    from toolkit.postgres import PostgresServer, start_postgres
+
+    local = start_postgres(workdir=tmp_path, env={"MPI_TEST_POSTGRES": "local"})
+    try:
+        own = bench._postmaster_pid(local)
+        assert own is not None and Path(f"/proc/{own}/comm").read_text().strip() == "postgres"
+        kept = PostgresServer(url=local.url, kind="external", description="kept")
+        assert bench._postmaster_pid(kept) == own
+    finally:
+        local.stop()
+    elsewhere = PostgresServer(url="postgresql://mpi@192.0.2.1:5/mpi?connect_timeout=1",
+                               kind="external", description="elsewhere")
+    assert bench._postmaster_pid(elsewhere) is None
+    if postgres_server.kind == "testcontainers":  # the backend's pid is the container's
+        assert bench._postmaster_pid(replace(postgres_server, kind="external")) is None
