@@ -558,11 +558,12 @@ def _one_record_sql(postgres: bool) -> str:
     # the records, and the plan, prepared once per connection, could walk the live
     # records' birth-date index (partial: deleted_at IS NULL) on every read instead of
     # looking the replaced_by index up (tests/storage/test_migrations.py).
-    replaced = (f'{aggregate.format(f"r.{_P.id.column_name}")} FROM "{table}" r '
-                f'WHERE r."{rb}" = p."{pk}" AND {live}' if not postgres else
-                f"coalesce(json_agg(r.{_P.id.column_name}) FILTER (WHERE {live}), '[]') "
-                f'FROM "{table}" r WHERE r."{rb}" = p."{pk}"')
-    replaces = f"(SELECT {replaced})"
+    successors = f'FROM "{table}" r WHERE r."{rb}" = p."{pk}"'
+    if postgres:
+        replaces = (f"(SELECT coalesce(json_agg(r.{_P.id.column_name}) FILTER (WHERE {live}), "
+                    f"'[]') {successors})")
+    else:
+        replaces = f'(SELECT {aggregate.format(f"r.{_P.id.column_name}")} {successors} AND {live})'
     sql = (f'SELECT {cols}, ps."{PersonRow.id.column_name}", {", ".join(children)}, '  # noqa: S608
            f'rbp."{_P.id.column_name}", {replaces}, '
            f'p."{_P.deleted_at.column_name}" '
