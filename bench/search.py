@@ -515,7 +515,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["write_to_searchable_while_merging"] = measure_lag_while_merging(
                 db, workdir, pg.url, args.json.parent / "search-merge-server.log",
                 probes=args.merge_probes)
+        if args.catch_up:
+            print(f"{args.catch_up} records created behind the index; catching up ...",
+                  file=sys.stderr, flush=True)
+            report["index_catch_up"] = measure_catch_up(
+                settings, db, root, workdir / "search-index-behind", args.catch_up,
+                seed=args.seed + 7)
+            report["index_catch_up"]["ratio_to_build_one_process"] = round(
+                report["index_catch_up"]["patients_per_s"]
+                / max(builds[1]["patients_per_s"], 0.1), 2)
     return report
+
+
+def measure_catch_up(settings: Any, db: Any, root: Path, behind: Path, records: int, *,
+                     seed: int) -> dict[str, Any]:
+    """An instance restarted on its old index after ``records`` were registered (through
+    the service's import path: created and linked, two events each): a copy of the index
+    at ``root`` caught up by one indexer, in the indexer's own steps, timed."""
+    import shutil
+
+    from mpi import wiring
+    from mpi.domain.audit import Actor
+    from mpi.search.indexer import Indexer
+    from mpi.search.store import IndexDirectory
+    from mpi.storage.changes import ChangeRepository
+    from mpi.storage.db import connection
+
+    service = wiring.build(settings, db=db).patients
+    actor = Actor(user_id="bench-catch-up")
+    rows = list(synthetic_patients(records, seed=seed))
+    with connection(db):
+        for offset in range(0, records, 1000):
+            service.import_batch([service.parse(json.dumps(api_record(
+                p, "bench-catch-up", f"C-{offset + n}")).encode())
+                for n, p in enumerate(rows[offset:offset + 1000])], actor)
+    shutil.rmtree(behind, ignore_errors=True)
+    shutil.copytree(root, behind)
+    opened = IndexDirectory(behind).check().opened
+    assert opened is not None, "the index to copy did not open"
+    opened.index.close()
+    indexer = Indexer(db, behind)
+    try:
+        started = time.monotonic()
+        indexer.catch_up(max_steps=10**6)
+        seconds = time.monotonic() - started
+        with connection(db):
+            events = ChangeRepository().last_id() - opened.cursor
+        segments = len(list(opened.path.glob("*.seg")))
+    finally:
+        indexer.stop()
+    return {"patients": records, "events": events, "seconds": round(seconds, 1),
+            "patients_per_s": round(records / max(seconds, 1e-3), 1),
+            "segments_after": segments}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -554,6 +605,13 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{merging['segments_at_start']} segments): p50 {merging['p50_ms']} ms, "
                      f"p99 {merging['p99_ms']} ms, max {merging['max_ms']} ms over "
                      f"{merging['n']} probes ({merging['missed']} missed); merges: {merges}")
+    catch_up = report.get("index_catch_up")
+    if catch_up:
+        lines.append(f"catching up {catch_up['patients']} records created behind the index "
+                     f"({catch_up['events']} events): {catch_up['seconds']} s, "
+                     f"{catch_up['patients_per_s']} patients/s, "
+                     f"{catch_up['ratio_to_build_one_process']}x a one-process build; "
+                     f"{catch_up['segments_after']} segments after")
     return "\n".join(lines)
 
 
@@ -569,6 +627,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "(default 1,2,4,8)")
     parser.add_argument("--merge-probes", type=int, default=30,
                         help="write->searchable probes while the index merges (0 skips)")
+    parser.add_argument("--catch-up", type=int, default=10_000, metavar="N",
+                        help="records created behind a copy of the index, then caught up "
+                             "by one indexer (0 skips)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--fast-postgres", action="store_true",

@@ -55,3 +55,36 @@ def test_writer_counts_parse():
     assert searchbench.parse_args(["--writers", "1,4"]).writers == [1, 4]
     assert searchbench.parse_args([]).merge_probes == 30
     assert searchbench.parse_args(["--merge-probes", "0"]).merge_probes == 0
+
+
+def test_catch_up_is_measured_on_a_copy_behind_by_the_records_created(settings, db, tmp_path):
+    """The catch-up scenario: records registered through the service's import path after
+    the index was built, then a copy of the index caught up by one indexer; the copy ends
+    holding them, the original stays where it was."""
+    from mpi.search.index import WhooshSearchIndex
+    from mpi.search.indexer import build_generation
+    from mpi.search.query import parse
+    from mpi.search.store import IndexDirectory
+    from mpi.storage.db import connection
+
+    root = tmp_path / "index"
+    with connection(db):
+        build_generation(db, IndexDirectory(root))
+    result = searchbench.measure_catch_up(settings, db, root, tmp_path / "behind", 30, seed=1)
+    assert result["patients"] == 30 and result["events"] >= 60  # created and linked
+    assert result["patients_per_s"] > 0 and result["segments_after"] >= 1
+    readers = [WhooshSearchIndex(root), WhooshSearchIndex(tmp_path / "behind")]
+    try:
+        found = [r.search(parse("source:bench-catch-up"), offset=0, limit=100).hits
+                 for r in readers]
+    finally:
+        for r in readers:
+            r.close()
+    assert (len(found[0]), len(found[1])) == (0, 30)
+    report = {"patients": 10, "search_index": {}, "search_service": {}, "search_sql": {},
+              "index_build": {"seconds": 1.0, "patients_per_s": 10.0, "bytes": 1e6,
+                              "processes": 2},
+              "index_build_one_process": {"seconds": 1.8, "patients_per_s": 5.6,
+                                          "bytes": 1e6, "processes": 1},
+              "index_catch_up": {**result, "ratio_to_build_one_process": 1.5}}
+    assert "catching up 30 records created behind the index" in searchbench.format_table(report)

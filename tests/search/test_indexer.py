@@ -9,7 +9,7 @@ import pytest
 from whoosh import index as whoosh_index
 
 from mpi.domain.events import EventType
-from mpi.search.index import SearchUnavailable
+from mpi.search.index import SearchUnavailable, WhooshSearchIndex
 from mpi.search.indexer import (
     HANDLERS,
     Indexer,
@@ -381,7 +381,8 @@ def test_a_backlog_is_caught_up_before_segments_are_merged(db, patients, index_r
         real(index, mergetype)
 
     monkeypatch.setattr(indexer_module, "_commit_merge", counted)
-    behind = Indexer(db, index_root, poll_interval=0.05, strict=True, batch_size=2)
+    behind = Indexer(db, index_root, poll_interval=0.05, strict=True, batch_size=2,
+                     catch_up_events=2)
     try:
         behind.catch_up()
         for n in range(MERGE_FACTOR * 2 + 2):
@@ -399,6 +400,76 @@ def test_a_backlog_is_caught_up_before_segments_are_merged(db, patients, index_r
         assert 0 < behind.step() < behind.batch_size and merges  # caught up: merged
     finally:
         behind.stop()
+
+
+def test_a_backlog_is_read_in_growing_steps(db, patients, index_root):
+    """Behind, each step reads twice the events of the last (up to catch_up_events): fewer
+    segments and commits for a backlog, each record still indexed once; caught up, steps
+    are small again."""
+    behind = Indexer(db, index_root, poll_interval=0.05, strict=True, batch_size=2,
+                     catch_up_events=16)
+    try:
+        behind.catch_up()
+        made = [patients.create(source_id=f"G-{n}", identifiers=[],
+                                names=[{"family": "Growson", "given": [f"G{n}"]}])
+                for n in range(20)]
+        backlog = ChangeRepository().last_id() - (behind.cursor or 0)
+        assert backlog >= 40  # a record's creation and its link
+        steps = []
+        while (done := behind.step()) > 0:
+            steps.append(done)
+        assert steps[:4] == [2, 4, 8, 16] and set(steps[4:-1]) <= {16}
+        assert sum(steps) == backlog
+        patients.create(source_id="G-last", identifiers=[],
+                        names=[{"family": "Growson", "given": ["Last"]}])
+        assert behind.step() == 2  # caught up: the batch size again
+        reader = WhooshSearchIndex(index_root)
+        try:
+            assert sorted(ids(reader, "growson")) == sorted(
+                [p.id for p in made] + ids(reader, "given:last"))
+        finally:
+            reader.close()
+    finally:
+        behind.stop()
+
+
+def test_records_created_in_a_step_are_added_without_a_look_up(db, patients, indexer, reader,
+                                                               index_root, monkeypatch):
+    """A record whose creation is among a step's events has no document yet (the index
+    holds what the events up to its cursor made, a rebuild included): it is added without
+    looking its id up in every segment. Updated and deleted records are looked up, and a
+    rebuild followed by new records leaves one document per live record."""
+    from whoosh.searching import Searcher
+
+    patients.create(source_id="L-0", identifiers=[], names=[{"family": "Lookson",
+                                                              "given": ["Zero"]}])
+    build_generation(db, IndexDirectory(index_root))  # a rebuild holds L-0
+    looked: list[str] = []
+    real = Searcher.document_number
+
+    def spy(self, **kw):
+        if kw.get("id") != META_ID:  # (the cursor's own document)
+            looked.append(kw["id"])
+        return real(self, **kw)
+
+    monkeypatch.setattr(Searcher, "document_number", spy)
+    made = [patients.create(source_id=f"L-{n}", identifiers=[],
+                            names=[{"family": "Lookson", "given": [f"N{n}"]}])
+            for n in range(1, 4)]
+    gone = patients.create(source_id="L-gone", identifiers=[],
+                           names=[{"family": "Lookson", "given": ["Gone"]}])
+    patients.delete(gone)
+    changed = patients.update(made[0], names=[{"family": "Lookson", "given": ["Changed"]}])
+    indexer.catch_up()
+    assert looked == []  # created in the step: updated or deleted there too
+    patients.update(changed, names=[{"family": "Lookson", "given": ["Again"]}])
+    patients.delete(made[1])
+    indexer.catch_up()
+    assert looked == [changed.id]  # (a delete goes by whoosh's delete_by_term)
+    found = ids(reader, "lookson")
+    assert len(found) == len(set(found)) == 3
+    assert set(found) == set(ids(reader, "zero OR again OR n3"))
+    assert ids(reader, "given:gone") == [] and ids(reader, "given:changed") == []
 
 
 def _stream(commit: int, commits: int, large: tuple[int, ...] = (650_000, 650_000)):
