@@ -79,6 +79,29 @@ def test_a_file_replaces_the_list(tmp_path: Path):
     assert (prepared.given, prepared.family, prepared.postcode) == ("", "baby", "")
 
 
+def test_a_value_prepared_under_one_list_is_prepared_again_under_another(tmp_path: Path):
+    """Names and places are normalised once per value and per list in force: a value
+    met under the shipped list (a placeholder there) is real under a site's own list
+    that leaves it out, and the other way round, in one process."""
+    fields = dict(given_name="Baby", family_name="Boy", city="Unknown", postal_code="01109")
+    shipped = prep(**fields)
+    assert (shipped.given, shipped.family, shipped.city, shipped.postcode) == (
+        "", "", "", "01109")
+    path = tmp_path / "ours.json"
+    path.write_text(json.dumps({"name": ["Inpatient"], "postal_code": ["01109"]}))
+    placeholders.use(Placeholders.load(path))
+    ours = prep(**fields)
+    assert (ours.given, ours.family, ours.city, ours.postcode) == (
+        "baby", "boy", "unknown", "")
+    assert (ours.given_nysiis, ours.family_nysiis) == ("BABY", "BY")
+    assert prep(given_name="Inpatient").given == ""
+    placeholders.use(None)
+    again = prep(**fields)
+    assert (again.given, again.family, again.city, again.postcode, again.given_nysiis) == (
+        "", "", "", "01109", "")
+    assert prep(given_name="Inpatient").given == "inpatient"
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("[1]", "JSON object"), ('{"names": []}', "unknown placeholder field"),
     ('{"name": "x"}', "list of strings"), ("{", "not JSON")])

@@ -158,23 +158,21 @@ class PreparedRecord:
         given, family = normalise_text(record.given_name), normalise_text(record.family_name)
         if f"{given} {family}" in blank.full_name:
             given = family = ""
-        self.given = _unless(given, blank.name)
+        # A registry's names and places repeat: each is normalised, coded and looked up
+        # once per value (and placeholder list), not for every record that holds it.
+        (self.given, self.given_nysiis, self.given_meta, self.given_forms,
+         self.given_langs) = _given(given, blank.name)
         self.middle = _unless(normalise_text(record.middle_name), blank.name)
-        self.family = _unless(family, blank.name)
-        self.given_nysiis, self.given_meta = _phonetic(self.given)
-        self.family_nysiis, self.family_meta = _phonetic(self.family)
-        self.given_forms = name_forms(self.given)
-        self.given_langs = language_forms(self.given)
-        self.family_parts = frozenset(self.family.split()) if " " in self.family else frozenset()
+        self.family, self.family_nysiis, self.family_meta, self.family_parts = _family(
+            family, blank.name)
         d = record.birth_date
         self.dob = f"{d.year:04d}{d.month:02d}{d.day:02d}" if d else ""
         # As much of the birth date as is known, as digits: YYYY, YYYYMM or YYYYMMDD.
         self.dob_known = self.dob or digits(record.birth_partial)[:6]
         self.sex = _SEX.get(normalise_text(record.sex), "")
         self.address = _unless(normalise_text(record.address_line), blank.address)
-        self.city = field_form("city", record.city, blank)
-        self.state = field_form("state", record.state, blank)
-        self.postcode = field_form("postal_code", record.postal_code, blank)
+        self.city, self.state, self.postcode = _places(record.city, record.state,
+                                                       record.postal_code, blank)
         phone = digits(record.phone)
         self.phone = _unless(phone[-10:] if len(phone) >= 7 else "", blank.phone)
         ssn = digits(record.ssn)
@@ -192,6 +190,32 @@ class PreparedRecord:
 
     def __repr__(self) -> str:
         return f"PreparedRecord({self.record.record_id!r})"
+
+
+@lru_cache(maxsize=1 << 16)
+def _given(given: str, names: frozenset[str]) -> tuple[str, str, str, frozenset[str],
+                                                       tuple[frozenset[str], frozenset[str]]]:
+    """A given name's fields of :class:`PreparedRecord` ('' when a placeholder in
+    ``names``): the name, its NYSIIS and metaphone codes, forms and languages' forms."""
+    given = _unless(given, names)
+    return (given, *_phonetic(given), name_forms(given), language_forms(given))
+
+
+@lru_cache(maxsize=1 << 16)
+def _family(family: str, names: frozenset[str]) -> tuple[str, str, str, frozenset[str]]:
+    """A family name's fields of :class:`PreparedRecord`: the name, its NYSIIS and
+    metaphone codes, and its words when it has several."""
+    family = _unless(family, names)
+    return (family, *_phonetic(family),
+            frozenset(family.split()) if " " in family else frozenset())
+
+
+@lru_cache(maxsize=1 << 16)
+def _places(city: str | None, state: str | None, postal_code: str | None,
+            blank: placeholders.Placeholders) -> tuple[str, str, str]:
+    """The city, state and postal code of :class:`PreparedRecord`."""
+    return (field_form("city", city, blank), field_form("state", state, blank),
+            field_form("postal_code", postal_code, blank))
 
 
 def field_form(field: str, raw: str | None,
