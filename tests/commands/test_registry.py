@@ -73,6 +73,9 @@ def test_import_and_export(files: Path):
     assert {"patient", "patient_link", "blocking_key"} <= analyzed
     again = mpi(files, "mpi import patients.csv --source lab-system")
     assert "imported 0 record(s), skipped 4 already present" in again.stdout
+    missing = mpi(files, "mpi import nowhere.csv --source lab-system", expect=2)
+    assert "error: nowhere.csv: no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr  # as mpi dedupe says it, not a crash
     # A bad value costs the record that value: x3 and x4 are imported without their
     # impossible birth dates; x2, nothing left once its date is dropped, is rejected (exit
     # 1). The summary names fields, reasons and lines, never the values.

@@ -217,6 +217,10 @@ def _reader(queue: Any, *args: Any) -> None:
     except CsvError as exc:
         queue.put(exc)
         return
+    except OSError as exc:  # the file cannot be opened or read: as the other commands say it
+        why = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror
+        queue.put(CsvError(f"error: {exc.filename or args[0]}: {why}"))
+        return
     queue.put(None)
 
 
