@@ -402,6 +402,13 @@ def test_a_backlog_is_caught_up_before_segments_are_merged(db, patients, index_r
         behind.stop()
 
 
+def _a_family(patients, family: str, n: int) -> list:
+    """``n`` records of one family name, given names F0, F1, ... (F: its first letter)."""
+    return [patients.create(source_id=f"{family}-{i}", identifiers=[],
+                            names=[{"family": family, "given": [f"{family[0]}{i}"]}])
+            for i in range(n)]
+
+
 def test_a_backlog_is_read_in_growing_steps(db, patients, index_root):
     """Behind, each step reads twice the events of the last (up to catch_up_events): fewer
     segments and commits for a backlog, each record still indexed once; caught up, steps
@@ -410,9 +417,7 @@ def test_a_backlog_is_read_in_growing_steps(db, patients, index_root):
                      catch_up_events=16)
     try:
         behind.catch_up()
-        made = [patients.create(source_id=f"G-{n}", identifiers=[],
-                                names=[{"family": "Growson", "given": [f"G{n}"]}])
-                for n in range(20)]
+        made = _a_family(patients, "Growson", 20)
         backlog = ChangeRepository().last_id() - (behind.cursor or 0)
         assert backlog >= 40  # a record's creation and its link
         steps = []
@@ -470,6 +475,55 @@ def test_records_created_in_a_step_are_added_without_a_look_up(db, patients, ind
     assert len(found) == len(set(found)) == 3
     assert set(found) == set(ids(reader, "zero OR again OR n3"))
     assert ids(reader, "given:gone") == [] and ids(reader, "given:changed") == []
+
+
+def test_a_backlog_s_new_records_are_shared_with_a_child_process(db, patients, index_root,
+                                                                  reader, monkeypatch):
+    """With SEARCH_REBUILD_PROCESSES > 1, a step holding many new records (a backlog) has
+    half of them written into a segment by a forked child, named in the indexer's own
+    commit: every record found once. A child that fails fails the step, which changes
+    nothing (the cursor stays), and the next step does it all again."""
+    import mpi.search.indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "CATCH_UP_SHARE_FROM", 4)
+    shared = Indexer(db, index_root, poll_interval=0.05, strict=True, batch_size=100,
+                     rebuild_processes=2)
+    try:
+        shared.catch_up()
+        made = _a_family(patients, "Shareson", 10)
+        real = indexer_module._write_share
+
+        def failing(path, records, messages):
+            messages.put(("error", 0, "OSError"))
+            messages.close()
+            messages.join_thread()
+            raise SystemExit(1)
+
+        monkeypatch.setattr(indexer_module, "_write_share", failing)
+        before = shared.cursor
+        with pytest.raises(indexer_module.IndexBuildFailed, match="OSError"):
+            shared.step()
+        assert ids(reader, "shareson") == []
+        monkeypatch.setattr(indexer_module, "_write_share", real)
+        children: list[int] = []
+        start = indexer_module.SharedSegment.start
+
+        def counted(self):
+            children.append(len(self.ids))
+            return start(self)
+
+        monkeypatch.setattr(indexer_module.SharedSegment, "start", counted)
+        shared.catch_up()
+        assert children == [5] and shared.cursor is not None and shared.cursor > (before or 0)
+        found = ids(reader, "shareson")
+        assert sorted(found) == sorted(p.id for p in made)
+        assert ids(reader, "given:s9") == [made[9].id] and ids(reader, "given:s0") == [made[0].id]
+        patients.update(made[9], names=[{"family": "Shareson", "given": ["Nine"]}])
+        shared.catch_up()  # the child's documents are looked up and replaced like any other
+        assert ids(reader, "given:s9") == [] and ids(reader, "given:nine") == [made[9].id]
+        assert len(ids(reader, "shareson")) == 10
+    finally:
+        shared.stop()
 
 
 def _stream(commit: int, commits: int, large: tuple[int, ...] = (650_000, 650_000)):

@@ -74,6 +74,9 @@ BATCH_SIZE = 500
 #: caught up at about 300 events a second, slowing as its segments piled up (100 of them
 #: within minutes).
 CATCH_UP_EVENTS = 16_000
+#: A step with this many new records (a backlog) has half of them written into a segment
+#: of their own by a child process, beside the indexer (SEARCH_REBUILD_PROCESSES > 1).
+CATCH_UP_SHARE_FROM = 2_000
 REBUILD_PAGE = 1000
 #: A rebuild shares the records out between processes from this many (fewer are indexed
 #: faster than the processes start).
@@ -536,6 +539,70 @@ def _reads_back(searcher: Any, doc: dict[str, Any]) -> str | None:
     return None
 
 
+class SharedSegment:
+    """New records' documents written into one segment of the generation at ``path`` by a
+    forked child (the indexer holds the index's lock; the child writes unlocked, as a
+    rebuild's share does), for the indexer to name in its own commit."""
+
+    def __init__(self, path: Path, records: Sequence[tuple[str, dict[str, Any]]]):
+        self.path = path
+        self.ids = frozenset(patient_id for patient_id, _ in records)
+        context = multiprocessing.get_context("fork")
+        self._messages: Any = context.Queue()
+        self._child = context.Process(target=_write_share, name="search-index-catch-up",
+                                      args=(path, [r for _, r in records], self._messages),
+                                      daemon=True)
+
+    def start(self) -> SharedSegment:
+        self._child.start()
+        return self
+
+    def segments(self) -> list[Any]:
+        """The child's segment (none if it had nothing to write); IndexBuildFailed when it
+        failed or died."""
+        try:
+            while True:
+                try:
+                    kind, _, value = self._messages.get(timeout=1.0)
+                except queue.Empty:
+                    if self._child.exitcode not in (None, 0):
+                        raise IndexBuildFailed(f"{self._child.name} exited "
+                                               f"{self._child.exitcode} without its segment"
+                                               ) from None
+                    continue
+                if kind == "error":
+                    raise IndexBuildFailed(f"{self._child.name} failed: {value}")
+                return [value] if value is not None else []
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._child.is_alive():
+            self._child.terminate()
+        self._child.join()
+        self._messages.close()
+
+
+def _write_share(path: Path, records: list[dict[str, Any]], messages: Any) -> None:
+    """A child's body: ``records``' documents into one new segment; ("done", 0, segment)
+    or ("error", 0, type) and exit 1."""
+    try:
+        detach_forked_child(path.parent)
+        writer = segment_writer(IndexDirectory.open_index(path), limitmb=128, locked=False)
+        for record in records:
+            writer.add_document(**document(record))
+        # Not cancel() or _finish(): as in a rebuild's share (_index_share).
+        segment = writer._finalize_segment() if records else writer._close_segment()
+        messages.put(("done", 0, segment))
+    except BaseException as exc:
+        # The type only: a message can quote patient data.
+        messages.put(("error", 0, type(exc).__name__))
+        raise SystemExit(1) from None
+    finally:
+        messages.close()
+        messages.join_thread()
+
+
 class Indexer:
     """Follows the change log into the index directory at ``root`` (when it holds the lock)."""
 
@@ -652,10 +719,15 @@ class Indexer:
         # of its time at 1,000,000 records.
         new = {e.entity_id for e in events if e.event_type == EventType.PATIENT_CREATED}
         read = time.perf_counter()
-        writer = opened.index.writer(timeout=10)
+        beside = self._share_beside(opened, net, refetched, new)
+        # The bulk build's writer: a step of a backlog writes thousands of documents, and
+        # whoosh's own looked each posting's field length up in the lengths file.
+        writer = segment_writer(opened.index, limitmb=128, timeout=10)
         try:
             with writer.searcher() as searcher:
                 for patient_id, change in net.items():
+                    if beside is not None and patient_id in beside.ids:
+                        continue
                     record = change.record
                     if change.action == "refetch":
                         record = refetched.get(patient_id)
@@ -680,12 +752,22 @@ class Indexer:
                     writer.add_document(**document(record))
             cursor = events[-1].id
             writer.update_document(**meta_document(cursor))
+            extra = [] if beside is None else beside.segments()
         except BaseException:
             writer.cancel()
+            if beside is not None:
+                beside.stop()
             raise
         built = time.perf_counter()
-        segments = len(getattr(writer, "segments", ())) + 1
-        writer.commit(merge=False)  # searchable now; merging is the next commit's business
+        segments = len(getattr(writer, "segments", ())) + 1 + len(extra)
+        if extra:
+            # As whoosh's own multi-process writer commits (whoosh.multiproc.MpWriter): the
+            # index's segments, the child's and this writer's in one table of contents.
+            writer._commit_toc([*writer._merge_segments(None, False, False), *extra,
+                                writer._finalize_segment()])
+            writer._finish()
+        else:
+            writer.commit(merge=False)  # searchable now; merging is the next commit's
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         metrics.INDEX_APPLIED.inc(len(events))
@@ -713,6 +795,24 @@ class Indexer:
         log.debug("search index: %d events through %d (%s)", len(events), cursor,
                   " ".join(f"{k}={v}" for k, v in timings.items()),
                   extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms, **timings})
+
+    def _share_beside(self, opened: Opened, net: dict[str, Change],
+                      refetched: dict[str, dict[str, Any] | None], new: set[str]
+                      ) -> SharedSegment | None:
+        """Half the step's new records written into a segment by a child process, when the
+        step has CATCH_UP_SHARE_FROM or more of them (a backlog) and rebuilds run in several
+        processes: whoosh is pure Python, and one process catching up left the other core
+        idle. A worker's standby thread never forks (its process serves requests)."""
+        if self.standby or self.rebuild_processes < 2:
+            return None
+        fresh: list[tuple[str, dict[str, Any]]] = []
+        for patient_id, change in net.items():
+            record = refetched.get(patient_id) if change.action == "refetch" else change.record
+            if patient_id in new and change.action != "delete" and record is not None:
+                fresh.append((patient_id, record))
+        if len(fresh) < CATCH_UP_SHARE_FROM:
+            return None
+        return SharedSegment(opened.path, fresh[len(fresh) // 2:]).start()
 
     def compact(self, *, wait: bool = False) -> bool:
         """Start merging segments beside the indexer when there are COMPACT_AT_SEGMENTS or

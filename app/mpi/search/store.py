@@ -174,10 +174,13 @@ class IndexDirectory:
                         shutil.rmtree(child, ignore_errors=True)
 
 
-def segment_writer(index: Any, *, limitmb: int, locked: bool = True) -> Any:
-    """A whoosh segment writer for a bulk build (:class:`_BulkSegmentWriter`); ``locked=False``
-    for a child process writing one of several segments whose parent holds the lock."""
-    return _BulkSegmentWriter(index, limitmb=limitmb, _lk=locked)
+def segment_writer(index: Any, *, limitmb: int, locked: bool = True,
+                   timeout: float = 0.0) -> Any:
+    """A whoosh segment writer for a bulk build or an indexer's step
+    (:class:`_BulkSegmentWriter`), waiting up to ``timeout`` seconds for the index's lock;
+    ``locked=False`` for a child process writing one of several segments whose parent
+    holds the lock."""
+    return _BulkSegmentWriter(index, limitmb=limitmb, _lk=locked, timeout=timeout)
 
 
 class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
