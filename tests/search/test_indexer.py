@@ -402,11 +402,11 @@ def test_a_backlog_is_caught_up_before_segments_are_merged(db, patients, index_r
         behind.stop()
 
 
-def _a_family(patients, family: str, n: int) -> list:
-    """``n`` records of one family name, given names F0, F1, ... (F: its first letter)."""
+def _a_family(patients, family: str, n: int, start: int = 0) -> list:
+    """``n`` records of one family name, given names F<start>, ... (F: its first letter)."""
     return [patients.create(source_id=f"{family}-{i}", identifiers=[],
                             names=[{"family": family, "given": [f"{family[0]}{i}"]}])
-            for i in range(n)]
+            for i in range(start, start + n)]
 
 
 def test_a_backlog_is_read_in_growing_steps(db, patients, index_root):
@@ -503,7 +503,11 @@ def test_a_backlog_s_new_records_are_shared_with_a_child_process(db, patients, i
         before = shared.cursor
         with pytest.raises(indexer_module.IndexBuildFailed, match="OSError"):
             shared.step()
-        assert ids(reader, "shareson") == []
+        assert ids(reader, "shareson") == []  # nothing of the step: the index is as it was
+        shared.catch_up()  # after a failed child, in this process alone for a while
+        assert sorted(ids(reader, "shareson")) == sorted(p.id for p in made)
+        made += _a_family(patients, "Shareson", 10, start=10)
+        shared._share_failed_at = float("-inf")
         monkeypatch.setattr(indexer_module, "_write_share", real)
         children: list[int] = []
         start = indexer_module.SharedSegment.start
@@ -517,11 +521,12 @@ def test_a_backlog_s_new_records_are_shared_with_a_child_process(db, patients, i
         assert children == [5] and shared.cursor is not None and shared.cursor > (before or 0)
         found = ids(reader, "shareson")
         assert sorted(found) == sorted(p.id for p in made)
-        assert ids(reader, "given:s9") == [made[9].id] and ids(reader, "given:s0") == [made[0].id]
-        patients.update(made[9], names=[{"family": "Shareson", "given": ["Nine"]}])
+        assert ids(reader, "given:s19") == [made[19].id]  # written by the child
+        assert ids(reader, "given:s10") == [made[10].id]  # by the indexer
+        patients.update(made[19], names=[{"family": "Shareson", "given": ["Nineteen"]}])
         shared.catch_up()  # the child's documents are looked up and replaced like any other
-        assert ids(reader, "given:s9") == [] and ids(reader, "given:nine") == [made[9].id]
-        assert len(ids(reader, "shareson")) == 10
+        assert ids(reader, "given:s19") == [] and ids(reader, "given:nineteen") == [made[19].id]
+        assert len(ids(reader, "shareson")) == 20
     finally:
         shared.stop()
 

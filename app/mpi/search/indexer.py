@@ -634,6 +634,7 @@ class Indexer:
         self._stop = threading.Event()
         self._merging: BackgroundMerge | None = None  # a merge beside the indexer
         self._merge_failed_at = float("-inf")
+        self._share_failed_at = float("-inf")  # a step's child failed (then none for a while)
 
     @property
     def cursor(self) -> int | None:
@@ -719,11 +720,12 @@ class Indexer:
         # of its time at 1,000,000 records.
         new = {e.entity_id for e in events if e.event_type == EventType.PATIENT_CREATED}
         read = time.perf_counter()
-        beside = self._share_beside(opened, net, refetched, new)
         # The bulk build's writer: a step of a backlog writes thousands of documents, and
         # whoosh's own looked each posting's field length up in the lengths file.
         writer = segment_writer(opened.index, limitmb=128, timeout=10)
+        beside: SharedSegment | None = None
         try:
+            beside = self._share_beside(opened, net, refetched, new)
             with writer.searcher() as searcher:
                 for patient_id, change in net.items():
                     if beside is not None and patient_id in beside.ids:
@@ -752,7 +754,11 @@ class Indexer:
                     writer.add_document(**document(record))
             cursor = events[-1].id
             writer.update_document(**meta_document(cursor))
-            extra = [] if beside is None else beside.segments()
+            try:
+                extra = [] if beside is None else beside.segments()
+            except IndexBuildFailed:
+                self._share_failed_at = time.monotonic()  # the next steps: this process alone
+                raise
         except BaseException:
             writer.cancel()
             if beside is not None:
@@ -802,8 +808,10 @@ class Indexer:
         """Half the step's new records written into a segment by a child process, when the
         step has CATCH_UP_SHARE_FROM or more of them (a backlog) and rebuilds run in several
         processes: whoosh is pure Python, and one process catching up left the other core
-        idle. A worker's standby thread never forks (its process serves requests)."""
-        if self.standby or self.rebuild_processes < 2:
+        idle. A worker's standby thread never forks (its process serves requests); after a
+        child failed, steps run in this process alone for MERGE_RETRY_S."""
+        if (self.standby or self.rebuild_processes < 2
+                or time.monotonic() - self._share_failed_at < MERGE_RETRY_S):
             return None
         fresh: list[tuple[str, dict[str, Any]]] = []
         for patient_id, change in net.items():
