@@ -70,9 +70,9 @@ BATCH_SIZE = 500
 #: Behind (a step read a full batch), each step reads twice as many events as the last, up
 #: to this many; caught up, BATCH_SIZE again. Every step writes a segment, and every
 #: record's look-up (is it indexed already?) and every search pays for each segment: in
-#: steps of 500 events, an instance restarted 480,000 events behind at 1,000,000 records
-#: caught up at about 300 events a second, slowing as its segments piled up (100 of them
-#: within minutes).
+#: steps of 500 events, an instance restarted 424,000-481,000 events behind at 1,000,000
+#: records caught up at 290-525 events a second, slowing as its segments piled up (100 of
+#: them within minutes).
 CATCH_UP_EVENTS = 16_000
 #: A step with this many new records (a backlog) has half of them written into a segment
 #: of their own by a child process, beside the indexer (SEARCH_REBUILD_PROCESSES > 1).
@@ -777,8 +777,7 @@ class Indexer:
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         metrics.INDEX_APPLIED.inc(len(events))
-        # Behind (a full batch: more events wait), catching up comes first: a merge now
-        # would hold the backlog for seconds, and its segments are merged once caught up.
+        # Behind (a full batch: more events wait), the next step reads twice as many.
         behind = len(events) >= limit
         self._step_events = min(2 * limit, max(self.catch_up_events, self.batch_size)) \
             if behind else 0
