@@ -556,7 +556,8 @@ def measure_catch_up(settings: Any, db: Any, root: Path, behind: Path, records: 
     opened = IndexDirectory(behind).check().opened
     assert opened is not None, "the index to copy did not open"
     opened.index.close()
-    indexer = Indexer(db, behind)
+    # As the service runs it (SEARCH_REBUILD_PROCESSES: a backlog's new records shared out).
+    indexer = Indexer(db, behind, rebuild_processes=settings.search_rebuild_processes)
     try:
         started = time.monotonic()
         indexer.catch_up(max_steps=10**6)
