@@ -40,6 +40,7 @@ from whoosh.filedb.filestore import FileStorage
 from whoosh.util.numeric import byte_to_length
 from whoosh.writing import SegmentWriter
 
+from mpi.search.pool import BlockPostingPool
 from mpi.search.schema import INDEX_NAME, META_ID, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger("mpi.search")
@@ -184,7 +185,8 @@ def segment_writer(index: Any, *, limitmb: int, locked: bool = True,
 
 
 class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
-    """Whoosh's segment writer, with the new segment's field lengths read whole, once.
+    """Whoosh's segment writer, with the new segment's field lengths read whole, once, and
+    its postings pool spilling to disk and merging in blocks (:mod:`mpi.search.pool`).
 
     When whoosh writes a segment's postings, it looks up the document's field length for
     EVERY posting (``W3PerDocReader.doc_field_length``): a seek and a one-byte read of the
@@ -193,6 +195,12 @@ class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
     Here each field's lengths column is read into memory whole the first time it is asked
     for (one byte per document), and the lengths are the same bytes, decoded as whoosh does.
     """
+
+    def __init__(self, index: Any, *, limitmb: int, **kwargs: Any):
+        super().__init__(index, limitmb=limitmb, **kwargs)
+        # Whoosh's pool (nothing in it yet), replaced by the same pool with its spilled
+        # runs written and merged in blocks (mpi.search.pool).
+        self.pool = BlockPostingPool(self._tempstorage, self.newsegment, limitmb=limitmb)
 
     def per_document_reader(self) -> Any:
         return _WholeLengths(super().per_document_reader())
