@@ -11,7 +11,7 @@ import pytest
 from playhouse.test_utils import count_queries
 
 from mpi.domain.patient import PatientInput
-from mpi.storage.models import PatientIdentifierRow, PatientRow
+from mpi.storage.models import PatientIdentifierRow, PatientLinkRow, PatientRow, PersonRow
 from mpi.storage.patients import PatientFilter, PatientRepository, normalize_name
 from tests.helpers import MRN, patient
 
@@ -33,8 +33,58 @@ def test_listing_a_page_costs_the_same_queries_whatever_its_size(db):
     with count_queries() as large:
         page = repo.list_page(PatientFilter(), after=None, limit=25)
     assert len(page.items) == 25
-    # The page, one query per child table, persons, records replaced by these (merges).
-    assert small.count == large.count == 7
+    # One statement: the page's keys and each record with its child rows, person and
+    # merges (what a read of one record costs).
+    assert small.count == large.count == 1
+
+
+def test_a_listed_record_is_the_record_a_read_gives(db):
+    """A page assembles each record as a read of that record does: child rows in order,
+    the person, the records it replaces and the one that replaced it; deleted ones left
+    out; the filters and the cursor as before."""
+    repo = PatientRepository()
+    made = []
+    for i in range(12):
+        made.append(repo.insert(_input(
+            source_id=f"L{i}",
+            identifiers=[{"system": MRN, "value": f"M{i}"},
+                         {"system": "urn:oid:2.16.840.1.113883.4.1", "value": f"9{i:08d}"}],
+            names=[{"use": "official", "family": ("Nguyen", "Smith")[i % 2],
+                    "given": ["Ann", "Marie"][: 1 + i % 2]},
+                   {"use": "maiden", "family": "Old" + str(i), "given": ["Ann"]}],
+            telecom=[{"system": "phone", "value": f"555-010{i % 10}", "rank": 1 + i % 3}]),
+            patient_id=uuid.uuid4(), now=NOW))
+    rows = {r.id: r for r in PatientRow.select()}
+    person = PersonRow.create(id=uuid.uuid4(), created_at=NOW, updated_at=NOW)
+    for i in (0, 4):
+        PatientLinkRow.create(patient=rows[uuid.UUID(made[i].id)].pk, person=person.pk,
+                              match_data={}, how="new", linked_at=NOW)
+    repo.set_replaced_by(rows[uuid.UUID(made[1].id)], rows[uuid.UUID(made[2].id)])
+    repo.set_replaced_by(rows[uuid.UUID(made[3].id)], rows[uuid.UUID(made[2].id)])
+    repo.soft_delete(rows[uuid.UUID(made[5].id)], expected_version=None, now=NOW)
+
+    listed, after = [], None
+    while True:
+        page = repo.list_page(PatientFilter(), after=after, limit=5)
+        listed += page.items
+        if page.next_cursor is None:
+            break
+        after = page.next_cursor
+    expected = [repo.read(p.id) for p in made if p.id != made[5].id]
+    assert listed == expected
+    assert listed[2].replaces == sorted([made[1].id, made[3].id])
+    assert listed[1].replaced_by == made[2].id
+    assert [n.family for n in listed[0].names] == ["Nguyen", "Old0"]
+    assert listed[0].person_id == listed[4].person_id == str(person.id)
+    assert listed[3].person_id is None
+
+    smiths = repo.list_page(PatientFilter(family="smith"), after=None, limit=50).items
+    assert smiths == [repo.read(p.id) for p in made if p.id != made[5].id
+                      and made.index(p) % 2 == 1]
+    by_mrn = repo.list_page(PatientFilter(identifier_system=MRN, identifier_value="M7"),
+                            after=None, limit=50).items
+    assert [p.id for p in by_mrn] == [made[7].id]
+    assert repo.list_page(PatientFilter(identifier_value="M5"), after=None, limit=5).items == []
 
 
 def test_live_source_record_unique_index_is_enforced_by_the_database(db):

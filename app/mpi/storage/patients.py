@@ -328,8 +328,13 @@ class PatientRepository:
     def list_page(self, filters: PatientFilter, *, after: int | None, limit: int,
                   through: int | None = None) -> Page:
         """Live records in key order after the key ``after``, and up to the key ``through``
-        when given (a share of the registry: a parallel index build)."""
-        query = PatientRow.select().where(PatientRow.deleted_at.is_null())
+        when given (a share of the registry: a parallel index build).
+
+        One statement: the page's keys chosen by the filters, each record assembled as
+        :meth:`read` assembles one. Loading peewee rows (one query per child table, a model
+        object per row) cost three times the CPU: a search index build reads every record
+        through here (38,524 records: 5.3 s against 1.8 s)."""
+        query = PatientRow.select(PatientRow.pk).where(PatientRow.deleted_at.is_null())
         if filters.source is not None:
             query = query.where(PatientRow.source == filters.source)
         if filters.source_id is not None:
@@ -352,10 +357,13 @@ class PatientRepository:
             query = query.where(PatientRow.pk > after)
         if through is not None:
             query = query.where(PatientRow.pk <= through)
-        rows = list(query.order_by(PatientRow.pk).limit(limit + 1))
+        keys, params = query.order_by(PatientRow.pk).limit(limit + 1).sql()
+        db = PatientRow._meta.database
+        rows = db.execute_sql(_page_sql(is_postgres(db), keys), params).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(self._load(rows), rows[-1].pk if more and rows else None)
+        return Page([_record_from_row(row[1:]) for row in rows],
+                    rows[-1][0] if more and rows else None)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -527,15 +535,35 @@ _CHILD_COLUMNS: tuple[tuple[type[peewee.Model], tuple[str, ...]], ...] = (
                          "country")),
     (PatientTelecomRow, ("system", "value", "use", "rank")),
 )
-_SQL_CACHE: dict[bool, str] = {}
+_SQL_CACHE: dict[tuple[str, bool], str] = {}
 
 
 def _one_record_sql(postgres: bool) -> str:
-    """SELECT of one record by id with each child table aggregated to a JSON array of
-    ``[position, column...]`` arrays and the person's id; built once per backend from the
-    models (names never come from input)."""
-    if postgres in _SQL_CACHE:
-        return _SQL_CACHE[postgres]
+    """SELECT of one record by id (:func:`_records_select`)."""
+    key = ("one", postgres)
+    if key not in _SQL_CACHE:
+        _SQL_CACHE[key] = (f'{_records_select(postgres)} '
+                           f'WHERE p."{_P.id.column_name}" = {PatientRow._meta.database.param}')
+    return _SQL_CACHE[key]
+
+
+def _page_sql(postgres: bool, keys: str) -> str:
+    """SELECT of the records whose primary keys ``keys`` (a sub-SELECT) gives, in key order,
+    each row led by its primary key (:func:`_records_select`)."""
+    select = _records_select(postgres)
+    assert select.startswith("SELECT ")
+    pk = _P.pk.column_name
+    return (f'SELECT p."{pk}", {select[len("SELECT "):]} '
+            f'WHERE p."{pk}" IN ({keys}) ORDER BY p."{pk}"')
+
+
+def _records_select(postgres: bool) -> str:
+    """SELECT of records (the caller adds the WHERE on ``p``) with each child table
+    aggregated to a JSON array of ``[position, column...]`` arrays and the person's id;
+    built once per backend from the models (names never come from input)."""
+    key = ("select", postgres)
+    if key in _SQL_CACHE:
+        return _SQL_CACHE[key]
     build_array, json_of, aggregate = (
         ("json_build_array", "{}::json", "coalesce(json_agg({}), '[]')")
         if postgres else ("json_array", "json({})", "json_group_array({})"))
@@ -572,9 +600,8 @@ def _one_record_sql(postgres: bool) -> str:
            f'ON l."{PatientLinkRow.patient.column_name}" = p."{pk}" '
            f'LEFT JOIN "{person.table_name}" ps '
            f'ON ps."{PersonRow.pk.column_name}" = l."{PatientLinkRow.person.column_name}" '
-           f'LEFT JOIN "{table}" rbp ON rbp."{pk}" = p."{rb}" '
-           f'WHERE p."{_P.id.column_name}" = {PatientRow._meta.database.param}')
-    _SQL_CACHE[postgres] = sql
+           f'LEFT JOIN "{table}" rbp ON rbp."{pk}" = p."{rb}"')
+    _SQL_CACHE[key] = sql
     return sql
 
 
