@@ -267,3 +267,23 @@ def test_get_live_many_is_the_one_statement_read_by_id(db):
     assert counted.count == 1
     assert found == {made[2].id: repo.read(made[2].id), made[0].id: repo.read(made[0].id)}
     assert repo.get_live_many(["not-a-uuid"]) == {}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_page_looks_its_records_up_by_key_not_by_reading_the_table(db):
+    """PostgreSQL planned the page's "pk IN (keys)" as a hash semi-join over a sequential
+    scan of every record, on every page: an index build reads a million-record registry a
+    thousand records at a time. The page's records are looked up in the key's index."""
+    PatientRow.insert_many([dict(id=uuid.uuid4(), source="bulk", source_id=f"B{i}",
+                                 created_at=NOW, updated_at=NOW) for i in range(5000)]).execute()
+    db.execute_sql("ANALYZE patient")
+    from mpi.storage.patients import _page_sql
+
+    keys, params = (PatientRow.select(PatientRow.pk).where(PatientRow.deleted_at.is_null(),
+                                                           PatientRow.pk > 100)
+                    .order_by(PatientRow.pk).limit(1001).sql())
+    plan = "\n".join(r[0] for r in db.execute_sql("EXPLAIN " + _page_sql(True, keys), params))
+    assert "Seq Scan on patient p" not in plan, plan
+    assert "Index Scan using patient_pkey on patient p" in plan, plan
+    page = PatientRepository().list_page(PatientFilter(), after=None, limit=1000)
+    assert len(page.items) == 1000 and page.items[0].source_id == "B0"
