@@ -81,6 +81,8 @@ class BlockPostingPool(PostingPool):  # type: ignore[misc]
             self._remove_run(path)
 
     def _read_run(self, path: str) -> Iterator[Any]:
+        # Not called by the merge above; whoosh's own callers of a pool's runs
+        # (whoosh.multiproc) would otherwise read this format as pickles.
         for block in self._read_blocks(path):
             yield from block
 
