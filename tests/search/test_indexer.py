@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 
@@ -12,7 +13,9 @@ from mpi.domain.events import EventType
 from mpi.search.index import SearchUnavailable, WhooshSearchIndex
 from mpi.search.indexer import (
     HANDLERS,
+    RECORD_EVENTS,
     Indexer,
+    ShareSizes,
     UnknownEventType,
     build_generation,
     changes_for,
@@ -87,6 +90,54 @@ def test_person_id_from_the_payload_is_returned(db, clock, patients, indexer, re
 
     (hit,) = reader.search(parse("smith"), offset=0, limit=5).hits
     assert hit.person_id == "P-42"
+
+
+def test_a_record_event_whose_text_holds_no_record_re_reads_the_patient(db, clock, patients,
+                                                                         indexer, reader):
+    """The indexer reads records' events as JSON text and decodes each where its document
+    is written; a payload that turns out to hold no record (no names) re-reads the
+    patient, as a decoded one always did."""
+    john = patients.create()
+    indexer.catch_up()
+    repo = PatientRepository()
+    with UnitOfWork(db, clock=clock, synchronous_reads=True).begin(ACTOR) as tx:
+        row = repo.get_row(john.id)
+        data = patients.service.parse(
+            b'{"source": "st-marys-ehr", "source_id": "A-1001", '
+            b'"names": [{"family": "Quenby", "given": ["John"]}]}')
+        repo.update(row, data, expected_version=row.version, now=tx.now)
+        tx.emit(EventType.PATIENT_UPDATED, john.id, version=2, payload={"id": john.id})
+    (event,) = ChangeRepository().read(after=indexer.cursor or 0, limit=5,
+                                       undecoded=RECORD_EVENTS)
+    (change,) = changes_for([event]).values()
+    assert change.action == "upsert" and change.document_record() is None
+    indexer.catch_up()
+    assert ids(reader, "quenby") == [john.id] and ids(reader, "smith") == []
+
+
+def test_a_record_s_text_is_decoded_with_its_person_from_a_later_link():
+    record = {"id": "p1", "names": [{"family": "Smith"}], "person_id": "P-old", "version": 3}
+    text = json.dumps(record)
+    net = changes_for([_event(1, "PatientCreated", payload=text),
+                       _event(2, "PatientLinked", payload={"person_id": "P-new"})])
+    assert net["p1"].record == text  # still the text: decoded where the document is written
+    assert net["p1"].document_record() == {**record, "person_id": "P-new"}
+    assert changes_for([_event(1, "PatientUpdated", payload=text)])["p1"].document_record() \
+        == record
+    # Text that is no JSON object is no record: re-read, as a decoded payload would be.
+    assert changes_for([_event(1, "PatientUpdated", payload="null")])["p1"].action == "refetch"
+
+
+def test_share_sizes_keep_both_processes_busy_to_the_end():
+    sizes = ShareSizes()
+    assert sizes.child_count(1000, 900) == 500  # nothing measured: half the step's changes
+    assert sizes.child_count(1000, 300) == 300  # at most its new records
+    sizes.learn(500, 1.0, 500, 0.5)  # the child wrote twice as fast
+    assert sizes.child_count(900, 900) == 600
+    sizes.learn(500, 1.0, 500, 100.0)  # a child hardly working: never less than a quarter
+    assert sizes.child_count(1000, 1000) == 250
+    sizes.learn(0, 1.0, 500, 1.0)  # nothing to learn from
+    assert sizes.child_count(1000, 1000) == 250
 
 
 def test_every_event_type_has_a_handler():
@@ -245,7 +296,7 @@ def test_a_link_after_the_record_in_one_step_amends_it():
                        _event(2, "PatientLinked", payload={"patient_id": "p1",
                                                            "person_id": "P-new"})])
     assert net["p1"].action == "upsert"
-    assert net["p1"].record == {**record, "person_id": "P-new"}
+    assert net["p1"].document_record() == {**record, "person_id": "P-new"}
     assert record["person_id"] == "P-old"  # the event's payload is not changed
 
 
@@ -409,8 +460,8 @@ def _a_family(patients, family: str, n: int, start: int = 0) -> list:
             for i in range(start, start + n)]
 
 
-def test_a_backlog_is_read_in_growing_steps(db, patients, index_root):
-    """Behind, each step reads twice the events of the last (up to catch_up_events): fewer
+def test_a_backlog_is_read_in_large_steps(db, patients, index_root):
+    """Behind (a step read a full batch), each next step reads catch_up_events: fewer
     segments and commits for a backlog, each record still indexed once; caught up, steps
     are small again."""
     behind = Indexer(db, index_root, poll_interval=0.05, strict=True, batch_size=2,
@@ -423,7 +474,7 @@ def test_a_backlog_is_read_in_growing_steps(db, patients, index_root):
         steps = []
         while (done := behind.step()) > 0:
             steps.append(done)
-        assert steps[:4] == [2, 4, 8, 16] and set(steps[4:-1]) <= {16}
+        assert steps[0] == 2 and set(steps[1:-1]) == {16} and 0 < steps[-1] <= 16
         assert sum(steps) == backlog
         patients.create(source_id="G-last", identifiers=[],
                         names=[{"family": "Growson", "given": ["Last"]}])
@@ -434,6 +485,12 @@ def test_a_backlog_is_read_in_growing_steps(db, patients, index_root):
                 [p.id for p in made] + ids(reader, "given:last"))
         finally:
             reader.close()
+        behind.stop()
+        # An index opened (a restart) far behind starts with a backlog's step at once.
+        _a_family(patients, "Growson", 10, start=20)
+        behind = Indexer(db, index_root, poll_interval=0.05, strict=True, batch_size=2,
+                         catch_up_events=16)
+        assert behind.step() == 16
     finally:
         behind.stop()
 
@@ -477,8 +534,9 @@ def test_records_created_in_a_step_are_added_without_a_look_up(db, patients, ind
     assert ids(reader, "given:gone") == [] and ids(reader, "given:changed") == []
 
 
-def test_a_backlog_s_new_records_are_shared_with_a_child_process(db, patients, index_root,
-                                                                  reader, monkeypatch):
+def test_a_backlog_s_new_records_are_shared_with_a_child_process(db, clock, patients,
+                                                                  index_root, reader,
+                                                                  monkeypatch):
     """With SEARCH_REBUILD_PROCESSES > 1, a step holding many new records (a backlog) has
     half of them written into a segment by a forked child, named in the indexer's own
     commit: every record found once. A child that fails fails the step, which changes
@@ -506,6 +564,8 @@ def test_a_backlog_s_new_records_are_shared_with_a_child_process(db, patients, i
         assert ids(reader, "shareson") == []  # nothing of the step: the index is as it was
         shared.catch_up()  # after a failed child, in this process alone for a while
         assert sorted(ids(reader, "shareson")) == sorted(p.id for p in made)
+        # The failed step's own segment (written before the child's was awaited) is gone.
+        assert _segment_files(index_root) == _segments_named(index_root)
         made += _a_family(patients, "Shareson", 10, start=10)
         shared._share_failed_at = float("-inf")
         monkeypatch.setattr(indexer_module, "_write_share", real)
@@ -527,8 +587,37 @@ def test_a_backlog_s_new_records_are_shared_with_a_child_process(db, patients, i
         shared.catch_up()  # the child's documents are looked up and replaced like any other
         assert ids(reader, "given:s19") == [] and ids(reader, "given:nineteen") == [made[19].id]
         assert len(ids(reader, "shareson")) == 20
+        # A record event in the child's share whose text holds no record fails the child
+        # (it cannot re-read): the step is done again in this process, which re-reads it.
+        last = _a_family(patients, "Shareson", 6, start=20)
+        with UnitOfWork(db, clock=clock, synchronous_reads=True).begin(ACTOR) as tx:
+            for record in last:
+                tx.emit(EventType.PATIENT_CREATED, record.id, version=1,
+                        payload={"id": record.id})
+        with pytest.raises(indexer_module.IndexBuildFailed, match="NotARecord"):
+            shared.step()
+        shared.catch_up()
+        assert sorted(ids(reader, "shareson")) == sorted(p.id for p in [*made, *last])
     finally:
         shared.stop()
+
+
+def _segment_files(index_root) -> set[str]:
+    """The current generation's segment files, by segment name."""
+    path = IndexDirectory(index_root).current_path()
+    assert path is not None
+    return {f.name.split(".")[0] for f in path.glob("*.seg")}
+
+
+def _segments_named(index_root) -> set[str]:
+    """The segments the current generation's table of contents names."""
+    path = IndexDirectory(index_root).current_path()
+    assert path is not None
+    index = IndexDirectory.open_index(path)
+    try:
+        return {segment.segment_id() for segment in index._segments()}
+    finally:
+        index.close()
 
 
 def _stream(commit: int, commits: int, large: tuple[int, ...] = (650_000, 650_000)):

@@ -30,6 +30,7 @@ log from that cursor brings it up to date.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -67,14 +68,15 @@ from mpi.storage.patients import PatientFilter, PatientRepository
 log = logging.getLogger("mpi.search")
 
 BATCH_SIZE = 500
-#: Behind (a step read a full batch), each step reads twice as many events as the last, up
-#: to this many; caught up, BATCH_SIZE again. Every step writes a segment, and every
-#: record's look-up (is it indexed already?) and every search pays for each segment: in
-#: steps of 500 events, an instance restarted 424,000-481,000 events behind at 1,000,000
-#: records caught up at 290-525 events a second, slowing as its segments piled up (100 of
-#: them within minutes).
+#: Behind (a step read a full batch, or an index opened with more events than that after
+#: its cursor), each step reads this many events; caught up, BATCH_SIZE again (the first
+#: events of a burst searchable after a small step). Every step writes a segment, and
+#: every record's look-up (is it indexed already?) and every search pays for each
+#: segment: in steps of 500 events, an instance restarted 424,000-481,000 events behind
+#: at 1,000,000 records caught up at 290-525 events a second, slowing as its segments
+#: piled up (100 of them within minutes).
 CATCH_UP_EVENTS = 16_000
-#: A step with this many new records (a backlog) has half of them written into a segment
+#: A step with this many new records (a backlog) has some of them written into a segment
 #: of their own by a child process, beside the indexer (SEARCH_REBUILD_PROCESSES > 1).
 CATCH_UP_SHARE_FROM = 2_000
 REBUILD_PAGE = 1000
@@ -122,10 +124,17 @@ class Change:
     ``relink`` sets the patient's person (``person_id``) and keeps the rest of
     the record; it only survives :func:`changes_for` as an upsert (after an
     event that carried the record) or as a refetch.
+
+    An upsert's ``record`` is the event's payload, or its JSON text as stored (the
+    indexer reads records' events undecoded: each record is decoded where its document
+    is written, in a child process for the child's share of a backlog, and a step holds
+    the text: 40,000 events took 45 MB so, 180 MB decoded); its ``person_id``, when set,
+    replaces the record's (a link in the same step). :meth:`document_record` gives both
+    as one dict.
     """
 
     action: Literal["upsert", "delete", "refetch", "relink"]
-    record: dict[str, Any] | None = None
+    record: dict[str, Any] | str | None = None
     person_id: str | None = None
 
     def after(self, previous: Change | None) -> Change:
@@ -133,16 +142,38 @@ class Change:
         if self.action != "relink":
             return self
         if previous is not None and previous.action == "upsert" and previous.record:
-            return Change("upsert", {**previous.record, "person_id": self.person_id})
+            return Change("upsert", previous.record, self.person_id)
         return Change("refetch")  # the rest of the record is not in this step: re-read it
+
+    def document_record(self) -> dict[str, Any] | None:
+        """An upsert's record, with its person; None when its JSON text holds no record
+        (then the patient is re-read)."""
+        record = self.record
+        if isinstance(record, str):
+            record = json.loads(record)
+            if not _is_record(record):
+                return None
+        if record is not None and self.person_id is not None:
+            record = {**record, "person_id": self.person_id}
+        return record
 
 
 Handler = Callable[[ChangeEvent], Iterable[tuple[str, Change]]]
 
 
+#: The event types whose payload is the record; the indexer reads them undecoded (Change).
+RECORD_EVENTS = frozenset({EventType.PATIENT_CREATED, EventType.PATIENT_UPDATED})
+
+
+def _is_record(payload: Any) -> bool:
+    return isinstance(payload, dict) and bool(payload.get("id")) and "names" in payload
+
+
 def _from_payload(event: ChangeEvent) -> Iterator[tuple[str, Change]]:
     payload = event.payload
-    if isinstance(payload, dict) and payload.get("id") and "names" in payload:
+    # JSON text: every writer's payload is the record (PatientService); one that is not
+    # is found when the text is decoded (Change.document_record) and re-read then.
+    if _is_record(payload) or (isinstance(payload, str) and payload.startswith("{")):
         yield event.entity_id, Change("upsert", payload)
     else:
         yield event.entity_id, Change("refetch")
@@ -539,21 +570,50 @@ def _reads_back(searcher: Any, doc: dict[str, Any]) -> str | None:
     return None
 
 
+class ShareSizes:
+    """How many of a backlog step's new records its child gets: as many as make the child
+    and the indexer (its share, the step's other changes and the look-ups they need)
+    finish together, from what each took per record in the last shared step; half the
+    step's changes (at most its new records) until one was measured."""
+
+    def __init__(self) -> None:
+        self.own_s: float | None = None  # the indexer's time per change it wrote
+        self.child_s: float | None = None  # the child's time per record
+
+    def learn(self, own: int, own_seconds: float, child: int, child_seconds: float) -> None:
+        if own > 0 and child > 0 and own_seconds > 0 and child_seconds > 0:
+            self.own_s, self.child_s = own_seconds / own, child_seconds / child
+
+    def child_count(self, changes: int, fresh: int) -> int:
+        share = 0.5
+        if self.own_s is not None and self.child_s is not None:
+            share = self.own_s / (self.own_s + self.child_s)
+        # Never all of them (the indexer's own segment is written meanwhile) nor few.
+        return max(1, min(fresh, round(changes * min(max(share, 0.25), 0.75))))
+
+
+class NotARecord(ValueError):
+    """A record event's payload held no record (the indexer re-reads such a patient)."""
+
+
 class SharedSegment:
     """New records' documents written into one segment of the generation at ``path`` by a
     forked child (the indexer holds the index's lock; the child writes unlocked, as a
-    rebuild's share does), for the indexer to name in its own commit."""
+    rebuild's share does), for the indexer to name in its own commit. ``seconds``: what
+    the child took, once its segment is in."""
 
-    def __init__(self, path: Path, records: Sequence[tuple[str, dict[str, Any]]]):
+    def __init__(self, path: Path, changes: Sequence[tuple[str, Change]]):
         self.path = path
-        self.ids = frozenset(patient_id for patient_id, _ in records)
+        self.ids = frozenset(patient_id for patient_id, _ in changes)
+        self.started = self.seconds = 0.0
         context = multiprocessing.get_context("fork")
         self._messages: Any = context.Queue()
         self._child = context.Process(target=_write_share, name="search-index-catch-up",
-                                      args=(path, [r for _, r in records], self._messages),
+                                      args=(path, [c for _, c in changes], self._messages),
                                       daemon=True)
 
     def start(self) -> SharedSegment:
+        self.started = time.perf_counter()
         self._child.start()
         return self
 
@@ -563,7 +623,7 @@ class SharedSegment:
         try:
             while True:
                 try:
-                    kind, _, value = self._messages.get(timeout=1.0)
+                    kind, seconds, value = self._messages.get(timeout=1.0)
                 except queue.Empty:
                     if self._child.exitcode not in (None, 0):
                         raise IndexBuildFailed(f"{self._child.name} exited "
@@ -572,6 +632,7 @@ class SharedSegment:
                     continue
                 if kind == "error":
                     raise IndexBuildFailed(f"{self._child.name} failed: {value}")
+                self.seconds = seconds
                 return [value] if value is not None else []
         finally:
             self.stop()
@@ -583,17 +644,22 @@ class SharedSegment:
         self._messages.close()
 
 
-def _write_share(path: Path, records: list[dict[str, Any]], messages: Any) -> None:
-    """A child's body: ``records``' documents into one new segment; ("done", 0, segment)
-    or ("error", 0, type) and exit 1."""
+def _write_share(path: Path, changes: list[Change], messages: Any) -> None:
+    """A child's body: the documents of ``changes``' records into one new segment;
+    ("done", seconds taken, segment) or ("error", 0, type) and exit 1 (NotARecord when an
+    event's text held no record: the indexer then does the step alone, re-reading it)."""
+    started = time.perf_counter()
     try:
         detach_forked_child(path.parent)
         writer = segment_writer(IndexDirectory.open_index(path), limitmb=128, locked=False)
-        for record in records:
+        for change in changes:
+            record = change.document_record()
+            if record is None:
+                raise NotARecord
             writer.add_document(**document(record))
         # Not cancel() or _finish(): as in a rebuild's share (_index_share).
-        segment = writer._finalize_segment() if records else writer._close_segment()
-        messages.put(("done", 0, segment))
+        segment = writer._finalize_segment() if changes else writer._close_segment()
+        messages.put(("done", time.perf_counter() - started, segment))
     except BaseException as exc:
         # The type only: a message can quote patient data.
         messages.put(("error", 0, type(exc).__name__))
@@ -635,6 +701,8 @@ class Indexer:
         self._merging: BackgroundMerge | None = None  # a merge beside the indexer
         self._merge_failed_at = float("-inf")
         self._share_failed_at = float("-inf")  # a step's child failed (then none for a while)
+        self._shares = ShareSizes()
+        self._backlog_unknown = True  # an index just opened: how far behind is it?
 
     @property
     def cursor(self) -> int | None:
@@ -666,8 +734,16 @@ class Indexer:
             return max(count, 1)
         self._finish_merge(opened)
         with connection(self._db):
+            if self._backlog_unknown:
+                # An index opened far behind (a restart) starts with a backlog's step, not
+                # a batch's: the first step of 500 events cost as much as 4,000 shared.
+                self._backlog_unknown = False
+                if ChangeRepository().backlog(opened.cursor)[0] > self.batch_size:
+                    self._step_events = self.catch_up_events
             limit = max(self._step_events, self.batch_size)
-            events = ChangeRepository().read(after=opened.cursor, limit=limit)
+            # Records' payloads as their JSON text: see Change.
+            events = ChangeRepository().read(after=opened.cursor, limit=limit,
+                                             undecoded=RECORD_EVENTS)
             if not events:
                 self._step_events = 0
                 return 0
@@ -705,6 +781,7 @@ class Indexer:
                         extra={"index_state": checked.state.value})
             return None
         self._opened = checked.opened
+        self._backlog_unknown = True
         return self._opened
 
     def _apply(self, opened: Opened, events: list[ChangeEvent], limit: int) -> None:
@@ -725,15 +802,19 @@ class Indexer:
         writer = segment_writer(opened.index, limitmb=128, timeout=10)
         beside: SharedSegment | None = None
         try:
-            beside = self._share_beside(opened, net, refetched, new)
+            beside = self._share_beside(opened, net, new)
             with writer.searcher() as searcher:
                 for patient_id, change in net.items():
                     if beside is not None and patient_id in beside.ids:
                         continue
-                    record = change.record
+                    record = None
                     if change.action == "refetch":
                         record = refetched.get(patient_id)
-                    if change.action == "delete" or record is None:
+                    elif change.action == "upsert":
+                        record = change.document_record()
+                        if record is None:  # its event's text held no record: re-read it
+                            record = live_records(self._db, [patient_id])[patient_id]
+                    if record is None:
                         if patient_id not in new:
                             writer.delete_by_term("id", patient_id)
                         continue
@@ -754,33 +835,45 @@ class Indexer:
                     writer.add_document(**document(record))
             cursor = events[-1].id
             writer.update_document(**meta_document(cursor))
-            try:
-                extra = [] if beside is None else beside.segments()
-            except IndexBuildFailed:
-                self._share_failed_at = time.monotonic()  # the next steps: this process alone
-                raise
+            own = extra = None
+            waited = time.perf_counter()
+            if beside is not None:
+                # This writer's segment is written while the child still writes its own
+                # (after the child's, it was a third of a backlog step's time).
+                own = writer._finalize_segment()
+                waited = time.perf_counter()
+                try:
+                    extra = beside.segments()
+                except IndexBuildFailed:
+                    self._share_failed_at = time.monotonic()  # the next steps: alone
+                    raise
+                self._shares.learn(len(net) - len(beside.ids), waited - beside.started,
+                                   len(beside.ids), beside.seconds)
         except BaseException:
             writer.cancel()
             if beside is not None:
                 beside.stop()
             raise
         built = time.perf_counter()
-        segments = len(getattr(writer, "segments", ())) + 1 + len(extra)
-        if extra:
+        if beside is None:
+            waited = built
+        segments = len(getattr(writer, "segments", ())) + 1 + len(extra or ())
+        if own is not None:
             # As whoosh's own multi-process writer commits (whoosh.multiproc.MpWriter): the
             # index's segments, the child's and this writer's in one table of contents.
-            writer._commit_toc([*writer._merge_segments(None, False, False), *extra,
-                                writer._finalize_segment()])
+            writer._commit_toc([*writer._merge_segments(None, False, False), *(extra or ()),
+                                own])
             writer._finish()
         else:
             writer.commit(merge=False)  # searchable now; merging is the next commit's
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         metrics.INDEX_APPLIED.inc(len(events))
-        # Behind (a full batch: more events wait), the next step reads twice as many.
+        # Behind (a full batch: more events wait), the next step reads catch_up_events.
+        # Doubling from BATCH_SIZE instead cost a backlog of 20,000 records (40,002 events)
+        # four small steps, three of them too small to share, and a fifth of its time.
         behind = len(events) >= limit
-        self._step_events = min(2 * limit, max(self.catch_up_events, self.batch_size)) \
-            if behind else 0
+        self._step_events = max(self.catch_up_events, self.batch_size) if behind else 0
         if segments >= MERGE_FACTOR:
             # Behind, only beside the indexer: a merge here would hold the backlog.
             self._merge_step(opened, inline=not behind)
@@ -795,31 +888,32 @@ class Indexer:
         timings = {"patients": len(net), "refetched": len(refetched), "segments": segments,
                    "read_ms": round((read - started) * 1000, 1),
                    "documents_ms": round((built - read) * 1000, 1),
+                   # of which waiting for the child's segment (a shared step)
+                   "child_wait_ms": round((built - waited) * 1000, 1),
                    "commit_ms": round((committed - built) * 1000, 1),
                    "merge_ms": round((merged - committed) * 1000, 1)}
         log.debug("search index: %d events through %d (%s)", len(events), cursor,
                   " ".join(f"{k}={v}" for k, v in timings.items()),
                   extra={"events": len(events), "cursor": cursor, "lag_ms": lag_ms, **timings})
 
-    def _share_beside(self, opened: Opened, net: dict[str, Change],
-                      refetched: dict[str, dict[str, Any] | None], new: set[str]
+    def _share_beside(self, opened: Opened, net: dict[str, Change], new: set[str]
                       ) -> SharedSegment | None:
-        """Half the step's new records written into a segment by a child process, when the
-        step has CATCH_UP_SHARE_FROM or more of them (a backlog) and rebuilds run in several
-        processes: whoosh is pure Python, and one process catching up left the other core
-        idle. A worker's standby thread never forks (its process serves requests); after a
-        child failed, steps run in this process alone for MERGE_RETRY_S."""
+        """Some of the step's new records written into a segment by a child process, when
+        the step has CATCH_UP_SHARE_FROM or more of them (a backlog) and rebuilds run in
+        several processes: whoosh is pure Python, and one process catching up left the
+        other core idle. The child gets the records whose event carried them (it decodes
+        them), as many as keep both processes busy to the end (:class:`ShareSizes`). A
+        worker's standby thread never forks (its process serves requests); after a child
+        failed, steps run in this process alone for MERGE_RETRY_S."""
         if (self.standby or self.rebuild_processes < 2
                 or time.monotonic() - self._share_failed_at < MERGE_RETRY_S):
             return None
-        fresh: list[tuple[str, dict[str, Any]]] = []
-        for patient_id, change in net.items():
-            record = refetched.get(patient_id) if change.action == "refetch" else change.record
-            if patient_id in new and change.action != "delete" and record is not None:
-                fresh.append((patient_id, record))
+        fresh = [(patient_id, change) for patient_id, change in net.items()
+                 if patient_id in new and change.action == "upsert"]
         if len(fresh) < CATCH_UP_SHARE_FROM:
             return None
-        return SharedSegment(opened.path, fresh[len(fresh) // 2:]).start()
+        count = self._shares.child_count(len(net), len(fresh))
+        return SharedSegment(opened.path, fresh[len(fresh) - count:]).start()
 
     def compact(self, *, wait: bool = False) -> bool:
         """Start merging segments beside the indexer when there are COMPACT_AT_SEGMENTS or

@@ -11,7 +11,7 @@ serialised, and ids are visible in commit order. SQLite already serialises write
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -56,27 +56,42 @@ def change_rows(events: Events, actor: Actor, now: datetime) -> list[dict[str, A
             for kind, entity_id, version, payload in events]
 
 
+_C = ChangeEventRow
+#: The columns of an event, in the order of :class:`ChangeEvent`'s fields.
+_EVENT_COLUMNS = (_C.pk, _C.occurred_at, _C.event_type, _C.entity_type, _C.entity_id,
+                  _C.entity_version, _C.actor, _C.request_id, _C.payload)
+
+
 class ChangeRepository:
     """Reads the change log in commit order."""
 
-    def read(self, *, after: int = 0, limit: int = 100) -> list[ChangeEvent]:
-        rows = (ChangeEventRow.select().where(ChangeEventRow.pk > after)
-                .order_by(ChangeEventRow.pk).limit(limit))
-        return [ChangeEvent(r.pk, r.occurred_at, r.event_type, r.entity_type, r.entity_id,
-                            r.entity_version, r.actor, r.request_id, r.payload) for r in rows]
+    def read(self, *, after: int = 0, limit: int = 100,
+             undecoded: Collection[str] = ()) -> list[ChangeEvent]:
+        """The events after ``after``, oldest first; the payloads of the event types in
+        ``undecoded`` are left as the JSON text stored (for a reader that decodes them
+        where, and if, it needs them: the search indexer's child processes)."""
+        query = (ChangeEventRow.select(*_EVENT_COLUMNS).where(ChangeEventRow.pk > after)
+                 .order_by(ChangeEventRow.pk).limit(limit))
+        if not undecoded:
+            return _events(query)
+        sql, params = query.sql()
+        db = ChangeEventRow._meta.database  # type: ignore[attr-defined]
+        when, decode = ChangeEventRow.occurred_at.python_value, ChangeEventRow.payload.python_value
+        return [ChangeEvent(pk, when(at), kind, entity, entity_id, version, actor, request,
+                            payload if kind in undecoded else decode(payload))
+                for pk, at, kind, entity, entity_id, version, actor, request, payload
+                in db.execute_sql(sql, params)]
 
     def of_entity(self, entity_type: str, entity_id: str, event_types: Sequence[str], *,
                   version: int | None = None, limit: int = 1000) -> list[ChangeEvent]:
         """One entity's events of these types, newest first (the (entity_type, entity_id,
         pk) index), or only those of one version."""
-        query = ChangeEventRow.select().where(
+        query = ChangeEventRow.select(*_EVENT_COLUMNS).where(
             ChangeEventRow.entity_type == entity_type, ChangeEventRow.entity_id == entity_id,
             ChangeEventRow.event_type.in_(list(event_types)))
         if version is not None:
             query = query.where(ChangeEventRow.entity_version == version)
-        rows = query.order_by(ChangeEventRow.pk.desc()).limit(limit)
-        return [ChangeEvent(r.pk, r.occurred_at, r.event_type, r.entity_type, r.entity_id,
-                            r.entity_version, r.actor, r.request_id, r.payload) for r in rows]
+        return _events(query.order_by(ChangeEventRow.pk.desc()).limit(limit))
 
     def backlog(self, after: int | None) -> tuple[int, datetime | None]:
         """What follows event ``after`` (None: the start): how many events at most (the
@@ -98,3 +113,8 @@ class ChangeRepository:
     def last_id(self) -> int:
         row = ChangeEventRow.select(peewee.fn.MAX(ChangeEventRow.pk).alias("m")).scalar()
         return int(row or 0)
+
+
+def _events(query: Any) -> list[ChangeEvent]:
+    """The events a query of :data:`_EVENT_COLUMNS` selects (each field converted)."""
+    return [ChangeEvent(*row) for row in query.tuples()]
