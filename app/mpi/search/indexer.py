@@ -842,8 +842,7 @@ class Indexer:
                     writer.add_document(**document(record))
             cursor = events[-1].id
             writer.update_document(**meta_document(cursor))
-            own = extra = None
-            waited = time.perf_counter()
+            own, extra, child_wait = None, [], 0.0
             if beside is not None:
                 # This writer's segment is written while the child still writes its own
                 # (after the child's, it was a third of a backlog step's time).
@@ -854,6 +853,7 @@ class Indexer:
                 except IndexBuildFailed:
                     self._share_failed_at = time.monotonic()  # the next steps: alone
                     raise
+                child_wait = time.perf_counter() - waited
                 self._shares.learn(len(net) - len(beside.ids), waited - beside.started,
                                    len(beside.ids), beside.seconds)
         except BaseException:
@@ -862,14 +862,11 @@ class Indexer:
                 beside.stop()
             raise
         built = time.perf_counter()
-        if beside is None:
-            waited = built
-        segments = len(getattr(writer, "segments", ())) + 1 + len(extra or ())
+        segments = len(getattr(writer, "segments", ())) + 1 + len(extra)
         if own is not None:
             # As whoosh's own multi-process writer commits (whoosh.multiproc.MpWriter): the
             # index's segments, the child's and this writer's in one table of contents.
-            writer._commit_toc([*writer._merge_segments(None, False, False), *(extra or ()),
-                                own])
+            writer._commit_toc([*writer._merge_segments(None, False, False), *extra, own])
             writer._finish()
         else:
             writer.commit(merge=False)  # searchable now; merging is the next commit's
@@ -896,7 +893,7 @@ class Indexer:
                    "read_ms": round((read - started) * 1000, 1),
                    "documents_ms": round((built - read) * 1000, 1),
                    # of which waiting for the child's segment (a shared step)
-                   "child_wait_ms": round((built - waited) * 1000, 1),
+                   "child_wait_ms": round(child_wait * 1000, 1),
                    "commit_ms": round((committed - built) * 1000, 1),
                    "merge_ms": round((merged - committed) * 1000, 1)}
         log.debug("search index: %d events through %d (%s)", len(events), cursor,

@@ -70,17 +70,8 @@ class ChangeRepository:
         """The events after ``after``, oldest first; the payloads of the event types in
         ``undecoded`` are left as the JSON text stored (for a reader that decodes them
         where, and if, it needs them: the search indexer's child processes)."""
-        query = (ChangeEventRow.select(*_EVENT_COLUMNS).where(ChangeEventRow.pk > after)
-                 .order_by(ChangeEventRow.pk).limit(limit))
-        if not undecoded:
-            return _events(query)
-        sql, params = query.sql()
-        db = ChangeEventRow._meta.database  # type: ignore[attr-defined]
-        when, decode = ChangeEventRow.occurred_at.python_value, ChangeEventRow.payload.python_value
-        return [ChangeEvent(pk, when(at), kind, entity, entity_id, version, actor, request,
-                            payload if kind in undecoded else decode(payload))
-                for pk, at, kind, entity, entity_id, version, actor, request, payload
-                in db.execute_sql(sql, params)]
+        return _events(ChangeEventRow.select(*_EVENT_COLUMNS).where(ChangeEventRow.pk > after)
+                       .order_by(ChangeEventRow.pk).limit(limit), undecoded)
 
     def of_entity(self, entity_type: str, entity_id: str, event_types: Sequence[str], *,
                   version: int | None = None, limit: int = 1000) -> list[ChangeEvent]:
@@ -115,6 +106,13 @@ class ChangeRepository:
         return int(row or 0)
 
 
-def _events(query: Any) -> list[ChangeEvent]:
-    """The events a query of :data:`_EVENT_COLUMNS` selects (each field converted)."""
-    return [ChangeEvent(*row) for row in query.tuples()]
+def _events(query: Any, undecoded: Collection[str] = ()) -> list[ChangeEvent]:
+    """The events a query of :data:`_EVENT_COLUMNS` selects, the payloads of the types in
+    ``undecoded`` left as their JSON text."""
+    sql, params = query.sql()
+    db = ChangeEventRow._meta.database  # type: ignore[attr-defined]
+    when, decode = ChangeEventRow.occurred_at.python_value, ChangeEventRow.payload.python_value
+    return [ChangeEvent(pk, when(at), kind, entity, entity_id, version, actor, request,
+                        payload if kind in undecoded else decode(payload))
+            for pk, at, kind, entity, entity_id, version, actor, request, payload
+            in db.execute_sql(sql, params)]

@@ -233,10 +233,8 @@ class PatientRepository:
             return []
         db = PatientRow._meta.database
         keys = [PatientRow.id.db_value(uuid.UUID(str(i))) for i in patient_ids]
-        one = _one_record_sql(is_postgres(db))
-        assert one.count(f"= {db.param}") == 1  # the one parameter: the WHERE on the id
         marks = ", ".join([db.param] * len(keys))
-        sql = one.replace(f'= {db.param}', f'IN ({marks})')
+        sql = f'{_records_select(is_postgres(db))} WHERE p."{_P.id.column_name}" IN ({marks})'
         found = {}
         for row in db.execute_sql(sql, keys).fetchall():
             if row[-1] is None:  # not deleted
