@@ -239,15 +239,21 @@ def test_any_of_is_whoosh_union_tree_in_segments_of_every_size(two_segments):
         return any(isinstance(m, matching.ArrayUnionMatcher)
                    for m in _matchers(q.matcher(leaf, leaf.context())))
 
-    pairs = [(union(AnyOf), union(wq.Or)),
+    pairs = [(union(AnyOf), union(wq.Or), False),
              (AllOf([FuzzyWord("family", "smith", boost=1.5, maxdist=2), wq.Every()]),
-              wq.And([wq.FuzzyTerm("family", "smith", boost=1.5, maxdist=2), wq.Every()]))]
+              wq.And([wq.FuzzyTerm("family", "smith", boost=1.5, maxdist=2), wq.Every()]),
+              True)]
     with two_segments.searcher() as searcher:
-        for ours, theirs in pairs:
+        for ours, theirs, fuzzy in pairs:
             assert searcher.search(ours, limit=None)
             for leaf, _ in searcher.leaf_searchers():
-                tree = theirs.matcher(leaf, leaf.context(needs_current=True))
-                assert _postings(ours.matcher(leaf, leaf.context())) == _postings(tree)
+                tree = _postings(theirs.matcher(leaf, leaf.context(needs_current=True)))
+                mine = _postings(ours.matcher(leaf, leaf.context()))
+                if fuzzy:  # the same documents, each scoring the boost (and Every's 1)
+                    assert [d for d, _ in mine] == [d for d, _ in tree]
+                    assert {score for _, score in mine} == {2.5}
+                else:
+                    assert mine == tree
                 assert not preloads(ours, leaf)
             assert any(preloads(theirs, leaf) for leaf, _ in searcher.leaf_searchers())
         name = build(None, Shortcuts(name="smith jonas", birth_year=1980), Options(fuzzy=1))
@@ -308,3 +314,52 @@ def test_name_and_birth_year_find_what_name_and_year_apart_find(tmp_path):
         assert "name_year" in str(build(None, Shortcuts(name="kirra", birth_year=1967),
                                         options))
     assert found_any >= 20
+
+
+def test_skippable_queries_are_words_and_unions_of_words():
+    from whoosh import query as wq
+
+    from mpi.search.query import AllOf, AnyOf, FuzzyWord, Options, Shortcuts, build, skippable
+
+    assert skippable(wq.Term("family", "smith"))
+    assert skippable(AnyOf([wq.Term("family", "smith", boost=3.0),
+                            FuzzyWord("family", "smith", maxdist=1), wq.Prefix("name", "sm")]))
+    assert skippable(build("family:smi*", Shortcuts(), Options(fuzzy=1)))
+    assert skippable(build("family:smiht", Shortcuts(), Options(fuzzy=1)))
+    assert not skippable(AllOf([wq.Term("family", "smith"), wq.Term("birth_year", "1950")]))
+    assert not skippable(AnyOf([wq.Term("family", "smith"),
+                                wq.Phrase("address", ["high", "st"])]))
+    assert not skippable(build("smith -given:ann", Shortcuts(), Options(fuzzy=1)))
+    assert not skippable(build(None, Shortcuts(name="ann smith", birth_year=1950),
+                               Options(fuzzy=1)))
+
+
+def test_a_fuzzy_word_scores_its_boost_and_says_so_to_skipping(two_segments):
+    """Every document of a fuzzy word scores the boost, whichever of its words it holds
+    (whoosh scored one word by its weighting and several by their frequencies); the
+    matcher tells whoosh's skipping that nothing in it beats that."""
+    from whoosh import matching
+
+    from mpi.search.query import ConstantScore, FuzzyWord
+
+    seen = set()
+    with two_segments.searcher() as searcher:
+        for leaf, _ in searcher.leaf_searchers():
+            for word in ("smith", "smiht", "zhang", "zheng"):
+                fuzzy = FuzzyWord("family", word, boost=1.5, maxdist=1)
+                matcher = fuzzy.matcher(leaf, leaf.context())
+                words = len(fuzzy._btexts(leaf.reader()))
+                if not words:
+                    assert matcher is matching.NullMatcher
+                    continue
+                seen.add(min(words, 2))
+                assert isinstance(matcher, ConstantScore)
+                assert matcher.supports_block_quality()
+                assert matcher.max_quality() == matcher.block_quality() == 1.5
+                assert matcher.replace(1.4) is matcher
+                assert not matcher.replace(1.5).is_active()
+                assert matcher.skip_to_quality(1.4) == 0 and matcher.is_active()
+                postings = _postings(fuzzy.matcher(leaf, leaf.context()))
+                assert postings and {score for _, score in postings} == {1.5}
+                assert matcher.skip_to_quality(1.5) == 1 and not matcher.is_active()
+    assert seen == {1, 2}  # one word and several
