@@ -6,7 +6,9 @@
 Measures throughput and p50/p99 latency of ``POST /api/v1/patients`` (varied records:
 writers that post look-alikes measure the linking locks, not the service),
 ``GET /api/v1/patients/{id}`` and ``POST /api/v1/patients/match`` (half misspelt variants
-of created records, half new people) served by ``mpi serve`` on a throwaway PostgreSQL
+of created records, half new people) and ``GET /api/v1/patients/search`` (a surname
+prefix, a fuzzy surname, name + birth year, an identifier: a row each, drawn from the
+created records once the index holds them) served by ``mpi serve`` on a throwaway PostgreSQL
 with the default gunicorn settings, and of a bare Falcon ``hello`` route served
 by gunicorn with the same options. The load generator and the servers share the
 machine's CPUs, so the figure to compare across machines and commits is the ratio
@@ -65,7 +67,7 @@ from pathlib import Path
 from queue import Empty
 from types import FrameType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from toolkit import commands
 from toolkit.procs import free_port, log_tail
@@ -91,6 +93,13 @@ GET_PATIENT = "GET /api/v1/patients/{id}"
 MATCH = "/api/v1/patients/match"
 MATCH_PATIENT = "POST /api/v1/patients/match"
 FHIR = "/fhir/Patient"
+SEARCH = "/api/v1/patients/search"
+#: The REST search scenarios: each a kind of registration-desk search, drawn from the
+#: records the run created (the row's name in the report, the scenario's kind).
+SEARCHES = (("GET /api/v1/patients/search (surname prefix)", "search-prefix"),
+            ("GET /api/v1/patients/search (fuzzy surname)", "search-fuzzy"),
+            ("GET /api/v1/patients/search (name + birth year)", "search-name-year"),
+            ("GET /api/v1/patients/search (identifier)", "search-identifier"))
 FHIR_READ = "GET /fhir/Patient/{id}"
 FHIR_SEARCH = "GET /fhir/Patient?family=&birthdate= (PDQm)"
 FHIR_MATCH = "POST /fhir/Patient/$match (PDQm)"
@@ -475,6 +484,28 @@ def fhir_search_query(tag: str, rng: random.Random, known: int) -> str:
     return f"family={quote(family)}&birthdate={body['birth_date'][:4]}&_count=10"
 
 
+def search_query(kind: str, tag: str, rng: random.Random, known: int) -> str:
+    """A registration clerk's search of the REST route for a record the run created: the
+    first three letters of its family name (``family:abc*``), its family name with one
+    letter dropped (a typo the fuzzy search forgives), its given and family names with
+    its birth year, or its SSN."""
+    body = patient_body(tag, rng.randrange(2), rng.randrange(max(known, 1)))
+    name = body["names"][0]
+    family = name["family"]
+    if kind == "search-prefix":
+        params = {"q": f"family:{family[:3]}*"}
+    elif kind == "search-fuzzy":
+        i = rng.randrange(1, len(family) - 1) if len(family) >= 5 else len(family)
+        params = {"q": f"family:{family[:i] + family[i + 1:]}"}
+    elif kind == "search-name-year":
+        params = {"name": f"{name['given'][0]} {family}", "birth_year": body["birth_date"][:4]}
+    elif kind == "search-identifier":
+        params = {"identifier": body["identifiers"][1]["value"]}
+    else:
+        raise ValueError(f"unknown search kind {kind!r}")
+    return urlencode({**params, "limit": 20})
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """What every load process does; picklable (it crosses into spawned processes)."""
@@ -510,6 +541,9 @@ def build_request(
         body = (rng.choice(spec.bodies).encode() if spec.bodies
                 else json.dumps(match_body(spec.tag, rng, spec.known)).encode())
         return "POST", MATCH, body, {**headers, "Content-Type": "application/json"}
+    if spec.kind.startswith("search-"):
+        return "GET", f"{SEARCH}?{search_query(spec.kind, spec.tag, rng, spec.known)}", None, \
+            headers
     fhir_headers = {**headers, "Accept": FHIR_JSON}
     if spec.kind == "fhir-read":
         if not spec.ids:
@@ -1116,14 +1150,21 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
                 # linked by the same engine) next to the REST create on analyzed tables.
                 spec = replace(template, kind="adt", port=mllp_port)
                 results.append(_measure(ADT_FEED, spec, args.connections, probes)[0])
-            later = ((GET_PATIENT, "read", {"ids": tuple(ids + registry_ids)}),
-                     (MATCH_PATIENT, "match", {"known": known, "bodies": bodies}),
-                     # The same work through FHIR, next to the REST figures of the same run.
-                     (FHIR_READ, "fhir-read", {"ids": tuple(ids + registry_ids)}),
-                     (FHIR_SEARCH, "fhir-search", {"known": known}),
-                     (FHIR_MATCH, "fhir-match", {"known": known, "bodies": bodies}))
+            later: tuple[tuple[str, str, dict[str, Any]], ...] = (
+                (GET_PATIENT, "read", {"ids": tuple(ids + registry_ids)}),
+                (MATCH_PATIENT, "match", {"known": known, "bodies": bodies}),
+                # The same work through FHIR, next to the REST figures of the same run.
+                (FHIR_READ, "fhir-read", {"ids": tuple(ids + registry_ids)}),
+                (FHIR_SEARCH, "fhir-search", {"known": known}),
+                (FHIR_MATCH, "fhir-match", {"known": known, "bodies": bodies}))
+            if "search" in wanted:
+                # Every record created so far searchable first (the indexer catches up
+                # on the writers' records within seconds): not measured.
+                wait_for_search(port, len(ids), timeout=600)
+                later = (*later[:2], *((name, kind, {"known": known})
+                                       for name, kind in SEARCHES), *later[2:])
             for name, kind, extra in later:
-                if kind in wanted:
+                if kind in wanted or kind.startswith("search-"):
                     spec = replace(template, kind=kind, port=port, **extra)
                     results.append(_measure(name, spec, args.connections, probes)[0])
             server["mpi_workers_seen"] = _child_count(proc.pid)
@@ -1251,8 +1292,10 @@ def _log_summary(log: Path) -> dict[str, Any]:
 
 #: The scenarios ``--only`` can name; those in NEED_RECORDS read what a create wrote (or,
 #: for the ADT feed, write next to it), so the first create runs before them.
-SCENARIOS = ("create", "adt", "read", "match", "fhir-read", "fhir-search", "fhir-match")
-NEED_RECORDS = frozenset({"adt", "read", "match", "fhir-read", "fhir-search", "fhir-match"})
+SCENARIOS = ("create", "adt", "read", "match", "search", "fhir-read", "fhir-search",
+             "fhir-match")
+NEED_RECORDS = frozenset({"adt", "read", "match", "search", "fhir-read", "fhir-search",
+                          "fhir-match"})
 
 
 def _scenarios(text: str) -> tuple[str, ...]:

@@ -520,6 +520,48 @@ def test_fhir_scenarios_send_requests_the_fhir_routes_answer(client) -> None:
                 assert answer.json["total"] >= 1, path  # the record it was drawn from
 
 
+def test_search_scenarios_find_the_record_they_were_drawn_from(settings, clock) -> None:
+    """Each REST search the benchmark sends (surname prefix, fuzzy surname, name + birth
+    year, identifier), sent to the app itself once the index holds the created records:
+    answered 200, complete, with the record it was drawn from among the hits."""
+    import falcon.testing
+
+    from bench.api import SEARCHES, search_query
+    from mpi.api.app import create_app
+    from mpi.search.indexer import Indexer
+    from mpi.storage.db import close_database, connection, database_for
+    from mpi.wiring import build
+    from tests.conftest import Ids
+
+    database = database_for(settings.database, max_connections=4)
+    client = falcon.testing.TestClient(create_app(build(settings, db=database, clock=clock,
+                                                        new_id=Ids())))
+    indexer = Indexer(database, settings.search_index_path)
+    try:
+        created = {(w, n): client.simulate_post(bench.PATIENTS,
+                                                json=patient_body("t", w, n)).json
+                   for w in range(2) for n in range(3)}
+        with connection(database):
+            indexer.catch_up()
+        for _, kind in SEARCHES:
+            for seed in range(6):
+                spec = LoadSpec(kind, 1, 1.0, 0.0, tag="t", known=3)
+                method, path, body, headers = build_request(spec, 0, 0, random.Random(seed))
+                draw = random.Random(seed)  # the same draw: the record the query came from
+                drawn = created[(draw.randrange(2), draw.randrange(3))]
+                assert path == f"{bench.SEARCH}?" + search_query(kind, "t", random.Random(seed),
+                                                                 3)
+                answer = client.simulate_request(method, path, body=body, headers=headers)
+                assert answer.status_code == 200, (kind, path, answer.text)
+                assert answer.json["index_complete"] is True
+                assert drawn["id"] in [i["patient"]["id"] for i in answer.json["items"]], path
+    finally:
+        indexer.stop()
+        close_database(database)
+    with pytest.raises(ValueError, match="unknown search kind"):
+        search_query("search-everything", "t", random.Random(0), 3)
+
+
 def test_adt_scenario_messages_are_accepted_and_create_the_benchmark_people(services) -> None:
     """The ADT^A01 frames the MLLP scenario sends, to the service's own handler with the
     sender and domain the benchmark registers: each acknowledged AA and stored as the same
