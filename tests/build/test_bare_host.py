@@ -44,10 +44,12 @@ def rootfs(builds, tmp_path_factory) -> Path:
 
 
 def chroot_cmd(root: Path, *args: str, env: dict[str, str]) -> list[str]:
-    """Run ``args`` inside ``root`` with exactly ``env`` (nothing of ours inherited)."""
+    """Run ``args`` inside ``root`` with exactly ``env`` (nothing of ours inherited). The
+    command is the new PID namespace's first process; ``--kill-child`` passes it SIGTERM
+    when unshare is stopped (without it, stopping unshare left the server running)."""
     return ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
-            "unshare", "--mount", "--pid", "--fork", f"--mount-proc={root / 'proc'}",
-            "chroot", str(root), *args]
+            "unshare", "--mount", "--pid", "--kill-child=SIGTERM",
+            f"--mount-proc={root / 'proc'}", "chroot", str(root), *args]
 
 
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin", "HOME": "/tmp", "PEX_ROOT": "/tmp/pex", "LANG": "C.UTF-8"}
@@ -141,3 +143,16 @@ def test_pex_serves_the_api_on_sqlite(rootfs):
         assert status == 200 and [p["source_id"] for p in found["items"]] == ["B-1"]
     finally:
         stop_process(proc)
+    _stopped(port)
+
+
+def _stopped(port: int, timeout: float = 40) -> None:
+    """The server stops with the command that started it (it shuts down gracefully)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the server still listens on {port} after its command stopped")
