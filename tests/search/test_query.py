@@ -334,6 +334,26 @@ def test_skippable_queries_are_words_and_unions_of_words():
                                Options(fuzzy=1)))
 
 
+def test_a_name_prefix_is_one_term_every_document_scoring_its_boost(two_segments):
+    """"smi*" is the leading n-gram's term, unweighted: "Smith" and "Smithson" score
+    alike (the field's weighting ranked the shorter name first), and the matcher tells
+    skipping so."""
+    from mpi.search.query import ConstantScore, Options, PrefixTerm, parse
+
+    query = parse("family:smi*", Options(fuzzy=1))
+    assert isinstance(query, PrefixTerm) and str(query) == "family_prefix:smi"
+    scores = set()
+    with two_segments.searcher() as searcher:
+        for leaf, _ in searcher.leaf_searchers():
+            matcher = query.matcher(leaf, leaf.context())
+            assert isinstance(matcher, ConstantScore) and matcher.max_quality() == 1.0
+            scores |= {score for _, score in _postings(matcher)}
+        assert scores == {1.0}
+        assert searcher.search(query, limit=None).scored_length() == len(
+            [f for f in FAMILY_NAMES if f.lower().startswith("smi")])
+        assert PrefixTerm("family_prefix", "qqq").matcher(searcher).is_active() is False
+
+
 def test_a_fuzzy_word_scores_its_boost_and_says_so_to_skipping(two_segments):
     """Every document of a fuzzy word scores the boost, whichever of its words it holds
     (whoosh scored one word by its weighting and several by their frequencies); the

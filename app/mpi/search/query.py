@@ -415,6 +415,25 @@ class ConstantScore(matching.ConstantScoreWrapperMatcher):
         return 1
 
 
+class PrefixTerm(wq.Term):
+    """A leading n-gram's term ("smi" of ``family_prefix``: every record whose family name
+    starts so), each of its documents scoring the boost, as whoosh scores a ``Prefix``'s
+    words (``constantscore``).
+
+    Scored by the field's weighting, a shorter name ranked above a longer one ("Ander"
+    above "Anderson": fewer n-grams), which says nothing of the match, and such documents
+    are in nearly every block of postings, so nothing could be skipped
+    (:class:`mpi.search.index.TopHits`): every match was scored, then counted again. A
+    constant score lets the search stop scoring once a page is kept."""
+
+    def matcher(self, searcher: Any, context: Any = None) -> Any:
+        context = (context or SearchContext()).set(weighting=None)
+        matcher = wq.Term(self.fieldname, self.text).matcher(searcher, context)
+        if isinstance(matcher, matching.NullMatcherClass):
+            return matcher
+        return ConstantScore(matcher, self.boost)
+
+
 class DatedFuzzyWord(FuzzyWord):
     """The words :class:`FuzzyWord` finds for ``word`` in ``name``, each as the term of
     the records born in ``year`` (``name_year``: "1967|kirra"). The words are found in the
@@ -501,7 +520,7 @@ def _name_token(fieldname: str, token: str, options: Options, fuzzy: int | None,
     terms, which list only that year's records (see :mod:`mpi.search.schema`)."""
     if prefix:
         if fieldname in PREFIX_FIELDS and len(token) <= PREFIX_MAX:
-            return wq.Term(PREFIX_FIELDS[fieldname], token)
+            return PrefixTerm(PREFIX_FIELDS[fieldname], token)
         return wq.Prefix(fieldname, token)
     dated = year is not None and fieldname == "name" and fuzzy is None
     key = f"{year}{YEAR_SEPARATOR}" if dated else ""
