@@ -160,3 +160,32 @@ def test_whoosh_own_collector_undercounts_what_it_drops(crowd):
         _, total = _reference(searcher, query, 5)
         theirs = searcher.search(query, limit=5, optimize=False, terms=False)
         assert len(theirs) < total
+
+
+def test_alike_scored_words_and_counting_read_no_term_statistics(crowd, monkeypatch):
+    """A prefix's and a fuzzy word's documents all score alike, and counting scores
+    nothing: none of them builds whoosh's BM25F scorer, which reads each term's
+    information again in every segment (for its idf) even when asked for no weighting."""
+    from whoosh import collectors, scoring
+
+    from mpi.search.index import TopHits
+    from mpi.search.query import Options, Shortcuts, build
+
+    built = []
+    real = scoring.BM25F.scorer
+    with crowd.searcher() as searcher:
+        mask = _meta_numbers(searcher)
+
+        def scorer(self, *args, **kw):
+            built.append(args[1:])
+            return real(self, *args, **kw)
+
+        monkeypatch.setattr(scoring.BM25F, "scorer", scorer)
+        for text in ("family:smi*", "family:smiht", "family:sm*"):
+            top = TopHits(5, skip=True)
+            collector = collectors.FilterCollector(top, restrict=mask)
+            searcher.search_with_collector(build(text, Shortcuts(), Options(fuzzy=1)), collector)
+            assert len(collector.results()) > 5 and not top.computes_count()  # counted apart
+        assert built == []
+        searcher.search(build("family:smith", Shortcuts(), Options(fuzzy=0)), limit=5)
+        assert built  # (a word scored by its weighting does)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from whoosh import collectors
 from whoosh import query as wq
 
-from mpi.search.query import prune_infixes, skippable
+from mpi.search.query import UNWEIGHTED, prune_infixes, skippable
 from mpi.search.schema import KIND_META, META_ID
 from mpi.search.store import IndexDirectory, IndexState
 
@@ -113,7 +113,8 @@ class TopHits(collectors.TopCollector):
         (330 ms for a free-text name and year at 1,000,000 records, against 95 ms
         stepping the intersection as a search does)."""
         for searcher, offset in self.top_searcher.leaf_searchers():
-            matcher = self.q.matcher(searcher, searcher.boolean_context())
+            matcher = self.q.matcher(searcher, searcher.context(needs_current=False,
+                                                                weighting=UNWEIGHTED))
             while matcher.is_active():
                 yield offset + matcher.id()
                 matcher.next()

@@ -29,7 +29,7 @@ from typing import Any
 
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
-from whoosh import matching
+from whoosh import matching, scoring
 from whoosh import query as wq
 from whoosh.reading import SegmentReader
 from whoosh.searching import SearchContext
@@ -379,8 +379,30 @@ class FuzzyWord(wq.FuzzyTerm):
         terms = [wq.Term(self.fieldname, word) for word in words]
         if not self.constantscore:
             return AnyOf(terms, boost=self.boost).matcher(searcher, context)
-        context = (context or SearchContext()).set(weighting=None)
+        context = (context or SearchContext()).set(weighting=UNWEIGHTED)
         return ConstantScore(_any(terms).matcher(searcher, context), self.boost)
+
+
+class _One(scoring.BaseScorer):
+    def supports_block_quality(self) -> bool:
+        return False
+
+    def score(self, matcher: Any) -> float:
+        return 1.0
+
+
+class Unweighted(scoring.WeightingModel):
+    """Every posting scores 1, and nothing of the term is read to say so: for terms whose
+    documents all score alike (:class:`ConstantScore`), and for counting. Asked for no
+    weighting (``weighting=None``), whoosh's searcher builds its default BM25F scorer all
+    the same, which reads the term's information again in every segment for its idf."""
+
+    def scorer(self, searcher: Any, fieldname: str, text: bytes, qf: int = 1) -> Any:
+        return _ONE
+
+
+_ONE = _One()
+UNWEIGHTED = Unweighted()
 
 
 class ConstantScore(matching.ConstantScoreWrapperMatcher):
@@ -427,7 +449,7 @@ class PrefixTerm(wq.Term):
     constant score lets the search stop scoring once a page is kept."""
 
     def matcher(self, searcher: Any, context: Any = None) -> Any:
-        context = (context or SearchContext()).set(weighting=None)
+        context = (context or SearchContext()).set(weighting=UNWEIGHTED)
         matcher = wq.Term(self.fieldname, self.text).matcher(searcher, context)
         if isinstance(matcher, matching.NullMatcherClass):
             return matcher
