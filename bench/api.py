@@ -1150,21 +1150,21 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
                 # linked by the same engine) next to the REST create on analyzed tables.
                 spec = replace(template, kind="adt", port=mllp_port)
                 results.append(_measure(ADT_FEED, spec, args.connections, probes)[0])
-            later: tuple[tuple[str, str, dict[str, Any]], ...] = (
-                (GET_PATIENT, "read", {"ids": tuple(ids + registry_ids)}),
-                (MATCH_PATIENT, "match", {"known": known, "bodies": bodies}),
+            # (name, scenario --only names, load kind, the kind's extra spec fields)
+            later: list[tuple[str, str, str, dict[str, Any]]] = [
+                (GET_PATIENT, "read", "read", {"ids": tuple(ids + registry_ids)}),
+                (MATCH_PATIENT, "match", "match", {"known": known, "bodies": bodies}),
+                *((name, "search", kind, {"known": known}) for name, kind in SEARCHES),
                 # The same work through FHIR, next to the REST figures of the same run.
-                (FHIR_READ, "fhir-read", {"ids": tuple(ids + registry_ids)}),
-                (FHIR_SEARCH, "fhir-search", {"known": known}),
-                (FHIR_MATCH, "fhir-match", {"known": known, "bodies": bodies}))
+                (FHIR_READ, "fhir-read", "fhir-read", {"ids": tuple(ids + registry_ids)}),
+                (FHIR_SEARCH, "fhir-search", "fhir-search", {"known": known}),
+                (FHIR_MATCH, "fhir-match", "fhir-match", {"known": known, "bodies": bodies})]
             if "search" in wanted:
                 # Every record created so far searchable first (the indexer catches up
                 # on the writers' records within seconds): not measured.
                 wait_for_search(port, len(ids), timeout=600)
-                later = (*later[:2], *((name, kind, {"known": known})
-                                       for name, kind in SEARCHES), *later[2:])
-            for name, kind, extra in later:
-                if kind in wanted or kind.startswith("search-"):
+            for name, scenario, kind, extra in later:
+                if scenario in wanted:
                     spec = replace(template, kind=kind, port=port, **extra)
                     results.append(_measure(name, spec, args.connections, probes)[0])
             server["mpi_workers_seen"] = _child_count(proc.pid)

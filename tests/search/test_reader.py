@@ -8,6 +8,7 @@ import pytest
 from whoosh.codec.whoosh3 import W3Codec
 from whoosh.filedb.structfile import BufferFile
 
+from mpi.search.index import _meta_numbers
 from tests.search.conftest import ids
 
 
@@ -142,17 +143,10 @@ def test_top_hits_are_the_best_scored_and_every_match_is_counted(crowd, text, li
                 assert top.skipped_times > 0  # the blocks past the page are not read
 
 
-def _meta_numbers(searcher):
-    from mpi.search.index import _meta_numbers
-
-    return _meta_numbers(searcher)
-
-
 def test_whoosh_own_collector_undercounts_what_it_drops(crowd):
     """Why the total is counted apart: whoosh's top-N collector, told not to skip, still
     drops a fuzzy word's branch once the kept scores beat it, and counts only what is
     left; the reader counts every match."""
-    from mpi.search.index import WhooshSearchIndex  # noqa: F401 (the reader under test)
     from mpi.search.query import Options, Shortcuts, build
 
     query = build("family:smith", Shortcuts(), Options(fuzzy=1))

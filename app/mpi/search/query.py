@@ -379,8 +379,7 @@ class FuzzyWord(wq.FuzzyTerm):
         terms = [wq.Term(self.fieldname, word) for word in words]
         if not self.constantscore:
             return AnyOf(terms, boost=self.boost).matcher(searcher, context)
-        context = (context or SearchContext()).set(weighting=UNWEIGHTED)
-        return ConstantScore(_any(terms).matcher(searcher, context), self.boost)
+        return ConstantScore(_any(terms).matcher(searcher, unweighted(context)), self.boost)
 
 
 class _One(scoring.BaseScorer):
@@ -403,6 +402,11 @@ class Unweighted(scoring.WeightingModel):
 
 _ONE = _One()
 UNWEIGHTED = Unweighted()
+
+
+def unweighted(context: Any = None) -> Any:
+    """``context`` (a new one if None) with every posting scoring 1 (:class:`Unweighted`)."""
+    return (context or SearchContext()).set(weighting=UNWEIGHTED)
 
 
 class ConstantScore(matching.ConstantScoreWrapperMatcher):
@@ -449,8 +453,7 @@ class PrefixTerm(wq.Term):
     constant score lets the search stop scoring once a page is kept."""
 
     def matcher(self, searcher: Any, context: Any = None) -> Any:
-        context = (context or SearchContext()).set(weighting=UNWEIGHTED)
-        matcher = wq.Term(self.fieldname, self.text).matcher(searcher, context)
+        matcher = super().matcher(searcher, unweighted(context))
         if isinstance(matcher, matching.NullMatcherClass):
             return matcher
         return ConstantScore(matcher, self.boost)
