@@ -40,6 +40,7 @@ from whoosh.filedb.filestore import FileStorage
 from whoosh.util.numeric import byte_to_length
 from whoosh.writing import SegmentWriter
 
+from mpi.search.codec import InliningCodec
 from mpi.search.pool import BlockPostingPool
 from mpi.search.schema import INDEX_NAME, META_ID, SCHEMA, SCHEMA_VERSION
 
@@ -181,12 +182,14 @@ def segment_writer(index: Any, *, limitmb: int, locked: bool = True,
     (:class:`_BulkSegmentWriter`), waiting up to ``timeout`` seconds for the index's lock;
     ``locked=False`` for a child process writing one of several segments whose parent
     holds the lock."""
-    return _BulkSegmentWriter(index, limitmb=limitmb, _lk=locked, timeout=timeout)
+    return _BulkSegmentWriter(index, limitmb=limitmb, _lk=locked, timeout=timeout,
+                              codec=InliningCodec())
 
 
 class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
-    """Whoosh's segment writer, with the new segment's field lengths read whole, once, and
-    its postings pool spilling to disk and merging in blocks (:mod:`mpi.search.pool`).
+    """Whoosh's segment writer, with the new segment's field lengths read whole, once, its
+    postings pool spilling to disk and merging in blocks (:mod:`mpi.search.pool`), and a
+    term that one document holds written into the term's entry (:mod:`mpi.search.codec`).
 
     When whoosh writes a segment's postings, it looks up the document's field length for
     EVERY posting (``W3PerDocReader.doc_field_length``): a seek and a one-byte read of the

@@ -1,0 +1,115 @@
+"""The codec the service writes segments with keeps a one-document term in its entry, and
+reads back exactly what whoosh's own codec does."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from whoosh.codec.whoosh3 import W3Codec
+from whoosh.scoring import BM25F
+
+from mpi.search.codec import InliningCodec
+from mpi.search.schema import document
+from mpi.search.store import IndexDirectory, segment_writer
+
+
+def _records(count: int, seed: int) -> list[dict]:
+    """Records sharing some words (families, given names, cities) and not others
+    (identifiers, ids, house numbers): terms of one document and of many."""
+    rng = random.Random(seed)
+    return [{"id": f"p{i}", "version": 1, "source": "A", "source_id": str(i),
+             "person_id": f"person-{i // 2}",
+             "birth_date": f"19{rng.randrange(10, 99)}-0{rng.randrange(1, 9)}-1{i % 9}",
+             "gender": rng.choice(("male", "female")),
+             "names": [{"family": rng.choice(("Smith", "Nguyen", "O'Brien", f"Rare{i}")),
+                        "given": [rng.choice(("Ada", "Bo", "Chidi")), f"Mid{i % 50}"]}],
+             "identifiers": [{"system": "urn:mrn", "value": f"MRN{i:05d}"}],
+             "addresses": [{"line": [f"{i} Main St"], "city": rng.choice(("Salem", "Lyon")),
+                            "postal_code": f"9{i % 97:04d}"}],
+             "telecom": [{"system": "phone", "value": f"555-01{i % 100:02d}"}]}
+            for i in range(count)]
+
+
+def _write(tmp_path, name: str, codec, records: list[dict]):
+    directory = IndexDirectory(tmp_path / name)
+    built = directory.new_build()
+    ix = directory.create_index(built)
+    # The service's writer, or whoosh's own with ``codec`` for the reference.
+    writer = segment_writer(ix, limitmb=64) if codec is None else ix.writer(codec=codec)
+    assert isinstance(writer.codec, InliningCodec) == (codec is None)
+    for record in records:
+        writer.add_document(**document(record))
+    writer.commit()
+    return directory.open_index(built)
+
+
+def _everything(ix) -> tuple[list, list]:
+    """Every term's postings (document, weight, value) and every stored field."""
+    with ix.reader() as reader:
+        postings = []
+        for field, term in reader.all_terms():
+            matcher = reader.postings(field, term)
+            while matcher.is_active():
+                postings.append((field, term, matcher.id(), matcher.weight(), matcher.value()))
+                matcher.next()
+        stored = [(docnum, sorted(fields.items())) for docnum, fields in reader.iter_docs()]
+    return postings, stored
+
+
+def test_the_service_writer_reads_back_what_whoosh_writes(tmp_path):
+    records = _records(600, seed=1)
+    ours = _write(tmp_path, "ours", None, records)
+    theirs = _write(tmp_path, "whoosh", W3Codec(), records)
+    try:
+        assert len(_everything(ours)[0]) > 600 * 40
+        assert _everything(ours) == _everything(theirs)
+        with ours.reader() as reader, theirs.reader() as reference:
+            for field, term in reader.all_terms():
+                assert reader.doc_frequency(field, term) == reference.doc_frequency(field, term)
+                assert reader.frequency(field, term) == reference.frequency(field, term)
+                mine, its = reader.term_info(field, term), reference.term_info(field, term)
+                assert (mine.min_length(), mine.max_length(), mine.max_weight()) == (
+                    its.min_length(), its.max_length(), its.max_weight())
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_term_one_document_holds_is_kept_in_its_entry(tmp_path):
+    ix = _write(tmp_path, "ours", None, _records(300, seed=2))
+    try:
+        with ix.reader() as reader:
+            inlined = shared = 0
+            for field, term in reader.all_terms():
+                info = reader.term_info(field, term)
+                assert info.is_inlined() == (reader.doc_frequency(field, term) == 1)
+                inlined += info.is_inlined()
+                shared += not info.is_inlined()
+            assert inlined > 300 and shared > 30
+            # An ID field's postings carry no value: None, as from a block on disk.
+            matcher = reader.postings("id", b"p7")
+            assert matcher.value() is None and matcher.id() == 7
+    finally:
+        ix.close()
+
+
+@pytest.mark.parametrize("term", [("identifier", b"mrn00007"), ("family", b"rare7")])
+def test_an_inlined_term_copied_keeps_what_scoring_a_block_reads(tmp_path, term):
+    """Whoosh's ListMatcher loses its term and entry when copied (a compound matcher's
+    copy copies its parts), and then fails to score a block; the codec's does not."""
+    records = _records(20, seed=3)
+    records[7]["names"][0]["family"] = "Rare7"
+    ix = _write(tmp_path, "ours", None, records)
+    try:
+        with ix.searcher(weighting=BM25F()) as searcher:
+            reader = searcher.reader()
+            assert reader.term_info(*term).is_inlined()
+            scorer = searcher.weighting.scorer(searcher, *term)
+            matcher = reader.postings(*term, scorer=scorer)
+            copy = matcher.copy()
+            assert copy.term() == term and copy.id() == matcher.id() == 7
+            assert copy.block_quality() == matcher.block_quality() > 0
+            assert copy.score() == matcher.score()
+    finally:
+        ix.close()
