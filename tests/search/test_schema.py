@@ -1,8 +1,24 @@
-"""The document for a record: every name, its derived forms, identifiers, dates, contacts."""
+"""The document for a record: every name, its derived forms, identifiers, dates, contacts;
+and the fields that index it."""
 
 from __future__ import annotations
 
-from mpi.search.schema import NAME_ANALYZER, PHONETIC_ANALYZER, document, phone_forms
+import pickle
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from whoosh import fields
+
+from mpi.search.schema import (
+    ANALYZERS,
+    NAME_ANALYZER,
+    PHONETIC_ANALYZER,
+    SCHEMA,
+    WordCachedText,
+    analysed,
+    document,
+    phone_forms,
+)
 from tests.helpers import SSN, patient
 
 
@@ -56,3 +72,36 @@ def test_phonetic_codes_match_spelling_variants():
 def test_phone_forms():
     assert phone_forms("+1 (217) 555-0100") == ["12175550100", "2175550100", "5550100"]
     assert phone_forms("555-0100") == ["5550100"]
+
+
+_WORDS = st.sampled_from(["Smith", "smith", "O'Brien", "Nguyễn", "-", "'", "Anne-Marie", "van",
+                          "X", "ab", "Seán", "1967|rees", "McDonald", "a.b", "Zoë", "jr.",
+                          "(x)", "Ĳsselmeer", "straße", "ﬁn", "12", "\u2019t", "_", "ÅSA"])
+_TEXT = st.one_of(st.lists(_WORDS, max_size=12).map(" ".join),
+                  st.lists(_WORDS, max_size=6).map("\n".join), st.text(max_size=40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT)
+def test_a_word_cached_field_gives_the_postings_whoosh_gives(value):
+    """Each word analyzed once and remembered: the same terms, frequencies, weights
+    (metaphone's secondary codes weigh half) and positions, in the same order, as
+    whoosh's TEXT field makes of the value with the same analyzer."""
+    cached = {name: field for name, field in SCHEMA.items()
+              if isinstance(field, WordCachedText)}
+    assert {f.kind for f in cached.values()} == {"name", "phonetic", "ngram", "prefix", "kept"}
+    for field in cached.values():
+        assert list(field.index(value)) == list(fields.TEXT.index(field, value))
+    for kind, analyzer in ANALYZERS.items():
+        assert analysed(kind, value) == [t.text for t in analyzer(value, mode="index")]
+
+
+def test_the_schema_kept_in_an_index_indexes_as_the_one_in_code():
+    """The index's table of contents holds its schema (pickled): a field read back from it
+    names its analyzer by kind and indexes as before."""
+    value = "Anne-Marie O'Brien\nSeán Nguyễn Smith Smith"
+    again = pickle.loads(pickle.dumps(SCHEMA))
+    for name, field in SCHEMA.items():
+        if isinstance(field, WordCachedText):
+            assert again[name].kind == field.kind
+            assert list(again[name].index(value)) == list(field.index(value))

@@ -287,3 +287,59 @@ def test_a_page_looks_its_records_up_by_key_not_by_reading_the_table(db):
     assert "Index Scan using patient_pkey on patient p" in plan, plan
     page = PatientRepository().list_page(PatientFilter(), after=None, limit=1000)
     assert len(page.items) == 1000 and page.items[0].source_id == "B0"
+
+
+def test_a_search_page_holds_what_the_records_documents_are_made_of(db):
+    """An index rebuild reads records through ``search_page``, not as whole records: what
+    it gives of each live record is the record's own ``to_dict()`` values for those
+    fields, so every search document is the one the record makes; in key order, a share
+    at a time (``through``), deleted records left out."""
+    from mpi.search.schema import document
+
+    repo = PatientRepository()
+    variants: list[dict[str, Any]] = [
+        {},
+        {"birth_date": None, "birth_date_partial": "1967"},
+        {"birth_date": None, "birth_date_partial": "1967-03", "gender": None},
+        {"birth_date": None, "names": [{"family": "Nguyễn"}, {"given": ["Ann", "Lee"]}]},
+        {"names": [{"use": "official", "family": "O'Brien-Smith", "given": ["Seán"],
+                    "prefix": ["Dr"], "suffix": ["Jr"]},
+                   {"use": "maiden", "family": "Kowalski", "given": []}],
+         "deceased": True, "deceased_date": "2020-02-02", "marital_status": "M",
+         "multiple_birth_order": 2},
+        {"identifiers": [], "addresses": [], "telecom": []},
+        {"identifiers": [{"system": MRN, "value": "MRN-7"},
+                         {"system": "urn:x", "value": "x 1", "use": "old"}],
+         "addresses": [{"city": "Lyon"}, {"line": ["1 A St", "Flat 2"], "district": "D",
+                                          "state": "ST", "postal_code": "00001"}],
+         "telecom": [{"system": "email", "value": "Ann@Example.org", "rank": 2},
+                     {"system": "fax", "value": "(02) 5550 1234"}]},
+    ]
+    made = [repo.insert(_input(source_id=f"D{i}", **changes), patient_id=uuid.uuid4(),
+                        now=NOW)
+            for i, changes in enumerate(variants * 3)]
+    rows = {r.id: r for r in PatientRow.select()}
+    person = PersonRow.create(id=uuid.uuid4(), created_at=NOW, updated_at=NOW)
+    PatientLinkRow.create(patient=rows[uuid.UUID(made[4].id)].pk, person=person.pk,
+                          match_data={}, manual=False, how="auto", linked_at=NOW)
+    PatientRow.update(deleted_at=NOW).where(PatientRow.id == uuid.UUID(made[5].id)).execute()
+
+    whole = repo.list_page(PatientFilter(), after=None, limit=100).items
+    fields, after = repo.search_page(after=None, limit=100)
+    assert after is None and len(fields) == len(whole) == len(made) - 1
+    assert made[5].id not in {f["id"] for f in fields}
+    for own, record in zip(fields, whole, strict=True):
+        full = record.to_dict()
+        assert own == {k: full[k] for k in own}
+        assert document(own) == document(full)
+    assert fields[4]["person_id"] == str(person.id) and "person_id" not in fields[3]
+    assert {"id", "version", "source", "source_id", "gender", "birth_date", "names",
+            "identifiers", "addresses", "telecom"} <= fields[0].keys()
+    assert fields[1]["birth_date_partial"] == "1967" and "birth_date" not in fields[1]
+    assert fields[2]["birth_date_partial"] == "1967-03" and "gender" not in fields[2]
+
+    keys = sorted(row.pk for row in rows.values())
+    first, after = repo.search_page(after=None, limit=4, through=keys[6])
+    second, end = repo.search_page(after=after, limit=4, through=keys[6])
+    assert after == keys[3] and end is None
+    assert [f["id"] for f in first + second] == [r.id for r in whole[:6]]

@@ -63,7 +63,7 @@ from mpi.search.store import (
 )
 from mpi.storage.changes import ChangeRepository
 from mpi.storage.db import connection, is_postgres, unwrapped
-from mpi.storage.patients import PatientFilter, PatientRepository
+from mpi.storage.patients import PatientRepository
 
 log = logging.getLogger("mpi.search")
 
@@ -402,15 +402,14 @@ def _index_here(ix: Any, cursor: int, total: int,
     try:
         after: int | None = None
         while True:
-            page = repository.list_page(PatientFilter(), after=after, limit=REBUILD_PAGE)
-            for patient in page.items:
-                writer.add_document(**document(patient.to_dict()))
-            count += len(page.items)
+            records, after = repository.search_page(after=after, limit=REBUILD_PAGE)
+            for record in records:
+                writer.add_document(**document(record))
+            count += len(records)
             if progress is not None:
                 progress(count, total)
-            if page.next_cursor is None:
+            if after is None:
                 break
-            after = page.next_cursor
         writer.add_document(**meta_document(cursor))
     except BaseException:
         writer.cancel()
@@ -532,15 +531,14 @@ def _index_share(db: peewee.Database, path: Path, exported: str, after: int | No
             # Must come first in the transaction; a utility statement takes no parameters.
             fresh.execute_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
             while True:
-                page = repository.list_page(PatientFilter(), after=after, limit=REBUILD_PAGE,
-                                            through=through)
-                for patient in page.items:
-                    writer.add_document(**document(patient.to_dict()))
-                added += len(page.items)
-                messages.put(("progress", share, len(page.items)))
-                if page.next_cursor is None:
+                records, after = repository.search_page(after=after, limit=REBUILD_PAGE,
+                                                        through=through)
+                for record in records:
+                    writer.add_document(**document(record))
+                added += len(records)
+                messages.put(("progress", share, len(records)))
+                if after is None:
                     break
-                after = page.next_cursor
         # Not cancel() or _finish(): they remove the index's temporary directory, which
         # every writer of the index shares (the parent's writer removes it at the end).
         segment = writer._finalize_segment() if added else writer._close_segment()

@@ -18,10 +18,12 @@ built with another version is rebuilt automatically at start-up.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import cache, lru_cache
 from typing import Any
 
-from whoosh import fields
+from whoosh import fields, formats
 from whoosh.analysis import (
     CharsetFilter,
     Filter,
@@ -32,6 +34,7 @@ from whoosh.analysis import (
 )
 from whoosh.analysis.morph import DoubleMetaphoneFilter
 from whoosh.support.charset import accent_map
+from whoosh.system import pack_uint
 
 SCHEMA_VERSION = 3
 INDEX_NAME = "patients"
@@ -84,25 +87,107 @@ def fold_identifier(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.lower())
 
 
+#: Words whose analysis each analyzer remembers (per process; a name's words repeat).
+WORD_CACHE = 8192
+
+
+@cache
+def _word_terms(kind: str) -> Callable[[str], tuple[tuple[str, float], ...]]:
+    """For the analyzer ``kind`` names: a word's terms and their boosts, as the analyzer
+    makes them from that word (its filters see one word at a time), remembered. A bare
+    tokenizer's word is its one term."""
+    analyzer = ANALYZERS[kind]
+    if not hasattr(analyzer, "items"):  # no filters: nothing to remember
+        return lambda word: ((word, 1.0),)
+
+    @lru_cache(maxsize=WORD_CACHE)
+    def terms(word: str) -> tuple[tuple[str, float], ...]:
+        return tuple((t.text, t.boost) for t in analyzer(word, mode="index", boosts=True))
+
+    return terms
+
+
+def _tokenizer(analyzer: Any) -> Any:
+    return analyzer.items[0] if hasattr(analyzer, "items") else analyzer
+
+
+def analysed(kind: str, value: str) -> list[str]:
+    """The terms the analyzer ``kind`` names makes of ``value`` for the index, in order."""
+    terms = _word_terms(kind)
+    return [text for word in _tokenizer(ANALYZERS[kind]).expression.findall(value)
+            for text, _ in terms(word)]
+
+
+class WordCachedText(fields.TEXT):  # type: ignore[misc]
+    """A text field indexed as whoosh's ``TEXT`` indexes it, each word analyzed once.
+
+    Every analyzer here is a regular-expression tokenizer followed by filters that take
+    one word at a time (folding, n-grams, metaphone codes). A record's names go through
+    seven of them (``name``, ``name_ngram``, ``name_prefix``, ...), and the same names
+    come back record after record: ``index`` splits the value with the tokenizer's own
+    expression and takes each word's terms from :func:`_word_terms`, then counts
+    frequencies, weights (the boosts summed) and positions as whoosh's formats do. The
+    postings are the ones ``TEXT.index`` gives (tests/search/test_schema.py compares
+    them); searching still analyzes query text through the analyzer itself.
+
+    The field is stored in the index's table of contents by ``kind`` (the name of its
+    analyzer in :data:`ANALYZERS`), so the cache is the process's, not the pickle's.
+    """
+
+    def __init__(self, kind: str, **kwargs: Any):
+        super().__init__(analyzer=ANALYZERS[kind], **kwargs)
+        self.kind = kind
+
+    def index(self, value: Any, **kwargs: Any) -> Iterator[tuple[bytes, int, float, bytes]]:
+        tokenizer = _tokenizer(self.analyzer)
+        if not isinstance(value, str) or tokenizer.gaps or kwargs:
+            yield from super().index(value, **kwargs)
+            return
+        terms = _word_terms(self.kind)
+        fb = self.format.field_boost
+        weights: dict[str, float] = defaultdict(float)
+        if isinstance(self.format, formats.Positions):
+            poses: dict[str, list[int]] = defaultdict(list)
+            for pos, word in enumerate(tokenizer.expression.findall(value)):
+                for text, boost in terms(word):
+                    poses[text].append(pos)
+                    weights[text] += boost
+            for text, positions in poses.items():
+                yield (text.encode("utf-8"), len(positions), weights[text] * fb,
+                       self.format.encode(positions))
+            return
+        freqs: dict[str, int] = defaultdict(int)
+        for word in tokenizer.expression.findall(value):
+            for text, boost in terms(word):
+                freqs[text] += 1
+                weights[text] += boost
+        for text, freq in freqs.items():
+            yield (text.encode("utf-8"), freq, weights[text] * fb, pack_uint(freq))
+
+
+ANALYZERS = {"name": NAME_ANALYZER, "phonetic": PHONETIC_ANALYZER, "ngram": NGRAM_ANALYZER,
+             "prefix": PREFIX_ANALYZER, "kept": KEPT_ANALYZER, "token": TOKEN_ANALYZER,
+             "identifier": IDENTIFIER_ANALYZER}
+
 SCHEMA = fields.Schema(
     id=fields.ID(stored=True, unique=True),
     kind=fields.ID(),
     version=fields.STORED(),
     person_id=fields.ID(stored=True),
-    name=fields.TEXT(analyzer=NAME_ANALYZER, field_boost=1.0),
-    family=fields.TEXT(analyzer=NAME_ANALYZER),
-    given=fields.TEXT(analyzer=NAME_ANALYZER),
-    name_phonetic=fields.TEXT(analyzer=PHONETIC_ANALYZER, phrase=False),
-    name_ngram=fields.TEXT(analyzer=NGRAM_ANALYZER, phrase=False),
-    name_prefix=fields.TEXT(analyzer=PREFIX_ANALYZER, phrase=False),
-    name_year=fields.TEXT(analyzer=KEPT_ANALYZER, phrase=False),
-    name_phonetic_year=fields.TEXT(analyzer=KEPT_ANALYZER, phrase=False),
-    family_prefix=fields.TEXT(analyzer=PREFIX_ANALYZER, phrase=False),
+    name=WordCachedText("name", field_boost=1.0),
+    family=WordCachedText("name"),
+    given=WordCachedText("name"),
+    name_phonetic=WordCachedText("phonetic", phrase=False),
+    name_ngram=WordCachedText("ngram", phrase=False),
+    name_prefix=WordCachedText("prefix", phrase=False),
+    name_year=WordCachedText("kept", phrase=False),
+    name_phonetic_year=WordCachedText("kept", phrase=False),
+    family_prefix=WordCachedText("prefix", phrase=False),
     birth_date=fields.ID(),
     birth_year=fields.ID(),
     gender=fields.ID(),
     identifier=fields.TEXT(analyzer=IDENTIFIER_ANALYZER, phrase=False),
-    address=fields.TEXT(analyzer=NAME_ANALYZER),
+    address=WordCachedText("name"),
     telecom=fields.TEXT(analyzer=TOKEN_ANALYZER, phrase=False),
     source=fields.ID(),
     source_id=fields.TEXT(analyzer=IDENTIFIER_ANALYZER, phrase=False),
@@ -169,10 +254,9 @@ def document(record: Mapping[str, Any]) -> dict[str, Any]:
         doc["birth_year"] = str(record["birth_date_partial"])[:4]
     if doc.get("birth_year") and all_names:
         key = doc["birth_year"] + YEAR_SEPARATOR
-        doc["name_year"] = " ".join(
-            key + t.text for t in NAME_ANALYZER(all_names, mode="index") if t.text)
+        doc["name_year"] = " ".join(key + t for t in analysed("name", all_names) if t)
         doc["name_phonetic_year"] = " ".join(
-            key + t.text for t in PHONETIC_ANALYZER(all_names, mode="index") if t.text)
+            key + t for t in analysed("phonetic", all_names) if t)
     if record.get("gender"):
         doc["gender"] = str(record["gender"])
     return {k: v for k, v in doc.items() if v != ""}

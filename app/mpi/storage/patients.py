@@ -351,17 +351,20 @@ class PatientRepository:
             if filters.identifier_system is not None:
                 idents = idents.where(PatientIdentifierRow.system == filters.identifier_system)
             query = query.where(PatientRow.pk.in_(idents))
-        if after is not None:
-            query = query.where(PatientRow.pk > after)
-        if through is not None:
-            query = query.where(PatientRow.pk <= through)
-        keys, params = query.order_by(PatientRow.pk).limit(limit + 1).sql()
-        db = PatientRow._meta.database
-        rows = db.execute_sql(_page_sql(is_postgres(db), keys), params).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page([_record_from_row(row[1:]) for row in rows],
-                    rows[-1][0] if more and rows else None)
+        rows, following = _page_rows(query, after=after, limit=limit, through=through)
+        return Page([_record_from_row(row) for row in rows], following)
+
+    def search_page(self, *, after: int | None, limit: int, through: int | None = None
+                    ) -> tuple[list[dict[str, Any]], int | None]:
+        """What a search document is made of (:func:`mpi.search.schema.document` reads
+        it) for the live records in key order after ``after`` (up to ``through``), and the
+        key to go on after (None at the end): :meth:`list_page`'s statement, without
+        building each record. A search index rebuild reads every record through here:
+        validating each as a :class:`Patient` and dumping it again cost more than the
+        statement (45,800 records: 75 + 26 µs a record against 28 µs)."""
+        query = PatientRow.select(PatientRow.pk).where(PatientRow.deleted_at.is_null())
+        rows, following = _page_rows(query, after=after, limit=limit, through=through)
+        return [_search_fields(row) for row in rows], following
 
     # --- internals -----------------------------------------------------------------------
 
@@ -545,6 +548,23 @@ def _one_record_sql(postgres: bool) -> str:
     return _SQL_CACHE[key]
 
 
+def _page_rows(query: Any, *, after: int | None, limit: int, through: int | None
+               ) -> tuple[list[Sequence[Any]], int | None]:
+    """The rows (:func:`_records_select`'s) of up to ``limit`` records whose keys ``query``
+    selects, in key order after ``after`` and up to ``through``, and the key to go on
+    after (None at the end)."""
+    if after is not None:
+        query = query.where(PatientRow.pk > after)
+    if through is not None:
+        query = query.where(PatientRow.pk <= through)
+    keys, params = query.order_by(PatientRow.pk).limit(limit + 1).sql()
+    db = PatientRow._meta.database
+    rows = db.execute_sql(_page_sql(is_postgres(db), keys), params).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [row[1:] for row in rows], rows[-1][0] if more and rows else None
+
+
 def _page_sql(postgres: bool, keys: str) -> str:
     """SELECT of the records whose primary keys ``keys`` (a sub-SELECT) gives, in key order,
     each row led by its primary key (:func:`_records_select`)."""
@@ -612,6 +632,36 @@ def _children(value: Any, names: tuple[str, ...]) -> list[dict[str, Any]]:
     items = json.loads(value) if isinstance(value, str) else (value or [])
     return [dict(zip(names, item[1:], strict=True))
             for item in sorted(items, key=operator.itemgetter(0))]
+
+
+#: Where each column a search document reads is in a row of :func:`_records_select`.
+_AT = {f.name: i for i, f in enumerate(_RECORD_COLUMNS)}
+
+
+def _search_fields(row: Sequence[Any]) -> dict[str, Any]:
+    """The part of ``_record_from_row(row).to_dict()`` a search document reads, with the
+    same values (absent ones left out, as ``to_dict`` leaves them), built without the
+    record: ids, source, version, gender, birth date, the person, and the names,
+    identifiers, addresses and telecom."""
+    def column(name: str) -> Any:
+        return _RECORD_COLUMNS[_AT[name]].python_value(row[_AT[name]])
+
+    fields: dict[str, Any] = {
+        "id": uuid_text(row[_AT["id"]]), "version": row[_AT["version"]],
+        "source": row[_AT["source"]], "source_id": row[_AT["source_id"]],
+        "gender": column("gender")}
+    born = _birth_fields(column("birth_date"), row[_AT["birth_date_precision"]])
+    fields["birth_date"] = born["birth_date"] and born["birth_date"].isoformat()
+    fields["birth_date_partial"] = born["birth_date_partial"]
+    person = row[len(_RECORD_COLUMNS)]
+    fields["person_id"] = None if person is None else str(PersonRow.id.python_value(person))
+    start = len(_RECORD_COLUMNS) + 1
+    for (_, names), key, value in zip(
+            _CHILD_COLUMNS, ("names", "identifiers", "addresses", "telecom"),
+            row[start:start + len(_CHILD_COLUMNS)], strict=True):
+        fields[key] = [{k: v for k, v in child.items() if v is not None}
+                       for child in _children(value, names)]
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _record_from_row(row: Sequence[Any]) -> Patient:
