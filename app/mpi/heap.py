@@ -84,6 +84,28 @@ def release() -> None:
     gc.unfreeze()
 
 
+def settle() -> None:
+    """After each batch of a bulk job (an import, a search index build): collect its
+    cyclic garbage, then leave everything alive out of later collections (``gc.freeze``).
+
+    Such a job keeps a large, growing heap: an import, the engine's cache of prepared
+    records and what each batch leaves behind; an index build, the postings of the
+    segment it writes (millions). Python's full collections scan all of it, and each
+    batch's survivors set the next one off: in a 100,000-record import, 116 full
+    collections took 36 of its 116 s; a one-process build of 45,800 records spent 12 to
+    15 % of its time in them. Frozen objects are still freed when their last reference
+    goes; a collection now scans one batch's objects. :func:`thaw` ends it."""
+    gc.collect()
+    gc.freeze()
+
+
+def thaw() -> None:
+    """A bulk job done in a process that goes on: what :func:`settle` froze is the
+    collector's again (left to the policy where :func:`hold_long_lived` is in force)."""
+    if _policy is None:
+        gc.unfreeze()
+
+
 def freeze_imported() -> None:
     """In the master, before it forks: collect, then freeze everything it holds."""
     gc.collect()

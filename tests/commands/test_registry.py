@@ -284,29 +284,3 @@ def test_an_import_serves_its_metrics_while_it_runs(files: Path, monkeypatch):
     second = imported()
     assert second["created"] - first.get("created", 0) == 3
     assert second["rejected"] - first.get("rejected", 0) == 1
-
-
-def test_after_a_batch_garbage_is_collected_and_the_rest_left_out_of_collections():
-    """``settle_heap``: a cycle nothing refers to is collected; what is alive is frozen,
-    so later full collections do not scan it again (the import's growing heap)."""
-    import gc
-    import weakref
-
-    from mpi.commands.registry import settle_heap
-
-    class Node:
-        pass
-
-    cycle = Node()
-    cycle.me = cycle  # type: ignore[attr-defined]
-    gone = weakref.ref(cycle)
-    kept = [Node() for _ in range(100)]
-    del cycle
-    try:
-        settle_heap()
-        assert gone() is None
-        assert gc.get_freeze_count() >= len(kept)
-        scanned = {id(o) for g in range(3) for o in gc.get_objects(generation=g)}
-        assert not scanned & {id(k) for k in kept}
-    finally:
-        gc.unfreeze()

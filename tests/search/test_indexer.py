@@ -282,6 +282,47 @@ def test_rebuild_beside_keeps_readers_answering(db, patients, indexer, reader, i
     assert ids(reader, "smith") == [john.id]
 
 
+def test_a_build_and_a_backlog_leave_each_page_out_of_later_collections(db, patients, index_root,
+                                                           monkeypatch):
+    """An index build holds the new segment's postings (millions at a million records):
+    after each page its heap is settled (collected, then frozen) so that Python's full
+    collections do not walk it again and again, and given back to the collector when
+    the build is done; so is a step of a backlog."""
+    import gc
+
+    from mpi import heap
+    from mpi.search import indexer as indexer_module
+
+    for n in range(5):
+        patients.create(source_id=f"G-{n}", identifiers=[],
+                        names=[{"family": f"Gc{n}", "given": ["Ann"]}])
+    settled = []
+    real = heap.settle
+
+    def settle():
+        real()
+        settled.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(indexer_module, "REBUILD_PAGE", 2)
+    monkeypatch.setattr(indexer_module.heap, "settle", settle)
+    _, count, _ = build_generation(db, IndexDirectory(index_root))
+    assert count == 5 and len(settled) == 3 and min(settled) > 0
+    assert gc.get_freeze_count() == 0
+
+    # A step of a backlog (an instance catching up) the same, a page at a time.
+    indexer = Indexer(db, index_root, poll_interval=0.05, strict=True)
+    try:
+        for n in range(5):
+            patients.create(source_id=f"H-{n}", identifiers=[],
+                            names=[{"family": f"Gc{n}", "given": ["Bo"]}])
+        settled.clear()
+        indexer.catch_up()
+        assert len(settled) == 2 and min(settled) > 0
+        assert gc.get_freeze_count() == 0
+    finally:
+        indexer.stop()
+
+
 def _event(n, kind, entity="p1", payload=None):
     from datetime import datetime
 

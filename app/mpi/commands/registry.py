@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import sys
 import time
@@ -268,24 +267,10 @@ class BatchReader:
             yield item
 
 
-def settle_heap() -> None:
-    """After a batch: collect its cyclic garbage, then leave everything alive out of later
-    collections (``gc.freeze``).
-
-    An import keeps a large, growing heap: the engine's cache of prepared records (up
-    to 200,000) and what each batch leaves behind. Python's full collections scan all of
-    it, and each batch's survivors (a thousand records' objects) set the next one off:
-    in a 100,000-record import, 116 full collections took 36 of its 116 s, more with
-    every record. Frozen objects are still freed when their last reference goes (a
-    record dropped from the cache); a collection now scans one batch's objects."""
-    gc.collect()
-    gc.freeze()
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mpi import config, logs, metrics, wiring
+    from mpi import config, heap, logs, metrics, wiring
     from mpi.domain.audit import Actor
     from mpi.matching.csvio import BadValues, CsvError
     from mpi.storage.db import analyze, connection, planned_rows
@@ -342,7 +327,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                     dropped.merge(values)
                     if batch:
                         results = service.import_batch(batch, actor)
-                        settle_heap()
+                        heap.settle()
                         created = sum(r is not None for r in results)
                         done += created
                         skipped += len(results) - created
@@ -359,7 +344,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     finally:
         services.close()
-        gc.unfreeze()  # (settle_heap's freezing ends with the import: a caller goes on)
+        heap.thaw()  # (the import's freezing ends with it: a caller goes on)
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
     for line in dropped.summary(args.file):

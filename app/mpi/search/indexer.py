@@ -48,7 +48,7 @@ from typing import Any, Literal
 import peewee
 from whoosh import query as wq
 
-from mpi import metrics
+from mpi import heap, metrics
 from mpi.domain.events import ChangeEvent, EventType
 from mpi.search.merging import BackgroundMerge, MergeFailed
 from mpi.search.schema import SCHEMA, document, meta_document
@@ -400,21 +400,25 @@ def _index_here(ix: Any, cursor: int, total: int,
     count = 0
     writer = segment_writer(ix, limitmb=256)
     try:
-        after: int | None = None
-        while True:
-            records, after = repository.search_page(after=after, limit=REBUILD_PAGE)
-            for record in records:
-                writer.add_document(**document(record))
-            count += len(records)
-            if progress is not None:
-                progress(count, total)
-            if after is None:
-                break
-        writer.add_document(**meta_document(cursor))
-    except BaseException:
-        writer.cancel()
-        raise
-    writer.commit()
+        try:
+            after: int | None = None
+            while True:
+                records, after = repository.search_page(after=after, limit=REBUILD_PAGE)
+                for record in records:
+                    writer.add_document(**document(record))
+                count += len(records)
+                heap.settle()  # the segment's postings out of every later collection
+                if progress is not None:
+                    progress(count, total)
+                if after is None:
+                    break
+            writer.add_document(**meta_document(cursor))
+        except BaseException:
+            writer.cancel()
+            raise
+        writer.commit()
+    finally:
+        heap.thaw()
     return count
 
 
@@ -536,6 +540,7 @@ def _index_share(db: peewee.Database, path: Path, exported: str, after: int | No
                 for record in records:
                     writer.add_document(**document(record))
                 added += len(records)
+                heap.settle()  # (a child: it exits when done)
                 messages.put(("progress", share, len(records)))
                 if after is None:
                     break
@@ -657,11 +662,13 @@ def _write_share(path: Path, changes: list[Change], messages: Any) -> None:
         detach_forked_child(path.parent)
         writer = segment_writer(IndexDirectory.open_index(path), limitmb=STEP_POOL_MB,
                                 locked=False)
-        for change in changes:
+        for done, change in enumerate(changes, 1):
             record = change.document_record()
             if record is None:
                 raise NotARecord
             writer.add_document(**document(record))
+            if done % REBUILD_PAGE == 0:
+                heap.settle()  # (a child: it exits when done)
         # Not cancel() or _finish(): as in a rebuild's share (_index_share).
         segment = writer._finalize_segment() if changes else writer._close_segment()
         messages.put(("done", time.perf_counter() - started, segment))
@@ -806,10 +813,14 @@ class Indexer:
         # whoosh's own looked each posting's field length up in the lengths file.
         writer = segment_writer(opened.index, limitmb=STEP_POOL_MB, timeout=10)
         beside: SharedSegment | None = None
+        settled = False
         try:
             beside = self._share_beside(opened, net, new)
             with writer.searcher() as searcher:
-                for patient_id, change in net.items():
+                for done, (patient_id, change) in enumerate(net.items(), 1):
+                    if done % REBUILD_PAGE == 0:  # a backlog's step: as a rebuild's page
+                        heap.settle()
+                        settled = True
                     if beside is not None and patient_id in beside.ids:
                         continue
                     record = None
@@ -858,16 +869,23 @@ class Indexer:
             writer.cancel()
             if beside is not None:
                 beside.stop()
+            if settled:
+                heap.thaw()
             raise
         built = time.perf_counter()
         segments = len(getattr(writer, "segments", ())) + 1 + len(extra)
-        if own is not None:
-            # As whoosh's own multi-process writer commits (whoosh.multiproc.MpWriter): the
-            # index's segments, the child's and this writer's in one table of contents.
-            writer._commit_toc([*writer._merge_segments(None, False, False), *extra, own])
-            writer._finish()
-        else:
-            writer.commit(merge=False)  # searchable now; merging is the next commit's
+        try:
+            if own is not None:
+                # As whoosh's own multi-process writer commits (whoosh.multiproc.MpWriter):
+                # the index's segments, the child's and this writer's in one table of
+                # contents.
+                writer._commit_toc([*writer._merge_segments(None, False, False), *extra, own])
+                writer._finish()
+            else:
+                writer.commit(merge=False)  # searchable now; merging is the next commit's
+        finally:
+            if settled:
+                heap.thaw()
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         metrics.INDEX_APPLIED.inc(len(events))
