@@ -14,6 +14,7 @@ from mpi.search.schema import (
     NAME_ANALYZER,
     PHONETIC_ANALYZER,
     SCHEMA,
+    WholeValueID,
     WordCachedText,
     analysed,
     document,
@@ -94,6 +95,9 @@ def test_a_word_cached_field_gives_the_postings_whoosh_gives(value):
         assert list(field.index(value)) == list(fields.TEXT.index(field, value))
     for kind, analyzer in ANALYZERS.items():
         assert analysed(kind, value) == [t.text for t in analyzer(value, mode="index")]
+    for _, field in SCHEMA.items():
+        if isinstance(field, WholeValueID):
+            assert list(field.index(value)) == list(fields.ID.index(field, value))
 
 
 def test_the_schema_kept_in_an_index_indexes_as_the_one_in_code():
@@ -104,4 +108,7 @@ def test_the_schema_kept_in_an_index_indexes_as_the_one_in_code():
     for name, field in SCHEMA.items():
         if isinstance(field, WordCachedText):
             assert again[name].kind == field.kind
+        if field.indexed:
             assert list(again[name].index(value)) == list(field.index(value))
+    assert {n for n, f in SCHEMA.items() if isinstance(f, WholeValueID)} == {
+        "id", "kind", "person_id", "birth_date", "birth_year", "gender", "source"}

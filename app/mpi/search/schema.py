@@ -27,6 +27,7 @@ from whoosh import fields, formats
 from whoosh.analysis import (
     CharsetFilter,
     Filter,
+    IDTokenizer,
     LowercaseFilter,
     NgramFilter,
     RegexTokenizer,
@@ -165,15 +166,27 @@ class WordCachedText(fields.TEXT):  # type: ignore[misc]
             yield (text.encode("utf-8"), freq, weights[text] * fb, pack_uint(freq))
 
 
+class WholeValueID(fields.ID):  # type: ignore[misc]
+    """Whoosh's ``ID`` field, its one term (the value as it is) made without the analysis
+    machinery (a tokenizer's generator, a token object, a set) for each of a document's
+    six ID fields; the postings ``ID.index`` gives (tests/search/test_schema.py)."""
+
+    def index(self, value: Any, **kwargs: Any) -> Any:
+        if (isinstance(value, str) and not kwargs
+                and type(self.analyzer) is IDTokenizer):
+            return [(value.encode("utf-8"), 1, self.format.field_boost, b"")]
+        return super().index(value, **kwargs)
+
+
 ANALYZERS = {"name": NAME_ANALYZER, "phonetic": PHONETIC_ANALYZER, "ngram": NGRAM_ANALYZER,
              "prefix": PREFIX_ANALYZER, "kept": KEPT_ANALYZER, "token": TOKEN_ANALYZER,
              "identifier": IDENTIFIER_ANALYZER}
 
 SCHEMA = fields.Schema(
-    id=fields.ID(stored=True, unique=True),
-    kind=fields.ID(),
+    id=WholeValueID(stored=True, unique=True),
+    kind=WholeValueID(),
     version=fields.STORED(),
-    person_id=fields.ID(stored=True),
+    person_id=WholeValueID(stored=True),
     name=WordCachedText("name", field_boost=1.0),
     family=WordCachedText("name"),
     given=WordCachedText("name"),
@@ -183,13 +196,13 @@ SCHEMA = fields.Schema(
     name_year=WordCachedText("kept", phrase=False),
     name_phonetic_year=WordCachedText("kept", phrase=False),
     family_prefix=WordCachedText("prefix", phrase=False),
-    birth_date=fields.ID(),
-    birth_year=fields.ID(),
-    gender=fields.ID(),
+    birth_date=WholeValueID(),
+    birth_year=WholeValueID(),
+    gender=WholeValueID(),
     identifier=fields.TEXT(analyzer=IDENTIFIER_ANALYZER, phrase=False),
     address=WordCachedText("name"),
     telecom=fields.TEXT(analyzer=TOKEN_ANALYZER, phrase=False),
-    source=fields.ID(),
+    source=WholeValueID(),
     source_id=fields.TEXT(analyzer=IDENTIFIER_ANALYZER, phrase=False),
     # The meta document's stored fields.
     cursor=fields.STORED(),
