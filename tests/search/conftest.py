@@ -71,3 +71,17 @@ def reader(index_root: Path) -> Iterator[WhooshSearchIndex]:
 def ids(reader: WhooshSearchIndex, text: str, **options: Any) -> list[str]:
     return [h.id for h in reader.search(parse(text, Options(**options)), offset=0,
                                         limit=100).hits]
+
+
+def all_postings(ix: Any) -> tuple[list[tuple[Any, ...]], list[tuple[int, list[Any]]]]:
+    """Every term's postings (field, term, document, weight, value) and every document's
+    stored fields, of a whoosh index: to compare two indexes whole."""
+    with ix.reader() as reader:
+        postings = []
+        for field, term in reader.all_terms():
+            matcher = reader.postings(field, term)
+            while matcher.is_active():
+                postings.append((field, term, matcher.id(), matcher.weight(), matcher.value()))
+                matcher.next()
+        stored = [(docnum, sorted(fields.items())) for docnum, fields in reader.iter_docs()]
+    return postings, stored

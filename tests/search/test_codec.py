@@ -12,6 +12,7 @@ from whoosh.scoring import BM25F
 from mpi.search.codec import InliningCodec
 from mpi.search.schema import document
 from mpi.search.store import IndexDirectory, segment_writer
+from tests.search.conftest import all_postings
 
 
 def _records(count: int, seed: int) -> list[dict]:
@@ -44,26 +45,13 @@ def _write(tmp_path, name: str, codec, records: list[dict]):
     return directory.open_index(built)
 
 
-def _everything(ix) -> tuple[list, list]:
-    """Every term's postings (document, weight, value) and every stored field."""
-    with ix.reader() as reader:
-        postings = []
-        for field, term in reader.all_terms():
-            matcher = reader.postings(field, term)
-            while matcher.is_active():
-                postings.append((field, term, matcher.id(), matcher.weight(), matcher.value()))
-                matcher.next()
-        stored = [(docnum, sorted(fields.items())) for docnum, fields in reader.iter_docs()]
-    return postings, stored
-
-
 def test_the_service_writer_reads_back_what_whoosh_writes(tmp_path):
     records = _records(600, seed=1)
     ours = _write(tmp_path, "ours", None, records)
     theirs = _write(tmp_path, "whoosh", W3Codec(), records)
     try:
-        assert len(_everything(ours)[0]) > 600 * 40
-        assert _everything(ours) == _everything(theirs)
+        assert len(all_postings(ours)[0]) > 600 * 40
+        assert all_postings(ours) == all_postings(theirs)
         with ours.reader() as reader, theirs.reader() as reference:
             for field, term in reader.all_terms():
                 assert reader.doc_frequency(field, term) == reference.doc_frequency(field, term)

@@ -11,6 +11,7 @@ from whoosh.filedb.filestore import FileStorage
 from mpi.search import pool as pool_module
 from mpi.search.pool import BlockPostingPool, merge_blocks
 from mpi.search.store import IndexDirectory, segment_writer
+from tests.search.conftest import all_postings
 
 
 def _postings(count: int, seed: int) -> list[tuple]:
@@ -100,14 +101,7 @@ def _segment(tmp_path, name: str, limitmb: int, records: list[dict]) -> tuple[li
     runs = len(writer.pool.runs)
     writer.commit()
     ix = directory.open_index(built)
-    with ix.reader() as reader:
-        postings = []
-        for field, term in reader.all_terms():
-            matcher = reader.postings(field, term)
-            while matcher.is_active():
-                postings.append((field, term, matcher.id(), matcher.weight(), matcher.value()))
-                matcher.next()
-        stored = [(docnum, sorted(fields.items())) for docnum, fields in reader.iter_docs()]
+    postings, stored = all_postings(ix)
     ix.close()
     return postings, stored, runs
 

@@ -89,7 +89,9 @@ def fold_identifier(text: str) -> str:
 
 
 #: Words whose analysis each analyzer remembers (per process; a name's words repeat).
-WORD_CACHE = 8192
+#: 100,000 of the search bench's records (2/5 of them with a made-up rare surname): 93.5 %
+#: of look-ups found, 6.5 MB for the four caches; 8,192 words: 94.7 %, 23.5 MB.
+WORD_CACHE = 2048
 
 
 @cache

@@ -653,15 +653,21 @@ def _search_fields(row: Sequence[Any]) -> dict[str, Any]:
     born = _birth_fields(column("birth_date"), row[_AT["birth_date_precision"]])
     fields["birth_date"] = born["birth_date"] and born["birth_date"].isoformat()
     fields["birth_date_partial"] = born["birth_date_partial"]
-    person = row[len(_RECORD_COLUMNS)]
-    fields["person_id"] = None if person is None else str(PersonRow.id.python_value(person))
-    start = len(_RECORD_COLUMNS) + 1
-    for (_, names), key, value in zip(
-            _CHILD_COLUMNS, ("names", "identifiers", "addresses", "telecom"),
-            row[start:start + len(_CHILD_COLUMNS)], strict=True):
-        fields[key] = [{k: v for k, v in child.items() if v is not None}
-                       for child in _children(value, names)]
+    fields["person_id"], children = _person_and_children(row)
+    for key, rows in children.items():
+        fields[key] = [{k: v for k, v in child.items() if v is not None} for child in rows]
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _person_and_children(row: Sequence[Any]) -> tuple[str | None, dict[str, list[dict[str, Any]]]]:
+    """A :func:`_records_select` row's person id, and its child tables' rows (names,
+    identifiers, addresses, telecom) as dicts in position order."""
+    person = row[len(_RECORD_COLUMNS)]
+    start = len(_RECORD_COLUMNS) + 1
+    children = {key: _children(value, names) for (_, names), key, value in zip(
+        _CHILD_COLUMNS, ("names", "identifiers", "addresses", "telecom"),
+        row[start:start + len(_CHILD_COLUMNS)], strict=True)}
+    return None if person is None else str(PersonRow.id.python_value(person)), children
 
 
 def _record_from_row(row: Sequence[Any]) -> Patient:
@@ -675,13 +681,9 @@ def _record_from_row(row: Sequence[Any]) -> Patient:
     record["contacts"] = record["contacts"] or []
     record.update(_birth_fields(record["birth_date"], record.pop("birth_date_precision")))
     record["id"] = str(record["id"])
-    person = row[len(_RECORD_COLUMNS)]
-    record["person_id"] = None if person is None else str(PersonRow.id.python_value(person))
+    record["person_id"], children = _person_and_children(row)
+    record.update(children)
     start = len(_RECORD_COLUMNS) + 1
-    for (_, names), key, value in zip(
-            _CHILD_COLUMNS, ("names", "identifiers", "addresses", "telecom"),
-            row[start:start + len(_CHILD_COLUMNS)], strict=True):
-        record[key] = _children(value, names)
     replaced_by, replaces = row[start + len(_CHILD_COLUMNS):start + len(_CHILD_COLUMNS) + 2]
     record["replaced_by"] = None if replaced_by is None else uuid_text(replaced_by)
     ids = json.loads(replaces) if isinstance(replaces, str) else (replaces or [])
