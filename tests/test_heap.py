@@ -102,10 +102,37 @@ def test_after_a_batch_garbage_is_collected_and_the_rest_left_out_of_collections
         gc.unfreeze()
 
 
-def test_thawing_leaves_a_serving_process_to_its_policy(policy):
-    """Where long-lived objects are held (a worker that rebuilt the index in a thread),
-    the policy keeps what it froze; it unfreezes when it is due."""
+def test_a_serving_process_heap_is_left_to_whoever_froze_it(policy):
+    """A worker's policy freezes what survives its full collections: settling and
+    thawing there change nothing."""
     kept = [Node() for _ in range(1_000)]
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    assert frozen >= len(kept)
     heap.settle()
+    assert gc.get_freeze_count() == frozen
     heap.thaw()
-    assert gc.get_freeze_count() >= len(kept)
+    assert gc.get_freeze_count() == frozen
+
+
+def test_a_heap_frozen_before_the_job_stays_frozen():
+    """A process forked by a master that froze what it imported (the search indexer's)
+    does not settle, so no thaw gives the master's objects back to its collector; a
+    build's child, which exits when done, does."""
+    inherited = [Node() for _ in range(100)]
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(inherited)
+        fresh = [Node() for _ in range(100)]
+        heap.settle()
+        assert gc.get_freeze_count() == frozen
+        heap.thaw()
+        assert gc.get_freeze_count() == frozen
+        heap.settle(process_exits=True)
+        assert gc.get_freeze_count() >= frozen + len(fresh)
+        heap.thaw()  # (nothing to end: a child never thaws)
+        assert gc.get_freeze_count() >= frozen + len(fresh)
+    finally:
+        gc.unfreeze()

@@ -62,6 +62,7 @@ class HeapPolicy:
 
 
 _policy: HeapPolicy | None = None
+_settling = False  # settle() froze this heap for a job that thaw() has not ended
 
 
 def hold_long_lived() -> HeapPolicy:
@@ -84,7 +85,7 @@ def release() -> None:
     gc.unfreeze()
 
 
-def settle() -> None:
+def settle(*, process_exits: bool = False) -> None:
     """After each batch of a bulk job (an import, a search index build): collect the
     young generations' cyclic garbage, then leave everything alive out of later
     collections (``gc.freeze``).
@@ -100,15 +101,28 @@ def settle() -> None:
     Not a full collection: after a thaw (an indexer's backlog step is one job) it would
     walk the whole heap again, and an indexer catching up in a process holding 3,000,000
     other objects took 7.6 s instead of 5.3 s. A cycle that reached the oldest generation
-    during the batch is frozen with the rest and found after the thaw."""
+    during the batch is frozen with the rest and found after the thaw.
+
+    Only where this process's freezing is the job's own: not in a worker (its policy
+    freezes, :func:`hold_long_lived`), nor in a process that started with a frozen heap
+    (forked by a master that froze what it imported: thawing would give the master's
+    objects back to the collector, whose walks then copy the pages the processes share),
+    unless ``process_exits`` (a build's child: it never thaws)."""
+    global _settling
+    if not process_exits and not _settling and (_policy is not None
+                                                or gc.get_freeze_count()):
+        return
+    _settling = not process_exits
     gc.collect(1)
     gc.freeze()
 
 
 def thaw() -> None:
     """A bulk job done in a process that goes on: what :func:`settle` froze is the
-    collector's again (left to the policy where :func:`hold_long_lived` is in force)."""
-    if _policy is None:
+    collector's again."""
+    global _settling
+    if _settling:
+        _settling = False
         gc.unfreeze()
 
 

@@ -540,7 +540,7 @@ def _index_share(db: peewee.Database, path: Path, exported: str, after: int | No
                 for record in records:
                     writer.add_document(**document(record))
                 added += len(records)
-                heap.settle()  # (a child: it exits when done)
+                heap.settle(process_exits=True)
                 messages.put(("progress", share, len(records)))
                 if after is None:
                     break
@@ -668,7 +668,7 @@ def _write_share(path: Path, changes: list[Change], messages: Any) -> None:
                 raise NotARecord
             writer.add_document(**document(record))
             if done % REBUILD_PAGE == 0:
-                heap.settle()  # (a child: it exits when done)
+                heap.settle(process_exits=True)
         # Not cancel() or _finish(): as in a rebuild's share (_index_share).
         segment = writer._finalize_segment() if changes else writer._close_segment()
         messages.put(("done", time.perf_counter() - started, segment))
