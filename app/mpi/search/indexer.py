@@ -813,14 +813,12 @@ class Indexer:
         # whoosh's own looked each posting's field length up in the lengths file.
         writer = segment_writer(opened.index, limitmb=STEP_POOL_MB, timeout=10)
         beside: SharedSegment | None = None
-        settled = False
         try:
             beside = self._share_beside(opened, net, new)
             with writer.searcher() as searcher:
                 for done, (patient_id, change) in enumerate(net.items(), 1):
                     if done % REBUILD_PAGE == 0:  # a backlog's step: as a rebuild's page
                         heap.settle()
-                        settled = True
                     if beside is not None and patient_id in beside.ids:
                         continue
                     record = None
@@ -869,8 +867,7 @@ class Indexer:
             writer.cancel()
             if beside is not None:
                 beside.stop()
-            if settled:
-                heap.thaw()
+            heap.thaw()  # (nothing to end unless this step settled)
             raise
         built = time.perf_counter()
         segments = len(getattr(writer, "segments", ())) + 1 + len(extra)
@@ -884,8 +881,7 @@ class Indexer:
             else:
                 writer.commit(merge=False)  # searchable now; merging is the next commit's
         finally:
-            if settled:
-                heap.thaw()
+            heap.thaw()
         committed = time.perf_counter()
         self._opened = Opened(opened.path, opened.index, cursor)
         metrics.INDEX_APPLIED.inc(len(events))
