@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from whoosh.codec.whoosh3 import W3Codec
+from whoosh.codec.whoosh3 import W3Codec, W3FieldWriter
 from whoosh.scoring import BM25F
 
-from mpi.search.codec import InliningCodec
+from mpi.search.codec import InliningCodec, inlined_entry
 from mpi.search.schema import document
-from mpi.search.store import IndexDirectory, segment_writer
+from mpi.search.store import IndexDirectory, _BulkSegmentWriter, segment_writer
 from tests.search.conftest import all_postings
 
 
@@ -101,3 +101,88 @@ def test_an_inlined_term_copied_keeps_what_scoring_a_block_reads(tmp_path, term)
             assert copy.score() == matcher.score()
     finally:
         ix.close()
+
+
+class _PostingAtATime(InliningCodec):
+    """The service's codec with whoosh's own field writer: its ``add_postings`` loop, a
+    posting at a time, is the reference for the term-at-a-time writer."""
+
+    def field_writer(self, storage, segment):
+        return W3FieldWriter(self, storage, segment)
+
+
+def _segment_files(tmp_path, name: str, records: list[dict], *, codec, bulk: bool
+                   ) -> dict[str, bytes]:
+    """The files of the one segment ``records`` make, by name after the segment's random
+    id (not assembled into a compound file, whose directory names that id)."""
+    directory = IndexDirectory(tmp_path / name)
+    built = directory.new_build()
+    ix = directory.create_index(built)
+    if bulk:  # the rebuild's writer: field lengths read whole (``length_bytes``)
+        writer = _BulkSegmentWriter(ix, limitmb=1, codec=codec, compound=False)
+    else:  # whoosh's writer: lengths asked a document at a time
+        writer = ix.writer(codec=codec, compound=False)
+    for record in records:
+        writer.add_document(**document(record))
+    writer.commit()
+    ix.close()
+    # patients_<segment id>.trm, patients_<segment id>._name_len.col, ...
+    files = {p.name.split(".", 1)[1]: p.read_bytes() for p in built.iterdir()
+             if p.suffix not in (".toc", "") and "WRITELOCK" not in p.name}
+    assert {"trm", "pst", "_stored.col", "_name_len.col"} <= set(files)
+    return files
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["rebuild writer", "whoosh writer"])
+def test_terms_written_a_term_at_a_time_are_the_bytes_whoosh_writes(tmp_path, bulk):
+    # 700 records: "patient" and each common family name hold more postings than a block
+    # (128), spread over blocks; identifiers and rare names one; the pool spills (1 MB).
+    records = _records(700, seed=3)
+    ours = _segment_files(tmp_path, "ours", records, codec=InliningCodec(), bulk=bulk)
+    theirs = _segment_files(tmp_path, "theirs", records, codec=_PostingAtATime(), bulk=bulk)
+    assert ours.keys() == theirs.keys()
+    for suffix in ours:
+        assert ours[suffix] == theirs[suffix], suffix
+
+
+def test_a_one_document_entry_is_what_the_term_info_writes():
+    from array import array
+
+    from whoosh.codec.whoosh3 import W3TermInfo
+    from whoosh.util.numeric import byte_to_length
+
+    for docnum, weight, value, length in [(7, 1.0, b"\x00\x00\x00\x01", 3),
+                                          (0, 2.3, b"", 0), (4_000_000, 0.1, None, 255)]:
+        info = W3TermInfo()
+        block = _Block(docnum, weight, length and byte_to_length(length))
+        info.add_block(block)
+        info.set_inlined(array("I", [docnum]), array("f", [weight]), [value or None])
+        assert inlined_entry(docnum, weight, value, length) == info.to_bytes()
+
+
+class _Block:
+    """A postings block of one posting, as ``W3TermInfo.add_block`` reads it."""
+
+    def __init__(self, docnum: int, weight: float, length: int | None):
+        from array import array
+
+        self._weights = array("f", [weight])
+        self._docnum, self._weight, self._length = docnum, weight, length
+
+    def __len__(self) -> int:
+        return 1
+
+    def min_length(self):
+        return self._length or None
+
+    def max_length(self):
+        return self._length or 0
+
+    def max_weight(self):
+        return self._weight
+
+    def min_id(self):
+        return self._docnum
+
+    def max_id(self):
+        return self._docnum

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import warnings
 
-from mpi.search.store import IndexDirectory, IndexState, WriterLock
+from mpi.search.store import IndexDirectory, IndexState, PositionedFile, WriterLock, storage_at
 
 
 def _built(directory: IndexDirectory):
@@ -101,3 +101,45 @@ def test_a_bulk_segment_gets_the_field_lengths_whoosh_itself_reads(tmp_path):
     whole.close()
     reader.close()
     ix.close()
+
+
+def test_a_written_file_knows_its_position_as_the_file_does(tmp_path):
+    from array import array
+
+    storage = storage_at(tmp_path)
+    f = storage.create_file("segment.trm")
+    assert isinstance(f, PositionedFile)
+    f.write(b"abc")
+    f.write_int(7)
+    f.write_varint(300)
+    assert f.tell() == f.file.tell() == 9
+    f.write_pickle({"fieldmap": {"name": 0}})  # written to the file itself
+    assert f.tell() == f.file.tell()
+    f.write_array(array("I", [1, 2, 3]))  # (array.tofile)
+    assert f.tell() == f.file.tell()
+    f.write(memoryview(b"12345"))
+    assert f.tell() == f.file.tell()
+    f.seek(2)
+    assert f.tell() == 2
+    f.write(b"XY")
+    assert f.tell() == f.file.tell() == 4
+    f.seek(0, 2)
+    end = f.tell()
+    raw = f.raw_file()  # whoever holds it may write past what the wrapper counts
+    raw.write(b"more")
+    assert f.tell() == f.file.tell() == end + 4
+    f.close()
+    assert (tmp_path / "segment.trm").stat().st_size == end + 4
+
+
+def test_a_file_opened_for_reading_too_is_asked_its_position(tmp_path):
+    storage = storage_at(tmp_path)
+    f = storage.create_file("both", mode="w+b")
+    f.write(b"abcdef")
+    f.seek(0)
+    assert f.read(2) == b"ab"
+    assert f.tell() == 2
+    f.write(b"Z")
+    assert f.get(0, 4) == b"abZd"  # whoosh reads seek the file itself
+    assert f.tell() == f.file.tell()
+    f.close()

@@ -23,13 +23,22 @@ Segments whoosh's own codec wrote read as before.
 
 from __future__ import annotations
 
+import struct
+from array import array
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from whoosh.codec.whoosh3 import W3Codec, W3PostingsWriter
+from whoosh.codec.base import OutOfOrderError
+from whoosh.codec.whoosh3 import W3Codec, W3FieldWriter, W3PostingsWriter, W3TermInfo
+from whoosh.compat import dumps
 from whoosh.matching import ListMatcher
+from whoosh.system import pack_ushort
+from whoosh.util.numeric import byte_to_length, length_to_byte
 
 #: Terms with fewer postings than this are kept in their entry (one document's).
 INLINE_LIMIT = 2
+_ENTRY = W3TermInfo._struct  # a term's entry: flags, statistics, first and last document
+_FLOAT = struct.Struct("f")
 
 
 class InliningCodec(W3Codec):  # type: ignore[misc]
@@ -37,6 +46,9 @@ class InliningCodec(W3Codec):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__(inlinelimit=INLINE_LIMIT)
+
+    def field_writer(self, storage: Any, segment: Any) -> Any:
+        return _TermAtATimeFieldWriter(self, storage, segment)
 
     def postings_writer(self, dbfile: Any, byteids: bool = False) -> Any:
         return _InliningPostingsWriter(dbfile, blocklimit=self._blocklimit, byteids=byteids,
@@ -78,3 +90,121 @@ class _InliningPostingsWriter(W3PostingsWriter):  # type: ignore[misc]
             self._terminfo = None
             return terminfo
         return super().finish_postings()
+
+    def write_term(self, format_: Any, postings: list[tuple[Any, ...]],
+                   lengths: Callable[[list[int]], list[int]]) -> Any:
+        """A whole term's postings, ``(field, term, docnum, weight, value)`` in document
+        order, written as ``start_postings``, ``add_posting`` for each and
+        ``finish_postings`` write them (the same blocks, statistics and entry), filling
+        each block at once instead of a posting at a time; ``lengths(docnums)``: each
+        document's field length as its length byte (0: none). Returns the term's entry."""
+        self.start_postings(format_, W3TermInfo())
+        limit = self._blocklimit
+        for start in range(0, len(postings), limit):
+            if start:  # a full block before this one (add_posting writes it so)
+                self._write_block()
+            _, _, ids, weights, values = zip(*postings[start:start + limit], strict=True)
+            self._ids = list(ids) if self._byteids else array("I", ids)
+            self._weights = array("f", weights)
+            self._values = [v for v in values if v]
+            top = max(weights)
+            self._maxweight = top if top > 0 else 0
+            # whoosh keeps the lengths and writes their bytes; the bytes rise with them
+            known = [n for n in lengths(list(ids)) if n]
+            self._minlength = byte_to_length(min(known)) if known else None
+            self._maxlength = byte_to_length(max(known)) if known else 0
+        return self.finish_postings()
+
+
+def inlined_entry(docnum: int, weight: float, value: bytes | None, length: int) -> bytes:
+    """The terms-table entry :class:`InliningCodec` writes for a term one document holds
+    (``docnum``, with ``weight`` and ``value``, its field's length byte ``length``, 0 for
+    none): ``W3TermInfo.to_bytes`` of what ``write_term`` gives it, without the objects."""
+    stored = _FLOAT.unpack(_FLOAT.pack(weight))[0]  # as the block's array("f") holds it
+    return _ENTRY.pack(True, stored, 1, length, length, weight if weight > 0 else 0,
+                       docnum, docnum) + dumps(((docnum,), (stored,), (value or None,)), 2)
+
+
+class _TermAtATimeFieldWriter(W3FieldWriter):  # type: ignore[misc]
+    """Whoosh 3's field writer, taking the segment's sorted postings a term at a time.
+
+    Whoosh's ``FieldWriter.add_postings`` makes three Python calls per posting (the
+    document's field length, ``add``, ``add_posting`` with its type assertions), and a
+    term costs a term info object, a postings block and their statistics; a rebuild
+    writes ~58 postings and ~10 terms a record, 84 % of the terms held by one record.
+    Here a term's postings are gathered (one append each) and written by
+    :meth:`_InliningPostingsWriter.write_term`, and a term of one posting's entry is
+    made at once (:func:`inlined_entry`); field lengths come from the segment's lengths
+    column read whole when the caller's length reader offers it (``length_bytes``,
+    :class:`mpi.search.store._WholeLengths`). The files are the same bytes whoosh's loop
+    writes (tests/search/test_codec.py)."""
+
+    _postwriter: Any
+    _fieldobj: Any
+    _btext: bytes
+    _tindex: Any
+    _fieldid: int
+    _codec: Any
+
+    def add_postings(self, schema: Any, lengths: Any, items: Iterable[tuple[Any, ...]]
+                     ) -> None:
+        lastfn: str | None = None
+        lasttext: bytes | None = None
+        term: list[tuple[Any, ...]] = []
+        measure: Callable[[list[int]], list[int]] = _no_lengths
+        for item in items:
+            fieldname, btext = item[0], item[1]
+            if btext != lasttext or fieldname != lastfn:
+                if term:
+                    self._write_term(term, measure)
+                    term = []
+                if fieldname != lastfn:
+                    if lastfn is not None:
+                        if fieldname < lastfn:
+                            raise OutOfOrderError(f"Field {lastfn!r} .. {fieldname!r}")
+                        self.finish_field()
+                    self.start_field(fieldname, schema[fieldname])
+                    measure = _measure(lengths, fieldname)
+                    lastfn = fieldname
+                elif lasttext is not None and btext < lasttext:
+                    raise OutOfOrderError(f"Term {fieldname}:{lasttext!r} .. {btext!r}")
+                lasttext = btext
+            if item[2] != -1:  # whoosh's spelling-word marker: not a posting
+                term.append(item)
+        if term:
+            self._write_term(term, measure)
+
+    def _write_term(self, term: list[tuple[Any, ...]],
+                    lengths: Callable[[list[int]], list[int]]) -> None:
+        self._btext = btext = term[0][1]
+        if len(term) == 1 and self._codec._inlinelimit > 1:
+            _, _, docnum, weight, value = term[0]
+            entry = inlined_entry(docnum, weight, value, lengths([docnum])[0])
+        else:
+            entry = self._postwriter.write_term(self._fieldobj.format, term,
+                                                lengths).to_bytes()
+        # as W3FieldWriter.finish_term adds the term's row to the terms table
+        self._tindex.add(pack_ushort(self._fieldid) + btext, entry)
+
+
+def _no_lengths(docnums: list[int]) -> list[int]:
+    return [0] * len(docnums)
+
+
+def _measure(lengths: Any, fieldname: str) -> Callable[[list[int]], list[int]]:
+    """Each document's length byte for ``fieldname`` (0: none), as whoosh's writer asks a
+    length reader (``doc_field_length``), from the whole column where the reader offers
+    it."""
+    if lengths is None:
+        return _no_lengths
+    whole = getattr(lengths, "length_bytes", None)
+    if whole is None:
+        def each(docnums: list[int]) -> list[int]:
+            return [length_to_byte(lengths.doc_field_length(d, fieldname)) for d in docnums]
+
+        return each
+    column = whole(fieldname)
+    if column is None:  # a field without lengths: the reader's default, 0
+        return _no_lengths
+    size = len(column)
+    return lambda docnums: [column[d] if d < size else 0 for d in docnums]
