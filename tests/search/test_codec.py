@@ -8,6 +8,7 @@ import random
 import pytest
 from whoosh.codec.whoosh3 import W3Codec, W3FieldWriter
 from whoosh.scoring import BM25F
+from whoosh.writing import SegmentWriter
 
 from mpi.search.codec import InliningCodec, inlined_entry
 from mpi.search.schema import document
@@ -111,6 +112,12 @@ class _PostingAtATime(InliningCodec):
         return W3FieldWriter(self, storage, segment)
 
 
+class _WhooshAdds(_BulkSegmentWriter):
+    """The rebuild's writer adding documents as whoosh's ``SegmentWriter`` does."""
+
+    add_document = SegmentWriter.add_document
+
+
 def _segment_files(tmp_path, name: str, records: list[dict], *, codec, bulk: bool
                    ) -> dict[str, bytes]:
     """The files of the one segment ``records`` make, by name after the segment's random
@@ -119,7 +126,8 @@ def _segment_files(tmp_path, name: str, records: list[dict], *, codec, bulk: boo
     built = directory.new_build()
     ix = directory.create_index(built)
     if bulk:  # the rebuild's writer: field lengths read whole (``length_bytes``)
-        writer = _BulkSegmentWriter(ix, limitmb=1, codec=codec, compound=False)
+        kind = _WhooshAdds if isinstance(codec, _PostingAtATime) else _BulkSegmentWriter
+        writer = kind(ix, limitmb=1, codec=codec, compound=False)
     else:  # whoosh's writer: lengths asked a document at a time
         writer = ix.writer(codec=codec, compound=False)
     for record in records:

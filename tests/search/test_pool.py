@@ -1,4 +1,5 @@
-"""The postings pool that spills and merges its runs in blocks gives whoosh's stream."""
+"""The postings pool, each field's postings sorted apart and spilled and merged in blocks,
+gives whoosh's stream."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from whoosh.filedb.filestore import FileStorage
 
 from mpi.search import pool as pool_module
-from mpi.search.pool import BlockPostingPool, merge_blocks
+from mpi.search.pool import FieldPostingPool, merge_blocks
 from mpi.search.store import IndexDirectory, segment_writer
 from tests.search.conftest import all_postings
 
@@ -48,44 +49,77 @@ def test_merging_blocks_gives_the_sorted_stream(shape):
     assert list(merge_blocks(runs)) == sorted(everything)
 
 
-def _pool(tmp_path, limit_bytes: int) -> tuple[BlockPostingPool, FileStorage]:
+def _pool(tmp_path, limit_bytes: int) -> tuple[FieldPostingPool, FileStorage]:
     storage = FileStorage(str(tmp_path)).create()
-    pool = BlockPostingPool(storage, segment=None, limitmb=1)
+    pool = FieldPostingPool(storage, segment=None, limitmb=1)
     pool.limit = limit_bytes
     return pool, storage
+
+
+def _by_document(postings: list[tuple]) -> list[tuple[str, int, list[tuple]]]:
+    """The postings as a writer adds them: document by document, a field at a time."""
+    grouped: dict[tuple[int, str], list[tuple]] = {}
+    for field, term, docnum, weight, value in postings:
+        grouped.setdefault((docnum, field), []).append((term, docnum, weight, value))
+    return [(field, docnum, items) for (docnum, field), items in sorted(grouped.items())]
 
 
 def test_a_pool_that_spills_gives_back_every_posting_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(pool_module, "BLOCK", 50)  # several blocks per run
     postings = _postings(3_000, seed=1)
     pool, storage = _pool(tmp_path, limit_bytes=40_000)  # ~200 postings a run
+    for field, docnum, items in _by_document(postings):
+        pool.add_many(field, docnum, items)
+    assert len(pool.runs) > 10
+    assert not pool._unordered  # each field's terms sorted on the term alone
+    assert list(pool.iter_postings()) == sorted(postings)
+    assert not [name for name in storage.list() if name.endswith(".run")]
+
+
+def test_postings_added_out_of_document_order_are_sorted_whole(tmp_path, monkeypatch):
+    """Whoosh adding another segment's postings (``add``, term by term), or any posting
+    in no particular order: the field's postings are sorted on all they hold."""
+    monkeypatch.setattr(pool_module, "BLOCK", 50)
+    postings = _postings(3_000, seed=5)  # shuffled
+    pool, storage = _pool(tmp_path, limit_bytes=40_000)
     for posting in postings:
         pool.add(posting)
-    assert len(pool.runs) > 10
-    assert list(pool.items()) == sorted(postings)
+    assert len(pool.runs) > 10 and pool._unordered
+    assert list(pool.iter_postings()) == sorted(postings)
     assert not [name for name in storage.list() if name.endswith(".run")]
 
 
 def test_runs_merged_into_fewer_runs_first_give_the_same_stream(tmp_path, monkeypatch):
-    """More runs than files open at once: whoosh merges some into new runs first
-    (``reduce_to``, which writes from an iterator, not a list)."""
+    """More runs than are merged at once: some are merged into new runs first."""
     monkeypatch.setattr(pool_module, "BLOCK", 64)
+    monkeypatch.setattr(pool_module, "MAX_RUNS", 3)
     postings = _postings(2_000, seed=2)
     pool, storage = _pool(tmp_path, limit_bytes=20_000)
-    for posting in postings:
-        pool.add(posting)
+    for field, docnum, items in _by_document(postings):
+        pool.add_many(field, docnum, items)
     assert len(pool.runs) > 8
-    assert list(pool.items(maxfiles=3)) == sorted(postings)
+    fields = [(field, list(items)) for field, items in pool.by_field()]
+    assert [field for field, _ in fields] == sorted({p[0] for p in postings})
+    assert [(field, *p) for field, items in fields for p in items] == sorted(postings)
     assert not [name for name in storage.list() if name.endswith(".run")]
 
 
 def test_a_pool_that_never_spills_sorts_in_memory(tmp_path):
     postings = _postings(500, seed=3)
     pool, _ = _pool(tmp_path, limit_bytes=10**9)
-    for posting in postings:
-        pool.add(posting)
+    for field, docnum, items in _by_document(postings):
+        pool.add_many(field, docnum, items)
     assert pool.runs == []
-    assert list(pool.items()) == sorted(postings)
+    assert list(pool.iter_postings()) == sorted(postings)
+
+
+def test_a_pool_cleaned_up_leaves_no_run(tmp_path):
+    pool, storage = _pool(tmp_path, limit_bytes=2_000)
+    for field, docnum, items in _by_document(_postings(300, seed=6)):
+        pool.add_many(field, docnum, items)
+    assert pool.runs
+    pool.cleanup()
+    assert not [name for name in storage.list() if name.endswith(".run")]
 
 
 def _segment(tmp_path, name: str, limitmb: int, records: list[dict]) -> tuple[list, list, int]:
@@ -95,7 +129,7 @@ def _segment(tmp_path, name: str, limitmb: int, records: list[dict]) -> tuple[li
     built = directory.new_build()
     ix = directory.create_index(built)
     writer = segment_writer(ix, limitmb=limitmb)
-    assert isinstance(writer.pool, BlockPostingPool)
+    assert isinstance(writer.pool, FieldPostingPool)
     for record in records:
         writer.add_document(**document(record))
     runs = len(writer.pool.runs)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import struct
 from array import array
 from collections.abc import Callable, Iterable
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from whoosh.codec.base import OutOfOrderError
@@ -39,6 +41,7 @@ from whoosh.util.numeric import byte_to_length, length_to_byte
 INLINE_LIMIT = 2
 _ENTRY = W3TermInfo._struct  # a term's entry: flags, statistics, first and last document
 _FLOAT = struct.Struct("f")
+_by_field = itemgetter(0)
 
 
 class InliningCodec(W3Codec):  # type: ignore[misc]
@@ -93,17 +96,17 @@ class _InliningPostingsWriter(W3PostingsWriter):  # type: ignore[misc]
 
     def write_term(self, format_: Any, postings: list[tuple[Any, ...]],
                    lengths: Callable[[list[int]], list[int]]) -> Any:
-        """A whole term's postings, ``(field, term, docnum, weight, value)`` in document
-        order, written as ``start_postings``, ``add_posting`` for each and
-        ``finish_postings`` write them (the same blocks, statistics and entry), filling
-        each block at once instead of a posting at a time; ``lengths(docnums)``: each
-        document's field length as its length byte (0: none). Returns the term's entry."""
+        """A whole term's postings, ``(term, docnum, weight, value)`` in document order,
+        written as ``start_postings``, ``add_posting`` for each and ``finish_postings``
+        write them (the same blocks, statistics and entry), filling each block at once
+        instead of a posting at a time; ``lengths(docnums)``: each document's field length
+        as its length byte (0: none). Returns the term's entry."""
         self.start_postings(format_, W3TermInfo())
         limit = self._blocklimit
         for start in range(0, len(postings), limit):
             if start:  # a full block before this one (add_posting writes it so)
                 self._write_block()
-            _, _, ids, weights, values = zip(*postings[start:start + limit], strict=True)
+            _, ids, weights, values = zip(*postings[start:start + limit], strict=True)
             self._ids = list(ids) if self._byteids else array("I", ids)
             self._weights = array("f", weights)
             self._values = [v for v in values if v]
@@ -136,8 +139,10 @@ class _TermAtATimeFieldWriter(W3FieldWriter):  # type: ignore[misc]
     :meth:`_InliningPostingsWriter.write_term`, and a term of one posting's entry is
     made at once (:func:`inlined_entry`); field lengths come from the segment's lengths
     column read whole when the caller's length reader offers it (``length_bytes``,
-    :class:`mpi.search.store._WholeLengths`). The files are the same bytes whoosh's loop
-    writes (tests/search/test_codec.py)."""
+    :class:`mpi.search.store._WholeLengths`). The postings come as whoosh's stream
+    (``add_postings``) or a field at a time (``add_field_postings``, from
+    :class:`mpi.search.pool.FieldPostingPool`). The files are the same bytes whoosh's
+    loop writes (tests/search/test_codec.py)."""
 
     _postwriter: Any
     _fieldobj: Any
@@ -148,37 +153,47 @@ class _TermAtATimeFieldWriter(W3FieldWriter):  # type: ignore[misc]
 
     def add_postings(self, schema: Any, lengths: Any, items: Iterable[tuple[Any, ...]]
                      ) -> None:
+        """Whoosh's stream of postings, ``(field, term, docnum, weight, value)``, sorted."""
+        self.add_field_postings(schema, lengths, (
+            (fieldname, (posting[1:] for posting in postings))
+            for fieldname, postings in groupby(items, key=_by_field)))
+
+    def add_field_postings(self, schema: Any, lengths: Any,
+                           fields: Iterable[tuple[str, Iterable[tuple[Any, ...]]]]) -> None:
+        """Each field (in order) with its postings, ``(term, docnum, weight, value)``,
+        sorted by term and docnum (:meth:`mpi.search.pool.FieldPostingPool.by_field`)."""
         lastfn: str | None = None
-        lasttext: bytes | None = None
-        term: list[tuple[Any, ...]] = []
-        measure: Callable[[list[int]], list[int]] = _no_lengths
-        for item in items:
-            fieldname, btext = item[0], item[1]
-            if btext != lasttext or fieldname != lastfn:
-                if term:
-                    self._write_term(term, measure)
-                    term = []
-                if fieldname != lastfn:
-                    if lastfn is not None:
-                        if fieldname < lastfn:
-                            raise OutOfOrderError(f"Field {lastfn!r} .. {fieldname!r}")
-                        self.finish_field()
-                    self.start_field(fieldname, schema[fieldname])
-                    measure = _measure(lengths, fieldname)
-                    lastfn = fieldname
-                elif lasttext is not None and btext < lasttext:
-                    raise OutOfOrderError(f"Term {fieldname}:{lasttext!r} .. {btext!r}")
-                lasttext = btext
-            if item[2] != -1:  # whoosh's spelling-word marker: not a posting
-                term.append(item)
-        if term:
-            self._write_term(term, measure)
+        for fieldname, postings in fields:
+            if lastfn is not None:
+                if fieldname <= lastfn:
+                    raise OutOfOrderError(f"Field {lastfn!r} .. {fieldname!r}")
+                self.finish_field()
+            self.start_field(fieldname, schema[fieldname])
+            lastfn = fieldname
+            measure = _measure(lengths, fieldname)
+            lasttext: bytes | None = None
+            term: list[tuple[Any, ...]] = []
+            for posting in postings:
+                btext = posting[0]
+                if btext != lasttext:
+                    if term:
+                        self._write_term(term, measure)
+                        term = []
+                    if lasttext is not None and btext < lasttext:
+                        raise OutOfOrderError(f"Term {fieldname}:{lasttext!r} .. {btext!r}")
+                    lasttext = btext
+                if posting[1] != -1:  # whoosh's spelling-word marker: not a posting
+                    term.append(posting)
+            if term:
+                self._write_term(term, measure)
+        if lastfn is not None:
+            self.finish_field()
 
     def _write_term(self, term: list[tuple[Any, ...]],
                     lengths: Callable[[list[int]], list[int]]) -> None:
-        self._btext = btext = term[0][1]
+        self._btext = btext = term[0][0]
         if len(term) == 1 and self._codec._inlinelimit > 1:
-            _, _, docnum, weight, value = term[0]
+            _, docnum, weight, value = term[0]
             entry = inlined_entry(docnum, weight, value, lengths([docnum])[0])
         else:
             entry = self._postwriter.write_term(self._fieldobj.format, term,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -42,7 +43,7 @@ from whoosh.util.numeric import byte_to_length
 from whoosh.writing import SegmentWriter
 
 from mpi.search.codec import InliningCodec
-from mpi.search.pool import BlockPostingPool
+from mpi.search.pool import FieldPostingPool
 from mpi.search.schema import INDEX_NAME, META_ID, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger("mpi.search")
@@ -188,9 +189,10 @@ def segment_writer(index: Any, *, limitmb: int, locked: bool = True,
 
 
 class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
-    """Whoosh's segment writer, with the new segment's field lengths read whole, once, its
-    postings pool spilling to disk and merging in blocks (:mod:`mpi.search.pool`), and a
-    term that one document holds written into the term's entry (:mod:`mpi.search.codec`).
+    """Whoosh's segment writer, with the new segment's field lengths read whole, once, a
+    postings pool that sorts each field's postings apart (:mod:`mpi.search.pool`), handed
+    to the codec's field writer field by field, and a term that one document holds
+    written into the term's entry (:mod:`mpi.search.codec`).
 
     When whoosh writes a segment's postings, it looks up the document's field length for
     EVERY posting (``W3PerDocReader.doc_field_length``): a seek and a one-byte read of the
@@ -202,12 +204,77 @@ class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
 
     def __init__(self, index: Any, *, limitmb: int, **kwargs: Any):
         super().__init__(index, limitmb=limitmb, **kwargs)
-        # Whoosh's pool (nothing in it yet), replaced by the same pool with its spilled
-        # runs written and merged in blocks (mpi.search.pool).
-        self.pool = BlockPostingPool(self._tempstorage, self.newsegment, limitmb=limitmb)
+        # Whoosh's pool (nothing in it yet), replaced by one holding each field's postings
+        # apart, sorted on the term alone (mpi.search.pool).
+        self.pool = FieldPostingPool(self._tempstorage, self.newsegment, limitmb=limitmb)
 
     def per_document_reader(self) -> Any:
         return _WholeLengths(super().per_document_reader())
+
+    def _flush_segment(self) -> None:
+        # SegmentWriter._flush_segment, handing InliningCodec's field writer the pool's
+        # postings field by field (each field's sorted apart: mpi.search.pool)
+        self.perdocwriter.close()
+        lengths = self.per_document_reader() if self.codec.length_stats else None
+        if hasattr(self.fieldwriter, "add_field_postings"):
+            self.fieldwriter.add_field_postings(self.schema, lengths, self.pool.by_field())
+        else:
+            self.fieldwriter.add_postings(self.schema, lengths, self.pool.iter_postings())
+        self.fieldwriter.close()
+        if lengths is not None:
+            lengths.close()
+
+    def add_document(self, **fields: Any) -> None:
+        """Whoosh's ``SegmentWriter.add_document`` for the service's documents, with what
+        it asks of each field (indexed? scored? stored? a column?) asked once per writer
+        and a field's postings added to the pool together; a document with boosts or
+        ``_stored_`` values, or a field with spelling words or vectors, goes through
+        whoosh's own. The segment is the same (tests/search/test_codec.py)."""
+        plan = self._plan
+        if any(name[0] == "_" or plan.get(name) is None for name in fields):
+            super().add_document(**fields)
+            return
+        self._check_state()
+        perdoc, docnum, pool = self.perdocwriter, self.docnum, self.pool
+        perdoc.start_doc(docnum)
+        try:
+            for name in sorted(fields):
+                value = fields[name]
+                if value is None:
+                    continue
+                planned = plan[name]
+                assert planned is not None  # (checked above)
+                field, indexed, scorable, stored, column = planned
+                length = 0
+                if indexed:
+                    postings = list(field.index(value))
+                    if scorable:
+                        length = sum(posting[1] for posting in postings)
+                    # (the weight times the field's boost in the document, 1.0, as whoosh
+                    # multiplies it: a float)
+                    pool.add_many(name, docnum, [(tbytes, docnum, weight * 1.0, vbytes)
+                                                 for tbytes, _, weight, vbytes in postings])
+                perdoc.add_field(name, field, value if stored else None, length)
+                if column is not None:
+                    perdoc.add_column_value(name, column, field.to_column_value(value))
+        except BaseException:
+            perdoc.cancel_doc()
+            raise
+        perdoc.finish_doc()
+        self._added = True
+        self.docnum += 1
+
+    @functools.cached_property
+    def _plan(self) -> dict[str, tuple[Any, bool, bool, bool, Any] | None]:
+        """Per field: (field, indexed, scorable, stored, column type); None for a field
+        whoosh's own ``add_document`` must add (spelling words, vectors)."""
+        plan: dict[str, tuple[Any, bool, bool, bool, Any] | None] = {}
+        for name, field in self.schema.items():
+            special = field.separate_spelling() or field.vector
+            plan[name] = None if special else (field, bool(field.indexed),
+                                               bool(field.scorable), bool(field.stored),
+                                               field.column_type or None)
+        return plan
 
 
 class _WholeLengths:
