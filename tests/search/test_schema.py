@@ -90,7 +90,8 @@ def test_a_word_cached_field_gives_the_postings_whoosh_gives(value):
     whoosh's TEXT field makes of the value with the same analyzer."""
     cached = {name: field for name, field in SCHEMA.items()
               if isinstance(field, WordCachedText)}
-    assert {f.kind for f in cached.values()} == {"name", "phonetic", "ngram", "prefix", "kept"}
+    assert {f.kind for f in cached.values()} == {"name", "phonetic", "ngram", "prefix", "kept",
+                                                 "token", "identifier"}
     for field in cached.values():
         assert list(field.index(value)) == list(fields.TEXT.index(field, value))
     for kind, analyzer in ANALYZERS.items():

@@ -100,6 +100,8 @@ def _word_terms(kind: str) -> Callable[[str], tuple[tuple[str, float], ...]]:
     makes them from that word (its filters see one word at a time), remembered. A bare
     tokenizer's word is its one term."""
     analyzer = ANALYZERS[kind]
+    if kind in _DIRECT:
+        return _DIRECT[kind]
     if not hasattr(analyzer, "items"):  # no filters: nothing to remember
         return lambda word: ((word, 1.0),)
 
@@ -108,6 +110,21 @@ def _word_terms(kind: str) -> Callable[[str], tuple[tuple[str, float], ...]]:
         return tuple((t.text, t.boost) for t in analyzer(word, mode="index", boosts=True))
 
     return terms
+
+
+def _identifier_terms(word: str) -> tuple[tuple[str, float], ...]:
+    folded = fold_identifier(word)  # (lower case first, as LowercaseFilter then _Normalize)
+    return ((folded, 1.0),) if folded else ()
+
+
+#: Analyzers whose whole work on a word is a string method or two: a word's terms made
+#: directly, neither through whoosh's chain of generators (~5 µs a word) nor remembered
+#: (identifiers and phone numbers seldom come back). tests/search/test_schema.py checks
+#: they give what the analyzers give.
+_DIRECT: dict[str, Callable[[str], tuple[tuple[str, float], ...]]] = {
+    "token": lambda word: ((word.lower(), 1.0),),
+    "identifier": _identifier_terms,
+}
 
 
 def _tokenizer(analyzer: Any) -> Any:
@@ -201,11 +218,11 @@ SCHEMA = fields.Schema(
     birth_date=WholeValueID(),
     birth_year=WholeValueID(),
     gender=WholeValueID(),
-    identifier=fields.TEXT(analyzer=IDENTIFIER_ANALYZER, phrase=False),
+    identifier=WordCachedText("identifier", phrase=False),
     address=WordCachedText("name"),
-    telecom=fields.TEXT(analyzer=TOKEN_ANALYZER, phrase=False),
+    telecom=WordCachedText("token", phrase=False),
     source=WholeValueID(),
-    source_id=fields.TEXT(analyzer=IDENTIFIER_ANALYZER, phrase=False),
+    source_id=WordCachedText("identifier", phrase=False),
     # The meta document's stored fields.
     cursor=fields.STORED(),
     schema_version=fields.STORED(),
