@@ -213,6 +213,11 @@ class _TermsTable(OrderedHashWriter):  # type: ignore[misc]
     """Whoosh's ordered terms table, a row written with one write (whoosh's ``add`` asks
     the file its position twice and writes three times per term). The same bytes."""
 
+    lastkey: bytes
+    dbfile: Any
+    index: Any
+    buckets: list[list[tuple[int, int]]]
+
     def add(self, key: bytes, value: bytes) -> None:
         if key <= self.lastkey:
             raise ValueError(f"Keys must increase: {self.lastkey!r}..{key!r}")
