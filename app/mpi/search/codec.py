@@ -34,6 +34,7 @@ from whoosh.codec.base import OutOfOrderError
 from whoosh.codec.whoosh3 import W3Codec, W3FieldWriter, W3PostingsWriter, W3TermInfo
 from whoosh.compat import dumps
 from whoosh.filedb.filetables import OrderedHashWriter
+from whoosh.filedb.filetables import _lengths as _ROW  # a row's key and value lengths
 from whoosh.matching import ListMatcher
 from whoosh.system import pack_ushort
 from whoosh.util.numeric import byte_to_length, length_to_byte
@@ -43,7 +44,6 @@ INLINE_LIMIT = 2
 _ENTRY = W3TermInfo._struct  # a term's entry: flags, statistics, first and last document
 _FLOAT = struct.Struct("f")
 _by_field = itemgetter(0)
-_ROW = struct.Struct("!ii")  # a terms table row's key and value lengths (whoosh's _lengths)
 
 
 class InliningCodec(W3Codec):  # type: ignore[misc]
@@ -148,7 +148,6 @@ class _TermAtATimeFieldWriter(W3FieldWriter):  # type: ignore[misc]
 
     _postwriter: Any
     _fieldobj: Any
-    _btext: bytes
     _tindex: Any
     _fieldid: int
     _codec: Any
@@ -198,7 +197,7 @@ class _TermAtATimeFieldWriter(W3FieldWriter):  # type: ignore[misc]
 
     def _write_term(self, term: list[tuple[Any, ...]],
                     lengths: Callable[[list[int]], list[int]]) -> None:
-        self._btext = btext = term[0][0]
+        btext = term[0][0]
         if len(term) == 1 and self._codec._inlinelimit > 1:
             _, docnum, weight, value = term[0]
             entry = inlined_entry(docnum, weight, value, lengths([docnum])[0])

@@ -6,8 +6,9 @@ outgrows ``limitmb`` it sorts what it holds and writes it to a temporary "run" f
 commit then merges the runs. A rebuild writes ~58 postings per record, so sorting them
 and spilling them is a large part of its work.
 
-:class:`FieldPostingPool` keeps whoosh's pool's interface and size accounting and changes
-how it sorts and stores:
+:class:`FieldPostingPool` keeps whoosh's pool's interface and its memory bound (spilling
+past ``limitmb``, by an estimate of each posting's size) and changes how it sorts and
+stores:
 
 - postings are held per field, as ``(term, docnum, weight, value)``, a document's
   postings of a field added at once (:meth:`FieldPostingPool.add_many`);
@@ -34,6 +35,7 @@ import marshal
 import struct
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -135,9 +137,7 @@ class FieldPostingPool:
         path, f = self._new_run()
         try:
             for fieldname in sorted(self._fields):
-                postings = self._sorted(fieldname)
-                for start in range(0, len(postings), BLOCK):
-                    _write_block(f, fieldname, postings[start:start + BLOCK])
+                _write_field(f, fieldname, self._sorted(fieldname))
         finally:
             f.close()
         self.runs.append(path)
@@ -164,14 +164,8 @@ class FieldPostingPool:
         path, f = self._new_run()
         try:
             for fieldname in sorted(self.fieldnames):
-                block: list[Posting] = []
-                for posting in merge_blocks([r.blocks(fieldname) for r in readers]):
-                    block.append(posting)
-                    if len(block) == BLOCK:
-                        _write_block(f, fieldname, block)
-                        block = []
-                if block:
-                    _write_block(f, fieldname, block)
+                _write_field(f, fieldname,
+                             merge_blocks([r.blocks(fieldname) for r in readers]))
         finally:
             f.close()
             for reader in readers:
@@ -221,6 +215,13 @@ class _RunReader:
     def close(self) -> None:
         self._file.close()
         self._pool._remove_run(self._path)
+
+
+def _write_field(f: Any, fieldname: str, postings: Iterable[Posting]) -> None:
+    """A field's sorted postings into a run, :data:`BLOCK` at a time."""
+    remaining = iter(postings)
+    while block := list(islice(remaining, BLOCK)):
+        _write_block(f, fieldname, block)
 
 
 def _write_block(f: Any, fieldname: str, block: list[Posting]) -> None:
