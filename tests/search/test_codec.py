@@ -194,3 +194,113 @@ class _Block:
 
     def max_id(self):
         return self._docnum
+
+
+class _WhooshMerges(_BulkSegmentWriter):
+    """The service's writer merging as whoosh's ``SegmentWriter`` does: every posting of
+    the merged segments through the pool, field lengths asked a document at a time."""
+
+    add_reader = SegmentWriter.add_reader
+    write_per_doc = SegmentWriter.write_per_doc
+
+
+def _merged_files(tmp_path, name: str, kind, *, compound: bool, delete: tuple[int, ...]
+                  ) -> dict[str, bytes]:
+    """The files of the segment ``kind`` merges three segments into (written by the
+    service's writer, the second with ``delete``'s documents deleted), by suffix."""
+    from whoosh.reading import SegmentReader
+
+    directory = IndexDirectory(tmp_path / name)
+    built = directory.new_build()
+    ix = directory.create_index(built)
+    for part, seed in enumerate((5, 6, 7)):
+        writer = segment_writer(ix, limitmb=64)
+        writer.compound = compound
+        for record in _records(300 + 100 * part, seed=seed):
+            writer.add_document(**document(record))
+        writer.commit(merge=False)
+    segments = ix._segments()
+    for docnum in delete:
+        segments[1].delete_document(docnum)
+    target = IndexDirectory(tmp_path / f"{name}-merged")
+    into = target.create_index(target.new_build())
+    writer = kind(into, limitmb=1, codec=InliningCodec(), compound=False)
+    for segment in segments:
+        reader = SegmentReader(ix.storage, ix.schema, segment)
+        writer.add_reader(reader)
+        reader.close()
+    # the service's writer copies the terms (whoosh's pools the postings)
+    assert (len(writer._copies) == 3) == (kind is _BulkSegmentWriter)
+    merged = writer._finalize_segment()
+    writer._finish()
+    assert merged.doc_count_all() == 300 + 400 + 500 - len(delete)
+    ix.close()
+    into.close()
+    files = {p.name.split(".", 1)[1]: p.read_bytes() for p in target.root.glob("*/*")
+             if p.suffix not in (".toc", "") and "WRITELOCK" not in p.name}
+    assert {"trm", "pst", "_stored.col", "_name_len.col"} <= set(files)
+    return files
+
+
+@pytest.mark.parametrize("compound", [True, False], ids=["compound", "separate files"])
+@pytest.mark.parametrize("delete", [(), (0, 5, 399)], ids=["all live", "some deleted"])
+def test_a_merge_copying_terms_writes_the_bytes_whoosh_merging_writes(tmp_path, compound,
+                                                                       delete):
+    """Segments merged a term at a time (each segment's terms table and postings read
+    whole) make the segment whoosh's ``add_reader`` makes through the pool: every file
+    the same bytes, with documents deleted or not, from compound segments or not."""
+    ours = _merged_files(tmp_path, "ours", _BulkSegmentWriter, compound=compound,
+                         delete=delete)
+    theirs = _merged_files(tmp_path, "theirs", _WhooshMerges, compound=compound,
+                           delete=delete)
+    assert ours.keys() == theirs.keys()
+    for suffix in ours:
+        assert ours[suffix] == theirs[suffix], suffix
+
+
+def test_segment_terms_reads_what_whoosh_reads(tmp_path):
+    """Every term and posting ``segment_terms`` reads from a segment, inlined or in
+    blocks (a segment of whoosh's own codec, which inlines nothing, too), is whoosh's."""
+    from whoosh.reading import SegmentReader
+
+    from mpi.search.codec import segment_terms
+
+    for name, codec in (("ours", None), ("whoosh", W3Codec())):
+        ix = _write(tmp_path, name, codec, _records(500, seed=8))
+        expected, _ = all_postings(ix)
+        reader = SegmentReader(ix.storage, ix.schema, ix._segments()[0])
+        try:
+            read = [(field, term, docnum, weight, value)
+                    for field, term, ids, weights, values in segment_terms(reader) or ()
+                    for docnum, weight, value in zip(ids, weights, values, strict=True)]
+        finally:
+            reader.close()
+            ix.close()
+        assert len(read) > 500 * 40
+        assert read == expected, name
+
+
+def test_a_writer_that_merges_and_adds_documents_pools_both(tmp_path):
+    """A writer given documents after a segment (an indexer's step that merges) puts the
+    segment's postings in the pool and writes the same index as whoosh."""
+    from whoosh.reading import SegmentReader
+
+    results = []
+    for name, kind in (("ours", _BulkSegmentWriter), ("theirs", _WhooshMerges)):
+        directory = IndexDirectory(tmp_path / name)
+        ix = directory.create_index(directory.new_build())
+        writer = segment_writer(ix, limitmb=64)
+        for record in _records(200, seed=9):
+            writer.add_document(**document(record))
+        writer.commit(merge=False)
+        writer = kind(ix, limitmb=64, codec=InliningCodec())
+        reader = SegmentReader(ix.storage, ix.schema, ix._segments()[0])
+        writer.add_reader(reader)
+        reader.close()
+        for record in _records(50, seed=10):
+            writer.add_document(**document(record))
+        writer.commit(mergetype=lambda _writer, _segments: [])
+        results.append(all_postings(ix))
+        ix.close()
+    assert results[0] == results[1]
+    assert len(results[0][1]) == 250

@@ -320,8 +320,9 @@ def _picked(plan: Callable[[Sequence[int]], list[int]], segments: Sequence[Any],
 
 
 def _commit_merge(index: Any, mergetype: Callable[..., Any]) -> None:
-    """A commit of nothing but a merge, chosen by ``mergetype`` (whoosh's merge policy)."""
-    writer = index.writer(timeout=10)
+    """A commit of nothing but a merge, chosen by ``mergetype`` (whoosh's merge policy),
+    by the service's writer (its merge copies terms: :mod:`mpi.search.store`)."""
+    writer = segment_writer(index, limitmb=STEP_POOL_MB, timeout=10)
     try:
         writer.commit(mergetype=mergetype)
     except BaseException:

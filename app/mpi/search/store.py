@@ -26,23 +26,27 @@ import contextlib
 import enum
 import fcntl
 import functools
+import heapq
 import logging
 import os
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
-from whoosh.filedb.filestore import FileStorage
+from whoosh.filedb.filestore import FileStorage, OverlayStorage
 from whoosh.filedb.structfile import StructFile
 from whoosh.util.numeric import byte_to_length
 from whoosh.writing import SegmentWriter
 
-from mpi.search.codec import InliningCodec
+from mpi.search.codec import InliningCodec, segment_terms
 from mpi.search.pool import FieldPostingPool
 from mpi.search.schema import INDEX_NAME, META_ID, SCHEMA, SCHEMA_VERSION
 
@@ -207,24 +211,108 @@ class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
         # Whoosh's pool (nothing in it yet), replaced by one holding each field's postings
         # apart, sorted on the term alone (mpi.search.pool).
         self.pool = FieldPostingPool(self._tempstorage, self.newsegment, limitmb=limitmb)
+        # Segments added by add_reader whose terms are copied at the flush, and whether
+        # anything went through the pool instead.
+        self._copies: list[_Copy] = []
+        self._pooled = False
 
     def per_document_reader(self) -> Any:
         return _WholeLengths(super().per_document_reader())
 
+    def add_reader(self, reader: Any) -> None:
+        """Whoosh's ``add_reader`` (a merge: the reader's live documents appended), with
+        the segment's terms copied a term at a time when the segment is written (see
+        :func:`mpi.search.codec.segment_terms`) instead of each posting going through
+        the pool; the segment is the same (tests/search/test_merging.py). A writer that
+        also adds documents, or a reader of another kind, goes whoosh's way."""
+        if self._pooled or not hasattr(self.fieldwriter, "add_field_terms") \
+                or segment_terms(reader) is None:
+            self._pool_copies()
+            super().add_reader(reader)
+            self._pooled = True
+            return
+        from whoosh.reading import SegmentReader
+
+        self._check_state()
+        start = self.docnum
+        names = {n for n in reader.indexed_field_names() if n in self.schema}
+        docmap = self.write_per_doc(set(self.schema.names()) | names, reader)
+        # A reader of its own, open until the flush (the caller closes its reader, and a
+        # merge commit deletes the merged segments' files only after the flush).
+        storage = reader.storage()
+        if isinstance(storage, OverlayStorage):  # a compound segment's: (its file, the index's)
+            storage = storage.b
+        own = SegmentReader(storage, self.schema, reader.segment())
+        self._copies.append(_Copy(own, start, docmap))
+        self._added = True
+
+    def write_per_doc(self, fieldnames: Any, reader: Any) -> Any:
+        """Whoosh's ``write_per_doc`` (a merge copying a segment's stored fields, field
+        lengths and columns), each field's lengths read whole: whoosh reads them a
+        document and a field at a time, a seek and a read each, and a ``stat`` for a field
+        without lengths (an ID field)."""
+        if not hasattr(getattr(reader, "_perdoc", None), "column_reader"):
+            return super().write_per_doc(fieldnames, reader)
+        return super().write_per_doc(fieldnames, _LengthsReadWhole(reader))
+
+    def add_document(self, **fields: Any) -> None:
+        if not self._pooled:
+            self._pool_copies()
+            self._pooled = True
+        self._add_document(**fields)
+
+    def _pool_copies(self) -> None:
+        """Put the postings of the segments added so far into the pool (whoosh's way)."""
+        copies, self._copies = self._copies, []
+        for copy in copies:
+            try:
+                self.add_postings_to_pool(copy.reader, copy.start, copy.docmap)
+            finally:
+                copy.reader.close()
+
+    def _copied_fields(self) -> Iterator[tuple[str, Iterator[list[tuple[Any, ...]]]]]:
+        """The copied segments' terms, field by field, each term's postings of every
+        segment together, renumbered, deleted documents left out."""
+        streams = [copy.terms(self.schema) for copy in self._copies]
+        # heapq.merge keeps equal keys in the order of the streams (the segments' order),
+        # and each segment's documents are numbered after the previous one's.
+        merged = heapq.merge(*streams, key=_field_and_term)
+        for fieldname, terms in groupby(merged, key=_FIELD):
+            yield fieldname, (
+                [posting for item in same for posting in item[2]]
+                for _, same in groupby(terms, key=_TERM))
+
     def _flush_segment(self) -> None:
         # SegmentWriter._flush_segment, handing InliningCodec's field writer the pool's
-        # postings field by field (each field's sorted apart: mpi.search.pool)
+        # postings field by field (each field's sorted apart: mpi.search.pool), or the
+        # copied segments' terms
         self.perdocwriter.close()
         lengths = self.per_document_reader() if self.codec.length_stats else None
-        if hasattr(self.fieldwriter, "add_field_postings"):
-            self.fieldwriter.add_field_postings(self.schema, lengths, self.pool.by_field())
-        else:
-            self.fieldwriter.add_postings(self.schema, lengths, self.pool.iter_postings())
+        try:
+            if self._copies:
+                self.fieldwriter.add_field_terms(self.schema, lengths, self._copied_fields())
+            elif hasattr(self.fieldwriter, "add_field_postings"):
+                self.fieldwriter.add_field_postings(self.schema, lengths,
+                                                    self.pool.by_field())
+            else:
+                self.fieldwriter.add_postings(self.schema, lengths,
+                                              self.pool.iter_postings())
+        finally:
+            self._close_copies()
         self.fieldwriter.close()
         if lengths is not None:
             lengths.close()
 
-    def add_document(self, **fields: Any) -> None:
+    def _close_copies(self) -> None:
+        copies, self._copies = self._copies, []
+        for copy in copies:
+            copy.reader.close()
+
+    def cancel(self) -> None:
+        self._close_copies()
+        super().cancel()
+
+    def _add_document(self, **fields: Any) -> None:
         """Whoosh's ``SegmentWriter.add_document`` for the service's documents, with what
         it asks of each field (indexed? scored? stored? a column?) asked once per writer
         and a field's postings added to the pool together; a document with boosts or
@@ -275,6 +363,54 @@ class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
                                                bool(field.scorable), bool(field.stored),
                                                field.column_type or None)
         return plan
+
+
+_FIELD = itemgetter(0)
+_TERM = itemgetter(1)
+_field_and_term = itemgetter(0, 1)
+
+
+@dataclass
+class _Copy:
+    """A segment added by ``add_reader`` whose terms are copied at the flush: its reader,
+    the number its first document gets, and whoosh's map of its live documents' numbers
+    (None: it has no deleted documents)."""
+
+    reader: Any
+    start: int
+    docmap: dict[int, int] | None
+
+    def terms(self, schema: Any) -> Iterator[tuple[str, bytes, list[tuple[Any, ...]]]]:
+        """``(field, term, postings)``, the postings renumbered, as whoosh's
+        ``_process_posts`` renumbers them (fields not in ``schema`` left out)."""
+        start, docmap = self.start, self.docmap
+        for fieldname, btext, ids, weights, values in segment_terms(self.reader) or ():
+            if fieldname not in schema:
+                continue
+            if docmap is None:
+                postings = [(btext, start + d, w, v)
+                            for d, w, v in zip(ids, weights, values, strict=True)]
+            else:
+                postings = [(btext, docmap[d], w, v)
+                            for d, w, v in zip(ids, weights, values, strict=True)
+                            if d in docmap]
+            if postings:
+                yield fieldname, btext, postings
+
+
+class _LengthsReadWhole:
+    """A segment reader whose documents' field lengths come from the columns read whole
+    (:class:`_WholeLengths`); anything else is the reader's."""
+
+    def __init__(self, reader: Any):
+        self._reader = reader
+        self._lengths = _WholeLengths(reader._perdoc)
+
+    def doc_field_length(self, docnum: int, fieldname: str, default: int = 0) -> int | None:
+        return self._lengths.doc_field_length(docnum, fieldname, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 class _WholeLengths:
