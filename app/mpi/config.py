@@ -446,8 +446,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_TIMEOUT", "database_timeout", _timeout, "10",
             "Seconds a request waits for a pooled connection (and for SQLite's write lock)"),
     Setting("DATABASE_PREPARED_STATEMENTS", "database_prepared_statements", _switch, "true",
-            "PostgreSQL: plan the record read and the candidate look-up once per connection "
-            "(prepared statements); "
+            "PostgreSQL: plan the record read, the candidate look-ups and a record's INSERTs "
+            "once per connection (prepared statements); "
             "false behind a PgBouncer older than 1.21 or without max_prepared_statements"),
     Setting("SERVER_HOST", "server_host", _host, "127.0.0.1",
             "Address the HTTP server binds to (0.0.0.0 in containers)"),

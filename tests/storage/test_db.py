@@ -63,6 +63,53 @@ def test_rows_inserted_together_and_keys_returned(db, persons):
     assert BlockingKeyRow.select().count() == persons
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_few_rows_insert_is_prepared_and_many_rows_are_copied(db):
+    """A record's few rows per table go in as a prepared INSERT (planning them took a
+    third of their time), planned generically from the start; many rows (an import
+    batch) go by COPY, never prepared."""
+    from mpi.storage.bulk import insert_returning, insert_together
+    from mpi.storage.models import BlockingKeyRow, PatientRow
+
+    assert db.execute_sql("SHOW plan_cache_mode").fetchone()[0] == "force_generic_plan"
+    for n in range(3):  # the same shape each time: one statement, prepared once
+        person = uuid.uuid4()
+        insert_returning(PersonRow, [{"id": person, "created_at": NOW, "updated_at": NOW}],
+                         ("id", "pk"))
+        patient = PatientRow.create(id=uuid.uuid4(), source="ehr", source_id=f"P{n}",
+                                    created_at=NOW, updated_at=NOW)
+        insert_together([(BlockingKeyRow, [{"patient": patient.pk, "key": "a:1"}]),
+                         (BlockingKeyRow, [{"patient": patient.pk, "key": "b:1"}])])
+    insert_returning(PersonRow, [{"id": uuid.uuid4(), "created_at": NOW, "updated_at": NOW}
+                                 for _ in range(50)], ("id", "pk"))
+    prepared = sorted(s for (s,) in db.execute_sql(
+        "SELECT statement FROM pg_prepared_statements").fetchall())
+    assert len(prepared) == 2, prepared
+    assert prepared[0].startswith('INSERT INTO "person"') and "RETURNING" in prepared[0]
+    assert prepared[1].startswith('WITH t0 AS (INSERT INTO "blocking_key"')
+    assert PersonRow.select().count() == 53 and BlockingKeyRow.select().count() == 6
+
+
+def test_without_prepared_statements_plans_are_left_to_postgresql(postgres_url):
+    """DATABASE_PREPARED_STATEMENTS=false (a PgBouncer that cannot keep them): nothing is
+    prepared, and the server's own plan_cache_mode is left alone."""
+    from mpi.config import parse_database_url
+    from mpi.storage.bulk import insert_returning
+    from mpi.storage.db import close_database, database_for, database_proxy
+
+    db = database_for(parse_database_url(postgres_url), prepared_statements=False)
+    database_proxy.initialize(db)
+    try:
+        with db.connection_context():
+            assert db.execute_sql("SHOW plan_cache_mode").fetchone()[0] == "auto"
+            insert_returning(PersonRow, [{"id": uuid.uuid4(), "created_at": NOW,
+                                          "updated_at": NOW}], ("id", "pk"))
+            assert db.execute_sql("SELECT count(*) FROM pg_prepared_statements"
+                                  ).fetchone()[0] == 0
+    finally:
+        close_database(db)
+
+
 def test_uuid_text_reads_either_backends_column_value():
     value = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
     canonical = "12345678-9abc-def0-1234-56789abcdef0"

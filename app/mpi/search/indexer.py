@@ -102,10 +102,11 @@ MERGE_FACTOR = 10
 #: At most this many documents are merged by a step. Levels whose merge would be larger
 #: are left to :meth:`Indexer.compact`.
 STEP_MERGE_DOCS = 50_000
-#: A step merges up to this many documents itself, in a commit of its own (a second or
-#: so); a larger merge runs beside the indexer (:mod:`mpi.search.merging`): whoosh merges
-#: 250-1,000 documents a second, and a merge in the indexer's way holds every change that
-#: arrives meanwhile out of search (76 s for 19,000 documents).
+#: A step merges up to this many documents itself, in a commit of its own (a fraction of
+#: a second); a larger merge runs beside the indexer (:mod:`mpi.search.merging`): whoosh
+#: merged 250-1,000 documents a second (the service's writer ~5,000 a second of CPU), and a
+#: merge in the indexer's way holds every change that arrives meanwhile out of search
+#: (76 s for 19,000 documents with whoosh's).
 INLINE_MERGE_DOCS = 1_000
 #: When the log is quiet and the index has this many segments, the smallest of them (at
 #: most MERGE_FACTOR, and COMPACT_MERGE_DOCS documents) are merged beside the indexer,

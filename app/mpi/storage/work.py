@@ -51,7 +51,7 @@ from mpi.domain.audit import Actor, AuditTag
 from mpi.domain.errors import ConcurrentChange, StorageUnavailable
 from mpi.domain.events import EventType
 from mpi.storage.audit import audit_insert, audit_rows, write_audit_rows
-from mpi.storage.bulk import COPY_MIN_ROWS, bulk_insert
+from mpi.storage.bulk import COPY_MIN_ROWS, bulk_insert, execute_few
 from mpi.storage.changes import append_events, append_statements
 from mpi.storage.db import connection, execute_prepared, is_postgres, unwrapped, write_transaction
 from mpi.storage.models import AuditEventRow
@@ -366,4 +366,7 @@ class UnitOfWork:
             connection = target.connection()
             with connection.pipeline(), connection.cursor() as cursor:
                 for sql, params in statements:
-                    cursor.execute(sql, params)
+                    if sql == SET_ASYNC_COMMIT:
+                        cursor.execute(sql, params)
+                    else:
+                        execute_few(cursor, sql, params)
