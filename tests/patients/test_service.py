@@ -24,10 +24,14 @@ class Boom(Exception):
 
 class FailingWork(UnitOfWork):
     """Fails at the very end of a unit of work, after every row (change events last) was
-    written and before the commit."""
+    written and before the commit (on PostgreSQL the COMMIT goes with the flush's rows:
+    it fails instead of being sent)."""
 
     def _flush(self, tx):
         super()._flush(tx)
+        raise Boom
+
+    def _commit_with(self, cursor):
         raise Boom
 
 

@@ -44,3 +44,34 @@ def test_a_key_with_many_records_of_few_persons_is_read_whole(db):
     hits, oversized = IdentityRepository(db).key_persons(["family", "crowd"], cap=3)
     assert oversized == {"crowd"}
     assert sorted(hits) == sorted(("family", pk) for pk in many)
+
+
+def test_keys_locked_with_the_look_up_are_held_and_it_reads_the_same(db, backend,
+                                                                     monkeypatch):
+    """Locking the keys and looking them up go in one round trip on PostgreSQL (a
+    pipeline: the look-up runs once the locks are held); the answer is the look-up's."""
+    from mpi.storage import db as db_module
+
+    both = [_person(1, ["k:a"]), _person(1, ["k:a", "k:b"])]
+    repo = IdentityRepository(db)
+    expected = repo.key_persons(["k:a", "k:b"], cap=3)
+    sent: list[tuple[str, str]] = []
+    run = db_module.execute_prepared_after
+
+    def spy(database, first, sql, params):
+        sent.append((first[0], sql))
+        return run(database, first, sql, params)
+
+    monkeypatch.setattr("mpi.storage.identity.execute_prepared_after", spy)
+    with db.atomic():
+        locked = repo.key_persons(["k:a", "k:b"], cap=3, lock=["k:a", "k:b", "k:c"])
+        held = (db.execute_sql("SELECT count(*) FROM pg_locks WHERE locktype = "
+                               "'advisory' AND pid = pg_backend_pid() AND granted"
+                               ).fetchone()[0] if backend == "postgresql" else None)
+    assert sorted(locked[0]) == sorted(expected[0]) and len(locked[0]) == 3
+    assert {pk for _, pk in locked[0]} == set(both)
+    if backend == "postgresql":
+        assert len(sent) == 1 and "pg_advisory_xact_lock_shared" in sent[0][0]
+        assert held == 4  # the linking lock (shared) and the three keys'
+    else:
+        assert sent == []  # SQLite: no locks (one writer at a time)

@@ -3,9 +3,11 @@ read-only units may skip the disk flush; database errors become StorageUnavailab
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -34,18 +36,37 @@ def _work(db, *, synchronous_reads: bool = False) -> UnitOfWork:
     return UnitOfWork(db, clock=lambda: NOW, synchronous_reads=synchronous_reads)
 
 
+@contextlib.contextmanager
+def _statements() -> Iterator[list[tuple[str, bool]]]:
+    """The statements psycopg is asked to run meanwhile (their first three words), and
+    whether each went in a pipeline."""
+    from psycopg import Cursor, pq
+
+    sent: list[tuple[str, bool]] = []
+    execute = Cursor.execute
+
+    def spy(self, query, *args, **kwargs):
+        piped = self.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
+        sent.append((" ".join(str(query).split()[:3]), piped))
+        return execute(self, query, *args, **kwargs)
+
+    Cursor.execute = spy  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        Cursor.execute = execute  # type: ignore[method-assign]
+
+
 def _commit_mode(db, backend: str, work: UnitOfWork, tag: AuditTag) -> str:
-    """The commit mode the unit of work ends with (set at the flush, just before COMMIT:
-    flush by hand and look from inside)."""
-    with work.begin(ACTOR) as tx:
+    """The commit mode the unit of work ends with: set (SET LOCAL) by its flush, which
+    sends the COMMIT with it, in one round trip."""
+    with _statements() as sent, work.begin(ACTOR) as tx:
         tx.audit(tag, "p1")
-        work._flush(tx)
-        tx._audits.clear()
-        mode = (db.execute_sql("SHOW synchronous_commit").fetchone()[0]
-                if backend == "postgresql" else "sqlite")
-    if backend == "postgresql":  # SET LOCAL ends with its transaction
-        assert db.execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"
-    return mode
+    if backend != "postgresql":
+        return "sqlite"
+    assert db.execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"  # (SET LOCAL)
+    assert sent[-1] == ("COMMIT", True)
+    return "off" if ("SET LOCAL synchronous_commit", True) in sent else "on"
 
 
 def test_reads_do_not_wait_for_the_flush_unless_asked(db, backend):
@@ -118,38 +139,34 @@ def test_an_error_in_the_unit_writes_nothing(db):
 
 
 @POSTGRES_ONLY
-def test_a_writes_audit_rows_and_events_go_in_one_round_trip(db, monkeypatch):
-    """A write's few audit rows, the change log's lock and its events are sent together,
-    in one pipeline, and answered together at its end (psycopg syncs a pipeline once, on
-    leaving it): one round trip where there were three. The lock is still taken after
-    the audit rows and before the events, in the unit's transaction, held to COMMIT."""
-    from psycopg import Cursor, pq
-
-    sent: list[tuple[str, bool]] = []
-    execute = Cursor.execute
-
-    def spy(self, query, *args, **kwargs):
-        piped = self.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF
-        sent.append((" ".join(str(query).split()[:3]), piped))
-        return execute(self, query, *args, **kwargs)
-
+def test_a_writes_audit_rows_and_events_go_in_one_round_trip(db):
+    """A write's few audit rows, the change log's lock, its events and the COMMIT are
+    sent together, in one pipeline, and answered together at its end (psycopg syncs a
+    pipeline once, on leaving it): one round trip where there were four. The lock is
+    still taken after the audit rows and before the events, in the unit's transaction,
+    held to COMMIT; peewee's commit then finds nothing to commit and sends nothing."""
     work = _work(db)
+    notices: list[str] = []
+    db.connection().add_notice_handler(lambda notice: notices.append(notice.message_primary))
     with work.begin(ACTOR) as tx:
         tx.audit(AuditTag.PATIENT_CREATE, "p1")
         tx.audit(AuditTag.LINK_NEW, "p1")
         tx.emit(EventType.PATIENT_CREATED, "p1", version=1)
         tx.emit(EventType.PATIENT_LINKED, "p1")
-        monkeypatch.setattr(Cursor, "execute", spy)
-        work._flush(tx)
-        monkeypatch.setattr(Cursor, "execute", execute)
-        held = db.execute_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                              "AND pid = pg_backend_pid() AND granted").fetchone()[0]
+        with _statements() as sent:
+            work._flush(tx)
         tx._audits.clear()
         tx._events.clear()
+        with _statements() as after:
+            pass
     assert sent == [('INSERT INTO "audit_event"', True),
                     ("SELECT pg_advisory_xact_lock(%s)", True),
-                    ('INSERT INTO "change_event"', True)]
-    assert held == 1  # the change log's lock, until COMMIT
+                    ('INSERT INTO "change_event"', True),
+                    ("COMMIT", True)]
+    assert after == [] and notices == []  # no second COMMIT ("no transaction in progress")
+    held = db.execute_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                          "AND pid = pg_backend_pid() AND granted").fetchone()[0]
+    assert held == 0  # released at the COMMIT
     assert [a.action for a in AuditEventRow.select().order_by(AuditEventRow.pk)] == [
         "patient:record:create", "identity:link:new"]
     assert [e.event_type for e in ChangeEventRow.select().order_by(ChangeEventRow.pk)] == [

@@ -170,9 +170,11 @@ class Linking:
         datas = [match_data(p) for p, _ in records]
         keys = [self.engine.keys(d) for d in datas]  # each record's, as stored
         probes = [self.engine.probes(ks) for ks in keys]  # what each looks up
-        self._repo.lock_keys(sorted({k for ks in keys + probes for k in ks}))
+        # The keys locked and the persons they select read in one round trip: the look-up
+        # starts once the locks are held.
         index, members, person_pk_ids, oversized = self._known_persons(
-            sorted({k for ks in probes for k in ks}))
+            sorted({k for ks in probes for k in ks}),
+            lock=sorted({k for ks in keys + probes for k in ks}))
         pk_of = {v: k for k, v in person_pk_ids.items()}
         stored: dict[str, set[int]] = {v: {k} for k, v in person_pk_ids.items()}
         kept_apart = self._kept_apart(stored)  # follows ``stored`` as the batch merges
@@ -353,15 +355,17 @@ class Linking:
                                 model_version=self._version(p.decision),
                                 patient_id=p.patient_id)
 
-    def _known_persons(self, keys: list[str], *, exclude_patient_pk: int | None = None
+    def _known_persons(self, keys: list[str], *, exclude_patient_pk: int | None = None,
+                       lock: list[str] | None = None
                        ) -> tuple[dict[str, set[str]], dict[str, list[Candidate]],
                                   dict[int, str], set[str]]:
         """The persons holding a live record that shares one of ``keys``: which persons
         each key selects, every live record of each (a person is judged as a whole),
         person ids by primary key, and the keys left out: those shared by more than
         MAX_BLOCK persons (a placeholder birth date, a common name's code) select
-        nothing useful, and their persons are not even read."""
-        hits, oversized = self._repo.key_persons(keys, cap=MAX_BLOCK)
+        nothing useful, and their persons are not even read. ``lock``: keys to lock
+        first (``IdentityRepository.lock_keys``), with the look-up."""
+        hits, oversized = self._repo.key_persons(keys, cap=MAX_BLOCK, lock=lock)
         members: dict[str, list[Candidate]] = {}
         person_pk_ids: dict[int, str] = {}
         for c in self._repo.members({p for _, p in hits}):

@@ -113,7 +113,21 @@ class PostgresPool(PooledPostgresqlDatabase, _GenericPlans):
     pooled shows at its first statement, and the unit of work then drops the pool's idle
     connections and, for a read, makes the read again on a new one
     (:meth:`mpi.storage.work.UnitOfWork.read`). New connections: :class:`_GenericPlans`.
+
+    A transaction whose last statements carried its COMMIT (a unit of work's flush:
+    :meth:`mpi.storage.work.UnitOfWork._flush_together`) has nothing left to commit when
+    peewee ends it: no second COMMIT is sent (PostgreSQL would only warn that no
+    transaction is in progress, a round trip later).
     """
+
+    def commit(self) -> None:
+        from psycopg.pq import TransactionStatus
+
+        conn = self._state.conn
+        if conn is not None and not conn.closed \
+                and conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+        super().commit()
 
     def _is_closed(self, conn: Any) -> bool:
         if conn.closed or self._adapter.txn_status(conn) == self._adapter.txn_unknown:
@@ -206,6 +220,26 @@ def execute_prepared(db: peewee.Database, sql: str, params: Sequence[Any]) -> An
         cursor = target.cursor()
         cursor.execute(sql, params, prepare=True)
         return cursor
+
+
+def execute_prepared_after(db: peewee.Database, first: tuple[str, Sequence[Any]],
+                           sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run ``first`` (SQL, parameters: a statement whose result is not wanted, such as
+    taking locks), then ``sql``, and return ``sql``'s rows: on PostgreSQL both prepared
+    and sent together, in one round trip (a pipeline: the server runs them in order, so
+    ``sql`` starts, and in READ COMMITTED takes its snapshot, once ``first`` is done).
+    On SQLite, one after the other."""
+    target = unwrapped(db)
+    if not isinstance(target, peewee.PostgresqlDatabase):
+        target.execute_sql(*first)
+        return list(target.execute_sql(sql, params).fetchall())
+    with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
+        connection = target.connection()
+        with connection.pipeline(), connection.cursor() as before, \
+                connection.cursor() as cursor:
+            before.execute(first[0], first[1], prepare=True)
+            cursor.execute(sql, params, prepare=True)
+            return list(cursor.fetchall())
 
 
 def analyze(db: peewee.Database, tables: Sequence[str] | None = None, *,

@@ -18,7 +18,13 @@ import peewee
 
 from mpi.domain.errors import NotFound
 from mpi.storage.bulk import any_of, bulk_insert, insert_returning, insert_together
-from mpi.storage.db import execute_prepared, is_postgres, tuples, uuid_text
+from mpi.storage.db import (
+    execute_prepared,
+    execute_prepared_after,
+    is_postgres,
+    tuples,
+    uuid_text,
+)
 from mpi.storage.models import (
     BlockingKeyRow,
     LinkEventRow,
@@ -64,6 +70,8 @@ MEMBERS_SQL = ("SELECT l.patient_pk, r.id, k.pk, pe.id, l.match_data "
                "CROSS JOIN LATERAL (SELECT p.id FROM patient p WHERE p.pk = l.patient_pk "
                "AND p.deleted_at IS NULL OFFSET 0) r "
                "ORDER BY k.pk, l.patient_pk")
+#: The whole linking lock (PostgreSQL).
+LOCK_LINKING_SQL = "SELECT pg_advisory_xact_lock(%s)"
 #: The linking lock shared and each key's lock, in the keys' order (PostgreSQL).
 LOCK_KEYS_SQL = ("SELECT pg_advisory_xact_lock_shared(%s), count(pg_advisory_xact_lock(k)) "
                  "FROM (SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS ordered")
@@ -282,19 +290,23 @@ class IdentityRepository:
         Without it two similar records arriving at once would each miss the other
         (neither sees the other's uncommitted row) and found two persons.
         """
+        statement = self._lock_statement(keys)
+        if statement is not None:
+            execute_prepared(self._db, *statement)
+
+    def _lock_statement(self, keys: Iterable[str]) -> tuple[str, tuple[Any, ...]] | None:
+        """What :meth:`lock_keys` runs (None: nothing, on SQLite)."""
         if not self.postgres:
-            return
+            return None
         distinct = set(keys)
-        locks = sorted({_lock_id(k) for k in distinct}) if len(distinct) <= MAX_KEY_LOCKS else []
-        if not locks and distinct:
+        if len(distinct) > MAX_KEY_LOCKS:
             # A large batch (mpi import) would exhaust the lock table
             # (max_locks_per_transaction): it takes the whole linking lock instead.
-            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_LINKING,))
-            return
+            return LOCK_LINKING_SQL, (LOCK_LINKING,)
         # Single records share the linking lock and take one lock per key, in one round
         # trip; the sorted subquery fixes the order, so no two writers deadlock. Prepared:
         # planning it took longer than running it.
-        execute_prepared(self._db, LOCK_KEYS_SQL, (LOCK_LINKING, locks))
+        return LOCK_KEYS_SQL, (LOCK_LINKING, sorted({_lock_id(k) for k in distinct}))
 
     def share_linking(self) -> None:
         """A record's update or delete holds the linking lock shared *before* it locks the
@@ -309,7 +321,7 @@ class IdentityRepository:
         transaction, so a record arriving meanwhile never joins a person being merged
         away (PostgreSQL; SQLite has one writer)."""
         if self.postgres:
-            self._db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (LOCK_LINKING,))
+            self._db.execute_sql(LOCK_LINKING_SQL, (LOCK_LINKING,))
 
     def replace_keys(self, patient_pk: int, keys: Iterable[str]) -> None:
         BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
@@ -320,8 +332,8 @@ class IdentityRepository:
     def delete_keys(self, patient_pk: int) -> None:
         BlockingKeyRow.delete().where(BlockingKeyRow.patient == patient_pk).execute()
 
-    def key_persons(self, keys: Sequence[str], *, cap: int) -> tuple[list[tuple[str, int]],
-                                                                     set[str]]:
+    def key_persons(self, keys: Sequence[str], *, cap: int, lock: Iterable[str] | None = None
+                    ) -> tuple[list[tuple[str, int]], set[str]]:
         """(key, person) for every live record holding one of ``keys``, leaving out keys
         held by more than ``cap`` persons; and those keys (they select nothing useful).
 
@@ -329,11 +341,17 @@ class IdentityRepository:
         records) is held by thousands of records: only ``4 * cap`` of its rows are read,
         so the cost follows the keys asked for, not the registry's size. A key whose
         rows were cut short yet name at most ``cap`` persons (persons with many records
-        each) is read again whole, so the rule stays exact."""
+        each) is read again whole, so the rule stays exact.
+
+        ``lock``: keys to lock first (:meth:`lock_keys`), in the same round trip as the
+        look-up, which starts once the locks are held."""
+        locking = None if lock is None else self._lock_statement(lock)
         if not keys:
+            if locking is not None:
+                execute_prepared(self._db, *locking)
             return [], set()
         wanted = sorted(set(keys))
-        rows = self._key_rows(wanted, limit=4 * cap)
+        rows = self._key_rows(wanted, limit=4 * cap, after=locking)
         held: dict[str, set[int]] = {}
         counted: dict[str, int] = {}
         for key, person_pk in rows:
@@ -346,9 +364,13 @@ class IdentityRepository:
         return ([(k, p) for k, persons in held.items() if k not in oversized for p in persons],
                 oversized)
 
-    def _key_rows(self, keys: list[str], *, limit: int | None) -> list[tuple[str, int]]:
+    def _key_rows(self, keys: list[str], *, limit: int | None,
+                  after: tuple[str, tuple[Any, ...]] | None = None) -> list[tuple[str, int]]:
         """(key, person) per live record holding one of ``keys``, at most ``limit``
-        records per key."""
+        records per key (``after``: a statement to run first, in the same round trip)."""
+        if after is not None:
+            return [(k, p) for k, p in execute_prepared_after(self._db, after, KEY_ROWS_SQL,
+                                                              (keys, limit))]
         if is_postgres(self._db):
             # One index probe per key: the cost follows the keys asked for, not the
             # registry's size. Given thousands of keys, as an import batch has, the planner

@@ -352,8 +352,11 @@ class UnitOfWork:
         message) on PostgreSQL in ONE round trip, where they took three (the audit rows,
         the change log's lock, the events): the statements go in a pipeline and run in
         the order sent, so the lock is still taken just before the events are appended
-        and held through COMMIT; an error in any of them fails the unit as before. Many
-        rows (an import batch) go by COPY, which a pipeline cannot carry."""
+        and held through COMMIT; an error in any of them fails the unit as before. The
+        COMMIT goes with them (the unit writes nothing after its flush; the pool's
+        ``commit`` then sees no transaction left: :class:`mpi.storage.db.PostgresPool`),
+        a round trip fewer. Many rows (an import batch) go by COPY, which a pipeline
+        cannot carry."""
         statements: list[tuple[str, list[Any]]] = [(SET_ASYNC_COMMIT, [])] if asynchronous \
             else []
         if tx._audits:
@@ -370,3 +373,8 @@ class UnitOfWork:
                         cursor.execute(sql, params)
                     else:
                         execute_few(cursor, sql, params)
+                self._commit_with(cursor)
+
+    def _commit_with(self, cursor: Any) -> None:
+        """The unit's COMMIT, sent with its flush's statements (a pipeline's cursor)."""
+        cursor.execute("COMMIT")
