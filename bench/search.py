@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -558,6 +559,11 @@ def measure_catch_up(settings: Any, db: Any, root: Path, behind: Path, records: 
     opened.index.close()
     # As the service runs it (SEARCH_REBUILD_PROCESSES: a backlog's new records shared out).
     indexer = Indexer(db, behind, rebuild_processes=settings.search_rebuild_processes)
+    steps = _StepTimes()
+    logger = logging.getLogger("mpi.search")
+    level = logger.level
+    logger.addHandler(steps)
+    logger.setLevel(logging.DEBUG)
     try:
         started = time.monotonic()
         indexer.catch_up(max_steps=10**6)
@@ -566,10 +572,40 @@ def measure_catch_up(settings: Any, db: Any, root: Path, behind: Path, records: 
             events = ChangeRepository().last_id() - opened.cursor
         segments = len(list(opened.path.glob("*.seg")))
     finally:
+        logger.removeHandler(steps)
+        logger.setLevel(level)
         indexer.stop()
     return {"patients": records, "events": events, "seconds": round(seconds, 1),
             "patients_per_s": round(records / max(seconds, 1e-3), 1),
-            "segments_after": segments}
+            "segments_after": segments, "steps": steps.summary()}
+
+
+class _StepTimes(logging.Handler):
+    """Where the indexer's steps spent their time, from its debug log of each step (the
+    phases it times: reading the events and records, writing the documents, of which
+    waiting for the child process's segment, committing, merging) and the merges it
+    logged."""
+
+    PHASES = ("read_ms", "documents_ms", "child_wait_ms", "commit_ms", "merge_ms")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.steps = 0
+        self.totals = dict.fromkeys(self.PHASES, 0.0)
+        self.merges: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "documents_ms" in record.__dict__:
+            self.steps += 1
+            for phase in self.PHASES:
+                self.totals[phase] += float(record.__dict__.get(phase) or 0)
+        elif "merged" in record.getMessage():
+            self.merges.append(record.getMessage())
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": self.steps, "merges": self.merges,
+                **{phase.replace("_ms", "_s"): round(total / 1000, 1)
+                   for phase, total in self.totals.items()}}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -616,6 +652,13 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{catch_up['ratio_to_build']}x the build above, "
                      f"{catch_up['ratio_to_build_one_process']}x a one-process build; "
                      f"{catch_up['segments_after']} segments after")
+        steps = catch_up.get("steps")
+        if steps:
+            lines.append(f"  its {steps['steps']} steps: reading {steps['read_s']} s, "
+                         f"documents {steps['documents_s']} s (waiting for the child "
+                         f"{steps['child_wait_s']} s), committing {steps['commit_s']} s, "
+                         f"merging {steps['merge_s']} s; "
+                         f"{len(steps['merges'])} merge(s) beside it")
     return "\n".join(lines)
 
 

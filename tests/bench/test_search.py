@@ -73,6 +73,11 @@ def test_catch_up_is_measured_on_a_copy_behind_by_the_records_created(settings, 
     result = searchbench.measure_catch_up(settings, db, root, tmp_path / "behind", 30, seed=1)
     assert result["patients"] == 30 and result["events"] >= 60  # created and linked
     assert result["patients_per_s"] > 0 and result["segments_after"] >= 1
+    # where the indexer's steps spent the time, from its own debug log of each step
+    steps = result["steps"]
+    assert steps["steps"] >= 1 and steps["documents_s"] >= 0 and steps["merges"] == []
+    assert set(steps) == {"steps", "merges", "read_s", "documents_s", "child_wait_s",
+                          "commit_s", "merge_s"}
     readers = [WhooshSearchIndex(root), WhooshSearchIndex(tmp_path / "behind")]
     try:
         found = [r.search(parse("source:bench-catch-up"), offset=0, limit=100).hits
@@ -91,3 +96,4 @@ def test_catch_up_is_measured_on_a_copy_behind_by_the_records_created(settings, 
     table = searchbench.format_table(report)
     assert "catching up 30 records created behind the index" in table
     assert "0.8x the build above, 1.5x a one-process build" in table
+    assert f"its {steps['steps']} steps: reading" in table
