@@ -357,8 +357,7 @@ class UnitOfWork:
         ``commit`` then sees no transaction left: :class:`mpi.storage.db.PostgresPool`),
         a round trip fewer. Many rows (an import batch) go by COPY, which a pipeline
         cannot carry."""
-        statements: list[tuple[str, list[Any]]] = [(SET_ASYNC_COMMIT, [])] if asynchronous \
-            else []
+        statements: list[tuple[str, list[Any]]] = []
         if tx._audits:
             statements.append(audit_insert(tx._audits, tx.actor, tx.now, param="%s"))
         statements += append_statements(tx._events, tx.actor, tx.now)
@@ -368,11 +367,10 @@ class UnitOfWork:
         with peewee.__exception_wrapper__:  # type: ignore[attr-defined]
             connection = target.connection()
             with connection.pipeline(), connection.cursor() as cursor:
+                if asynchronous:
+                    cursor.execute(SET_ASYNC_COMMIT)
                 for sql, params in statements:
-                    if sql == SET_ASYNC_COMMIT:
-                        cursor.execute(sql, params)
-                    else:
-                        execute_few(cursor, sql, params)
+                    execute_few(cursor, sql, params)
                 self._commit_with(cursor)
 
     def _commit_with(self, cursor: Any) -> None:
