@@ -223,7 +223,7 @@ class _BulkSegmentWriter(SegmentWriter):  # type: ignore[misc]
         """Whoosh's ``add_reader`` (a merge: the reader's live documents appended), with
         the segment's terms copied a term at a time when the segment is written (see
         :func:`mpi.search.codec.segment_terms`) instead of each posting going through
-        the pool; the segment is the same (tests/search/test_merging.py). A writer that
+        the pool; the segment is the same (tests/search/test_codec.py). A writer that
         also adds documents, or a reader of another kind, goes whoosh's way."""
         if self._pooled or not hasattr(self.fieldwriter, "add_field_terms") \
                 or segment_terms(reader) is None:
