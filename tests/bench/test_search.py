@@ -97,3 +97,22 @@ def test_catch_up_is_measured_on_a_copy_behind_by_the_records_created(settings, 
     assert "catching up 30 records created behind the index" in table
     assert "0.8x the build above, 1.5x a one-process build" in table
     assert f"its {steps['steps']} steps: reading" in table
+
+
+def test_the_catch_up_process_fails_loudly_without_an_index(settings, tmp_path):
+    """measure_catch_up's process exits non-zero, saying why, when it has no index to
+    catch up (measure_catch_up then raises with its error instead of waiting)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.api import server_env
+
+    done = subprocess.run([sys.executable, "-m", "bench.search", "--catch-up-index",
+                           str(tmp_path / "nothing")],
+                          env=server_env(os.environ, settings.database_url, 8080),
+                          cwd=Path(searchbench.__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and done.stdout == ""
+    assert "the index to catch up did not open" in done.stderr
