@@ -26,6 +26,10 @@
    large machine leaves), so the service's indexer starts by merging them while the
    probes, one every :data:`MERGE_PROBE_EVERY_S`, are written and searched for. The
    merges the server logged are reported beside the lag.
+6. Times catching up (``--catch-up N``): N records registered through the service's import
+   path after the index was built, then a copy of the index caught up by one indexer in
+   a fresh process, as ``mpi serve``'s indexer process does it; the rate is given as a
+   ratio to the builds of step 2, with where the indexer's steps spent the time.
 
 Output: a table on stdout and ``.bench/search.json`` (keys sorted).
 """
