@@ -345,13 +345,13 @@ class IdentityRepository:
 
         ``lock``: keys to lock first (:meth:`lock_keys`), in the same round trip as the
         look-up, which starts once the locks are held."""
-        locking = None if lock is None else self._lock_statement(lock)
         if not keys:
-            if locking is not None:
-                execute_prepared(self._db, *locking)
+            if lock is not None:
+                self.lock_keys(lock)
             return [], set()
         wanted = sorted(set(keys))
-        rows = self._key_rows(wanted, limit=4 * cap, after=locking)
+        rows = self._key_rows(wanted, limit=4 * cap,
+                              after=None if lock is None else self._lock_statement(lock))
         held: dict[str, set[int]] = {}
         counted: dict[str, int] = {}
         for key, person_pk in rows:
@@ -368,9 +368,6 @@ class IdentityRepository:
                   after: tuple[str, tuple[Any, ...]] | None = None) -> list[tuple[str, int]]:
         """(key, person) per live record holding one of ``keys``, at most ``limit``
         records per key (``after``: a statement to run first, in the same round trip)."""
-        if after is not None:
-            return [(k, p) for k, p in execute_prepared_after(self._db, after, KEY_ROWS_SQL,
-                                                              (keys, limit))]
         if is_postgres(self._db):
             # One index probe per key: the cost follows the keys asked for, not the
             # registry's size. Given thousands of keys, as an import batch has, the planner
@@ -378,6 +375,8 @@ class IdentityRepository:
             # subquery kept apart by its LIMIT (LIMIT NULL: none) makes it loop over the
             # keys instead. That plan does not depend on the keys: planned once per
             # connection (prepared).
+            if after is not None:
+                return execute_prepared_after(self._db, after, KEY_ROWS_SQL, (keys, limit))
             cursor = execute_prepared(self._db, KEY_ROWS_SQL, (keys, limit))
         else:
             # The embedded database holds a hospital's registry, not a region's: every
