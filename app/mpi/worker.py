@@ -17,7 +17,9 @@ This worker is gunicorn's ``gthread`` worker with one change: a connection's req
 (its head, and its body up to :data:`MAX_BUFFERED_BODY` when Content-Length or chunked
 framing says how long it is) is read without blocking by the worker's event loop, as
 bytes arrive, into a buffer; only a complete request goes to a thread, which then parses
-it from memory. Waiting connections cost a socket and a buffer, not a thread. A
+it from memory (with THREADS=1, the default, the loop's own thread serves it: see
+:meth:`BufferingThreadWorker._serve_here`). Waiting connections cost a socket and a
+buffer, not a thread. A
 connection whose request is not complete :data:`REQUEST_READ_TIMEOUT_S` after the
 connection became ready for it (accepted, or its previous response sent) is closed. A
 client that asks ``Expect: 100-continue`` is told to go on by the loop, which then
@@ -42,6 +44,7 @@ import selectors
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -130,6 +133,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._reading: dict[Any, _Reading] = {}
         self._running: dict[Any, float] = {}  # connection -> when its request went to a thread
+        self._serving = False  # the loop's thread serves a request (THREADS=1)
 
     def notify(self) -> None:
         """Report alive, unless a request has been in a thread for over REPORT_GRACE_S."""
@@ -150,6 +154,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             ready = request_complete(ahead)[0]
         if ready or self.cfg.is_ssl or conn.is_http2:
             conn.mpi_request_ready = False
+            if ready and self.cfg.threads == 1 and not self.cfg.is_ssl and not conn.is_http2:
+                self._serve_here(conn)
+                return
             self._running[conn] = time.monotonic()
             super().enqueue_req(conn)
             return
@@ -161,6 +168,33 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._reading[conn] = reading
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              partial(self._on_request_bytes, conn))
+
+    def _serve_here(self, conn: Any) -> None:
+        """Serve a request the loop has read whole in the loop's own thread (THREADS=1).
+
+        With one thread a worker serves one request at a time either way; handing it to
+        the pool cost each request two thread switches and the GIL passed back and forth
+        (about seven futex calls and a pipe write and read a request, measured with
+        strace). The request is in memory (a body up to MAX_BUFFERED_BODY), so serving it
+        waits on the client only to write the response. Meanwhile the loop neither reads
+        nor accepts: other
+        connections wait in the kernel, and the listening socket's new ones go to the
+        workers that are free. A request running past REQUEST_TIMEOUT stops this loop's
+        reports, and gunicorn restarts the worker, as before.
+
+        A request the client pipelined behind this one is served at the loop's next turn
+        (finishing this one hands it over from here): not from inside this call, where a
+        client sending thousands of small requests at once would nest as many."""
+        if self._serving:
+            self.method_queue.defer(self._serve_here, conn)
+            return
+        self._serving = True
+        try:
+            done: Future[Any] = Future()
+            done.set_result(self.handle(conn))  # handle() answers a request's errors itself
+            self.finish_request(conn, done)
+        finally:
+            self._serving = False
 
     def _on_request_bytes(self, conn: Any, _sock: Any) -> None:
         reading = self._reading[conn]

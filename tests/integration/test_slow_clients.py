@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import socket
 import statistics
 import threading
@@ -190,6 +191,45 @@ def test_a_slow_request_pipelined_behind_a_whole_one_holds_no_thread(tmp_path):
             assert status == 200 and elapsed_ms < 1000, elapsed_ms  # the one thread is free
             s.sendall(b"\r\n")
             assert _response(s).startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_requests_pipelined_in_one_send_are_each_answered_in_order(tmp_path, threads):
+    """HTTP/1.1 pipelining: a thousand requests sent at once on one connection are each
+    answered once, in the order sent. With THREADS=1 the loop's own thread serves them,
+    one per turn of the loop (serving the next from inside the last would nest a call per
+    request, past Python's recursion limit)."""
+    server = Server({"DATABASE_URL": "sqlite:///data/mpi.db", "WORKERS": "1",
+                     "THREADS": threads}, tmp_path)
+    sent = [f"r{i}" for i in range(1000)]
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            requests = b"".join(f"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n"
+                                f"X-Request-ID: {rid}\r\n\r\n".encode() for rid in sent)
+            # Sent from a thread: the answers start coming back before the last is sent.
+            sender = threading.Thread(target=s.sendall, args=(requests,))
+            sender.start()
+            answered: list[str] = []
+            data = b""
+            while len(answered) < len(sent):
+                end = data.find(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length: *(\d+)", data[:end]) if end >= 0 \
+                    else None
+                if length is None or len(data) < end + 4 + int(length[1]):
+                    chunk = s.recv(65536)
+                    assert chunk, f"closed after {len(answered)} answers"
+                    data += chunk
+                    continue
+                head = data[:end]
+                assert head.startswith(b"HTTP/1.1 200"), head
+                request_id = re.search(rb"(?im)^x-request-id: *(\S+)", head)
+                assert request_id is not None
+                answered.append(request_id[1].decode())
+                data = data[end + 4 + int(length[1]):]
+            sender.join()
+            assert answered == sent
     finally:
         server.stop()
 
