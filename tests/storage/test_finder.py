@@ -39,35 +39,112 @@ def test_a_family_prefix_search_uses_the_family_name_index(db):
     sql, params = query.sql()
     db.execute_sql("SET enable_seqscan = off")
     plan = "\n".join(r[0] for r in db.execute_sql(f"EXPLAIN {sql}", params).fetchall())
-    assert "patient_name_family_norm_patient_pk" in plan, plan
+    assert "patient_name_family_norm_birth_date_patient_pk" in plan, plan
     found = finder.find(Criteria((Term("family", ("fam01",)),)), offset=0, count=50,
                         total=True, today=date(2026, 1, 1))
     assert found.total == 10 and len(found.items) == 10
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_family_and_birth_year_search_reads_the_live_birth_dates_from_the_index(db):
-    """PDQm's family-and-birthdate search: the records born that year come from the
-    live-birth-date index alone (migration 0017), not from visiting each of them in the
-    table (9,500 pages for one year at 1,300,000 records)."""
-    repo = PatientRepository()
+def _born_registry(repo: PatientRepository) -> None:
     for i in range(60):
         data = PatientInput.model_validate_json(json.dumps(patient(
             source_id=f"B{i}", names=[{"family": f"Walsh{i % 3}", "given": ["A"]}],
             birth_date=f"{1960 + i % 20}-03-{1 + i % 28:02d}", identifiers=[])))
         repo.insert(data, patient_id=uuid.uuid4(), now=NOW)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_family_and_birth_year_search_reads_the_names_born_then_from_one_index(db):
+    """PDQm's family-and-birthdate search: the names of that family born that year come
+    from one scan of the name index, by family prefix and birth date (migration 0022
+    copies the record's birth date beside its names), not from joining every name of the
+    family with every record born that year (41-44 ms a search at 1,150,000 records, for
+    a family of 11,000 records and a year of 13,000; 2.1 ms so). 30,000 records of 500
+    family names born over 50 years, analyzed: the plan PostgreSQL picks."""
+    db.execute_sql(
+        "INSERT INTO patient (id, source, source_id, active, deceased, version, birth_date, "
+        "created_at, updated_at) SELECT gen_random_uuid(), 'bulk', g::text, true, false, 1, "
+        "date '1940-01-01' + (g * 7919 %% 18262), now(), now() FROM generate_series(1, 30000) g",
+        ())
+    db.execute_sql(
+        "INSERT INTO patient_name (patient_pk, position, family, family_norm, given, prefix, "
+        "suffix, birth_date) SELECT pk, 0, 'fam' || (pk %% 500), 'fam' || (pk %% 500), '[]', "
+        "'[]', '[]', birth_date FROM patient", ())
     db.execute_sql("VACUUM ANALYZE patient")
-    finder = PatientFinder(repo)
-    criteria = Criteria((Term("family", ("wal",)),
+    db.execute_sql("VACUUM ANALYZE patient_name")
+    finder = PatientFinder(PatientRepository())
+    criteria = Criteria((Term("family", ("fam12",)),
                          Term("birthdate", (parse_date("1969"),))))
     sql, params = finder._query(criteria, date(2026, 1, 1)).select(
         peewee.SQL('"t1"."id"')).sql()
-    db.execute_sql("SET enable_seqscan = off")
-    db.execute_sql("SET enable_bitmapscan = off")
     plan = "\n".join(r[0] for r in db.execute_sql(f"EXPLAIN {sql}", params).fetchall())
-    assert "Index Only Scan using patient_live_birth_date" in plan, plan
-    found = finder.find(criteria, offset=0, count=10, total=True, today=date(2026, 1, 1))
-    assert found.total == 3 and {str(p.birth_date)[:4] for p in found.items} == {"1969"}
+    names = plan.split("patient_name_family_norm_birth_date_patient_pk", 1)
+    assert len(names) == 2, plan
+    scan = names[1].split("->", 1)[0]  # the scan's own lines: its condition
+    assert "birth_date >= '1969-01-01'::date" in scan, plan
+    (expected,) = db.execute_sql(
+        "SELECT count(*) FROM patient WHERE (pk %% 500)::text LIKE '12%%' "
+        "AND birth_date >= '1969-01-01' AND birth_date < '1970-01-01'", ()).fetchone()
+    found = finder.find(criteria, offset=0, count=100, total=True, today=date(2026, 1, 1))
+    assert expected > 0 and found.total == expected
+    assert {str(p.birth_date)[:4] for p in found.items} == {"1969"}
+
+
+@pytest.mark.parametrize("criteria", [
+    "family=wal&birthdate=1969", "name=walsh1&birthdate=1969-03", "given=a&birthdate=1969",
+    "family=walsh0,walsh1,walsh2&birthdate=1969,1970", "family=wal&birthdate=ge1969",
+    "family=wal&birthdate=1969-03-10&birthdate=ge1960"])
+def test_names_without_their_records_birth_date_are_still_found(db, criteria):
+    """Names an older release wrote (during a rolling upgrade) carry no birth date: a name
+    without one may belong to a record born then, and the record's own date decides. Each
+    search finds the same records whatever the names say, and a name whose copy is wrong
+    could only hide a record, so the copies are dropped for a third of the records."""
+    from mpi.fhir.search import parse, parse_pairs
+    from mpi.storage.models import PatientNameRow, PatientRow
+
+    repo = PatientRepository()
+    _born_registry(repo)
+    finder = PatientFinder(repo)
+    search = parse(parse_pairs(criteria)).criteria
+    before = {p.id for p in finder.find(search, offset=0, count=100, total=False,
+                                        today=date(2026, 1, 1)).items}
+    assert before
+    some = PatientRow.select(PatientRow.pk).where(PatientRow.source_id.endswith("0"))
+    assert PatientNameRow.update(birth_date=None).where(
+        PatientNameRow.patient.in_(some)).execute() > 0
+    after = {p.id for p in finder.find(search, offset=0, count=100, total=False,
+                                       today=date(2026, 1, 1)).items}
+    assert after == before
+
+
+def test_a_records_names_carry_its_birth_date_as_it_changes(db):
+    """Written with the names: the day, or the first day of a month or year known alone;
+    none without a birth date; an update writes the new one."""
+    from mpi.storage.models import PatientNameRow, PatientRow
+
+    repo = PatientRepository()
+    for source_id, fields in (("D", {"birth_date": "1971-03-09"}),
+                              ("M", {"birth_date_partial": "1971-03"}),
+                              ("Y", {"birth_date_partial": "1971"}), ("N", {})):
+        data = PatientInput.model_validate_json(json.dumps({**patient(
+            source_id=source_id, birth_date=None,
+            names=[{"family": "Macan", "given": ["T"]},
+                   {"family": "Macan-Ross", "given": ["T"]}]), **fields}))
+        repo.insert(data, patient_id=uuid.uuid4(), now=NOW)
+
+    def dates(source_id: str) -> list[date | None]:
+        return [n.birth_date for n in PatientNameRow.select().join(PatientRow).where(
+            PatientRow.source_id == source_id).order_by(PatientNameRow.position)]
+
+    assert dates("D") == [date(1971, 3, 9)] * 2
+    assert dates("M") == [date(1971, 3, 1)] * 2
+    assert dates("Y") == [date(1971, 1, 1)] * 2
+    assert dates("N") == [None, None]
+    row = PatientRow.get(PatientRow.source_id == "N")
+    changed = PatientInput.model_validate_json(json.dumps(patient(
+        source_id="N", names=[{"family": "Macan", "given": ["T"]}], birth_date="1980-02-29")))
+    repo.update(row, changed, expected_version=1, now=NOW)
+    assert dates("N") == [date(1980, 2, 29)]
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

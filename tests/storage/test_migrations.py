@@ -269,6 +269,17 @@ def test_0003_recomputes_every_live_records_blocking_keys(tmp_path, postgres_ser
         close_database(db)
 
 
+def _new_databases(name: str, tmp_path, postgres_server) -> tuple[str, str]:
+    """URLs of a new SQLite file and a new PostgreSQL database, both called ``name``."""
+    base = database_for(parse_database_url(postgres_server.url))
+    with connection(base):
+        base.execute_sql(f"DROP DATABASE IF EXISTS {name}")
+        base.execute_sql(f"CREATE DATABASE {name}")
+    close_database(base)
+    return (f"sqlite:///{tmp_path}/{name}.db",
+            postgres_server.url.rsplit("/", 1)[0] + f"/{name}")
+
+
 def test_0019_gives_records_without_a_birth_date_their_undated_name_key(tmp_path,
                                                                          postgres_server):
     """From 0019 a record with a birth date looks up the family name and initial among
@@ -276,16 +287,10 @@ def test_0019_gives_records_without_a_birth_date_their_undated_name_key(tmp_path
     from their ``f:`` key; a record with a ``d:`` key (a birth date) gets none."""
     from mpi.storage.models import BlockingKeyRow, PatientRow
 
-    base = database_for(parse_database_url(postgres_server.url))
-    with connection(base):
-        base.execute_sql("DROP DATABASE IF EXISTS undated")
-        base.execute_sql("CREATE DATABASE undated")
-    close_database(base)
     now = datetime(2026, 1, 1)
     held = {"dated": ["d:19710309:MACAN", "f:MACAN:t", "m:MACAN:TANDAV"],
             "undated": ["f:MACAN:t", "l:4 quarry lane:MACAN"], "nameless": ["t:5550199"]}
-    for url in (f"sqlite:///{tmp_path}/undated.db",
-                postgres_server.url.rsplit("/", 1)[0] + "/undated"):
+    for url in _new_databases("undated", tmp_path, postgres_server):
         db = database_for(parse_database_url(url))
         shipped = migrate.discover()
         with connection(db), db.bind_ctx(ALL_MODELS):
@@ -303,6 +308,42 @@ def test_0019_gives_records_without_a_birth_date_their_undated_name_key(tmp_path
                 BlockingKeyRow.patient == pk)) for name, pk in pks.items()}
         close_database(db)
         assert after == {**held, "undated": sorted([*held["undated"], "u:MACAN:t"])}, url
+
+
+def test_0022_copies_each_records_birth_date_beside_its_names(tmp_path, postgres_server):
+    """From 0022 each name carries its record's birth date (for the family-name and
+    birth-date search): the names stored before get it, the first day of a month or year
+    known alone included; a record without one leaves its names without."""
+    from datetime import date
+
+    from mpi.storage.models import PatientRow
+
+    now = datetime(2026, 1, 1)
+    records = {"day": (date(1971, 3, 9), None), "year": (date(1971, 1, 1), 4),
+               "none": (None, None)}
+    for url in _new_databases("born", tmp_path, postgres_server):
+        db = database_for(parse_database_url(url))
+        shipped = migrate.discover()
+        with connection(db), db.bind_ctx(ALL_MODELS):
+            migrate.apply(db, [m for m in shipped if m.version <= "0021"])
+            for i, (name, (born, precision)) in enumerate(records.items()):
+                pk = PatientRow.insert(
+                    id=f"00000000-0000-4000-8000-00000000000{i}", source="ehr",
+                    source_id=name, active=True, deceased=False, version=1, birth_date=born,
+                    birth_date_precision=precision, created_at=now, updated_at=now).execute()
+                for position, family in enumerate(("macan", "ross")):
+                    db.execute_sql(
+                        "INSERT INTO patient_name (patient_pk, position, family, family_norm, "
+                        f"given, prefix, suffix) VALUES ({db.param}, {db.param}, {db.param}, "
+                        f"{db.param}, '[]', '[]', '[]')", (pk, position, family, family))
+            migrate.apply(db, shipped)
+            rows = db.execute_sql(
+                "SELECT p.source_id, n.birth_date FROM patient_name n JOIN patient p "
+                "ON p.pk = n.patient_pk ORDER BY p.source_id, n.position").fetchall()
+        close_database(db)
+        copied = {(name, date.fromisoformat(str(d)) if d is not None else None)
+                  for name, d in rows}
+        assert len(rows) == 6 and copied == {(n, born) for n, (born, _) in records.items()}, url
 
 
 def _prepared_statements() -> dict[str, tuple[str, tuple]]:

@@ -75,8 +75,9 @@ class PatientFinder:
 
     def _query(self, criteria: Criteria, today: date) -> Any:
         query = PatientRow.select().where(PatientRow.deleted_at.is_null())
+        born = _names_born(criteria, today)
         for term in criteria.terms:
-            query = query.where(self._term(term, today))
+            query = query.where(self._term(term, today, born))
         return query
 
     @staticmethod
@@ -95,14 +96,16 @@ class PatientFinder:
 
     # --- one term: any of its values -------------------------------------------------------
 
-    def _term(self, term: Term, today: date) -> Any:
+    def _term(self, term: Term, today: date, born: Any = None) -> Any:
         if term.missing is not None:
             present = self._present(term)
             return ~present if term.missing else present
-        conditions = [self._value(term, value, today) for value in term.values]
+        conditions = [self._value(term, value, today, born) for value in term.values]
         return _any(conditions)
 
-    def _value(self, term: Term, value: Any, today: date) -> Any:
+    def _value(self, term: Term, value: Any, today: date, born: Any = None) -> Any:
+        """One value's condition; ``born`` (:func:`_names_born`), if any, narrows the names
+        a name term looks at to those born when the search's birth date says."""
         subject = term.subject
         if subject == "_id":
             try:
@@ -120,13 +123,14 @@ class PatientFinder:
             return _birthdate_condition(value, today)
         if subject == "_lastUpdated":
             return _date_condition(PatientRow.updated_at, value, today)
-        if subject == "family":
-            return _exists(PatientNameRow, self._family(term, str(value)))
-        if subject == "given":
-            return _exists(PatientNameRow, self._given(term, str(value)))
-        if subject == "name":
-            return _exists(PatientNameRow, self._family(term, str(value))
-                           | self._given(term, str(value)))
+        if subject in ("family", "given", "name"):
+            if subject == "family":
+                cond = self._family(term, str(value))
+            elif subject == "given":
+                cond = self._given(term, str(value))
+            else:
+                cond = self._family(term, str(value)) | self._given(term, str(value))
+            return _exists(PatientNameRow, cond if born is None else cond & born)
         if subject == "identifier":
             return self._identifier(value)
         if subject == "telecom":
@@ -312,6 +316,36 @@ def _tiebreak(criteria: Criteria) -> Any:
     if any(_narrows(term) for term in criteria.terms):
         return PatientRow.pk + 0
     return PatientRow.pk
+
+
+def _names_born(criteria: Criteria, today: date) -> Any:
+    """What a matching record's names hold in ``patient_name.birth_date`` (the record's
+    birth date, copied there: migration 0022), given the search's birth-date terms whose
+    values are all ``eq``; None when there is no such term.
+
+    A record found by an ``eq`` birth date lies inside that day's, month's or year's
+    [start, end) whatever its precision (:func:`_birthdate_condition`), and so does the
+    copy beside each of its names. Said inside a name term's EXISTS, the names of a family
+    and a year come from one index scan (family prefix, then the date) instead of a join
+    of all the family's names with all the records born that year. A name without a date
+    (a record without one, or a name an older release wrote) may belong to a match: kept,
+    for the record's own date to decide."""
+    column = PatientNameRow.birth_date
+    found = []
+    for term in criteria.terms:
+        if term.subject != "birthdate" or term.missing is not None or not term.values:
+            continue
+        values = [v for v in term.values if isinstance(v, DateRange) and v.comparator == "eq"]
+        if len(values) != len(term.values):
+            continue
+        found.append(_any([_date_condition(column, v, today) for v in values])
+                     | column.is_null())
+    if not found:
+        return None
+    born = found[0]
+    for cond in found[1:]:
+        born &= cond
+    return born
 
 
 def _birthdate_condition(value: DateRange, today: date) -> Any:

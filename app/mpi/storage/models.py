@@ -92,11 +92,17 @@ class PatientNameRow(BaseModel):
     given_norm = peewee.TextField(null=True)
     prefix = JSONTextField()
     suffix = JSONTextField()
+    # The record's birth date (the first day of its month or year when only that is
+    # known), written with the name: a family-name and birth-date search (PDQm) narrows the
+    # names by both in one index (migration 0022). None when the record has none, and in
+    # names an older release wrote: a search counts those as possibly born then.
+    birth_date = peewee.DateField(null=True)
 
     class Meta:
         table_name = "patient_name"
-        # A family-name prefix search reads the records' keys from the index alone.
-        indexes = ((("family_norm", "patient"), False),)
+        # A family-name prefix search reads the records' keys from the index alone, and a
+        # family name and birth date search its names born then.
+        indexes = ((("family_norm", "birth_date", "patient"), False),)
 
 
 class PatientIdentifierRow(BaseModel):

@@ -382,10 +382,11 @@ class PatientRepository:
     def _insert_children_many(self, items: Sequence[tuple[int, PatientInput]]) -> None:
         names, idents, addresses, telecom = [], [], [], []
         for pk, data in items:
+            born = _birth_columns(data)["birth_date"]  # beside each name, for the search
             names += [dict(patient=pk, position=n, use=x.use, family=x.family,
                            family_norm=normalize_name(x.family), given=list(x.given),
                            given_norm=given_norm(x.given),
-                           prefix=list(x.prefix), suffix=list(x.suffix))
+                           prefix=list(x.prefix), suffix=list(x.suffix), birth_date=born)
                       for n, x in enumerate(data.names)]
             idents += [dict(patient=pk, position=n, system=x.system, value=x.value, type=x.type,
                             use=x.use)
