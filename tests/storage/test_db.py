@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from mpi.storage.db import analyze, planned_rows, uuid_text
+from mpi.storage.db import analyze, execute_for_values, planned_rows, uuid_text
 from mpi.storage.models import PersonRow
 
 NOW = datetime(2026, 1, 1, 12, 0)
@@ -123,3 +123,26 @@ def test_uuid_text_of_stored_ids_is_what_the_api_writes(db):
     made = PersonRow.create(id=uuid.uuid4(), created_at=NOW, updated_at=NOW)
     raw = db.execute_sql(f"SELECT id FROM person WHERE pk = {db.param}", (made.pk,)).fetchone()
     assert uuid_text(raw[0]) == str(made.id)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_search_runs_on_a_plan_made_for_its_values(db):
+    """The service's connections plan statements with parameters generically
+    (``plan_cache_mode``), unnamed ones included: ``family_norm LIKE $1`` then gives the
+    index no prefix range, and a PDQm search walked a whole year's records (52 ms at
+    1,170,000 records). ``execute_for_values`` binds the values into the statement's text,
+    so its plan holds the prefix's range. (EXPLAIN of a statement with parameters plans
+    for them, which hid this: ``EXPLAIN EXECUTE`` shows what runs.)"""
+    assert db.execute_sql("SHOW plan_cache_mode").fetchone()[0] == "force_generic_plan"
+    db.execute_sql("SET enable_seqscan = off")
+    db.execute_sql("PREPARE by_family(text) AS "
+                   "SELECT patient_pk FROM patient_name WHERE family_norm LIKE $1")
+    generic = "\n".join(r[0] for r in db.execute_sql(
+        "EXPLAIN EXECUTE by_family('fam12%%')", ()).fetchall())
+    assert "family_norm >=" not in generic, generic
+    planned = "\n".join(r[0] for r in execute_for_values(
+        db, "EXPLAIN SELECT patient_pk FROM patient_name WHERE family_norm LIKE %s",
+        ("fam12%",)))
+    assert "family_norm >= 'fam12'" in planned, planned
+    assert execute_for_values(db, "SELECT count(*) FROM patient_name WHERE family_norm LIKE %s",
+                              ("it's%",)) == [(0,)]  # quoted by the driver

@@ -15,6 +15,7 @@ import pytest
 from mpi.domain.criteria import Criteria, Term
 from mpi.domain.patient import PatientInput
 from mpi.fhir.search import parse_date
+from mpi.storage.db import execute_for_values
 from mpi.storage.finder import PatientFinder
 from mpi.storage.patients import PatientRepository
 from tests.helpers import patient
@@ -38,7 +39,7 @@ def test_a_family_prefix_search_uses_the_family_name_index(db):
     query = finder._query(Criteria((Term("family", ("fam01",)),)), date(2026, 1, 1))
     sql, params = query.sql()
     db.execute_sql("SET enable_seqscan = off")
-    plan = "\n".join(r[0] for r in db.execute_sql(f"EXPLAIN {sql}", params).fetchall())
+    plan = "\n".join(r[0] for r in execute_for_values(db, f"EXPLAIN {sql}", params))
     assert "patient_name_family_norm_birth_date_patient_pk" in plan, plan
     found = finder.find(Criteria((Term("family", ("fam01",)),)), offset=0, count=50,
                         total=True, today=date(2026, 1, 1))
@@ -77,7 +78,7 @@ def test_a_family_and_birth_year_search_reads_the_names_born_then_from_one_index
                          Term("birthdate", (parse_date("1969"),))))
     sql, params = finder._query(criteria, date(2026, 1, 1)).select(
         peewee.SQL('"t1"."id"')).sql()
-    plan = "\n".join(r[0] for r in db.execute_sql(f"EXPLAIN {sql}", params).fetchall())
+    plan = "\n".join(r[0] for r in execute_for_values(db, f"EXPLAIN {sql}", params))
     names = plan.split("patient_name_family_norm_birth_date_patient_pk", 1)
     assert len(names) == 2, plan
     scan = names[1].split("->", 1)[0]  # the scan's own lines: its condition
@@ -202,14 +203,16 @@ def test_the_total_is_counted_only_when_the_page_cannot_say_it(db, monkeypatch, 
                                                                  counted):
     repo = PatientRepository()
     _registry_of(repo, 7)
+    from mpi.storage import finder
+
     counts: list[int] = []
-    real_count = peewee.SelectBase.count
+    real_count = finder._count
 
-    def count_spy(self, *args, **kwargs):
+    def count_spy(query):
         counts.append(1)
-        return real_count(self, *args, **kwargs)
+        return real_count(query)
 
-    monkeypatch.setattr(peewee.SelectBase, "count", count_spy)
+    monkeypatch.setattr(finder, "_count", count_spy)
     criteria = Criteria((Term("family", ("totals",)), Term("birthdate", (parse_date("1980"),))))
     found = PatientFinder(repo).find(criteria, offset=offset, count=count, total=True,
                                      today=date(2026, 1, 1))

@@ -19,6 +19,7 @@ import peewee
 
 from mpi.domain.criteria import Criteria, DateRange, Term, Token
 from mpi.domain.patient import Patient
+from mpi.storage.db import execute_for_values
 from mpi.storage.fields import canonical_json
 from mpi.storage.models import (
     PatientAddressRow,
@@ -54,7 +55,7 @@ class PatientFinder:
              today: date) -> Found:
         query = self._query(criteria, today)
         if count == 0:
-            return Found([], query.count() if total else None, False)
+            return Found([], _count(query) if total else None, False)
         # With a total asked for, each row of the page carries the count of every match
         # (a window over the whole result, before OFFSET and LIMIT): one statement. A
         # separate COUNT repeated the whole search, as costly as the page (a third of
@@ -63,13 +64,13 @@ class PatientFinder:
             else [PatientRow.id]
         ordered = (query.select(*columns)
                    .order_by(*self._order(criteria), _tiebreak(criteria)))
-        rows = list(ordered.offset(offset).limit(count + 1).tuples())
+        rows = _rows(ordered.offset(offset).limit(count + 1))
         ids = [str(row[0]) for row in rows]
         more = len(ids) > count
         found_total = None
         if total:
             # A page past the end has no row to say it: counted on its own.
-            found_total = int(rows[0][1]) if rows else (query.count() if offset else 0)
+            found_total = int(rows[0][1]) if rows else (_count(query) if offset else 0)
         # The page's records in one statement (the one-statement read, for several ids).
         return Found(self._patients.read_many(ids[:count]), found_total, more)
 
@@ -222,6 +223,17 @@ class PatientFinder:
 
 
 # --- SQL helpers -----------------------------------------------------------------------------
+
+def _rows(query: Any) -> list[tuple[Any, ...]]:
+    """The search's rows, planned for its values (:func:`execute_for_values`)."""
+    sql, params = query.sql()
+    return execute_for_values(PatientRow._meta.database, sql, params)
+
+
+def _count(query: Any) -> int:
+    """How many live records the search finds (planned for its values)."""
+    return int(_rows(query.select(peewee.fn.COUNT(PatientRow.id)))[0][0])
+
 
 def _younger_sibling() -> Any:
     """The record has an older live, active record in its person (so FHIR shows it
