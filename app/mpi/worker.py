@@ -177,10 +177,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         (about seven futex calls and a pipe write and read a request, measured with
         strace). The request is in memory (a body up to MAX_BUFFERED_BODY), so serving it
         waits on the client only to write the response. Meanwhile the loop neither reads
-        nor accepts: other
-        connections wait in the kernel, and the listening socket's new ones go to the
-        workers that are free. A request running past REQUEST_TIMEOUT stops this loop's
-        reports, and gunicorn restarts the worker, as before.
+        nor accepts: other connections wait in the kernel, and the listening socket's new
+        ones go to the workers that are free. A request running past REQUEST_TIMEOUT stops
+        this loop's reports, and gunicorn restarts the worker, as before.
 
         A request the client pipelined behind this one is served at the loop's next turn
         (finishing this one hands it over from here): not from inside this call, where a

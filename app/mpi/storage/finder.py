@@ -10,6 +10,8 @@ Addresses are compared case-insensitively with ``lower()`` (accents count there)
 
 from __future__ import annotations
 
+import functools
+import operator
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -124,14 +126,12 @@ class PatientFinder:
             return _birthdate_condition(value, today)
         if subject == "_lastUpdated":
             return _date_condition(PatientRow.updated_at, value, today)
-        if subject in ("family", "given", "name"):
-            if subject == "family":
-                cond = self._family(term, str(value))
-            elif subject == "given":
-                cond = self._given(term, str(value))
-            else:
-                cond = self._family(term, str(value)) | self._given(term, str(value))
-            return _exists(PatientNameRow, cond if born is None else cond & born)
+        if subject == "family":
+            return _names(self._family(term, str(value)), born)
+        if subject == "given":
+            return _names(self._given(term, str(value)), born)
+        if subject == "name":
+            return _names(self._family(term, str(value)) | self._given(term, str(value)), born)
         if subject == "identifier":
             return self._identifier(value)
         if subject == "telecom":
@@ -233,6 +233,11 @@ def _rows(query: Any) -> list[tuple[Any, ...]]:
 def _count(query: Any) -> int:
     """How many live records the search finds (planned for its values)."""
     return int(_rows(query.select(peewee.fn.COUNT(PatientRow.id)))[0][0])
+
+
+def _names(condition: Any, born: Any) -> Any:
+    """The record has a name that meets ``condition`` (and ``born``, if any)."""
+    return _exists(PatientNameRow, condition if born is None else condition & born)
 
 
 def _younger_sibling() -> Any:
@@ -352,12 +357,7 @@ def _names_born(criteria: Criteria, today: date) -> Any:
             continue
         found.append(_any([_date_condition(column, v, today) for v in values])
                      | column.is_null())
-    if not found:
-        return None
-    born = found[0]
-    for cond in found[1:]:
-        born &= cond
-    return born
+    return functools.reduce(operator.and_, found) if found else None
 
 
 def _birthdate_condition(value: DateRange, today: date) -> Any:
