@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from toolkit.procs import free_port as free_port  # re-exported for the tests
@@ -67,3 +68,21 @@ def stop_process(proc: Any, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def plan_as_run(db: Any, name: str, sql: str, params: Sequence[Any], *,
+                explain: str = "EXPLAIN") -> list[Any]:
+    """The plan PostgreSQL runs ``sql`` (psycopg's ``%s`` placeholders) with on ``db``'s
+    connection, as the service sends it: prepared as ``name``, so with the connection's
+    ``plan_cache_mode`` (the service's: generic plans). A plain EXPLAIN of a statement with
+    parameters plans for the values instead, which hides what runs. The rows of
+    ``{explain} EXECUTE``."""
+    import psycopg
+
+    parts = sql.split("%s")  # psycopg's placeholders, numbered as PREPARE wants
+    db.execute_sql(f"PREPARE {name} AS " + "".join(
+        f"{part}${n}" for n, part in enumerate(parts[:-1], 1)) + parts[-1])
+    marks = ", ".join(["%s"] * len(params))
+    statement = psycopg.ClientCursor(db.connection()).mogrify(
+        f"{explain} EXECUTE {name} ({marks})", params)
+    return [row[0] for row in db.execute_sql(statement).fetchall()]

@@ -12,7 +12,7 @@ from datetime import date, datetime
 import peewee
 import pytest
 
-from mpi.domain.criteria import Criteria, Term
+from mpi.domain.criteria import Criteria, Term, Token
 from mpi.domain.patient import PatientInput
 from mpi.fhir.search import parse_date
 from mpi.storage.db import execute_for_values
@@ -44,6 +44,31 @@ def test_a_family_prefix_search_uses_the_family_name_index(db):
     found = finder.find(Criteria((Term("family", ("fam01",)),)), offset=0, count=50,
                         total=True, today=date(2026, 1, 1))
     assert found.total == 10 and len(found.items) == 10
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("token", [Token(None, "+1-217-555-0107", any_system=True),
+                                   Token("phone", "+1-217-555-0107")])
+def test_a_telecom_search_probes_the_telecom_index(db, token):
+    """A search by phone number or e-mail (PDQm ``telecom``) finds the values in their
+    index (migration 0023) instead of reading every record's (33 ms at 1,240,000 values).
+    Run on a plan made for its value, as the finder runs it."""
+    repo = PatientRepository()
+    for i in range(40):
+        data = PatientInput.model_validate_json(json.dumps(patient(
+            source_id=f"T{i}", identifiers=[],
+            telecom=[{"system": "phone", "value": f"+1-217-555-01{i:02d}"},
+                     {"system": "email", "value": f"p{i}@example.org"}])))
+        repo.insert(data, patient_id=uuid.uuid4(), now=NOW)
+    db.execute_sql("ANALYZE")
+    db.execute_sql("SET enable_seqscan = off")  # (40 records: as on a large table)
+    finder = PatientFinder(repo)
+    criteria = Criteria((Term("telecom", (token,)),))
+    sql, params = finder._query(criteria, date(2026, 1, 1)).sql()
+    plan = "\n".join(r[0] for r in execute_for_values(db, f"EXPLAIN {sql}", params))
+    assert "patient_telecom_value" in plan, plan
+    found = finder.find(criteria, offset=0, count=10, total=True, today=date(2026, 1, 1))
+    assert found.total == 1 and found.items[0].source_id == "T7"
 
 
 def _born_registry(repo: PatientRepository) -> None:

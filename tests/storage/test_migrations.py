@@ -10,7 +10,6 @@ from datetime import datetime
 from importlib import resources
 
 import peewee
-import psycopg
 import pytest
 from playhouse.schema_diff import diff_models
 
@@ -18,6 +17,7 @@ from mpi.config import parse_database_url
 from mpi.storage import migrate
 from mpi.storage.db import close_database, connection, database_for
 from mpi.storage.models import ALL_MODELS, SchemaMigrationRow
+from tests.helpers import plan_as_run
 
 
 def _columns(db: peewee.Database, table: str, schema: str | None = None) -> list[tuple]:
@@ -431,15 +431,9 @@ def test_a_fresh_database_plans_the_prepared_look_ups_on_the_indexes(postgres_se
         if state == "vacuumed":  # row counts and the visibility map, still no statistics
             for table in tables:
                 db.execute_sql(f'VACUUM "{table}"')
-        client = psycopg.ClientCursor(db.connection())
         walked = {}
         for i, (label, (sql, values)) in enumerate(statements.items()):
-            parts = sql.split("%s")  # psycopg's placeholders, numbered as PREPARE wants
-            db.execute_sql(f"PREPARE s{i} AS " + "".join(
-                f"{part}${n}" for n, part in enumerate(parts[:-1], 1)) + parts[-1])
-            marks = ", ".join(["%s"] * len(values))
-            explain = client.mogrify(f"EXPLAIN (FORMAT JSON) EXECUTE s{i} ({marks})", values)
-            (plan,), = db.execute_sql(explain).fetchall()
+            (plan,) = plan_as_run(db, f"s{i}", sql, values, explain="EXPLAIN (FORMAT JSON)")
             walked[label] = _walks(plan[0]["Plan"])
         for table in tables:
             db.execute_sql(f'ALTER TABLE "{table}" RESET (autovacuum_enabled)')

@@ -149,7 +149,8 @@ class PatientTelecomRow(BaseModel):
     patient = _belongs_to_patient("telecom_rows")
     position = peewee.SmallIntegerField()
     system = peewee.CharField(max_length=16)
-    value = peewee.CharField(max_length=256)
+    # Indexed for a search by phone number or e-mail address (migration 0023).
+    value = peewee.CharField(max_length=256, index=True)
     use = peewee.CharField(max_length=16, null=True)
     rank = peewee.IntegerField(null=True)
 
