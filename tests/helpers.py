@@ -86,3 +86,12 @@ def plan_as_run(db: Any, name: str, sql: str, params: Sequence[Any], *,
     statement = psycopg.ClientCursor(db.connection()).mogrify(
         f"{explain} EXECUTE {name} ({marks})", params)
     return [row[0] for row in db.execute_sql(statement).fetchall()]
+
+
+def rows_read(node: dict[str, Any], table: str) -> int:
+    """Rows (or index entries) the scans of ``table`` in a plan (a node of ``EXPLAIN
+    (ANALYZE, FORMAT JSON)``) read in all, kept or filtered out."""
+    read = 0
+    if "Scan" in node["Node Type"] and node.get("Relation Name") == table:
+        read = (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"]
+    return read + sum(rows_read(child, table) for child in node.get("Plans", ()))

@@ -14,6 +14,7 @@ from mpi.domain.audit import Actor, AuditTag
 from mpi.storage.audit import AuditRepository, page_query, write_audit_rows
 from mpi.storage.db import execute_for_values
 from mpi.storage.models import AuditEventRow
+from tests.helpers import rows_read
 
 T0 = datetime(2026, 3, 1, 12, 0)
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -101,7 +102,7 @@ def test_what_a_user_did_reads_about_a_page_of_rows_whoever_the_user(db):
             repo.by_actor(user, before=newest, limit=20)
         sql, params = captured[0].sql()
         ((plan,),) = execute_for_values(db, "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
-        assert _rows_read(plan[0]["Plan"]) <= 80, (user, plan)
+        assert rows_read(plan[0]["Plan"], "audit_event") <= 80, (user, plan)
     # And the answer is the newest rows of either kind, each once, in order.
     every = [r.pk for r in AuditEventRow.select().order_by(AuditEventRow.pk.desc())
              .where((AuditEventRow.actor == "clerk") | (AuditEventRow.on_behalf_of == "clerk"))]
@@ -111,12 +112,4 @@ def test_what_a_user_did_reads_about_a_page_of_rows_whoever_the_user(db):
         before = page[-1].id
     assert len(every) == 14286 + 2000 - 286  # the multiples of 7 or of 50 below 100,000
     assert pages == every
-
-
-def _rows_read(node: dict[str, Any]) -> int:
-    """Rows the plan's scans read from the trail (kept or filtered out), in all."""
-    read = 0
-    if "Scan" in node["Node Type"] and node.get("Relation Name") == "audit_event":
-        read = (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"]
-    return read + sum(_rows_read(child) for child in node.get("Plans", ()))
 

@@ -482,11 +482,14 @@ class IdentityRepository:
 
     def create_review(self, *, review_id: uuid.UUID, kind: str, patient_pk: int | None,
                       person_pk: int, other_person_pk: int | None, probability: float,
-                      model_version: str, explanation: Any, now: datetime) -> ReviewItemRow:
-        return ReviewItemRow.create(
+                      model_version: str, explanation: Any, now: datetime) -> None:
+        # The record's source, read by the INSERT itself (the queue filters by it).
+        source = (PatientRow.select(PatientRow.source).where(PatientRow.pk == patient_pk)
+                  if patient_pk is not None else None)
+        ReviewItemRow.insert(
             id=review_id, kind=kind, status="open", patient=patient_pk, person=person_pk,
             other_person=other_person_pk, probability=probability, model_version=model_version,
-            explanation=explanation, created_at=now)
+            explanation=explanation, created_at=now, source=source).execute()
 
     def review(self, review_id: str | uuid.UUID, *, lock: bool = False) -> ReviewItemRow:
         return self._one(ReviewItemRow, review_id, lock=lock, what="review")
@@ -514,14 +517,21 @@ class IdentityRepository:
                    ) -> tuple[list[tuple[ReviewItemRow, str | None]], int, int | None]:
         """Open reviews, oldest first, filtered: each with the source of the record that
         raised it; how many match in all; the cursor of the next page (None: no more)."""
-        query = (ReviewItemRow.select(ReviewItemRow, PatientRow.source)
-                 .join(PatientRow, peewee.JOIN.LEFT_OUTER,
-                       on=(ReviewItemRow.patient == PatientRow.pk))
+        # The record's source: the review's own (migration 0024), or its record's for a
+        # review an older release opened during an upgrade (computed for the page's rows).
+        shown = peewee.fn.COALESCE(ReviewItemRow.source, PatientRow.select(
+            PatientRow.source).where(PatientRow.pk == ReviewItemRow.patient))
+        query = (ReviewItemRow.select(ReviewItemRow, shown.alias("record_source"))
                  .where(ReviewItemRow.status == "open"))
         if kind:
             query = query.where(ReviewItemRow.kind == kind)
         if source:
-            query = query.where(PatientRow.source == source)
+            query = query.where(
+                (ReviewItemRow.source == source)
+                | (ReviewItemRow.source.is_null() & ReviewItemRow.patient.is_null(False)
+                   & peewee.fn.EXISTS(PatientRow.select(peewee.SQL("1")).where(
+                       (PatientRow.pk == ReviewItemRow.patient)
+                       & (PatientRow.source == source)))))
         if opened_before is not None:
             query = query.where(ReviewItemRow.created_at <= opened_before)
         if min_probability is not None:
@@ -534,15 +544,25 @@ class IdentityRepository:
         rows = list(query.order_by(ReviewItemRow.pk).limit(limit + 1).objects())
         more = len(rows) > limit
         rows = rows[:limit]
-        return ([(r, getattr(r, "source", None)) for r in rows], total,
+        return ([(r, getattr(r, "record_source", None)) for r in rows], total,
                 rows[-1].pk if more and rows else None)
 
     def open_review_sources(self) -> list[str]:
-        """The sources of the records open reviews were raised for (the queue's filter)."""
-        query = (PatientRow.select(PatientRow.source).distinct()
-                 .join(ReviewItemRow, on=(ReviewItemRow.patient == PatientRow.pk))
-                 .where(ReviewItemRow.status == "open").order_by(PatientRow.source))
-        return [source for (source,) in tuples(query)]
+        """The sources of the records open reviews were raised for (the queue's filter):
+        each the next after the one before in the index of open reviews by source (a probe
+        a source, however many reviews are open), and those of reviews an older release
+        opened during an upgrade (none carries its source), from their records."""
+        sql = ("WITH RECURSIVE s(source) AS ("
+               " SELECT MIN(source) FROM review_item WHERE status = 'open'"
+               " UNION ALL SELECT (SELECT MIN(r.source) FROM review_item r"
+               "  WHERE r.status = 'open' AND r.source > s.source)"
+               " FROM s WHERE s.source IS NOT NULL)"
+               " SELECT source FROM s WHERE source IS NOT NULL"
+               " UNION SELECT p.source FROM review_item r JOIN patient p ON p.pk = r.patient_pk"
+               " WHERE r.status = 'open' AND r.source IS NULL"
+               " ORDER BY 1")
+        db = ReviewItemRow._meta.database  # type: ignore[attr-defined]
+        return [source for (source,) in db.execute_sql(sql).fetchall()]
 
     def open_review_summary(self) -> list[tuple[str, int, datetime]]:
         """(kind, how many are open, when the oldest was opened) for each kind with one."""

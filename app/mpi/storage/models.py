@@ -306,10 +306,14 @@ class ReviewItemRow(BaseModel):
     resolved_by = peewee.CharField(max_length=128, null=True)
     resolution = peewee.CharField(max_length=24, null=True)
     comment = peewee.CharField(max_length=1000, null=True)
+    # The source of the record that raised it (its patient's; a record keeps its source),
+    # for the steward's queue and its filter by source (migration 0024). None in a review
+    # an older release opened during an upgrade: the queue then asks the record.
+    source = peewee.CharField(max_length=100, null=True)
 
     class Meta:
         table_name = "review_item"
-        indexes = ((("status", "pk"), False),)
+        indexes = ((("status", "pk"), False), (("status", "source", "pk"), False))
 
 
 class LinkEventRow(BaseModel):
