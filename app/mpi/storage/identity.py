@@ -561,8 +561,7 @@ class IdentityRepository:
                " UNION SELECT p.source FROM review_item r JOIN patient p ON p.pk = r.patient_pk"
                " WHERE r.status = 'open' AND r.source IS NULL"
                " ORDER BY 1")
-        db = ReviewItemRow._meta.database  # type: ignore[attr-defined]
-        return [source for (source,) in db.execute_sql(sql).fetchall()]
+        return [source for (source,) in self._db.execute_sql(sql).fetchall()]
 
     def open_review_summary(self) -> list[tuple[str, int, datetime]]:
         """(kind, how many are open, when the oldest was opened) for each kind with one."""
