@@ -16,7 +16,7 @@ import peewee
 
 from mpi.domain.audit import Actor, AuditEntryOut, AuditTag
 from mpi.storage.bulk import bulk_insert, insert_values
-from mpi.storage.db import execute_for_values
+from mpi.storage.db import select_for_values
 from mpi.storage.models import AuditEventRow
 
 
@@ -77,17 +77,10 @@ class AuditRepository:
 
     @staticmethod
     def _page(query: Any, before: int | None, limit: int) -> list[AuditEntryOut]:
-        """The page, planned for its values (:func:`execute_for_values`): a user's rows,
+        """The page, planned for its values (:func:`select_for_values`): a user's rows,
         an entity's and the newest can each be few or millions, which a generic plan
         cannot tell."""
-        page = page_query(query, before, limit)
-        fields = [AuditEventRow._meta.fields[c.name]  # type: ignore[attr-defined]
-                  for c in page._returning]
-        sql, params = page.sql()
-        rows = [AuditEventRow(**{f.name: f.python_value(v)
-                                 for f, v in zip(fields, row, strict=True)})
-                for row in execute_for_values(AuditEventRow._meta.database,  # type: ignore[attr-defined]
-                                              sql, params)]
+        rows = select_for_values(page_query(query, before, limit))
         return [AuditEntryOut(id=r.pk, occurred_at=r.occurred_at, action=r.action, actor=r.actor,
                               on_behalf_of=r.on_behalf_of, entity_type=r.entity_type,
                               entity_id=r.entity_id, request_id=r.request_id, ip=r.ip,

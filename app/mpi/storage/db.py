@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,9 +329,23 @@ class PreparedSelect:
         sql, fields, count = compiled
         if len(values) != count:
             raise TypeError(f"{count} value(s) expected, {len(values)} given")
-        cursor = execute_prepared(db, sql, values)
-        return [model(**{f.name: f.python_value(v) for f, v in zip(fields, row, strict=True)})
-                for row in cursor.fetchall()]
+        return _instances(model, fields, execute_prepared(db, sql, values).fetchall())
+
+
+def _instances(model: type[peewee.Model], fields: Sequence[Any],
+               rows: Iterable[Sequence[Any]]) -> list[Any]:
+    """``rows`` of ``fields`` (in storage form) as ``model`` instances."""
+    return [model(**{f.name: f.python_value(v) for f, v in zip(fields, row, strict=True)})
+            for row in rows]
+
+
+def select_for_values(query: Any) -> list[Any]:
+    """A peewee SELECT of one model's fields, run planned for its values
+    (:func:`execute_for_values`): its rows as model instances."""
+    model = query.model
+    fields = [model._meta.fields[c.name] for c in query._returning]
+    sql, params = query.sql()
+    return _instances(model, fields, execute_for_values(model._meta.database, sql, params))
 
 
 def planned_rows(db: peewee.Database, table: str) -> int:
