@@ -68,6 +68,7 @@ from bench.api import (
     running_server,
     server_env,
 )
+from bench.identity import SYLLABLES
 from toolkit.procs import free_port
 
 DEFAULT_JSON = Path(".bench/search.json")
@@ -88,8 +89,6 @@ GIVEN = (
     "Charles", "Karen", "Maria", "José", "Wei", "Fatima", "Lars", "Aisha", "Pedro", "Yuki",
     "Anna", "Sofia", "Mohammed", "Olga", "Chidi", "Hiroshi", "Ingrid", "Zoë", "Seán", "Ana",
 )
-SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "dor", "sel", "tan", "bri", "go", "hal", "nor",
-             "pe", "qui", "ros", "sta", "ul", "wen", "xi", "zel", "ber", "cor", "dal", "fen")
 CITIES = ("Springfield", "Shelbyville", "Riverton", "Lakeside", "Fairview", "Georgetown")
 
 
