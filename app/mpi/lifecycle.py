@@ -80,6 +80,7 @@ class ChildProcess:
         self._started_at = 0.0
         self._pause = REVIVE_FIRST_PAUSE_S / 2  # doubled at the first death
         self._due = 0.0
+        self._death = ""  # how the last one ended, for the log once it is replaced
 
     def revive(self) -> bool:
         """Called from the master's loop (about once a second): if the indexer process has
@@ -101,11 +102,15 @@ class ChildProcess:
             self._pause = (REVIVE_FIRST_PAUSE_S if lived > REVIVE_MAX_PAUSE_S
                            else min(self._pause * 2, REVIVE_MAX_PAUSE_S))
             self._due = now + self._pause
-            log.warning("%s process %d died (%s); another in %.0f s", self.name, pid,
-                        "status unknown" if status is None else f"wait status {status}",
-                        self._pause, extra={"child_pid": pid})
+            self._death = "status unknown" if status is None else f"wait status {status}"
         if now < self._due:
             return False
+        # Said when the next one is forked, not when the death is seen: a stop that
+        # signals the whole process group (Ctrl-C, a kill of the group) ends the children
+        # a moment before the master, whose loop would otherwise report each as died and
+        # about to be replaced while it is itself stopping.
+        log.warning("%s process %d died (%s) %.0f s ago; starting another", self.name, pid,
+                    self._death, now - self._due + self._pause, extra={"child_pid": pid})
         self._due = 0.0
         self.start(self._close_fds, wait=False)
         return True

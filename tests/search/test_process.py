@@ -73,10 +73,13 @@ def test_a_worker_takes_over_when_the_indexer_process_is_gone(settings, db, pati
 
 
 def test_a_dead_indexer_process_is_forked_again_and_the_standby_hands_back(settings, db,
-                                                                           patients):
+                                                                           patients, caplog):
     """The master's loop calls revive(): after the indexer process dies a new one is forked
-    (after a pause that doubles for processes that die young). A worker's standby thread
-    took the lock meanwhile; it hands it back once the new process lives."""
+    (after a pause that doubles for processes that die young), and the death is logged then,
+    not when it is seen (a stop of the whole group ends the master within the pause). A
+    worker's standby thread took the lock meanwhile; it hands it back once the new process
+    lives."""
+    import logging
     import os
     import signal
 
@@ -92,9 +95,15 @@ def test_a_dead_indexer_process_is_forked_again_and_the_standby_hands_back(setti
         os.kill(first, signal.SIGKILL)
         os.waitpid(first, 0)  # as gunicorn's reaping does
         assert standby.step() >= 0 and standby.lock.held()  # no indexer process: it writes
+        caplog.set_level(logging.INFO, logger="mpi.server")
         assert process.revive() is False  # the pause (1 s) has not passed
+        assert "died" not in caplog.text  # not yet: the master may be stopping
         time.sleep(module.REVIVE_FIRST_PAUSE_S + 0.1)
         assert process.revive() is True
+        died = [r for r in caplog.records if "died" in r.getMessage()]
+        assert len(died) == 1 and died[0].levelname == "WARNING"
+        assert f"process {first} died" in died[0].getMessage()
+        assert "starting another" in died[0].getMessage()
         second = process.pid
         assert second not in (None, first)
         _wait_for(lambda: standby.preferred.alive_elsewhere())
