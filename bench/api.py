@@ -1,7 +1,7 @@
 """API benchmark behind ``nox -s bench``: the patient API on PostgreSQL next to a bare route.
 
     python -m bench.api [--duration S] [--warmup S] [--connections N] [--registry N]
-                        [--json PATH]
+                        [--startups N] [--pex PATH] [--json PATH]
 
 Measures throughput and p50/p99 latency of ``POST /api/v1/patients`` (varied records:
 writers that post look-alikes measure the linking locks, not the service),
@@ -25,7 +25,8 @@ take an hour to load here), and ``--only`` picks the scenarios to measure at tha
 After the scenarios the service's memory is read (PSS and RSS of every process of
 ``mpi serve``, from /proc), and ``mpi serve`` is started ``--startups`` times more on the
 same database and index: the time from the command to its readiness answering 200
-(median, min, max).
+(median, min, max); with ``--pex PATH`` (``nox -s build`` writes ``dist/mpi.pex``) the
+PEX that ships is timed the same way, after one uncounted start that unpacks it.
 
 - The PostgreSQL server is durable (fsync and synchronous_commit on) unless
   ``--fast-postgres``; the one actually used is described in the report.
@@ -310,11 +311,14 @@ def format_markdown(results: Sequence[ScenarioResult], context: Mapping[str, Any
 
 def _registry_lines(context: Mapping[str, Any]) -> list[str]:
     lines = []
-    startup = context.get("startup")
-    if startup and startup["starts"]:
-        lines.append(f"startup: `mpi serve` ready ({startup['path']}) in {startup['median_s']}"
-                     f" s median (min {startup['min_s']}, max {startup['max_s']}) over "
-                     f"{startup['starts']} starts, at {startup['records']} records")
+    for key in ("startup", "startup_pex"):
+        startup = context.get(key)
+        if startup and startup["starts"]:
+            command = startup.get("command", "mpi serve")
+            lines.append(f"startup: `{command}` ready ({startup['path']}) in "
+                         f"{startup['median_s']} s median (min {startup['min_s']}, max "
+                         f"{startup['max_s']}) over {startup['starts']} starts, at "
+                         f"{startup['records']} records")
     memory = context.get("memory")
     if memory:
         lines.append(f"memory after the scenarios: {memory['process_count']} processes of "
@@ -895,19 +899,22 @@ def process_memory(pgid: int) -> dict[str, Any]:
 
 
 def measure_startups(cmd: Sequence[str], env: Mapping[str, str], *, cwd: Path, log: Path,
-                     times: int, ready_path: str,
-                     ports: Callable[[], dict[str, str]]) -> dict[str, Any]:
+                     times: int, ready_path: str, ports: Callable[[], dict[str, str]],
+                     first_unmeasured: bool = False) -> dict[str, Any]:
     """Start ``cmd`` ``times`` times, one at a time: seconds from the command to
     ``ready_path`` answering 200 (polled every 10 ms), then stopped. ``ports`` gives each
-    start its own port settings; ``log`` keeps the last start's output."""
+    start its own port settings; ``log`` keeps the last start's output. With
+    ``first_unmeasured``, one more start comes first and is not counted (a PEX's first
+    run on a host unpacks it: once per PEX and host, not what a restart costs)."""
     seconds = []
-    for _ in range(times):
+    for n in range(times + int(first_unmeasured)):
         settings = ports()
         started = time.perf_counter()
         with running_server(cmd, env={**env, **settings}, cwd=cwd, log=log,
                             port=int(settings["SERVER_PORT"]), ready_path=ready_path,
                             interval=0.01):
-            seconds.append(time.perf_counter() - started)
+            if n or not first_unmeasured:
+                seconds.append(time.perf_counter() - started)
     ordered = sorted(seconds)
     return {"starts": len(seconds), "path": ready_path,
             "median_s": round(percentile(ordered, 50) or 0.0, 3),
@@ -1186,7 +1193,17 @@ def run(args: argparse.Namespace) -> tuple[list[ScenarioResult], dict[str, Any]]
                 **measure_startups(mpi_command("serve"), env, cwd=workdir,
                                    log=log_dir / "mpi-startups.log", times=args.startups,
                                    ready_path=READY, ports=fresh_ports),
-                "records": args.registry + len(ids)}
+                "command": "python -m mpi serve", "records": args.registry + len(ids)}
+            if args.pex is not None:
+                # What ships: the single-file PEX, whose own start (its boot script finding
+                # the virtual environment it unpacked at its first run) comes on top.
+                print(f"{args.pex} serve: {args.startups} start(s) to ready",
+                      file=sys.stderr, flush=True)
+                context["startup_pex"] = {
+                    **measure_startups([str(args.pex), "serve"], env, cwd=workdir,
+                                       log=log_dir / "pex-startups.log", times=args.startups,
+                                       ready_path=READY, ports=fresh_ports, first_unmeasured=True),
+                    "command": f"{args.pex} serve", "records": args.registry + len(ids)}
     context["server_logs"] = [_log_summary(log_dir / name)
                               for name in ("hello-server.log", "mpi-server.log",
                                            "hello-server-after.log")]
@@ -1332,9 +1349,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--startups", type=_non_negative_int, default=5, metavar="N",
                         help="after the scenarios, start mpi serve N times and time each "
                              "start to ready (default 5; 0 skips)")
+    parser.add_argument("--pex", type=_pex, default=None, metavar="PATH",
+                        help="also time --startups starts of this PEX (`nox -s build` writes "
+                             "dist/mpi.pex), after one start that is not counted")
     parser.add_argument("--fast-postgres", action="store_true",
                         help="a local PostgreSQL with fsync and synchronous_commit off")
     return parser.parse_args(argv)
+
+
+def _pex(raw: str) -> Path:
+    path = Path(raw).resolve()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise argparse.ArgumentTypeError(f"{raw} is not an executable file (nox -s build "
+                                         "writes dist/mpi.pex)")
+    return path
 
 
 def _positive(raw: str) -> float:

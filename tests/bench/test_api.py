@@ -286,9 +286,12 @@ def test_arguments_are_checked() -> None:
     args = bench.parse_args([])
     assert (args.duration, args.connections, args.json) == (10.0, 8, Path(".bench/api.json"))
     assert not args.fast_postgres and args.startups == 5 and args.only is None
+    assert args.pex is None
+    assert bench.parse_args(["--pex", sys.executable]).pex == Path(sys.executable).resolve()
     assert bench.parse_args(["--only", "adt, read"]).only == ("adt", "read")
     for bad in (["--duration", "0"], ["--connections", "0"], ["--warmup", "-1"],
-                ["--only", "adt,nonsense"], ["--only", ","]):
+                ["--only", "adt,nonsense"], ["--only", ","],
+                ["--pex", "no/such/mpi.pex"], ["--pex", str(bench.ROOT / "README.md")]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
 
@@ -378,6 +381,11 @@ def test_startups_are_timed_to_ready_and_memory_is_read_from_proc(tmp_path: Path
                                      times=3, ready_path=bench.READY, ports=fresh)
     assert startup["starts"] == 3 and len(set(ports)) == 3, log.read_text()
     assert 0 < startup["min_s"] <= startup["median_s"] <= startup["max_s"] < 30
+    # A PEX's first start (it unpacks itself) is made but not counted.
+    again = bench.measure_startups(bench.mpi_command("serve"), env, cwd=tmp_path, log=log,
+                                   times=1, ready_path=bench.READY, ports=fresh,
+                                   first_unmeasured=True)
+    assert again["starts"] == 1 and len(set(ports)) == 5, log.read_text()
     port = bench.free_port()
     options = gunicorn_options(Settings.defaults(server_port=port, workers=2,
                                                  log_level="WARNING"))
@@ -393,10 +401,15 @@ def test_startups_are_timed_to_ready_and_memory_is_read_from_proc(tmp_path: Path
     assert memory["process_count"] == 3  # the master and two workers
     assert 0 < memory["pss_mib"] <= memory["rss_mib"]
     assert all("gunicorn" in p["title"] for p in memory["processes"])
-    lines = bench._registry_lines({"startup": {**startup, "records": 7}, "memory": memory})
-    assert lines[0].startswith("startup: `mpi serve` ready (/api/v1/health/ready) in ")
+    lines = bench._registry_lines({
+        "startup": {**startup, "command": "python -m mpi serve", "records": 7},
+        "startup_pex": {**again, "command": "dist/mpi.pex serve", "records": 7},
+        "memory": memory})
+    assert lines[0].startswith("startup: `python -m mpi serve` ready (/api/v1/health/ready) in ")
     assert "over 3 starts, at 7 records" in lines[0]
-    assert lines[1].startswith("memory after the scenarios: 3 processes")
+    assert lines[1].startswith("startup: `dist/mpi.pex serve` ready (/api/v1/health/ready) in ")
+    assert "over 1 starts, at 7 records" in lines[1]
+    assert lines[2].startswith("memory after the scenarios: 3 processes")
 
 
 def test_durable_local_postgres_keeps_fsync_on(tmp_path: Path) -> None:
