@@ -723,6 +723,44 @@ def test_an_idle_index_compacts_what_steps_could_not_merge():
     assert compaction_plan([1] * (COMPACT_AT_SEGMENTS - 1)) == []
 
 
+def test_a_quiet_index_merges_its_small_segments_and_rewrites_a_document_a_few_times():
+    """What 3,500 creates left beside a rebuild's two halves at 1,000,000 records: six
+    small segments that every search paid for, fewer than a level's MERGE_FACTOR and than
+    COMPACT_AT_SEGMENTS, so nothing merged them. Quiet, they are merged into one; not
+    while changes keep coming; the large ones never. A record written now and then, each
+    followed by a quiet spell, does not rewrite the merged one every time: the small ones
+    merge among themselves first (each document is rewritten a few times, not hundreds)."""
+    from mpi.search.indexer import (
+        MERGE_FACTOR,
+        SMALL_SEGMENT_SHARE,
+        compaction_plan,
+        small_segments_plan,
+    )
+
+    after_creates = [506_690, 506_690, 1, 13, 1_760, 137, 134, 1_813]
+    assert compaction_plan(after_creates) == []  # changes still coming: as before
+    assert sorted(compaction_plan(after_creates, quiet=True)) == [2, 3, 4, 5, 6, 7]
+    assert small_segments_plan([506_690, 506_690, 3_858]) == []  # one small: nothing to do
+    assert small_segments_plan([600_000, 400_000]) == []  # none small
+    assert small_segments_plan([1, 1]) == []  # a tiny index: each is half of it
+    # A trickle: one record at a time, a quiet spell after each, on a million documents.
+    # (Merging every small one at each quiet spell rewrote 4,978 documents per record.)
+    sizes = [500_000, 500_000, 5_000]
+    rewritten = most = 0
+    for _ in range(20_000):
+        sizes.append(1)
+        picked = small_segments_plan(sizes)
+        if picked:
+            merged = sum(sizes[i] for i in picked)
+            assert all(sizes[i] < SMALL_SEGMENT_SHARE * sum(sizes) for i in picked)
+            rewritten += merged
+            sizes = [n for i, n in enumerate(sizes) if i not in picked] + [merged]
+        most = max(most, len(sizes))
+    assert sum(sizes) == 1_025_000
+    assert most <= 8  # the two large ones and at most six small ones
+    assert rewritten / 20_000 < 3 * MERGE_FACTOR  # documents rewritten per record (26)
+
+
 def test_workers_lower_their_own_priority(monkeypatch):
     from mpi import server
 

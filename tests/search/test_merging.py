@@ -271,3 +271,24 @@ def test_a_merge_that_cannot_start_is_not_tried_again_at_every_poll(
         indexer.compact()  # the idle loop logs it (search index compaction failed)
     assert indexer._merging is None
     assert indexer.compact() is False  # not again before MERGE_RETRY_S
+
+
+def test_a_quiet_index_merges_its_small_segments_beside_the_indexer(
+        db, patients, indexer, reader, index_root, monkeypatch, no_step_merges):
+    """Fewer segments than COMPACT_AT_SEGMENTS: nothing is merged while changes come; once
+    none has come for QUIET_COMPACT_S, the small ones are merged into one (beside the
+    indexer, as a compaction), every record still found."""
+    indexer.catch_up()
+    made = _many_segments(patients, indexer, 4, "Quietson")
+    before = len(_segments(index_root))
+    assert 4 <= before < indexer_module.COMPACT_AT_SEGMENTS
+    monkeypatch.setattr(indexer_module, "SMALL_SEGMENT_SHARE", 1.0)  # a test-sized index
+    assert indexer.compact() is False  # the last change was just now
+    monkeypatch.setattr(indexer_module, "QUIET_COMPACT_S", 0.0)
+    assert indexer.compact(wait=True) is True
+    assert len(_segments(index_root)) < before
+    assert sorted(ids(reader, "quietson")) == sorted(p.id for p in made)
+    assert indexer.verify() is None
+    while indexer.compact(wait=True):  # what the idle loop does: until nothing is left
+        pass
+    assert len(_segments(index_root)) <= 2
