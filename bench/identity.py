@@ -355,17 +355,17 @@ def febrl_online(pg_url: str, work: Path) -> dict[str, Any]:
             result = {**matchbench.prf(predicted, truth), "seconds": round(seconds, 2),
                       "reviews": _reviews(env["DATABASE_URL"])}
             out.setdefault(task, {})[f"mpi import, {variant}"] = result
-            # The batch tool on the same file and model: dedupe applies the same rule
-            # (twin guard included); link pairs two files one-to-one and has no guard.
+            # The batch tool on the same file and model, with the same rule: dedupe as the
+            # service decides, link pairing two files one to one; the twin guard in both.
             batch_args = (["dedupe", str(files["febrl3"])] if task == "febrl3_dedupe" else
                           ["link", str(files["febrl4a"]), str(files["febrl4b"])])
             batch_label = (f"batch (dedupe), {variant}" if task == "febrl3_dedupe" else
-                           f"batch (link), {label}")
+                           f"batch (link), {variant}")
             if batch_label not in out[task]:
                 batch_out = work / "batch.csv"
                 _mpi(env, *batch_args, "--output", str(batch_out), "--no-progress",
                      *(["--model", model_path] if model_path else []),
-                     *(["--no-twin-guard"] if task == "febrl3_dedupe" and not guard else []))
+                     *([] if guard else ["--no-twin-guard"]))
                 with batch_out.open() as handle:
                     batch_rows = list(csv.DictReader(handle))
                 if task == "febrl3_dedupe":

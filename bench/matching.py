@@ -13,8 +13,8 @@ number in ``rec-N-...``; the labels are used only to evaluate, never to train):
   defaults (persons a later record proves one are merged when it arrives, as
   MATCHING_AUTO_MERGE does online), and once with ``--no-auto-merge`` (rows marked
   ``-automerge``: such persons stay apart, flagged as possible duplicates); the twin
-  guard (same birth date, different given name, no shared SSN: review, not link) is on,
-  as in production, except in the rows marked ``-twin``: FEBRL's corruption replaces
+  guard (same birth date, different given name, no shared SSN: review, not link) is on
+  in both, as in production, except in the rows marked ``-twin``: FEBRL's corruption replaces
   given names and SSNs, so its "duplicates" include many twin-like pairs.
 - Splink 5 on DuckDB, a standard setup: name, date of birth, address, suburb, postcode and
   SSN comparisons; prior from deterministic rules, u by random sampling, m by EM over two
@@ -193,12 +193,13 @@ def ours_dedupe(src: Path, work: Path, train: bool, merge: bool = True,
     return clusters, seconds
 
 
-def ours_link(left: Path, right: Path, both: Path, work: Path, train: bool
-              ) -> tuple[list[tuple[str, str]], float]:
-    out = work / f"pairs-{'trained' if train else 'default'}.csv"
+def ours_link(left: Path, right: Path, both: Path, work: Path, train: bool,
+              twin_guard: bool = True) -> tuple[list[tuple[str, str]], float]:
+    out = work / f"pairs-{'trained' if train else 'default'}-{twin_guard}.csv"
     model_args, seconds = _model_args(train, both, work, "febrl4")
     seconds += run_cli(["link", str(left), str(right), "--output", str(out), "--no-progress",
-                        "--threshold", str(THRESHOLD), *model_args])
+                        "--threshold", str(THRESHOLD), *model_args,
+                        *([] if twin_guard else ["--no-twin-guard"])])
     with open(out, newline="") as handle:
         pairs = [(r["left_id"], r["right_id"]) for r in csv.DictReader(handle)]
     return pairs, seconds
@@ -407,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
                 name = label + ("" if merge else " -automerge") + ("" if guard else " -twin")
                 results["febrl3_dedupe"][name] = {
                     **prf(cluster_pairs(clusters), truth3), "seconds": round(secs, 3)}
-            pairs, secs = ours_link(src4a, src4b, src4, work, train)
-            results["febrl4_link"][label] = {**prf(link_pairs(pairs), truth4),
-                                             "seconds": round(secs, 3)}
+            for guard in (True, False):
+                pairs, secs = ours_link(src4a, src4b, src4, work, train, guard)
+                results["febrl4_link"][label + ("" if guard else " -twin")] = {
+                    **prf(link_pairs(pairs), truth4), "seconds": round(secs, 3)}
         if not args.no_splink:
             print("running Splink ...", file=sys.stderr)
             import splink

@@ -68,6 +68,29 @@ def test_link_with_column_mapping(tmp_path):
     assert all(float(p["probability"]) >= 0.95 and p["reason"] for p in pairs)
 
 
+def test_link_holds_twins_for_review_unless_told_not_to(tmp_path, capsys):
+    header = "record_id,given_name,family_name,birth_date,address_line,postal_code,phone,ssn\n"
+    left = tmp_path / "a.csv"
+    left.write_text(header + "a1,Chidi,Okonkwo,1980-05-17,12 Harbour Street,01109,4135550101,"
+                             "111-22-3333\n")
+    right = tmp_path / "b.csv"
+    right.write_text(header + "b1,Amara,Okonkwo,1980-05-17,12 Harbour Street,01109,4135550101,"
+                              "444-55-6666\n")
+    out, reviews = tmp_path / "pairs.csv", tmp_path / "reviews.csv"
+    assert main(["link", str(left), str(right), "--output", str(out), "--reviews",
+                 str(reviews), "--no-progress"]) == 0
+    assert read(out) == []
+    (held,) = read(reviews)
+    assert (held["left_id"], held["right_id"]) == ("a1", "b1")
+    assert float(held["probability"]) >= 0.95 and held["reason"]
+    err = capsys.readouterr().err
+    assert "0 pairs at probability >= 0.95" in err and "1 held for review" in err
+    assert main(["link", str(left), str(right), "--output", str(out), "--no-progress",
+                 "--no-twin-guard"]) == 0
+    assert [(p["left_id"], p["right_id"]) for p in read(out)] == [("a1", "b1")]
+    assert "1 pairs at probability >= 0.95" in capsys.readouterr().err
+
+
 def test_train_and_use_the_trained_model(tmp_path):
     src = tmp_path / "in.csv"
     src.write_text(ROWS.replace("1980-17-05", "1980-05-17"))

@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from mpi.matching.batch import dedupe
+from mpi.matching.batch import dedupe, link
 from mpi.matching.comparisons import NAMES_INDEX
 from mpi.matching.linker import Linker, decide, person_weight
 from mpi.matching.model import Model
@@ -248,6 +248,34 @@ def test_twin_guard_sends_twin_like_pairs_to_review():
     assert decide({"A": [nickname]}, LINK, REVIEW).kind == "link"
     assert dedupe([rec("a", given_name="Chidi", ssn="111-22-3333"),
                    rec("b", given_name="Amara", ssn="444-55-6666")]).possible_twins == 1
+
+
+def test_linking_two_files_holds_twin_like_pairs_for_review_as_the_service_does():
+    """``mpi link`` applies the twin guard too: one twin in each file is not a pair."""
+    twin_a = rec("a", given_name="Chidi", ssn="111-22-3333")
+    twin_b = rec("b", given_name="Amara", ssn="444-55-6666")
+    other = rec("c", given_name="Maria", family_name="Nguyen", birth_date=date(1950, 1, 1),
+                address_line="9 Elm Road", postal_code="02118", phone=None, ssn="987-65-4321")
+    same_other = rec("d", given_name="Mary", family_name="Nguyen",
+                     birth_date=date(1950, 1, 1), address_line="9 Elm Rd",
+                     postal_code="02118", phone=None, ssn="987-65-4321")
+    result = link([twin_a, other], [twin_b, same_other])
+    assert [(p.left_id, p.right_id) for p in result.pairs] == [("c", "d")]
+    assert [(p.left_id, p.right_id) for p in result.held] == [("a", "b")]
+    assert result.held[0].probability >= LINK  # the model alone would have linked them
+    unguarded = link([twin_a, other], [twin_b, same_other], twin_guard=False)
+    assert {(p.left_id, p.right_id) for p in unguarded.pairs} == {("a", "b"), ("c", "d")}
+    assert unguarded.held == []
+    # One to one, a held pair takes its right record (the arriving one: it goes to review,
+    # not to a weaker candidate), and leaves its left one free for a record that fits it.
+    typo = rec("e", given_name="Chidi", birth_date=date(1980, 5, 18), ssn=None, sex=None)
+    result = link([twin_a], [twin_b, typo])
+    assert [(p.left_id, p.right_id) for p in result.pairs] == [("a", "e")]
+    assert [(p.left_id, p.right_id) for p in result.held] == [("a", "b")]
+    assert result.held[0].weight > result.pairs[0].weight  # held first, "a" still free
+    # Many to many, a held pair is held and every other pair is kept.
+    many = link([twin_a, other], [twin_b, same_other], one_to_one=False)
+    assert [(p.left_id, p.right_id) for p in many.held] == [("a", "b")]
 
 
 def test_a_son_named_after_his_father_goes_to_review():

@@ -92,14 +92,20 @@ def cmd_link(args: argparse.Namespace) -> int:
     from mpi.matching.csvio import write_rows
 
     model = _model(args)
-    pairs = link(_records(args.left, args), _records(args.right, args), model,
-                 threshold=args.threshold, one_to_one=not args.many_to_many,
-                 progress=_progress(args))
-    write_rows(args.output, ("left_id", "right_id", "probability", "match_weight", "reason"),
+    result = link(_records(args.left, args), _records(args.right, args), model,
+                  threshold=args.threshold, one_to_one=not args.many_to_many,
+                  twin_guard=not args.no_twin_guard, progress=_progress(args))
+    header = ("left_id", "right_id", "probability", "match_weight", "reason")
+    write_rows(args.output, header,
                ((p.left_id, p.right_id, f"{p.probability:.6f}", f"{p.weight:.3f}", p.reason)
-                for p in pairs))
-    print(f"{len(pairs)} pairs at probability >= {args.threshold} (model {model.version})",
-          file=sys.stderr)
+                for p in result.pairs))
+    if args.reviews:
+        write_rows(args.reviews, header,
+                   ((p.left_id, p.right_id, f"{p.probability:.6f}", f"{p.weight:.3f}",
+                     p.reason) for p in result.held))
+    print(f"{len(result.pairs)} pairs at probability >= {args.threshold} (model "
+          f"{model.version}); {len(result.held)} held for review as possible twins or "
+          f"relatives{f' ({args.reviews})' if args.reviews else ''}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -198,6 +204,11 @@ def register(commands: Any) -> None:
     ln.add_argument("--threshold", type=float, default=0.95, help="probability (0.95)")
     ln.add_argument("--many-to-many", action="store_true",
                     help="keep every pair above the threshold (default: each record once)")
+    ln.add_argument("--reviews", metavar="REVIEWS.csv",
+                    help="written: the pairs held for review by the twin guard (same columns)")
+    ln.add_argument("--no-twin-guard", action="store_true",
+                    help="link twin-like pairs (same birth date, different given name, no "
+                         "shared SSN) instead of holding them for review; for synthetic data")
     _common(ln)
     ln.set_defaults(run=_guard(cmd_link))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mpi.matching.blocking import blocking_keys, probe_keys
-from mpi.matching.linker import Linker
+from mpi.matching.linker import Linker, twin_pattern
 from mpi.matching.model import Model
 from mpi.matching.record import MatchRecord, PreparedRecord, prepare
 from mpi.matching.scoring import Scorer, registry_frequencies, term_frequencies
@@ -78,14 +78,28 @@ class LinkPair:
     reason: str
 
 
+@dataclass
+class LinkResult:
+    pairs: list[LinkPair]  # linked, best first
+    held: list[LinkPair] = field(default_factory=list)  # twin-like: for review, not linked
+
+
 def link(left: Iterable[MatchRecord | PreparedRecord],
          right: Iterable[MatchRecord | PreparedRecord], model: Model | None = None, *,
-         threshold: float = 0.95, one_to_one: bool = True,
-         progress: Progress = _no_progress) -> list[LinkPair]:
+         threshold: float = 0.95, one_to_one: bool = True, twin_guard: bool = True,
+         progress: Progress = _no_progress) -> LinkResult:
     """Pairs (left, right) at or above ``threshold``, best first.
 
     With ``one_to_one`` (for two files that are each free of duplicates) every record is
     paired at most once: pairs are taken greedily by weight, best first.
+
+    With ``twin_guard`` (as MATCHING_TWIN_GUARD online) a pair whose evidence has the twin
+    pattern (:func:`~mpi.matching.linker.twin_pattern`: no SSN or identifier in common,
+    and names and birth dates that fit two members of one family) is not linked but
+    ``held`` for review, as the service holds it. One to one, as if the right file's
+    records arrived at a service that holds the left file's: a held pair takes its right
+    record (its decision is the review: it is not paired with a weaker candidate instead)
+    and leaves the left record free for a record of the right file that fits it better.
     """
     model = model or Model.default()
     a = [prepare(r) for r in left]
@@ -107,17 +121,21 @@ def link(left: Iterable[MatchRecord | PreparedRecord],
             if s.weight >= min_weight and s.probability >= threshold:
                 found.append(s)
     found.sort(key=lambda s: (-s.weight, s.left_id, s.right_id))
-    if one_to_one:
-        used_l: set[str] = set()
-        used_r: set[str] = set()
-        kept = []
-        for s in found:
-            if s.left_id not in used_l and s.right_id not in used_r:
-                used_l.add(s.left_id)
-                used_r.add(s.right_id)
-                kept.append(s)
-        found = kept
-    return [LinkPair(s.left_id, s.right_id, s.probability, s.weight, s.reason) for s in found]
+    result = LinkResult([])
+    used_l: set[str] = set()
+    used_r: set[str] = set()
+    for s in found:
+        if one_to_one and (s.left_id in used_l or s.right_id in used_r):
+            continue
+        pair = LinkPair(s.left_id, s.right_id, s.probability, s.weight, s.reason)
+        if twin_guard and twin_pattern([s]):
+            result.held.append(pair)
+            used_r.add(s.right_id)
+        else:
+            result.pairs.append(pair)
+            used_l.add(s.left_id)
+            used_r.add(s.right_id)
+    return result
 
 
 def blocking_report(records: Iterable[MatchRecord | PreparedRecord],
