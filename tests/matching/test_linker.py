@@ -268,7 +268,8 @@ def test_linking_two_files_holds_twin_like_pairs_for_review_as_the_service_does(
     assert unguarded.held == []
     # One to one, a held pair takes its right record (the arriving one: it goes to review,
     # not to a weaker candidate), and leaves its left one free for a record that fits it.
-    typo = rec("e", given_name="Chidi", birth_date=date(1980, 5, 18), ssn=None, sex=None)
+    typo = rec("e", given_name="Chidi", birth_date=date(1980, 5, 18), ssn=None, sex=None,
+               phone=None, address_line=None)
     result = link([twin_a], [twin_b, typo])
     assert [(p.left_id, p.right_id) for p in result.pairs] == [("a", "e")]
     assert [(p.left_id, p.right_id) for p in result.held] == [("a", "b")]
@@ -276,6 +277,31 @@ def test_linking_two_files_holds_twin_like_pairs_for_review_as_the_service_does(
     # Many to many, a held pair is held and every other pair is kept.
     many = link([twin_a, other], [twin_b, same_other], one_to_one=False)
     assert [(p.left_id, p.right_id) for p in many.held] == [("a", "b")]
+
+
+def test_the_batch_tools_weigh_names_as_the_service_does():
+    """A model without TF tables (the shipped one) weighs a rare name as the model says, in
+    the service (``Scorer(model, registry=...)``, mpi.identity.engine) and in the batch
+    tools alike; one with TF tables (``mpi train``) weighs it by them in both. Tables
+    computed from the file made the batch tools disagree with the service."""
+    from mpi.matching.record import prepare
+    from mpi.matching.scoring import registry_frequencies, term_frequencies
+
+    a = rec("a", family_name="Zylberstein", ssn=None, phone=None)
+    b = rec("b", family_name="Zylberstein", given_name="Bill", ssn=None, phone=None,
+            birth_date=date(1980, 5, 18))
+    pa, pb = prepare(a), prepare(b)
+    model = Model.default()
+    service = Scorer(model, registry=registry_frequencies([pa, pb])).score(pa, pb)
+    (pair,) = link([a], [b]).pairs
+    assert pair.weight == pytest.approx(service.weight)
+    assert dedupe([a, b], model).decisions["link"] == 1
+    # A trained model's tables count in both: here the name is held by both records.
+    trained = model.evolve(term_frequencies=term_frequencies([pa, pb]))
+    (weaker,) = link([a], [b], trained).pairs
+    assert weaker.weight < pair.weight
+    assert weaker.weight == pytest.approx(Scorer(trained, registry=registry_frequencies(
+        [pa, pb])).score(pa, pb).weight)
 
 
 def test_a_son_named_after_his_father_goes_to_review():

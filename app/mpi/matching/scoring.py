@@ -5,8 +5,8 @@ function, weight per level) once; scoring a pair is then one call per comparison
 table look-up. Names get a term-frequency adjustment on their exact level: the exact
 weight becomes ``log2(m_exact / max(tf(value), tf_min_u))`` instead of
 ``log2(m_exact / u_exact)``, so "Smith = Smith" counts for less than "Zylberstein =
-Zylberstein". TF tables come from the model or are computed from the records being
-matched (:func:`term_frequencies`).
+Zylberstein". TF tables come from the model (``mpi train`` computes them from the records
+it trains on: :func:`term_frequencies`); a model without them has no TF adjustment.
 
 Registry frequencies (:func:`registry_frequencies`: the share of the registry's records
 holding each given name, family name, city, state and postal code) only ever *lower* an
