@@ -220,8 +220,9 @@ def register(commands: Any) -> None:
     tr.add_argument("--u-pairs", type=int, default=200_000, help="random pairs for u")
     tr.add_argument("--term-frequencies", action=argparse.BooleanOptionalAction, default=True,
                     help="store the registry's name frequencies in the model, so the service "
-                         "weighs a common name less than a rare one (default: on; without "
-                         "them only the batch tools, which count their own file, do)")
+                         "and the batch tools weigh a common name less than a rare one "
+                         "(default: on; without them, a name only weighs less where it is "
+                         "common in the registry, or the file, beyond what the model says)")
     _common(tr)
     tr.set_defaults(run=_guard(cmd_train))
 
