@@ -11,7 +11,7 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +88,7 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    from mpi.matching.batch import link
+    from mpi.matching.batch import LinkPair, link
     from mpi.matching.csvio import write_rows
 
     model = _model(args)
@@ -96,13 +96,14 @@ def cmd_link(args: argparse.Namespace) -> int:
                   threshold=args.threshold, one_to_one=not args.many_to_many,
                   twin_guard=not args.no_twin_guard, progress=_progress(args))
     header = ("left_id", "right_id", "probability", "match_weight", "reason")
-    write_rows(args.output, header,
-               ((p.left_id, p.right_id, f"{p.probability:.6f}", f"{p.weight:.3f}", p.reason)
-                for p in result.pairs))
+
+    def rows(pairs: list[LinkPair]) -> Iterator[tuple[str, ...]]:
+        return ((p.left_id, p.right_id, f"{p.probability:.6f}", f"{p.weight:.3f}", p.reason)
+                for p in pairs)
+
+    write_rows(args.output, header, rows(result.pairs))
     if args.reviews:
-        write_rows(args.reviews, header,
-                   ((p.left_id, p.right_id, f"{p.probability:.6f}", f"{p.weight:.3f}",
-                     p.reason) for p in result.held))
+        write_rows(args.reviews, header, rows(result.held))
     print(f"{len(result.pairs)} pairs at probability >= {args.threshold} (model "
           f"{model.version}); {len(result.held)} held for review as possible twins or "
           f"relatives{f' ({args.reviews})' if args.reviews else ''}", file=sys.stderr)
