@@ -102,6 +102,33 @@ def test_after_a_batch_garbage_is_collected_and_the_rest_left_out_of_collections
         gc.unfreeze()
 
 
+def test_between_settles_no_automatic_collection_runs_and_each_settle_collects_the_batch():
+    """A bulk job's batch is walked once, by the settle at its end, not again and again by
+    automatic collections as it grows; its cyclic garbage goes then. ``thaw`` turns the
+    automatic collections back on."""
+    assert gc.isenabled()
+    try:
+        heap.settle()
+        assert not gc.isenabled()
+        before = gc.get_count()[0]
+        cycles = []
+        for _ in range(5_000):  # far past generation 0's threshold
+            cycle = Node()
+            cycle.other = cycle
+            cycles.append(weakref.ref(cycle))
+            del cycle
+        assert gc.get_count()[0] >= before + 5_000  # nothing collected meanwhile
+        assert all(ref() is not None for ref in cycles)
+        heap.settle()
+        assert all(ref() is None for ref in cycles)
+        assert not gc.isenabled()
+        heap.thaw()
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 def _collected(objects) -> bool:
     """Whether every one of ``objects`` is in a generation collections walk (not frozen)."""
     walked = {id(o) for g in range(3) for o in gc.get_objects(generation=g)}
@@ -123,6 +150,8 @@ def test_a_serving_process_heap_is_left_to_whoever_froze_it(policy):
         assert not _collected(kept[:1]) and _collected(fresh)
     finally:
         gc.enable()
+    heap.settle()  # its automatic collections are the policy's: never turned off
+    assert gc.isenabled()
 
 
 def test_a_heap_frozen_before_the_job_stays_frozen():
@@ -136,12 +165,13 @@ def test_a_heap_frozen_before_the_job_stays_frozen():
         assert not _collected(inherited)
         fresh = [Node() for _ in range(100)]
         heap.settle()
-        assert _collected(fresh)
+        assert _collected(fresh) and gc.isenabled()
         heap.thaw()
         assert not _collected(inherited) and _collected(fresh)
         heap.settle(process_exits=True)
-        assert not _collected(fresh)
-        heap.thaw()  # (nothing to end: a child never thaws)
-        assert not _collected(fresh) and not _collected(inherited)
+        assert not _collected(fresh) and not gc.isenabled()
+        heap.thaw()  # (a child never thaws; here it gives the collections back)
+        assert not _collected(fresh) and not _collected(inherited) and gc.isenabled()
     finally:
+        gc.enable()
         gc.unfreeze()

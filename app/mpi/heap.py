@@ -63,6 +63,7 @@ class HeapPolicy:
 
 _policy: HeapPolicy | None = None
 _settling = False  # settle() froze this heap for a job that thaw() has not ended
+_paused = False  # settle() turned automatic collection off; thaw() turns it back on
 
 
 def hold_long_lived() -> HeapPolicy:
@@ -96,7 +97,12 @@ def settle(*, process_exits: bool = False) -> None:
     batch's survivors set the next one off: in a 100,000-record import, 116 full
     collections took 36 of its 116 s; a one-process build of 45,800 records spent 12 to
     15 % of its time in them. Frozen objects are still freed when their last reference
-    goes; a collection now scans one batch's objects. :func:`thaw` ends it.
+    goes. Until :func:`thaw`, Python's automatic collections are off as well: the next
+    settle walks the batch's objects once, where the automatic ones walked them again
+    and again as the batch grew (gen0 and gen1 collections every few hundred new
+    objects, a full one each time a quarter more survived): in a 30,000-record import
+    into a 100,000-record registry they took 2.1 s of its 16 s of CPU. Cyclic garbage
+    made during a batch waits for the batch's end (a batch's worth, at most).
 
     Not a full collection: after a thaw (an indexer's backlog step is one job) it would
     walk the whole heap again, and an indexer catching up in a process holding 3,000,000
@@ -115,12 +121,19 @@ def settle(*, process_exits: bool = False) -> None:
     _settling = not process_exits
     gc.collect(1)
     gc.freeze()
+    global _paused
+    if gc.isenabled():
+        gc.disable()
+        _paused = True
 
 
 def thaw() -> None:
     """A bulk job done in a process that goes on: what :func:`settle` froze is the
-    collector's again."""
-    global _settling
+    collector's again, and its automatic collections run again."""
+    global _settling, _paused
+    if _paused:
+        _paused = False
+        gc.enable()
     if _settling:
         _settling = False
         gc.unfreeze()
