@@ -251,6 +251,80 @@ def test_an_import_leaves_the_planner_with_statistics(database_url: str, tmp_pat
         close_database(db)
 
 
+def _people_with_duplicates(count: int, seed: int) -> list[list[str]]:
+    """Rows of ``count`` people, a third of them registered again with a typo or a
+    nickname, shuffled: records that link, to earlier batches and within their own."""
+    import random
+
+    rng = random.Random(seed)
+    given = ["William", "Bill", "Maria", "Mary", "John", "Jon", "Ann", "Anna", "Chen"]
+    rows = []
+    for n in range(count):
+        born = f"19{rng.randrange(30, 99)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+        person = [rng.choice(given), f"Fam{rng.randrange(count // 3)}", born,
+                  rng.choice("mf"), f"{n} Main St", "Peoria", f"6{rng.randrange(1000, 1100)}",
+                  f"{rng.randrange(10**8, 10**9)}" if rng.random() < 0.5 else ""]
+        rows.append(person)
+        if rng.random() < 0.33:
+            again = list(person)
+            again[0 if rng.random() < 0.5 else 4] += "e"
+            rows.append(again)
+    rng.shuffle(rows)
+    return [[f"d{i}", "", *r[:7], r[7], ""] for i, r in enumerate(rows)]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_import_workers_decide_as_one_process(database_url: str, tmp_path: Path):
+    """``--workers 2`` (the default on PostgreSQL) inserts a batch while the one before
+    is linked, and links each batch only once the one before is committed: the persons
+    come out exactly as one process makes them, batch after batch, and so do the links'
+    probabilities and the audit trail."""
+    from mpi.config import parse_database_url
+    from mpi.storage.db import close_database, database_for
+    from tests.conftest import _clean
+
+    _write(tmp_path / "people.csv", HEADER, _people_with_duplicates(900, seed=4))
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
+           "SEARCH_INDEX_PATH": str(tmp_path / "index")}
+    env.pop("MATCHING_MODEL_PATH", None)
+    db = database_for(parse_database_url(database_url), max_connections=1)
+    outcomes = []
+    try:
+        for workers in ("1", "2", "3"):
+            with db.connection_context():
+                _clean(db)
+            done = subprocess.run(
+                [sys.executable, "-m", "mpi", "import", "people.csv", "--no-progress",
+                 "--batch", "50", "--source", "ehr", "--workers", workers],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "imported 1" in done.stdout
+            with db.connection_context():
+                persons: dict[str, set[str]] = {}
+                for record, person, probability in db.execute_sql(
+                        "SELECT p.source_id, ps.id, l.probability FROM patient p "
+                        "JOIN patient_link l ON l.patient_pk = p.pk "
+                        "JOIN person ps ON ps.pk = l.person_pk").fetchall():
+                    persons.setdefault(str(person), set()).add(f"{record}:{probability}")
+                audit = db.execute_sql("SELECT action, count(*) FROM audit_event "
+                                       "GROUP BY action ORDER BY action").fetchall()
+                reviews = db.execute_sql("SELECT kind, count(*) FROM review_item "
+                                         "GROUP BY kind ORDER BY kind").fetchall()
+            outcomes.append(({frozenset(v) for v in persons.values()}, audit, reviews))
+    finally:
+        close_database(db)
+    one = outcomes[0]
+    assert len(one[0]) < sum(len(p) for p in one[0])  # records did link
+    assert outcomes[1] == one
+    assert outcomes[2] == one
+
+
+def test_import_workers_need_postgresql(files: Path):
+    """SQLite has one writer: more than one worker is refused, naming the option."""
+    done = mpi(files, "mpi import patients.csv --workers 2", expect=2)
+    assert "--workers" in done.stderr
+
+
 def test_an_import_serves_its_metrics_while_it_runs(files: Path, monkeypatch):
     """``--metrics-port``: a scraper sees records/s as the rate of mpi_import_records_total
     (run in this process, so that its metrics server can be scraped afterwards)."""

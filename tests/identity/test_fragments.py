@@ -207,8 +207,8 @@ def test_a_write_into_a_person_merged_a_moment_ago_gives_way_and_is_retried(serv
     real = linking.place_new
     attempts: list[int] = []
 
-    def place_then_lose_the_person(records):
-        placed = real(records)
+    def place_then_lose_the_person(records, **options):
+        placed = real(records, **options)
         attempts.append(len(placed))
         if len(attempts) == 1:  # the first attempt: the person is merged meanwhile
             mine = PersonRow.get(PersonRow.id == d.person_id)

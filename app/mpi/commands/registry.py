@@ -5,8 +5,11 @@ Also the registry as ``mpi train``'s default record source (:func:`database_reco
 ``import`` reads the standard CSV columns (see ``mpi.matching.csvio``), turns each row
 into a patient record (source = the row's ``source`` or ``--source``, source_id = its
 ``record_id``) and registers it exactly as ``POST /api/v1/patients`` would, record by
-record, committing every ``--batch`` records. A record whose (source, record_id) is
-already live is skipped, so an interrupted import is resumed by running it again.
+record, committing every ``--batch`` records; on PostgreSQL two worker processes do it
+(``--workers``), one inserting a batch's records while the other links the batch
+before, each batch linked only once the one before is committed. A record whose
+(source, record_id) is already live is skipped, so an interrupted import is resumed by
+running it again.
 Rows that are not valid records are reported by line and field (never by value) and
 skipped; the exit status is then 1.
 """
@@ -19,6 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,6 +51,12 @@ def register(commands: Any) -> None:
     imp.add_argument("--batch", type=int, default=200,
                      help="records per transaction (default 200)")
     imp.add_argument("--user", default="mpi-import", help="actor recorded in the audit log")
+    imp.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="processes that insert and link batches, one batch's records "
+                          "inserted while the batch before it is linked; each batch is "
+                          "linked only once the one before it is committed, so the "
+                          "decisions are those of one process (default: 2 on PostgreSQL, "
+                          "1 on SQLite, which has one writer)")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                      help="serve this import's Prometheus metrics (mpi_import_records_total, "
@@ -273,77 +283,58 @@ def cmd_import(args: argparse.Namespace) -> int:
     from mpi import config, heap, logs, metrics, wiring
     from mpi.domain.audit import Actor
     from mpi.matching.csvio import BadValues, CsvError
-    from mpi.storage.db import analyze, connection, planned_rows
-    from mpi.storage.identity import IdentityRepository
-    from mpi.storage.models import LOOKUP_TABLES, REGISTRY_TABLES
 
     if args.batch < 1:
         print("--batch must be at least 1", file=sys.stderr)
         return EXIT_INPUT
     settings = config.load()
     logs.configure(settings)
+    postgres = settings.database.kind == "postgresql"
+    workers = args.workers if args.workers is not None else (2 if postgres else 1)
+    if workers < 1 or (workers > 1 and not postgres):
+        print("--workers must be at least 1, and 1 on SQLite (one writer at a time)",
+              file=sys.stderr)
+        return EXIT_INPUT
     if args.metrics_port is not None:
         import prometheus_client
 
         prometheus_client.start_http_server(args.metrics_port, addr="127.0.0.1")
     wiring.prepare(settings)
-    services = wiring.build(settings)
-    db, service = services.db, services.patients
     actor = Actor(user_id=args.user, user_agent="mpi import")
-    today = service.today()
     done = skipped = rejected = 0
     dropped = BadValues()
     started = time.perf_counter()
+    # Workers are forked before this process opens a connection (they open their own).
+    linker: _Linker = (_Workers(settings, actor, workers) if workers > 1
+                       else _InProcess(settings, actor))
     try:
-        with BatchReader(args.file, args.map, args.source, today, args.batch) as reader, \
-                connection(db), tqdm(desc="import", unit="rec", file=sys.stderr,
-                                     disable=args.no_progress) as bar:
-            # Matching weighs values by how common they are in the registry, as the
-            # service does (MATCHING_FREQUENCIES_REFRESH): counted now, and again each
-            # time the statistics are taken. Those are taken when the registry holds
-            # twice the rows the planner's statistics know of (none: at ANALYZE_FIRST),
-            # before the first batch too (rows loaded in bulk without statistics), and
-            # at the end. Counting the doubling from this run's records alone analyzed a
-            # 300,000-record registry five times in a 10,000-record import: 6 of its 33 s.
-            registry = services.upkeep.refresh() or IdentityRepository(db).live_linked_count()
-            known = planned_rows(db, "patient_link")
-
-            def analyzed_if_due() -> int:
-                if registry + done < max(ANALYZE_FIRST, 2 * known):
-                    return known
-                # later batches plan with statistics and read the look-up's indexes alone
-                analyze(db, REGISTRY_TABLES, vacuum=LOOKUP_TABLES)
-                if done:
-                    services.upkeep.refresh()
-                return registry + done
-
-            try:
-                known = analyzed_if_due()
-                for batch, rows, bad, problems, values in reader:
-                    for line in problems:
-                        print(line, file=sys.stderr)
-                    rejected += bad
-                    metrics.IMPORTED.labels("rejected").inc(bad)
-                    dropped.merge(values)
-                    if batch:
-                        results = service.import_batch(batch, actor)
-                        heap.settle()
-                        created = sum(r is not None for r in results)
-                        done += created
-                        skipped += len(results) - created
-                        metrics.IMPORTED.labels("created").inc(created)
-                        metrics.IMPORTED.labels("skipped").inc(len(results) - created)
+        with BatchReader(args.file, args.map, args.source, linker.today, args.batch
+                         ) as reader, linker, tqdm(desc="import", unit="rec", file=sys.stderr,
+                                                   disable=args.no_progress) as bar:
+            def count(finished: list[tuple[int, int, int]]) -> None:
+                nonlocal done, skipped
+                for created, present, rows in finished:
+                    done += created
+                    skipped += present
+                    metrics.IMPORTED.labels("created").inc(created)
+                    metrics.IMPORTED.labels("skipped").inc(present)
                     bar.update(rows)
-                    known = analyzed_if_due()
-            finally:  # an interrupted import leaves rows too
-                if registry + done > known:
-                    with contextlib.suppress(Exception):
-                        analyze(db, REGISTRY_TABLES, vacuum=LOOKUP_TABLES)
+
+            for batch, rows, bad, problems, values in reader:
+                for line in problems:
+                    print(line, file=sys.stderr)
+                rejected += bad
+                metrics.IMPORTED.labels("rejected").inc(bad)
+                dropped.merge(values)
+                count(linker.submit(batch, rows))
+            count(linker.finish())
     except CsvError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INPUT
+    except _WorkerFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
-        services.close()
         heap.thaw()  # (the import's freezing ends with it: a caller goes on)
     elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
@@ -352,6 +343,337 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"imported {done} record(s), skipped {skipped} already present, rejected "
           f"{rejected}, in {elapsed:.1f} s ({rate:.0f} records/s)")
     return EXIT_FAILED if rejected else EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """What an import's schedule of statistics goes by, passed from batch to batch: the
+    live records before it, those it created, those the planner's statistics know of,
+    and how many times the matching's value counts were taken since it began."""
+
+    registry: int
+    done: int = 0
+    known: int = 0
+    epoch: int = 0
+    #: The value counts of this epoch, carried until every worker has them (``hops``
+    #: more workers): counted again by each, the later ones would count later batches.
+    counts: tuple[int, dict[str, dict[str, float]]] | None = None
+    hops: int = 0
+
+
+class _Batches:
+    """One process's side of an import: its services, and the statistics' schedule.
+
+    Matching weighs values by how common they are in the registry, as the service does
+    (MATCHING_FREQUENCIES_REFRESH): counted at the start, and again each time the
+    statistics are taken. Those are taken when the registry holds twice the rows the
+    planner's statistics know of (none: at ANALYZE_FIRST), before the first batch too
+    (rows loaded in bulk without statistics), and at the end. Counting the doubling from
+    this run's records alone analyzed a 300,000-record registry five times in a
+    10,000-record import: 6 of its 33 s."""
+
+    def __init__(self, settings: Any, *, workers: int = 1) -> None:
+        from mpi import wiring
+
+        self.services = wiring.build(settings)
+        self.workers = workers
+
+    def start(self) -> _Tally:
+        """The tally before the first batch (statistics taken if due)."""
+        from mpi.storage.db import planned_rows
+        from mpi.storage.identity import IdentityRepository
+
+        db = self.services.db
+        registry = (self.services.upkeep.refresh()
+                    or IdentityRepository(db).live_linked_count())
+        return self.analyzed_if_due(_Tally(registry, 0, planned_rows(db, "patient_link"),
+                                           counts=self.services.upkeep.counted,
+                                           hops=self.workers - 1))
+
+    def analyzed_if_due(self, tally: _Tally) -> _Tally:
+        """Outside a transaction (VACUUM runs in none)."""
+        from mpi.storage.db import analyze
+        from mpi.storage.models import LOOKUP_TABLES, REGISTRY_TABLES
+
+        if tally.registry + tally.done < max(ANALYZE_FIRST, 2 * tally.known):
+            return tally
+        # later batches plan with statistics and read the look-up's indexes alone
+        analyze(self.services.db, REGISTRY_TABLES, vacuum=LOOKUP_TABLES)
+        if not tally.done:
+            return replace(tally, known=tally.registry)
+        self.services.upkeep.refresh()
+        return replace(tally, known=tally.registry + tally.done, epoch=tally.epoch + 1,
+                       counts=self.services.upkeep.counted, hops=self.workers - 1)
+
+    def finish(self, tally: _Tally | None) -> None:
+        """The statistics at the end (also of an interrupted import: it leaves rows too)."""
+        from mpi.storage.db import analyze, connection
+        from mpi.storage.models import LOOKUP_TABLES, REGISTRY_TABLES
+
+        if tally is not None and tally.registry + tally.done > tally.known:
+            with contextlib.suppress(Exception), connection(self.services.db):
+                analyze(self.services.db, REGISTRY_TABLES, vacuum=LOOKUP_TABLES)
+
+    def import_batch(self, batch: list[PatientInput], actor: Any,
+                     before_linking: Callable[[], None] | None = None) -> tuple[int, int]:
+        """(created, skipped) of one batch, in one transaction (the caller settles the
+        heap after it: :func:`mpi.heap.settle`)."""
+        results = self.services.patients.import_batch(batch, actor,
+                                                      before_linking=before_linking)
+        created = sum(r is not None for r in results)
+        return created, len(results) - created
+
+
+class _Linker:
+    """Where ``mpi import`` sends its batches: (created, skipped, rows) of those finished."""
+
+    today: Any
+
+    def __enter__(self) -> _Linker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None: ...
+
+    def submit(self, batch: list[PatientInput], rows: int) -> list[tuple[int, int, int]]:
+        raise NotImplementedError
+
+    def finish(self) -> list[tuple[int, int, int]]:
+        return []
+
+
+class _InProcess(_Linker):
+    """Batches inserted and linked in this process, one after the other."""
+
+    def __init__(self, settings: Any, actor: Any) -> None:
+        self._batches = _Batches(settings)
+        self._actor = actor
+        self.today = self._batches.services.patients.today()
+        self._tally: _Tally | None = None
+        self._connected: Any = None
+
+    def __enter__(self) -> _InProcess:
+        from mpi.storage.db import connection
+
+        self._connected = connection(self._batches.services.db)
+        self._connected.__enter__()
+        try:
+            self._tally = self._batches.start()
+        except BaseException:
+            self.__exit__(None)
+            raise
+        return self
+
+    def submit(self, batch: list[PatientInput], rows: int) -> list[tuple[int, int, int]]:
+        from mpi import heap
+
+        assert self._tally is not None
+        created, skipped = (self._batches.import_batch(batch, self._actor) if batch
+                            else (0, 0))
+        heap.settle()
+        self._tally = self._batches.analyzed_if_due(
+            replace(self._tally, done=self._tally.done + created))
+        return [(created, skipped, rows)]
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if self._connected is not None:
+                self._connected.__exit__(None, None, None)
+            self._batches.finish(self._tally)
+        finally:
+            self._batches.services.close()
+
+
+def _import_worker(settings: Any, actor: Any, me: int, inbox: Any, turns: list[Any],
+                   results: Any) -> None:
+    """An import worker (``mpi import --workers``): batches ``(k, records)`` from ``inbox``
+    until None, each in one transaction (:class:`_Turns`). What it did goes to
+    ``results``; on a failure, the error's type alone (a message can quote patient
+    data)."""
+    from mpi.storage.db import connection
+
+    try:
+        turns_here = _Turns(_Batches(settings, workers=len(turns)), me, turns)
+        with connection(turns_here.batches.services.db):
+            while (job := inbox.get()) is not None:
+                k, batch = job
+                created, skipped, tally = turns_here.run(k, batch, actor)
+                results.put(("done", k, created, skipped, tally))
+    except BaseException as exc:
+        results.put(("error", me, type(exc).__name__, None, None))
+        raise SystemExit(1) from None
+    finally:
+        results.close()
+        results.join_thread()
+
+
+class _Turns:
+    """One worker's batches. Its records are inserted at once; the batch is linked once
+    this worker holds the turn, which the worker of the batch before passes on (with the
+    tally) after committing that batch; it passes it to the next worker in turn after
+    committing its own. So every batch is linked against everything before it, as in one
+    process, while the next batch's records are being inserted."""
+
+    def __init__(self, batches: _Batches, me: int, turns: list[Any]) -> None:
+        self.batches = batches
+        self._me, self._turns = me, turns
+        self._epoch = -1  # the value counts' epoch this worker's engine has
+        self._tally: _Tally | None = None  # the turn, while held
+
+    def take(self) -> None:
+        """Wait for the turn (once per batch; again when the unit of work is retried)."""
+        if self._tally is None:
+            self._tally = self._turns[self._me].get()
+        if self._tally is not None and self._tally.epoch != self._epoch:
+            # counted again since this worker's last batch: those counts, as one process
+            # would have them
+            upkeep = self.batches.services.upkeep
+            if self._tally.counts is not None:
+                upkeep.adopt(*self._tally.counts)
+            else:  # (counting disabled, MATCHING_FREQUENCIES_REFRESH=0)
+                upkeep.refresh()
+            self._epoch = self._tally.epoch
+
+    def run(self, k: int, batch: list[PatientInput], actor: Any) -> tuple[int, int, _Tally]:
+        from mpi import heap
+
+        if k == 0:  # the import's first batch: the counts and statistics before it
+            self._turns[self._me].get()
+            self._tally = self.batches.start()
+            self._epoch = self._tally.epoch
+        created, skipped = self.batches.import_batch(batch, actor, self.take)
+        self.take()  # (held already, unless the batch reached no linking)
+        assert self._tally is not None
+        tally = self.batches.analyzed_if_due(replace(self._tally,
+                                                     done=self._tally.done + created))
+        if tally.epoch != self._tally.epoch:  # this worker counted them again
+            self._epoch = tally.epoch
+        elif tally.hops:
+            tally = replace(tally, hops=tally.hops - 1)
+        else:
+            tally = replace(tally, counts=None)
+        self._tally = None
+        self._turns[(self._me + 1) % len(self._turns)].put(tally)
+        heap.settle()  # (once the next batch may go on)
+        return created, skipped, replace(tally, counts=None)
+
+
+class _WorkerFailed(RuntimeError):
+    """An import worker failed or died."""
+
+
+class _Workers(_Linker):
+    """Batches inserted and linked by ``count`` forked workers (:func:`_import_worker`),
+    batch ``k`` by worker ``k % count``; this process reads, counts and reports."""
+
+    def __init__(self, settings: Any, actor: Any, count: int) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._settings = settings
+        probe = _Batches(settings)  # (no connection: the date of the service's clock)
+        try:
+            self.today = probe.services.patients.today()
+        finally:
+            probe.services.close()
+        self._inboxes = [context.Queue(maxsize=1) for _ in range(count)]
+        self._turns = [context.Queue() for _ in range(count)]
+        self._results = context.Queue()
+        self._processes = [context.Process(
+            target=_import_worker, name=f"mpi-import-{n}", daemon=True,
+            args=(settings, actor, n, self._inboxes[n], self._turns, self._results))
+            for n in range(count)]
+        self._rows: dict[int, int] = {}
+        self._sent = 0
+        self._tally: _Tally | None = None
+
+    def __enter__(self) -> _Workers:
+        for process in self._processes:
+            process.start()
+        self._turns[0].put(None)  # the first batch's turn
+        return self
+
+    def submit(self, batch: list[PatientInput], rows: int) -> list[tuple[int, int, int]]:
+        import queue
+
+        if not batch:
+            return [(0, 0, rows)]
+        k, self._sent = self._sent, self._sent + 1
+        self._rows[k] = rows
+        finished: list[tuple[int, int, int]] = []
+        while True:
+            try:
+                self._inboxes[k % len(self._inboxes)].put((k, batch), timeout=0.5)
+                break
+            except queue.Full:
+                finished += self._collect(wait=False)
+                self._check_alive()
+        return finished + self._collect(wait=False)
+
+    def finish(self) -> list[tuple[int, int, int]]:
+        for inbox in self._inboxes:
+            inbox.put(None)
+        finished: list[tuple[int, int, int]] = []
+        while self._rows:
+            finished += self._collect(wait=True)
+        for process in self._processes:
+            process.join()
+        return finished
+
+    def _collect(self, *, wait: bool) -> list[tuple[int, int, int]]:
+        import queue
+
+        finished: list[tuple[int, int, int]] = []
+        while True:
+            try:
+                kind, k, created, skipped, tally = self._results.get(timeout=0.5 if wait
+                                                                     else 0.0001)
+            except queue.Empty:
+                if not wait or finished:
+                    return finished
+                self._check_alive()
+                continue
+            if kind == "error":
+                raise _WorkerFailed(f"import worker {k} failed ({created}); batches "
+                                   "committed before stay, and a new run skips them")
+            finished.append((created, skipped, self._rows.pop(k)))
+            if self._tally is None or tally.done >= self._tally.done:
+                self._tally = tally
+
+    def _check_alive(self) -> None:
+        for process in self._processes:
+            if process.exitcode not in (None, 0):
+                self._collect_errors()
+                raise _WorkerFailed(f"{process.name} exited {process.exitcode}")
+
+    def _collect_errors(self) -> None:
+        import queue
+
+        with contextlib.suppress(queue.Empty):
+            while True:
+                kind, k, name, _, _ = self._results.get(timeout=0.1)
+                if kind == "error":
+                    raise _WorkerFailed(f"import worker {k} failed ({name}); batches "
+                                       "committed before stay, and a new run skips them")
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None and not issubclass(kind, (KeyboardInterrupt, _WorkerFailed)):
+            # A malformed line further on: the batches before it are committed, as one
+            # process commits them before it reads on.
+            with contextlib.suppress(Exception):
+                self.finish()
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+        for channel in [*self._inboxes, *self._turns, self._results]:
+            channel.cancel_join_thread()  # (what no worker will read is dropped)
+            channel.close()
+        # The statistics at the end, from a connection this process opens only now.
+        batches = _Batches(self._settings)
+        try:
+            batches.finish(self._tally)
+        finally:
+            batches.services.close()
 
 
 def _paged(command: str, total: int, fetch: Callable[[int], Any], *, after: int,

@@ -159,17 +159,24 @@ class Linking:
 
     # --- a batch of new records ------------------------------------------------------------------
 
-    def place_new(self, records: Sequence[tuple[Patient, int]]) -> list[Placement]:
+    def place_new(self, records: Sequence[tuple[Patient, int]], *,
+                  before_lookup: Callable[[], None] | None = None) -> list[Placement]:
         """Decide, one at a time in order, where each new record goes: against the persons
         known before it, including those earlier records of the batch joined, founded or
         merged. Reads are batched (a handful of statements for the whole list), so
         ``mpi import`` is fast. New records carry no steward decision yet, so none is
-        excluded."""
+        excluded. ``before_lookup``: called once the records' keys are computed, before
+        the persons they select are read (``mpi import --workers`` waits there for its
+        turn)."""
         if not records:
+            if before_lookup is not None:
+                before_lookup()
             return []
         datas = [match_data(p) for p, _ in records]
         keys = [self.engine.keys(d) for d in datas]  # each record's, as stored
         probes = [self.engine.probes(ks) for ks in keys]  # what each looks up
+        if before_lookup is not None:
+            before_lookup()
         # The keys locked and the persons they select read in one round trip: the look-up
         # starts once the locks are held.
         index, members, person_pk_ids, oversized = self._known_persons(

@@ -82,6 +82,9 @@ class MatchingUpkeep:
         self.first_count = (first_count if first_count is not None
                             else FIRST_COUNT_SECONDS * (1 + random.random()))
         self.refreshed_at: float | None = None  # time.monotonic() of the last count
+        # The last counts given to the engine (total, counts): another process can adopt
+        # them (``mpi import --workers``: every worker decides with the same counts).
+        self.counted: tuple[int, dict[str, dict[str, float]]] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,11 +102,16 @@ class MatchingUpkeep:
             how = "counted"
         else:
             total, counts, how = self._shared()
-        self._engine.use_frequencies(total, counts)
-        self.refreshed_at = time.monotonic()
+        self.adopt(total, counts)
         log.info("registry frequencies %s over %d record(s) in %.2f s", how, total,
                  time.perf_counter() - started, extra={"records": total})
         return total
+
+    def adopt(self, total: int, counts: dict[str, dict[str, float]]) -> None:
+        """Give the engine counts taken here or by another process (:attr:`counted`)."""
+        self._engine.use_frequencies(total, counts)
+        self.counted = (total, counts)
+        self.refreshed_at = time.monotonic()
 
     def _count(self) -> tuple[int, dict[str, dict[str, float]]]:
         with connection(self._db), self._work.reading():

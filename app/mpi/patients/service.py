@@ -62,11 +62,19 @@ class PatientService:
         return patient
 
     @retried
-    def import_batch(self, items: Sequence[PatientInput], actor: Actor) -> list[Patient | None]:
+    def import_batch(self, items: Sequence[PatientInput], actor: Actor, *,
+                     before_linking: Callable[[], None] | None = None
+                     ) -> list[Patient | None]:
         """Register several records in ONE unit of work, each linked exactly as ``create``
         links it (one at a time, in order). A record whose (source, source_id) is already
         live, or repeats an earlier one in ``items``, is skipped (None), so an interrupted
-        import can simply be run again."""
+        import can simply be run again.
+
+        ``before_linking``: called in the unit of work once the records are inserted and
+        their keys computed, before the persons their keys select are read (``mpi import
+        --workers`` waits there until the previous batch is committed, so that every
+        batch is linked against all those before it); called again if the unit of work
+        is retried."""
         for source in sorted({d.source for d in items}):
             self._may_write(actor, source, None, "import")
         with self._work.begin(actor) as tx:
@@ -77,14 +85,17 @@ class PatientService:
                 keep.append(key not in live and data.id is None)
                 live.add(key)
             created = iter(self._create_many(
-                tx, [d for d, k in zip(items, keep, strict=True) if k]))
+                tx, [d for d, k in zip(items, keep, strict=True) if k],
+                before_linking=before_linking))
             return [next(created) if k else None for k in keep]
 
-    def _create_many(self, tx: Transaction, items: Sequence[PatientInput]) -> list[Patient]:
+    def _create_many(self, tx: Transaction, items: Sequence[PatientInput], *,
+                     before_linking: Callable[[], None] | None = None) -> list[Patient]:
         """Insert, link, audit and log new records, in ``tx``."""
         inserted = self._repository.insert_many([(d, self._new_id()) for d in items],
                                                 now=tx.now)
-        placements = self._linking.place_new([(p, pk) for pk, p in inserted])
+        placements = self._linking.place_new([(p, pk) for pk, p in inserted],
+                                             before_lookup=before_linking)
         patients = [p.model_copy(update={"person_id": where.person_id})
                     for (_, p), where in zip(inserted, placements, strict=True)]
         # The record goes to the audit row and the change event alike: encoded once. The
