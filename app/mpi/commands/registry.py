@@ -593,26 +593,30 @@ class _Workers(_Linker):
         return self
 
     def submit(self, batch: list[PatientInput], rows: int) -> list[tuple[int, int, int]]:
-        import queue
-
         if not batch:
             return [(0, 0, rows)]
         k, self._sent = self._sent, self._sent + 1
         self._rows[k] = rows
+        finished = self._put(k % len(self._inboxes), (k, batch))
+        return finished + self._collect(wait=False)
+
+    def _put(self, worker: int, item: Any) -> list[tuple[int, int, int]]:
+        """``item`` into the worker's inbox once it has room (what finishes meanwhile)."""
+        import queue
+
         finished: list[tuple[int, int, int]] = []
         while True:
             try:
-                self._inboxes[k % len(self._inboxes)].put((k, batch), timeout=0.5)
-                break
+                self._inboxes[worker].put(item, timeout=0.5)
+                return finished
             except queue.Full:
                 finished += self._collect(wait=False)
                 self._check_alive()
-        return finished + self._collect(wait=False)
 
     def finish(self) -> list[tuple[int, int, int]]:
-        for inbox in self._inboxes:
-            inbox.put(None)
         finished: list[tuple[int, int, int]] = []
+        for worker in range(len(self._inboxes)):
+            finished += self._put(worker, None)
         while self._rows:
             finished += self._collect(wait=True)
         for process in self._processes:
