@@ -319,6 +319,36 @@ def test_import_workers_decide_as_one_process(database_url: str, tmp_path: Path)
     assert outcomes[2] == one
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_import_workers_end_on_a_malformed_line_with_the_batches_before_it(
+        database_url: str, tmp_path: Path):
+    """A repeated record_id further on stops the import (exit 2, the line named); the
+    batches the workers had already been sent are committed, as one process commits
+    them before it reads on, and the import ends. (A turn nobody reads, carrying a
+    recount's value counts, kept a worker from exiting after an import of 3,500
+    records into an empty registry; the counts of this small file fit the pipe.)"""
+    from mpi.config import parse_database_url
+    from mpi.storage.db import close_database, database_for
+
+    rows = _people_with_duplicates(900, seed=4)
+    _write(tmp_path / "people.csv", HEADER, [*rows, rows[0]])
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
+           "SEARCH_INDEX_PATH": str(tmp_path / "index")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mpi", "import", "people.csv", "--no-progress",
+         "--batch", "100", "--source", "ehr", "--workers", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"line {len(rows) + 2}" in done.stderr
+    db = database_for(parse_database_url(database_url), max_connections=1)
+    try:
+        with db.connection_context():
+            (count,) = db.execute_sql("SELECT count(*) FROM patient").fetchone()
+    finally:
+        close_database(db)
+    assert count == len(rows) // 100 * 100
+
+
 def test_import_workers_need_postgresql(files: Path):
     """SQLite has one writer: more than one worker is refused, naming the option."""
     done = mpi(files, "mpi import patients.csv --workers 2", expect=2)

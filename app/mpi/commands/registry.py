@@ -502,6 +502,10 @@ def _import_worker(settings: Any, actor: Any, me: int, inbox: Any, turns: list[A
         results.put(("error", me, type(exc).__name__, None, None))
         raise SystemExit(1) from None
     finally:
+        # The turn this worker passed last may be read by nobody (the import is over):
+        # exiting must not wait to write it (a recount's value counts fill the pipe).
+        for turn in turns:
+            turn.cancel_join_thread()
         results.close()
         results.join_thread()
 
