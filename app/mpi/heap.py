@@ -114,14 +114,13 @@ def settle(*, process_exits: bool = False) -> None:
     (forked by a master that froze what it imported: thawing would give the master's
     objects back to the collector, whose walks then copy the pages the processes share),
     unless ``process_exits`` (a build's child: it never thaws)."""
-    global _settling
+    global _settling, _paused
     if not process_exits and not _settling and (_policy is not None
                                                 or gc.get_freeze_count()):
         return
     _settling = not process_exits
     gc.collect(1)
     gc.freeze()
-    global _paused
     if gc.isenabled():
         gc.disable()
         _paused = True

@@ -467,9 +467,10 @@ class _InProcess(_Linker):
         from mpi import heap
 
         assert self._tally is not None
-        created, skipped = (self._batches.import_batch(batch, self._actor) if batch
-                            else (0, 0))
-        heap.settle()
+        created = skipped = 0
+        if batch:
+            created, skipped = self._batches.import_batch(batch, self._actor)
+            heap.settle()
         self._tally = self._batches.analyzed_if_due(
             replace(self._tally, done=self._tally.done + created))
         return [(created, skipped, rows)]
@@ -564,6 +565,11 @@ class _Turns:
 class _WorkerFailed(RuntimeError):
     """An import worker failed or died."""
 
+    @classmethod
+    def of(cls, worker: int, error: str) -> _WorkerFailed:
+        return cls(f"import worker {worker} failed ({error}); batches committed before "
+                   "stay, and a new run skips them")
+
 
 class _Workers(_Linker):
     """Batches inserted and linked by ``count`` forked workers (:func:`_import_worker`),
@@ -573,12 +579,10 @@ class _Workers(_Linker):
         import multiprocessing
 
         context = multiprocessing.get_context("fork")
-        self._settings = settings
-        probe = _Batches(settings)  # (no connection: the date of the service's clock)
-        try:
-            self.today = probe.services.patients.today()
-        finally:
-            probe.services.close()
+        # This process's services open no connection before the workers are forked: the
+        # date of the service's clock now, the statistics at the end.
+        self._batches = _Batches(settings)
+        self.today = self._batches.services.patients.today()
         self._inboxes = [context.Queue(maxsize=1) for _ in range(count)]
         self._turns = [context.Queue() for _ in range(count)]
         self._results = context.Queue()
@@ -641,8 +645,7 @@ class _Workers(_Linker):
                 self._check_alive()
                 continue
             if kind == "error":
-                raise _WorkerFailed(f"import worker {k} failed ({created}); batches "
-                                   "committed before stay, and a new run skips them")
+                raise _WorkerFailed.of(k, created)
             finished.append((created, skipped, self._rows.pop(k)))
             if self._tally is None or tally.done >= self._tally.done:
                 self._tally = tally
@@ -660,8 +663,7 @@ class _Workers(_Linker):
             while True:
                 kind, k, name, _, _ = self._results.get(timeout=0.1)
                 if kind == "error":
-                    raise _WorkerFailed(f"import worker {k} failed ({name}); batches "
-                                       "committed before stay, and a new run skips them")
+                    raise _WorkerFailed.of(k, name)
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if kind is not None and not issubclass(kind, (KeyboardInterrupt, _WorkerFailed)):
@@ -676,12 +678,10 @@ class _Workers(_Linker):
         for channel in [*self._inboxes, *self._turns, self._results]:
             channel.cancel_join_thread()  # (what no worker will read is dropped)
             channel.close()
-        # The statistics at the end, from a connection this process opens only now.
-        batches = _Batches(self._settings)
         try:
-            batches.finish(self._tally)
+            self._batches.finish(self._tally)
         finally:
-            batches.services.close()
+            self._batches.services.close()
 
 
 def _paged(command: str, total: int, fetch: Callable[[int], Any], *, after: int,

@@ -168,15 +168,13 @@ class Linking:
         excluded. ``before_lookup``: called once the records' keys are computed, before
         the persons they select are read (``mpi import --workers`` waits there for its
         turn)."""
-        if not records:
-            if before_lookup is not None:
-                before_lookup()
-            return []
         datas = [match_data(p) for p, _ in records]
         keys = [self.engine.keys(d) for d in datas]  # each record's, as stored
         probes = [self.engine.probes(ks) for ks in keys]  # what each looks up
         if before_lookup is not None:
             before_lookup()
+        if not records:
+            return []
         # The keys locked and the persons they select read in one round trip: the look-up
         # starts once the locks are held.
         index, members, person_pk_ids, oversized = self._known_persons(
